@@ -1,0 +1,507 @@
+//! Articles, the feed and favorites: `GET`/`POST /api/articles`, `GET /api/articles/feed`,
+//! `GET`/`PUT`/`DELETE /api/articles/{slug}`, `POST`/`DELETE /api/articles/{slug}/favorite`.
+//!
+//! Query budget: one statement reads an article *with* its author, tags, favorite count and the
+//! viewer's `favorited`/`following` flags (correlated subqueries on indexed keys). A list page of
+//! any size is two statements: the page and its count. No per-article queries (no N+1).
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use sqlx::{postgres::PgRow, PgExecutor, Row};
+
+use crate::{
+    auth::{AuthUser, MaybeAuthUser},
+    error::{ApiError, ApiResult},
+    extract::{ApiJson, ApiPath, ApiQuery},
+    model::{Article, ArticleBody, ArticlesBody, Profile, Timestamp, Validator, MAX_TITLE},
+    slug::{id_from_slug, slug_for},
+    AppState,
+};
+
+/// Largest page a client may ask for. Pages are built in one query, but a page of 10,000 would
+/// still be a 10,000-row response; 100 keeps every response small.
+pub const MAX_PAGE: i64 = 100;
+/// Page size when the client gives no `limit` (the spec's default).
+pub const DEFAULT_PAGE: i64 = 20;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/articles", get(list_articles).post(create_article))
+        .route("/api/articles/feed", get(feed))
+        .route(
+            "/api/articles/{slug}",
+            get(get_article).put(update_article).delete(delete_article),
+        )
+        .route(
+            "/api/articles/{slug}/favorite",
+            post(favorite).delete(unfavorite),
+        )
+}
+
+/// Columns of an article as the viewer (`$1`) sees it. Every subquery is keyed by the article or
+/// its author, so all of it will live on the author's shard.
+const ARTICLE_COLUMNS: &str = "
+    a.id, a.slug, a.title, a.description, a.created_at, a.updated_at,
+    u.username, u.bio, u.image,
+    ARRAY(SELECT t.tag FROM article_tags t WHERE t.article_id = a.id ORDER BY t.position)
+        AS tag_list,
+    (SELECT count(*) FROM favorites f WHERE f.article_id = a.id) AS favorites_count,
+    EXISTS (SELECT 1 FROM favorites f WHERE f.article_id = a.id AND f.user_id = $1)
+        AS favorited,
+    EXISTS (SELECT 1 FROM follows fo WHERE fo.followee_id = a.author_id AND fo.follower_id = $1)
+        AS following";
+
+fn article_from_row(row: &PgRow, with_body: bool) -> Result<Article, sqlx::Error> {
+    Ok(Article {
+        slug: row.try_get("slug")?,
+        title: row.try_get("title")?,
+        description: row.try_get("description")?,
+        body: if with_body {
+            Some(row.try_get("body")?)
+        } else {
+            None
+        },
+        tag_list: row.try_get("tag_list")?,
+        created_at: Timestamp(row.try_get("created_at")?),
+        updated_at: Timestamp(row.try_get("updated_at")?),
+        favorited: row.try_get("favorited")?,
+        favorites_count: row.try_get("favorites_count")?,
+        author: Profile {
+            username: row.try_get("username")?,
+            bio: row.try_get("bio")?,
+            image: row.try_get("image")?,
+            following: row.try_get("following")?,
+        },
+    })
+}
+
+/// Loads one article, with body, as `viewer` sees it.
+async fn load_article<'e>(
+    db: impl PgExecutor<'e>,
+    id: i64,
+    viewer: i64,
+) -> ApiResult<Option<Article>> {
+    let row = sqlx::query(&format!(
+        "SELECT {ARTICLE_COLUMNS}, a.body FROM articles a JOIN users u ON u.id = a.author_id
+         WHERE a.id = $2"
+    ))
+    .bind(viewer)
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| article_from_row(&r, true)).transpose()?)
+}
+
+/// The id in `slug`, or 404. Only slugs we issued parse, so anything else is not found.
+fn article_id(slug: &str) -> ApiResult<i64> {
+    id_from_slug(slug).ok_or(ApiError::NotFound("article"))
+}
+
+/// Loads the article a slug names: by primary key, then the whole slug must match (an old slug
+/// from before a title change is not found).
+async fn article_by_slug(state: &AppState, slug: &str, viewer: i64, fresh: bool) -> ApiResult<Article> {
+    let pool = if fresh { state.db.write() } else { state.db.read() };
+    match load_article(pool, article_id(slug)?, viewer).await? {
+        Some(article) if article.slug == slug => Ok(article),
+        _ => Err(ApiError::NotFound("article")),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    tag: Option<String>,
+    author: Option<String>,
+    favorited: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// The page the client asked for, checked.
+fn page(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
+    let mut v = Validator::default();
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        v.fail("limit", format!("must be between 1 and {MAX_PAGE}"));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset < 0 {
+        v.fail("offset", "must be 0 or more");
+    }
+    v.finish()?;
+    Ok((limit, offset))
+}
+
+/// A value bound to a list filter's placeholder.
+enum Bind<'a> {
+    Text(&'a str),
+    Id(i64),
+}
+
+/// Which articles a list shows. Every condition is a constant SQL fragment; only the values are
+/// bound as parameters.
+#[derive(Default)]
+struct ListFilter<'a> {
+    tag: Option<&'a str>,
+    author: Option<&'a str>,
+    favorited_by: Option<&'a str>,
+    /// Articles by authors this user follows. Crosses shards from stage 7: the followed authors
+    /// live on many shards, so the feed becomes a scatter-gather there.
+    feed_of: Option<i64>,
+}
+
+impl<'a> ListFilter<'a> {
+    /// `AND ...` conditions with placeholders numbered from `first`, and their values in order.
+    fn conditions(&self, first: usize) -> (String, Vec<Bind<'a>>) {
+        let mut sql = String::new();
+        let mut binds = Vec::new();
+        let mut next = |sql: &mut String, fragment: &str, bind: Bind<'a>| {
+            let n = first + binds.len();
+            sql.push_str(&fragment.replace("$?", &format!("${n}")));
+            binds.push(bind);
+        };
+        if let Some(tag) = self.tag {
+            let c = " AND EXISTS (SELECT 1 FROM article_tags t WHERE t.article_id = a.id AND t.tag = $?)";
+            next(&mut sql, c, Bind::Text(tag));
+        }
+        if let Some(author) = self.author {
+            let c = " AND a.author_id = (SELECT id FROM users WHERE username = $?)";
+            next(&mut sql, c, Bind::Text(author));
+        }
+        if let Some(user) = self.favorited_by {
+            // Crosses shards from stage 7: one user's favorites point at many authors' articles.
+            let c = " AND a.id IN (SELECT f.article_id FROM favorites f
+                       WHERE f.user_id = (SELECT id FROM users WHERE username = $?))";
+            next(&mut sql, c, Bind::Text(user));
+        }
+        if let Some(follower) = self.feed_of {
+            let c = " AND a.author_id IN (SELECT followee_id FROM follows WHERE follower_id = $?)";
+            next(&mut sql, c, Bind::Id(follower));
+        }
+        (sql, binds)
+    }
+}
+
+fn bind_all<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    binds: Vec<Bind<'q>>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    for bind in binds {
+        query = match bind {
+            Bind::Text(text) => query.bind(text),
+            Bind::Id(id) => query.bind(id),
+        };
+    }
+    query
+}
+
+/// Two statements: the page (newest first) and the total count.
+async fn list(state: &AppState, filter: ListFilter<'_>, viewer: i64, limit: i64, offset: i64) -> ApiResult<ArticlesBody> {
+    let (conditions, binds) = filter.conditions(2);
+    let n = binds.len() + 2;
+    let page_sql = format!(
+        "SELECT {ARTICLE_COLUMNS} FROM articles a JOIN users u ON u.id = a.author_id
+         WHERE true {conditions}
+         ORDER BY a.created_at DESC, a.id DESC LIMIT ${n} OFFSET ${}",
+        n + 1
+    );
+    let mut page = sqlx::query(&page_sql).bind(viewer);
+    for bind in binds {
+        page = match bind {
+            Bind::Text(text) => page.bind(text),
+            Bind::Id(id) => page.bind(id),
+        };
+    }
+    let rows = page.bind(limit).bind(offset).fetch_all(state.db.read()).await?;
+    let articles = rows
+        .iter()
+        .map(|row| article_from_row(row, false))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let (conditions, binds) = filter.conditions(1);
+    let count_sql = format!("SELECT count(*) FROM articles a WHERE true {conditions}");
+    let (articles_count,): (i64,) = bind_all(sqlx::query_as(&count_sql), binds)
+        .fetch_one(state.db.read())
+        .await?;
+    Ok(ArticlesBody {
+        articles,
+        articles_count,
+    })
+}
+
+#[tracing::instrument(skip_all)]
+async fn list_articles(
+    State(state): State<AppState>,
+    viewer: MaybeAuthUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<ArticlesBody>> {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let filter = ListFilter {
+        tag: q.tag.as_deref(),
+        author: q.author.as_deref(),
+        favorited_by: q.favorited.as_deref(),
+        feed_of: None,
+    };
+    Ok(Json(list(&state, filter, viewer.viewer_id(), limit, offset).await?))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+#[tracing::instrument(skip_all)]
+async fn feed(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<ArticlesBody>> {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let filter = ListFilter {
+        feed_of: Some(user.id),
+        ..ListFilter::default()
+    };
+    Ok(Json(list(&state, filter, user.id, limit, offset).await?))
+}
+
+#[tracing::instrument(skip_all)]
+async fn get_article(
+    State(state): State<AppState>,
+    viewer: MaybeAuthUser,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<ArticleBody>> {
+    let article = article_by_slug(&state, &slug, viewer.viewer_id(), false).await?;
+    Ok(Json(ArticleBody { article }))
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    article: Option<T>,
+}
+
+impl<T> Envelope<T> {
+    fn into_inner(self) -> ApiResult<T> {
+        self.article
+            .ok_or_else(|| ApiError::invalid("article", "can't be blank"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewArticle {
+    title: Option<String>,
+    description: Option<String>,
+    body: Option<String>,
+    tag_list: Option<Vec<String>>,
+}
+
+/// `tagList` absent keeps the tags; `tagList: null` is refused (422); a list replaces them.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateArticle {
+    title: Option<String>,
+    description: Option<String>,
+    body: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    tag_list: Option<Option<Vec<String>>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
+    Option::<Vec<String>>::deserialize(d).map(Some)
+}
+
+/// Replaces an article's tags, keeping their order in `position`.
+async fn write_tags(tx: &mut sqlx::PgConnection, article: i64, tags: &[String]) -> ApiResult<()> {
+    sqlx::query("DELETE FROM article_tags WHERE article_id = $1")
+        .bind(article)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO article_tags (article_id, position, tag)
+         SELECT $1, t.position - 1, t.tag FROM UNNEST($2::text[]) WITH ORDINALITY AS t(tag, position)",
+    )
+    .bind(article)
+    .bind(tags)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+async fn create_article(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(body): ApiJson<Envelope<NewArticle>>,
+) -> ApiResult<(StatusCode, Json<ArticleBody>)> {
+    let new = body.into_inner()?;
+    let mut v = Validator::default();
+    let title = v.required("title", new.title, MAX_TITLE);
+    let description = v.required("description", new.description, MAX_TITLE);
+    // The body is bounded by the JSON body limit.
+    let body = v.required("body", new.body, usize::MAX);
+    let tags = v.tags(new.tag_list.unwrap_or_default());
+    v.finish()?;
+
+    let mut tx = state.db.write().begin().await?;
+    // The id first: the slug ends with it.
+    let (id,): (i64,) = sqlx::query_as("SELECT next_id()").fetch_one(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO articles (id, slug, author_id, title, description, body)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(slug_for(&title, id))
+    .bind(user.id)
+    .bind(&title)
+    .bind(&description)
+    .bind(&body)
+    .execute(&mut *tx)
+    .await?;
+    write_tags(&mut tx, id, &tags).await?;
+    let article = load_article(&mut *tx, id, user.id).await?;
+    tx.commit().await?;
+    let article = article.ok_or_else(|| anyhow::anyhow!("article {id} vanished in its own transaction"))?;
+    Ok((StatusCode::CREATED, Json(ArticleBody { article })))
+}
+
+/// The author of the article `slug` names, or 404; 403 unless it is `user`.
+async fn owned_article(
+    tx: &mut sqlx::PgConnection,
+    slug: &str,
+    user: AuthUser,
+) -> ApiResult<i64> {
+    let id = article_id(slug)?;
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT author_id FROM articles WHERE id = $1 AND slug = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(slug)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match found {
+        None => Err(ApiError::NotFound("article")),
+        Some(author) if author != user.id => Err(ApiError::Forbidden("article")),
+        Some(_) => Ok(id),
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn update_article(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(body): ApiJson<Envelope<UpdateArticle>>,
+) -> ApiResult<Json<ArticleBody>> {
+    let update = body.into_inner()?;
+    let mut v = Validator::default();
+    let title = v.optional("title", update.title, MAX_TITLE);
+    let description = v.optional("description", update.description, MAX_TITLE);
+    let body = v.optional("body", update.body, usize::MAX);
+    let tags = match update.tag_list {
+        None => None,
+        Some(None) => {
+            v.fail("tagList", "can't be null");
+            None
+        }
+        Some(Some(tags)) => Some(v.tags(tags)),
+    };
+    v.finish()?;
+
+    let mut tx = state.db.write().begin().await?;
+    let id = owned_article(&mut tx, &slug, user).await?;
+    sqlx::query(
+        "UPDATE articles SET
+            title = COALESCE($2, title),
+            slug = COALESCE($3, slug),
+            description = COALESCE($4, description),
+            body = COALESCE($5, body),
+            updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(title.as_deref())
+    .bind(title.as_deref().map(|t| slug_for(t, id)))
+    .bind(description)
+    .bind(body)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(tags) = tags {
+        write_tags(&mut tx, id, &tags).await?;
+    }
+    let article = load_article(&mut *tx, id, user.id).await?;
+    tx.commit().await?;
+    let article = article.ok_or(ApiError::NotFound("article"))?;
+    Ok(Json(ArticleBody { article }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn delete_article(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let mut tx = state.db.write().begin().await?;
+    let id = owned_article(&mut tx, &slug, user).await?;
+    sqlx::query("DELETE FROM articles WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The id of the article `slug` names, or 404 (for favorites and comments).
+pub(crate) async fn existing_article(state: &AppState, slug: &str) -> ApiResult<i64> {
+    let id = article_id(slug)?;
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM articles WHERE id = $1 AND slug = $2")
+            .bind(id)
+            .bind(slug)
+            .fetch_optional(state.db.write())
+            .await?;
+    found.ok_or(ApiError::NotFound("article"))
+}
+
+#[tracing::instrument(skip_all)]
+async fn favorite(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<ArticleBody>> {
+    let id = existing_article(&state, &slug).await?;
+    // Favoriting twice leaves the same state: not an error.
+    sqlx::query("INSERT INTO favorites (article_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(id)
+        .bind(user.id)
+        .execute(state.db.write())
+        .await
+        // The article was deleted between the two statements.
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
+            _ => e.into(),
+        })?;
+    let article = article_by_slug(&state, &slug, user.id, true).await?;
+    Ok(Json(ArticleBody { article }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn unfavorite(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(slug): ApiPath<String>,
+) -> ApiResult<Json<ArticleBody>> {
+    let id = existing_article(&state, &slug).await?;
+    sqlx::query("DELETE FROM favorites WHERE article_id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user.id)
+        .execute(state.db.write())
+        .await?;
+    let article = article_by_slug(&state, &slug, user.id, true).await?;
+    Ok(Json(ArticleBody { article }))
+}

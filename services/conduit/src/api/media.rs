@@ -1,0 +1,236 @@
+//! Media: `POST /api/media` (upload, authenticated) and `GET /media/{id}` (download).
+//!
+//! The bytes go through the `object_store` seam ([`crate::AppState::media`]): the local
+//! filesystem in stage 1, an HTTP file server in stage 2, S3 in stage 7. The database row says
+//! what the bytes are (type, size, hash), so a download never trusts a file name.
+//!
+//! Uploads are sniffed: the first bytes must be a PNG, JPEG, GIF or WebP signature, whatever
+//! `Content-Type` the client claims. Ids are made by the database; no client input ever becomes a
+//! path in the store.
+
+use axum::{
+    body::Body,
+    extract::{FromRequest, Multipart, Request, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use bytes::Bytes;
+use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    auth::AuthUser,
+    error::{ApiError, ApiResult},
+    extract::ApiPath,
+    AppState,
+};
+
+/// Routes of this module. The upload route carries its own body limit (set in `app::router`).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/media", post(upload))
+        .route("/media/{id}", get(download))
+}
+
+/// The image types accepted, recognised by their first bytes.
+pub fn sniff_image_type(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("image/jpeg")
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some("image/gif")
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
+/// Where the bytes of media `id` live in the store.
+fn object_path(id: i64) -> StorePath {
+    StorePath::from(format!("media/{id}"))
+}
+
+#[derive(Serialize)]
+struct MediaBody {
+    media: Media,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Media {
+    id: String,
+    url: String,
+    content_type: String,
+    size: i64,
+}
+
+/// Reads the upload from a `multipart/form-data` body (the first part with a file name, or the
+/// part named `file`) or, for any other content type, the raw body.
+async fn upload_bytes(request: Request, state: &AppState) -> ApiResult<Bytes> {
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_large = |status: StatusCode| status == StatusCode::PAYLOAD_TOO_LARGE;
+    if !is_multipart {
+        return Bytes::from_request(request, state).await.map_err(|e| {
+            if too_large(e.status()) {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::invalid("media", e.body_text())
+            }
+        });
+    }
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::invalid("media", e.body_text()))?;
+    loop {
+        let field = multipart.next_field().await.map_err(|e| {
+            if too_large(e.status()) {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::invalid("media", e.body_text())
+            }
+        })?;
+        let Some(field) = field else {
+            return Err(ApiError::invalid("media", "no file part in the form"));
+        };
+        if field.file_name().is_some() || field.name() == Some("file") {
+            return field.bytes().await.map_err(|e| {
+                if too_large(e.status()) {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::invalid("media", e.body_text())
+                }
+            });
+        }
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn upload(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<MediaBody>)> {
+    let bytes = upload_bytes(request, &state).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::invalid("media", "can't be blank"));
+    }
+    if bytes.len() > state.settings.media.max_bytes {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let content_type = sniff_image_type(&bytes).ok_or(ApiError::UnsupportedMediaType)?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let size = bytes.len() as i64;
+
+    let (id,): (i64,) = sqlx::query_as("SELECT next_id()")
+        .fetch_one(state.db.write())
+        .await?;
+    // Bytes first, row second: a row never points at missing bytes. If the insert fails, the
+    // object is orphaned; a real system would sweep objects that have no row.
+    state
+        .media
+        .put(&object_path(id), PutPayload::from_bytes(bytes))
+        .await?;
+    sqlx::query(
+        "INSERT INTO media (id, owner_id, content_type, size_bytes, sha256)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(user.id)
+    .bind(content_type)
+    .bind(size)
+    .bind(&sha256)
+    .execute(state.db.write())
+    .await?;
+    let media = Media {
+        url: format!("{}/media/{id}", state.settings.media.public_base_url),
+        id: id.to_string(),
+        content_type: content_type.to_owned(),
+        size,
+    };
+    Ok((StatusCode::CREATED, Json(MediaBody { media })))
+}
+
+#[tracing::instrument(skip_all)]
+async fn download(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("media"))?;
+    let row: Option<(String, i64, String)> =
+        sqlx::query_as("SELECT content_type, size_bytes, sha256 FROM media WHERE id = $1")
+            .bind(id)
+            .fetch_optional(state.db.read())
+            .await?;
+    let (content_type, size, sha256) = row.ok_or(ApiError::NotFound("media"))?;
+    let etag = format!("\"{sha256}\"");
+    let cache_headers = [
+        (header::ETAG, etag.clone()),
+        // The bytes of an id never change, so caches may keep them for a year without asking.
+        (
+            header::CACHE_CONTROL,
+            "public, max-age=31536000, immutable".to_owned(),
+        ),
+    ];
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
+    if not_modified {
+        return Ok((StatusCode::NOT_MODIFIED, cache_headers).into_response());
+    }
+    let object = state.media.get(&object_path(id)).await?;
+    let body = Body::from_stream(object.into_stream());
+    let mut response = (cache_headers, body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&content_type).map_err(anyhow::Error::new)?,
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    Ok(response)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Builds the stage-1 store: files on this host's disk under `root`.
+pub fn local_store(root: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn ObjectStore>> {
+    use anyhow::Context;
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("creating the media folder {}", root.display()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(root)
+        .with_context(|| format!("opening the media folder {}", root.display()))?;
+    Ok(std::sync::Arc::new(store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing_trusts_bytes_not_names() {
+        assert_eq!(sniff_image_type(b"\x89PNG\r\n\x1a\nrest"), Some("image/png"));
+        assert_eq!(sniff_image_type(&[0xFF, 0xD8, 0xFF, 0xE0]), Some("image/jpeg"));
+        assert_eq!(sniff_image_type(b"GIF89a..."), Some("image/gif"));
+        assert_eq!(sniff_image_type(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
+        assert_eq!(sniff_image_type(b"<svg xmlns="), None);
+        assert_eq!(sniff_image_type(b"<html>"), None);
+        assert_eq!(sniff_image_type(b""), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! The HTTP API, one module per resource; each owns its `router()`.
+
+pub mod articles;
+pub mod comments;
+pub mod media;
+pub mod ops;
+pub mod profiles;
+pub mod tags;
+pub mod users;

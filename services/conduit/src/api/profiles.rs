@@ -1,0 +1,95 @@
+//! Profiles and following: `GET /api/profiles/{username}`,
+//! `POST`/`DELETE /api/profiles/{username}/follow`.
+
+use axum::{extract::State, routing::get, routing::post, Json, Router};
+
+use crate::{
+    auth::{AuthUser, MaybeAuthUser},
+    error::{ApiError, ApiResult},
+    extract::ApiPath,
+    model::{Profile, ProfileBody},
+    AppState,
+};
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/profiles/{username}", get(get_profile))
+        .route(
+            "/api/profiles/{username}/follow",
+            post(follow).delete(unfollow),
+        )
+}
+
+/// One query: the user and whether the viewer follows them. `follows` is keyed by followee, so
+/// this stays on the profile owner's shard.
+async fn profile(state: &AppState, username: &str, viewer: i64, fresh: bool) -> ApiResult<Profile> {
+    let pool = if fresh { state.db.write() } else { state.db.read() };
+    sqlx::query_as(
+        "SELECT u.username, u.bio, u.image,
+                EXISTS (SELECT 1 FROM follows f WHERE f.followee_id = u.id AND f.follower_id = $2)
+                    AS following
+         FROM users u WHERE u.username = $1",
+    )
+    .bind(username)
+    .bind(viewer)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(ApiError::NotFound("profile"))
+}
+
+async fn user_id(state: &AppState, username: &str) -> ApiResult<i64> {
+    sqlx::query_scalar("SELECT id FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(state.db.write())
+        .await?
+        .ok_or(ApiError::NotFound("profile"))
+}
+
+#[tracing::instrument(skip_all)]
+async fn get_profile(
+    State(state): State<AppState>,
+    viewer: MaybeAuthUser,
+    ApiPath(username): ApiPath<String>,
+) -> ApiResult<Json<ProfileBody>> {
+    let profile = profile(&state, &username, viewer.viewer_id(), false).await?;
+    Ok(Json(ProfileBody { profile }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn follow(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(username): ApiPath<String>,
+) -> ApiResult<Json<ProfileBody>> {
+    let followee = user_id(&state, &username).await?;
+    if followee == user.id {
+        return Err(ApiError::invalid("profile", "can't follow yourself"));
+    }
+    // Following twice is not an error: the result is the same state.
+    sqlx::query(
+        "INSERT INTO follows (followee_id, follower_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(followee)
+    .bind(user.id)
+    .execute(state.db.write())
+    .await?;
+    let profile = profile(&state, &username, user.id, true).await?;
+    Ok(Json(ProfileBody { profile }))
+}
+
+#[tracing::instrument(skip_all)]
+async fn unfollow(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(username): ApiPath<String>,
+) -> ApiResult<Json<ProfileBody>> {
+    let followee = user_id(&state, &username).await?;
+    sqlx::query("DELETE FROM follows WHERE followee_id = $1 AND follower_id = $2")
+        .bind(followee)
+        .bind(user.id)
+        .execute(state.db.write())
+        .await?;
+    let profile = profile(&state, &username, user.id, true).await?;
+    Ok(Json(ProfileBody { profile }))
+}

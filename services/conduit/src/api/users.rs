@@ -1,0 +1,225 @@
+//! Registration, login, the current user: `POST /api/users`, `POST /api/users/login`,
+//! `GET /api/user`, `PUT /api/user`.
+
+use axum::{extract::State, http::StatusCode, routing::get, routing::post, Router};
+use serde::Deserialize;
+
+use crate::{
+    auth::AuthUser,
+    error::{conflict_on_unique, ApiError, ApiResult},
+    extract::ApiJson,
+    model::{empty_as_null, User, UserBody, Validator, MAX_EMAIL, MAX_PASSWORD, MAX_USERNAME},
+    AppState,
+};
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/users", post(register))
+        .route("/api/users/login", post(login))
+        .route("/api/user", get(current_user).put(update_user))
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    user: Option<T>,
+}
+
+impl<T> Envelope<T> {
+    fn into_inner(self) -> ApiResult<T> {
+        self.user.ok_or_else(|| ApiError::invalid("user", "can't be blank"))
+    }
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoginUser {
+    email: Option<String>,
+    password: Option<String>,
+}
+
+/// Every field optional; `bio` and `image` may be sent as null to clear them, which is why they
+/// are `Option<Option<String>>`: absent (keep) versus null or "" (clear).
+#[derive(Deserialize)]
+struct UpdateUser {
+    email: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    bio: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    image: Option<Option<String>>,
+}
+
+/// Deserializes a field that was present (possibly null) as `Some(..)`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: i64,
+    username: String,
+    email: String,
+    bio: Option<String>,
+    image: Option<String>,
+}
+
+impl UserRow {
+    fn into_body(self, state: &AppState) -> ApiResult<UserBody> {
+        Ok(UserBody {
+            user: User {
+                token: state.auth.issue(self.id)?,
+                email: self.email,
+                username: self.username,
+                bio: self.bio,
+                image: self.image,
+            },
+        })
+    }
+}
+
+const UNIQUE_FIELDS: &[(&str, &str)] = &[
+    ("users_username_key", "username"),
+    ("users_email_key", "email"),
+];
+
+#[tracing::instrument(skip_all)]
+async fn register(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Envelope<NewUser>>,
+) -> ApiResult<(StatusCode, axum::Json<UserBody>)> {
+    let new = body.into_inner()?;
+    let mut v = Validator::default();
+    let username = v.required("username", new.username, MAX_USERNAME);
+    let username = v.username(username);
+    let email = v.required("email", new.email, MAX_EMAIL);
+    let email = v.email(email);
+    let password = v.required("password", new.password, MAX_PASSWORD);
+    v.finish()?;
+
+    let hash = state.auth.hash_password(password).await?;
+    let row: UserRow = sqlx::query_as(
+        "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
+         RETURNING id, username, email, bio, image",
+    )
+    .bind(&username)
+    .bind(&email)
+    .bind(&hash)
+    .fetch_one(state.db.write())
+    .await
+    .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
+    Ok((StatusCode::CREATED, axum::Json(row.into_body(&state)?)))
+}
+
+#[tracing::instrument(skip_all)]
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Envelope<LoginUser>>,
+) -> ApiResult<axum::Json<UserBody>> {
+    let login = body.into_inner()?;
+    let mut v = Validator::default();
+    let email = v.required("email", login.email, MAX_EMAIL).to_lowercase();
+    // Not trimmed: a password is compared exactly as typed.
+    let password = login.password.unwrap_or_default();
+    if password.is_empty() {
+        v.fail("password", "can't be blank");
+    }
+    v.finish()?;
+
+    let found: Option<(i64, String)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
+            .bind(&email)
+            .fetch_optional(state.db.write())
+            .await?;
+    let invalid = ApiError::Unauthorized {
+        field: "credentials",
+        message: "invalid",
+    };
+    let Some((id, hash)) = found else {
+        return Err(invalid);
+    };
+    if password.len() > MAX_PASSWORD || !state.auth.verify_password(password, hash).await? {
+        return Err(invalid);
+    }
+    Ok(axum::Json(load(&state, id).await?.into_body(&state)?))
+}
+
+async fn load(state: &AppState, id: i64) -> ApiResult<UserRow> {
+    // From the write pool: the current user must see their own latest update.
+    sqlx::query_as("SELECT id, username, email, bio, image FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(state.db.write())
+        .await?
+        // A valid token for a user that no longer exists.
+        .ok_or(ApiError::Unauthorized {
+            field: "token",
+            message: "is invalid",
+        })
+}
+
+#[tracing::instrument(skip_all)]
+async fn current_user(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> ApiResult<axum::Json<UserBody>> {
+    Ok(axum::Json(load(&state, user.id).await?.into_body(&state)?))
+}
+
+#[tracing::instrument(skip_all)]
+async fn update_user(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(body): ApiJson<Envelope<UpdateUser>>,
+) -> ApiResult<axum::Json<UserBody>> {
+    let update = body.into_inner()?;
+    let mut v = Validator::default();
+    let username = v
+        .optional("username", update.username, MAX_USERNAME)
+        .map(|u| v.username(u));
+    let email = v
+        .optional("email", update.email, MAX_EMAIL)
+        .map(|e| v.email(e));
+    let password = v.optional("password", update.password, MAX_PASSWORD);
+    v.finish()?;
+
+    let hash = match password {
+        Some(p) => Some(state.auth.hash_password(p).await?),
+        None => None,
+    };
+    let bio_given = update.bio.is_some();
+    let image_given = update.image.is_some();
+    let row: UserRow = sqlx::query_as(
+        "UPDATE users SET
+            username = COALESCE($2, username),
+            email = COALESCE($3, email),
+            password_hash = COALESCE($4, password_hash),
+            bio = CASE WHEN $5 THEN $6 ELSE bio END,
+            image = CASE WHEN $7 THEN $8 ELSE image END,
+            updated_at = now()
+         WHERE id = $1
+         RETURNING id, username, email, bio, image",
+    )
+    .bind(user.id)
+    .bind(username)
+    .bind(email)
+    .bind(hash)
+    .bind(bio_given)
+    .bind(empty_as_null(update.bio.flatten()))
+    .bind(image_given)
+    .bind(empty_as_null(update.image.flatten()))
+    .fetch_optional(state.db.write())
+    .await
+    .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?
+    .ok_or(ApiError::Unauthorized {
+        field: "token",
+        message: "is invalid",
+    })?;
+    Ok(axum::Json(row.into_body(&state)?))
+}

@@ -1,0 +1,187 @@
+//! Start-up as a library type: [`Application::build`] binds the listener, opens the pool and
+//! applies migrations; [`Application::run_until_stopped`] serves until SIGINT or SIGTERM.
+//!
+//! Tests build an `Application` on port 0 and talk to it over real HTTP; `main.rs` only parses
+//! the command line and calls this.
+
+use std::{future::IntoFuture, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    error_handling::HandleErrorLayer,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    BoxError, Router,
+};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+use crate::{
+    api,
+    auth::Auth,
+    db::Database,
+    error::ApiError,
+    metrics::{self, Metrics},
+    settings::Settings,
+    AppState,
+};
+
+/// Extra room over `media.max_bytes` for the multipart envelope (boundaries, part headers).
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+
+/// A built, bound, not yet serving app.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Connects to the database, migrates it, prepares the media store and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = Database::connect_lazy(&settings.database)?;
+        db.migrate().await?;
+        let media = api::media::local_store(&settings.media.root)?;
+        let state = AppState {
+            db,
+            auth: Arc::new(Auth::new(&settings.auth)),
+            media,
+            metrics: Arc::new(Metrics::new()),
+            settings: Arc::new(settings),
+        };
+        let listener = TcpListener::bind(state.settings.server.listen)
+            .await
+            .with_context(|| format!("binding {}", state.settings.server.listen))?;
+        Ok(Self {
+            listener,
+            shutdown_grace: Duration::from_millis(state.settings.server.shutdown_grace_ms),
+            router: router(state),
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        // A bound listener always has a local address; fall back to unspecified rather than panic.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish
+    /// (up to `server.shutdown_grace_ms`).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes (tests pass their own trigger).
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let grace = self.shutdown_grace;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            stop.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = stopping_tx.send(());
+        });
+        let server = server.into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result.context("serving HTTP"),
+            _ = stopping_rx => {}
+        }
+        match tokio::time::timeout(grace, server).await {
+            Ok(result) => result.context("serving HTTP"),
+            Err(_) => {
+                tracing::warn!(?grace, "grace period over; dropping remaining connections");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The whole HTTP surface with its limits.
+pub fn router(state: AppState) -> Router {
+    let server = &state.settings.server;
+    let media_limit = state.settings.media.max_bytes + MULTIPART_OVERHEAD;
+    let api = Router::new()
+        .merge(api::users::router())
+        .merge(api::profiles::router())
+        .merge(api::articles::router())
+        .merge(api::comments::router())
+        .merge(api::tags::router())
+        .layer(DefaultBodyLimit::max(server.max_json_body_bytes))
+        .merge(
+            api::media::router().layer(DefaultBodyLimit::max(media_limit)),
+        )
+        .merge(api::ops::router())
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(serde_json::json!({ "errors": { "method": ["not allowed"] } })),
+            )
+        })
+        // Per route, so the route pattern is known when it is counted.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ));
+
+    // Outermost first. A panic must not kill the connection without an answer; every request gets
+    // a span (errors are logged inside it); past that, the limits: refuse at once when
+    // `max_in_flight_requests` are already being served (load shedding), and give up on a request
+    // after `request_timeout_ms`. Both answer 503 with a RealWorld error body.
+    let limits = ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .layer(HandleErrorLayer::new(overload_response))
+        .load_shed()
+        .concurrency_limit(server.max_in_flight_requests)
+        .timeout(server.request_timeout());
+    api.layer(limits).with_state(state)
+}
+
+async fn overload_response(error: BoxError) -> Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Unavailable("request timed out").into_response()
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Unavailable("server overloaded, try again").into_response()
+    } else {
+        ApiError::Internal(anyhow::anyhow!("middleware error: {error}")).into_response()
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,238 @@
+//! Authentication: argon2 password hashes and HS256 JWTs carried as `Authorization: Token <jwt>`.
+//!
+//! Tokens are self-contained (user id and expiry, signed with the shared secret), so any app host
+//! can check any token without asking anyone: this is what keeps the app tier stateless when
+//! stage 4 puts several app hosts behind a load balancer.
+
+use std::sync::Arc;
+
+use argon2::{
+    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+    Argon2,
+};
+use axum::{extract::FromRequestParts, http::request::Parts};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+use crate::{
+    error::{ApiError, ApiResult},
+    settings::AuthSettings,
+    AppState,
+};
+
+/// Signs and checks tokens, hashes and verifies passwords.
+#[derive(Clone)]
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_secs: u64,
+    /// Bounds concurrent argon2 work (see [`AuthSettings::max_concurrent_hashes`]).
+    hashing: Arc<Semaphore>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    /// The user's id.
+    sub: i64,
+    /// Issued at, seconds since the epoch.
+    iat: i64,
+    /// Expiry, seconds since the epoch.
+    exp: i64,
+}
+
+impl Auth {
+    /// Builds the signer and checker from settings.
+    pub fn new(settings: &AuthSettings) -> Self {
+        let secret = settings.jwt_secret.expose().as_bytes();
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Tokens are issued and checked by the same clock here; no leeway needed.
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl_secs: settings.token_ttl_secs,
+            hashing: Arc::new(Semaphore::new(settings.max_concurrent_hashes.max(1))),
+        }
+    }
+
+    /// A fresh token for `user_id`.
+    pub fn issue(&self, user_id: i64) -> ApiResult<String> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        self.issue_with_expiry(user_id, now, now + self.ttl_secs as i64)
+    }
+
+    /// A token with explicit times (tests use it to make expired tokens).
+    pub fn issue_with_expiry(&self, user_id: i64, iat: i64, exp: i64) -> ApiResult<String> {
+        let claims = Claims {
+            sub: user_id,
+            iat,
+            exp,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing a token")))
+    }
+
+    /// The user id in a valid token; 401 otherwise.
+    pub fn verify(&self, token: &str) -> ApiResult<i64> {
+        match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
+            Ok(data) => Ok(data.claims.sub),
+            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
+                Err(ApiError::Unauthorized {
+                    field: "token",
+                    message: "has expired",
+                })
+            }
+            Err(_) => Err(ApiError::Unauthorized {
+                field: "token",
+                message: "is invalid",
+            }),
+        }
+    }
+
+    /// Hashes a password with argon2id and a random salt, off the async threads.
+    pub async fn hash_password(&self, password: String) -> ApiResult<String> {
+        let _permit = self.hashing.acquire().await.map_err(anyhow::Error::new)?;
+        tokio::task::spawn_blocking(move || hash_password_blocking(&password))
+            .await
+            .map_err(anyhow::Error::new)?
+    }
+
+    /// Checks a password against a stored hash, off the async threads.
+    pub async fn verify_password(&self, password: String, hash: String) -> ApiResult<bool> {
+        let _permit = self.hashing.acquire().await.map_err(anyhow::Error::new)?;
+        tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&hash)
+                .map_err(|e| anyhow::anyhow!("stored password hash is malformed: {e}"))?;
+            Ok(Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
+        })
+        .await
+        .map_err(anyhow::Error::new)?
+    }
+}
+
+/// Hashes a password exactly as registration does (the seeder uses it too).
+pub fn hash_password_blocking(password: &str) -> ApiResult<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
+}
+
+/// The caller, authenticated: a valid token is required.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser {
+    /// The user's id.
+    pub id: i64,
+}
+
+/// The caller if a token was sent. A token that is sent but invalid is still a 401.
+#[derive(Debug, Clone, Copy)]
+pub struct MaybeAuthUser(pub Option<AuthUser>);
+
+impl MaybeAuthUser {
+    /// The viewer's id, or 0 (no user has id 0) for "anonymous" in queries.
+    pub fn viewer_id(&self) -> i64 {
+        self.0.map_or(0, |user| user.id)
+    }
+}
+
+fn token_from(parts: &Parts) -> ApiResult<Option<&str>> {
+    let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let invalid = ApiError::Unauthorized {
+        field: "token",
+        message: "is invalid",
+    };
+    let value = value.to_str().map_err(|_| invalid)?;
+    match value.strip_prefix("Token ") {
+        Some(token) if !token.trim().is_empty() => Ok(Some(token.trim())),
+        _ => Err(ApiError::Unauthorized {
+            field: "token",
+            message: "is invalid",
+        }),
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        match token_from(parts)? {
+            Some(token) => Ok(AuthUser {
+                id: state.auth.verify(token)?,
+            }),
+            None => Err(ApiError::Unauthorized {
+                field: "token",
+                message: "is missing",
+            }),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for MaybeAuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        match token_from(parts)? {
+            Some(token) => Ok(MaybeAuthUser(Some(AuthUser {
+                id: state.auth.verify(token)?,
+            }))),
+            None => Ok(MaybeAuthUser(None)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        Auth::new(&AuthSettings::default())
+    }
+
+    #[test]
+    fn a_token_round_trips() {
+        let auth = auth();
+        let token = auth.issue(42).unwrap();
+        assert_eq!(auth.verify(&token).unwrap(), 42);
+    }
+
+    #[test]
+    fn expired_and_tampered_tokens_are_refused() {
+        let auth = auth();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let expired = auth.issue_with_expiry(1, now - 100, now - 10).unwrap();
+        assert!(matches!(
+            auth.verify(&expired),
+            Err(ApiError::Unauthorized { message: "has expired", .. })
+        ));
+        let token = auth.issue(1).unwrap();
+        let mut tampered = token.clone().into_bytes();
+        let i = tampered.len() - 3;
+        tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert!(auth.verify(&tampered).is_err());
+        let other = Auth::new(&AuthSettings {
+            jwt_secret: "another-secret".into(),
+            ..AuthSettings::default()
+        });
+        assert!(other.verify(&token).is_err());
+    }
+
+    #[tokio::test]
+    async fn passwords_verify_only_with_the_right_password() {
+        let auth = auth();
+        let hash = auth.hash_password("hunter22".into()).await.unwrap();
+        assert!(auth.verify_password("hunter22".into(), hash.clone()).await.unwrap());
+        assert!(!auth.verify_password("hunter23".into(), hash).await.unwrap());
+    }
+}

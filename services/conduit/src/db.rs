@@ -1,0 +1,77 @@
+//! The database seam: which PostgreSQL pool a query goes to.
+//!
+//! Handlers never hold a pool directly; they ask [`Database`] for the pool to *read* from or the
+//! pool to *write* to. In stage 1 both are the same single pool. Stage 5 makes reads go to
+//! replicas and stage 7 picks a shard, by changing this type only: the handlers already say which
+//! kind of access each query is.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    ConnectOptions, PgPool,
+};
+
+use crate::settings::DatabaseSettings;
+
+/// Embedded migrations (`services/conduit/migrations`), applied at start-up.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Routes queries to a pool. Stage 1: one pool for everything.
+#[derive(Clone, Debug)]
+pub struct Database {
+    single: PgPool,
+}
+
+impl Database {
+    /// Connects lazily (the first query opens the first connection), so the app starts even while
+    /// the database is still coming up; `/readyz` tells when it is reachable.
+    pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = settings
+            .url
+            .expose()
+            .parse()
+            .context("parsing database.url")?;
+        let options = options
+            .options([("statement_timeout", settings.statement_timeout_ms.to_string())])
+            .application_name("conduit")
+            // Every query at debug level would flood the logs and skew benchmarks.
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+            .connect_lazy_with(options);
+        Ok(Self { single: pool })
+    }
+
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { single: pool }
+    }
+
+    /// The pool for queries that only read.
+    pub fn read(&self) -> &PgPool {
+        &self.single
+    }
+
+    /// The pool for queries that write (and reads that must see the latest write).
+    pub fn write(&self) -> &PgPool {
+        &self.single
+    }
+
+    /// Applies pending migrations on the write pool. Safe with several app hosts starting at once:
+    /// sqlx takes an advisory lock around it.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(self.write())
+            .await
+            .context("applying database migrations")
+    }
+
+    /// Pools to report in `/metrics`, with a label each.
+    pub fn pools(&self) -> Vec<(&'static str, &PgPool)> {
+        vec![("primary", &self.single)]
+    }
+}

@@ -1,0 +1,145 @@
+//! The one HTTP error type. Every failure a client can see is an [`ApiError`], rendered as the
+//! RealWorld error body `{"errors": {"<field>": ["<message>"]}}` with the status the spec lists.
+//!
+//! A database or store failure becomes a 500 that says nothing internal: the cause is logged once,
+//! inside the request's span, and the client reads `{"errors": {"server": ["internal error"]}}`.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+/// Field-keyed error messages, as RealWorld clients expect them.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no usable credentials. The message says which (`is missing`, `is invalid`, ...).
+    #[error("unauthorized: {field} {message}")]
+    Unauthorized {
+        /// The error key: `token` or `credentials`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: &'static str,
+    },
+    /// 403: authenticated, but not the owner of `resource`.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// 404: no such `resource` (article, profile, comment, media, route).
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// 409: a unique field is taken.
+    #[error("conflict on {0}")]
+    Conflict(&'static str),
+    /// 422: the request is well-formed HTTP but its content is not acceptable.
+    #[error("unprocessable: {0:?}")]
+    Unprocessable(FieldErrors),
+    /// 413: the body is over the limit for this route.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 415: an upload that is not one of the accepted image types.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// 503: overloaded or timed out; retrying later may work.
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
+    /// 500: our fault. Logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 422 for one field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let mut errors = FieldErrors::new();
+        errors.insert(field.to_owned(), vec![message.into()]);
+        Self::Unprocessable(errors)
+    }
+
+    /// The status code of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        let one = |field: &str, message: String| json!({ "errors": { field: [message] } });
+        match self {
+            Self::Unauthorized { field, message } => one(field, (*message).to_owned()),
+            Self::Forbidden(resource) => one(resource, "forbidden".to_owned()),
+            Self::NotFound(resource) => one(resource, "not found".to_owned()),
+            Self::Conflict(field) => one(field, "has already been taken".to_owned()),
+            Self::Unprocessable(errors) => json!({ "errors": errors }),
+            Self::PayloadTooLarge => one("body", "is too large".to_owned()),
+            Self::UnsupportedMediaType => one(
+                "media",
+                "must be a PNG, JPEG, GIF or WebP image".to_owned(),
+            ),
+            Self::Unavailable(what) => one("server", (*what).to_owned()),
+            Self::Internal(_) => one("server", "internal error".to_owned()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut => Self::Unavailable("database busy, try again"),
+            _ => Self::Internal(anyhow::Error::new(error).context("database query")),
+        }
+    }
+}
+
+impl From<object_store::Error> for ApiError {
+    fn from(error: object_store::Error) -> Self {
+        match error {
+            object_store::Error::NotFound { .. } => Self::NotFound("media"),
+            other => Self::Internal(anyhow::Error::new(other).context("object store")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            // Logged here, once, inside the request span that TraceLayer opened.
+            Self::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            Self::Unavailable(what) => tracing::warn!(what, "request refused"),
+            _ => {}
+        }
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+/// Maps a unique-constraint violation to a 409 on the field it protects, anything else through.
+pub fn conflict_on_unique(error: sqlx::Error, fields: &[(&str, &'static str)]) -> ApiError {
+    if let sqlx::Error::Database(db) = &error {
+        if db.is_unique_violation() {
+            if let Some(constraint) = db.constraint() {
+                for (name, field) in fields {
+                    if constraint == *name {
+                        return ApiError::Conflict(field);
+                    }
+                }
+            }
+        }
+    }
+    error.into()
+}
+
+/// Shorthand for handler results.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,51 @@
+//! # conduit: the one application of archlab
+//!
+//! The RealWorld "Conduit" API (users, profiles, articles, comments, favorites, tags; see
+//! `../shared/realworld/openapi.yml`) plus media uploads, health checks and metrics. Every stage of
+//! archlab runs this same binary; a stage changes only its configuration.
+//!
+//! Reading order:
+//! - [`app`]: start-up, the router and its limits (body size, timeout, load shedding);
+//! - [`api`]: one module per resource, each with its `router()` and its SQL;
+//! - [`db`]: the database seam (one pool now; replicas and shards in later stages);
+//! - [`auth`], [`extract`], [`error`], [`model`]: tokens, input parsing, error bodies, JSON shapes;
+//! - [`slug`]: slugs that end in the article id, so a slug finds its row (and later its shard);
+//! - [`settings`]: every bound, with the reason for its default;
+//! - [`seed`]: the deterministic data set the benchmarks run on.
+//!
+//! Run it with `conduit serve` (settings from `APP_…` variables), or let the lab do it:
+//! `archlab up 1`.
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod model;
+pub mod seed;
+pub mod settings;
+pub mod slug;
+
+pub use app::Application;
+pub use settings::Settings;
+
+/// What every handler can reach. Cheap to clone: everything is shared.
+#[derive(Clone)]
+pub struct AppState {
+    /// Which pool a query goes to.
+    pub db: db::Database,
+    /// Tokens and password hashes.
+    pub auth: Arc<auth::Auth>,
+    /// Where media bytes live (the `object_store` seam).
+    pub media: Arc<dyn ObjectStore>,
+    /// Request and pool metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The settings the app started with.
+    pub settings: Arc<Settings>,
+}

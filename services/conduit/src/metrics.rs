@@ -1,0 +1,148 @@
+//! Prometheus metrics for `GET /metrics`: requests and latency by route and status, and the use
+//! of each database pool.
+//!
+//! Each app owns its own registry (no global recorder), so several apps in one test process do not
+//! mix their counts. Routes are labelled by their *pattern* (`/api/articles/{slug}`), never by the
+//! raw path, so the label set stays bounded whatever clients send.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    middleware::Next,
+    response::Response,
+};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+use crate::db::Database;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+    state: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to ~4 s in doublings: fine enough for a cache hit, wide enough for a timeout.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// The app's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pool_connections: Family<PoolLabels, Gauge>,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let pool_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route pattern and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request received to response headers, by method and route pattern",
+            latency.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections by pool and state (idle, in_use, max)",
+            pool_connections.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            pool_connections,
+        }
+    }
+
+    /// The text exposition, with pool gauges read now.
+    pub fn render(&self, db: &Database, max_connections: u32) -> String {
+        for (pool, p) in db.pools() {
+            let size = i64::from(p.size());
+            let idle = p.num_idle() as i64;
+            for (state, value) in [
+                ("idle", idle),
+                ("in_use", size - idle),
+                ("max", i64::from(max_connections)),
+            ] {
+                self.pool_connections
+                    .get_or_create(&PoolLabels {
+                        pool: pool.to_owned(),
+                        state: state.to_owned(),
+                    })
+                    .set(value);
+            }
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Middleware: counts and times every request under its route pattern.
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}

@@ -1,0 +1,315 @@
+//! The JSON shapes of the RealWorld API and the rules for normalising input.
+//!
+//! Request bodies are parsed into structs whose fields are all `Option`, then checked here, so a
+//! missing field is a field-keyed 422 (`{"errors": {"title": ["can't be blank"]}}`) rather than a
+//! serde message about the whole body.
+
+use serde::{Serialize, Serializer};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime, UtcOffset};
+
+use crate::error::{ApiError, FieldErrors};
+
+/// Longest username. Usernames appear in URLs (`/profiles/{username}`) and in every article's
+/// author block; 64 characters is generous for a handle and keeps both bounded.
+pub const MAX_USERNAME: usize = 64;
+/// Longest e-mail address (RFC 5321's limit on a forward path).
+pub const MAX_EMAIL: usize = 254;
+/// Longest password. Argon2 takes any length, but hashing megabytes would be a cheap way to burn
+/// our CPU; 256 characters is more than any passphrase.
+pub const MAX_PASSWORD: usize = 256;
+/// Longest article title and description.
+pub const MAX_TITLE: usize = 256;
+/// Tags per article, and characters per tag: enough for real use, bounded for the tag index.
+pub const MAX_TAGS: usize = 32;
+/// See [`MAX_TAGS`].
+pub const MAX_TAG_LEN: usize = 64;
+/// Longest comment body.
+pub const MAX_COMMENT: usize = 16 * 1024;
+
+/// A timestamp as RealWorld clients expect it: RFC 3339 in UTC with milliseconds,
+/// `2016-02-18T03:22:56.637Z`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub OffsetDateTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = self.0.to_offset(UtcOffset::UTC);
+        let t = t
+            .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+            .unwrap_or(t);
+        match t.format(&Rfc3339) {
+            Ok(text) => serializer.serialize_str(&text),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        }
+    }
+}
+
+/// `{"user": ...}`: the logged-in user, with a token.
+#[derive(Debug, Serialize)]
+pub struct UserBody {
+    /// The user.
+    pub user: User,
+}
+
+/// The logged-in user.
+#[derive(Debug, Serialize)]
+pub struct User {
+    /// E-mail address (stored lower-cased).
+    pub email: String,
+    /// A fresh JWT.
+    pub token: String,
+    /// Unique handle.
+    pub username: String,
+    /// Free text, or null.
+    pub bio: Option<String>,
+    /// Image URL, or null.
+    pub image: Option<String>,
+}
+
+/// `{"profile": ...}`.
+#[derive(Debug, Serialize)]
+pub struct ProfileBody {
+    /// The profile.
+    pub profile: Profile,
+}
+
+/// A user as others see them.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Profile {
+    /// Unique handle.
+    pub username: String,
+    /// Free text, or null.
+    pub bio: Option<String>,
+    /// Image URL, or null.
+    pub image: Option<String>,
+    /// Whether the viewer follows this user (false for anonymous viewers).
+    pub following: bool,
+}
+
+/// `{"article": ...}`.
+#[derive(Debug, Serialize)]
+pub struct ArticleBody {
+    /// The article.
+    pub article: Article,
+}
+
+/// An article. `body` is `None` in lists, which the 2.0 spec returns without bodies.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Article {
+    /// URL identifier, ending in the article's id.
+    pub slug: String,
+    /// Title.
+    pub title: String,
+    /// Short description.
+    pub description: String,
+    /// Markdown body; omitted in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Tags in the order the author gave them.
+    pub tag_list: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last update time.
+    pub updated_at: Timestamp,
+    /// Whether the viewer favorited it.
+    pub favorited: bool,
+    /// How many users favorited it.
+    pub favorites_count: i64,
+    /// The author as the viewer sees them.
+    pub author: Profile,
+}
+
+/// `{"articles": [...], "articlesCount": n}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArticlesBody {
+    /// One page.
+    pub articles: Vec<Article>,
+    /// How many match the filter in all pages.
+    pub articles_count: i64,
+}
+
+/// `{"comment": ...}`.
+#[derive(Debug, Serialize)]
+pub struct CommentBody {
+    /// The comment.
+    pub comment: Comment,
+}
+
+/// `{"comments": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct CommentsBody {
+    /// All comments of an article, oldest first.
+    pub comments: Vec<Comment>,
+}
+
+/// A comment.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Comment {
+    /// Id (an integer below 2^53).
+    pub id: i64,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last update time.
+    pub updated_at: Timestamp,
+    /// Text.
+    pub body: String,
+    /// The author as the viewer sees them.
+    pub author: Profile,
+}
+
+/// Collects per-field problems so a client learns about all of them in one response.
+#[derive(Default)]
+pub struct Validator {
+    errors: FieldErrors,
+}
+
+impl Validator {
+    /// Records a problem with `field`.
+    pub fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.errors
+            .entry(field.to_owned())
+            .or_default()
+            .push(message.into());
+    }
+
+    /// A required string: present, not blank after trimming, at most `max` characters.
+    /// Returns the trimmed value.
+    pub fn required(&mut self, field: &str, value: Option<String>, max: usize) -> String {
+        match value.map(|v| v.trim().to_owned()) {
+            Some(v) if !v.is_empty() => self.bounded(field, v, max),
+            _ => {
+                self.fail(field, "can't be blank");
+                String::new()
+            }
+        }
+    }
+
+    /// An optional string that, when given, must not be blank (an update of `title`, say).
+    pub fn optional(&mut self, field: &str, value: Option<String>, max: usize) -> Option<String> {
+        value.map(|v| {
+            let v = v.trim().to_owned();
+            if v.is_empty() {
+                self.fail(field, "can't be blank");
+            }
+            self.bounded(field, v, max)
+        })
+    }
+
+    fn bounded(&mut self, field: &str, value: String, max: usize) -> String {
+        if value.chars().count() > max {
+            self.fail(field, format!("is too long (maximum is {max} characters)"));
+        }
+        value
+    }
+
+    /// An e-mail address: the shape `local@domain.tld`, lower-cased.
+    pub fn email(&mut self, value: String) -> String {
+        let value = value.to_lowercase();
+        let well_formed = value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+        }) && !value.chars().any(char::is_whitespace);
+        if !value.is_empty() && !well_formed {
+            self.fail("email", "is invalid");
+        }
+        value
+    }
+
+    /// A username: no whitespace or slashes, since it is a URL path segment.
+    pub fn username(&mut self, value: String) -> String {
+        if value.chars().any(|c| c.is_whitespace() || c == '/' || c.is_control()) {
+            self.fail("username", "may not contain spaces or slashes");
+        }
+        value
+    }
+
+    /// A tag list: trimmed, blank entries refused, duplicates dropped, order kept, bounded.
+    pub fn tags(&mut self, tags: Vec<String>) -> Vec<String> {
+        if tags.len() > MAX_TAGS {
+            self.fail("tagList", format!("has too many tags (maximum is {MAX_TAGS})"));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let tag = tag.trim().to_owned();
+            if tag.is_empty() {
+                self.fail("tagList", "can't contain blank tags");
+            } else if tag.chars().count() > MAX_TAG_LEN {
+                self.fail("tagList", format!("has a tag over {MAX_TAG_LEN} characters"));
+            } else if !out.contains(&tag) {
+                out.push(tag);
+            }
+        }
+        out
+    }
+
+    /// 422 with every problem found, or Ok.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Unprocessable(self.errors))
+        }
+    }
+}
+
+/// Nullable profile fields: an empty string is stored as null.
+pub fn empty_as_null(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_milliseconds_and_a_z() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_455_765_776_637_123_456).unwrap();
+        let json = serde_json::to_string(&Timestamp(t)).unwrap();
+        assert_eq!(json, "\"2016-02-18T03:22:56.637Z\"");
+        let whole = OffsetDateTime::from_unix_timestamp(1_455_765_776).unwrap();
+        assert_eq!(
+            serde_json::to_string(&Timestamp(whole)).unwrap(),
+            "\"2016-02-18T03:22:56.000Z\""
+        );
+    }
+
+    #[test]
+    fn validation_reports_every_field() {
+        let mut v = Validator::default();
+        v.required("title", None, 10);
+        v.required("body", Some("   ".into()), 10);
+        v.required("description", Some("x".repeat(11)), 10);
+        let Err(ApiError::Unprocessable(errors)) = v.finish() else {
+            panic!("expected 422")
+        };
+        assert_eq!(errors["title"], vec!["can't be blank"]);
+        assert_eq!(errors["body"], vec!["can't be blank"]);
+        assert!(errors["description"][0].contains("too long"));
+    }
+
+    #[test]
+    fn emails_are_lowercased_and_checked() {
+        let mut v = Validator::default();
+        assert_eq!(v.email("Jake@Example.COM".into()), "jake@example.com");
+        assert!(v.finish().is_ok());
+        for bad in ["jake", "jake@", "@x.org", "jake@localhost", "a b@c.org", "a@b@c.org"] {
+            let mut v = Validator::default();
+            v.email(bad.into());
+            assert!(v.finish().is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn tags_are_trimmed_deduplicated_and_ordered() {
+        let mut v = Validator::default();
+        let tags = v.tags(vec!["b".into(), " a ".into(), "b".into()]);
+        assert_eq!(tags, vec!["b", "a"]);
+        assert!(v.finish().is_ok());
+    }
+}

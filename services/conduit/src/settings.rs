@@ -1,0 +1,223 @@
+//! Settings: every bound the app has, with the reason for its default.
+//!
+//! Layered as in zero-to-production: built-in defaults, then an optional TOML file
+//! (`conduit serve --config FILE` or `APP_CONFIG=FILE`), then environment variables named
+//! `APP_<SECTION>__<KEY>` (for example `APP_DATABASE__URL`, `APP_SERVER__LISTEN`). The native lab
+//! and the compose files configure each app host through those variables.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+/// All of the app's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The HTTP server and its request bounds.
+    pub server: ServerSettings,
+    /// The PostgreSQL connection pool.
+    pub database: DatabaseSettings,
+    /// Token signing.
+    pub auth: AuthSettings,
+    /// Where uploaded media lives and how large it may be.
+    pub media: MediaSettings,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then `APP_…` environment variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("APP_").split("__").ignore(&["config"]))
+            .extract()
+            .map_err(Box::new)
+    }
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on. Port 0 picks a free port (tests do this). The lab gives every host
+    /// its own loopback address, so the app keeps one well-known port on each.
+    pub listen: SocketAddr,
+    /// A request that takes longer than this is answered 503. Five seconds is far beyond any
+    /// healthy request here (they take milliseconds) yet short enough that a stuck database
+    /// shows up as errors in a load test instead of as an ever-growing queue.
+    pub request_timeout_ms: u64,
+    /// Largest JSON request body. The biggest legitimate body is an article; 256 KiB holds a very
+    /// long one in Markdown while keeping a flood of large bodies cheap to refuse.
+    pub max_json_body_bytes: usize,
+    /// Requests handled at once by one app process; beyond this it answers 503 at once (load
+    /// shedding) instead of queueing without bound. 1024 is far above what the database pool can
+    /// serve concurrently, so it only trips on overload, never under a healthy load.
+    pub max_in_flight_requests: usize,
+    /// How long a graceful shutdown waits for in-flight requests before giving up.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout_ms: 5_000,
+            max_json_body_bytes: 256 * 1024,
+            max_in_flight_requests: 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// [`Self::request_timeout_ms`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// The PostgreSQL pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// A `postgres://` URL.
+    pub url: Secret,
+    /// Connections per app process. PostgreSQL does best with a few busy connections per core
+    /// (its own guidance: about cores x 2-4); 16 covers a 2-core database host with room for I/O
+    /// waits, and a stage with several app hosts stays far below `max_connections = 100`.
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before failing. Short, so an exhausted pool
+    /// turns into fast errors, not into the request timeout.
+    pub acquire_timeout_ms: u64,
+    /// Server-side limit on any one statement, so a runaway query cannot hold a connection for
+    /// longer than a request may live.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::from("postgres://conduit@127.0.0.1:5432/conduit"),
+            max_connections: 16,
+            acquire_timeout_ms: 2_000,
+            statement_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// JWT signing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HMAC key for HS256 tokens. Every app host of a stage shares it, which is what makes the app
+    /// stateless: any host can check any token. The default is for local labs only.
+    pub jwt_secret: Secret,
+    /// Token lifetime. A day, as most RealWorld back ends do; a real system would add refresh tokens.
+    pub token_ttl_secs: u64,
+    /// Concurrent password hashes. Argon2 is made to be slow (~20 ms of CPU each); more hashes at
+    /// once than cores only queues work on the blocking pool, so the rest wait their turn.
+    pub max_concurrent_hashes: usize,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::from("archlab-local-lab-secret-not-for-production"),
+            token_ttl_secs: 24 * 3600,
+            max_concurrent_hashes: 2,
+        }
+    }
+}
+
+/// Media uploads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Folder of the local-filesystem store (stage 1: files on the app host's own disk).
+    pub root: PathBuf,
+    /// Largest upload. 5 MiB fits any web image worth serving; larger ones belong in a resize
+    /// pipeline, which this project does not model.
+    pub max_bytes: usize,
+    /// Prefix of the `url` returned for an upload. Empty: a path on this app (`/media/<id>`).
+    pub public_base_url: String,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("media"),
+            max_bytes: 5 * 1024 * 1024,
+            public_base_url: String::new(),
+        }
+    }
+}
+
+/// A string that never appears in logs or `Debug` output (database passwords, signing keys).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let settings = Settings::default();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("archlab-local-lab-secret"));
+        assert!(shown.contains("Secret(***)"));
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP_SERVER__LISTEN", "127.0.0.9:9999");
+            jail.set_env("APP_DATABASE__MAX_CONNECTIONS", "3");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.server.listen.to_string(), "127.0.0.9:9999");
+            assert_eq!(settings.database.max_connections, 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("APP_SERVER__LISTN", "127.0.0.9:9999");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,93 @@
+//! Article slugs: `how-to-train-your-dragon-1x2b9c`, the title made URL-safe plus the article's id
+//! in base 36.
+//!
+//! Ending every slug with the id means two articles with the same title get distinct slugs without
+//! a uniqueness retry loop, and a slug alone says which row (and, from stage 7, which shard) holds
+//! the article: the lookup is by primary key, and the title part is only checked for equality.
+
+/// Longest title part kept in a slug; URLs stay readable and bounded whatever the title length.
+const MAX_TITLE_PART: usize = 80;
+
+/// The slug of an article with this title and id.
+pub fn slug_for(title: &str, id: i64) -> String {
+    let mut slug = String::with_capacity(title.len().min(MAX_TITLE_PART) + 12);
+    let mut pending_dash = false;
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            if pending_dash && !slug.is_empty() {
+                slug.push('-');
+            }
+            pending_dash = false;
+            if slug.len() >= MAX_TITLE_PART {
+                break;
+            }
+            slug.push(c.to_ascii_lowercase());
+        } else {
+            pending_dash = true;
+        }
+    }
+    if !slug.is_empty() {
+        slug.push('-');
+    }
+    slug.push_str(&to_base36(id));
+    slug
+}
+
+/// The article id a slug ends with, if it ends with one.
+pub fn id_from_slug(slug: &str) -> Option<i64> {
+    let suffix = slug.rsplit('-').next()?;
+    from_base36(suffix)
+}
+
+fn to_base36(id: i64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut n = id.unsigned_abs();
+    let mut out = Vec::with_capacity(13);
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    out.into_iter().map(char::from).collect()
+}
+
+fn from_base36(s: &str) -> Option<i64> {
+    // 13 base-36 digits hold any i64; longer input is not one of our slugs.
+    if s.is_empty() || s.len() > 13 || !s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+        return None;
+    }
+    i64::from_str_radix(s, 36).ok().filter(|id| *id > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_readable_and_end_in_the_id() {
+        assert_eq!(slug_for("How to train your dragon", 1_234_567), "how-to-train-your-dragon-qglj");
+        assert_eq!(slug_for("  Hello,   World!! ", 35), "hello-world-z");
+        assert_eq!(slug_for("日本語", 36), "10");
+    }
+
+    #[test]
+    fn the_id_comes_back_out_of_the_slug() {
+        for id in [1, 35, 36, 1_234_567, (1 << 53) - 1] {
+            assert_eq!(id_from_slug(&slug_for("Some title", id)), Some(id));
+        }
+        assert_eq!(id_from_slug("no-id-here-"), None);
+        assert_eq!(id_from_slug("UPPER-1A"), None);
+        assert_eq!(id_from_slug("../../etc/passwd"), None);
+        assert_eq!(id_from_slug("x-zzzzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn long_titles_are_cut() {
+        let slug = slug_for(&"word ".repeat(100), 7);
+        assert!(slug.len() <= MAX_TITLE_PART + 2 + 1);
+        assert!(slug.ends_with("-7"));
+    }
+}

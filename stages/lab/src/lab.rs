@@ -1,0 +1,300 @@
+//! The lab: brings a stage's hosts up as local processes, reports on them, and stops exactly what
+//! it started.
+//!
+//! Layout of the state folder (default `.archlab/` in the current folder, or `--state-dir`):
+//!
+//! ```text
+//! .archlab/
+//!   secret                      JWT signing key shared by the stage's app hosts (0600)
+//!   01-monolith/
+//!     box/postgres/             data/, socket/, postgres.log, postgres.pid.json
+//!     box/app/                  media/, app.log, app.pid.json
+//! ```
+//!
+//! Data survives `down`/`up`; `up --fresh` starts from nothing.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use crate::{
+    postgres::PostgresServer,
+    process::{self, PidRecord, Spawn},
+    stage::{Host, Role, Stage, APP_PORT, DATABASE_PORT},
+};
+
+/// How long an app host may take to answer `/readyz`: it applies migrations first, which on a
+/// fresh database take well under a second.
+const APP_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The app drains in-flight requests on SIGTERM for up to its own grace period (10 s).
+const APP_STOP_PATIENCE: Duration = Duration::from_secs(15);
+/// Role and database the app uses.
+pub const APP_DATABASE: &str = "conduit";
+
+/// The lab, rooted at a state folder.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    state_dir: PathBuf,
+    conduit_bin: PathBuf,
+}
+
+/// One service on one host, as `status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// Stage number.
+    pub stage: u8,
+    /// Host name.
+    pub host: String,
+    /// `database` or `app`.
+    pub role: &'static str,
+    /// Host address.
+    pub address: String,
+    /// Service port.
+    pub port: u16,
+    /// The host's CPU budget in cores.
+    pub cpu_budget: f64,
+    /// Whether the budget is enforced (the lab does not enforce budgets yet).
+    pub cpu_budget_enforced: bool,
+    /// PID if running.
+    pub pid: Option<i32>,
+    /// Running and answering (PostgreSQL accepts a connection; the app's `/readyz` says 200).
+    pub healthy: bool,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Lab {
+    /// A lab keeping its state in `state_dir`, starting the app from `conduit_bin`.
+    pub fn new(state_dir: impl Into<PathBuf>, conduit_bin: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        Self {
+            // Absolute: services run with their own working folders.
+            state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
+            conduit_bin: conduit_bin.into(),
+        }
+    }
+
+    /// The `conduit` binary next to the running executable, or `ARCHLAB_CONDUIT_BIN`.
+    pub fn default_conduit_bin() -> anyhow::Result<PathBuf> {
+        if let Ok(path) = std::env::var("ARCHLAB_CONDUIT_BIN") {
+            return Ok(PathBuf::from(path));
+        }
+        let exe = std::env::current_exe().context("locating archlab")?;
+        let dir = exe.parent().context("archlab has no folder")?;
+        // Integration tests run from target/<profile>/deps; the binaries are one folder up.
+        for candidate in [dir.join("conduit"), dir.join("../conduit")] {
+            if candidate.exists() {
+                return Ok(candidate);
+            }
+        }
+        bail!(
+            "the `conduit` binary is not next to archlab ({}); build the workspace \
+             (`cargo build --release`) or set ARCHLAB_CONDUIT_BIN",
+            dir.display()
+        )
+    }
+
+    /// The state folder.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    fn stage_dir(&self, stage: &Stage) -> PathBuf {
+        self.state_dir.join(&stage.folder)
+    }
+
+    fn database(&self, stage: &Stage, host: &Host) -> PostgresServer {
+        PostgresServer::new(
+            self.stage_dir(stage).join(&host.name).join("postgres"),
+            host.address.clone(),
+            DATABASE_PORT,
+        )
+    }
+
+    fn app_dir(&self, stage: &Stage, host: &Host) -> PathBuf {
+        self.stage_dir(stage).join(&host.name).join("app")
+    }
+
+    /// The URL the app hosts use for the stage's database.
+    pub fn database_url(&self, stage: &Stage) -> anyhow::Result<String> {
+        let host = stage.database_host().context("stage has no database host")?;
+        Ok(self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
+    }
+
+    /// Brings every host of `stage` up and waits until each answers. Idempotent: what already
+    /// runs is left alone. `fresh` stops the stage and deletes its state first.
+    pub async fn up(&self, stage: &Stage, fresh: bool, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
+        if fresh {
+            self.down(stage, progress)?;
+            let dir = self.stage_dir(stage);
+            if dir.exists() {
+                progress(&format!("removing {}", dir.display()));
+                fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+        fs::create_dir_all(self.stage_dir(stage))?;
+        let db_host = stage.database_host().context("stage has no database host")?;
+        let db = self.database(stage, db_host);
+        progress(&format!("database on {} ({}:{DATABASE_PORT})", db_host.name, db_host.address));
+        db.start(&[]).await?;
+        db.ensure_database(APP_DATABASE, APP_DATABASE).await?;
+
+        let secret = self.secret()?;
+        for host in stage.app_hosts() {
+            progress(&format!("app on {} ({}:{APP_PORT})", host.name, host.address));
+            self.start_app(stage, host, &secret).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_app(&self, stage: &Stage, host: &Host, secret: &str) -> anyhow::Result<()> {
+        let dir = self.app_dir(stage, host);
+        fs::create_dir_all(dir.join("media"))?;
+        let pid_path = dir.join("app.pid.json");
+        let ready_url = format!("http://{}:{APP_PORT}/readyz", host.address);
+        if let Some(record) = PidRecord::read(&pid_path)? {
+            if record.is_alive() {
+                return Ok(());
+            }
+            let _ = fs::remove_file(&pid_path);
+        }
+        let log = dir.join("app.log");
+        let record = process::spawn(Spawn {
+            program: &self.conduit_bin,
+            args: vec!["serve".into()],
+            env: vec![
+                ("APP_SERVER__LISTEN".into(), format!("{}:{APP_PORT}", host.address)),
+                ("APP_DATABASE__URL".into(), self.database_url(stage)?),
+                ("APP_AUTH__JWT_SECRET".into(), secret.to_owned()),
+                ("APP_MEDIA__ROOT".into(), dir.join("media").display().to_string()),
+            ],
+            log: log.clone(),
+            user: None,
+            cwd: Some(dir.clone()),
+        })?;
+        record.write(&pid_path)?;
+        let client = http_client()?;
+        process::wait_until("the app", &record, &log, APP_START_TIMEOUT, || {
+            let request = client.get(&ready_url).send();
+            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+    }
+
+    /// Stops the stage's processes: app hosts first (they drain), then the database.
+    pub fn down(&self, stage: &Stage, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
+        for host in stage.app_hosts() {
+            let pid_path = self.app_dir(stage, host).join("app.pid.json");
+            if let Some(record) = PidRecord::read(&pid_path)? {
+                if record.is_alive() {
+                    progress(&format!("stopping app on {} (pid {})", host.name, record.pid));
+                    record.stop(Signal::SIGTERM, APP_STOP_PATIENCE)?;
+                } else {
+                    progress(&format!("app on {}: stale PID {} (not ours any more), left alone", host.name, record.pid));
+                }
+                fs::remove_file(&pid_path)?;
+            }
+        }
+        if let Some(host) = stage.database_host() {
+            let db = self.database(stage, host);
+            if let Some(record) = db.running()? {
+                progress(&format!("stopping database on {} (pid {})", host.name, record.pid));
+            }
+            db.stop()?;
+        }
+        Ok(())
+    }
+
+    /// Every service of `stage` with its state.
+    pub async fn status(&self, stage: &Stage) -> anyhow::Result<Vec<ServiceStatus>> {
+        let client = http_client()?;
+        let mut out = Vec::new();
+        for host in &stage.hosts {
+            for role in &host.roles {
+                let (pid, healthy, log, port) = match role {
+                    Role::Database => {
+                        let db = self.database(stage, host);
+                        let record = db.running()?;
+                        let healthy = match &record {
+                            Some(_) => {
+                                use sqlx::Connection;
+                                sqlx::PgConnection::connect_with(&db.connect_options("postgres", "postgres"))
+                                    .await
+                                    .is_ok()
+                            }
+                            None => false,
+                        };
+                        (record.map(|r| r.pid), healthy, db.log_path(), DATABASE_PORT)
+                    }
+                    Role::App => {
+                        let dir = self.app_dir(stage, host);
+                        let record = PidRecord::read(&dir.join("app.pid.json"))?.filter(PidRecord::is_alive);
+                        let healthy = match &record {
+                            Some(_) => client
+                                .get(format!("http://{}:{APP_PORT}/readyz", host.address))
+                                .send()
+                                .await
+                                .is_ok_and(|r| r.status().is_success()),
+                            None => false,
+                        };
+                        (record.map(|r| r.pid), healthy, dir.join("app.log"), APP_PORT)
+                    }
+                };
+                out.push(ServiceStatus {
+                    stage: stage.number,
+                    host: host.name.clone(),
+                    role: role.as_str(),
+                    address: host.address.clone(),
+                    port,
+                    cpu_budget: host.cpu_budget,
+                    cpu_budget_enforced: false,
+                    pid,
+                    healthy,
+                    log,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether any state for `stage` exists (it has been up at least once).
+    pub fn has_state(&self, stage: &Stage) -> bool {
+        self.stage_dir(stage).exists()
+    }
+
+    /// The JWT key shared by the lab's app hosts: made once, kept in the state folder (0600).
+    fn secret(&self) -> anyhow::Result<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.state_dir.join("secret");
+        if let Ok(secret) = fs::read_to_string(&path) {
+            return Ok(secret.trim().to_owned());
+        }
+        fs::create_dir_all(&self.state_dir)?;
+        let mut bytes = [0u8; 32];
+        getrandom(&mut bytes)?;
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        fs::write(&path, &secret)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        Ok(secret)
+    }
+}
+
+fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
+    use std::io::Read;
+    fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
+}
+
+/// An HTTP client for health checks: short timeouts, no proxies (loopback only).
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?)
+}

@@ -1,0 +1,18 @@
+//! # archlab: the native lab
+//!
+//! Brings an archlab stage up on this machine with real components, each "host" a set of local
+//! processes on its own loopback address (127.10.<stage>.<n>), and stops exactly the processes it
+//! started (PID files with start times; see [`process`]).
+//!
+//! - [`stage`]: stage files (`stages/NN-name/stage.toml`): hosts, roles, addresses, CPU budgets;
+//! - [`postgres`]: a PostgreSQL server as a local process (also [`postgres::TestPostgres`] for tests);
+//! - [`lab`]: `up`, `down`, `status` over a state folder;
+//! - `main.rs`: the `archlab` command line.
+
+pub mod lab;
+pub mod postgres;
+pub mod process;
+pub mod stage;
+
+pub use lab::Lab;
+pub use stage::Stage;

@@ -1,0 +1,186 @@
+//! `archlab`: run archlab's stages as real local processes.
+//!
+//! ```text
+//! archlab up 1 [--fresh]     bring stage 1 up; last line: `endpoint: http://ADDR:PORT`
+//! archlab status [--json]    every host: role, address, PID, health, log file
+//! archlab seed [1]           write the benchmark data set into the stage's database
+//! archlab down [1]           stop what the lab started (all stages if none is named)
+//! ```
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context};
+use archlab::{Lab, Stage};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Run archlab's architecture stages as real local processes",
+    long_about = "Run archlab's architecture stages as real local processes: PostgreSQL, the \
+                  Conduit app and, in later stages, Redis, pingora and more, each host on its own \
+                  loopback address (127.10.<stage>.<n>). Stages are defined in stages/NN-name/stage.toml."
+)]
+struct Cli {
+    /// Where the lab keeps data, logs and PID files.
+    #[arg(long, global = true, env = "ARCHLAB_STATE_DIR", default_value = ".archlab")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command_,
+}
+
+#[derive(Subcommand)]
+enum Command_ {
+    /// Bring a stage up and wait until every host answers.
+    Up {
+        /// Stage number or name (`1`, `monolith`).
+        stage: String,
+        /// Stop the stage and delete its data first.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Stop the processes the lab started.
+    Down {
+        /// Stage number or name; all stages when omitted.
+        stage: Option<String>,
+    },
+    /// Show every host of every stage the lab has state for.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the deterministic benchmark data set (skipped if already there).
+    Seed {
+        /// Stage number or name (default: 1).
+        #[arg(default_value = "1")]
+        stage: String,
+        /// Users to create.
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        /// Articles to create.
+        #[arg(long, default_value_t = 10_000)]
+        articles: usize,
+        /// Seed of the generator: same seed, same data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// List the stages the lab implements.
+    Stages,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let progress = |line: &str| println!("  {line}");
+    match cli.command {
+        Command_::Up { stage, fresh } => {
+            let stage = Stage::find(&stage)?;
+            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
+            println!("stage {}: {} — {}", stage.number, stage.name, stage.title);
+            lab.up(&stage, fresh, &progress).await?;
+            for s in lab.status(&stage).await? {
+                println!(
+                    "  {:<8} {:<8} {}:{:<5} pid {:<7} {}",
+                    s.host,
+                    s.role,
+                    s.address,
+                    s.port,
+                    s.pid.map_or("-".into(), |p| p.to_string()),
+                    if s.healthy { "healthy" } else { "NOT HEALTHY" }
+                );
+            }
+            println!("state: {}", cli.state_dir.display());
+            println!("endpoint: {}", stage.endpoint());
+        }
+        Command_::Down { stage } => {
+            let lab = Lab::new(&cli.state_dir, PathBuf::new());
+            let stages = match stage {
+                Some(key) => vec![Stage::find(&key)?],
+                None => Stage::all()?.into_iter().filter(|s| lab.has_state(s)).collect(),
+            };
+            for stage in stages {
+                println!("stage {}: {}", stage.number, stage.name);
+                lab.down(&stage, &progress)?;
+            }
+            println!("down");
+        }
+        Command_::Status { json } => {
+            let lab = Lab::new(&cli.state_dir, PathBuf::new());
+            let mut all = Vec::new();
+            for stage in Stage::all()?.into_iter().filter(|s| lab.has_state(s)) {
+                for service in lab.status(&stage).await? {
+                    all.push((stage.endpoint(), service));
+                }
+            }
+            if json {
+                let services: Vec<_> = all
+                    .iter()
+                    .map(|(endpoint, s)| {
+                        let mut v = serde_json::to_value(s).unwrap_or_default();
+                        v["endpoint"] = endpoint.clone().into();
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+                    "state_dir": cli.state_dir, "services": services,
+                }))?);
+            } else if all.is_empty() {
+                println!("no stage has been brought up in {}", cli.state_dir.display());
+            } else {
+                println!(
+                    "{:<6} {:<8} {:<9} {:<17} {:<8} {:<12} {:<12} log",
+                    "stage", "host", "role", "address", "pid", "health", "cpu budget"
+                );
+                for (_, s) in &all {
+                    println!(
+                        "{:<6} {:<8} {:<9} {:<17} {:<8} {:<12} {:<12} {}",
+                        s.stage,
+                        s.host,
+                        s.role,
+                        format!("{}:{}", s.address, s.port),
+                        s.pid.map_or("-".into(), |p| p.to_string()),
+                        if s.healthy { "healthy" } else if s.pid.is_some() { "unhealthy" } else { "stopped" },
+                        format!("{} (not enforced)", s.cpu_budget),
+                        s.log.display()
+                    );
+                }
+            }
+        }
+        Command_::Seed {
+            stage,
+            users,
+            articles,
+            seed,
+        } => {
+            let stage = Stage::find(&stage)?;
+            let conduit = Lab::default_conduit_bin()?;
+            let lab = Lab::new(&cli.state_dir, &conduit);
+            let url = lab.database_url(&stage)?;
+            println!("seeding stage {} ({users} users, {articles} articles, seed {seed})", stage.number);
+            let started = std::time::Instant::now();
+            let status = Command::new(&conduit)
+                .args(["seed", "--users", &users.to_string(), "--articles", &articles.to_string()])
+                .args(["--seed", &seed.to_string()])
+                .env("APP_DATABASE__URL", url)
+                .status()
+                .with_context(|| format!("running {} seed", conduit.display()))?;
+            if !status.success() {
+                bail!("seeding failed (is the stage up? `archlab up {}`)", stage.number);
+            }
+            println!("seeded in {:.1} s", started.elapsed().as_secs_f64());
+        }
+        Command_::Stages => {
+            for stage in Stage::all()? {
+                println!("{:>2}  {:<12} {}", stage.number, stage.name, stage.title);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! A real PostgreSQL server as a local process: `initdb` into a folder the lab owns, `postgres`
+//! started on one loopback address, stopped by its PID.
+//!
+//! PostgreSQL refuses to run as root, so when the lab runs as root, every PostgreSQL process runs
+//! as the `postgres` OS user (created by Debian's package) and every folder it writes is handed to
+//! that user. The server binaries come from `pg_config --bindir`, the newest
+//! `/usr/lib/postgresql/<version>/bin`, or `ARCHLAB_PG_BIN`.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, PgConnection};
+
+use crate::process::{self, PidRecord, Spawn};
+
+/// How long a start may take: `initdb` about 1 s and start-up 0.1 s on the reference machine
+/// (LAB-NOTES), so 60 s only trips on a real failure (crash recovery of a large WAL included).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// A fast shutdown (SIGINT) rolls back open transactions and checkpoints; 30 s is plenty here.
+const STOP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Where the PostgreSQL server binaries are.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("ARCHLAB_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("postgres").exists() {
+            return Ok(dir);
+        }
+    }
+    bail!(
+        "PostgreSQL server binaries not found. Install them (Debian/Ubuntu: `scripts/setup.sh`, \
+         or `apt-get install postgresql`), or point ARCHLAB_PG_BIN at the folder holding `postgres`."
+    )
+}
+
+/// The OS user PostgreSQL runs as: ourselves, or `postgres` when we are root.
+pub fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .context("looking up the postgres user")?
+        .context(
+            "running as root, and there is no `postgres` OS user to run PostgreSQL as \
+             (PostgreSQL refuses root). Install the postgresql package, which creates it.",
+        )?;
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
+}
+
+/// One PostgreSQL server: its folders, address and process.
+#[derive(Debug, Clone)]
+pub struct PostgresServer {
+    /// The folder holding `data/`, `socket/`, the log and the PID file.
+    pub dir: PathBuf,
+    /// The loopback address it listens on.
+    pub address: String,
+    /// Its TCP port.
+    pub port: u16,
+}
+
+impl PostgresServer {
+    /// A server living in `dir`, listening on `address:port`.
+    pub fn new(dir: impl Into<PathBuf>, address: impl Into<String>, port: u16) -> Self {
+        let dir = dir.into();
+        Self {
+            // Absolute: the server runs with its own working folder.
+            dir: std::path::absolute(&dir).unwrap_or(dir),
+            address: address.into(),
+            port,
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The server log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    /// The PID file.
+    pub fn pid_path(&self) -> PathBuf {
+        self.dir.join("postgres.pid.json")
+    }
+
+    /// A URL for `user` on `database`.
+    pub fn url(&self, user: &str, database: &str) -> String {
+        format!("postgres://{user}@{}:{}/{database}", self.address, self.port)
+    }
+
+    /// Creates the cluster unless it exists. Trust authentication on loopback only: this is a lab
+    /// on one machine; a real system would use scram-sha-256 with a password per service.
+    pub fn init(&self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        if data.join("PG_VERSION").exists() {
+            return Ok(());
+        }
+        let user = server_user()?;
+        self.prepare_dirs(user)?;
+        let initdb = bin_dir()?.join("initdb");
+        let mut command = Command::new(&initdb);
+        command
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+            // initdb's own fsyncs only; the running server keeps fsync on.
+            .arg("--no-sync");
+        if let Some((uid, gid)) = user {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, gid);
+        }
+        let out = command
+            .output()
+            .with_context(|| format!("running {}", initdb.display()))?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Connections from any loopback address (each lab host has its own).
+        let hba = data.join("pg_hba.conf");
+        let mut text = fs::read_to_string(&hba).context("reading pg_hba.conf")?;
+        text.push_str("\n# archlab: every lab host has its own 127.x.y.z address\nhost all all 127.0.0.0/8 trust\n");
+        fs::write(&hba, text).context("writing pg_hba.conf")?;
+        Ok(())
+    }
+
+    fn prepare_dirs(&self, user: Option<(u32, u32)>) -> anyhow::Result<()> {
+        for dir in [self.dir.clone(), self.dir.join("socket")] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+            if let Some((uid, gid)) = user {
+                nix::unistd::chown(&dir, Some(uid.into()), Some(gid.into()))
+                    .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
+            }
+        }
+        if let Some((uid, _)) = user {
+            check_reachable(&self.dir, uid)?;
+        }
+        Ok(())
+    }
+
+    /// The running server's record, if it is running (a stale PID file is removed).
+    pub fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        let path = self.pid_path();
+        match PidRecord::read(&path)? {
+            Some(record) if record.is_alive() => Ok(Some(record)),
+            Some(_) => {
+                tracing::info!(path = %path.display(), "removing a stale PID file");
+                let _ = fs::remove_file(&path);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Starts the server (initialising it first if needed) and waits until it accepts
+    /// connections. Idempotent: an already running server is left as it is.
+    pub async fn start(&self, extra_settings: &[(&str, String)]) -> anyhow::Result<PidRecord> {
+        self.init()?;
+        if let Some(record) = self.running()? {
+            return Ok(record);
+        }
+        let user = server_user()?;
+        self.prepare_dirs(user)?;
+        let mut args: Vec<String> = vec!["-D".into(), self.data_dir().display().to_string()];
+        let settings: Vec<(&str, String)> = [
+            ("listen_addresses", self.address.clone()),
+            ("port", self.port.to_string()),
+            ("unix_socket_directories", self.dir.join("socket").display().to_string()),
+        ]
+        .into_iter()
+        .chain(extra_settings.iter().cloned())
+        .collect();
+        for (key, value) in settings {
+            args.push("-c".into());
+            args.push(format!("{key}={value}"));
+        }
+        let record = process::spawn(Spawn {
+            program: &bin_dir()?.join("postgres"),
+            args,
+            env: vec![],
+            log: self.log_path(),
+            user,
+            cwd: Some(self.dir.clone()),
+        })?;
+        record.write(&self.pid_path())?;
+        let options = self.connect_options("postgres", "postgres");
+        process::wait_until("PostgreSQL", &record, &self.log_path(), START_TIMEOUT, || {
+            let options = options.clone();
+            async move { PgConnection::connect_with(&options).await.is_ok() }
+        })
+        .await?;
+        Ok(record)
+    }
+
+    /// Fast shutdown (SIGINT: roll back open transactions, checkpoint, exit). No-op if stopped.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        if let Some(record) = self.running()? {
+            record.stop(Signal::SIGINT, STOP_PATIENCE)?;
+        }
+        let _ = fs::remove_file(self.pid_path());
+        Ok(())
+    }
+
+    /// Connection options for `user` on `database`.
+    pub fn connect_options(&self, user: &str, database: &str) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .host(&self.address)
+            .port(self.port)
+            .username(user)
+            .database(database)
+            .log_statements(tracing::log::LevelFilter::Trace)
+    }
+
+    /// Creates a login role and a database it owns, unless they exist.
+    pub async fn ensure_database(&self, role: &str, database: &str) -> anyhow::Result<()> {
+        let mut conn = PgConnection::connect_with(&self.connect_options("postgres", "postgres"))
+            .await
+            .context("connecting as the postgres superuser")?;
+        let role_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(role)
+                .fetch_one(&mut conn)
+                .await?;
+        if !role_exists {
+            // Identifiers cannot be bound as parameters; quote_ident makes them safe.
+            let sql: String = sqlx::query_scalar("SELECT format('CREATE ROLE %I LOGIN', $1::text)")
+                .bind(role)
+                .fetch_one(&mut conn)
+                .await?;
+            sqlx::raw_sql(&sql).execute(&mut conn).await?;
+        }
+        let db_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(database)
+                .fetch_one(&mut conn)
+                .await?;
+        if !db_exists {
+            let sql: String =
+                sqlx::query_scalar("SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)")
+                    .bind(database)
+                    .bind(role)
+                    .fetch_one(&mut conn)
+                    .await?;
+            sqlx::raw_sql(&sql).execute(&mut conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// PostgreSQL running as `uid` must be able to reach `dir`: every ancestor must let others
+/// through (the execute bit). A state folder under `/root` fails this; say so plainly.
+fn check_reachable(dir: &Path, uid: u32) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor)?;
+        let mode = meta.permissions().mode();
+        let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+        if owner != uid && mode & 0o001 == 0 {
+            bail!(
+                "PostgreSQL runs as the `postgres` user, which cannot enter {} (mode {:o}). \
+                 Choose a state folder it can reach, e.g. `--state-dir /var/lib/archlab`.",
+                ancestor.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A throwaway PostgreSQL server for tests: its own folder and a free port on 127.0.0.1, removed
+/// when dropped. `initdb` runs once per test process; each server copies that template.
+pub struct TestPostgres {
+    /// The server.
+    pub server: PostgresServer,
+    _dir: tempfile::TempDir,
+}
+
+static TEMPLATE: tokio::sync::OnceCell<(tempfile::TempDir, PathBuf)> =
+    tokio::sync::OnceCell::const_new();
+
+impl TestPostgres {
+    /// Starts a fresh server and creates database `conduit` owned by role `conduit`.
+    pub async fn start() -> anyhow::Result<Self> {
+        let (_, template) = TEMPLATE
+            .get_or_try_init(|| async {
+                let dir = tempfile::Builder::new().prefix("archlab-pg-template").tempdir()?;
+                fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+                let server = PostgresServer::new(dir.path().join("pg"), "127.0.0.1", 0);
+                server.init()?;
+                anyhow::Ok((dir, server.data_dir()))
+            })
+            .await?;
+        let dir = tempfile::Builder::new().prefix("archlab-pg-test").tempdir()?;
+        // The postgres user (when we are root) must be able to enter it.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let port = free_port()?;
+        let server = PostgresServer::new(dir.path().join("pg"), "127.0.0.1", port);
+        let user = server_user()?;
+        server.prepare_dirs(user)?;
+        copy_dir(template, &server.data_dir(), user)?;
+        // Tests want speed, not durability: a crash of a test server loses nothing we need.
+        server
+            .start(&[("fsync", "off".into()), ("synchronous_commit", "off".into())])
+            .await?;
+        server.ensure_database("conduit", "conduit").await?;
+        Ok(Self { server, _dir: dir })
+    }
+
+    /// URL of the `conduit` database as the `conduit` role.
+    pub fn url(&self) -> String {
+        self.server.url("conduit", "conduit")
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        if let Ok(Some(record)) = self.server.running() {
+            // Immediate shutdown: the data is thrown away anyway.
+            let _ = record.stop(Signal::SIGQUIT, Duration::from_secs(10));
+        }
+    }
+}
+
+/// A port that was free a moment ago. PostgreSQL cannot take port 0, so a small race remains;
+/// a clash shows up as a clear start-up error, not as a wrong result.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn copy_dir(from: &Path, to: &Path, user: Option<(u32, u32)>) -> anyhow::Result<()> {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .context("copying the template cluster")?;
+    if !status.success() {
+        bail!("copying {} to {} failed", from.display(), to.display());
+    }
+    if let Some((uid, gid)) = user {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(to)
+            .status()?;
+        if !status.success() {
+            bail!("chown of {} failed", to.display());
+        }
+    }
+    Ok(())
+}

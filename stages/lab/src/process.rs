@@ -1,0 +1,226 @@
+//! Processes the lab starts, and only those: each is recorded in a PID file together with its
+//! start time (field 22 of `/proc/<pid>/stat`), so a PID left behind by a crashed run that the
+//! kernel has since given to some other program is recognised as stale and never signalled.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use serde::{Deserialize, Serialize};
+
+/// What a PID file holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PidRecord {
+    /// Process id.
+    pub pid: i32,
+    /// Start time in clock ticks since boot, from `/proc/<pid>/stat`.
+    pub start_ticks: u64,
+}
+
+/// Start time of `pid`, or `None` if no such process.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    // After the name, fields start at 3; start time is field 22, so index 19 here.
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl PidRecord {
+    /// The record of a running process.
+    pub fn of(pid: i32) -> anyhow::Result<Self> {
+        let start_ticks = start_ticks(pid).with_context(|| format!("process {pid} is not running"))?;
+        Ok(Self { pid, start_ticks })
+    }
+
+    /// Whether this exact process is still running (same PID *and* same start time), and not a
+    /// zombie waiting to be reaped.
+    pub fn is_alive(&self) -> bool {
+        if start_ticks(self.pid) != Some(self.start_ticks) {
+            return false;
+        }
+        let state = fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)).map(str::to_owned));
+        state.as_deref() != Some("Z")
+    }
+
+    /// Reads a PID file; `None` if there is none.
+    pub fn read(path: &Path) -> anyhow::Result<Option<Self>> {
+        match fs::read_to_string(path) {
+            Ok(text) => Ok(Some(
+                serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes a PID file.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        fs::write(path, serde_json::to_string(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Sends `signal`, then waits up to `patience` for the process to be gone; escalates to
+    /// SIGKILL after that. Does nothing if the process is already gone.
+    pub fn stop(&self, signal: Signal, patience: Duration) -> anyhow::Result<()> {
+        if !self.is_alive() {
+            return Ok(());
+        }
+        kill(Pid::from_raw(self.pid), signal).with_context(|| format!("signalling {}", self.pid))?;
+        if self.wait_gone(patience) {
+            return Ok(());
+        }
+        tracing::warn!(pid = self.pid, "did not stop in time; sending SIGKILL");
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        if self.wait_gone(Duration::from_secs(5)) {
+            Ok(())
+        } else {
+            bail!("process {} did not exit even after SIGKILL", self.pid)
+        }
+    }
+
+    fn wait_gone(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if !self.is_alive() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !self.is_alive()
+    }
+}
+
+/// A service process to start in the background.
+pub struct Spawn<'a> {
+    /// The program.
+    pub program: &'a Path,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Where stdout and stderr go (appended).
+    pub log: PathBuf,
+    /// Run as this user and group (PostgreSQL refuses root).
+    pub user: Option<(u32, u32)>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+/// Starts a process in its own process group (a Ctrl-C in the terminal that ran `archlab up`
+/// does not reach it), detached from our stdin, logging to a file; returns its record.
+///
+/// The child is reaped by a background thread so it never lingers as a zombie while this process
+/// lives; once this process exits, init adopts it.
+pub fn spawn(spec: Spawn<'_>) -> anyhow::Result<PidRecord> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .with_context(|| format!("opening log {}", spec.log.display()))?;
+    if let Some((uid, gid)) = spec.user {
+        nix::unistd::chown(&spec.log, Some(uid.into()), Some(gid.into()))
+            .with_context(|| format!("handing {} to uid {uid}", spec.log.display()))?;
+    }
+    let mut command = Command::new(spec.program);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    if let Some((uid, gid)) = spec.user {
+        command.uid(uid).gid(gid);
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", spec.program.display()))?;
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    // Between fork and our read of /proc the child exists (it is our unreaped child at worst).
+    PidRecord::of(pid)
+}
+
+/// Polls `check` every 50 ms until it returns true, the process dies, or `timeout` passes.
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    process: &PidRecord,
+    log: &Path,
+    timeout: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if !process.is_alive() {
+            bail!("{what} exited during start-up; last lines of {}:\n{}", log.display(), tail(log, 15));
+        }
+        if Instant::now() > deadline {
+            bail!("{what} not ready after {timeout:?}; last lines of {}:\n{}", log.display(), tail(log, 15));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last `n` lines of a log file (for error messages).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_process_is_alive_and_a_changed_start_time_is_stale() {
+        let me = PidRecord::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        let reused = PidRecord {
+            start_ticks: me.start_ticks + 1,
+            ..me.clone()
+        };
+        assert!(!reused.is_alive(), "a PID with another start time is someone else");
+    }
+
+    #[test]
+    fn a_spawned_process_is_stopped_by_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = spawn(Spawn {
+            program: Path::new("/bin/sleep"),
+            args: vec!["30".into()],
+            env: vec![],
+            log: dir.path().join("sleep.log"),
+            user: None,
+            cwd: None,
+        })
+        .unwrap();
+        assert!(record.is_alive());
+        record.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
+        assert!(!record.is_alive());
+    }
+}

@@ -1,0 +1,177 @@
+//! Stage files: a stage is data (`stages/NN-name/stage.toml`) naming its hosts, their roles,
+//! loopback addresses and CPU budgets. The files are compiled into `archlab`, so the binary works
+//! from any folder; the list below is the one place that names them.
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Every stage the lab knows, in order.
+const STAGE_FILES: &[(&str, &str)] = &[(
+    "01-monolith",
+    include_str!("../../01-monolith/stage.toml"),
+)];
+
+/// PostgreSQL's standard port; every database host keeps it on its own address.
+pub const DATABASE_PORT: u16 = 5432;
+/// The app's port on every app host.
+pub const APP_PORT: u16 = 8080;
+
+/// A stage: numbered, named, made of hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Position in the tour (1 = monolith).
+    pub number: u8,
+    /// Short name (`monolith`).
+    pub name: String,
+    /// One line saying what the stage adds.
+    pub title: String,
+    /// Its hosts.
+    pub hosts: Vec<Host>,
+    /// Folder name under `stages/` (filled in from the file list, not the file).
+    #[serde(skip)]
+    pub folder: String,
+}
+
+/// A simulated host: one loopback address and one CPU budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// Name, unique within the stage.
+    pub name: String,
+    /// Its loopback address (127.0.0.0/8).
+    pub address: String,
+    /// Cores this host may use.
+    pub cpu_budget: f64,
+    /// What runs on it.
+    pub roles: Vec<Role>,
+    /// Where the app on this host keeps media (`local`: this host's disk).
+    #[serde(default)]
+    pub media: Option<String>,
+}
+
+/// What a host does in the architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A PostgreSQL server.
+    Database,
+    /// The Conduit app.
+    App,
+}
+
+impl Role {
+    /// The role's name as in stage files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Database => "database",
+            Role::App => "app",
+        }
+    }
+}
+
+impl Stage {
+    /// Every stage, in order.
+    pub fn all() -> anyhow::Result<Vec<Stage>> {
+        STAGE_FILES
+            .iter()
+            .map(|(folder, text)| Stage::parse(folder, text))
+            .collect()
+    }
+
+    /// Parses and checks one stage file.
+    pub fn parse(folder: &str, text: &str) -> anyhow::Result<Stage> {
+        let mut stage: Stage =
+            toml::from_str(text).with_context(|| format!("parsing stages/{folder}/stage.toml"))?;
+        stage.folder = folder.to_owned();
+        stage.check()?;
+        Ok(stage)
+    }
+
+    /// Finds a stage by number (`1`), name (`monolith`) or folder (`01-monolith`).
+    pub fn find(key: &str) -> anyhow::Result<Stage> {
+        let all = Stage::all()?;
+        let wanted = key.trim_start_matches('0');
+        all.iter()
+            .find(|s| s.number.to_string() == wanted || s.name == key || s.folder == key)
+            .cloned()
+            .with_context(|| {
+                let known: Vec<String> =
+                    all.iter().map(|s| format!("{} ({})", s.number, s.name)).collect();
+                format!("no stage {key:?}; implemented stages: {}", known.join(", "))
+            })
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for host in &self.hosts {
+            if !names.insert(&host.name) {
+                bail!("stage {}: host name {:?} used twice", self.number, host.name);
+            }
+            let ip: std::net::Ipv4Addr = host
+                .address
+                .parse()
+                .with_context(|| format!("host {}: address {:?}", host.name, host.address))?;
+            if !ip.is_loopback() {
+                bail!("host {}: {} is not a loopback address", host.name, ip);
+            }
+            if !(host.cpu_budget > 0.0 && host.cpu_budget <= 64.0) {
+                bail!("host {}: cpu_budget must be in (0, 64]", host.name);
+            }
+        }
+        if self.database_host().is_none() || self.app_hosts().is_empty() {
+            bail!("stage {}: needs a database host and at least one app host", self.number);
+        }
+        Ok(())
+    }
+
+    /// The host with the database role.
+    pub fn database_host(&self) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.roles.contains(&Role::Database))
+    }
+
+    /// Hosts with the app role.
+    pub fn app_hosts(&self) -> Vec<&Host> {
+        self.hosts
+            .iter()
+            .filter(|h| h.roles.contains(&Role::App))
+            .collect()
+    }
+
+    /// The stage's public entry point: what clients and the load harness talk to.
+    pub fn endpoint(&self) -> String {
+        let app = self.app_hosts()[0];
+        format!("http://{}:{APP_PORT}", app.address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_file_parses_and_is_found_by_number_and_name() {
+        let all = Stage::all().unwrap();
+        assert_eq!(all[0].number, 1);
+        assert_eq!(Stage::find("1").unwrap().name, "monolith");
+        assert_eq!(Stage::find("01").unwrap().name, "monolith");
+        assert_eq!(Stage::find("monolith").unwrap().number, 1);
+        assert!(Stage::find("99").is_err());
+        assert_eq!(Stage::find("1").unwrap().endpoint(), "http://127.10.1.1:8080");
+    }
+
+    #[test]
+    fn non_loopback_hosts_are_refused() {
+        let text = r#"
+            number = 9
+            name = "bad"
+            title = "bad"
+            [[hosts]]
+            name = "h"
+            address = "10.0.0.1"
+            cpu_budget = 1.0
+            roles = ["database", "app"]
+        "#;
+        assert!(Stage::parse("09-bad", text).is_err());
+    }
+}
