@@ -119,9 +119,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::comments::router())
         .merge(api::tags::router())
         .layer(DefaultBodyLimit::max(server.max_json_body_bytes))
-        .merge(
-            api::media::router().layer(DefaultBodyLimit::max(media_limit)),
-        )
+        .merge(api::media::router().layer(DefaultBodyLimit::max(media_limit)))
         .merge(api::ops::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {

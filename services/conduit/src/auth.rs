@@ -213,7 +213,10 @@ mod tests {
         let expired = auth.issue_with_expiry(1, now - 100, now - 10).unwrap();
         assert!(matches!(
             auth.verify(&expired),
-            Err(ApiError::Unauthorized { message: "has expired", .. })
+            Err(ApiError::Unauthorized {
+                message: "has expired",
+                ..
+            })
         ));
         let token = auth.issue(1).unwrap();
         let mut tampered = token.clone().into_bytes();
@@ -232,7 +235,10 @@ mod tests {
     async fn passwords_verify_only_with_the_right_password() {
         let auth = auth();
         let hash = auth.hash_password("hunter22".into()).await.unwrap();
-        assert!(auth.verify_password("hunter22".into(), hash.clone()).await.unwrap());
+        assert!(auth
+            .verify_password("hunter22".into(), hash.clone())
+            .await
+            .unwrap());
         assert!(!auth.verify_password("hunter23".into(), hash).await.unwrap());
     }
 }

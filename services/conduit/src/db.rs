@@ -34,7 +34,10 @@ impl Database {
             .parse()
             .context("parsing database.url")?;
         let options = options
-            .options([("statement_timeout", settings.statement_timeout_ms.to_string())])
+            .options([(
+                "statement_timeout",
+                settings.statement_timeout_ms.to_string(),
+            )])
             .application_name("conduit")
             // Every query at debug level would flood the logs and skew benchmarks.
             .log_statements(tracing::log::LevelFilter::Trace)

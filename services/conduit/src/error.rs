@@ -85,10 +85,9 @@ impl ApiError {
             Self::Conflict(field) => one(field, "has already been taken".to_owned()),
             Self::Unprocessable(errors) => json!({ "errors": errors }),
             Self::PayloadTooLarge => one("body", "is too large".to_owned()),
-            Self::UnsupportedMediaType => one(
-                "media",
-                "must be a PNG, JPEG, GIF or WebP image".to_owned(),
-            ),
+            Self::UnsupportedMediaType => {
+                one("media", "must be a PNG, JPEG, GIF or WebP image".to_owned())
+            }
             Self::Unavailable(what) => one("server", (*what).to_owned()),
             Self::Internal(_) => one("server", "internal error".to_owned()),
         }
@@ -98,7 +97,13 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
+            // No connection free in time, or the database cannot be reached: a retry may work, and
+            // the client should not read it as a bug (503, not 500). Still logged, as a warning.
             sqlx::Error::PoolTimedOut => Self::Unavailable("database busy, try again"),
+            sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(error = %error, "database unreachable");
+                Self::Unavailable("database unavailable, try again")
+            }
             _ => Self::Internal(anyhow::Error::new(error).context("database query")),
         }
     }

@@ -45,9 +45,10 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::JsonSyntaxError(_) => "is not valid JSON".to_owned(),
         // serde's message names the field and the expected type, e.g.
         // "user.email: invalid type: integer `1`, expected a string at line 1 column 20".
-        JsonRejection::JsonDataError(e) => e
-            .body_text()
-            .replace("Failed to deserialize the JSON body into the target type: ", ""),
+        JsonRejection::JsonDataError(e) => e.body_text().replace(
+            "Failed to deserialize the JSON body into the target type: ",
+            "",
+        ),
         other => other.body_text(),
     };
     ApiError::invalid("body", message)
@@ -92,8 +93,6 @@ where
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiPath(p.0))
-            .map_err(|rejection: PathRejection| {
-                ApiError::invalid("path", rejection.body_text())
-            })
+            .map_err(|rejection: PathRejection| ApiError::invalid("path", rejection.body_text()))
     }
 }

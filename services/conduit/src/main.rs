@@ -85,11 +85,14 @@ async fn main() -> anyhow::Result<()> {
                 ..SeedSpec::default()
             };
             let report = conduit::seed::seed(db.write(), spec).await?;
-            println!("{}", serde_json::to_string(&serde_json::json!({
-                "users": report.users, "articles": report.articles, "follows": report.follows,
-                "favorites": report.favorites, "comments": report.comments,
-                "already_seeded": report.already_seeded,
-            }))?);
+            println!(
+                "{}",
+                serde_json::to_string(&serde_json::json!({
+                    "users": report.users, "articles": report.articles, "follows": report.follows,
+                    "favorites": report.favorites, "comments": report.comments,
+                    "already_seeded": report.already_seeded,
+                }))?
+            );
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url).await,
@@ -101,7 +104,9 @@ async fn healthcheck(url: &str) -> anyhow::Result<()> {
     let rest = url
         .strip_prefix("http://")
         .context("only http:// URLs are supported")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
     let probe = async {
         let mut stream = tokio::net::TcpStream::connect(authority).await?;
         stream

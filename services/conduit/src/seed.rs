@@ -73,18 +73,89 @@ pub struct SeedReport {
 }
 
 const TAGS: &[&str] = &[
-    "rust", "postgres", "redis", "caching", "scaling", "replication", "sharding", "consensus",
-    "raft", "paxos", "latency", "throughput", "cdn", "load-balancing", "http", "tcp", "linux",
-    "kernel", "databases", "indexes", "queues", "kafka", "observability", "tracing", "metrics",
-    "testing", "benchmarks", "design", "architecture", "microservices", "monolith", "storage",
-    "s3", "networking", "security", "auth", "jwt", "api", "realworld", "tutorial",
+    "rust",
+    "postgres",
+    "redis",
+    "caching",
+    "scaling",
+    "replication",
+    "sharding",
+    "consensus",
+    "raft",
+    "paxos",
+    "latency",
+    "throughput",
+    "cdn",
+    "load-balancing",
+    "http",
+    "tcp",
+    "linux",
+    "kernel",
+    "databases",
+    "indexes",
+    "queues",
+    "kafka",
+    "observability",
+    "tracing",
+    "metrics",
+    "testing",
+    "benchmarks",
+    "design",
+    "architecture",
+    "microservices",
+    "monolith",
+    "storage",
+    "s3",
+    "networking",
+    "security",
+    "auth",
+    "jwt",
+    "api",
+    "realworld",
+    "tutorial",
 ];
 
 const WORDS: &[&str] = &[
-    "how", "why", "when", "the", "a", "fast", "slow", "cache", "database", "replica", "shard",
-    "leader", "follower", "queue", "request", "latency", "tail", "budget", "host", "cluster",
-    "edge", "origin", "write", "read", "lock", "commit", "log", "index", "page", "token", "load",
-    "balancer", "failover", "quorum", "lesson", "guide", "notes", "mistake", "story", "benchmark",
+    "how",
+    "why",
+    "when",
+    "the",
+    "a",
+    "fast",
+    "slow",
+    "cache",
+    "database",
+    "replica",
+    "shard",
+    "leader",
+    "follower",
+    "queue",
+    "request",
+    "latency",
+    "tail",
+    "budget",
+    "host",
+    "cluster",
+    "edge",
+    "origin",
+    "write",
+    "read",
+    "lock",
+    "commit",
+    "log",
+    "index",
+    "page",
+    "token",
+    "load",
+    "balancer",
+    "failover",
+    "quorum",
+    "lesson",
+    "guide",
+    "notes",
+    "mistake",
+    "story",
+    "benchmark",
 ];
 
 fn sentence(rng: &mut StdRng, words: usize) -> String {
@@ -286,7 +357,10 @@ pub async fn seed(pool: &PgPool, spec: SeedSpec) -> anyhow::Result<SeedReport> {
         .context("inserting comments")?;
         report.comments += end - start;
     }
-    sqlx::query("ANALYZE").execute(pool).await.context("analyzing")?;
+    sqlx::query("ANALYZE")
+        .execute(pool)
+        .await
+        .context("analyzing")?;
     tracing::info!(?report, elapsed = ?started.elapsed(), "seeded");
     Ok(report)
 }

@@ -56,7 +56,12 @@ fn to_base36(id: i64) -> String {
 
 fn from_base36(s: &str) -> Option<i64> {
     // 13 base-36 digits hold any i64; longer input is not one of our slugs.
-    if s.is_empty() || s.len() > 13 || !s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+    if s.is_empty()
+        || s.len() > 13
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    {
         return None;
     }
     i64::from_str_radix(s, 36).ok().filter(|id| *id > 0)
@@ -68,7 +73,10 @@ mod tests {
 
     #[test]
     fn slugs_are_readable_and_end_in_the_id() {
-        assert_eq!(slug_for("How to train your dragon", 1_234_567), "how-to-train-your-dragon-qglj");
+        assert_eq!(
+            slug_for("How to train your dragon", 1_234_567),
+            "how-to-train-your-dragon-qglj"
+        );
         assert_eq!(slug_for("  Hello,   World!! ", 35), "hello-world-z");
         assert_eq!(slug_for("日本語", 36), "10");
     }

@@ -123,13 +123,20 @@ impl Lab {
 
     /// The URL the app hosts use for the stage's database.
     pub fn database_url(&self, stage: &Stage) -> anyhow::Result<String> {
-        let host = stage.database_host().context("stage has no database host")?;
+        let host = stage
+            .database_host()
+            .context("stage has no database host")?;
         Ok(self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
     }
 
     /// Brings every host of `stage` up and waits until each answers. Idempotent: what already
     /// runs is left alone. `fresh` stops the stage and deletes its state first.
-    pub async fn up(&self, stage: &Stage, fresh: bool, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
+    pub async fn up(
+        &self,
+        stage: &Stage,
+        fresh: bool,
+        progress: &dyn Fn(&str),
+    ) -> anyhow::Result<()> {
         if fresh {
             self.down(stage, progress)?;
             let dir = self.stage_dir(stage);
@@ -139,15 +146,23 @@ impl Lab {
             }
         }
         fs::create_dir_all(self.stage_dir(stage))?;
-        let db_host = stage.database_host().context("stage has no database host")?;
+        let db_host = stage
+            .database_host()
+            .context("stage has no database host")?;
         let db = self.database(stage, db_host);
-        progress(&format!("database on {} ({}:{DATABASE_PORT})", db_host.name, db_host.address));
+        progress(&format!(
+            "database on {} ({}:{DATABASE_PORT})",
+            db_host.name, db_host.address
+        ));
         db.start(&[]).await?;
         db.ensure_database(APP_DATABASE, APP_DATABASE).await?;
 
         let secret = self.secret()?;
         for host in stage.app_hosts() {
-            progress(&format!("app on {} ({}:{APP_PORT})", host.name, host.address));
+            progress(&format!(
+                "app on {} ({}:{APP_PORT})",
+                host.name, host.address
+            ));
             self.start_app(stage, host, &secret).await?;
         }
         Ok(())
@@ -169,10 +184,16 @@ impl Lab {
             program: &self.conduit_bin,
             args: vec!["serve".into()],
             env: vec![
-                ("APP_SERVER__LISTEN".into(), format!("{}:{APP_PORT}", host.address)),
+                (
+                    "APP_SERVER__LISTEN".into(),
+                    format!("{}:{APP_PORT}", host.address),
+                ),
                 ("APP_DATABASE__URL".into(), self.database_url(stage)?),
                 ("APP_AUTH__JWT_SECRET".into(), secret.to_owned()),
-                ("APP_MEDIA__ROOT".into(), dir.join("media").display().to_string()),
+                (
+                    "APP_MEDIA__ROOT".into(),
+                    dir.join("media").display().to_string(),
+                ),
             ],
             log: log.clone(),
             user: None,
@@ -193,10 +214,16 @@ impl Lab {
             let pid_path = self.app_dir(stage, host).join("app.pid.json");
             if let Some(record) = PidRecord::read(&pid_path)? {
                 if record.is_alive() {
-                    progress(&format!("stopping app on {} (pid {})", host.name, record.pid));
+                    progress(&format!(
+                        "stopping app on {} (pid {})",
+                        host.name, record.pid
+                    ));
                     record.stop(Signal::SIGTERM, APP_STOP_PATIENCE)?;
                 } else {
-                    progress(&format!("app on {}: stale PID {} (not ours any more), left alone", host.name, record.pid));
+                    progress(&format!(
+                        "app on {}: stale PID {} (not ours any more), left alone",
+                        host.name, record.pid
+                    ));
                 }
                 fs::remove_file(&pid_path)?;
             }
@@ -204,7 +231,10 @@ impl Lab {
         if let Some(host) = stage.database_host() {
             let db = self.database(stage, host);
             if let Some(record) = db.running()? {
-                progress(&format!("stopping database on {} (pid {})", host.name, record.pid));
+                progress(&format!(
+                    "stopping database on {} (pid {})",
+                    host.name, record.pid
+                ));
             }
             db.stop()?;
         }
@@ -224,9 +254,11 @@ impl Lab {
                         let healthy = match &record {
                             Some(_) => {
                                 use sqlx::Connection;
-                                sqlx::PgConnection::connect_with(&db.connect_options("postgres", "postgres"))
-                                    .await
-                                    .is_ok()
+                                sqlx::PgConnection::connect_with(
+                                    &db.connect_options("postgres", "postgres"),
+                                )
+                                .await
+                                .is_ok()
                             }
                             None => false,
                         };
@@ -234,7 +266,8 @@ impl Lab {
                     }
                     Role::App => {
                         let dir = self.app_dir(stage, host);
-                        let record = PidRecord::read(&dir.join("app.pid.json"))?.filter(PidRecord::is_alive);
+                        let record =
+                            PidRecord::read(&dir.join("app.pid.json"))?.filter(PidRecord::is_alive);
                         let healthy = match &record {
                             Some(_) => client
                                 .get(format!("http://{}:{APP_PORT}/readyz", host.address))
@@ -243,7 +276,12 @@ impl Lab {
                                 .is_ok_and(|r| r.status().is_success()),
                             None => false,
                         };
-                        (record.map(|r| r.pid), healthy, dir.join("app.log"), APP_PORT)
+                        (
+                            record.map(|r| r.pid),
+                            healthy,
+                            dir.join("app.log"),
+                            APP_PORT,
+                        )
                     }
                 };
                 out.push(ServiceStatus {

@@ -23,8 +23,17 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Where the lab keeps data, logs and PID files.
-    #[arg(long, global = true, env = "ARCHLAB_STATE_DIR", default_value = ".archlab")]
+    #[arg(
+        long,
+        global = true,
+        env = "ARCHLAB_STATE_DIR",
+        default_value = ".archlab"
+    )]
     state_dir: PathBuf,
+    /// Second octet of the lab's loopback network (hosts are 127.<net>.<stage>.<n>); change it to
+    /// run a second lab beside the first.
+    #[arg(long, global = true, env = "ARCHLAB_NET", default_value_t = 10)]
+    net: u8,
     #[command(subcommand)]
     command: Command_,
 }
@@ -81,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let progress = |line: &str| println!("  {line}");
     match cli.command {
         Command_::Up { stage, fresh } => {
-            let stage = Stage::find(&stage)?;
+            let stage = Stage::find(&stage)?.on_network(cli.net);
             let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
             println!("stage {}: {} — {}", stage.number, stage.name, stage.title);
             lab.up(&stage, fresh, &progress).await?;
@@ -102,8 +111,11 @@ async fn main() -> anyhow::Result<()> {
         Command_::Down { stage } => {
             let lab = Lab::new(&cli.state_dir, PathBuf::new());
             let stages = match stage {
-                Some(key) => vec![Stage::find(&key)?],
-                None => Stage::all()?.into_iter().filter(|s| lab.has_state(s)).collect(),
+                Some(key) => vec![Stage::find(&key)?.on_network(cli.net)],
+                None => all_stages(cli.net)?
+                    .into_iter()
+                    .filter(|s| lab.has_state(s))
+                    .collect(),
             };
             for stage in stages {
                 println!("stage {}: {}", stage.number, stage.name);
@@ -114,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
         Command_::Status { json } => {
             let lab = Lab::new(&cli.state_dir, PathBuf::new());
             let mut all = Vec::new();
-            for stage in Stage::all()?.into_iter().filter(|s| lab.has_state(s)) {
+            for stage in all_stages(cli.net)?
+                .into_iter()
+                .filter(|s| lab.has_state(s))
+            {
                 for service in lab.status(&stage).await? {
                     all.push((stage.endpoint(), service));
                 }
@@ -128,11 +143,17 @@ async fn main() -> anyhow::Result<()> {
                         v
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "state_dir": cli.state_dir, "services": services,
-                }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "state_dir": cli.state_dir, "services": services,
+                    }))?
+                );
             } else if all.is_empty() {
-                println!("no stage has been brought up in {}", cli.state_dir.display());
+                println!(
+                    "no stage has been brought up in {}",
+                    cli.state_dir.display()
+                );
             } else {
                 println!(
                     "{:<6} {:<8} {:<9} {:<17} {:<8} {:<12} {:<12} log",
@@ -146,7 +167,13 @@ async fn main() -> anyhow::Result<()> {
                         s.role,
                         format!("{}:{}", s.address, s.port),
                         s.pid.map_or("-".into(), |p| p.to_string()),
-                        if s.healthy { "healthy" } else if s.pid.is_some() { "unhealthy" } else { "stopped" },
+                        if s.healthy {
+                            "healthy"
+                        } else if s.pid.is_some() {
+                            "unhealthy"
+                        } else {
+                            "stopped"
+                        },
                         format!("{} (not enforced)", s.cpu_budget),
                         s.log.display()
                     );
@@ -159,20 +186,32 @@ async fn main() -> anyhow::Result<()> {
             articles,
             seed,
         } => {
-            let stage = Stage::find(&stage)?;
+            let stage = Stage::find(&stage)?.on_network(cli.net);
             let conduit = Lab::default_conduit_bin()?;
             let lab = Lab::new(&cli.state_dir, &conduit);
             let url = lab.database_url(&stage)?;
-            println!("seeding stage {} ({users} users, {articles} articles, seed {seed})", stage.number);
+            println!(
+                "seeding stage {} ({users} users, {articles} articles, seed {seed})",
+                stage.number
+            );
             let started = std::time::Instant::now();
             let status = Command::new(&conduit)
-                .args(["seed", "--users", &users.to_string(), "--articles", &articles.to_string()])
+                .args([
+                    "seed",
+                    "--users",
+                    &users.to_string(),
+                    "--articles",
+                    &articles.to_string(),
+                ])
                 .args(["--seed", &seed.to_string()])
                 .env("APP_DATABASE__URL", url)
                 .status()
                 .with_context(|| format!("running {} seed", conduit.display()))?;
             if !status.success() {
-                bail!("seeding failed (is the stage up? `archlab up {}`)", stage.number);
+                bail!(
+                    "seeding failed (is the stage up? `archlab up {}`)",
+                    stage.number
+                );
             }
             println!("seeded in {:.1} s", started.elapsed().as_secs_f64());
         }
@@ -183,4 +222,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn all_stages(net: u8) -> anyhow::Result<Vec<Stage>> {
+    Ok(Stage::all()?
+        .into_iter()
+        .map(|s| s.on_network(net))
+        .collect())
 }

@@ -111,7 +111,10 @@ impl PostgresServer {
 
     /// A URL for `user` on `database`.
     pub fn url(&self, user: &str, database: &str) -> String {
-        format!("postgres://{user}@{}:{}/{database}", self.address, self.port)
+        format!(
+            "postgres://{user}@{}:{}/{database}",
+            self.address, self.port
+        )
     }
 
     /// Creates the cluster unless it exists. Trust authentication on loopback only: this is a lab
@@ -195,7 +198,10 @@ impl PostgresServer {
         let settings: Vec<(&str, String)> = [
             ("listen_addresses", self.address.clone()),
             ("port", self.port.to_string()),
-            ("unix_socket_directories", self.dir.join("socket").display().to_string()),
+            (
+                "unix_socket_directories",
+                self.dir.join("socket").display().to_string(),
+            ),
         ]
         .into_iter()
         .chain(extra_settings.iter().cloned())
@@ -214,10 +220,16 @@ impl PostgresServer {
         })?;
         record.write(&self.pid_path())?;
         let options = self.connect_options("postgres", "postgres");
-        process::wait_until("PostgreSQL", &record, &self.log_path(), START_TIMEOUT, || {
-            let options = options.clone();
-            async move { PgConnection::connect_with(&options).await.is_ok() }
-        })
+        process::wait_until(
+            "PostgreSQL",
+            &record,
+            &self.log_path(),
+            START_TIMEOUT,
+            || {
+                let options = options.clone();
+                async move { PgConnection::connect_with(&options).await.is_ok() }
+            },
+        )
         .await?;
         Ok(record)
     }
@@ -265,12 +277,13 @@ impl PostgresServer {
                 .fetch_one(&mut conn)
                 .await?;
         if !db_exists {
-            let sql: String =
-                sqlx::query_scalar("SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)")
-                    .bind(database)
-                    .bind(role)
-                    .fetch_one(&mut conn)
-                    .await?;
+            let sql: String = sqlx::query_scalar(
+                "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
+            )
+            .bind(database)
+            .bind(role)
+            .fetch_one(&mut conn)
+            .await?;
             sqlx::raw_sql(&sql).execute(&mut conn).await?;
         }
         Ok(())
@@ -313,14 +326,18 @@ impl TestPostgres {
     pub async fn start() -> anyhow::Result<Self> {
         let (_, template) = TEMPLATE
             .get_or_try_init(|| async {
-                let dir = tempfile::Builder::new().prefix("archlab-pg-template").tempdir()?;
+                let dir = tempfile::Builder::new()
+                    .prefix("archlab-pg-template")
+                    .tempdir()?;
                 fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
                 let server = PostgresServer::new(dir.path().join("pg"), "127.0.0.1", 0);
                 server.init()?;
                 anyhow::Ok((dir, server.data_dir()))
             })
             .await?;
-        let dir = tempfile::Builder::new().prefix("archlab-pg-test").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("archlab-pg-test")
+            .tempdir()?;
         // The postgres user (when we are root) must be able to enter it.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let port = free_port()?;
@@ -330,7 +347,10 @@ impl TestPostgres {
         copy_dir(template, &server.data_dir(), user)?;
         // Tests want speed, not durability: a crash of a test server loses nothing we need.
         server
-            .start(&[("fsync", "off".into()), ("synchronous_commit", "off".into())])
+            .start(&[
+                ("fsync", "off".into()),
+                ("synchronous_commit", "off".into()),
+            ])
             .await?;
         server.ensure_database("conduit", "conduit").await?;
         Ok(Self { server, _dir: dir })
@@ -354,7 +374,9 @@ impl Drop for TestPostgres {
 /// A port that was free a moment ago. PostgreSQL cannot take port 0, so a small race remains;
 /// a clash shows up as a clear start-up error, not as a wrong result.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn copy_dir(from: &Path, to: &Path, user: Option<(u32, u32)>) -> anyhow::Result<()> {

@@ -38,7 +38,8 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
 impl PidRecord {
     /// The record of a running process.
     pub fn of(pid: i32) -> anyhow::Result<Self> {
-        let start_ticks = start_ticks(pid).with_context(|| format!("process {pid} is not running"))?;
+        let start_ticks =
+            start_ticks(pid).with_context(|| format!("process {pid} is not running"))?;
         Ok(Self { pid, start_ticks })
     }
 
@@ -50,7 +51,11 @@ impl PidRecord {
         }
         let state = fs::read_to_string(format!("/proc/{}/stat", self.pid))
             .ok()
-            .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)).map(str::to_owned));
+            .and_then(|s| {
+                s.rfind(')')
+                    .and_then(|i| s.get(i + 2..i + 3))
+                    .map(str::to_owned)
+            });
         state.as_deref() != Some("Z")
     }
 
@@ -58,7 +63,8 @@ impl PidRecord {
     pub fn read(path: &Path) -> anyhow::Result<Option<Self>> {
         match fs::read_to_string(path) {
             Ok(text) => Ok(Some(
-                serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+                serde_json::from_str(&text)
+                    .with_context(|| format!("reading {}", path.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -77,7 +83,8 @@ impl PidRecord {
         if !self.is_alive() {
             return Ok(());
         }
-        kill(Pid::from_raw(self.pid), signal).with_context(|| format!("signalling {}", self.pid))?;
+        kill(Pid::from_raw(self.pid), signal)
+            .with_context(|| format!("signalling {}", self.pid))?;
         if self.wait_gone(patience) {
             return Ok(());
         }
@@ -176,10 +183,18 @@ where
             return Ok(());
         }
         if !process.is_alive() {
-            bail!("{what} exited during start-up; last lines of {}:\n{}", log.display(), tail(log, 15));
+            bail!(
+                "{what} exited during start-up; last lines of {}:\n{}",
+                log.display(),
+                tail(log, 15)
+            );
         }
         if Instant::now() > deadline {
-            bail!("{what} not ready after {timeout:?}; last lines of {}:\n{}", log.display(), tail(log, 15));
+            bail!(
+                "{what} not ready after {timeout:?}; last lines of {}:\n{}",
+                log.display(),
+                tail(log, 15)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -204,7 +219,10 @@ mod tests {
             start_ticks: me.start_ticks + 1,
             ..me.clone()
         };
-        assert!(!reused.is_alive(), "a PID with another start time is someone else");
+        assert!(
+            !reused.is_alive(),
+            "a PID with another start time is someone else"
+        );
     }
 
     #[test]
@@ -220,7 +238,9 @@ mod tests {
         })
         .unwrap();
         assert!(record.is_alive());
-        record.stop(Signal::SIGTERM, Duration::from_secs(5)).unwrap();
+        record
+            .stop(Signal::SIGTERM, Duration::from_secs(5))
+            .unwrap();
         assert!(!record.is_alive());
     }
 }

@@ -6,10 +6,8 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 /// Every stage the lab knows, in order.
-const STAGE_FILES: &[(&str, &str)] = &[(
-    "01-monolith",
-    include_str!("../../01-monolith/stage.toml"),
-)];
+const STAGE_FILES: &[(&str, &str)] =
+    &[("01-monolith", include_str!("../../01-monolith/stage.toml"))];
 
 /// PostgreSQL's standard port; every database host keeps it on its own address.
 pub const DATABASE_PORT: u16 = 5432;
@@ -96,8 +94,10 @@ impl Stage {
             .find(|s| s.number.to_string() == wanted || s.name == key || s.folder == key)
             .cloned()
             .with_context(|| {
-                let known: Vec<String> =
-                    all.iter().map(|s| format!("{} ({})", s.number, s.name)).collect();
+                let known: Vec<String> = all
+                    .iter()
+                    .map(|s| format!("{} ({})", s.number, s.name))
+                    .collect();
                 format!("no stage {key:?}; implemented stages: {}", known.join(", "))
             })
     }
@@ -106,7 +106,11 @@ impl Stage {
         let mut names = std::collections::HashSet::new();
         for host in &self.hosts {
             if !names.insert(&host.name) {
-                bail!("stage {}: host name {:?} used twice", self.number, host.name);
+                bail!(
+                    "stage {}: host name {:?} used twice",
+                    self.number,
+                    host.name
+                );
             }
             let ip: std::net::Ipv4Addr = host
                 .address
@@ -120,14 +124,33 @@ impl Stage {
             }
         }
         if self.database_host().is_none() || self.app_hosts().is_empty() {
-            bail!("stage {}: needs a database host and at least one app host", self.number);
+            bail!(
+                "stage {}: needs a database host and at least one app host",
+                self.number
+            );
         }
         Ok(())
     }
 
+    /// The same stage on another loopback network: every host address `127.A.B.C` becomes
+    /// `127.<net>.B.C`. Lets two labs (a developer's and a test's) run side by side.
+    pub fn on_network(mut self, net: u8) -> Stage {
+        for host in &mut self.hosts {
+            let mut octets: Vec<&str> = host.address.split('.').collect();
+            if octets.len() == 4 {
+                let net = net.to_string();
+                octets[1] = &net;
+                host.address = octets.join(".");
+            }
+        }
+        self
+    }
+
     /// The host with the database role.
     pub fn database_host(&self) -> Option<&Host> {
-        self.hosts.iter().find(|h| h.roles.contains(&Role::Database))
+        self.hosts
+            .iter()
+            .find(|h| h.roles.contains(&Role::Database))
     }
 
     /// Hosts with the app role.
@@ -157,7 +180,14 @@ mod tests {
         assert_eq!(Stage::find("01").unwrap().name, "monolith");
         assert_eq!(Stage::find("monolith").unwrap().number, 1);
         assert!(Stage::find("99").is_err());
-        assert_eq!(Stage::find("1").unwrap().endpoint(), "http://127.10.1.1:8080");
+        assert_eq!(
+            Stage::find("1").unwrap().endpoint(),
+            "http://127.10.1.1:8080"
+        );
+        assert_eq!(
+            Stage::find("1").unwrap().on_network(77).endpoint(),
+            "http://127.77.1.1:8080"
+        );
     }
 
     #[test]

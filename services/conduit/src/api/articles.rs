@@ -105,8 +105,17 @@ fn article_id(slug: &str) -> ApiResult<i64> {
 
 /// Loads the article a slug names: by primary key, then the whole slug must match (an old slug
 /// from before a title change is not found).
-async fn article_by_slug(state: &AppState, slug: &str, viewer: i64, fresh: bool) -> ApiResult<Article> {
-    let pool = if fresh { state.db.write() } else { state.db.read() };
+async fn article_by_slug(
+    state: &AppState,
+    slug: &str,
+    viewer: i64,
+    fresh: bool,
+) -> ApiResult<Article> {
+    let pool = if fresh {
+        state.db.write()
+    } else {
+        state.db.read()
+    };
     match load_article(pool, article_id(slug)?, viewer).await? {
         Some(article) if article.slug == slug => Ok(article),
         _ => Err(ApiError::NotFound("article")),
@@ -201,7 +210,13 @@ fn bind_all<'q, O>(
 }
 
 /// Two statements: the page (newest first) and the total count.
-async fn list(state: &AppState, filter: ListFilter<'_>, viewer: i64, limit: i64, offset: i64) -> ApiResult<ArticlesBody> {
+async fn list(
+    state: &AppState,
+    filter: ListFilter<'_>,
+    viewer: i64,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<ArticlesBody> {
     let (conditions, binds) = filter.conditions(2);
     let n = binds.len() + 2;
     let page_sql = format!(
@@ -217,7 +232,11 @@ async fn list(state: &AppState, filter: ListFilter<'_>, viewer: i64, limit: i64,
             Bind::Id(id) => page.bind(id),
         };
     }
-    let rows = page.bind(limit).bind(offset).fetch_all(state.db.read()).await?;
+    let rows = page
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(state.db.read())
+        .await?;
     let articles = rows
         .iter()
         .map(|row| article_from_row(row, false))
@@ -247,7 +266,9 @@ async fn list_articles(
         favorited_by: q.favorited.as_deref(),
         feed_of: None,
     };
-    Ok(Json(list(&state, filter, viewer.viewer_id(), limit, offset).await?))
+    Ok(Json(
+        list(&state, filter, viewer.viewer_id(), limit, offset).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -312,7 +333,9 @@ struct UpdateArticle {
     tag_list: Option<Option<Vec<String>>>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Vec<String>>>, D::Error> {
     Option::<Vec<String>>::deserialize(d).map(Some)
 }
 
@@ -350,7 +373,9 @@ async fn create_article(
 
     let mut tx = state.db.write().begin().await?;
     // The id first: the slug ends with it.
-    let (id,): (i64,) = sqlx::query_as("SELECT next_id()").fetch_one(&mut *tx).await?;
+    let (id,): (i64,) = sqlx::query_as("SELECT next_id()")
+        .fetch_one(&mut *tx)
+        .await?;
     sqlx::query(
         "INSERT INTO articles (id, slug, author_id, title, description, body)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -366,24 +391,20 @@ async fn create_article(
     write_tags(&mut tx, id, &tags).await?;
     let article = load_article(&mut *tx, id, user.id).await?;
     tx.commit().await?;
-    let article = article.ok_or_else(|| anyhow::anyhow!("article {id} vanished in its own transaction"))?;
+    let article =
+        article.ok_or_else(|| anyhow::anyhow!("article {id} vanished in its own transaction"))?;
     Ok((StatusCode::CREATED, Json(ArticleBody { article })))
 }
 
 /// The author of the article `slug` names, or 404; 403 unless it is `user`.
-async fn owned_article(
-    tx: &mut sqlx::PgConnection,
-    slug: &str,
-    user: AuthUser,
-) -> ApiResult<i64> {
+async fn owned_article(tx: &mut sqlx::PgConnection, slug: &str, user: AuthUser) -> ApiResult<i64> {
     let id = article_id(slug)?;
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT author_id FROM articles WHERE id = $1 AND slug = $2 FOR UPDATE",
-    )
-    .bind(id)
-    .bind(slug)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT author_id FROM articles WHERE id = $1 AND slug = $2 FOR UPDATE")
+            .bind(id)
+            .bind(slug)
+            .fetch_optional(&mut *tx)
+            .await?;
     match found {
         None => Err(ApiError::NotFound("article")),
         Some(author) if author != user.id => Err(ApiError::Forbidden("article")),
@@ -476,16 +497,18 @@ async fn favorite(
 ) -> ApiResult<Json<ArticleBody>> {
     let id = existing_article(&state, &slug).await?;
     // Favoriting twice leaves the same state: not an error.
-    sqlx::query("INSERT INTO favorites (article_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(id)
-        .bind(user.id)
-        .execute(state.db.write())
-        .await
-        // The article was deleted between the two statements.
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
-            _ => e.into(),
-        })?;
+    sqlx::query(
+        "INSERT INTO favorites (article_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(user.id)
+    .execute(state.db.write())
+    .await
+    // The article was deleted between the two statements.
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
+        _ => e.into(),
+    })?;
     let article = article_by_slug(&state, &slug, user.id, true).await?;
     Ok(Json(ArticleBody { article }))
 }

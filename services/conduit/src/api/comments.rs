@@ -117,9 +117,7 @@ async fn add_comment(
     .await
     .map_err(|e| match &e {
         // The article was deleted between the two statements.
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            ApiError::NotFound("article")
-        }
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
         _ => e.into(),
     })?;
     let comment = comment_from_row(&row)?;

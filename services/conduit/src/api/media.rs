@@ -184,7 +184,10 @@ async fn download(
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
     if not_modified {
         return Ok((StatusCode::NOT_MODIFIED, cache_headers).into_response());
     }
@@ -197,7 +200,10 @@ async fn download(
         HeaderValue::from_str(&content_type).map_err(anyhow::Error::new)?,
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     Ok(response)
 }
 
@@ -225,10 +231,19 @@ mod tests {
 
     #[test]
     fn sniffing_trusts_bytes_not_names() {
-        assert_eq!(sniff_image_type(b"\x89PNG\r\n\x1a\nrest"), Some("image/png"));
-        assert_eq!(sniff_image_type(&[0xFF, 0xD8, 0xFF, 0xE0]), Some("image/jpeg"));
+        assert_eq!(
+            sniff_image_type(b"\x89PNG\r\n\x1a\nrest"),
+            Some("image/png")
+        );
+        assert_eq!(
+            sniff_image_type(&[0xFF, 0xD8, 0xFF, 0xE0]),
+            Some("image/jpeg")
+        );
         assert_eq!(sniff_image_type(b"GIF89a..."), Some("image/gif"));
-        assert_eq!(sniff_image_type(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
+        assert_eq!(
+            sniff_image_type(b"RIFF\0\0\0\0WEBPVP8 "),
+            Some("image/webp")
+        );
         assert_eq!(sniff_image_type(b"<svg xmlns="), None);
         assert_eq!(sniff_image_type(b"<html>"), None);
         assert_eq!(sniff_image_type(b""), None);

@@ -24,7 +24,11 @@ pub fn router() -> Router<AppState> {
 /// One query: the user and whether the viewer follows them. `follows` is keyed by followee, so
 /// this stays on the profile owner's shard.
 async fn profile(state: &AppState, username: &str, viewer: i64, fresh: bool) -> ApiResult<Profile> {
-    let pool = if fresh { state.db.write() } else { state.db.read() };
+    let pool = if fresh {
+        state.db.write()
+    } else {
+        state.db.read()
+    };
     sqlx::query_as(
         "SELECT u.username, u.bio, u.image,
                 EXISTS (SELECT 1 FROM follows f WHERE f.followee_id = u.id AND f.follower_id = $2)

@@ -5,9 +5,10 @@ use serde::Serialize;
 
 use crate::{error::ApiResult, AppState};
 
-/// Most tags returned, most used first. The spec returns "the tags"; with user-made tags that set
-/// is unbounded, so the answer is the most popular ones, as a tag cloud would show.
-pub const MAX_TAGS_LISTED: i64 = 500;
+/// Most tags returned. The spec returns "the tags"; with user-made tags that set is unbounded, so
+/// the answer is bounded: the most used first, then the most recently used (so a tag someone just
+/// added shows up, which RealWorld clients check). The seeded data set has 40 tags.
+pub const MAX_TAGS_LISTED: i64 = 1_000;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
@@ -23,7 +24,8 @@ struct TagsBody {
 async fn list_tags(State(state): State<AppState>) -> ApiResult<Json<TagsBody>> {
     // Crosses shards from stage 7 (every shard has tags): a scatter-gather and a merge there.
     let tags = sqlx::query_scalar(
-        "SELECT tag FROM article_tags GROUP BY tag ORDER BY count(*) DESC, tag LIMIT $1",
+        "SELECT tag FROM article_tags GROUP BY tag
+         ORDER BY count(*) DESC, max(article_id) DESC LIMIT $1",
     )
     .bind(MAX_TAGS_LISTED)
     .fetch_all(state.db.read())

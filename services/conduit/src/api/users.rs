@@ -27,7 +27,8 @@ struct Envelope<T> {
 
 impl<T> Envelope<T> {
     fn into_inner(self) -> ApiResult<T> {
-        self.user.ok_or_else(|| ApiError::invalid("user", "can't be blank"))
+        self.user
+            .ok_or_else(|| ApiError::invalid("user", "can't be blank"))
     }
 }
 
@@ -44,13 +45,16 @@ struct LoginUser {
     password: Option<String>,
 }
 
-/// Every field optional; `bio` and `image` may be sent as null to clear them, which is why they
-/// are `Option<Option<String>>`: absent (keep) versus null or "" (clear).
+/// Every field optional, and each is `Option<Option<String>>` to tell absent (keep) from null.
+/// `bio` and `image` may be null or "" to clear them; `email`, `username` and `password` may not.
 #[derive(Deserialize)]
 struct UpdateUser {
-    email: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    username: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    password: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     bio: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
@@ -101,7 +105,7 @@ async fn register(
     let username = v.username(username);
     let email = v.required("email", new.email, MAX_EMAIL);
     let email = v.email(email);
-    let password = v.required("password", new.password, MAX_PASSWORD);
+    let password = v.password(new.password);
     v.finish()?;
 
     let hash = state.auth.hash_password(password).await?;
@@ -180,13 +184,16 @@ async fn update_user(
 ) -> ApiResult<axum::Json<UserBody>> {
     let update = body.into_inner()?;
     let mut v = Validator::default();
-    let username = v
-        .optional("username", update.username, MAX_USERNAME)
+    // Present but null is as blank as "".
+    let username = update
+        .username
+        .map(|u| v.required("username", u, MAX_USERNAME))
         .map(|u| v.username(u));
-    let email = v
-        .optional("email", update.email, MAX_EMAIL)
+    let email = update
+        .email
+        .map(|e| v.required("email", e, MAX_EMAIL))
         .map(|e| v.email(e));
-    let password = v.optional("password", update.password, MAX_PASSWORD);
+    let password = update.password.map(|p| v.password(p));
     v.finish()?;
 
     let hash = match password {

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Brings stage N up in a throwaway lab (own state folder, own loopback network), runs the
+# RealWorld project's API suite against its endpoint, and brings it down again.
+#
+#   scripts/realworld-stage.sh 1
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+stage="${1:?usage: scripts/realworld-stage.sh STAGE}"
+profile="${ARCHLAB_PROFILE:-debug}"
+
+state="$(mktemp -d /tmp/archlab-realworld.XXXXXX)"
+chmod 755 "$state"   # PostgreSQL runs as the postgres user when we are root
+archlab() { "target/$profile/archlab" --state-dir "$state" --net 240 "$@"; }
+cleanup() { archlab down >/dev/null 2>&1 || true; rm -rf "$state"; }
+trap cleanup EXIT
+
+endpoint="$(archlab up "$stage" | tee /dev/stderr | sed -n 's/^endpoint: //p' | tail -n1)"
+[ -n "$endpoint" ] || { echo "stage $stage did not come up" >&2; exit 1; }
+bash scripts/realworld-api-tests.sh "$endpoint"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what archlab's native lab, benchmarks and tests need, and nothing that is already there.
+#
+#   scripts/setup.sh            # as root, or as a user with sudo
+#
+# Debian 12 / Ubuntu 22.04+: installs the OS packages below with apt-get (one `apt-get update`,
+# only when something is missing). Elsewhere it names what to install and stops.
+# The Rust toolchain itself is expected (https://rustup.rs); this script does not install it.
+set -euo pipefail
+
+# package -> why archlab needs it
+declare -A WHY=(
+  [postgresql]="the database of every stage (server binaries under /usr/lib/postgresql)"
+  [wrk]="HTTP load for the stage benchmarks until the bundled harness replaces it"
+  [docker-compose]="offline validation of docker-compose/*.yml (config -q); no engine needed"
+  [curl]="the walkthroughs' curl sessions and the API test runner's download"
+  [ca-certificates]="HTTPS for package downloads"
+)
+PACKAGES=(postgresql wrk docker-compose curl ca-certificates)
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$p")
+    fi
+  done
+else
+  echo "This is not a Debian/Ubuntu system. Install the equivalents of:" >&2
+  for p in "${PACKAGES[@]}"; do echo "  - $p: ${WHY[$p]}" >&2; done
+  echo "then set ARCHLAB_PG_BIN to the folder holding PostgreSQL's 'postgres' and 'initdb'." >&2
+  exit 1
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: everything archlab needs is installed"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  SUDO="sudo"
+fi
+echo "setup: installing ${missing[*]}"
+for p in "${missing[@]}"; do echo "  - $p: ${WHY[$p]}"; done
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"

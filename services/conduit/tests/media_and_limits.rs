@@ -1,0 +1,234 @@
+//! Media uploads and downloads, body limits, unknown routes, operations endpoints.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{assert_error, TestApp};
+use reqwest::{multipart, StatusCode};
+use serde_json::{json, Value};
+
+/// A valid 1x1 PNG.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
+    0x42, 0x60, 0x82,
+];
+
+async fn upload(
+    app: &TestApp,
+    token: Option<&str>,
+    bytes: Vec<u8>,
+    claimed_type: &str,
+) -> (StatusCode, Value) {
+    let part = multipart::Part::bytes(bytes)
+        .file_name("upload.bin")
+        .mime_str(claimed_type)
+        .unwrap();
+    let mut request = app
+        .client
+        .post(app.url("/api/media"))
+        .multipart(multipart::Form::new().part("file", part));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Token {token}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn media_upload_and_download() {
+    let app = TestApp::start_with(|s| s.media.max_bytes = 64 * 1024).await;
+    let token = app.register("jake").await;
+
+    // Multipart upload; the type is sniffed from the bytes, not taken from the claim.
+    let (status, body) = upload(&app, Some(&token), PNG.to_vec(), "application/octet-stream").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let media = &body["media"];
+    assert_eq!(media["contentType"], "image/png");
+    assert_eq!(media["size"], PNG.len());
+    let id = media["id"].as_str().unwrap().to_owned();
+    assert_eq!(media["url"], format!("/media/{id}"));
+
+    // The bytes are on this host's disk, under the store's folder.
+    let on_disk = std::fs::read(app.media_dir.path().join("media").join(&id)).unwrap();
+    assert_eq!(on_disk, PNG);
+
+    let response = app
+        .client
+        .get(app.url(&format!("/media/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "image/png");
+    assert_eq!(
+        headers["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 66, "{etag}");
+    assert_eq!(response.bytes().await.unwrap().as_ref(), PNG);
+    let response = app
+        .client
+        .get(app.url(&format!("/media/{id}")))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+
+    // A raw body works too.
+    let response = app
+        .client
+        .post(app.url("/api/media"))
+        .header("Authorization", format!("Token {token}"))
+        .header("Content-Type", "image/gif")
+        .body(b"GIF89a\x01\x00\x01\x00".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["media"]["contentType"], "image/gif");
+
+    // Refused: not an image whatever the claim (415), too large (413), empty (422), no token (401).
+    let (status, body) = upload(
+        &app,
+        Some(&token),
+        b"<svg onload=alert(1)>".to_vec(),
+        "image/png",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_error(&body, "media");
+    let mut big = PNG.to_vec();
+    big.resize(200 * 1024, 0);
+    let (status, body) = upload(&app, Some(&token), big, "image/png").await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_error(&body, "body");
+    let (status, _) = upload(&app, Some(&token), vec![], "image/png").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = upload(&app, None, PNG.to_vec(), "image/png").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Unknown or malformed ids never reach the store.
+    for bad in ["999999", "..%2F..%2Fetc%2Fpasswd", "abc", "-1"] {
+        let (status, body) = app.get(&format!("/media/{bad}"), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+        assert_error(&body, "media");
+    }
+}
+
+#[tokio::test]
+async fn limits_unknown_routes_and_bad_bodies() {
+    let app = TestApp::start_with(|s| s.server.max_json_body_bytes = 4 * 1024).await;
+    let token = app.register("jake").await;
+
+    // Over the JSON limit: 413 with an error body.
+    let big = "x".repeat(8 * 1024);
+    let (status, body) = app
+        .post(
+            "/api/articles",
+            Some(&token),
+            json!({"article": {"title": "t", "description": "d", "body": big}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_error(&body, "body");
+
+    // Malformed JSON, wrong content type, no body: 422.
+    for (content_type, raw) in [
+        ("application/json", "{\"user\":"),
+        ("text/plain", "{}"),
+        ("application/json", ""),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/api/users"))
+            .header("Content-Type", content_type)
+            .body(raw.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{content_type} {raw:?}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_error(&body, "body");
+    }
+
+    // Unknown routes: 404 JSON; wrong method: 405 JSON.
+    let (status, body) = app.get("/api/nothing-here", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, "route");
+    let (status, body) = app
+        .call(reqwest::Method::PATCH, "/api/tags", None, None)
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&body, "method");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = TestApp::start().await;
+    let (status, _) = app.get("/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.get("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    app.get("/api/tags", None).await;
+    app.get("/api/articles/nope-1", None).await;
+
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"http_requests_total{method="GET",route="/api/tags",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/api/articles/{slug}",status="404""#),
+        "{text}"
+    );
+    assert!(text.contains("http_request_duration_seconds_bucket"));
+    assert!(
+        text.contains(r#"db_pool_connections{pool="primary",state="max"} 16"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_database_means_not_ready_and_503s_not_500s() {
+    let app = TestApp::start_with(|s| s.database.acquire_timeout_ms = 500).await;
+    let (status, _) = app.get("/api/tags", None).await;
+    assert_eq!(status, StatusCode::OK);
+    app.pg.server.stop().unwrap();
+
+    let (status, _) = app.get("/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "the process itself is fine");
+    let (status, body) = app.get("/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&body, "database");
+    let (status, body) = app.get("/api/tags", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_error(&body, "server");
+
+    // Back again: ready, and requests succeed on fresh connections.
+    app.pg.server.start(&[]).await.unwrap();
+    let (status, _) = app.get("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.get("/api/tags", None).await;
+    assert_eq!(status, StatusCode::OK);
+}

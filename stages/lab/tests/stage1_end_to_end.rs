@@ -1,0 +1,222 @@
+//! End to end: `archlab up 1` brings the real stage up (PostgreSQL + the conduit binary), a client
+//! registers, uploads an image and writes an article over HTTP, `down` and `up` again, and finds
+//! both still there. Needs the workspace's binaries built (`cargo build` before `cargo test`;
+//! `scripts/test` does this).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::{json, Value};
+
+const PNG_HEADER: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+
+/// A lab in its own state folder on its own loopback network, brought down when dropped (also
+/// when the test fails), so it never disturbs a developer's own lab.
+struct LabUnderTest {
+    state: tempfile::TempDir,
+    net: String,
+}
+
+impl LabUnderTest {
+    fn new() -> Self {
+        let state = tempfile::Builder::new()
+            .prefix("archlab-e2e")
+            .tempdir()
+            .unwrap();
+        // The postgres user (when running as root) must be able to enter the state folder.
+        std::fs::set_permissions(
+            state.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        // A network no one else uses: derived from our PID, away from the default 10.
+        let net = (100 + std::process::id() % 150).to_string();
+        Self { state, net }
+    }
+
+    fn archlab(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_archlab"))
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(["--net", &self.net])
+            .args(args)
+            .env("ARCHLAB_CONDUIT_BIN", conduit_bin())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn up(&self) -> String {
+        let (ok, out) = self.archlab(&["up", "1"]);
+        assert!(ok, "archlab up 1 failed:\n{out}");
+        let last = out.lines().rfind(|l| !l.is_empty()).unwrap_or_default();
+        last.strip_prefix("endpoint: ")
+            .unwrap_or_else(|| panic!("last line is not the endpoint:\n{out}"))
+            .to_owned()
+    }
+
+    fn status(&self) -> Value {
+        let (ok, out) = self.archlab(&["status", "--json"]);
+        assert!(ok, "{out}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn app_pid_file(&self) -> PathBuf {
+        self.state.path().join("01-monolith/box/app/app.pid.json")
+    }
+}
+
+impl Drop for LabUnderTest {
+    fn drop(&mut self) {
+        let _ = self.archlab(&["down"]);
+    }
+}
+
+fn conduit_bin() -> PathBuf {
+    let archlab = Path::new(env!("CARGO_BIN_EXE_archlab"));
+    let conduit = archlab.with_file_name("conduit");
+    assert!(
+        conduit.exists(),
+        "build the workspace first: {} is missing",
+        conduit.display()
+    );
+    conduit
+}
+
+fn pids(status: &Value) -> Vec<Option<i64>> {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_i64())
+        .collect()
+}
+
+#[tokio::test]
+async fn stage_1_serves_keeps_data_across_down_and_up_and_stops_only_its_own_processes() {
+    let lab = LabUnderTest::new();
+    let endpoint = lab.up();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // Every service healthy, with a PID, address and log.
+    let status = lab.status();
+    let services = status["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{status}");
+    for s in services {
+        assert_eq!(s["healthy"], true, "{s}");
+        assert!(
+            s["pid"].as_i64().is_some() && s["log"].as_str().is_some(),
+            "{s}"
+        );
+        assert!(s["address"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("127.{}.", lab.net)));
+    }
+
+    // `up` again is a no-op: same processes.
+    let before = pids(&status);
+    assert_eq!(lab.up(), endpoint);
+    assert_eq!(pids(&lab.status()), before);
+
+    // A user, an image, an article.
+    let user: Value = http
+        .post(format!("{endpoint}/api/users"))
+        .json(&json!({"user": {"username": "e2e", "email": "e2e@example.com", "password": "e2e-password"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = user["user"]["token"].as_str().unwrap().to_owned();
+    let media: Value = http
+        .post(format!("{endpoint}/api/media"))
+        .header("Authorization", format!("Token {token}"))
+        .header("Content-Type", "image/png")
+        .body(PNG_HEADER.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let media_url = format!("{endpoint}{}", media["media"]["url"].as_str().unwrap());
+    let article: Value = http
+        .post(format!("{endpoint}/api/articles"))
+        .header("Authorization", format!("Token {token}"))
+        .json(&json!({"article": {"title": "Survives restarts", "description": "d", "body": &media_url}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slug = article["article"]["slug"].as_str().unwrap().to_owned();
+
+    let read_back = |endpoint: String| {
+        let http = http.clone();
+        let (slug, media_path) = (
+            slug.clone(),
+            media["media"]["url"].as_str().unwrap().to_owned(),
+        );
+        async move {
+            let article: Value = http
+                .get(format!("{endpoint}/api/articles/{slug}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                article["article"]["title"], "Survives restarts",
+                "{article}"
+            );
+            let image = http
+                .get(format!("{endpoint}{media_path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(image.status(), 200);
+            assert_eq!(image.headers()["content-type"], "image/png");
+            assert_eq!(image.bytes().await.unwrap().as_ref(), PNG_HEADER);
+        }
+    };
+    read_back(endpoint.clone()).await;
+
+    // Down: every process gone, nothing answers.
+    let (ok, out) = lab.archlab(&["down"]);
+    assert!(ok, "{out}");
+    let status = lab.status();
+    assert!(pids(&status).iter().all(Option::is_none), "{status}");
+    assert!(http
+        .get(format!("{endpoint}/healthz"))
+        .send()
+        .await
+        .is_err());
+
+    // A stale PID file naming a live process that is not ours (this test) is never signalled.
+    let me = std::process::id();
+    std::fs::write(
+        lab.app_pid_file(),
+        format!(r#"{{"pid": {me}, "start_ticks": 1}}"#),
+    )
+    .unwrap();
+    let (ok, out) = lab.archlab(&["down"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("stale"), "{out}");
+
+    // Up again: the same data.
+    let endpoint = lab.up();
+    read_back(endpoint).await;
+}
