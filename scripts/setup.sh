@@ -15,8 +15,9 @@ declare -A WHY=(
   [docker-compose]="offline validation of docker-compose/*.yml (config -q); no engine needed"
   [curl]="the walkthroughs' curl sessions and the API test runner's download"
   [ca-certificates]="HTTPS for package downloads"
+  [python3]="the benchmark script until the harness replaces it (scripts/bench/stage1.py)"
 )
-PACKAGES=(postgresql wrk docker-compose curl ca-certificates)
+PACKAGES=(postgresql wrk docker-compose curl ca-certificates python3)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

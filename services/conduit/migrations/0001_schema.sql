@@ -46,19 +46,26 @@ CREATE TABLE follows (
 );
 CREATE INDEX follows_follower_idx ON follows (follower_id);
 
+-- `tag_list` and `favorites_count` are copies kept in step by the same transaction that changes
+-- `article_tags` or `favorites`: reading an article (the hottest query) is then one primary-key
+-- lookup plus its author, with no aggregate. The price: every favorite also updates the article
+-- row, so favorites of one article serialise on its row lock.
 CREATE TABLE articles (
-    id          bigint PRIMARY KEY,
-    slug        text NOT NULL UNIQUE,
-    author_id   bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    title       text NOT NULL,
-    description text NOT NULL,
-    body        text NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    id              bigint PRIMARY KEY,
+    slug            text NOT NULL UNIQUE,
+    author_id       bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    title           text NOT NULL,
+    description     text NOT NULL,
+    body            text NOT NULL,
+    tag_list        text[] NOT NULL DEFAULT '{}',
+    favorites_count bigint NOT NULL DEFAULT 0 CHECK (favorites_count >= 0),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX articles_recent_idx ON articles (created_at DESC, id DESC);
 CREATE INDEX articles_author_recent_idx ON articles (author_id, created_at DESC, id DESC);
 
+-- One row per (article, tag): what `?tag=` filters and `GET /api/tags` counts use.
 -- `position` keeps the client's order of tags.
 CREATE TABLE article_tags (
     article_id bigint NOT NULL REFERENCES articles (id) ON DELETE CASCADE,

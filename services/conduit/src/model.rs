@@ -5,7 +5,9 @@
 //! serde message about the whole body.
 
 use serde::{Serialize, Serializer};
-use time::{format_description::BorrowedFormatItem, macros::format_description, OffsetDateTime, UtcOffset};
+use time::{
+    format_description::BorrowedFormatItem, macros::format_description, OffsetDateTime, UtcOffset,
+};
 
 use crate::error::{ApiError, FieldErrors};
 

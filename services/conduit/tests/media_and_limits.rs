@@ -204,7 +204,7 @@ async fn health_readiness_and_metrics() {
     );
     assert!(text.contains("http_request_duration_seconds_bucket"));
     assert!(
-        text.contains(r#"db_pool_connections{pool="primary",state="max"} 16"#),
+        text.contains(r#"db_pool_connections{pool="primary",state="max"} 8"#),
         "{text}"
     );
 }

@@ -55,7 +55,7 @@ fn comment_from_row(row: &PgRow) -> Result<Comment, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn list_comments(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
@@ -88,7 +88,7 @@ struct NewComment {
     body: Option<String>,
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn add_comment(
     State(state): State<AppState>,
     user: AuthUser,
@@ -124,7 +124,7 @@ async fn add_comment(
     Ok((StatusCode::CREATED, Json(CommentBody { comment })))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn delete_comment(
     State(state): State<AppState>,
     user: AuthUser,

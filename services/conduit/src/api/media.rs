@@ -113,7 +113,7 @@ async fn upload_bytes(request: Request, state: &AppState) -> ApiResult<Bytes> {
     }
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn upload(
     State(state): State<AppState>,
     user: AuthUser,
@@ -159,7 +159,7 @@ async fn upload(
     Ok((StatusCode::CREATED, Json(MediaBody { media })))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn download(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

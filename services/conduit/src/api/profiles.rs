@@ -50,7 +50,7 @@ async fn user_id(state: &AppState, username: &str) -> ApiResult<i64> {
         .ok_or(ApiError::NotFound("profile"))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn get_profile(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
@@ -60,7 +60,7 @@ async fn get_profile(
     Ok(Json(ProfileBody { profile }))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn follow(
     State(state): State<AppState>,
     user: AuthUser,
@@ -82,7 +82,7 @@ async fn follow(
     Ok(Json(ProfileBody { profile }))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn unfollow(
     State(state): State<AppState>,
     user: AuthUser,

@@ -20,7 +20,7 @@ struct TagsBody {
     tags: Vec<String>,
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn list_tags(State(state): State<AppState>) -> ApiResult<Json<TagsBody>> {
     // Crosses shards from stage 7 (every shard has tags): a scatter-gather and a merge there.
     let tags = sqlx::query_scalar(

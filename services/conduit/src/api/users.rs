@@ -94,7 +94,7 @@ const UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("users_email_key", "email"),
 ];
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Envelope<NewUser>>,
@@ -122,7 +122,7 @@ async fn register(
     Ok((StatusCode::CREATED, axum::Json(row.into_body(&state)?)))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Envelope<LoginUser>>,
@@ -168,7 +168,7 @@ async fn load(state: &AppState, id: i64) -> ApiResult<UserRow> {
         })
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn current_user(
     State(state): State<AppState>,
     user: AuthUser,
@@ -176,7 +176,7 @@ async fn current_user(
     Ok(axum::Json(load(&state, user.id).await?.into_body(&state)?))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn update_user(
     State(state): State<AppState>,
     user: AuthUser,
