@@ -294,6 +294,17 @@ impl Validator {
     }
 }
 
+/// For `#[serde(default, deserialize_with = "present_or_null")]` on an `Option<Option<T>>`:
+/// an absent field stays `None` (keep the value), a present one becomes `Some(None)` for `null`
+/// or `Some(Some(v))`. Updates need the difference: `"bio": null` clears, no `bio` keeps.
+pub fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// Nullable profile fields: an empty string is stored as null.
 pub fn empty_as_null(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())

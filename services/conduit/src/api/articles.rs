@@ -19,7 +19,10 @@ use crate::{
     auth::{AuthUser, MaybeAuthUser},
     error::{ApiError, ApiResult},
     extract::{ApiJson, ApiPath, ApiQuery},
-    model::{Article, ArticleBody, ArticlesBody, Profile, Timestamp, Validator, MAX_TITLE},
+    model::{
+        present_or_null, Article, ArticleBody, ArticlesBody, Profile, Timestamp, Validator,
+        MAX_TITLE,
+    },
     slug::{id_from_slug, slug_for},
     AppState,
 };
@@ -210,10 +213,10 @@ impl<'a> ListFilter<'a> {
     }
 }
 
-fn bind_all<'q, O>(
-    mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    binds: Vec<Bind<'q>>,
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds a filter's values, in order, to its placeholders.
+fn bind_all<'q>(mut query: PgQuery<'q>, binds: Vec<Bind<'q>>) -> PgQuery<'q> {
     for bind in binds {
         query = match bind {
             Bind::Text(text) => query.bind(text),
@@ -240,14 +243,8 @@ async fn list(
         article_columns(viewer),
         n + 1
     );
-    let mut page = sqlx::query(&page_sql).bind(viewer);
-    for bind in binds {
-        page = match bind {
-            Bind::Text(text) => page.bind(text),
-            Bind::Id(id) => page.bind(id),
-        };
-    }
-    let rows = page
+    let page = sqlx::query(&page_sql).bind(viewer);
+    let rows = bind_all(page, binds)
         .bind(limit)
         .bind(offset)
         .fetch_all(state.db.read())
@@ -259,9 +256,10 @@ async fn list(
 
     let (conditions, binds) = filter.conditions(1);
     let count_sql = format!("SELECT count(*) FROM articles a WHERE true {conditions}");
-    let (articles_count,): (i64,) = bind_all(sqlx::query_as(&count_sql), binds)
+    let articles_count: i64 = bind_all(sqlx::query(&count_sql), binds)
         .fetch_one(state.db.read())
-        .await?;
+        .await?
+        .try_get(0)?;
     Ok(ArticlesBody {
         articles,
         articles_count,
@@ -344,14 +342,8 @@ struct UpdateArticle {
     title: Option<String>,
     description: Option<String>,
     body: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     tag_list: Option<Option<Vec<String>>>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<Vec<String>>>, D::Error> {
-    Option::<Vec<String>>::deserialize(d).map(Some)
 }
 
 /// Replaces an article's tags: the `article_tags` rows (order kept in `position`) and the copy in

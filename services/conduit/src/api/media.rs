@@ -77,39 +77,35 @@ async fn upload_bytes(request: Request, state: &AppState) -> ApiResult<Bytes> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let too_large = |status: StatusCode| status == StatusCode::PAYLOAD_TOO_LARGE;
     if !is_multipart {
-        return Bytes::from_request(request, state).await.map_err(|e| {
-            if too_large(e.status()) {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::invalid("media", e.body_text())
-            }
-        });
+        return Bytes::from_request(request, state)
+            .await
+            .map_err(|e| body_error(e.status(), e.body_text()));
     }
     let mut multipart = Multipart::from_request(request, state)
         .await
-        .map_err(|e| ApiError::invalid("media", e.body_text()))?;
-    loop {
-        let field = multipart.next_field().await.map_err(|e| {
-            if too_large(e.status()) {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::invalid("media", e.body_text())
-            }
-        })?;
-        let Some(field) = field else {
-            return Err(ApiError::invalid("media", "no file part in the form"));
-        };
+        .map_err(|e| body_error(e.status(), e.body_text()))?;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| body_error(e.status(), e.body_text()))?
+    {
         if field.file_name().is_some() || field.name() == Some("file") {
-            return field.bytes().await.map_err(|e| {
-                if too_large(e.status()) {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::invalid("media", e.body_text())
-                }
-            });
+            return field
+                .bytes()
+                .await
+                .map_err(|e| body_error(e.status(), e.body_text()));
         }
+    }
+    Err(ApiError::invalid("media", "no file part in the form"))
+}
+
+/// 413 when the body limit tripped (the limit layer's status), 422 for any other unreadable body.
+fn body_error(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::invalid("media", text)
     }
 }
 

@@ -8,7 +8,10 @@ use crate::{
     auth::AuthUser,
     error::{conflict_on_unique, ApiError, ApiResult},
     extract::ApiJson,
-    model::{empty_as_null, User, UserBody, Validator, MAX_EMAIL, MAX_PASSWORD, MAX_USERNAME},
+    model::{
+        empty_as_null, present_or_null, User, UserBody, Validator, MAX_EMAIL, MAX_PASSWORD,
+        MAX_USERNAME,
+    },
     AppState,
 };
 
@@ -49,21 +52,16 @@ struct LoginUser {
 /// `bio` and `image` may be null or "" to clear them; `email`, `username` and `password` may not.
 #[derive(Deserialize)]
 struct UpdateUser {
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     email: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     username: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     password: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     bio: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_or_null")]
     image: Option<Option<String>>,
-}
-
-/// Deserializes a field that was present (possibly null) as `Some(..)`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 #[derive(sqlx::FromRow)]
