@@ -148,12 +148,8 @@ fn token_from(parts: &Parts) -> ApiResult<Option<&str>> {
     let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let invalid = ApiError::Unauthorized {
-        field: "token",
-        message: "is invalid",
-    };
-    let value = value.to_str().map_err(|_| invalid)?;
-    match value.strip_prefix("Token ") {
+    // Not text, not the `Token` scheme, or an empty token: all simply invalid.
+    match value.to_str().ok().and_then(|v| v.strip_prefix("Token ")) {
         Some(token) if !token.trim().is_empty() => Ok(Some(token.trim())),
         _ => Err(ApiError::Unauthorized {
             field: "token",
@@ -162,32 +158,31 @@ fn token_from(parts: &Parts) -> ApiResult<Option<&str>> {
     }
 }
 
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        match token_from(parts)? {
-            Some(token) => Ok(AuthUser {
-                id: state.auth.verify(token)?,
-            }),
-            None => Err(ApiError::Unauthorized {
-                field: "token",
-                message: "is missing",
-            }),
-        }
-    }
-}
-
 impl FromRequestParts<AppState> for MaybeAuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        match token_from(parts)? {
-            Some(token) => Ok(MaybeAuthUser(Some(AuthUser {
+        let user = match token_from(parts)? {
+            Some(token) => Some(AuthUser {
                 id: state.auth.verify(token)?,
-            }))),
-            None => Ok(MaybeAuthUser(None)),
-        }
+            }),
+            None => None,
+        };
+        Ok(MaybeAuthUser(user))
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        MaybeAuthUser::from_request_parts(parts, state)
+            .await?
+            .0
+            .ok_or(ApiError::Unauthorized {
+                field: "token",
+                message: "is missing",
+            })
     }
 }
 
