@@ -100,6 +100,14 @@ impl From<sqlx::Error> for ApiError {
             // No connection free in time, or the database cannot be reached: a retry may work, and
             // the client should not read it as a bug (503, not 500). Still logged, as a warning.
             sqlx::Error::PoolTimedOut => Self::Unavailable("database busy, try again"),
+            // SQLSTATE class 22, "data exception": the value itself cannot be stored or compared,
+            // e.g. a NUL character in text (PostgreSQL text cannot hold one). Client data, so 422.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+                Self::invalid(
+                    "body",
+                    "contains a value that cannot be stored (e.g. a NUL character)",
+                )
+            }
             sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(error = %error, "database unreachable");
                 Self::Unavailable("database unavailable, try again")
