@@ -1,4 +1,359 @@
 //! # loadtest: archlab's load harness
 //!
-//! Empty for now: the open-loop, coordinated-omission-corrected harness arrives with the
-//! harness issue. Until then, stage numbers are taken with `wrk` (see `stages/01-monolith`).
+//! Open-loop load at a fixed rate with latency measured from each request's *scheduled* send time
+//! (coordinated omission corrected, as wrk2 does) and from its actual send time; a closed loop;
+//! and a sweep that finds the highest rate meeting a p99 target. It checks correctness under load:
+//! every acknowledged write is read back by its writer at once (read-your-writes) and again after
+//! the run (lost writes are reported by id); a request without an answer is *unknown*, never
+//! *failed*.
+//!
+//! - [`client`]: a lean HTTP/1.1 keep-alive connection;
+//! - [`run`]: the open and closed loops, and the verify phase;
+//! - [`stats`]: histograms (constant memory), counts, per-second series;
+//! - [`workload`]: workloads as data (`loadtest/workloads/*.toml`) over the target's data set;
+//! - [`report`]: the result file (keys documented in `docs/results.md`) and its Markdown;
+//! - [`html`]: a self-contained HTML report with SVG charts.
+//!
+//! `loadtest --target http://127.10.1.1:8080 --workload read-heavy --rate 500 --duration 60s`
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+
+pub mod client;
+pub mod html;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod workload;
+
+use report::{Cache, Checks, Latency, LatencyMs, Report, SeriesPoint, Sweep, SweepStep};
+use run::{Mode, RunConfig};
+use workload::{ConduitWorkload, DataSet, Workload, WorkloadFile};
+
+/// Lost-write ids kept in a report.
+const MAX_LOST_IDS: usize = 100;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Base URL of the target (`http://ADDR:PORT`, optionally with a path for the `url` workload).
+    pub target: String,
+    /// Workload name or file.
+    pub workload: String,
+    /// What to do.
+    pub plan: Plan,
+    /// Measured time (per step, for a sweep).
+    pub duration: Duration,
+    /// Unmeasured warm-up before each measurement.
+    pub warmup: Duration,
+    /// Connections.
+    pub connections: usize,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Seed of the request generators.
+    pub seed: u64,
+    /// Seeded users to log in as.
+    pub users: usize,
+    /// Domain of the seeded users' e-mail addresses.
+    pub email_domain: String,
+    /// Password of the seeded users.
+    pub password: String,
+    /// Read every acknowledged write back after the run.
+    pub verify: bool,
+    /// Live counters for a progress display.
+    pub live: Option<Arc<run::Live>>,
+}
+
+/// Open loop, closed loop, or sweep.
+#[derive(Debug, Clone, Copy)]
+pub enum Plan {
+    /// A fixed rate.
+    Open {
+        /// Requests per second.
+        rate: f64,
+    },
+    /// Every connection as fast as it is answered.
+    Closed,
+    /// The highest rate whose corrected p99 stays under `target_p99_ms` with errors under
+    /// `max_error_rate`.
+    Sweep {
+        /// First rate tried.
+        start_rate: f64,
+        /// p99 bound in ms.
+        target_p99_ms: f64,
+        /// Error-rate bound (0.001 = 0.1 %).
+        max_error_rate: f64,
+        /// Highest rate tried.
+        max_rate: f64,
+    },
+}
+
+/// Splits `http://host:port/path` into a socket address and a path.
+pub fn parse_target(target: &str) -> anyhow::Result<(SocketAddr, String)> {
+    let rest = target
+        .strip_prefix("http://")
+        .context("the target must be an http:// URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/".to_owned()),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .with_context(|| format!("{authority} has no address"))?;
+    Ok((addr, path))
+}
+
+/// Builds the workload: reads the data set from the target unless the workload is `url` only.
+pub async fn prepare(options: &Options) -> anyhow::Result<(String, Arc<dyn Workload>)> {
+    let (addr, path) = parse_target(&options.target)?;
+    let (name, file) = WorkloadFile::load(&options.workload)?;
+    let url_only = file
+        .weights
+        .iter()
+        .all(|(k, w)| *k == workload::OpKind::Url || *w == 0);
+    let data = if url_only {
+        DataSet::default()
+    } else {
+        DataSet::load(
+            addr,
+            options.users,
+            &options.email_domain,
+            &options.password,
+        )
+        .await
+        .context("reading the data set from the target (is it up and seeded?)")?
+    };
+    let workload = ConduitWorkload::new(&file, data, &path, options.seed)?;
+    Ok((name, Arc::new(workload)))
+}
+
+/// Runs the plan and returns the report (without hosts; the caller adds provenance it knows).
+pub async fn execute(
+    options: &Options,
+    progress: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Report> {
+    let (addr, _) = parse_target(&options.target)?;
+    let (name, workload) = prepare(options).await?;
+    let config = |mode| RunConfig {
+        target: addr,
+        mode,
+        duration: options.duration,
+        warmup: options.warmup,
+        connections: options.connections,
+        timeout: options.timeout,
+        seed: options.seed,
+        live: options.live.clone(),
+    };
+    match options.plan {
+        Plan::Open { rate } => {
+            progress(&format!(
+                "open loop: {rate:.0} req/s for {:?} over {} connections",
+                options.duration, options.connections
+            ));
+            let out = run::run(&config(Mode::Open { rate }), workload).await;
+            Ok(finish(options, &name, "open", Some(rate), out, addr).await)
+        }
+        Plan::Closed => {
+            progress(&format!(
+                "closed loop: {} connections for {:?}",
+                options.connections, options.duration
+            ));
+            let out = run::run(&config(Mode::Closed), workload).await;
+            Ok(finish(options, &name, "closed", None, out, addr).await)
+        }
+        Plan::Sweep {
+            start_rate,
+            target_p99_ms,
+            max_error_rate,
+            max_rate,
+        } => {
+            let mut steps = Vec::new();
+            let mut best: Option<Report> = None;
+            let mut low = 0.0;
+            let mut high: Option<f64> = None;
+            let mut rate = start_rate;
+            // Grow by half until a rate fails, then bisect four times between the last pass and
+            // the first failure: at most a dozen steps, resolution about 3 % of the answer.
+            for _ in 0..16 {
+                progress(&format!("sweep: {rate:.0} req/s ..."));
+                let out = run::run(&config(Mode::Open { rate }), workload.clone()).await;
+                let report = finish(options, &name, "open", Some(rate), out, addr).await;
+                let error_rate = report.error_rate();
+                let passed =
+                    report.latency_ms.corrected.p99 <= target_p99_ms && error_rate < max_error_rate;
+                progress(&format!(
+                    "sweep: {rate:.0} req/s -> {:.0} ok/s, p99 {} ms, errors {:.3} %: {}",
+                    report.throughput_rps,
+                    report.latency_ms.corrected.p99,
+                    error_rate * 100.0,
+                    if passed { "met" } else { "missed" }
+                ));
+                steps.push(SweepStep {
+                    rate_rps: rate,
+                    throughput_rps: report.throughput_rps,
+                    p99_ms: report.latency_ms.corrected.p99,
+                    error_rate,
+                    passed,
+                });
+                if passed {
+                    low = rate;
+                    best = Some(report);
+                } else {
+                    high = Some(rate);
+                }
+                rate = match high {
+                    None if rate * 1.5 <= max_rate => rate * 1.5,
+                    None => break,
+                    Some(h) if (h - low) / h.max(1.0) > 0.04 => (low + h) / 2.0,
+                    Some(_) => break,
+                };
+            }
+            let mut report = match best {
+                Some(r) => r,
+                None => {
+                    // Nothing met the target: report the last step, with a max rate of 0.
+                    let out = run::run(&config(Mode::Open { rate: start_rate }), workload).await;
+                    finish(options, &name, "open", Some(start_rate), out, addr).await
+                }
+            };
+            report.mode = "sweep".into();
+            report.rate_rps = Some(low);
+            report.sweep = Some(Sweep {
+                target_p99_ms,
+                max_error_rate,
+                max_rate_rps: low,
+                steps,
+            });
+            Ok(report)
+        }
+    }
+}
+
+async fn finish(
+    options: &Options,
+    workload: &str,
+    mode: &str,
+    rate: Option<f64>,
+    out: run::RunOutput,
+    addr: SocketAddr,
+) -> Report {
+    let lost = if options.verify && !out.acks.is_empty() {
+        run::verify(addr, &out.acks, options.timeout).await
+    } else {
+        Vec::new()
+    };
+    let s = out.summary;
+    let hits = s.cache_hits;
+    let misses = s.cache_misses;
+    Report {
+        stage: None,
+        workload: workload.to_owned(),
+        mode: mode.to_owned(),
+        rate_rps: rate,
+        throughput_rps: (s.counts.ok as f64 / out.measured_secs.max(0.001) * 10.0).round() / 10.0,
+        latency_ms: LatencyMs {
+            corrected: Latency::from(&s.corrected),
+            uncorrected: Latency::from(&s.uncorrected),
+        },
+        send_lag_ms: Latency::from(&s.send_lag),
+        counts: s.counts,
+        checks: Checks {
+            acknowledged_writes: out.acks.len() as u64 + out.acks_untracked,
+            lost_writes: lost.len() as u64,
+            lost_write_ids: lost.into_iter().take(MAX_LOST_IDS).collect(),
+            ryw_checks: out.ryw_checks,
+            ryw_violations: out.ryw_violations,
+            ryw_examples: out.ryw_examples,
+        },
+        cache: Cache {
+            hits,
+            misses,
+            hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+        },
+        sweep: None,
+        hosts: Vec::new(),
+        series: s
+            .seconds
+            .iter()
+            .map(|x| SeriesPoint {
+                t: x.t,
+                ok: x.ok,
+                errors: x.errors,
+                p50_ms: x.p50_ms,
+                p99_ms: x.p99_ms,
+                max_ms: x.max_ms,
+            })
+            .collect(),
+        curve: s.curve,
+        provenance: report::Provenance {
+            workload: workload.to_owned(),
+            rate_rps: rate,
+            seed: options.seed,
+            duration_s: options.duration.as_secs_f64(),
+            warmup_s: options.warmup.as_secs_f64(),
+            connections: options.connections,
+            ..machine_provenance()
+        },
+    }
+}
+
+/// What this machine is: CPU, cores, OS, and the project's commit when run from a checkout.
+pub fn machine_provenance() -> report::Provenance {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".to_owned(), |(_, v)| v.trim().to_owned());
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let distro = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map_or("unknown".to_owned(), |v| v.trim_matches('"').to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let command: Vec<String> = std::env::args().collect();
+    report::Provenance {
+        git_commit: git(&["rev-parse", "HEAD"]),
+        git_dirty: git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        cpu_model,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        os: format!("Linux {} ({distro})", kernel.trim()),
+        command: command.join(" "),
+        generated_at: now_rfc3339(),
+        ..report::Provenance::default()
+    }
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date dependency for one timestamp.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,221 @@
+//! `loadtest`: drive any HTTP target with an open-loop (default), closed-loop or sweep workload
+//! and write a result file.
+//!
+//! ```text
+//! loadtest --target http://127.10.1.1:8080 --workload read-heavy --rate 500 --duration 60s
+//! loadtest --target http://127.0.0.1:80/ --workload url --closed --connections 64 --duration 10s
+//! loadtest --target http://127.10.1.1:8080 --sweep --target-p99 100ms --out sweep.json
+//! ```
+
+use std::{
+    io::IsTerminal,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use loadtest::{run::Live, Options, Plan};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "archlab's load harness: open-loop HTTP load, coordinated-omission corrected, with correctness checks"
+)]
+struct Cli {
+    /// Base URL of the server; for the `url` workload, the URL to GET.
+    #[arg(long)]
+    target: String,
+    /// Built-in workload (read-heavy, write-heavy, media, url) or a workload .toml file.
+    #[arg(long, default_value = "read-heavy")]
+    workload: String,
+    /// Offered rate, requests per second (open loop).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Closed loop: every connection sends as soon as it is answered (no schedule).
+    #[arg(long, conflicts_with = "sweep")]
+    closed: bool,
+    /// Sweep: find the highest rate whose corrected p99 meets --target-p99 with errors under
+    /// --sweep-max-errors; --rate is the first rate tried.
+    #[arg(long)]
+    sweep: bool,
+    /// p99 bound for a sweep.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    target_p99: Duration,
+    /// Error-rate bound for a sweep, in percent.
+    #[arg(long, default_value_t = 0.1)]
+    sweep_max_errors: f64,
+    /// Highest rate a sweep tries.
+    #[arg(long, default_value_t = 200_000.0)]
+    sweep_max_rate: f64,
+    /// Measured time (per sweep step).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before measuring, excluded from results.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Connections: the bound on requests in flight.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// A request unanswered after this is counted as unknown (timed out).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Seed of the request generators.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seeded users to log in as.
+    #[arg(long, default_value_t = loadtest::workload::DEFAULT_USERS)]
+    users: usize,
+    /// Skip reading acknowledged writes back after the run.
+    #[arg(long)]
+    no_verify: bool,
+    /// Exit non-zero if the corrected p99 is above this.
+    #[arg(long, value_parser = parse_duration)]
+    max_p99: Option<Duration>,
+    /// Exit non-zero if (failed + unknown + dropped) / scheduled is above this, in percent.
+    #[arg(long)]
+    max_error_rate: Option<f64>,
+    /// Write the result JSON here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (try 30s, 250ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "us" => n / 1e6,
+        _ => return Err(format!("unknown unit in {text:?} (use us, ms, s, m)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("not a duration: {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    if cli.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    let plan = if cli.sweep {
+        Plan::Sweep {
+            start_rate: cli.rate,
+            target_p99_ms: cli.target_p99.as_secs_f64() * 1000.0,
+            max_error_rate: cli.sweep_max_errors / 100.0,
+            max_rate: cli.sweep_max_rate,
+        }
+    } else if cli.closed {
+        Plan::Closed
+    } else {
+        Plan::Open { rate: cli.rate }
+    };
+    let live = Arc::new(Live::default());
+    let options = Options {
+        target: cli.target.clone(),
+        workload: cli.workload.clone(),
+        plan,
+        duration: cli.duration,
+        warmup: cli.warmup,
+        connections: cli.connections,
+        timeout: cli.timeout,
+        seed: cli.seed,
+        users: cli.users,
+        email_domain: "seed.archlab.test".into(),
+        password: "archlab-seed-password".into(),
+        verify: !cli.no_verify,
+        live: Some(live.clone()),
+    };
+    let ticker = tokio::spawn(progress(live));
+    let result = loadtest::execute(&options, &|line| eprintln!("{line}")).await;
+    ticker.abort();
+    let report = result?;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    println!("{}", report.markdown());
+    if let Some(out) = &cli.out {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("written: {}", out.display());
+    }
+    let mut breached = Vec::new();
+    if let Some(max) = cli.max_p99 {
+        let max_ms = max.as_secs_f64() * 1000.0;
+        if report.latency_ms.corrected.p99 > max_ms {
+            breached.push(format!(
+                "p99 {} ms > {max_ms} ms",
+                report.latency_ms.corrected.p99
+            ));
+        }
+    }
+    if let Some(max) = cli.max_error_rate {
+        if report.error_rate() * 100.0 > max {
+            breached.push(format!(
+                "error rate {:.3} % > {max} %",
+                report.error_rate() * 100.0
+            ));
+        }
+    }
+    if report.checks.lost_writes > 0 {
+        breached.push(format!(
+            "{} acknowledged writes lost",
+            report.checks.lost_writes
+        ));
+    }
+    if !breached.is_empty() {
+        bail!("thresholds breached: {}", breached.join("; "));
+    }
+    Ok(())
+}
+
+/// One status line per second: overwritten in place on a terminal, plain lines otherwise.
+async fn progress(live: Arc<Live>) {
+    let terminal = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let done = live.done.load(Ordering::Relaxed);
+        let errors = live.errors.load(Ordering::Relaxed);
+        let line = format!(
+            "{:>4} s  {:>8} req/s  {:>10} done  {:>6} errors",
+            started.elapsed().as_secs(),
+            done - last,
+            done,
+            errors
+        );
+        last = done;
+        if terminal {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The result file: one JSON document per run, with stable keys documented in
+//! `docs/results.md`, and its Markdown summary.
+
+use serde::{Deserialize, Serialize};
+
+/// Percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl From<&crate::stats::Percentiles> for Latency {
+    fn from(p: &crate::stats::Percentiles) -> Self {
+        Self {
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+            p999: p.p999,
+            max: p.max,
+        }
+    }
+}
+
+/// Both latency views.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LatencyMs {
+    /// From the scheduled send time (what a user waits).
+    pub corrected: Latency,
+    /// From the actual send time (service time, as closed-loop tools report).
+    pub uncorrected: Latency,
+}
+
+/// Correctness under load.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Checks {
+    /// Writes the server acknowledged (2xx) during the run.
+    pub acknowledged_writes: u64,
+    /// Of those, writes not found after the run.
+    pub lost_writes: u64,
+    /// Which ones (up to 100).
+    pub lost_write_ids: Vec<String>,
+    /// Reads by a writer right after its write.
+    pub ryw_checks: u64,
+    /// Of those, reads that did not show the write.
+    pub ryw_violations: u64,
+    /// Some of them, described.
+    pub ryw_examples: Vec<String>,
+}
+
+/// Cache behaviour seen in `x-cache` headers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cache {
+    /// `x-cache: hit` responses.
+    pub hits: u64,
+    /// `x-cache: miss` responses.
+    pub misses: u64,
+    /// hits / (hits + misses), or null without any.
+    pub hit_ratio: Option<f64>,
+}
+
+/// One step of a sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepStep {
+    /// Offered rate.
+    pub rate_rps: f64,
+    /// Achieved successes per second.
+    pub throughput_rps: f64,
+    /// Corrected p99.
+    pub p99_ms: f64,
+    /// Failed + unknown + dropped over scheduled.
+    pub error_rate: f64,
+    /// Whether it met the target.
+    pub passed: bool,
+}
+
+/// A sweep's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sweep {
+    /// The p99 the rate had to meet.
+    pub target_p99_ms: f64,
+    /// The error rate it had to stay under.
+    pub max_error_rate: f64,
+    /// Highest rate that met both; 0 if none did.
+    pub max_rate_rps: f64,
+    /// Every step, in the order run.
+    pub steps: Vec<SweepStep>,
+}
+
+/// A host of the stage under test and the CPU it used during the measurement.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostUsage {
+    /// Host name.
+    pub name: String,
+    /// Its roles.
+    pub role: String,
+    /// Its address.
+    pub address: String,
+    /// Its CPU budget in cores.
+    pub cpu_budget: f64,
+    /// Whether the budget was enforced.
+    pub enforced: bool,
+    /// CPU seconds its processes used during the measurement.
+    pub cpu_seconds_used: f64,
+    /// Average cores used (cpu seconds over wall seconds).
+    pub cores_used: f64,
+    /// Per-second cores used, for the chart.
+    pub cores_series: Vec<f64>,
+}
+
+/// Where a result came from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Provenance {
+    /// `git rev-parse HEAD` of the project, if known.
+    pub git_commit: Option<String>,
+    /// Whether tracked files had uncommitted changes.
+    pub git_dirty: Option<bool>,
+    /// Stage number, if a stage was measured.
+    pub stage: Option<u8>,
+    /// Hosts and budgets, with enforcement.
+    pub hosts: Vec<HostUsage>,
+    /// CPU model of this machine.
+    pub cpu_model: String,
+    /// Cores of this machine.
+    pub cores: usize,
+    /// Kernel and distribution.
+    pub os: String,
+    /// Versions of the components involved.
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// Workload name.
+    pub workload: String,
+    /// Offered rate (open loop) or null.
+    pub rate_rps: Option<f64>,
+    /// Seed of the request generators.
+    pub seed: u64,
+    /// Measured seconds.
+    pub duration_s: f64,
+    /// Warm-up seconds (not measured).
+    pub warmup_s: f64,
+    /// Connections.
+    pub connections: usize,
+    /// The command that produced it.
+    pub command: String,
+    /// When (UTC, RFC 3339).
+    pub generated_at: String,
+    /// Whether the whole machine, not a host budget, was the limit (all cores busy).
+    pub machine_bound: Option<bool>,
+}
+
+/// One run's result file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Stage number, or null for a bare `loadtest` run.
+    pub stage: Option<u8>,
+    /// Workload name.
+    pub workload: String,
+    /// `open`, `closed` or `sweep`.
+    pub mode: String,
+    /// Offered rate (open loop); for a sweep, the highest passing rate; null for closed loop.
+    pub rate_rps: Option<f64>,
+    /// Successful responses per measured second.
+    pub throughput_rps: f64,
+    /// Latency percentiles.
+    pub latency_ms: LatencyMs,
+    /// How late sends left compared with their schedule (open loop).
+    pub send_lag_ms: Latency,
+    /// Outcome counts.
+    pub counts: crate::stats::Counts,
+    /// Correctness checks.
+    pub checks: Checks,
+    /// Cache headers seen.
+    pub cache: Cache,
+    /// Sweep details, for a sweep.
+    pub sweep: Option<Sweep>,
+    /// Hosts of the stage and the CPU they used.
+    pub hosts: Vec<HostUsage>,
+    /// Per-second series.
+    pub series: Vec<SeriesPoint>,
+    /// HDR percentile curve of corrected latency: [percentile, ms].
+    pub curve: Vec<(f64, f64)>,
+    /// Where it came from.
+    pub provenance: Provenance,
+}
+
+/// One second of the series.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// Second since measurement start.
+    pub t: u64,
+    /// Successes completed.
+    pub ok: u64,
+    /// Failures and unknown outcomes completed.
+    pub errors: u64,
+    /// Corrected p50 of the second (ms).
+    pub p50_ms: f64,
+    /// Corrected p99 of the second (ms).
+    pub p99_ms: f64,
+    /// Largest corrected latency of the second (ms).
+    pub max_ms: f64,
+}
+
+impl Report {
+    /// Error rate as thresholds and sweeps judge it: (failed + unknown + dropped) / scheduled.
+    pub fn error_rate(&self) -> f64 {
+        let c = &self.counts;
+        if c.scheduled == 0 {
+            return 0.0;
+        }
+        (c.failed + c.unknown + c.dropped) as f64 / c.scheduled as f64
+    }
+
+    /// A Markdown summary.
+    pub fn markdown(&self) -> String {
+        let c = &self.counts;
+        let l = &self.latency_ms;
+        let mut s = String::new();
+        s.push_str(&format!(
+            "### {} — workload `{}`, {} loop{}\n\n",
+            self.stage
+                .map_or("loadtest".to_owned(), |n| format!("stage {n}")),
+            self.workload,
+            self.mode,
+            self.rate_rps
+                .map_or(String::new(), |r| format!(" at {r:.0} req/s offered")),
+        ));
+        s.push_str("| throughput | p50 | p90 | p99 | p99.9 | max | uncorrected p99 |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str(&format!(
+            "| {:.0} req/s | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms |\n\n",
+            self.throughput_rps,
+            l.corrected.p50,
+            l.corrected.p90,
+            l.corrected.p99,
+            l.corrected.p999,
+            l.corrected.max,
+            l.uncorrected.p99
+        ));
+        s.push_str(&format!(
+            "scheduled {} = sent {} + dropped {}; ok {}, failed {} (4xx {}, 5xx {}, connect {}), unknown {} (timed out {}); behind schedule {}.\n\n",
+            c.scheduled, c.sent, c.dropped, c.ok, c.failed, c.failed_4xx, c.failed_5xx, c.failed_connect, c.unknown, c.timed_out, c.behind_schedule
+        ));
+        let k = &self.checks;
+        s.push_str(&format!(
+            "Writes acknowledged {}, lost {}; read-your-writes checks {}, violations {}.\n",
+            k.acknowledged_writes, k.lost_writes, k.ryw_checks, k.ryw_violations
+        ));
+        if let Some(ratio) = self.cache.hit_ratio {
+            s.push_str(&format!("Cache hit ratio {:.1} %.\n", ratio * 100.0));
+        }
+        if let Some(sweep) = &self.sweep {
+            s.push_str(&format!(
+                "\nSweep: highest rate with p99 <= {} ms and errors < {:.2} %: **{:.0} req/s**.\n\n| offered | achieved | p99 ms | errors | met |\n|---:|---:|---:|---:|:-:|\n",
+                sweep.target_p99_ms, sweep.max_error_rate * 100.0, sweep.max_rate_rps
+            ));
+            for step in &sweep.steps {
+                s.push_str(&format!(
+                    "| {:.0} | {:.0} | {} | {:.3} % | {} |\n",
+                    step.rate_rps,
+                    step.throughput_rps,
+                    step.p99_ms,
+                    step.error_rate * 100.0,
+                    if step.passed { "yes" } else { "no" }
+                ));
+            }
+        }
+        if !self.hosts.is_empty() {
+            s.push_str(
+                "\n| host | role | budget | enforced | cores used |\n|---|---|---:|:-:|---:|\n",
+            );
+            for h in &self.hosts {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {:.2} |\n",
+                    h.name,
+                    h.role,
+                    h.cpu_budget,
+                    if h.enforced { "yes" } else { "no" },
+                    h.cores_used
+                ));
+            }
+            if self.provenance.machine_bound == Some(true) {
+                s.push_str("\n**Machine-bound**: all cores of this machine were busy, so no host budget was the limit.\n");
+            }
+        }
+        s
+    }
+}

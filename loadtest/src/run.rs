@@ -1,0 +1,377 @@
+//! The load engine: a fixed-rate schedule (open loop) or N connections flat out (closed loop),
+//! over a bounded pool of keep-alive connections.
+//!
+//! Open loop. A dispatcher thread releases *slots* at the target rate: slot `i` is scheduled for
+//! `start + i / rate`. Connections take the next released slot whenever they are free. When the
+//! server stalls, every connection is busy, slots queue up, and each one's latency is counted from
+//! its scheduled time: the stall is charged to every request it delayed (coordinated omission
+//! corrected, as wrk2 does). A slot still queued when the run ends is *dropped*, never sent, so
+//! `scheduled = sent + dropped` always. The dispatcher wakes every 100 us and releases every slot
+//! whose time has come, so a send leaves at most about that late when a connection is free.
+//!
+//! Closed loop. Each connection sends its next request as soon as the last one is answered; there
+//! is no schedule, so corrected and uncorrected latency are the same.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use rand::{rngs::SmallRng, SeedableRng};
+
+use crate::{
+    client::{ClientError, Connection, Response},
+    stats::{Outcome, Recorder, Summary},
+    workload::{Ack, Workload},
+};
+
+/// How often the open-loop dispatcher releases due slots. Short enough that send-time error stays
+/// well under a millisecond, long enough that the dispatcher is not a busy loop.
+const DISPATCH_TICK: Duration = Duration::from_micros(100);
+/// Acknowledged writes kept for verification; past this, later ones are not tracked (the count
+/// says so). 1 M writes is far beyond any run here and about 200 MB at worst.
+const MAX_ACKS: usize = 1_000_000;
+/// Read-your-writes violations kept as examples.
+const MAX_EXAMPLES: usize = 10;
+
+/// Open or closed loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// A fixed rate, requests per second.
+    Open {
+        /// Offered rate.
+        rate: f64,
+    },
+    /// Every connection as fast as the server answers.
+    Closed,
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The server.
+    pub target: SocketAddr,
+    /// Open or closed loop.
+    pub mode: Mode,
+    /// Time measured.
+    pub duration: Duration,
+    /// Time run before measuring (caches, pools, JIT of the server's own kind), not counted.
+    pub warmup: Duration,
+    /// Connections (the bound on requests in flight).
+    pub connections: usize,
+    /// A request unanswered after this is given up as `unknown` (timed out).
+    pub timeout: Duration,
+    /// Seed of the request generators.
+    pub seed: u64,
+    /// Live counters for a progress display, if wanted.
+    pub live: Option<Arc<Live>>,
+}
+
+/// Counters a progress display can read while a run goes on.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Responses completed (measured or not).
+    pub done: AtomicU64,
+    /// Of those, not 2xx/3xx.
+    pub errors: AtomicU64,
+}
+
+/// What a run produced.
+pub struct RunOutput {
+    /// Measurements.
+    pub summary: Summary,
+    /// Writes the server acknowledged, to verify after the run.
+    pub acks: Vec<Ack>,
+    /// Acknowledged writes not kept because of [`MAX_ACKS`].
+    pub acks_untracked: u64,
+    /// Reads right after a write, by the writer, that did not see the write.
+    pub ryw_checks: u64,
+    /// See `ryw_checks`.
+    pub ryw_violations: u64,
+    /// A few violations, described.
+    pub ryw_examples: Vec<String>,
+    /// Measured seconds (may exceed the configured duration by the last requests' latency).
+    pub measured_secs: f64,
+}
+
+struct Shared {
+    recorder: Mutex<Recorder>,
+    acks: Mutex<Vec<Ack>>,
+    acks_untracked: AtomicU64,
+    ryw_checks: AtomicU64,
+    ryw_violations: AtomicU64,
+    ryw_examples: Mutex<Vec<String>>,
+    measure_start: Instant,
+    end: Instant,
+    dropped: AtomicU64,
+    warmup_slots: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Runs the workload against the target; the caller owns the runtime (threads).
+pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_start = start + config.warmup;
+    let end = measure_start + config.duration;
+    let shared = Arc::new(Shared {
+        recorder: Mutex::new(Recorder::default()),
+        acks: Mutex::new(Vec::new()),
+        acks_untracked: AtomicU64::new(0),
+        ryw_checks: AtomicU64::new(0),
+        ryw_violations: AtomicU64::new(0),
+        ryw_examples: Mutex::new(Vec::new()),
+        measure_start,
+        end,
+        dropped: AtomicU64::new(0),
+        warmup_slots: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+
+    let (slots, dispatcher) = match config.mode {
+        Mode::Open { rate } => {
+            let (tx, rx) = flume::unbounded::<Instant>();
+            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let total = ((config.warmup + config.duration).as_secs_f64() * rate).floor() as u64;
+            let handle = std::thread::spawn(move || dispatch(tx, start, interval, total));
+            (Some(rx), Some(handle))
+        }
+        Mode::Closed => (None, None),
+    };
+
+    let mut workers = Vec::with_capacity(config.connections);
+    for i in 0..config.connections {
+        let shared = shared.clone();
+        let workload = workload.clone();
+        let slots = slots.clone();
+        let config = config.clone();
+        workers.push(tokio::spawn(async move {
+            let mut rng =
+                SmallRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+            let mut conn: Option<Connection> = None;
+            match slots {
+                Some(slots) => {
+                    while let Ok(scheduled) = slots.recv_async().await {
+                        if Instant::now() > shared.end {
+                            // Too late to send: the run is over. Counted, never sent.
+                            shared.dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        if scheduled < shared.measure_start {
+                            shared.warmup_slots.fetch_add(1, Ordering::Relaxed);
+                        }
+                        one_request(&config, &shared, &*workload, &mut rng, &mut conn, scheduled)
+                            .await;
+                    }
+                }
+                None => {
+                    tokio::time::sleep_until(start.into()).await;
+                    while Instant::now() < shared.end && !shared.stop.load(Ordering::Relaxed) {
+                        let now = Instant::now();
+                        one_request(&config, &shared, &*workload, &mut rng, &mut conn, now).await;
+                    }
+                }
+            }
+        }));
+    }
+    drop(slots);
+    for w in workers {
+        let _ = w.await;
+    }
+    let scheduled_total = match dispatcher {
+        Some(handle) => handle.join().unwrap_or(0),
+        None => 0,
+    };
+
+    let measured_secs = config.duration.as_secs_f64();
+    let shared = Arc::try_unwrap(shared).unwrap_or_else(|_| unreachable_shared());
+    let recorder = shared
+        .recorder
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut summary = recorder.finish(config.duration.as_secs());
+    let dropped = shared.dropped.load(Ordering::Relaxed);
+    summary.counts.dropped = dropped;
+    summary.counts.scheduled = match config.mode {
+        Mode::Open { .. } => scheduled_total - shared.warmup_slots.load(Ordering::Relaxed),
+        Mode::Closed => summary.counts.sent,
+    };
+    RunOutput {
+        summary,
+        acks: shared.acks.into_inner().unwrap_or_else(|e| e.into_inner()),
+        acks_untracked: shared.acks_untracked.load(Ordering::Relaxed),
+        ryw_checks: shared.ryw_checks.load(Ordering::Relaxed),
+        ryw_violations: shared.ryw_violations.load(Ordering::Relaxed),
+        ryw_examples: shared
+            .ryw_examples
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner()),
+        measured_secs,
+    }
+}
+
+fn unreachable_shared() -> Shared {
+    // Every worker has been awaited, so no other reference remains; this is never reached.
+    panic!("run state still shared after all workers finished")
+}
+
+/// Releases slot times on schedule; returns how many it released.
+fn dispatch(tx: flume::Sender<Instant>, start: Instant, interval: Duration, total: u64) -> u64 {
+    let mut next = 0u64;
+    while next < total {
+        let now = Instant::now();
+        while next < total {
+            let due = start + interval.mul_f64(next as f64);
+            if due > now {
+                break;
+            }
+            if tx.send(due).is_err() {
+                return next;
+            }
+            next += 1;
+        }
+        std::thread::sleep(DISPATCH_TICK);
+    }
+    total
+}
+
+async fn exchange(
+    config: &RunConfig,
+    conn: &mut Option<Connection>,
+    request: &crate::client::Request,
+) -> Result<Response, Outcome> {
+    if conn.is_none() {
+        match Connection::connect(config.target, config.timeout).await {
+            Ok(c) => *conn = Some(c),
+            Err(_) => return Err(Outcome::Connect),
+        }
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err(Outcome::Connect);
+    };
+    match tokio::time::timeout(config.timeout, c.send(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(ClientError::Connect(_))) => {
+            *conn = None;
+            Err(Outcome::Connect)
+        }
+        Ok(Err(_)) => {
+            *conn = None;
+            Err(Outcome::Unknown)
+        }
+        Err(_) => {
+            *conn = None;
+            Err(Outcome::Timeout)
+        }
+    }
+}
+
+async fn one_request(
+    config: &RunConfig,
+    shared: &Shared,
+    workload: &dyn Workload,
+    rng: &mut SmallRng,
+    conn: &mut Option<Connection>,
+    scheduled: Instant,
+) {
+    let op = workload.next(rng);
+    let sent = Instant::now();
+    let result = exchange(config, conn, &op.request).await;
+    let done = Instant::now();
+    if let Some(live) = &config.live {
+        live.done.fetch_add(1, Ordering::Relaxed);
+        if !matches!(&result, Ok(r) if r.status < 400) {
+            live.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let measuring = scheduled >= shared.measure_start;
+    let outcome = match &result {
+        Ok(response) => Outcome::from_status(response.status),
+        Err(outcome) => *outcome,
+    };
+    if measuring {
+        let t = done
+            .saturating_duration_since(shared.measure_start)
+            .as_secs();
+        let mut r = shared.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        r.record_send_lag(sent.saturating_duration_since(scheduled));
+        r.record(t, outcome, done - scheduled, done - sent);
+        if let Ok(response) = &result {
+            match response.cache.as_deref() {
+                Some("hit") => r.cache_hits += 1,
+                Some("miss") => r.cache_misses += 1,
+                _ => {}
+            }
+        }
+    }
+    // Acknowledged writes: remember them, and read them back at once as the writer.
+    let Ok(response) = result else { return };
+    if outcome != Outcome::Ok {
+        return;
+    }
+    let Some(ack) = workload.acknowledge(&op, &response) else {
+        return;
+    };
+    if let Some(check) = &ack.read_back {
+        shared.ryw_checks.fetch_add(1, Ordering::Relaxed);
+        let seen = match exchange(config, conn, &check.request).await {
+            Ok(r) => check.expect.holds(&r),
+            Err(_) => true, // no answer is not a violation; availability is counted elsewhere
+        };
+        if !seen {
+            shared.ryw_violations.fetch_add(1, Ordering::Relaxed);
+            let mut examples = shared
+                .ryw_examples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if examples.len() < MAX_EXAMPLES {
+                examples.push(format!(
+                    "{}: {} {} did not show it",
+                    ack.id, check.request.method, check.request.path
+                ));
+            }
+        }
+    }
+    let mut acks = shared.acks.lock().unwrap_or_else(|e| e.into_inner());
+    if acks.len() < MAX_ACKS {
+        acks.push(ack);
+    } else {
+        shared.acks_untracked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads every acknowledged write back; returns the ids of those that are gone.
+pub async fn verify(target: SocketAddr, acks: &[Ack], timeout: Duration) -> Vec<String> {
+    let mut lost = Vec::new();
+    let config = RunConfig {
+        target,
+        mode: Mode::Closed,
+        duration: Duration::ZERO,
+        warmup: Duration::ZERO,
+        connections: 1,
+        timeout,
+        seed: 0,
+        live: None,
+    };
+    let mut conn = None;
+    for ack in acks {
+        let Some(check) = &ack.verify else { continue };
+        // Retry a transport failure a few times: verification must not report a write as lost
+        // because one connection broke.
+        let mut answer = None;
+        for _ in 0..3 {
+            if let Ok(r) = exchange(&config, &mut conn, &check.request).await {
+                answer = Some(r);
+                break;
+            }
+        }
+        match answer {
+            Some(r) if check.expect.holds(&r) => {}
+            _ => lost.push(ack.id.clone()),
+        }
+    }
+    lost
+}
