@@ -29,6 +29,7 @@ pub mod extract;
 pub mod metrics;
 pub mod model;
 pub mod seed;
+pub mod seed_images;
 pub mod settings;
 pub mod slug;
 

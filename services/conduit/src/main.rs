@@ -39,6 +39,9 @@ enum Command {
         /// Articles to create.
         #[arg(long, default_value_t = 10_000)]
         articles: usize,
+        /// Images (20-200 KB each), written to the media store.
+        #[arg(long, default_value_t = 2_000)]
+        images: usize,
         /// Seed of the generator: same seed, same data.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -72,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             config,
             users,
             articles,
+            images,
             seed,
         } => {
             init_tracing();
@@ -81,15 +85,17 @@ async fn main() -> anyhow::Result<()> {
             let spec = SeedSpec {
                 users,
                 articles,
+                images,
                 seed,
                 ..SeedSpec::default()
             };
-            let report = conduit::seed::seed(db.write(), spec).await?;
+            let media = conduit::api::media::local_store(&settings.media.root)?;
+            let report = conduit::seed::seed(db.write(), media.as_ref(), spec).await?;
             println!(
                 "{}",
                 serde_json::to_string(&serde_json::json!({
                     "users": report.users, "articles": report.articles, "follows": report.follows,
-                    "favorites": report.favorites, "comments": report.comments,
+                    "favorites": report.favorites, "comments": report.comments, "images": report.images,
                     "already_seeded": report.already_seeded,
                 }))?
             );

@@ -16,7 +16,9 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use sqlx::PgPool;
 use time::{Duration, OffsetDateTime};
 
-use crate::{auth::hash_password_blocking, slug::slug_for};
+use crate::{auth::hash_password_blocking, seed_images::noise_png, slug::slug_for};
+use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use sha2::{Digest, Sha256};
 
 /// The password of every seeded user.
 pub const SEED_PASSWORD: &str = "archlab-seed-password";
@@ -38,6 +40,8 @@ pub struct SeedSpec {
     pub favorites_per_article: usize,
     /// Average comments per article.
     pub comments_per_article: usize,
+    /// Images (20 to 200 KB each): the first one per user becomes that user's profile image.
+    pub images: usize,
     /// Seed of the random generator: same seed, same data.
     pub seed: u64,
 }
@@ -50,6 +54,7 @@ impl Default for SeedSpec {
             follows_per_user: 10,
             favorites_per_article: 3,
             comments_per_article: 2,
+            images: 2_000,
             seed: 42,
         }
     }
@@ -68,6 +73,8 @@ pub struct SeedReport {
     pub favorites: usize,
     /// Comments written.
     pub comments: usize,
+    /// Images written.
+    pub images: usize,
     /// Whether an existing seeded data set was found and left alone.
     pub already_seeded: bool,
 }
@@ -170,8 +177,9 @@ fn sentence(rng: &mut StdRng, words: usize) -> String {
     text
 }
 
-/// Writes the data set described by `spec`, unless a seeded data set is already there.
-pub async fn seed(pool: &PgPool, spec: SeedSpec) -> anyhow::Result<SeedReport> {
+/// Writes the data set described by `spec` into the database and the media store, unless a
+/// seeded data set is already there.
+pub async fn seed(pool: &PgPool, media: &dyn ObjectStore, spec: SeedSpec) -> anyhow::Result<SeedReport> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE username = 'user1')")
             .fetch_one(pool)
@@ -357,6 +365,47 @@ pub async fn seed(pool: &PgPool, spec: SeedSpec) -> anyhow::Result<SeedReport> {
         .context("inserting comments")?;
         report.comments += end - start;
     }
+    // Images: bytes into the store, rows into `media`; user N's profile image is image N.
+    let image_ids: Vec<i64> = sqlx::query_scalar("SELECT next_id() FROM generate_series(1, $1::int)")
+        .bind(spec.images as i32)
+        .fetch_all(pool)
+        .await
+        .context("allocating media ids")?;
+    let mut owners = Vec::with_capacity(image_ids.len());
+    let mut sizes = Vec::with_capacity(image_ids.len());
+    let mut hashes = Vec::with_capacity(image_ids.len());
+    for (i, id) in image_ids.iter().enumerate() {
+        let size = rng.gen_range(20_000..=200_000);
+        let png = noise_png(size, || rng.gen());
+        hashes.push(crate::api::media::hex(&Sha256::digest(&png)));
+        sizes.push(png.len() as i64);
+        owners.push(user_ids[i % user_ids.len()]);
+        media
+            .put(&StorePath::from(format!("media/{id}")), PutPayload::from(png))
+            .await
+            .context("storing a seeded image")?;
+    }
+    sqlx::query(
+        "INSERT INTO media (id, owner_id, content_type, size_bytes, sha256)
+         SELECT id, owner, 'image/png', size, sha FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])
+              AS t(id, owner, size, sha)",
+    )
+    .bind(&image_ids)
+    .bind(&owners)
+    .bind(&sizes)
+    .bind(&hashes)
+    .execute(pool)
+    .await
+    .context("inserting media rows")?;
+    let avatars: Vec<String> = image_ids.iter().take(user_ids.len()).map(|id| format!("/media/{id}")).collect();
+    sqlx::query("UPDATE users u SET image = t.image FROM UNNEST($1::bigint[], $2::text[]) AS t(id, image) WHERE u.id = t.id")
+        .bind(&user_ids[..avatars.len()])
+        .bind(&avatars)
+        .execute(pool)
+        .await
+        .context("setting profile images")?;
+    report.images = image_ids.len();
+
     // The denormalised copies on the article rows (see the migration), computed once in bulk.
     sqlx::query(
         "UPDATE articles a SET

@@ -24,6 +24,7 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::{
+    budget::{self, Controller},
     postgres::PostgresServer,
     process::{self, PidRecord, Spawn},
     stage::{Host, Role, Stage, APP_PORT, DATABASE_PORT},
@@ -47,6 +48,7 @@ pub const APP_DATABASE: &str = "conduit";
 pub struct Lab {
     state_dir: PathBuf,
     conduit_bin: PathBuf,
+    budgets: Controller,
 }
 
 /// One service on one host, as `status` reports it.
@@ -64,7 +66,7 @@ pub struct ServiceStatus {
     pub port: u16,
     /// The host's CPU budget in cores.
     pub cpu_budget: f64,
-    /// Whether the budget is enforced (the lab does not enforce budgets yet).
+    /// Whether the process runs inside its host's CPU group.
     pub cpu_budget_enforced: bool,
     /// PID if running.
     pub pid: Option<i32>,
@@ -82,6 +84,7 @@ impl Lab {
             // Absolute: services run with their own working folders.
             state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
             conduit_bin: conduit_bin.into(),
+            budgets: Controller::detect(),
         }
     }
 
@@ -115,11 +118,37 @@ impl Lab {
     }
 
     fn database(&self, stage: &Stage, host: &Host) -> PostgresServer {
-        PostgresServer::new(
+        let mut server = PostgresServer::new(
             self.stage_dir(stage).join(&host.name).join("postgres"),
             host.address.clone(),
             DATABASE_PORT,
-        )
+        );
+        server.cpu_group = self.cpu_group_path(host);
+        server
+    }
+
+    /// The name of `host`'s CPU group: its address, which is unique on the machine.
+    fn cpu_group_name(host: &Host) -> String {
+        format!("host-{}", host.address.replace('.', "-"))
+    }
+
+    /// Where `host`'s CPU group is, if budgets are enforced here.
+    fn cpu_group_path(&self, host: &Host) -> Option<PathBuf> {
+        match &self.budgets {
+            Controller::V1(root) | Controller::V2(root) => Some(root.join("archlab").join(Self::cpu_group_name(host))),
+            Controller::None(_) => None,
+        }
+    }
+
+    /// Whether CPU budgets are enforced by this lab, and if not, why.
+    pub fn budgets(&self) -> &Controller {
+        &self.budgets
+    }
+
+    /// Whether `pid` runs inside `host`'s CPU group (read from `/proc/<pid>/cgroup`).
+    pub fn is_budgeted(&self, host: &Host, pid: i32) -> bool {
+        let name = format!("/archlab/{}", Self::cpu_group_name(host));
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.lines().any(|l| l.ends_with(&name)))
     }
 
     fn app_dir(&self, stage: &Stage, host: &Host) -> PathBuf {
@@ -151,6 +180,9 @@ impl Lab {
             }
         }
         fs::create_dir_all(self.stage_dir(stage))?;
+        for host in &stage.hosts {
+            self.budgets.group(&Self::cpu_group_name(host), host.cpu_budget)?;
+        }
         let db_host = stage
             .database_host()
             .context("stage has no database host")?;
@@ -185,25 +217,11 @@ impl Lab {
             let _ = fs::remove_file(&pid_path);
         }
         let log = dir.join("app.log");
+        let (program, args, _) = budget::wrap(self.cpu_group_path(host).as_deref(), None, &self.conduit_bin, vec!["serve".into()]);
         let record = process::spawn(Spawn {
-            program: &self.conduit_bin,
-            args: vec!["serve".into()],
-            env: vec![
-                (
-                    "APP_SERVER__LISTEN".into(),
-                    format!("{}:{APP_PORT}", host.address),
-                ),
-                ("APP_DATABASE__URL".into(), self.database_url(stage)?),
-                (
-                    "APP_DATABASE__MAX_CONNECTIONS".into(),
-                    pool_size(stage).to_string(),
-                ),
-                ("APP_AUTH__JWT_SECRET".into(), secret.to_owned()),
-                (
-                    "APP_MEDIA__ROOT".into(),
-                    dir.join("media").display().to_string(),
-                ),
-            ],
+            program: &program,
+            args,
+            env: self.app_env(stage, host, secret)?,
             log: log.clone(),
             user: None,
             cwd: Some(dir.clone()),
@@ -215,6 +233,26 @@ impl Lab {
             async move { matches!(request.await, Ok(r) if r.status().is_success()) }
         })
         .await
+    }
+
+    /// The settings of the app on `host`, as `APP_…` variables.
+    fn app_env(&self, stage: &Stage, host: &Host, secret: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let dir = self.app_dir(stage, host);
+        Ok(vec![
+            ("APP_SERVER__LISTEN".into(), format!("{}:{APP_PORT}", host.address)),
+            ("APP_DATABASE__URL".into(), self.database_url(stage)?),
+            ("APP_DATABASE__MAX_CONNECTIONS".into(), pool_size(stage).to_string()),
+            ("APP_AUTH__JWT_SECRET".into(), secret.to_owned()),
+            ("APP_MEDIA__ROOT".into(), dir.join("media").display().to_string()),
+        ])
+    }
+
+    /// The settings `conduit seed` needs to write into the stage: its database and the media
+    /// store of its (first) app host.
+    pub fn seed_env(&self, stage: &Stage) -> anyhow::Result<Vec<(String, String)>> {
+        let host = stage.app_hosts()[0];
+        let secret = self.secret()?;
+        Ok(self.app_env(stage, host, &secret)?.into_iter().filter(|(k, _)| k != "APP_SERVER__LISTEN").collect())
     }
 
     /// Stops the stage's processes: app hosts first (they drain), then the database.
@@ -246,6 +284,12 @@ impl Lab {
                 ));
             }
             db.stop()?;
+        }
+        for host in &stage.hosts {
+            if let Some(group) = self.cpu_group_path(host) {
+                // Empty now; a group still holding a process (not ours to stop) stays.
+                let _ = fs::remove_dir(group);
+            }
         }
         Ok(())
     }
@@ -300,7 +344,7 @@ impl Lab {
                     address: host.address.clone(),
                     port,
                     cpu_budget: host.cpu_budget,
-                    cpu_budget_enforced: false,
+                    cpu_budget_enforced: pid.is_some_and(|p| self.is_budgeted(host, p)),
                     pid,
                     healthy,
                     log,

@@ -7,8 +7,10 @@
 //! - [`stage`]: stage files (`stages/NN-name/stage.toml`): hosts, roles, addresses, CPU budgets;
 //! - [`postgres`]: a PostgreSQL server as a local process (also [`postgres::TestPostgres`] for tests);
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
+//! - [`budget`]: host CPU budgets as cgroups, and CPU sampling per host;
 //! - `main.rs`: the `archlab` command line.
 
+pub mod budget;
 pub mod lab;
 pub mod postgres;
 pub mod process;

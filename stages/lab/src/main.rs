@@ -70,6 +70,9 @@ enum Command_ {
         /// Articles to create.
         #[arg(long, default_value_t = 10_000)]
         articles: usize,
+        /// Images (20-200 KB each; one per user becomes its profile image).
+        #[arg(long, default_value_t = 2_000)]
+        images: usize,
         /// Seed of the generator: same seed, same data.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -174,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
                         } else {
                             "stopped"
                         },
-                        format!("{} (not enforced)", s.cpu_budget),
+                        format!("{} ({})", s.cpu_budget, if s.cpu_budget_enforced { "enforced" } else { "not enforced" }),
                         s.log.display()
                     );
                 }
@@ -184,14 +187,14 @@ async fn main() -> anyhow::Result<()> {
             stage,
             users,
             articles,
+            images,
             seed,
         } => {
             let stage = Stage::find(&stage)?.on_network(cli.net);
             let conduit = Lab::default_conduit_bin()?;
             let lab = Lab::new(&cli.state_dir, &conduit);
-            let url = lab.database_url(&stage)?;
             println!(
-                "seeding stage {} ({users} users, {articles} articles, seed {seed})",
+                "seeding stage {} ({users} users, {articles} articles, {images} images, seed {seed})",
                 stage.number
             );
             let started = std::time::Instant::now();
@@ -203,8 +206,8 @@ async fn main() -> anyhow::Result<()> {
                     "--articles",
                     &articles.to_string(),
                 ])
-                .args(["--seed", &seed.to_string()])
-                .env("APP_DATABASE__URL", url)
+                .args(["--images", &images.to_string(), "--seed", &seed.to_string()])
+                .envs(lab.seed_env(&stage)?)
                 .status()
                 .with_context(|| format!("running {} seed", conduit.display()))?;
             if !status.success() {

@@ -80,6 +80,8 @@ pub struct PostgresServer {
     pub address: String,
     /// Its TCP port.
     pub port: u16,
+    /// The CPU group (host budget) it runs in, if budgets are enforced.
+    pub cpu_group: Option<PathBuf>,
 }
 
 impl PostgresServer {
@@ -91,6 +93,7 @@ impl PostgresServer {
             dir: std::path::absolute(&dir).unwrap_or(dir),
             address: address.into(),
             port,
+            cpu_group: None,
         }
     }
 
@@ -210,8 +213,10 @@ impl PostgresServer {
             args.push("-c".into());
             args.push(format!("{key}={value}"));
         }
+        let (program, args, user) =
+            crate::budget::wrap(self.cpu_group.as_deref(), user, &bin_dir()?.join("postgres"), args);
         let record = process::spawn(Spawn {
-            program: &bin_dir()?.join("postgres"),
+            program: &program,
             args,
             env: vec![],
             log: self.log_path(),

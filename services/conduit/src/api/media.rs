@@ -203,7 +203,8 @@ async fn download(
     Ok(response)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (the stored SHA-256 of an upload, also its ETag).
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");

@@ -1,0 +1,159 @@
+//! Host CPU budgets: each simulated host's processes share one CPU quota, as a small VM would.
+//!
+//! Where the machine allows it, a host gets a cgroup with a CFS quota of `budget x period` per
+//! `period`: cgroup v1's `cpu` controller (`cpu.cfs_quota_us`, `cpu.cfs_period_us`) or cgroup v2's
+//! `cpu.max`, both writable by root. A process joins its host's group *before* it starts (a shell
+//! writes its own PID into `cgroup.procs`, then `exec`s the service, through `setpriv` when it must
+//! drop to another user), so every child it forks (PostgreSQL's backends) is inside from birth.
+//! Without root or without a cpu controller, budgets are recorded as *not enforced*; results say so.
+//!
+//! The period is short (10 ms): throttling then costs at most a few milliseconds of stall, rather
+//! than the 100 ms default period, which would dominate tail latency (see LAB-NOTES: throughput
+//! follows the budget almost exactly; small budgets add throttling jitter to the tail).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+
+/// CFS period, microseconds.
+pub const PERIOD_US: u64 = 10_000;
+
+/// Where CPU groups can be made on this machine.
+#[derive(Debug, Clone)]
+pub enum Controller {
+    /// cgroup v1: the `cpu` hierarchy's root.
+    V1(PathBuf),
+    /// cgroup v2: the unified hierarchy's root.
+    V2(PathBuf),
+    /// No writable cpu controller: budgets are recorded, not enforced.
+    None(String),
+}
+
+impl Controller {
+    /// Finds a writable cpu controller.
+    pub fn detect() -> Controller {
+        if !nix::unistd::geteuid().is_root() {
+            return Controller::None("not root: cgroups need root (a real system would use systemd-run --user --scope -p CPUQuota)".into());
+        }
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        if v1.join("cpu.cfs_quota_us").exists() {
+            return Controller::V1(v1.to_path_buf());
+        }
+        let v2 = Path::new("/sys/fs/cgroup");
+        if fs::read_to_string(v2.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu")) {
+            return Controller::V2(v2.to_path_buf());
+        }
+        Controller::None("no cgroup cpu controller found".into())
+    }
+
+    /// Whether budgets can be enforced.
+    pub fn enforces(&self) -> bool {
+        !matches!(self, Controller::None(_))
+    }
+
+    /// Creates (or updates) the group `name` with `cores` of CPU; returns its folder.
+    pub fn group(&self, name: &str, cores: f64) -> anyhow::Result<Option<PathBuf>> {
+        let quota = ((cores * PERIOD_US as f64).round() as u64).max(1_000);
+        match self {
+            Controller::None(_) => Ok(None),
+            Controller::V1(root) => {
+                let dir = root.join("archlab").join(name);
+                fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+                fs::write(dir.join("cpu.cfs_period_us"), PERIOD_US.to_string())?;
+                fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+                Ok(Some(dir))
+            }
+            Controller::V2(root) => {
+                let parent = root.join("archlab");
+                fs::create_dir_all(&parent)?;
+                // Children of a v2 group can use a controller only if the parent delegates it.
+                let _ = fs::write(root.join("cgroup.subtree_control"), "+cpu");
+                let _ = fs::write(parent.join("cgroup.subtree_control"), "+cpu");
+                let dir = parent.join(name);
+                fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+                fs::write(dir.join("cpu.max"), format!("{quota} {PERIOD_US}"))?;
+                Ok(Some(dir))
+            }
+        }
+    }
+}
+
+/// The command that starts `program` inside `group` (if any), as `user` (if any): a shell joins
+/// the group, then execs, so nothing the service forks escapes its budget.
+pub fn wrap(
+    group: Option<&Path>,
+    user: Option<(u32, u32)>,
+    program: &Path,
+    args: Vec<String>,
+) -> (PathBuf, Vec<String>, Option<(u32, u32)>) {
+    let Some(group) = group else {
+        return (program.to_path_buf(), args, user);
+    };
+    let mut wrapped = vec![
+        "-c".to_owned(),
+        r#"echo $$ > "$0/cgroup.procs" && exec "$@""#.to_owned(),
+        group.display().to_string(),
+    ];
+    if let Some((uid, gid)) = user {
+        wrapped.extend([
+            "setpriv".into(),
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".into(),
+            "--".into(),
+        ]);
+    }
+    wrapped.push(program.display().to_string());
+    wrapped.extend(args);
+    (PathBuf::from("/bin/sh"), wrapped, None)
+}
+
+/// CPU time (seconds) used so far by `pids` and all their descendants, from `/proc`.
+pub fn cpu_seconds(pids: &[i32]) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut parents: Vec<(i32, i32, u64)> = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some(close) = stat.rfind(')') else { continue };
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            // After the name: state(3) ppid(4) ... utime(14) stime(15): indexes 1, 11, 12 here.
+            let (Some(ppid), Some(utime), Some(stime)) = (
+                fields.get(1).and_then(|v| v.parse::<i32>().ok()),
+                fields.get(11).and_then(|v| v.parse::<u64>().ok()),
+                fields.get(12).and_then(|v| v.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            parents.push((pid, ppid, utime + stime));
+        }
+    }
+    let mut members: std::collections::HashSet<i32> = pids.iter().copied().collect();
+    // Descendants: repeat until no new child joins (process trees here are shallow).
+    loop {
+        let before = members.len();
+        for (pid, ppid, _) in &parents {
+            if members.contains(ppid) {
+                members.insert(*pid);
+            }
+        }
+        if members.len() == before {
+            break;
+        }
+    }
+    parents.iter().filter(|(pid, _, _)| members.contains(pid)).map(|(_, _, t)| *t as f64 / ticks).sum()
+}
+
+/// Busy and total CPU time of the whole machine, from `/proc/stat` (jiffies).
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return (0, 0) };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
