@@ -15,9 +15,11 @@ declare -A WHY=(
   [docker-compose]="offline validation of docker-compose/*.yml (config -q); no engine needed"
   [curl]="the walkthroughs' curl sessions and the API test runner's download"
   [ca-certificates]="HTTPS for package downloads"
+  [nginx]="a trivial fixed-response server for calibrating the harness (and the file host of stage 2)"
+  [chromium]="headless check that the HTML report renders (tests)"
   [python3]="the benchmark script until the harness replaces it (scripts/bench/stage1.py)"
 )
-PACKAGES=(postgresql wrk docker-compose curl ca-certificates python3)
+PACKAGES=(postgresql nginx wrk docker-compose curl ca-certificates python3 chromium)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -89,6 +89,29 @@ pub enum Plan {
     },
 }
 
+/// Parses `30s`, `250ms`, `2m`, `500us` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (try 30s, 250ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "us" => n / 1e6,
+        _ => return Err(format!("unknown unit in {text:?} (use us, ms, s, m)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("not a duration: {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Splits `http://host:port/path` into a socket address and a path.
 pub fn parse_target(target: &str) -> anyhow::Result<(SocketAddr, String)> {
     let rest = target

@@ -40,7 +40,7 @@ struct Cli {
     #[arg(long)]
     sweep: bool,
     /// p99 bound for a sweep.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = loadtest::parse_duration)]
     target_p99: Duration,
     /// Error-rate bound for a sweep, in percent.
     #[arg(long, default_value_t = 0.1)]
@@ -49,10 +49,10 @@ struct Cli {
     #[arg(long, default_value_t = 200_000.0)]
     sweep_max_rate: f64,
     /// Measured time (per sweep step).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = loadtest::parse_duration)]
     duration: Duration,
     /// Warm-up before measuring, excluded from results.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = loadtest::parse_duration)]
     warmup: Duration,
     /// Connections: the bound on requests in flight.
     #[arg(long, default_value_t = 64)]
@@ -61,7 +61,7 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// A request unanswered after this is counted as unknown (timed out).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = loadtest::parse_duration)]
     timeout: Duration,
     /// Seed of the request generators.
     #[arg(long, default_value_t = 1)]
@@ -73,7 +73,7 @@ struct Cli {
     #[arg(long)]
     no_verify: bool,
     /// Exit non-zero if the corrected p99 is above this.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = loadtest::parse_duration)]
     max_p99: Option<Duration>,
     /// Exit non-zero if (failed + unknown + dropped) / scheduled is above this, in percent.
     #[arg(long)]
@@ -81,28 +81,6 @@ struct Cli {
     /// Write the result JSON here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| c.is_ascii_alphabetic())
-            .unwrap_or(text.len()),
-    );
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?} (try 30s, 250ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "us" => n / 1e6,
-        _ => return Err(format!("unknown unit in {text:?} (use us, ms, s, m)")),
-    };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("not a duration: {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() -> anyhow::Result<()> {

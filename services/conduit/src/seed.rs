@@ -179,7 +179,11 @@ fn sentence(rng: &mut StdRng, words: usize) -> String {
 
 /// Writes the data set described by `spec` into the database and the media store, unless a
 /// seeded data set is already there.
-pub async fn seed(pool: &PgPool, media: &dyn ObjectStore, spec: SeedSpec) -> anyhow::Result<SeedReport> {
+pub async fn seed(
+    pool: &PgPool,
+    media: &dyn ObjectStore,
+    spec: SeedSpec,
+) -> anyhow::Result<SeedReport> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE username = 'user1')")
             .fetch_one(pool)
@@ -366,11 +370,12 @@ pub async fn seed(pool: &PgPool, media: &dyn ObjectStore, spec: SeedSpec) -> any
         report.comments += end - start;
     }
     // Images: bytes into the store, rows into `media`; user N's profile image is image N.
-    let image_ids: Vec<i64> = sqlx::query_scalar("SELECT next_id() FROM generate_series(1, $1::int)")
-        .bind(spec.images as i32)
-        .fetch_all(pool)
-        .await
-        .context("allocating media ids")?;
+    let image_ids: Vec<i64> =
+        sqlx::query_scalar("SELECT next_id() FROM generate_series(1, $1::int)")
+            .bind(spec.images as i32)
+            .fetch_all(pool)
+            .await
+            .context("allocating media ids")?;
     let mut owners = Vec::with_capacity(image_ids.len());
     let mut sizes = Vec::with_capacity(image_ids.len());
     let mut hashes = Vec::with_capacity(image_ids.len());
@@ -381,7 +386,10 @@ pub async fn seed(pool: &PgPool, media: &dyn ObjectStore, spec: SeedSpec) -> any
         sizes.push(png.len() as i64);
         owners.push(user_ids[i % user_ids.len()]);
         media
-            .put(&StorePath::from(format!("media/{id}")), PutPayload::from(png))
+            .put(
+                &StorePath::from(format!("media/{id}")),
+                PutPayload::from(png),
+            )
             .await
             .context("storing a seeded image")?;
     }
@@ -397,7 +405,11 @@ pub async fn seed(pool: &PgPool, media: &dyn ObjectStore, spec: SeedSpec) -> any
     .execute(pool)
     .await
     .context("inserting media rows")?;
-    let avatars: Vec<String> = image_ids.iter().take(user_ids.len()).map(|id| format!("/media/{id}")).collect();
+    let avatars: Vec<String> = image_ids
+        .iter()
+        .take(user_ids.len())
+        .map(|id| format!("/media/{id}"))
+        .collect();
     sqlx::query("UPDATE users u SET image = t.image FROM UNNEST($1::bigint[], $2::text[]) AS t(id, image) WHERE u.id = t.id")
         .bind(&user_ids[..avatars.len()])
         .bind(&avatars)

@@ -43,7 +43,9 @@ impl Controller {
             return Controller::V1(v1.to_path_buf());
         }
         let v2 = Path::new("/sys/fs/cgroup");
-        if fs::read_to_string(v2.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu")) {
+        if fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"))
+        {
             return Controller::V2(v2.to_path_buf());
         }
         Controller::None("no cgroup cpu controller found".into())
@@ -61,7 +63,8 @@ impl Controller {
             Controller::None(_) => Ok(None),
             Controller::V1(root) => {
                 let dir = root.join("archlab").join(name);
-                fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+                fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating cgroup {}", dir.display()))?;
                 fs::write(dir.join("cpu.cfs_period_us"), PERIOD_US.to_string())?;
                 fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
                 Ok(Some(dir))
@@ -73,7 +76,8 @@ impl Controller {
                 let _ = fs::write(root.join("cgroup.subtree_control"), "+cpu");
                 let _ = fs::write(parent.join("cgroup.subtree_control"), "+cpu");
                 let dir = parent.join(name);
-                fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+                fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating cgroup {}", dir.display()))?;
                 fs::write(dir.join("cpu.max"), format!("{quota} {PERIOD_US}"))?;
                 Ok(Some(dir))
             }
@@ -117,9 +121,19 @@ pub fn cpu_seconds(pids: &[i32]) -> f64 {
     let mut parents: Vec<(i32, i32, u64)> = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let Some(close) = stat.rfind(')') else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
             let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
             // After the name: state(3) ppid(4) ... utime(14) stime(15): indexes 1, 11, 12 here.
             let (Some(ppid), Some(utime), Some(stime)) = (
@@ -145,14 +159,24 @@ pub fn cpu_seconds(pids: &[i32]) -> f64 {
             break;
         }
     }
-    parents.iter().filter(|(pid, _, _)| members.contains(pid)).map(|(_, _, t)| *t as f64 / ticks).sum()
+    parents
+        .iter()
+        .filter(|(pid, _, _)| members.contains(pid))
+        .map(|(_, _, t)| *t as f64 / ticks)
+        .sum()
 }
 
 /// Busy and total CPU time of the whole machine, from `/proc/stat` (jiffies).
 pub fn machine_ticks() -> (u64, u64) {
     let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else { return (0, 0) };
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let Some(line) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total - idle, total)

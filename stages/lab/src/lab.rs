@@ -43,6 +43,31 @@ const POOL_PER_DATABASE_CORE: f64 = 4.0;
 /// Role and database the app uses.
 pub const APP_DATABASE: &str = "conduit";
 
+/// How big a data set `seed` writes.
+#[derive(Debug, Clone, Copy)]
+pub struct SeedSpec {
+    /// Users.
+    pub users: usize,
+    /// Articles.
+    pub articles: usize,
+    /// Images.
+    pub images: usize,
+    /// Generator seed.
+    pub seed: u64,
+}
+
+impl Default for SeedSpec {
+    /// The default data set of the benchmarks: 1,000 users, 10,000 articles, 2,000 images.
+    fn default() -> Self {
+        Self {
+            users: 1_000,
+            articles: 10_000,
+            images: 2_000,
+            seed: 42,
+        }
+    }
+}
+
 /// The lab, rooted at a state folder.
 #[derive(Debug, Clone)]
 pub struct Lab {
@@ -108,6 +133,11 @@ impl Lab {
         )
     }
 
+    /// The app binary this lab starts.
+    pub fn conduit_bin(&self) -> &Path {
+        &self.conduit_bin
+    }
+
     /// The state folder.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
@@ -135,7 +165,9 @@ impl Lab {
     /// Where `host`'s CPU group is, if budgets are enforced here.
     fn cpu_group_path(&self, host: &Host) -> Option<PathBuf> {
         match &self.budgets {
-            Controller::V1(root) | Controller::V2(root) => Some(root.join("archlab").join(Self::cpu_group_name(host))),
+            Controller::V1(root) | Controller::V2(root) => {
+                Some(root.join("archlab").join(Self::cpu_group_name(host)))
+            }
             Controller::None(_) => None,
         }
     }
@@ -148,7 +180,8 @@ impl Lab {
     /// Whether `pid` runs inside `host`'s CPU group (read from `/proc/<pid>/cgroup`).
     pub fn is_budgeted(&self, host: &Host, pid: i32) -> bool {
         let name = format!("/archlab/{}", Self::cpu_group_name(host));
-        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.lines().any(|l| l.ends_with(&name)))
+        fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|c| c.lines().any(|l| l.ends_with(&name)))
     }
 
     fn app_dir(&self, stage: &Stage, host: &Host) -> PathBuf {
@@ -181,7 +214,8 @@ impl Lab {
         }
         fs::create_dir_all(self.stage_dir(stage))?;
         for host in &stage.hosts {
-            self.budgets.group(&Self::cpu_group_name(host), host.cpu_budget)?;
+            self.budgets
+                .group(&Self::cpu_group_name(host), host.cpu_budget)?;
         }
         let db_host = stage
             .database_host()
@@ -217,7 +251,12 @@ impl Lab {
             let _ = fs::remove_file(&pid_path);
         }
         let log = dir.join("app.log");
-        let (program, args, _) = budget::wrap(self.cpu_group_path(host).as_deref(), None, &self.conduit_bin, vec!["serve".into()]);
+        let (program, args, _) = budget::wrap(
+            self.cpu_group_path(host).as_deref(),
+            None,
+            &self.conduit_bin,
+            vec!["serve".into()],
+        );
         let record = process::spawn(Spawn {
             program: &program,
             args,
@@ -236,14 +275,28 @@ impl Lab {
     }
 
     /// The settings of the app on `host`, as `APP_…` variables.
-    fn app_env(&self, stage: &Stage, host: &Host, secret: &str) -> anyhow::Result<Vec<(String, String)>> {
+    fn app_env(
+        &self,
+        stage: &Stage,
+        host: &Host,
+        secret: &str,
+    ) -> anyhow::Result<Vec<(String, String)>> {
         let dir = self.app_dir(stage, host);
         Ok(vec![
-            ("APP_SERVER__LISTEN".into(), format!("{}:{APP_PORT}", host.address)),
+            (
+                "APP_SERVER__LISTEN".into(),
+                format!("{}:{APP_PORT}", host.address),
+            ),
             ("APP_DATABASE__URL".into(), self.database_url(stage)?),
-            ("APP_DATABASE__MAX_CONNECTIONS".into(), pool_size(stage).to_string()),
+            (
+                "APP_DATABASE__MAX_CONNECTIONS".into(),
+                pool_size(stage).to_string(),
+            ),
             ("APP_AUTH__JWT_SECRET".into(), secret.to_owned()),
-            ("APP_MEDIA__ROOT".into(), dir.join("media").display().to_string()),
+            (
+                "APP_MEDIA__ROOT".into(),
+                dir.join("media").display().to_string(),
+            ),
         ])
     }
 
@@ -252,7 +305,60 @@ impl Lab {
     pub fn seed_env(&self, stage: &Stage) -> anyhow::Result<Vec<(String, String)>> {
         let host = stage.app_hosts()[0];
         let secret = self.secret()?;
-        Ok(self.app_env(stage, host, &secret)?.into_iter().filter(|(k, _)| k != "APP_SERVER__LISTEN").collect())
+        Ok(self
+            .app_env(stage, host, &secret)?
+            .into_iter()
+            .filter(|(k, _)| k != "APP_SERVER__LISTEN")
+            .collect())
+    }
+
+    /// Writes the deterministic data set into the stage (`conduit seed`; skipped if present).
+    pub fn seed(&self, stage: &Stage, spec: &SeedSpec) -> anyhow::Result<()> {
+        let status = std::process::Command::new(&self.conduit_bin)
+            .args([
+                "seed",
+                "--users",
+                &spec.users.to_string(),
+                "--articles",
+                &spec.articles.to_string(),
+            ])
+            .args([
+                "--images",
+                &spec.images.to_string(),
+                "--seed",
+                &spec.seed.to_string(),
+            ])
+            .envs(self.seed_env(stage)?)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("running {} seed", self.conduit_bin.display()))?;
+        if !status.success() {
+            bail!(
+                "seeding failed (is the stage up? `archlab up {}`)",
+                stage.number
+            );
+        }
+        Ok(())
+    }
+
+    /// PIDs of the processes on `host` (for CPU sampling; their children are found from these).
+    pub fn host_pids(&self, stage: &Stage, host: &Host) -> Vec<i32> {
+        let mut pids = Vec::new();
+        if host.roles.contains(&Role::Database) {
+            if let Ok(Some(record)) = self.database(stage, host).running() {
+                pids.push(record.pid);
+            }
+        }
+        if host.roles.contains(&Role::App) {
+            if let Ok(Some(record)) =
+                PidRecord::read(&self.app_dir(stage, host).join("app.pid.json"))
+            {
+                if record.is_alive() {
+                    pids.push(record.pid);
+                }
+            }
+        }
+        pids
     }
 
     /// Stops the stage's processes: app hosts first (they drain), then the database.

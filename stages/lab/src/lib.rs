@@ -7,9 +7,11 @@
 //! - [`stage`]: stage files (`stages/NN-name/stage.toml`): hosts, roles, addresses, CPU budgets;
 //! - [`postgres`]: a PostgreSQL server as a local process (also [`postgres::TestPostgres`] for tests);
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
+//! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
 //! - [`budget`]: host CPU budgets as cgroups, and CPU sampling per host;
 //! - `main.rs`: the `archlab` command line.
 
+pub mod bench;
 pub mod budget;
 pub mod lab;
 pub mod postgres;

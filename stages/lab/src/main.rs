@@ -7,10 +7,11 @@
 //! archlab down [1]           stop what the lab started (all stages if none is named)
 //! ```
 
-use std::{path::PathBuf, process::Command};
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use archlab::{Lab, Stage};
+use anyhow::Context;
+
+use archlab::{lab::SeedSpec, Lab, Stage};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -79,6 +80,103 @@ enum Command_ {
     },
     /// List the stages the lab implements.
     Stages,
+    /// Bring a stage up (fresh), seed it, warm it up, measure it, verify every acknowledged write,
+    /// bring it down. Default: a sweep for the highest rate meeting p99 <= 100 ms.
+    Bench {
+        /// Stage number or name.
+        stage: String,
+        #[command(flatten)]
+        bench: BenchArgs,
+        /// Write the result JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Every implemented stage in order, each compared with the one before; writes
+    /// `index.html`, `report.md` and one JSON per stage.
+    Tour {
+        #[command(flatten)]
+        bench: BenchArgs,
+        /// A short tour for CI: small data set, short steps.
+        #[arg(long)]
+        quick: bool,
+        /// Report folder.
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
+    /// Compare two result files.
+    Compare {
+        /// The baseline.
+        a: PathBuf,
+        /// The contender.
+        b: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct BenchArgs {
+    /// Built-in workload (read-heavy, write-heavy, media, url) or a workload .toml file.
+    #[arg(long, default_value = "read-heavy")]
+    workload: String,
+    /// Open loop at this rate instead of a sweep.
+    #[arg(long, conflicts_with = "closed")]
+    rate: Option<f64>,
+    /// Closed loop instead of a sweep.
+    #[arg(long)]
+    closed: bool,
+    /// p99 bound of the sweep.
+    #[arg(long, default_value = "100ms", value_parser = loadtest::parse_duration)]
+    target_p99: std::time::Duration,
+    /// Measured time per run (per sweep step).
+    #[arg(long, default_value = "20s", value_parser = loadtest::parse_duration)]
+    duration: std::time::Duration,
+    /// Warm-up before each measurement.
+    #[arg(long, default_value = "5s", value_parser = loadtest::parse_duration)]
+    warmup: std::time::Duration,
+    /// Connections of the harness.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Leave the stage up afterwards.
+    #[arg(long)]
+    keep_up: bool,
+}
+
+impl BenchArgs {
+    fn options(&self, quick: bool) -> archlab::bench::BenchOptions {
+        let plan = match (self.rate, self.closed) {
+            (Some(rate), _) => loadtest::Plan::Open { rate },
+            (None, true) => loadtest::Plan::Closed,
+            (None, false) => loadtest::Plan::Sweep {
+                start_rate: if quick { 100.0 } else { 200.0 },
+                target_p99_ms: self.target_p99.as_secs_f64() * 1000.0,
+                max_error_rate: 0.001,
+                max_rate: 100_000.0,
+            },
+        };
+        let (duration, warmup, data) = if quick {
+            (
+                std::time::Duration::from_secs(2),
+                std::time::Duration::from_secs(1),
+                SeedSpec {
+                    users: 100,
+                    articles: 1_000,
+                    images: 100,
+                    seed: 42,
+                },
+            )
+        } else {
+            (self.duration, self.warmup, SeedSpec::default())
+        };
+        archlab::bench::BenchOptions {
+            workload: self.workload.clone(),
+            plan,
+            duration,
+            warmup,
+            connections: self.connections,
+            data,
+            fresh: true,
+            keep_up: self.keep_up,
+        }
+    }
 }
 
 #[tokio::main]
@@ -177,7 +275,15 @@ async fn main() -> anyhow::Result<()> {
                         } else {
                             "stopped"
                         },
-                        format!("{} ({})", s.cpu_budget, if s.cpu_budget_enforced { "enforced" } else { "not enforced" }),
+                        format!(
+                            "{} ({})",
+                            s.cpu_budget,
+                            if s.cpu_budget_enforced {
+                                "enforced"
+                            } else {
+                                "not enforced"
+                            }
+                        ),
                         s.log.display()
                     );
                 }
@@ -191,32 +297,64 @@ async fn main() -> anyhow::Result<()> {
             seed,
         } => {
             let stage = Stage::find(&stage)?.on_network(cli.net);
-            let conduit = Lab::default_conduit_bin()?;
-            let lab = Lab::new(&cli.state_dir, &conduit);
-            println!(
-                "seeding stage {} ({users} users, {articles} articles, {images} images, seed {seed})",
-                stage.number
-            );
+            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
+            println!("seeding stage {} ({users} users, {articles} articles, {images} images, seed {seed})", stage.number);
             let started = std::time::Instant::now();
-            let status = Command::new(&conduit)
-                .args([
-                    "seed",
-                    "--users",
-                    &users.to_string(),
-                    "--articles",
-                    &articles.to_string(),
-                ])
-                .args(["--images", &images.to_string(), "--seed", &seed.to_string()])
-                .envs(lab.seed_env(&stage)?)
-                .status()
-                .with_context(|| format!("running {} seed", conduit.display()))?;
-            if !status.success() {
-                bail!(
-                    "seeding failed (is the stage up? `archlab up {}`)",
-                    stage.number
-                );
-            }
+            lab.seed(
+                &stage,
+                &SeedSpec {
+                    users,
+                    articles,
+                    images,
+                    seed,
+                },
+            )?;
             println!("seeded in {:.1} s", started.elapsed().as_secs_f64());
+        }
+        Command_::Bench { stage, bench, out } => {
+            let stage = Stage::find(&stage)?.on_network(cli.net);
+            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
+            let report =
+                archlab::bench::bench(&lab, &stage, &bench.options(false), &|l| eprintln!("{l}"))
+                    .await?;
+            println!("{}", report.markdown());
+            if let Some(out) = out {
+                write_json(&out, &report)?;
+            }
+        }
+        Command_::Tour { bench, quick, out } => {
+            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
+            let options = bench.options(quick);
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut reports = Vec::new();
+            for stage in all_stages(cli.net)? {
+                eprintln!(
+                    "== stage {}: {} — {}",
+                    stage.number, stage.name, stage.title
+                );
+                let report =
+                    archlab::bench::bench(&lab, &stage, &options, &|l| eprintln!("  {l}")).await?;
+                write_json(&out.join(format!("{}.json", stage.folder)), &report)?;
+                reports.push(report);
+            }
+            let markdown = archlab::bench::tour_markdown(&reports);
+            std::fs::write(out.join("report.md"), &markdown)?;
+            std::fs::write(
+                out.join("index.html"),
+                loadtest::html::render("archlab tour", &reports),
+            )?;
+            println!("{markdown}");
+            println!("report: {}", out.join("index.html").display());
+        }
+        Command_::Compare { a, b } => {
+            let read = |p: &PathBuf| -> anyhow::Result<loadtest::report::Report> {
+                serde_json::from_str(
+                    &std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                )
+                .with_context(|| format!("{} is not a result file", p.display()))
+            };
+            println!("{}", archlab::bench::compare(&read(&a)?, &read(&b)?));
         }
         Command_::Stages => {
             for stage in Stage::all()? {
@@ -232,4 +370,14 @@ fn all_stages(net: u8) -> anyhow::Result<Vec<Stage>> {
         .into_iter()
         .map(|s| s.on_network(net))
         .collect())
+}
+
+fn write_json(path: &Path, report: &loadtest::report::Report) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("written: {}", path.display());
+    Ok(())
 }

@@ -213,8 +213,12 @@ impl PostgresServer {
             args.push("-c".into());
             args.push(format!("{key}={value}"));
         }
-        let (program, args, user) =
-            crate::budget::wrap(self.cpu_group.as_deref(), user, &bin_dir()?.join("postgres"), args);
+        let (program, args, user) = crate::budget::wrap(
+            self.cpu_group.as_deref(),
+            user,
+            &bin_dir()?.join("postgres"),
+            args,
+        );
         let record = process::spawn(Spawn {
             program: &program,
             args,

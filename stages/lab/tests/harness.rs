@@ -1,0 +1,258 @@
+//! The harness against a real stage: the tour's reports (JSON keys, Markdown, HTML that headless
+//! Chromium renders), and the verify phase catching a write deleted behind its back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::{path::Path, process::Command, sync::Arc, time::Duration};
+
+use loadtest::{
+    run::{run, verify, Mode, RunConfig},
+    Options, Plan,
+};
+use serde_json::Value;
+
+fn conduit_bin() -> std::path::PathBuf {
+    let conduit = Path::new(env!("CARGO_BIN_EXE_archlab")).with_file_name("conduit");
+    assert!(
+        conduit.exists(),
+        "build the workspace first: {} is missing",
+        conduit.display()
+    );
+    conduit
+}
+
+fn state_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("archlab-harness")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() {
+    let state = state_dir();
+    let out = tempfile::tempdir().unwrap();
+    let net = (60 + std::process::id() % 30).to_string();
+    let run = Command::new(env!("CARGO_BIN_EXE_archlab"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--net", &net, "tour", "--quick", "--out"])
+        .arg(out.path())
+        .env("ARCHLAB_CONDUIT_BIN", conduit_bin())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{text}");
+
+    // The JSON: every documented key is there, and the numbers are consistent.
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("01-monolith.json")).unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "stage",
+        "workload",
+        "mode",
+        "rate_rps",
+        "throughput_rps",
+        "latency_ms",
+        "counts",
+        "checks",
+        "sweep",
+        "hosts",
+        "provenance",
+        "series",
+        "curve",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key}");
+    }
+    for view in ["corrected", "uncorrected"] {
+        for p in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(
+                json["latency_ms"][view][p].is_number(),
+                "latency_ms.{view}.{p}"
+            );
+        }
+    }
+    let c = &json["counts"];
+    assert_eq!(
+        c["scheduled"].as_u64(),
+        Some(c["sent"].as_u64().unwrap() + c["dropped"].as_u64().unwrap())
+    );
+    assert_eq!(json["stage"], 1);
+    assert_eq!(json["mode"], "sweep");
+    assert!(
+        json["sweep"]["max_rate_rps"].as_f64().unwrap() > 0.0,
+        "{}",
+        json["sweep"]
+    );
+    assert_eq!(json["sweep"]["target_p99_ms"], 100.0);
+    assert_eq!(json["checks"]["lost_writes"], 0);
+    assert!(json["checks"]["acknowledged_writes"].as_u64().unwrap() > 0);
+    let host = &json["hosts"][0];
+    for key in [
+        "name",
+        "role",
+        "address",
+        "cpu_budget",
+        "enforced",
+        "cpu_seconds_used",
+    ] {
+        assert!(host.get(key).is_some(), "hosts[0].{key}");
+    }
+    let p = &json["provenance"];
+    for key in [
+        "git_commit",
+        "stage",
+        "hosts",
+        "cpu_model",
+        "cores",
+        "os",
+        "versions",
+        "workload",
+        "seed",
+        "duration_s",
+    ] {
+        assert!(p.get(key).is_some(), "provenance.{key}");
+    }
+    assert!(p["versions"]["postgres"]
+        .as_str()
+        .unwrap()
+        .contains("PostgreSQL"));
+
+    let markdown = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        markdown.contains("| stage |") && markdown.contains("Sweep: highest rate"),
+        "{markdown}"
+    );
+
+    // The HTML renders in headless Chromium, with its charts.
+    let html = out.path().join("index.html");
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium is installed by scripts/setup.sh");
+    assert!(
+        chromium.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chromium.stderr)
+    );
+    let dom = String::from_utf8_lossy(&chromium.stdout);
+    assert!(dom.contains("<h1>archlab tour</h1>"), "{dom}");
+    assert!(dom.matches("<svg").count() >= 4, "charts are missing");
+    assert!(!dom.contains("NaN"), "a chart has NaN coordinates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
+    let state = state_dir();
+    let net: u8 = (92 + std::process::id() % 30) as u8;
+    let lab = archlab::Lab::new(state.path(), conduit_bin());
+    let stage = archlab::Stage::find("1").unwrap().on_network(net);
+    let down = scopeguard(lab.clone(), stage.clone());
+    lab.up(&stage, true, &|_| {}).await.unwrap();
+    lab.seed(
+        &stage,
+        &archlab::lab::SeedSpec {
+            users: 20,
+            articles: 100,
+            images: 20,
+            seed: 7,
+        },
+    )
+    .unwrap();
+
+    let target = stage.endpoint();
+    let options = Options {
+        target: target.clone(),
+        workload: "write-heavy".into(),
+        plan: Plan::Open { rate: 100.0 },
+        duration: Duration::from_secs(2),
+        warmup: Duration::ZERO,
+        connections: 4,
+        timeout: Duration::from_secs(5),
+        seed: 3,
+        users: 8,
+        email_domain: "seed.archlab.test".into(),
+        password: "archlab-seed-password".into(),
+        verify: true,
+        live: None,
+    };
+    let (_, workload) = loadtest::prepare(&options).await.unwrap();
+    let (addr, _) = loadtest::parse_target(&target).unwrap();
+    let config = RunConfig {
+        target: addr,
+        mode: Mode::Open { rate: 100.0 },
+        duration: options.duration,
+        warmup: Duration::ZERO,
+        connections: 4,
+        timeout: options.timeout,
+        seed: 3,
+        live: None,
+    };
+    let out = run(&config, Arc::clone(&workload)).await;
+    assert!(out.ryw_checks > 0 && out.ryw_violations == 0);
+    assert!(
+        verify(addr, &out.acks, options.timeout).await.is_empty(),
+        "nothing lost yet"
+    );
+
+    // Delete one acknowledged article behind the harness's back.
+    let victim = out
+        .acks
+        .iter()
+        .find_map(|a| a.id.strip_prefix("article "))
+        .expect("the run created an article")
+        .to_owned();
+    let mut db = sqlx::PgConnection::connect(&lab.database_url(&stage).unwrap())
+        .await
+        .unwrap();
+    let deleted = sqlx::query("DELETE FROM articles WHERE slug = $1")
+        .bind(&victim)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
+
+    let lost = verify(addr, &out.acks, options.timeout).await;
+    assert!(lost.contains(&format!("article {victim}")), "{lost:?}");
+    drop(down);
+}
+
+use sqlx::Connection;
+
+/// Brings the stage down when dropped, even if the test fails.
+fn scopeguard(lab: archlab::Lab, stage: archlab::Stage) -> impl Drop {
+    struct Down(archlab::Lab, archlab::Stage);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = self.0.down(&self.1, &|_| {});
+        }
+    }
+    Down(lab, stage)
+}
