@@ -380,3 +380,33 @@ fn now_rfc3339() -> String {
         rem % 60
     )
 }
+
+/// Prints one status line per second from `live` until aborted: rewritten in place on a terminal,
+/// plain lines otherwise (logs, CI).
+pub async fn show_progress(live: Arc<run::Live>) {
+    use std::io::IsTerminal;
+    use std::sync::atomic::Ordering;
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let done = live.done.load(Ordering::Relaxed);
+        let errors = live.errors.load(Ordering::Relaxed);
+        let line = format!(
+            "{:>4} s  {:>8} req/s  {:>10} done  {:>6} errors",
+            started.elapsed().as_secs(),
+            done - last,
+            done,
+            errors
+        );
+        last = done;
+        if terminal {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}

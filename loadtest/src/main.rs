@@ -7,11 +7,7 @@
 //! loadtest --target http://127.10.1.1:8080 --sweep --target-p99 100ms --out sweep.json
 //! ```
 
-use std::{
-    io::IsTerminal,
-    sync::{atomic::Ordering, Arc},
-    time::{Duration, Instant},
-};
+use std::{io::IsTerminal, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -125,7 +121,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         verify: !cli.no_verify,
         live: Some(live.clone()),
     };
-    let ticker = tokio::spawn(progress(live));
+    let ticker = tokio::spawn(loadtest::show_progress(live));
     let result = loadtest::execute(&options, &|line| eprintln!("{line}")).await;
     ticker.abort();
     let report = result?;
@@ -169,31 +165,4 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         bail!("thresholds breached: {}", breached.join("; "));
     }
     Ok(())
-}
-
-/// One status line per second: overwritten in place on a terminal, plain lines otherwise.
-async fn progress(live: Arc<Live>) {
-    let terminal = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let mut last = 0;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let done = live.done.load(Ordering::Relaxed);
-        let errors = live.errors.load(Ordering::Relaxed);
-        let line = format!(
-            "{:>4} s  {:>8} req/s  {:>10} done  {:>6} errors",
-            started.elapsed().as_secs(),
-            done - last,
-            done,
-            errors
-        );
-        last = done;
-        if terminal {
-            eprint!("\r{line}");
-        } else {
-            eprintln!("{line}");
-        }
-    }
 }

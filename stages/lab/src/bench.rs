@@ -92,8 +92,9 @@ async fn measure(
         email_domain: "seed.archlab.test".into(),
         password: "archlab-seed-password".into(),
         verify: true,
-        live: None,
+        live: Some(Arc::new(loadtest::run::Live::default())),
     };
+    let ticker = harness.live.clone().map(|live| tokio::spawn(loadtest::show_progress(live)));
 
     // Sample every host's CPU once a second while the harness runs.
     let hosts: Vec<(crate::stage::Host, Vec<i32>)> = stage
@@ -131,6 +132,9 @@ async fn measure(
         })
     };
     let result = loadtest::execute(&harness, progress).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
     stop.store(true, Ordering::Relaxed);
     let (series, used, wall, busy) = sampler.await.context("CPU sampler")?;
     let mut report = result?;
