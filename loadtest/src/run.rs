@@ -219,7 +219,17 @@ fn unreachable_shared() -> Shared {
 }
 
 /// Releases slot times on schedule; returns how many it released.
+///
+/// The dispatcher asks for real-time scheduling (FIFO, possible as root): on a machine whose cores
+/// are shared with the server under test, an ordinary thread waits for its turn after each sleep,
+/// which showed up as milliseconds of send-time error in the tail. Without the privilege it runs
+/// as an ordinary thread, and the send lag it reports says how precise it was.
 fn dispatch(tx: flume::Sender<Instant>, start: Instant, interval: Duration, total: u64) -> u64 {
+    let _ = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        thread_priority::ThreadPriority::Crossplatform(50u8.try_into().unwrap_or_default()),
+        thread_priority::ThreadSchedulePolicy::Realtime(thread_priority::RealtimeThreadSchedulePolicy::Fifo),
+    );
     let mut next = 0u64;
     while next < total {
         let now = Instant::now();
