@@ -87,6 +87,8 @@ pub struct Response {
     pub cache: Option<String>,
     /// The body.
     pub body: Vec<u8>,
+    /// The server will close the connection after this response (`Connection: close`).
+    pub close: bool,
 }
 
 /// One keep-alive connection.
@@ -163,7 +165,7 @@ impl Connection {
 
     async fn read_response(&mut self) -> Result<Response, ClientError> {
         // Headers.
-        let (status, cache, header_len, length, chunked) = loop {
+        let (status, cache, header_len, length, chunked, close) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut parsed = httparse::Response::new(&mut headers);
             match parsed.parse(&self.buf) {
@@ -171,6 +173,7 @@ impl Connection {
                     let mut length = None;
                     let mut chunked = false;
                     let mut cache = None;
+                    let mut close = false;
                     for h in parsed.headers.iter() {
                         if h.name.eq_ignore_ascii_case("content-length") {
                             length = std::str::from_utf8(h.value)
@@ -178,11 +181,13 @@ impl Connection {
                                 .and_then(|v| v.trim().parse::<usize>().ok());
                         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                             chunked = h.value.eq_ignore_ascii_case(b"chunked");
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            close = h.value.eq_ignore_ascii_case(b"close");
                         } else if h.name.eq_ignore_ascii_case("x-cache") {
                             cache = Some(String::from_utf8_lossy(h.value).to_ascii_lowercase());
                         }
                     }
-                    break (parsed.code.unwrap_or(0), cache, n, length, chunked);
+                    break (parsed.code.unwrap_or(0), cache, n, length, chunked, close);
                 }
                 Ok(httparse::Status::Partial) => {
                     if self.buf.len() > MAX_HEADER_BYTES {
@@ -194,8 +199,11 @@ impl Connection {
             }
         };
         self.buf.drain(..header_len);
-        // Body.
-        let body = if chunked {
+        // Body. 1xx, 204 and 304 never have one, whatever the headers say (RFC 9112, 6.3).
+        let bodiless = status < 200 || status == 204 || status == 304;
+        let body = if bodiless {
+            Vec::new()
+        } else if chunked {
             self.read_chunked().await?
         } else {
             // 204/304 and friends have no body; anything else without a length is unsupported.
@@ -212,6 +220,7 @@ impl Connection {
             status,
             cache,
             body,
+            close,
         })
     }
 

@@ -262,10 +262,10 @@ async fn finish(
     out: run::RunOutput,
     addr: SocketAddr,
 ) -> Report {
-    let lost = if options.verify && !out.acks.is_empty() {
+    let verified = if options.verify && !out.acks.is_empty() {
         run::verify(addr, &out.acks, options.timeout).await
     } else {
-        Vec::new()
+        run::Verified::default()
     };
     let s = out.summary;
     let hits = s.cache_hits;
@@ -284,8 +284,9 @@ async fn finish(
         counts: s.counts,
         checks: Checks {
             acknowledged_writes: out.acks.len() as u64 + out.acks_untracked,
-            lost_writes: lost.len() as u64,
-            lost_write_ids: lost.into_iter().take(MAX_LOST_IDS).collect(),
+            lost_writes: verified.lost.len() as u64,
+            lost_write_ids: verified.lost.into_iter().take(MAX_LOST_IDS).collect(),
+            unverified_writes: verified.unverified.len() as u64,
             ryw_checks: out.ryw_checks,
             ryw_violations: out.ryw_violations,
             ryw_examples: out.ryw_examples,

@@ -48,6 +48,9 @@ pub struct Checks {
     pub lost_writes: u64,
     /// Which ones (up to 100).
     pub lost_write_ids: Vec<String>,
+    /// Writes whose check got no definite answer after retries (5xx, no connection).
+    #[serde(default)]
+    pub unverified_writes: u64,
     /// Reads by a writer right after its write.
     pub ryw_checks: u64,
     /// Of those, reads that did not show the write.
@@ -222,14 +225,18 @@ impl Report {
         let c = &self.counts;
         let l = &self.latency_ms;
         let mut s = String::new();
+        let how = match (self.mode.as_str(), self.rate_rps) {
+            ("sweep", Some(r)) => {
+                format!("sweep; figures at the highest passing rate, {r:.0} req/s")
+            }
+            (mode, Some(r)) => format!("{mode} loop at {r:.0} req/s offered"),
+            (mode, None) => format!("{mode} loop"),
+        };
         s.push_str(&format!(
-            "### {} — workload `{}`, {} loop{}\n\n",
+            "### {} — workload `{}`, {how}\n\n",
             self.stage
                 .map_or("loadtest".to_owned(), |n| format!("stage {n}")),
             self.workload,
-            self.mode,
-            self.rate_rps
-                .map_or(String::new(), |r| format!(" at {r:.0} req/s offered")),
         ));
         s.push_str("| throughput | p50 | p90 | p99 | p99.9 | max | uncorrected p99 |\n|---:|---:|---:|---:|---:|---:|---:|\n");
         s.push_str(&format!(
@@ -248,8 +255,8 @@ impl Report {
         ));
         let k = &self.checks;
         s.push_str(&format!(
-            "Writes acknowledged {}, lost {}; read-your-writes checks {}, violations {}.\n",
-            k.acknowledged_writes, k.lost_writes, k.ryw_checks, k.ryw_violations
+            "Writes acknowledged {}, lost {}, unverified {}; read-your-writes checks {}, violations {}.\n",
+            k.acknowledged_writes, k.lost_writes, k.unverified_writes, k.ryw_checks, k.ryw_violations
         ));
         if let Some(ratio) = self.cache.hit_ratio {
             s.push_str(&format!("Cache hit ratio {:.1} %.\n", ratio * 100.0));

@@ -228,7 +228,9 @@ fn dispatch(tx: flume::Sender<Instant>, start: Instant, interval: Duration, tota
     let _ = thread_priority::set_thread_priority_and_policy(
         thread_priority::thread_native_id(),
         thread_priority::ThreadPriority::Crossplatform(50u8.try_into().unwrap_or_default()),
-        thread_priority::ThreadSchedulePolicy::Realtime(thread_priority::RealtimeThreadSchedulePolicy::Fifo),
+        thread_priority::ThreadSchedulePolicy::Realtime(
+            thread_priority::RealtimeThreadSchedulePolicy::Fifo,
+        ),
     );
     let mut next = 0u64;
     while next < total {
@@ -263,7 +265,12 @@ async fn exchange(
         return Err(Outcome::Connect);
     };
     match tokio::time::timeout(config.timeout, c.send(request)).await {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => {
+            if response.close {
+                *conn = None;
+            }
+            Ok(response)
+        }
         Ok(Err(ClientError::Connect(_))) => {
             *conn = None;
             Err(Outcome::Connect)
@@ -328,8 +335,10 @@ async fn one_request(
     if let Some(check) = &ack.read_back {
         shared.ryw_checks.fetch_add(1, Ordering::Relaxed);
         let seen = match exchange(config, conn, &check.request).await {
+            // Overloaded or failing is not "the write is missing": availability is counted elsewhere.
+            Ok(r) if r.status >= 500 || r.status == 429 => true,
             Ok(r) => check.expect.holds(&r),
-            Err(_) => true, // no answer is not a violation; availability is counted elsewhere
+            Err(_) => true,
         };
         if !seen {
             shared.ryw_violations.fetch_add(1, Ordering::Relaxed);
@@ -353,9 +362,22 @@ async fn one_request(
     }
 }
 
-/// Reads every acknowledged write back; returns the ids of those that are gone.
-pub async fn verify(target: SocketAddr, acks: &[Ack], timeout: Duration) -> Vec<String> {
-    let mut lost = Vec::new();
+/// What the verify phase found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// Acknowledged writes that are definitely not there (404, or 200 without them).
+    pub lost: Vec<String>,
+    /// Writes whose check never got a definite answer (5xx or no connection, after retries).
+    pub unverified: Vec<String>,
+}
+
+/// Reads every acknowledged write back.
+pub async fn verify(target: SocketAddr, acks: &[Ack], timeout: Duration) -> Verified {
+    /// Attempts per check, with a pause between, so a server still draining a backlog (503s) or a
+    /// broken keep-alive connection does not turn into a "lost" write.
+    const ATTEMPTS: u32 = 5;
+    const PAUSE: Duration = Duration::from_millis(200);
+    let mut found = Verified::default();
     let config = RunConfig {
         target,
         mode: Mode::Closed,
@@ -369,19 +391,25 @@ pub async fn verify(target: SocketAddr, acks: &[Ack], timeout: Duration) -> Vec<
     let mut conn = None;
     for ack in acks {
         let Some(check) = &ack.verify else { continue };
-        // Retry a transport failure a few times: verification must not report a write as lost
-        // because one connection broke.
-        let mut answer = None;
-        for _ in 0..3 {
-            if let Ok(r) = exchange(&config, &mut conn, &check.request).await {
-                answer = Some(r);
-                break;
+        let mut verdict = None;
+        for attempt in 0..ATTEMPTS {
+            match exchange(&config, &mut conn, &check.request).await {
+                Ok(r) if r.status >= 500 || r.status == 429 => {}
+                Ok(r) => {
+                    verdict = Some(check.expect.holds(&r));
+                    break;
+                }
+                Err(_) => {}
+            }
+            if attempt + 1 < ATTEMPTS {
+                tokio::time::sleep(PAUSE).await;
             }
         }
-        match answer {
-            Some(r) if check.expect.holds(&r) => {}
-            _ => lost.push(ack.id.clone()),
+        match verdict {
+            Some(true) => {}
+            Some(false) => found.lost.push(ack.id.clone()),
+            None => found.unverified.push(ack.id.clone()),
         }
     }
-    lost
+    found
 }

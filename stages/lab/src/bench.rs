@@ -57,17 +57,27 @@ pub async fn bench(
         stage.number,
         if options.fresh { " (fresh)" } else { "" }
     ));
-    lab.up(stage, options.fresh, &|line| progress(line.trim()))
-        .await?;
-    progress(&format!(
-        "stage {}: seeding {} users, {} articles, {} images",
-        stage.number, options.data.users, options.data.articles, options.data.images
-    ));
-    lab.seed(stage, &options.data)?;
-    let result = measure(lab, stage, options, progress).await;
-    if !options.keep_up {
+    let result = async {
+        lab.up(stage, options.fresh, &|line| progress(line.trim()))
+            .await?;
+        progress(&format!(
+            "stage {}: seeding {} users, {} articles, {} images",
+            stage.number, options.data.users, options.data.articles, options.data.images
+        ));
+        lab.seed(stage, &options.data)?;
+        measure(lab, stage, options, progress).await
+    }
+    .await;
+    // Down whatever happened, so a failed bench leaves no process holding the stage's addresses;
+    // a failure to stop is reported but does not throw away a measurement.
+    if !options.keep_up || result.is_err() {
         progress(&format!("stage {}: bringing it down", stage.number));
-        lab.down(stage, &|_| {})?;
+        if let Err(e) = lab.down(stage, &|_| {}) {
+            progress(&format!(
+                "stage {}: could not bring it down: {e:#}",
+                stage.number
+            ));
+        }
     }
     result
 }
@@ -94,7 +104,10 @@ async fn measure(
         verify: true,
         live: Some(Arc::new(loadtest::run::Live::default())),
     };
-    let ticker = harness.live.clone().map(|live| tokio::spawn(loadtest::show_progress(live)));
+    let ticker = harness
+        .live
+        .clone()
+        .map(|live| tokio::spawn(loadtest::show_progress(live)));
 
     // Sample every host's CPU once a second while the harness runs.
     let hosts: Vec<(crate::stage::Host, Vec<i32>)> = stage

@@ -39,16 +39,25 @@ impl Controller {
             return Controller::None("not root: cgroups need root (a real system would use systemd-run --user --scope -p CPUQuota)".into());
         }
         let v1 = Path::new("/sys/fs/cgroup/cpu");
-        if v1.join("cpu.cfs_quota_us").exists() {
-            return Controller::V1(v1.to_path_buf());
-        }
         let v2 = Path::new("/sys/fs/cgroup");
-        if fs::read_to_string(v2.join("cgroup.controllers"))
+        let candidate = if v1.join("cpu.cfs_quota_us").exists() {
+            Controller::V1(v1.to_path_buf())
+        } else if fs::read_to_string(v2.join("cgroup.controllers"))
             .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"))
         {
-            return Controller::V2(v2.to_path_buf());
+            Controller::V2(v2.to_path_buf())
+        } else {
+            return Controller::None("no cgroup cpu controller found".into());
+        };
+        // Present is not writable (a read-only cgroupfs in a container, say): try a probe group.
+        match candidate.group("probe", 1.0) {
+            Ok(Some(dir)) => {
+                let _ = fs::remove_dir(dir);
+                candidate
+            }
+            Ok(None) => candidate,
+            Err(e) => Controller::None(format!("cgroup cpu controller not writable: {e:#}")),
         }
-        Controller::None("no cgroup cpu controller found".into())
     }
 
     /// Whether budgets can be enforced.
@@ -135,15 +144,20 @@ pub fn cpu_seconds(pids: &[i32]) -> f64 {
                 continue;
             };
             let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-            // After the name: state(3) ppid(4) ... utime(14) stime(15): indexes 1, 11, 12 here.
-            let (Some(ppid), Some(utime), Some(stime)) = (
+            // After the name: state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17):
+            // indexes 1 and 11 to 14 here. cutime/cstime hold the CPU of children that exited and
+            // were reaped (PostgreSQL backends), which would otherwise vanish from the sum.
+            let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+            let (Some(ppid), Some(utime), Some(stime), Some(cutime), Some(cstime)) = (
                 fields.get(1).and_then(|v| v.parse::<i32>().ok()),
-                fields.get(11).and_then(|v| v.parse::<u64>().ok()),
-                fields.get(12).and_then(|v| v.parse::<u64>().ok()),
+                num(11),
+                num(12),
+                num(13),
+                num(14),
             ) else {
                 continue;
             };
-            parents.push((pid, ppid, utime + stime));
+            parents.push((pid, ppid, utime + stime + cutime + cstime));
         }
     }
     let mut members: std::collections::HashSet<i32> = pids.iter().copied().collect();

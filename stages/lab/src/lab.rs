@@ -467,7 +467,6 @@ impl Lab {
 
     /// The JWT key shared by the lab's app hosts: made once, kept in the state folder (0600).
     fn secret(&self) -> anyhow::Result<String> {
-        use std::os::unix::fs::PermissionsExt;
         let path = self.state_dir.join("secret");
         if let Ok(secret) = fs::read_to_string(&path) {
             return Ok(secret.trim().to_owned());
@@ -476,8 +475,15 @@ impl Lab {
         let mut bytes = [0u8; 32];
         getrandom(&mut bytes)?;
         let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        fs::write(&path, &secret)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        // Created 0600: never readable by others, not even for a moment.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(secret.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(secret)
     }
 }

@@ -83,8 +83,11 @@ impl PidRecord {
         if !self.is_alive() {
             return Ok(());
         }
-        kill(Pid::from_raw(self.pid), signal)
-            .with_context(|| format!("signalling {}", self.pid))?;
+        match kill(Pid::from_raw(self.pid), signal) {
+            // Exited between the check and the signal: already stopped.
+            Err(nix::errno::Errno::ESRCH) => return Ok(()),
+            other => other.with_context(|| format!("signalling {}", self.pid))?,
+        }
         if self.wait_gone(patience) {
             return Ok(());
         }
@@ -158,11 +161,13 @@ pub fn spawn(spec: Spawn<'_>) -> anyhow::Result<PidRecord> {
         .spawn()
         .with_context(|| format!("starting {}", spec.program.display()))?;
     let pid = child.id() as i32;
+    // Read the start time *before* anything can reap the child: until it is waited for, the PID
+    // cannot be reused, so this record names our child and no other process.
+    let record = PidRecord::of(pid);
     std::thread::spawn(move || {
         let _ = child.wait();
     });
-    // Between fork and our read of /proc the child exists (it is our unreaped child at worst).
-    PidRecord::of(pid)
+    record
 }
 
 /// Polls `check` every 50 ms until it returns true, the process dies, or `timeout` passes.

@@ -217,9 +217,10 @@ async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
     };
     let out = run(&config, Arc::clone(&workload)).await;
     assert!(out.ryw_checks > 0 && out.ryw_violations == 0);
+    let before = verify(addr, &out.acks, options.timeout).await;
     assert!(
-        verify(addr, &out.acks, options.timeout).await.is_empty(),
-        "nothing lost yet"
+        before.lost.is_empty() && before.unverified.is_empty(),
+        "nothing lost yet: {before:?}"
     );
 
     // Delete one acknowledged article behind the harness's back.
@@ -239,8 +240,11 @@ async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
         .unwrap();
     assert_eq!(deleted.rows_affected(), 1);
 
-    let lost = verify(addr, &out.acks, options.timeout).await;
-    assert!(lost.contains(&format!("article {victim}")), "{lost:?}");
+    let after = verify(addr, &out.acks, options.timeout).await;
+    assert!(
+        after.lost.contains(&format!("article {victim}")),
+        "{after:?}"
+    );
     drop(down);
 }
 

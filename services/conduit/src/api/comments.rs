@@ -19,8 +19,8 @@ use crate::{
     AppState,
 };
 
-/// Most comments returned for one article. The spec has no paging for comments; this bound keeps
-/// a runaway thread from turning into a multi-megabyte response.
+/// Most comments returned for one article (its newest ones). The spec has no paging for
+/// comments; this bound keeps a runaway thread from turning into a multi-megabyte response.
 pub const MAX_COMMENTS: i64 = 500;
 
 /// Routes of this module.
@@ -62,9 +62,14 @@ async fn list_comments(
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<CommentsBody>> {
     let article = existing_article(&state, &slug).await?;
+    // The newest MAX_COMMENTS, shown oldest first: a long thread drops its oldest comments from
+    // the page, never the one just written.
     let rows = sqlx::query(&format!(
-        "SELECT {COMMENT_COLUMNS} FROM comments c JOIN users u ON u.id = c.author_id
-         WHERE c.article_id = $2 ORDER BY c.created_at, c.id LIMIT $3"
+        "SELECT * FROM (
+            SELECT {COMMENT_COLUMNS}, c.created_at AS sort_at FROM comments c
+            JOIN users u ON u.id = c.author_id
+            WHERE c.article_id = $2 ORDER BY c.created_at DESC, c.id DESC LIMIT $3
+         ) newest ORDER BY sort_at, id"
     ))
     .bind(viewer.viewer_id())
     .bind(article)
