@@ -14,6 +14,9 @@ archlab() { "target/$profile/archlab" --state-dir "$state" --net 240 "$@"; }
 cleanup() { archlab down >/dev/null 2>&1 || true; rm -rf "$state"; }
 trap cleanup EXIT
 
-endpoint="$(archlab up "$stage" | tee /dev/stderr | sed -n 's/^endpoint: //p' | tail -n1)"
+# Not `tee /dev/stderr`: reopening stderr truncates it when it is a log file.
+up_output="$(archlab up "$stage")"
+printf '%s\n' "$up_output" >&2
+endpoint="$(printf '%s\n' "$up_output" | sed -n 's/^endpoint: //p' | tail -n1)"
 [ -n "$endpoint" ] || { echo "stage $stage did not come up" >&2; exit 1; }
 bash scripts/realworld-api-tests.sh "$endpoint"

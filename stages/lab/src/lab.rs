@@ -250,6 +250,7 @@ impl Lab {
             }
             let _ = fs::remove_file(&pid_path);
         }
+        process::ensure_free("the app", &host.address, APP_PORT)?;
         let log = dir.join("app.log");
         let (program, args, _) = budget::wrap(
             self.cpu_group_path(host).as_deref(),

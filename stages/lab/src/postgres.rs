@@ -195,6 +195,7 @@ impl PostgresServer {
         if let Some(record) = self.running()? {
             return Ok(record);
         }
+        process::ensure_free("PostgreSQL", &self.address, self.port)?;
         let user = server_user()?;
         self.prepare_dirs(user)?;
         let mut args: Vec<String> = vec!["-D".into(), self.data_dir().display().to_string()];

@@ -184,7 +184,9 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if check().await {
+        // Ready only if *our* process is still alive: something else answering on the address
+        // (another lab, say) is not our service.
+        if check().await && process.is_alive() {
             return Ok(());
         }
         if !process.is_alive() {
@@ -203,6 +205,22 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Fails if something already accepts connections on `address:port`: starting a service there
+/// would fail to bind, and a readiness check would talk to the other process.
+pub fn ensure_free(what: &str, address: &str, port: u16) -> anyhow::Result<()> {
+    let target = format!("{address}:{port}");
+    let Ok(addr) = target.parse::<std::net::SocketAddr>() else {
+        return Ok(());
+    };
+    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        bail!(
+            "{what}: {target} is already in use by another process (another lab on the same \
+             network? use --net to pick another, or stop it)"
+        );
+    }
+    Ok(())
 }
 
 /// The last `n` lines of a log file (for error messages).

@@ -123,6 +123,20 @@ async fn stage_1_serves_keeps_data_across_down_and_up_and_stops_only_its_own_pro
             .starts_with(&format!("127.{}.", lab.net)));
     }
 
+    // A second lab on the same addresses refuses to start instead of mistaking ours for its own.
+    let intruder = LabUnderTest {
+        state: tempfile::tempdir().unwrap(),
+        net: lab.net.clone(),
+    };
+    std::fs::set_permissions(
+        intruder.state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (ok, out) = intruder.archlab(&["up", "1"]);
+    assert!(!ok && out.contains("already in use"), "{out}");
+    drop(intruder);
+
     // `up` again is a no-op: same processes.
     let before = pids(&status);
     assert_eq!(lab.up(), endpoint);
