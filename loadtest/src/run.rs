@@ -78,6 +78,9 @@ pub struct Live {
     pub done: AtomicU64,
     /// Of those, not 2xx/3xx.
     pub errors: AtomicU64,
+    /// True while a measurement window is open (after warm-up, before the end): lets a sampler
+    /// of server CPU count exactly the measured seconds.
+    pub measuring: AtomicBool,
 }
 
 /// What a run produced.
@@ -142,6 +145,14 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         Mode::Closed => (None, None),
     };
 
+    if let Some(live) = config.live.clone() {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_start.into()).await;
+            live.measuring.store(true, Ordering::Relaxed);
+            tokio::time::sleep_until(end.into()).await;
+            live.measuring.store(false, Ordering::Relaxed);
+        });
+    }
     let mut workers = Vec::with_capacity(config.connections);
     for i in 0..config.connections {
         let shared = shared.clone();

@@ -116,32 +116,48 @@ async fn measure(
         .map(|h| (h.clone(), lab.host_pids(stage, h)))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
+    // Sample every host's CPU once a second, counting only seconds inside a measurement window
+    // (not the data-set load, warm-ups or verify phases).
+    let live = harness.live.clone();
     let sampler = {
         let stop = stop.clone();
         let hosts = hosts.clone();
         tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let machine_start = budget::machine_ticks();
-            let first: Vec<f64> = hosts
+            let measuring = || {
+                live.as_ref()
+                    .is_some_and(|l| l.measuring.load(Ordering::Relaxed))
+            };
+            let mut last: Vec<f64> = hosts
                 .iter()
                 .map(|(_, pids)| budget::cpu_seconds(pids))
                 .collect();
-            let mut last = first.clone();
+            let mut last_machine = budget::machine_ticks();
+            let mut used = vec![0.0; hosts.len()];
             let mut series: Vec<Vec<f64>> = vec![Vec::new(); hosts.len()];
+            let (mut busy, mut total, mut wall) = (0u64, 0u64, 0.0);
             while !stop.load(Ordering::Relaxed) {
+                let was_measuring = measuring();
+                let tick = Instant::now();
                 std::thread::sleep(Duration::from_secs(1));
+                let counted = was_measuring && measuring();
+                let machine = budget::machine_ticks();
                 for (i, (_, pids)) in hosts.iter().enumerate() {
                     let now = budget::cpu_seconds(pids);
-                    series[i].push(((now - last[i]) * 100.0).round() / 100.0);
+                    if counted {
+                        let delta = (now - last[i]).max(0.0);
+                        series[i].push((delta * 100.0).round() / 100.0);
+                        used[i] += delta;
+                    }
                     last[i] = now;
                 }
+                if counted {
+                    busy += machine.0 - last_machine.0;
+                    total += machine.1 - last_machine.1;
+                    wall += tick.elapsed().as_secs_f64();
+                }
+                last_machine = machine;
             }
-            let machine_end = budget::machine_ticks();
-            let busy = (machine_end.0 - machine_start.0) as f64
-                / (machine_end.1 - machine_start.1).max(1) as f64;
-            let wall = started.elapsed().as_secs_f64();
-            let used: Vec<f64> = last.iter().zip(&first).map(|(l, f)| l - f).collect();
-            (series, used, wall, busy)
+            (series, used, wall, busy as f64 / total.max(1) as f64)
         })
     };
     let result = loadtest::execute(&harness, progress).await;
