@@ -43,6 +43,8 @@ pub struct Request {
     pub token: Option<String>,
     /// Body and its content type.
     pub body: Option<(String, Vec<u8>)>,
+    /// Another server than the run's target (stage 2 serves images from its file host).
+    pub authority: Option<SocketAddr>,
 }
 
 impl Request {
@@ -53,6 +55,18 @@ impl Request {
             path: path.into(),
             token: None,
             body: None,
+            authority: None,
+        }
+    }
+
+    /// A GET of an absolute `http://host:port/path` URL, or of a path on the target.
+    pub fn get_url(url: &str) -> Self {
+        match crate::parse_target(url) {
+            Ok((addr, path)) if url.starts_with("http://") => Self {
+                authority: Some(addr),
+                ..Self::get(path)
+            },
+            _ => Self::get(url),
         }
     }
 
@@ -63,6 +77,7 @@ impl Request {
             path: path.into(),
             token: None,
             body: Some(("application/json".into(), body.to_string().into_bytes())),
+            authority: None,
         }
     }
 

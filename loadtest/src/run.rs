@@ -162,7 +162,7 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         workers.push(tokio::spawn(async move {
             let mut rng =
                 SmallRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
-            let mut conn: Option<Connection> = None;
+            let mut conn = Connections::default();
             match slots {
                 Some(slots) => {
                     while let Ok(scheduled) = slots.recv_async().await {
@@ -261,13 +261,33 @@ fn dispatch(tx: flume::Sender<Instant>, start: Instant, interval: Duration, tota
     total
 }
 
+/// A worker's keep-alive connections: one to the target, and one to each other server its
+/// requests name (a stage's file host). A handful at most, so a list beats a map.
+#[derive(Default)]
+pub struct Connections(Vec<(SocketAddr, Option<Connection>)>);
+
+impl Connections {
+    fn slot(&mut self, addr: SocketAddr) -> &mut Option<Connection> {
+        let i = match self.0.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                self.0.push((addr, None));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+}
+
 async fn exchange(
     config: &RunConfig,
-    conn: &mut Option<Connection>,
+    conns: &mut Connections,
     request: &crate::client::Request,
 ) -> Result<Response, Outcome> {
+    let addr = request.authority.unwrap_or(config.target);
+    let conn = conns.slot(addr);
     if conn.is_none() {
-        match Connection::connect(config.target, config.timeout).await {
+        match Connection::connect(addr, config.timeout).await {
             Ok(c) => *conn = Some(c),
             Err(_) => return Err(Outcome::Connect),
         }
@@ -302,7 +322,7 @@ async fn one_request(
     shared: &Shared,
     workload: &dyn Workload,
     rng: &mut SmallRng,
-    conn: &mut Option<Connection>,
+    conn: &mut Connections,
     scheduled: Instant,
 ) {
     let op = workload.next(rng);
@@ -399,7 +419,7 @@ pub async fn verify(target: SocketAddr, acks: &[Ack], timeout: Duration) -> Veri
         seed: 0,
         live: None,
     };
-    let mut conn = None;
+    let mut conn = Connections::default();
     for ack in acks {
         let Some(check) = &ack.verify else { continue };
         let mut verdict = None;

@@ -169,7 +169,7 @@ pub struct DataSet {
     pub authors: Vec<String>,
     /// Tags, most used first.
     pub tags: Vec<String>,
-    /// Media paths (`/media/<id>`) found on profiles.
+    /// Media URLs found on profiles: paths on the app, or absolute URLs on a file host.
     pub media: Vec<String>,
     /// Logged-in users: (username, token).
     pub users: Vec<(String, String)>,
@@ -231,7 +231,8 @@ impl DataSet {
                     }
                 }
                 if let Some(image) = a["author"]["image"].as_str() {
-                    if image.starts_with("/media/") && seen_media.insert(image.to_owned()) {
+                    // A path on the app (stage 1) or a URL on the file host (stage 2).
+                    if image.contains("/media/") && seen_media.insert(image.to_owned()) {
                         data.media.push(image.to_owned());
                     }
                 }
@@ -421,7 +422,7 @@ impl Workload for ConduitWorkload {
                     .media_zipf
                     .as_ref()
                     .map_or(0, |z| z.sample(rng) as usize - 1);
-                Request::get(self.data.media[i.min(self.data.media.len() - 1)].clone())
+                Request::get_url(&self.data.media[i.min(self.data.media.len() - 1)])
             }
             OpKind::CreateArticle => {
                 let u = self.user(rng);
@@ -489,6 +490,7 @@ impl Workload for ConduitWorkload {
                     path: "/api/media".into(),
                     token: self.token(u).map(str::to_owned),
                     body: Some(("image/png".into(), tiny_png())),
+                    authority: None,
                 }
             }
         };
@@ -555,10 +557,7 @@ impl Workload for ConduitWorkload {
             }
             OpKind::UploadMedia => {
                 let url = body()?["media"]["url"].as_str()?.to_owned();
-                if !url.starts_with('/') {
-                    return None;
-                }
-                let read = Request::get(url.clone());
+                let read = Request::get_url(&url);
                 Some(Ack {
                     id: format!("media {url}"),
                     read_back: check(read.clone(), Expect::Found),

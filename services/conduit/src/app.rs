@@ -43,7 +43,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = Database::connect_lazy(&settings.database)?;
         db.migrate().await?;
-        let media = api::media::local_store(&settings.media.root)?;
+        let media = api::media::store(&settings.media)?;
         let state = AppState {
             db,
             auth: Arc::new(Auth::new(&settings.auth)),

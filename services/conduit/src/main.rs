@@ -89,8 +89,14 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 ..SeedSpec::default()
             };
-            let media = conduit::api::media::local_store(&settings.media.root)?;
-            let report = conduit::seed::seed(db.write(), media.as_ref(), spec).await?;
+            let media = conduit::api::media::store(&settings.media)?;
+            let report = conduit::seed::seed(
+                db.write(),
+                media.as_ref(),
+                &settings.media.public_base_url,
+                spec,
+            )
+            .await?;
             println!(
                 "{}",
                 serde_json::to_string(&serde_json::json!({

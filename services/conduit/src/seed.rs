@@ -16,8 +16,9 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use sqlx::PgPool;
 use time::{Duration, OffsetDateTime};
 
+use crate::api::media::{file_name, object_path};
 use crate::{auth::hash_password_blocking, seed_images::noise_png, slug::slug_for};
-use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 use sha2::{Digest, Sha256};
 
 /// The password of every seeded user.
@@ -182,6 +183,7 @@ fn sentence(rng: &mut StdRng, words: usize) -> String {
 pub async fn seed(
     pool: &PgPool,
     media: &dyn ObjectStore,
+    public_base_url: &str,
     spec: SeedSpec,
 ) -> anyhow::Result<SeedReport> {
     let exists: bool =
@@ -387,7 +389,7 @@ pub async fn seed(
         owners.push(user_ids[i % user_ids.len()]);
         media
             .put(
-                &StorePath::from(format!("media/{id}")),
+                &object_path(&file_name(*id, "image/png")),
                 PutPayload::from(png),
             )
             .await
@@ -408,7 +410,7 @@ pub async fn seed(
     let avatars: Vec<String> = image_ids
         .iter()
         .take(user_ids.len())
-        .map(|id| format!("/media/{id}"))
+        .map(|id| format!("{public_base_url}/media/{}", file_name(*id, "image/png")))
         .collect();
     sqlx::query("UPDATE users u SET image = t.image FROM UNNEST($1::bigint[], $2::text[]) AS t(id, image) WHERE u.id = t.id")
         .bind(&user_ids[..avatars.len()])

@@ -136,23 +136,44 @@ impl Default for AuthSettings {
     }
 }
 
+/// Which object store holds media.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaStoreKind {
+    /// Files on the app host's own disk, under `root` (stage 1).
+    Local,
+    /// A WebDAV file server at `url` (stage 2: nginx on the file host).
+    Http,
+}
+
 /// Media uploads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaSettings {
+    /// Where the bytes go.
+    pub store: MediaStoreKind,
     /// Folder of the local-filesystem store (stage 1: files on the app host's own disk).
     pub root: PathBuf,
+    /// Base URL of the file server (`store = "http"`), e.g. `http://127.10.2.3:8081`.
+    pub url: String,
+    /// Sent as `x-file-write-key` with every request to the file server, which accepts writes
+    /// only with it. Empty: no key. (A real system would use mutual TLS or signed requests.)
+    pub write_key: Secret,
     /// Largest upload. 5 MiB fits any web image worth serving; larger ones belong in a resize
     /// pipeline, which this project does not model.
     pub max_bytes: usize,
-    /// Prefix of the `url` returned for an upload. Empty: a path on this app (`/media/<id>`).
+    /// Prefix of the `url` returned for an upload. Empty: a path on this app (`/media/<id>.<ext>`);
+    /// stage 2 sets the file host's URL, so clients fetch images from it directly.
     pub public_base_url: String,
 }
 
 impl Default for MediaSettings {
     fn default() -> Self {
         Self {
+            store: MediaStoreKind::Local,
             root: PathBuf::from("media"),
+            url: String::new(),
+            write_key: Secret::from(""),
             max_bytes: 5 * 1024 * 1024,
             public_base_url: String::new(),
         }

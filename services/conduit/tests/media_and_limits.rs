@@ -51,15 +51,16 @@ async fn media_upload_and_download() {
     assert_eq!(media["contentType"], "image/png");
     assert_eq!(media["size"], PNG.len());
     let id = media["id"].as_str().unwrap().to_owned();
-    assert_eq!(media["url"], format!("/media/{id}"));
+    assert_eq!(media["url"], format!("/media/{id}.png"));
 
     // The bytes are on this host's disk, under the store's folder.
-    let on_disk = std::fs::read(app.media_dir.path().join("media").join(&id)).unwrap();
+    let on_disk =
+        std::fs::read(app.media_dir.path().join("media").join(format!("{id}.png"))).unwrap();
     assert_eq!(on_disk, PNG);
 
     let response = app
         .client
-        .get(app.url(&format!("/media/{id}")))
+        .get(app.url(&format!("/media/{id}.png")))
         .send()
         .await
         .unwrap();

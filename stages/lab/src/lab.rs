@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::{
     budget::{self, Controller},
+    files::{FileServer, FILES_PORT},
     postgres::PostgresServer,
     process::{self, PidRecord, Spawn},
     stage::{Host, Role, Stage, APP_PORT, DATABASE_PORT},
@@ -157,6 +158,18 @@ impl Lab {
         server
     }
 
+    fn file_server(&self, stage: &Stage, host: &Host) -> FileServer {
+        FileServer {
+            dir: self.stage_dir(stage).join(&host.name).join("nginx"),
+            address: host.address.clone(),
+            write_key: self
+                .secret()
+                .map(|s| format!("files-{s}"))
+                .unwrap_or_default(),
+            cpu_group: self.cpu_group_path(host),
+        }
+    }
+
     /// The name of `host`'s CPU group: its address, which is unique on the machine.
     fn cpu_group_name(host: &Host) -> String {
         format!("host-{}", host.address.replace('.', "-"))
@@ -227,6 +240,13 @@ impl Lab {
         ));
         db.start(&[]).await?;
         db.ensure_database(APP_DATABASE, APP_DATABASE).await?;
+        if let Some(host) = stage.files_host() {
+            progress(&format!(
+                "file server on {} ({}:{FILES_PORT})",
+                host.name, host.address
+            ));
+            self.file_server(stage, host).start().await?;
+        }
 
         let secret = self.secret()?;
         for host in stage.app_hosts() {
@@ -283,7 +303,7 @@ impl Lab {
         secret: &str,
     ) -> anyhow::Result<Vec<(String, String)>> {
         let dir = self.app_dir(stage, host);
-        Ok(vec![
+        Ok([
             (
                 "APP_SERVER__LISTEN".into(),
                 format!("{}:{APP_PORT}", host.address),
@@ -298,7 +318,27 @@ impl Lab {
                 "APP_MEDIA__ROOT".into(),
                 dir.join("media").display().to_string(),
             ),
-        ])
+        ]
+        .into_iter()
+        .chain(self.media_env(stage))
+        .collect())
+    }
+
+    /// With a file host, media go to it over HTTP and clients read them from it directly.
+    fn media_env(&self, stage: &Stage) -> Vec<(String, String)> {
+        match stage.files_host() {
+            Some(host) => {
+                let url = self.file_server(stage, host).url();
+                let files = self.file_server(stage, host);
+                vec![
+                    ("APP_MEDIA__STORE".into(), "http".into()),
+                    ("APP_MEDIA__URL".into(), url.clone()),
+                    ("APP_MEDIA__PUBLIC_BASE_URL".into(), url),
+                    ("APP_MEDIA__WRITE_KEY".into(), files.write_key),
+                ]
+            }
+            None => Vec::new(),
+        }
     }
 
     /// The settings `conduit seed` needs to write into the stage: its database and the media
@@ -350,6 +390,11 @@ impl Lab {
                 pids.push(record.pid);
             }
         }
+        if host.roles.contains(&Role::Files) {
+            if let Ok(Some(record)) = self.file_server(stage, host).running() {
+                pids.push(record.pid);
+            }
+        }
         if host.roles.contains(&Role::App) {
             if let Ok(Some(record)) =
                 PidRecord::read(&self.app_dir(stage, host).join("app.pid.json"))
@@ -381,6 +426,16 @@ impl Lab {
                 }
                 fs::remove_file(&pid_path)?;
             }
+        }
+        if let Some(host) = stage.files_host() {
+            let files = self.file_server(stage, host);
+            if let Some(record) = files.running()? {
+                progress(&format!(
+                    "stopping file server on {} (pid {})",
+                    host.name, record.pid
+                ));
+            }
+            files.stop()?;
         }
         if let Some(host) = stage.database_host() {
             let db = self.database(stage, host);
@@ -423,6 +478,15 @@ impl Lab {
                             None => false,
                         };
                         (record.map(|r| r.pid), healthy, db.log_path(), DATABASE_PORT)
+                    }
+                    Role::Files => {
+                        let files = self.file_server(stage, host);
+                        let record = files.running()?;
+                        let healthy = match &record {
+                            Some(_) => client.get(format!("{}/", files.url())).send().await.is_ok(),
+                            None => false,
+                        };
+                        (record.map(|r| r.pid), healthy, files.log_path(), FILES_PORT)
                     }
                     Role::App => {
                         let dir = self.app_dir(stage, host);

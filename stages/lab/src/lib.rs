@@ -6,6 +6,7 @@
 //!
 //! - [`stage`]: stage files (`stages/NN-name/stage.toml`): hosts, roles, addresses, CPU budgets;
 //! - [`postgres`]: a PostgreSQL server as a local process (also [`postgres::TestPostgres`] for tests);
+//! - [`files`]: the file host (nginx with WebDAV) of stage 2;
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
 //! - [`budget`]: host CPU budgets as cgroups, and CPU sampling per host;
@@ -13,6 +14,7 @@
 
 pub mod bench;
 pub mod budget;
+pub mod files;
 pub mod lab;
 pub mod postgres;
 pub mod process;

@@ -6,8 +6,10 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 /// Every stage the lab knows, in order.
-const STAGE_FILES: &[(&str, &str)] =
-    &[("01-monolith", include_str!("../../01-monolith/stage.toml"))];
+const STAGE_FILES: &[(&str, &str)] = &[
+    ("01-monolith", include_str!("../../01-monolith/stage.toml")),
+    ("02-split", include_str!("../../02-split/stage.toml")),
+];
 
 /// PostgreSQL's standard port; every database host keeps it on its own address.
 pub const DATABASE_PORT: u16 = 5432;
@@ -56,6 +58,8 @@ pub enum Role {
     Database,
     /// The Conduit app.
     App,
+    /// A file server (nginx with WebDAV) holding the media.
+    Files,
 }
 
 impl Role {
@@ -64,6 +68,7 @@ impl Role {
         match self {
             Role::Database => "database",
             Role::App => "app",
+            Role::Files => "files",
         }
     }
 }
@@ -151,6 +156,11 @@ impl Stage {
         self.hosts
             .iter()
             .find(|h| h.roles.contains(&Role::Database))
+    }
+
+    /// The host with the files role, if the stage has one (else media stay on the app host).
+    pub fn files_host(&self) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.roles.contains(&Role::Files))
     }
 
     /// Hosts with the app role.

@@ -50,9 +50,22 @@ pub fn sniff_image_type(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Where the bytes of media `id` live in the store.
-fn object_path(id: i64) -> StorePath {
-    StorePath::from(format!("media/{id}"))
+/// The file name of media `id`: its id and the extension of its type, so a plain file server
+/// (stage 2's nginx) can serve it with the right `Content-Type` from the name alone.
+pub fn file_name(id: i64, content_type: &str) -> String {
+    let ext = match content_type {
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        _ => "bin",
+    };
+    format!("{id}.{ext}")
+}
+
+/// Where the bytes of a media file live in the store (`media/<id>.<ext>`).
+pub fn object_path(file_name: &str) -> StorePath {
+    StorePath::from(format!("media/{file_name}"))
 }
 
 #[derive(Serialize)]
@@ -133,7 +146,10 @@ async fn upload(
     // object is orphaned; a real system would sweep objects that have no row.
     state
         .media
-        .put(&object_path(id), PutPayload::from_bytes(bytes))
+        .put(
+            &object_path(&file_name(id, content_type)),
+            PutPayload::from_bytes(bytes),
+        )
         .await?;
     sqlx::query(
         "INSERT INTO media (id, owner_id, content_type, size_bytes, sha256)
@@ -147,7 +163,11 @@ async fn upload(
     .execute(state.db.write())
     .await?;
     let media = Media {
-        url: format!("{}/media/{id}", state.settings.media.public_base_url),
+        url: format!(
+            "{}/media/{}",
+            state.settings.media.public_base_url,
+            file_name(id, content_type)
+        ),
         id: id.to_string(),
         content_type: content_type.to_owned(),
         size,
@@ -158,10 +178,15 @@ async fn upload(
 #[tracing::instrument(level = "debug", skip_all)]
 async fn download(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("media"))?;
+    // `/media/<id>.<ext>` as upload URLs give it, or a bare `/media/<id>`.
+    let id: i64 = name
+        .split_once('.')
+        .map_or(name.as_str(), |(id, _)| id)
+        .parse()
+        .map_err(|_| ApiError::NotFound("media"))?;
     let row: Option<(String, i64, String)> =
         sqlx::query_as("SELECT content_type, size_bytes, sha256 FROM media WHERE id = $1")
             .bind(id)
@@ -187,7 +212,10 @@ async fn download(
     if not_modified {
         return Ok((StatusCode::NOT_MODIFIED, cache_headers).into_response());
     }
-    let object = state.media.get(&object_path(id)).await?;
+    let object = state
+        .media
+        .get(&object_path(&file_name(id, &content_type)))
+        .await?;
     let body = Body::from_stream(object.into_stream());
     let mut response = (cache_headers, body).into_response();
     let h = response.headers_mut();
@@ -212,7 +240,46 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Builds the stage-1 store: files on this host's disk under `root`.
+/// Builds the media store the settings name: the local disk (stage 1) or a WebDAV file server
+/// over HTTP (stage 2: nginx on the file host). Later stages add S3 here, and only here.
+pub fn store(
+    settings: &crate::settings::MediaSettings,
+) -> anyhow::Result<std::sync::Arc<dyn ObjectStore>> {
+    use anyhow::Context;
+    match settings.store {
+        crate::settings::MediaStoreKind::Local => local_store(&settings.root),
+        crate::settings::MediaStoreKind::Http => {
+            let store = object_store::http::HttpBuilder::new()
+                .with_url(settings.url.clone())
+                // Loopback lab hosts speak plain HTTP; a real deployment would use TLS.
+                .with_client_options(file_server_client(settings)?)
+                .build()
+                .with_context(|| format!("opening the file server at {:?}", settings.url))?;
+            Ok(std::sync::Arc::new(store))
+        }
+    }
+}
+
+/// HTTP client options for the file server: plain HTTP on loopback (a real deployment would use
+/// TLS), and the write key on every request.
+fn file_server_client(
+    settings: &crate::settings::MediaSettings,
+) -> anyhow::Result<object_store::ClientOptions> {
+    let mut options = object_store::ClientOptions::new().with_allow_http(true);
+    let key = settings.write_key.expose();
+    if !key.is_empty() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-file-write-key",
+            HeaderValue::from_str(key)
+                .map_err(|_| anyhow::anyhow!("media.write_key is not a valid header value"))?,
+        );
+        options = options.with_default_headers(headers);
+    }
+    Ok(options)
+}
+
+/// The stage-1 store: files on this host's disk under `root`.
 pub fn local_store(root: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn ObjectStore>> {
     use anyhow::Context;
     std::fs::create_dir_all(root)
