@@ -103,6 +103,14 @@ enum Command_ {
         #[arg(long, default_value = "report")]
         out: PathBuf,
     },
+    /// Render `report.md` and `index.html` from result files (e.g. the committed ones).
+    Report {
+        /// Result files, in stage order.
+        files: Vec<PathBuf>,
+        /// Report folder.
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
     /// Compare two result files.
     Compare {
         /// The baseline.
@@ -337,24 +345,20 @@ async fn main() -> anyhow::Result<()> {
                 write_json(&out.join(format!("{}.json", stage.folder)), &report)?;
                 reports.push(report);
             }
-            let markdown = archlab::bench::tour_markdown(&reports);
-            std::fs::write(out.join("report.md"), &markdown)?;
-            std::fs::write(
-                out.join("index.html"),
-                loadtest::html::render("archlab tour", &reports),
-            )?;
-            println!("{markdown}");
-            println!("report: {}", out.join("index.html").display());
+            write_reports(&out, &reports)?;
+        }
+        Command_::Report { files, out } => {
+            let reports = files
+                .iter()
+                .map(read_report)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            write_reports(&out, &reports)?;
         }
         Command_::Compare { a, b } => {
-            let read = |p: &PathBuf| -> anyhow::Result<loadtest::report::Report> {
-                serde_json::from_str(
-                    &std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                )
-                .with_context(|| format!("{} is not a result file", p.display()))
-            };
-            println!("{}", archlab::bench::compare(&read(&a)?, &read(&b)?));
+            println!(
+                "{}",
+                archlab::bench::compare(&read_report(&a)?, &read_report(&b)?)
+            );
         }
         Command_::Stages => {
             for stage in Stage::all()? {
@@ -379,5 +383,26 @@ fn write_json(path: &Path, report: &loadtest::report::Report) -> anyhow::Result<
     std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("written: {}", path.display());
+    Ok(())
+}
+
+fn read_report(path: &PathBuf) -> anyhow::Result<loadtest::report::Report> {
+    serde_json::from_str(
+        &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a result file", path.display()))
+}
+
+/// `report.md` and `index.html` for `reports`, in stage order.
+fn write_reports(out: &Path, reports: &[loadtest::report::Report]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let markdown = archlab::bench::tour_markdown(reports);
+    std::fs::write(out.join("report.md"), &markdown)?;
+    std::fs::write(
+        out.join("index.html"),
+        loadtest::html::render("archlab tour", reports),
+    )?;
+    println!("{markdown}");
+    println!("report: {}", out.join("index.html").display());
     Ok(())
 }

@@ -18,7 +18,14 @@ fn archlab(state: &Path, net: &str, args: &[&str]) -> (bool, String) {
         .env("ARCHLAB_CONDUIT_BIN", conduit)
         .output()
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 struct Down<'a>(&'a Path, String);
@@ -30,21 +37,39 @@ impl Drop for Down<'_> {
 
 #[tokio::test]
 async fn stage_2_keeps_media_on_the_file_host_and_serves_it_from_there() {
-    let state = tempfile::Builder::new().prefix("archlab-e2e2").tempdir().unwrap();
-    std::fs::set_permissions(state.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("archlab-e2e2")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let net = (30 + std::process::id() % 25).to_string();
     let _down = Down(state.path(), net.clone());
     let (ok, out) = archlab(state.path(), &net, &["up", "2"]);
     assert!(ok, "{out}");
-    let endpoint = out.lines().rfind(|l| l.starts_with("endpoint: ")).unwrap().trim_start_matches("endpoint: ").to_owned();
+    let endpoint = out
+        .lines()
+        .rfind(|l| l.starts_with("endpoint: "))
+        .unwrap()
+        .trim_start_matches("endpoint: ")
+        .to_owned();
 
     // Three hosts, three addresses, all healthy.
     let (_, status) = archlab(state.path(), &net, &["status", "--json"]);
     let status: Value = serde_json::from_str(&status).unwrap();
     let services = status["services"].as_array().unwrap();
-    let roles: Vec<&str> = services.iter().map(|s| s["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = services
+        .iter()
+        .map(|s| s["role"].as_str().unwrap())
+        .collect();
     assert_eq!(roles, vec!["app", "database", "files"]);
-    let mut addresses: Vec<&str> = services.iter().map(|s| s["address"].as_str().unwrap()).collect();
+    let mut addresses: Vec<&str> = services
+        .iter()
+        .map(|s| s["address"].as_str().unwrap())
+        .collect();
     addresses.dedup();
     assert_eq!(addresses.len(), 3, "{status}");
     assert!(services.iter().all(|s| s["healthy"] == true), "{status}");
@@ -74,23 +99,45 @@ async fn stage_2_keeps_media_on_the_file_host_and_serves_it_from_there() {
         .unwrap();
     let url = media["media"]["url"].as_str().unwrap().to_owned();
     let files_host = services.iter().find(|s| s["role"] == "files").unwrap();
-    let files_base = format!("http://{}:{}", files_host["address"].as_str().unwrap(), files_host["port"]);
-    assert!(url.starts_with(&files_base), "clients are sent to the file host: {url}");
+    let files_base = format!(
+        "http://{}:{}",
+        files_host["address"].as_str().unwrap(),
+        files_host["port"]
+    );
+    assert!(
+        url.starts_with(&files_base),
+        "clients are sent to the file host: {url}"
+    );
 
     // The bytes are on the file host's disk, not the app host's.
     let name = url.rsplit('/').next().unwrap();
-    let on_files_host = state.path().join("02-split/files/nginx/www/media").join(name);
+    let on_files_host = state
+        .path()
+        .join("02-split/files/nginx/www/media")
+        .join(name);
     assert_eq!(std::fs::read(&on_files_host).unwrap(), png);
-    assert!(!state.path().join("02-split/app/app/media/media").join(name).exists());
+    assert!(!state
+        .path()
+        .join("02-split/app/app/media/media")
+        .join(name)
+        .exists());
 
     // Served by nginx with the right type and caching; writes without the app's key refused.
     let response = http.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "image/png");
-    assert_eq!(response.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
     assert!(response.headers().contains_key("etag"));
     assert_eq!(response.bytes().await.unwrap().as_ref(), png.as_slice());
-    let put = http.put(format!("{files_base}/media/planted.png")).body("x").send().await.unwrap();
+    let put = http
+        .put(format!("{files_base}/media/planted.png"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 403);
     let delete = http.delete(&url).send().await.unwrap();
     assert_eq!(delete.status(), 403);
