@@ -297,6 +297,8 @@ async fn finish(
             hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
         },
         sweep: None,
+        operations: s.operations.clone(),
+        drill: None,
         hosts: Vec::new(),
         series: s
             .seconds

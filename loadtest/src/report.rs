@@ -181,6 +181,12 @@ pub struct Report {
     pub checks: Checks,
     /// Cache headers seen.
     pub cache: Cache,
+    /// Outcomes per operation kind.
+    #[serde(default)]
+    pub operations: std::collections::BTreeMap<String, crate::stats::OpCounts>,
+    /// A fault drill's timeline, for `archlab drill`.
+    #[serde(default)]
+    pub drill: Option<Drill>,
     /// Sweep details, for a sweep.
     pub sweep: Option<Sweep>,
     /// Hosts of the stage and the CPU they used.
@@ -191,6 +197,24 @@ pub struct Report {
     pub curve: Vec<(f64, f64)>,
     /// Where it came from.
     pub provenance: Provenance,
+}
+
+/// What a drill did and what it caused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Drill {
+    /// `kill` (SIGKILL the host's processes, start them again after the outage) or `freeze`
+    /// (SIGSTOP, then SIGCONT).
+    pub fault: String,
+    /// The host it hit.
+    pub host: String,
+    /// Second of measurement when the fault began.
+    pub injected_at_s: f64,
+    /// Second when the host was restored (started again, or continued).
+    pub restored_at_s: f64,
+    /// First second after the restore from which every later second had no errors (null: never).
+    pub recovered_at_s: Option<u64>,
+    /// Seconds from restore to recovery.
+    pub time_to_recover_s: Option<f64>,
 }
 
 /// One second of the series.

@@ -286,6 +286,25 @@ async fn exchange(
 ) -> Result<Response, Outcome> {
     let addr = request.authority.unwrap_or(config.target);
     let conn = conns.slot(addr);
+    let reused = conn.is_some();
+    match exchange_once(config, addr, conn, request).await {
+        // A kept-alive connection the server closed while idle (it restarted, say) fails on its
+        // next use before any answer. An idempotent request may then be sent again on a fresh
+        // connection, as browsers and HTTP clients do (RFC 9112, 9.3.1); anything else stays
+        // unknown, since the server may have acted on it.
+        Err(Outcome::Unknown) if reused && request.is_idempotent() => {
+            exchange_once(config, addr, conn, request).await
+        }
+        other => other,
+    }
+}
+
+async fn exchange_once(
+    config: &RunConfig,
+    addr: SocketAddr,
+    conn: &mut Option<Connection>,
+    request: &crate::client::Request,
+) -> Result<Response, Outcome> {
     if conn.is_none() {
         match Connection::connect(addr, config.timeout).await {
             Ok(c) => *conn = Some(c),
@@ -346,7 +365,7 @@ async fn one_request(
             .as_secs();
         let mut r = shared.recorder.lock().unwrap_or_else(|e| e.into_inner());
         r.record_send_lag(sent.saturating_duration_since(scheduled));
-        r.record(t, outcome, done - scheduled, done - sent);
+        r.record(t, op.kind.name(), outcome, done - scheduled, done - sent);
         if let Ok(response) = &result {
             match response.cache.as_deref() {
                 Some("hit") => r.cache_hits += 1,

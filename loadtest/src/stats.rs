@@ -76,6 +76,17 @@ pub struct Counts {
     pub behind_schedule: u64,
 }
 
+/// Outcomes of one kind of operation.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpCounts {
+    /// 2xx/3xx.
+    pub ok: u64,
+    /// 4xx, 5xx, or no connection.
+    pub failed: u64,
+    /// No answer (timeout, broken connection).
+    pub unknown: u64,
+}
+
 /// Percentiles of one histogram, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Percentiles {
@@ -126,6 +137,7 @@ pub struct Recorder {
     pub cache_hits: u64,
     /// See `cache_hits`.
     pub cache_misses: u64,
+    operations: std::collections::BTreeMap<&'static str, OpCounts>,
 }
 
 impl Default for Recorder {
@@ -142,6 +154,7 @@ impl Default for Recorder {
             seconds: Vec::new(),
             cache_hits: 0,
             cache_misses: 0,
+            operations: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -156,12 +169,19 @@ impl Recorder {
     pub fn record(
         &mut self,
         t: u64,
+        operation: &'static str,
         outcome: Outcome,
         corrected: std::time::Duration,
         uncorrected: std::time::Duration,
     ) {
         self.roll_to(t);
         self.counts.sent += 1;
+        let per_op = self.operations.entry(operation).or_default();
+        match outcome {
+            Outcome::Ok => per_op.ok += 1,
+            Outcome::Unknown | Outcome::Timeout => per_op.unknown += 1,
+            _ => per_op.failed += 1,
+        }
         match outcome {
             Outcome::Ok => self.counts.ok += 1,
             Outcome::Client4xx => {
@@ -230,6 +250,11 @@ impl Recorder {
             seconds: self.seconds,
             cache_hits: self.cache_hits,
             cache_misses: self.cache_misses,
+            operations: self
+                .operations
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
         }
     }
 }
@@ -253,6 +278,8 @@ pub struct Summary {
     pub cache_hits: u64,
     /// `x-cache: miss` responses.
     pub cache_misses: u64,
+    /// Outcomes per operation kind (`read_article`, `fetch_media`, ...).
+    pub operations: std::collections::BTreeMap<String, OpCounts>,
 }
 
 fn ms(micros: u64) -> f64 {
@@ -299,18 +326,21 @@ mod tests {
         let mut r = Recorder::default();
         r.record(
             0,
+            "test",
             Outcome::Ok,
             Duration::from_millis(5),
             Duration::from_millis(1),
         );
         r.record(
             0,
+            "test",
             Outcome::Server5xx,
             Duration::from_millis(7),
             Duration::from_millis(2),
         );
         r.record(
             2,
+            "test",
             Outcome::Timeout,
             Duration::from_secs(1),
             Duration::from_secs(1),

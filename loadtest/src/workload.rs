@@ -97,6 +97,29 @@ pub enum OpKind {
     Url,
 }
 
+impl OpKind {
+    /// The name used in workload files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::ReadArticle => "read_article",
+            OpKind::ListArticles => "list_articles",
+            OpKind::ListByTag => "list_by_tag",
+            OpKind::ListByAuthor => "list_by_author",
+            OpKind::Feed => "feed",
+            OpKind::Profile => "profile",
+            OpKind::Tags => "tags",
+            OpKind::Comments => "comments",
+            OpKind::FetchMedia => "fetch_media",
+            OpKind::CreateArticle => "create_article",
+            OpKind::CreateComment => "create_comment",
+            OpKind::Favorite => "favorite",
+            OpKind::Follow => "follow",
+            OpKind::UploadMedia => "upload_media",
+            OpKind::Url => "url",
+        }
+    }
+}
+
 /// One operation to perform.
 pub struct Op {
     /// What it is.

@@ -124,10 +124,27 @@ pub fn wrap(
     (PathBuf::from("/bin/sh"), wrapped, None)
 }
 
-/// CPU time (seconds) used so far by `pids` and all their descendants, from `/proc`.
-pub fn cpu_seconds(pids: &[i32]) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut parents: Vec<(i32, i32, u64)> = Vec::new();
+/// `roots` and every process descending from them, from `/proc` (for signalling a whole
+/// service: PostgreSQL's backends, nginx's workers).
+pub fn process_tree(roots: &[i32]) -> Vec<i32> {
+    let table = process_table();
+    let mut members: Vec<i32> = roots.to_vec();
+    loop {
+        let before = members.len();
+        for (pid, ppid, _) in &table {
+            if members.contains(ppid) && !members.contains(pid) {
+                members.push(*pid);
+            }
+        }
+        if members.len() == before {
+            return members;
+        }
+    }
+}
+
+/// (pid, parent pid, CPU ticks including reaped children) of every process.
+fn process_table() -> Vec<(i32, i32, u64)> {
+    let mut table = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let Some(pid) = entry
@@ -157,23 +174,17 @@ pub fn cpu_seconds(pids: &[i32]) -> f64 {
             ) else {
                 continue;
             };
-            parents.push((pid, ppid, utime + stime + cutime + cstime));
+            table.push((pid, ppid, utime + stime + cutime + cstime));
         }
     }
-    let mut members: std::collections::HashSet<i32> = pids.iter().copied().collect();
-    // Descendants: repeat until no new child joins (process trees here are shallow).
-    loop {
-        let before = members.len();
-        for (pid, ppid, _) in &parents {
-            if members.contains(ppid) {
-                members.insert(*pid);
-            }
-        }
-        if members.len() == before {
-            break;
-        }
-    }
-    parents
+    table
+}
+
+/// CPU time (seconds) used so far by `pids` and all their descendants, from `/proc`.
+pub fn cpu_seconds(pids: &[i32]) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let members = process_tree(pids);
+    process_table()
         .iter()
         .filter(|(pid, _, _)| members.contains(pid))
         .map(|(_, _, t)| *t as f64 / ticks)

@@ -382,6 +382,20 @@ impl Lab {
         Ok(())
     }
 
+    /// The main PID of one service (`role`) on `host`, if it runs: the postmaster, nginx's master,
+    /// or the app.
+    pub fn service_pid(&self, stage: &Stage, host: &Host, role: Role) -> Option<i32> {
+        let record = match role {
+            Role::Database => self.database(stage, host).running().ok().flatten(),
+            Role::Files => self.file_server(stage, host).running().ok().flatten(),
+            Role::App => PidRecord::read(&self.app_dir(stage, host).join("app.pid.json"))
+                .ok()
+                .flatten()
+                .filter(PidRecord::is_alive),
+        };
+        record.map(|r| r.pid)
+    }
+
     /// PIDs of the processes on `host` (for CPU sampling; their children are found from these).
     pub fn host_pids(&self, stage: &Stage, host: &Host) -> Vec<i32> {
         let mut pids = Vec::new();

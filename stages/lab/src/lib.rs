@@ -9,11 +9,13 @@
 //! - [`files`]: the file host (nginx with WebDAV) of stage 2;
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
+//! - [`drill`]: `drill`: break a service under load and report what clients saw;
 //! - [`budget`]: host CPU budgets as cgroups, and CPU sampling per host;
 //! - `main.rs`: the `archlab` command line.
 
 pub mod bench;
 pub mod budget;
+pub mod drill;
 pub mod files;
 pub mod lab;
 pub mod postgres;

@@ -103,6 +103,39 @@ enum Command_ {
         #[arg(long, default_value = "report")]
         out: PathBuf,
     },
+    /// Run a stage under a fixed load, break one service (kill -9, or SIGSTOP), bring it back, and
+    /// report errors, unknown outcomes, latency around the fault, time to recover, lost writes.
+    Drill {
+        /// Stage number or name.
+        stage: String,
+        /// kill (SIGKILL, then start again) or freeze (SIGSTOP, then SIGCONT).
+        #[arg(value_enum)]
+        fault: archlab::drill::Fault,
+        /// The service to break.
+        #[arg(long, value_enum, default_value = "database")]
+        service: archlab::stage::Role,
+        /// Built-in workload or a workload file.
+        #[arg(long, default_value = "read-heavy")]
+        workload: String,
+        /// Offered rate, requests per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Measured time.
+        #[arg(long, default_value = "30s", value_parser = loadtest::parse_duration)]
+        duration: std::time::Duration,
+        /// When the fault begins, from the start of measurement.
+        #[arg(long, default_value = "10s", value_parser = loadtest::parse_duration)]
+        at: std::time::Duration,
+        /// How long the service stays broken.
+        #[arg(long, default_value = "5s", value_parser = loadtest::parse_duration)]
+        outage: std::time::Duration,
+        /// A short drill for CI: small data set, short run.
+        #[arg(long)]
+        quick: bool,
+        /// Write the result JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Render `report.md` and `index.html` from result files (e.g. the committed ones).
     Report {
         /// Result files, in stage order.
@@ -346,6 +379,51 @@ async fn main() -> anyhow::Result<()> {
                 reports.push(report);
             }
             write_reports(&out, &reports)?;
+        }
+        Command_::Drill {
+            stage,
+            fault,
+            service,
+            workload,
+            rate,
+            duration,
+            at,
+            outage,
+            quick,
+            out,
+        } => {
+            let stage = Stage::find(&stage)?.on_network(cli.net);
+            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
+            let secs = std::time::Duration::from_secs;
+            let options = archlab::drill::DrillOptions {
+                fault,
+                service,
+                workload,
+                rate,
+                duration: if quick { secs(8) } else { duration },
+                warmup: if quick { secs(1) } else { secs(5) },
+                at: if quick { secs(2) } else { at },
+                outage: if quick { secs(2) } else { outage },
+                data: if quick {
+                    SeedSpec {
+                        users: 50,
+                        articles: 300,
+                        images: 50,
+                        seed: 42,
+                    }
+                } else {
+                    SeedSpec::default()
+                },
+                // A frozen service makes requests wait; 3 s keeps a freeze visible as "unknown"
+                // without holding every connection for the default 10 s.
+                timeout: secs(3),
+            };
+            let report =
+                archlab::drill::drill(&lab, &stage, &options, &|l| eprintln!("{l}")).await?;
+            println!("{}", archlab::drill::markdown(&report));
+            if let Some(out) = out {
+                write_json(&out, &report)?;
+            }
         }
         Command_::Report { files, out } => {
             let reports = files

@@ -1,0 +1,245 @@
+//! `archlab drill`: run a stage under a fixed load, break one of its services on purpose, and
+//! report what the clients saw: errors and unknown outcomes around the fault, the latency of the
+//! seconds around it, how long it took to recover after the service came back, and the verify
+//! phase (acknowledged writes lost: must be 0).
+//!
+//! Faults hit a whole service, its process tree included (PostgreSQL's backends, nginx's workers):
+//! - `kill`: SIGKILL, as a crashed host would; after the outage the lab starts it again (the
+//!   database recovers from its write-ahead log);
+//! - `freeze`: SIGSTOP, a host that hangs without dying; after the outage, SIGCONT.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use loadtest::{report::Drill, report::Report, Options, Plan};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+use crate::{
+    budget,
+    lab::{Lab, SeedSpec},
+    stage::{Role, Stage, APP_PORT},
+};
+
+/// What to break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// SIGKILL the service, start it again after the outage.
+    Kill,
+    /// SIGSTOP the service, SIGCONT after the outage.
+    Freeze,
+}
+
+/// A drill's settings.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// The fault.
+    pub fault: Fault,
+    /// The service it hits (`database`, `app`, `files`).
+    pub service: Role,
+    /// Workload name or file.
+    pub workload: String,
+    /// Fixed offered rate (requests per second).
+    pub rate: f64,
+    /// Measured time.
+    pub duration: Duration,
+    /// Warm-up before measuring.
+    pub warmup: Duration,
+    /// When the fault begins, from the start of measurement.
+    pub at: Duration,
+    /// How long the service stays down or frozen.
+    pub outage: Duration,
+    /// Data set.
+    pub data: SeedSpec,
+    /// Per-request timeout of the harness (a frozen service makes requests wait this long).
+    pub timeout: Duration,
+}
+
+fn signal_tree(root: i32, signal: Signal) {
+    for pid in budget::process_tree(&[root]) {
+        // A process that exited meanwhile is simply gone.
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// Runs the drill on a fresh stage and returns the harness's report with its `drill` section.
+pub async fn drill(
+    lab: &Lab,
+    stage: &Stage,
+    options: &DrillOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Report> {
+    let host = stage
+        .hosts
+        .iter()
+        .find(|h| h.roles.contains(&options.service))
+        .with_context(|| {
+            format!(
+                "stage {} has no {} service",
+                stage.number,
+                options.service.as_str()
+            )
+        })?
+        .clone();
+    progress(&format!(
+        "stage {}: bringing it up (fresh) and seeding",
+        stage.number
+    ));
+    lab.up(stage, true, &|_| {}).await?;
+    let result = async {
+        lab.seed(stage, &options.data)?;
+        run(lab, stage, &host, options, progress).await
+    }
+    .await;
+    progress(&format!("stage {}: bringing it down", stage.number));
+    if let Err(e) = lab.down(stage, &|_| {}) {
+        progress(&format!("could not bring the stage down: {e:#}"));
+    }
+    result
+}
+
+async fn run(
+    lab: &Lab,
+    stage: &Stage,
+    host: &crate::stage::Host,
+    options: &DrillOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Report> {
+    let live = Arc::new(loadtest::run::Live::default());
+    let harness = Options {
+        target: format!("http://{}:{APP_PORT}", stage.app_hosts()[0].address),
+        workload: options.workload.clone(),
+        plan: Plan::Open { rate: options.rate },
+        duration: options.duration,
+        warmup: options.warmup,
+        connections: 64,
+        timeout: options.timeout,
+        seed: 1,
+        users: loadtest::workload::DEFAULT_USERS,
+        email_domain: "seed.archlab.test".into(),
+        password: "archlab-seed-password".into(),
+        verify: true,
+        live: Some(live.clone()),
+    };
+    let load =
+        tokio::spawn(
+            async move { loadtest::execute(&harness, &|line| eprintln!("  {line}")).await },
+        );
+
+    // Wait for measurement to begin, then break the service at `at` and restore it after `outage`.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !live.measuring.load(Ordering::Relaxed) {
+        if Instant::now() > deadline || load.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let measure_start = Instant::now();
+    tokio::time::sleep(options.at).await;
+    let pid = lab
+        .service_pid(stage, host, options.service)
+        .with_context(|| {
+            format!(
+                "{} on {} is not running",
+                options.service.as_str(),
+                host.name
+            )
+        })?;
+    let injected_at = measure_start.elapsed().as_secs_f64();
+    match options.fault {
+        Fault::Kill => {
+            progress(&format!(
+                "{:.1} s: kill -9 {} on {} (pid {pid} and its children)",
+                injected_at,
+                options.service.as_str(),
+                host.name
+            ));
+            signal_tree(pid, Signal::SIGKILL);
+        }
+        Fault::Freeze => {
+            progress(&format!(
+                "{:.1} s: SIGSTOP {} on {} (pid {pid} and its children)",
+                injected_at,
+                options.service.as_str(),
+                host.name
+            ));
+            signal_tree(pid, Signal::SIGSTOP);
+        }
+    }
+    tokio::time::sleep(options.outage).await;
+    let restore = match options.fault {
+        Fault::Kill => lab.up(stage, false, &|_| {}).await,
+        Fault::Freeze => {
+            signal_tree(pid, Signal::SIGCONT);
+            Ok(())
+        }
+    };
+    let restored_at = measure_start.elapsed().as_secs_f64();
+    progress(&format!(
+        "{restored_at:.1} s: {} restored",
+        options.service.as_str()
+    ));
+    let mut report = load.await.context("the load task")??;
+    restore.context("restoring the service")?;
+
+    // Recovered: the first second after the restore from which no second has errors.
+    let from = restored_at.floor() as u64;
+    let recovered_at = report
+        .series
+        .iter()
+        .filter(|p| p.t >= from)
+        .map(|p| p.t)
+        .find(|t| {
+            report
+                .series
+                .iter()
+                .filter(|q| q.t >= *t)
+                .all(|q| q.errors == 0)
+        });
+    report.stage = Some(stage.number);
+    report.drill = Some(Drill {
+        fault: format!("{:?}", options.fault).to_lowercase(),
+        host: format!("{} ({})", host.name, options.service.as_str()),
+        injected_at_s: (injected_at * 10.0).round() / 10.0,
+        restored_at_s: (restored_at * 10.0).round() / 10.0,
+        recovered_at_s: recovered_at,
+        time_to_recover_s: recovered_at
+            .map(|t| ((t as f64 - restored_at).max(0.0) * 10.0).round() / 10.0),
+    });
+    report.provenance.stage = Some(stage.number);
+    Ok(report)
+}
+
+/// A Markdown summary of a drill.
+pub fn markdown(report: &Report) -> String {
+    let mut s = report.markdown();
+    if let Some(d) = &report.drill {
+        s.push_str(&format!(
+            "\nDrill: `{}` on {} at {} s, restored at {} s; recovered at {}.\n\n| operation | ok | failed | unknown |\n|---|---:|---:|---:|\n",
+            d.fault,
+            d.host,
+            d.injected_at_s,
+            d.restored_at_s,
+            d.recovered_at_s.map_or("never (within the run)".to_owned(), |t| format!("{t} s ({} s after the restore)", d.time_to_recover_s.unwrap_or(0.0))),
+        ));
+        for (name, c) in &report.operations {
+            s.push_str(&format!(
+                "| {name} | {} | {} | {} |\n",
+                c.ok, c.failed, c.unknown
+            ));
+        }
+        s.push_str("\n| second | ok | errors | p99 ms |\n|---:|---:|---:|---:|\n");
+        for p in &report.series {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                p.t, p.ok, p.errors, p.p99_ms
+            ));
+        }
+    }
+    s
+}

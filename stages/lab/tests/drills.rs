@@ -1,0 +1,95 @@
+//! Fault drills, short form: a stage under a fixed load loses a service and gets it back; the
+//! clients' view must match what the architecture promises, and nothing acknowledged may be lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+fn drill(net: u32, args: &[&str]) -> Value {
+    let state = tempfile::Builder::new()
+        .prefix("archlab-drill")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out_file = state.path().join("drill.json");
+    let conduit = Path::new(env!("CARGO_BIN_EXE_archlab")).with_file_name("conduit");
+    let run = Command::new(env!("CARGO_BIN_EXE_archlab"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--net", &net.to_string(), "drill"])
+        .args(args)
+        .args(["--quick", "--rate", "100", "--out"])
+        .arg(&out_file)
+        .env("ARCHLAB_CONDUIT_BIN", conduit)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{text}");
+    serde_json::from_str(&std::fs::read_to_string(out_file).unwrap()).unwrap()
+}
+
+#[test]
+fn stage_1_database_kill_fails_requests_during_the_outage_and_loses_nothing() {
+    let report = drill(
+        160 + std::process::id() % 20,
+        &["1", "kill", "--service", "database"],
+    );
+    let c = &report["counts"];
+    assert!(
+        c["failed"].as_u64().unwrap() + c["unknown"].as_u64().unwrap() > 0,
+        "the outage must show: {c}"
+    );
+    assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
+    let d = &report["drill"];
+    assert!(d["recovered_at_s"].is_u64(), "the stage must recover: {d}");
+    // While the database is down, nothing succeeds: some whole second has no success at all.
+    let injected = d["injected_at_s"].as_f64().unwrap().ceil() as u64;
+    let restored = d["restored_at_s"].as_f64().unwrap().floor() as u64;
+    let series = report["series"].as_array().unwrap();
+    assert!(
+        series.iter().any(|p| {
+            let t = p["t"].as_u64().unwrap();
+            t >= injected && t < restored && p["ok"] == 0
+        }),
+        "{series:?}"
+    );
+}
+
+#[test]
+fn stage_2_file_host_kill_fails_only_media() {
+    let report = drill(
+        185 + std::process::id() % 20,
+        &["2", "kill", "--service", "files"],
+    );
+    assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
+    let ops = report["operations"].as_object().unwrap();
+    let media = &ops["fetch_media"];
+    assert!(
+        media["failed"].as_u64().unwrap() + media["unknown"].as_u64().unwrap() > 0,
+        "{ops:?}"
+    );
+    for (name, c) in ops {
+        if name != "fetch_media" && name != "upload_media" {
+            assert_eq!(
+                (c["failed"].as_u64(), c["unknown"].as_u64()),
+                (Some(0), Some(0)),
+                "{name} must not fail: {c}"
+            );
+        }
+    }
+    assert!(
+        report["drill"]["recovered_at_s"].is_u64(),
+        "{}",
+        report["drill"]
+    );
+}
