@@ -120,14 +120,7 @@ http {{
 
     /// The running server's record, if running (a stale PID file is removed).
     pub fn running(&self) -> anyhow::Result<Option<PidRecord>> {
-        match PidRecord::read(&self.pid_path())? {
-            Some(r) if r.is_alive() => Ok(Some(r)),
-            Some(_) => {
-                let _ = fs::remove_file(self.pid_path());
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        PidRecord::running(&self.pid_path())
     }
 
     /// Starts nginx (idempotent) and waits until it answers.

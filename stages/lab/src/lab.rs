@@ -264,11 +264,8 @@ impl Lab {
         fs::create_dir_all(dir.join("media"))?;
         let pid_path = dir.join("app.pid.json");
         let ready_url = format!("http://{}:{APP_PORT}/readyz", host.address);
-        if let Some(record) = PidRecord::read(&pid_path)? {
-            if record.is_alive() {
-                return Ok(());
-            }
-            let _ = fs::remove_file(&pid_path);
+        if PidRecord::running(&pid_path)?.is_some() {
+            return Ok(());
         }
         process::ensure_free("the app", &host.address, APP_PORT)?;
         let log = dir.join("app.log");
@@ -388,37 +385,19 @@ impl Lab {
         let record = match role {
             Role::Database => self.database(stage, host).running().ok().flatten(),
             Role::Files => self.file_server(stage, host).running().ok().flatten(),
-            Role::App => PidRecord::read(&self.app_dir(stage, host).join("app.pid.json"))
+            Role::App => PidRecord::running(&self.app_dir(stage, host).join("app.pid.json"))
                 .ok()
-                .flatten()
-                .filter(PidRecord::is_alive),
+                .flatten(),
         };
         record.map(|r| r.pid)
     }
 
     /// PIDs of the processes on `host` (for CPU sampling; their children are found from these).
     pub fn host_pids(&self, stage: &Stage, host: &Host) -> Vec<i32> {
-        let mut pids = Vec::new();
-        if host.roles.contains(&Role::Database) {
-            if let Ok(Some(record)) = self.database(stage, host).running() {
-                pids.push(record.pid);
-            }
-        }
-        if host.roles.contains(&Role::Files) {
-            if let Ok(Some(record)) = self.file_server(stage, host).running() {
-                pids.push(record.pid);
-            }
-        }
-        if host.roles.contains(&Role::App) {
-            if let Ok(Some(record)) =
-                PidRecord::read(&self.app_dir(stage, host).join("app.pid.json"))
-            {
-                if record.is_alive() {
-                    pids.push(record.pid);
-                }
-            }
-        }
-        pids
+        host.roles
+            .iter()
+            .filter_map(|role| self.service_pid(stage, host, *role))
+            .collect()
     }
 
     /// Stops the stage's processes: app hosts first (they drain), then the database.
@@ -504,8 +483,7 @@ impl Lab {
                     }
                     Role::App => {
                         let dir = self.app_dir(stage, host);
-                        let record =
-                            PidRecord::read(&dir.join("app.pid.json"))?.filter(PidRecord::is_alive);
+                        let record = PidRecord::running(&dir.join("app.pid.json"))?;
                         let healthy = match &record {
                             Some(_) => client
                                 .get(format!("http://{}:{APP_PORT}/readyz", host.address))

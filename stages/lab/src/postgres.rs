@@ -176,16 +176,7 @@ impl PostgresServer {
 
     /// The running server's record, if it is running (a stale PID file is removed).
     pub fn running(&self) -> anyhow::Result<Option<PidRecord>> {
-        let path = self.pid_path();
-        match PidRecord::read(&path)? {
-            Some(record) if record.is_alive() => Ok(Some(record)),
-            Some(_) => {
-                tracing::info!(path = %path.display(), "removing a stale PID file");
-                let _ = fs::remove_file(&path);
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        PidRecord::running(&self.pid_path())
     }
 
     /// Starts the server (initialising it first if needed) and waits until it accepts

@@ -71,6 +71,20 @@ impl PidRecord {
         }
     }
 
+    /// The process a PID file names, if it is still that very process. A stale file (the process
+    /// is gone, or its PID now belongs to another) is removed and `None` returned.
+    pub fn running(path: &Path) -> anyhow::Result<Option<Self>> {
+        match Self::read(path)? {
+            Some(record) if record.is_alive() => Ok(Some(record)),
+            Some(_) => {
+                tracing::info!(path = %path.display(), "removing a stale PID file");
+                let _ = fs::remove_file(path);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Writes a PID file.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         fs::write(path, serde_json::to_string(self)?)
