@@ -47,6 +47,23 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// Horizontal grid lines and their labels at 0, 1/4, ... of `y_max`, shared by both charts.
+fn y_grid(svg: &mut String, y_max: f64) {
+    let ph = H - PAD_T - PAD_B;
+    for i in 0..=4 {
+        let y = y_max * i as f64 / 4.0;
+        let py = PAD_T + ph - y / y_max * ph;
+        let _ = write!(
+            svg,
+            r#"<line x1="{PAD_L}" x2="{}" y1="{py}" y2="{py}" class="grid"/><text x="{}" y="{}" class="tick" text-anchor="end">{}</text>"#,
+            W - PAD_R,
+            PAD_L - 4.0,
+            py + 4.0,
+            fmt_num(y)
+        );
+    }
+}
+
 /// A line chart. `x_log`: the x axis shows 1/(1-p) decades (for percentile curves, x in 0..100).
 pub fn line_chart(
     title: &str,
@@ -92,18 +109,7 @@ pub fn line_chart(
         r#"<text x="{PAD_L}" y="16" class="title">{}</text>"#,
         esc(title)
     );
-    for i in 0..=4 {
-        let y = y_max * i as f64 / 4.0;
-        let py = sy(y);
-        let _ = write!(
-            svg,
-            r##"<line x1="{PAD_L}" x2="{}" y1="{py}" y2="{py}" class="grid"/><text x="{}" y="{}" class="tick" text-anchor="end">{}</text>"##,
-            W - PAD_R,
-            PAD_L - 4.0,
-            py + 4.0,
-            fmt_num(y)
-        );
-    }
+    y_grid(&mut svg, y_max);
     if percentile_x {
         for (label, p) in [
             ("0%", 0.0),
@@ -193,18 +199,7 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[(String, f64)]) -> String {
         r#"<text x="{PAD_L}" y="16" class="title">{}</text>"#,
         esc(title)
     );
-    for i in 0..=4 {
-        let y = y_max * i as f64 / 4.0;
-        let py = PAD_T + ph - y / y_max * ph;
-        let _ = write!(
-            svg,
-            r#"<line x1="{PAD_L}" x2="{}" y1="{py}" y2="{py}" class="grid"/><text x="{}" y="{}" class="tick" text-anchor="end">{}</text>"#,
-            W - PAD_R,
-            PAD_L - 4.0,
-            py + 4.0,
-            fmt_num(y)
-        );
-    }
+    y_grid(&mut svg, y_max);
     for (i, (label, value)) in bars.iter().enumerate() {
         let h = value / y_max * ph;
         let x = PAD_L + i as f64 * slot + slot * 0.2;

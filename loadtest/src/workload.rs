@@ -527,65 +527,78 @@ impl Workload for ConduitWorkload {
 
     fn acknowledge(&self, op: &Op, response: &Response) -> Option<Ack> {
         let token = op.user.and_then(|u| self.token(u));
+        let writer = op
+            .user
+            .and_then(|u| self.data.users.get(u))
+            .map(|(n, _)| n.as_str())
+            .unwrap_or_default();
         let body = || serde_json::from_slice::<Value>(&response.body).ok();
-        let check = |request: Request, expect: Expect| Some(Check { request, expect });
+        // Every acknowledged write becomes one read and what it must show. The writer reads it
+        // back at once (with its token); the verify phase reads it again after the run, with the
+        // token only where the answer depends on who asks (`favorited`, `following`).
+        let ack = |id: String, read: Request, expect: Expect, per_user: bool| {
+            let verify = if per_user {
+                read.clone().with_token(token)
+            } else {
+                read.clone()
+            };
+            Some(Ack {
+                id,
+                read_back: Some(Check {
+                    request: read.with_token(token),
+                    expect: expect.clone(),
+                }),
+                verify: Some(Check {
+                    request: verify,
+                    expect,
+                }),
+            })
+        };
         match op.kind {
             OpKind::CreateArticle => {
                 let slug = body()?["article"]["slug"].as_str()?.to_owned();
                 let read = Request::get(format!("/api/articles/{slug}"));
-                Some(Ack {
-                    id: format!("article {slug}"),
-                    read_back: check(read.clone().with_token(token), Expect::Found),
-                    verify: check(read, Expect::Found),
-                })
+                ack(format!("article {slug}"), read, Expect::Found, false)
             }
             OpKind::CreateComment => {
                 let id = body()?["comment"]["id"].as_i64()?;
-                let slug = op.subject.clone()?;
+                let slug = op.subject.as_deref()?;
                 let read = Request::get(format!("/api/articles/{slug}/comments"));
-                let expect = Expect::Contains(format!("\"id\":{id},"));
-                Some(Ack {
-                    id: format!("comment {id} on {slug}"),
-                    read_back: check(read.clone().with_token(token), expect.clone()),
-                    verify: check(read, expect),
-                })
+                ack(
+                    format!("comment {id} on {slug}"),
+                    read,
+                    Expect::Contains(format!("\"id\":{id},")),
+                    false,
+                )
             }
             OpKind::Favorite => {
-                let slug = op.subject.clone()?;
-                let read = Request::get(format!("/api/articles/{slug}")).with_token(token);
-                let user = op
-                    .user
-                    .and_then(|u| self.data.users.get(u))
-                    .map(|(n, _)| n.clone())
-                    .unwrap_or_default();
-                Some(Ack {
-                    id: format!("favorite {user} -> {slug}"),
-                    read_back: check(read.clone(), Expect::Contains("\"favorited\":true".into())),
-                    verify: check(read, Expect::Contains("\"favorited\":true".into())),
-                })
+                let slug = op.subject.as_deref()?;
+                let read = Request::get(format!("/api/articles/{slug}"));
+                ack(
+                    format!("favorite {writer} -> {slug}"),
+                    read,
+                    Expect::Contains("\"favorited\":true".into()),
+                    true,
+                )
             }
             OpKind::Follow => {
-                let target = op.subject.clone()?;
-                let read = Request::get(format!("/api/profiles/{target}")).with_token(token);
-                let user = op
-                    .user
-                    .and_then(|u| self.data.users.get(u))
-                    .map(|(n, _)| n.clone())
-                    .unwrap_or_default();
-                Some(Ack {
-                    id: format!("follow {user} -> {target}"),
-                    read_back: check(read.clone(), Expect::Contains("\"following\":true".into())),
-                    verify: check(read, Expect::Contains("\"following\":true".into())),
-                })
+                let target = op.subject.as_deref()?;
+                let read = Request::get(format!("/api/profiles/{target}"));
+                ack(
+                    format!("follow {writer} -> {target}"),
+                    read,
+                    Expect::Contains("\"following\":true".into()),
+                    true,
+                )
             }
             OpKind::UploadMedia => {
                 let url = body()?["media"]["url"].as_str()?.to_owned();
-                let read = Request::get_url(&url);
-                Some(Ack {
-                    id: format!("media {url}"),
-                    read_back: check(read.clone(), Expect::Found),
-                    verify: check(read, Expect::Found),
-                })
+                ack(
+                    format!("media {url}"),
+                    Request::get_url(&url),
+                    Expect::Found,
+                    false,
+                )
             }
             _ => None,
         }

@@ -190,22 +190,25 @@ impl FromRequestParts<AppState> for AuthUser {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     fn auth() -> Auth {
         Auth::new(&AuthSettings::default())
     }
 
     #[test]
-    fn a_token_round_trips() {
+    fn a_token_round_trips() -> TestResult {
         let auth = auth();
-        let token = auth.issue(42).unwrap();
-        assert_eq!(auth.verify(&token).unwrap(), 42);
+        let token = auth.issue(42)?;
+        assert_eq!(auth.verify(&token)?, 42);
+        Ok(())
     }
 
     #[test]
-    fn expired_and_tampered_tokens_are_refused() {
+    fn expired_and_tampered_tokens_are_refused() -> TestResult {
         let auth = auth();
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let expired = auth.issue_with_expiry(1, now - 100, now - 10).unwrap();
+        let expired = auth.issue_with_expiry(1, now - 100, now - 10)?;
         assert!(matches!(
             auth.verify(&expired),
             Err(ApiError::Unauthorized {
@@ -213,27 +216,29 @@ mod tests {
                 ..
             })
         ));
-        let token = auth.issue(1).unwrap();
+        let token = auth.issue(1)?;
         let mut tampered = token.clone().into_bytes();
         let i = tampered.len() - 3;
         tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
-        let tampered = String::from_utf8(tampered).unwrap();
+        let tampered = String::from_utf8(tampered)?;
         assert!(auth.verify(&tampered).is_err());
         let other = Auth::new(&AuthSettings {
             jwt_secret: "another-secret".into(),
             ..AuthSettings::default()
         });
         assert!(other.verify(&token).is_err());
+        Ok(())
     }
 
     #[tokio::test]
-    async fn passwords_verify_only_with_the_right_password() {
+    async fn passwords_verify_only_with_the_right_password() -> TestResult {
         let auth = auth();
-        let hash = auth.hash_password("hunter22".into()).await.unwrap();
-        assert!(auth
-            .verify_password("hunter22".into(), hash.clone())
-            .await
-            .unwrap());
-        assert!(!auth.verify_password("hunter23".into(), hash).await.unwrap());
+        let hash = auth.hash_password("hunter22".into()).await?;
+        assert!(
+            auth.verify_password("hunter22".into(), hash.clone())
+                .await?
+        );
+        assert!(!auth.verify_password("hunter23".into(), hash).await?);
+        Ok(())
     }
 }

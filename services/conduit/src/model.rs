@@ -315,15 +315,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_have_milliseconds_and_a_z() {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(1_455_765_776_637_123_456).unwrap();
-        let json = serde_json::to_string(&Timestamp(t)).unwrap();
+    fn timestamps_have_milliseconds_and_a_z() -> Result<(), Box<dyn std::error::Error>> {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_455_765_776_637_123_456)?;
+        let json = serde_json::to_string(&Timestamp(t))?;
         assert_eq!(json, "\"2016-02-18T03:22:56.637Z\"");
-        let whole = OffsetDateTime::from_unix_timestamp(1_455_765_776).unwrap();
+        let whole = OffsetDateTime::from_unix_timestamp(1_455_765_776)?;
         assert_eq!(
-            serde_json::to_string(&Timestamp(whole)).unwrap(),
+            serde_json::to_string(&Timestamp(whole))?,
             "\"2016-02-18T03:22:56.000Z\""
         );
+        Ok(())
     }
 
     #[test]

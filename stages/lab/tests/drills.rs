@@ -3,45 +3,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::{path::Path, process::Command};
+mod common;
+
+use common::TestLab;
 
 use serde_json::Value;
 
-fn drill(net: u32, args: &[&str]) -> Value {
-    let state = tempfile::Builder::new()
-        .prefix("archlab-drill")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        state.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let out_file = state.path().join("drill.json");
-    let conduit = Path::new(env!("CARGO_BIN_EXE_archlab")).with_file_name("conduit");
-    let run = Command::new(env!("CARGO_BIN_EXE_archlab"))
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--net", &net.to_string(), "drill"])
-        .args(args)
-        .args(["--quick", "--rate", "100", "--out"])
-        .arg(&out_file)
-        .env("ARCHLAB_CONDUIT_BIN", conduit)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(run.status.success(), "{text}");
+fn drill(net: String, args: &[&str]) -> Value {
+    let lab = TestLab::new("archlab-drill", net);
+    let out_file = lab.state.path().join("drill.json").display().to_string();
+    let quick = ["--quick", "--rate", "100", "--out", out_file.as_str()];
+    let (ok, text) = lab.archlab(&[&["drill"], args, &quick].concat());
+    assert!(ok, "{text}");
     serde_json::from_str(&std::fs::read_to_string(out_file).unwrap()).unwrap()
 }
 
 #[test]
 fn stage_1_database_kill_fails_requests_during_the_outage_and_loses_nothing() {
     let report = drill(
-        160 + std::process::id() % 20,
+        common::net(160, 20),
         &["1", "kill", "--service", "database"],
     );
     let c = &report["counts"];
@@ -67,10 +47,7 @@ fn stage_1_database_kill_fails_requests_during_the_outage_and_loses_nothing() {
 
 #[test]
 fn stage_2_file_host_kill_fails_only_media() {
-    let report = drill(
-        185 + std::process::id() % 20,
-        &["2", "kill", "--service", "files"],
-    );
+    let report = drill(common::net(185, 20), &["2", "kill", "--service", "files"]);
     assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
     let ops = report["operations"].as_object().unwrap();
     let media = &ops["fetch_media"];

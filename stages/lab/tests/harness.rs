@@ -3,7 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::{path::Path, process::Command, sync::Arc, time::Duration};
+mod common;
+
+use std::{process::Command, sync::Arc, time::Duration};
+
+use common::{conduit_bin, TestLab};
 
 use loadtest::{
     run::{run, verify, Mode, RunConfig},
@@ -11,48 +15,13 @@ use loadtest::{
 };
 use serde_json::Value;
 
-fn conduit_bin() -> std::path::PathBuf {
-    let conduit = Path::new(env!("CARGO_BIN_EXE_archlab")).with_file_name("conduit");
-    assert!(
-        conduit.exists(),
-        "build the workspace first: {} is missing",
-        conduit.display()
-    );
-    conduit
-}
-
-fn state_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("archlab-harness")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    dir
-}
-
 #[test]
 fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() {
-    let state = state_dir();
     let out = tempfile::tempdir().unwrap();
-    let net = (60 + std::process::id() % 30).to_string();
-    let run = Command::new(env!("CARGO_BIN_EXE_archlab"))
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--net", &net, "tour", "--quick", "--out"])
-        .arg(out.path())
-        .env("ARCHLAB_CONDUIT_BIN", conduit_bin())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(run.status.success(), "{text}");
+    let lab = TestLab::new("archlab-harness", common::net(60, 30));
+    let out_dir = out.path().display().to_string();
+    let (ok, text) = lab.archlab(&["tour", "--quick", "--out", &out_dir]);
+    assert!(ok, "{text}");
 
     // The JSON: every documented key is there, and the numbers are consistent.
     let json: Value = serde_json::from_str(
@@ -170,7 +139,7 @@ fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
-    let state = state_dir();
+    let state = common::state_dir("archlab-harness");
     let net: u8 = (92 + std::process::id() % 30) as u8;
     let lab = archlab::Lab::new(state.path(), conduit_bin());
     let stage = archlab::Stage::find("1").unwrap().on_network(net);

@@ -5,91 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+mod common;
+
+use std::path::PathBuf;
+
+use common::TestLab;
 
 use serde_json::{json, Value};
 
 const PNG_HEADER: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
 
-/// A lab in its own state folder on its own loopback network, brought down when dropped (also
-/// when the test fails), so it never disturbs a developer's own lab.
-struct LabUnderTest {
-    state: tempfile::TempDir,
-    net: String,
-}
-
-impl LabUnderTest {
-    fn new() -> Self {
-        let state = tempfile::Builder::new()
-            .prefix("archlab-e2e")
-            .tempdir()
-            .unwrap();
-        // The postgres user (when running as root) must be able to enter the state folder.
-        std::fs::set_permissions(
-            state.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        // A network no one else uses: derived from our PID, away from the default 10.
-        let net = (100 + std::process::id() % 150).to_string();
-        Self { state, net }
-    }
-
-    fn archlab(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_archlab"))
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .args(["--net", &self.net])
-            .args(args)
-            .env("ARCHLAB_CONDUIT_BIN", conduit_bin())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn up(&self) -> String {
-        let (ok, out) = self.archlab(&["up", "1"]);
-        assert!(ok, "archlab up 1 failed:\n{out}");
-        let last = out.lines().rfind(|l| !l.is_empty()).unwrap_or_default();
-        last.strip_prefix("endpoint: ")
-            .unwrap_or_else(|| panic!("last line is not the endpoint:\n{out}"))
-            .to_owned()
-    }
-
-    fn status(&self) -> Value {
-        let (ok, out) = self.archlab(&["status", "--json"]);
-        assert!(ok, "{out}");
-        serde_json::from_str(&out).unwrap()
-    }
-
-    fn app_pid_file(&self) -> PathBuf {
-        self.state.path().join("01-monolith/box/app/app.pid.json")
-    }
-}
-
-impl Drop for LabUnderTest {
-    fn drop(&mut self) {
-        let _ = self.archlab(&["down"]);
-    }
-}
-
-fn conduit_bin() -> PathBuf {
-    let archlab = Path::new(env!("CARGO_BIN_EXE_archlab"));
-    let conduit = archlab.with_file_name("conduit");
-    assert!(
-        conduit.exists(),
-        "build the workspace first: {} is missing",
-        conduit.display()
-    );
-    conduit
+fn app_pid_file(lab: &TestLab) -> PathBuf {
+    lab.state.path().join("01-monolith/box/app/app.pid.json")
 }
 
 fn pids(status: &Value) -> Vec<Option<i64>> {
@@ -103,8 +30,9 @@ fn pids(status: &Value) -> Vec<Option<i64>> {
 
 #[tokio::test]
 async fn stage_1_serves_keeps_data_across_down_and_up_and_stops_only_its_own_processes() {
-    let lab = LabUnderTest::new();
-    let endpoint = lab.up();
+    // A network away from the default 10, derived from our PID.
+    let lab = TestLab::new("archlab-e2e", common::net(100, 150));
+    let endpoint = lab.up("1");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     // Every service healthy, with a PID, address and log.
@@ -124,22 +52,14 @@ async fn stage_1_serves_keeps_data_across_down_and_up_and_stops_only_its_own_pro
     }
 
     // A second lab on the same addresses refuses to start instead of mistaking ours for its own.
-    let intruder = LabUnderTest {
-        state: tempfile::tempdir().unwrap(),
-        net: lab.net.clone(),
-    };
-    std::fs::set_permissions(
-        intruder.state.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let intruder = TestLab::new("archlab-intruder", lab.net.clone());
     let (ok, out) = intruder.archlab(&["up", "1"]);
     assert!(!ok && out.contains("already in use"), "{out}");
     drop(intruder);
 
     // `up` again is a no-op: same processes.
     let before = pids(&status);
-    assert_eq!(lab.up(), endpoint);
+    assert_eq!(lab.up("1"), endpoint);
     assert_eq!(pids(&lab.status()), before);
 
     // A user, an image, an article.
@@ -222,7 +142,7 @@ async fn stage_1_serves_keeps_data_across_down_and_up_and_stops_only_its_own_pro
     // A stale PID file naming a live process that is not ours (this test) is never signalled.
     let me = std::process::id();
     std::fs::write(
-        lab.app_pid_file(),
+        app_pid_file(&lab),
         format!(r#"{{"pid": {me}, "start_ticks": 1}}"#),
     )
     .unwrap();
@@ -231,6 +151,6 @@ async fn stage_1_serves_keeps_data_across_down_and_up_and_stops_only_its_own_pro
     assert!(out.contains("stale"), "{out}");
 
     // Up again: the same data.
-    let endpoint = lab.up();
+    let endpoint = lab.up("1");
     read_back(endpoint).await;
 }

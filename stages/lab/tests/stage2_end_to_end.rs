@@ -4,62 +4,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::{path::Path, process::Command};
+mod common;
+
+use common::TestLab;
 
 use serde_json::{json, Value};
 
-fn archlab(state: &Path, net: &str, args: &[&str]) -> (bool, String) {
-    let conduit = Path::new(env!("CARGO_BIN_EXE_archlab")).with_file_name("conduit");
-    let out = Command::new(env!("CARGO_BIN_EXE_archlab"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--net", net])
-        .args(args)
-        .env("ARCHLAB_CONDUIT_BIN", conduit)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-struct Down<'a>(&'a Path, String);
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = archlab(self.0, &self.1, &["down"]);
-    }
-}
-
 #[tokio::test]
 async fn stage_2_keeps_media_on_the_file_host_and_serves_it_from_there() {
-    let state = tempfile::Builder::new()
-        .prefix("archlab-e2e2")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        state.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let net = (30 + std::process::id() % 25).to_string();
-    let _down = Down(state.path(), net.clone());
-    let (ok, out) = archlab(state.path(), &net, &["up", "2"]);
-    assert!(ok, "{out}");
-    let endpoint = out
-        .lines()
-        .rfind(|l| l.starts_with("endpoint: "))
-        .unwrap()
-        .trim_start_matches("endpoint: ")
-        .to_owned();
+    let lab = TestLab::new("archlab-e2e2", common::net(30, 25));
+    let endpoint = lab.up("2");
 
     // Three hosts, three addresses, all healthy.
-    let (_, status) = archlab(state.path(), &net, &["status", "--json"]);
-    let status: Value = serde_json::from_str(&status).unwrap();
+    let status: Value = lab.status();
     let services = status["services"].as_array().unwrap();
     let roles: Vec<&str> = services
         .iter()
@@ -111,12 +68,14 @@ async fn stage_2_keeps_media_on_the_file_host_and_serves_it_from_there() {
 
     // The bytes are on the file host's disk, not the app host's.
     let name = url.rsplit('/').next().unwrap();
-    let on_files_host = state
+    let on_files_host = lab
+        .state
         .path()
         .join("02-split/files/nginx/www/media")
         .join(name);
     assert_eq!(std::fs::read(&on_files_host).unwrap(), png);
-    assert!(!state
+    assert!(!lab
+        .state
         .path()
         .join("02-split/app/app/media/media")
         .join(name)
