@@ -89,8 +89,8 @@ pub struct DatabaseSettings {
     /// A `postgres://` URL.
     pub url: Secret,
     /// Connections per app process. PostgreSQL runs one process per connection, and past a few
-    /// busy ones per core they only add context switches: on the 2-core reference machine pools of
-    /// 4, 8 and 16 served 13.0k, 12.2k and 11.4k single-article reads/s. 8 suits a 2-core
+    /// busy ones per core they only add context switches (an informal comparison on the 2-core
+    /// reference machine: 4 beat 8, which beat 16, on single-article reads). 8 suits a 2-core
     /// database host; the lab sets 4 per core of the stage's database budget instead.
     pub max_connections: u32,
     /// How long a request waits for a free connection before failing. Short, so an exhausted pool

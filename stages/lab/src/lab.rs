@@ -37,9 +37,9 @@ const APP_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The app drains in-flight requests on SIGTERM for up to its own grace period (10 s).
 const APP_STOP_PATIENCE: Duration = Duration::from_secs(15);
 /// Database connections each app host opens per core of the database host's budget. PostgreSQL
-/// runs one process per connection; past a few per core they only add context switches. Measured
-/// on the 2-core reference machine (stage 1, GET one article, 64 clients): pools of 4, 8 and 16
-/// served 13.0k, 12.2k and 11.4k req/s.
+/// runs one process per connection; past a few per core they only add context switches (an
+/// informal comparison on the 2-core reference machine, stage 1, one-article reads at 64 clients:
+/// a pool of 4 beat 8, which beat 16; not a recorded result).
 const POOL_PER_DATABASE_CORE: f64 = 4.0;
 /// Role and database the app uses.
 pub const APP_DATABASE: &str = "conduit";
