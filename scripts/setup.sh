@@ -11,6 +11,7 @@ set -euo pipefail
 # package -> why archlab needs it
 declare -A WHY=(
   [postgresql]="the database of every stage (server binaries under /usr/lib/postgresql)"
+  [redis-server]="the cache host of stage 3 onwards (run by the lab as a child process)"
   [wrk]="HTTP load for the stage benchmarks until the bundled harness replaces it"
   [docker-compose]="offline validation of docker-compose/*.yml (config -q); no engine needed"
   [curl]="the walkthroughs' curl sessions and the API test runner's download"
@@ -19,7 +20,7 @@ declare -A WHY=(
   [chromium]="headless check that the HTML report renders (tests)"
   [python3]="the benchmark script until the harness replaces it (scripts/bench/stage1.py)"
 )
-PACKAGES=(postgresql nginx wrk docker-compose curl ca-certificates python3 chromium)
+PACKAGES=(postgresql redis-server nginx wrk docker-compose curl ca-certificates python3 chromium)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -21,6 +21,7 @@ use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use crate::{
     api,
     auth::Auth,
+    cache::Cache,
     db::Database,
     error::ApiError,
     metrics::{self, Metrics},
@@ -44,11 +45,13 @@ impl Application {
         let db = Database::connect_lazy(&settings.database)?;
         db.migrate().await?;
         let media = api::media::store(&settings.media)?;
+        let metrics = Arc::new(Metrics::new());
         let state = AppState {
             db,
             auth: Arc::new(Auth::new(&settings.auth)),
             media,
-            metrics: Arc::new(Metrics::new()),
+            cache: Arc::new(Cache::new(&settings.cache, metrics.cache.clone())?),
+            metrics,
             settings: Arc::new(settings),
         };
         let listener = TcpListener::bind(state.settings.server.listen)

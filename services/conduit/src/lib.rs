@@ -8,6 +8,7 @@
 //! - [`app`]: start-up, the router and its limits (body size, timeout, load shedding);
 //! - [`api`]: one module per resource, each with its `router()` and its SQL;
 //! - [`db`]: the database seam (one pool now; replicas and shards in later stages);
+//! - [`cache`]: the cache seam (cache-aside with Redis from stage 3: keys, single-flight, breaker);
 //! - [`auth`], [`extract`], [`error`], [`model`]: tokens, input parsing, error bodies, JSON shapes;
 //! - [`slug`]: slugs that end in the article id, so a slug finds its row (and later its shard);
 //! - [`settings`]: every bound, with the reason for its default;
@@ -23,6 +24,7 @@ use object_store::ObjectStore;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod db;
 pub mod error;
 pub mod extract;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub db: db::Database,
     /// Tokens and password hashes.
     pub auth: Arc<auth::Auth>,
+    /// The read cache in front of the database (the cache seam; off before stage 3).
+    pub cache: Arc<cache::Cache>,
     /// Where media bytes live (the `object_store` seam).
     pub media: Arc<dyn ObjectStore>,
     /// Request and pool metrics.

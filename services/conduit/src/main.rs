@@ -97,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
                 spec,
             )
             .await?;
+            if !report.already_seeded {
+                // The rows were written straight into the database: nothing cached is current.
+                let cache = conduit::cache::Cache::new(&settings.cache, Default::default())?;
+                cache.clear().await?;
+            }
             println!(
                 "{}",
                 serde_json::to_string(&serde_json::json!({

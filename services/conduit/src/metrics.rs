@@ -44,6 +44,65 @@ struct PoolLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// The cache's counters (stage 3 on), registered with the app's other metrics.
+#[derive(Clone, Debug, Default)]
+pub struct CacheMetrics {
+    lookups: Family<LookupLabels, Counter>,
+    loads: Family<KindLabels, Counter>,
+    /// 1 while the circuit breaker keeps requests away from Redis.
+    pub breaker_open: Gauge,
+    /// Invalidations waiting for Redis to return.
+    pub pending_invalidations: Gauge,
+}
+
+impl CacheMetrics {
+    /// One lookup of a `kind` of entry with its `result` (`hit`, `miss`, `bypass`).
+    pub fn lookup(&self, kind: &'static str, result: &'static str) {
+        self.lookups
+            .get_or_create(&LookupLabels { kind, result })
+            .inc();
+    }
+
+    /// One load of a `kind` of entry from the database on behalf of the cache.
+    pub fn load(&self, kind: &'static str) {
+        self.loads.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by kind of entry and result (hit, miss, bypass)",
+            self.lookups.clone(),
+        );
+        registry.register(
+            "cache_loads",
+            "Entries loaded from the database for the cache, by kind (single-flight: one per key at a time)",
+            self.loads.clone(),
+        );
+        registry.register(
+            "cache_breaker_open",
+            "1 while the circuit breaker bypasses Redis",
+            self.breaker_open.clone(),
+        );
+        registry.register(
+            "cache_pending_invalidations",
+            "Invalidations waiting for Redis to return",
+            self.pending_invalidations.clone(),
+        );
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms to ~4 s in doublings: fine enough for a cache hit, wide enough for a timeout.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
@@ -55,6 +114,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pool_connections: Family<PoolLabels, Gauge>,
+    /// The cache's counters.
+    pub cache: CacheMetrics,
 }
 
 impl Metrics {
@@ -81,11 +142,14 @@ impl Metrics {
             "Database pool connections by pool and state (idle, in_use, max)",
             pool_connections.clone(),
         );
+        let cache = CacheMetrics::default();
+        cache.register(&mut registry);
         Self {
             registry,
             requests,
             latency,
             pool_connections,
+            cache,
         }
     }
 

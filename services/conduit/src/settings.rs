@@ -25,6 +25,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Where uploaded media lives and how large it may be.
     pub media: MediaSettings,
+    /// The read cache in front of the database (stage 3 on).
+    pub cache: CacheSettings,
 }
 
 impl Settings {
@@ -176,6 +178,70 @@ impl Default for MediaSettings {
             write_key: Secret::from(""),
             max_bytes: 5 * 1024 * 1024,
             public_base_url: String::new(),
+        }
+    }
+}
+
+/// Which cache sits in front of the database.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    /// No cache: every read goes to the database (stages 1 and 2).
+    None,
+    /// Redis at `url` (stage 3 on).
+    Redis,
+}
+
+/// The read cache (see `crate::cache`). Every bound here is about failing fast: the cache only
+/// ever makes things faster, so waiting on it must never make them slower by much.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// `none` or `redis`.
+    pub backend: CacheBackend,
+    /// `redis://host:port`.
+    pub url: String,
+    /// Longest life of an entry. Writes delete what they change, so the TTL is not what keeps
+    /// entries fresh; it bounds the one case deletes cannot cover (a load that read the row just
+    /// before a write and stored it just after the write's delete) and lets unread entries go.
+    /// Five minutes keeps the popular set warm through a whole benchmark sweep.
+    pub ttl_secs: u64,
+    /// Each TTL is drawn from `ttl_secs` ± this fraction, so entries filled together (after a
+    /// cold start) do not expire together and cause a burst of misses.
+    pub ttl_jitter: f64,
+    /// Life of a "not found" entry. Long enough to absorb a flood of requests for a missing
+    /// article; short, so a just-created one (whose key writes also delete) is never hidden long.
+    pub not_found_ttl_secs: u64,
+    /// Longest wait for any Redis answer. A loopback Redis answers in well under a millisecond,
+    /// and a host budget of a fifth of a core can delay it by up to 8 ms in a 10 ms scheduling
+    /// period; 50 ms is far beyond both, and a request that falls back after it is still fast.
+    pub op_timeout_ms: u64,
+    /// Longest wait for a new connection (a restarted or frozen Redis).
+    pub connect_timeout_ms: u64,
+    /// Consecutive failures that open the circuit breaker. Five tolerates a stray slow answer,
+    /// and bounds how many requests pay the timeout before the rest skip the cache.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one request probes Redis again. One second: a
+    /// returning Redis is used again within a second, and a dead one costs one probe per second.
+    pub breaker_open_ms: u64,
+    /// Invalidations remembered while Redis is unreachable, delivered when it returns; beyond
+    /// this the whole cache is emptied on return instead.
+    pub max_pending_invalidations: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            backend: CacheBackend::None,
+            url: "redis://127.0.0.1:6379".into(),
+            ttl_secs: 300,
+            ttl_jitter: 0.1,
+            not_found_ttl_secs: 5,
+            op_timeout_ms: 50,
+            connect_timeout_ms: 200,
+            breaker_failures: 5,
+            breaker_open_ms: 1_000,
+            max_pending_invalidations: 10_000,
         }
     }
 }

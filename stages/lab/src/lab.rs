@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::{
     budget::{self, Controller},
+    cache::{CacheServer, CACHE_PORT},
     files::{FileServer, FILES_PORT},
     postgres::PostgresServer,
     process::{self, PidRecord, Spawn},
@@ -84,7 +85,7 @@ pub struct ServiceStatus {
     pub stage: u8,
     /// Host name.
     pub host: String,
-    /// `database` or `app`.
+    /// `database`, `app`, `files` or `cache`.
     pub role: &'static str,
     /// Host address.
     pub address: String,
@@ -170,6 +171,16 @@ impl Lab {
         }
     }
 
+    fn cache_server(&self, stage: &Stage, host: &Host) -> CacheServer {
+        let mut server = CacheServer::new(
+            self.stage_dir(stage).join(&host.name).join("redis"),
+            host.address.clone(),
+            CACHE_PORT,
+        );
+        server.cpu_group = self.cpu_group_path(host);
+        server
+    }
+
     /// The name of `host`'s CPU group: its address, which is unique on the machine.
     fn cpu_group_name(host: &Host) -> String {
         format!("host-{}", host.address.replace('.', "-"))
@@ -247,6 +258,13 @@ impl Lab {
             ));
             self.file_server(stage, host).start().await?;
         }
+        if let Some(host) = stage.cache_host() {
+            progress(&format!(
+                "cache on {} ({}:{CACHE_PORT})",
+                host.name, host.address
+            ));
+            self.cache_server(stage, host).start().await?;
+        }
 
         let secret = self.secret()?;
         for host in stage.app_hosts() {
@@ -318,7 +336,22 @@ impl Lab {
         ]
         .into_iter()
         .chain(self.media_env(stage))
+        .chain(self.cache_env(stage))
         .collect())
+    }
+
+    /// With a cache host, the app reads through it.
+    fn cache_env(&self, stage: &Stage) -> Vec<(String, String)> {
+        match stage.cache_host() {
+            Some(host) => vec![
+                ("APP_CACHE__BACKEND".into(), "redis".into()),
+                (
+                    "APP_CACHE__URL".into(),
+                    self.cache_server(stage, host).url(),
+                ),
+            ],
+            None => Vec::new(),
+        }
     }
 
     /// With a file host, media go to it over HTTP and clients read them from it directly.
@@ -380,11 +413,12 @@ impl Lab {
     }
 
     /// The main PID of one service (`role`) on `host`, if it runs: the postmaster, nginx's master,
-    /// or the app.
+    /// Redis, or the app.
     pub fn service_pid(&self, stage: &Stage, host: &Host, role: Role) -> Option<i32> {
         let record = match role {
             Role::Database => self.database(stage, host).running().ok().flatten(),
             Role::Files => self.file_server(stage, host).running().ok().flatten(),
+            Role::Cache => self.cache_server(stage, host).running().ok().flatten(),
             Role::App => PidRecord::running(&self.app_dir(stage, host).join("app.pid.json"))
                 .ok()
                 .flatten(),
@@ -429,6 +463,16 @@ impl Lab {
                 ));
             }
             files.stop()?;
+        }
+        if let Some(host) = stage.cache_host() {
+            let cache = self.cache_server(stage, host);
+            if let Some(record) = cache.running()? {
+                progress(&format!(
+                    "stopping cache on {} (pid {})",
+                    host.name, record.pid
+                ));
+            }
+            cache.stop()?;
         }
         if let Some(host) = stage.database_host() {
             let db = self.database(stage, host);
@@ -480,6 +524,12 @@ impl Lab {
                             None => false,
                         };
                         (record.map(|r| r.pid), healthy, files.log_path(), FILES_PORT)
+                    }
+                    Role::Cache => {
+                        let cache = self.cache_server(stage, host);
+                        let record = cache.running()?;
+                        let healthy = record.is_some() && cache.healthy().await;
+                        (record.map(|r| r.pid), healthy, cache.log_path(), CACHE_PORT)
                     }
                     Role::App => {
                         let dir = self.app_dir(stage, host);

@@ -7,6 +7,7 @@
 //! - [`stage`]: stage files (`stages/NN-name/stage.toml`): hosts, roles, addresses, CPU budgets;
 //! - [`postgres`]: a PostgreSQL server as a local process (also [`postgres::TestPostgres`] for tests);
 //! - [`files`]: the file host (nginx with WebDAV) of stage 2;
+//! - [`cache`]: the cache host (Redis) of stage 3 on (also [`cache::TestRedis`] for tests);
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
 //! - [`drill`]: `drill`: break a service under load and report what clients saw;
@@ -15,6 +16,7 @@
 
 pub mod bench;
 pub mod budget;
+pub mod cache;
 pub mod drill;
 pub mod files;
 pub mod lab;

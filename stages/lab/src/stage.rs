@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 const STAGE_FILES: &[(&str, &str)] = &[
     ("01-monolith", include_str!("../../01-monolith/stage.toml")),
     ("02-split", include_str!("../../02-split/stage.toml")),
+    ("03-cache", include_str!("../../03-cache/stage.toml")),
 ];
 
 /// PostgreSQL's standard port; every database host keeps it on its own address.
@@ -60,6 +61,8 @@ pub enum Role {
     App,
     /// A file server (nginx with WebDAV) holding the media.
     Files,
+    /// A Redis server the app hosts use as a read cache.
+    Cache,
 }
 
 impl Role {
@@ -69,6 +72,7 @@ impl Role {
             Role::Database => "database",
             Role::App => "app",
             Role::Files => "files",
+            Role::Cache => "cache",
         }
     }
 }
@@ -161,6 +165,11 @@ impl Stage {
     /// The host with the files role, if the stage has one (else media stay on the app host).
     pub fn files_host(&self) -> Option<&Host> {
         self.hosts.iter().find(|h| h.roles.contains(&Role::Files))
+    }
+
+    /// The host with the cache role, if the stage has one.
+    pub fn cache_host(&self) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.roles.contains(&Role::Cache))
     }
 
     /// Hosts with the app role.

@@ -5,23 +5,30 @@
 //! on the article row) and the viewer's `favorited`/`following` flags (two indexed lookups,
 //! skipped for anonymous readers). A list page of any size is two statements: the page and its
 //! count. No per-article queries (no N+1).
+//!
+//! From stage 3 the reads most clients make go through the cache instead: one article, and the
+//! first [`LIST_HEAD`] entries of the global list and of each tag's list (see [`crate::cache`] and
+//! [`super::shared`]). Every write here tells the cache what it changed, after it commits.
 
 use axum::{
     extract::State,
     http::StatusCode,
+    response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{postgres::PgRow, PgExecutor, Row};
 
+use super::shared::{self, ViewerFlags};
 use crate::{
     auth::{AuthUser, MaybeAuthUser},
+    cache::{keys, CacheStatus, Key},
     error::{ApiError, ApiResult},
     extract::{ApiJson, ApiPath, ApiQuery},
     model::{
         present_or_null, Article, ArticleBody, ArticlesBody, Profile, Timestamp, Validator,
-        MAX_TITLE,
+        MAX_TAG_LEN, MAX_TITLE,
     },
     slug::{id_from_slug, slug_for},
     AppState,
@@ -32,6 +39,10 @@ use crate::{
 pub const MAX_PAGE: i64 = 100;
 /// Page size when the client gives no `limit` (the spec's default).
 pub const DEFAULT_PAGE: i64 = 20;
+/// Newest ids kept in a cached list. Most readers look at the first pages; 100 covers the first
+/// five pages of 20 (the workloads' deepest page is offset 80) and is still a small entry (about
+/// a kilobyte). Pages past it go to the database.
+pub const LIST_HEAD: i64 = 100;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
@@ -254,16 +265,20 @@ async fn list(
         .map(|row| article_from_row(row, false))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let (conditions, binds) = filter.conditions(1);
-    let count_sql = format!("SELECT count(*) FROM articles a WHERE true {conditions}");
-    let articles_count: i64 = bind_all(sqlx::query(&count_sql), binds)
-        .fetch_one(state.db.read())
-        .await?
-        .try_get(0)?;
     Ok(ArticlesBody {
         articles,
-        articles_count,
+        articles_count: count_articles(state, &filter).await?,
     })
+}
+
+/// How many articles match `filter` (every one is counted: the price of `articlesCount`).
+async fn count_articles(state: &AppState, filter: &ListFilter<'_>) -> ApiResult<i64> {
+    let (conditions, binds) = filter.conditions(1);
+    let count_sql = format!("SELECT count(*) FROM articles a WHERE true {conditions}");
+    Ok(bind_all(sqlx::query(&count_sql), binds)
+        .fetch_one(state.db.read())
+        .await?
+        .try_get(0)?)
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -271,7 +286,7 @@ async fn list_articles(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<ArticlesBody>> {
+) -> ApiResult<(CacheStatus, Json<ArticlesBody>)> {
     let (limit, offset) = page(q.limit, q.offset)?;
     let filter = ListFilter {
         tag: q.tag.as_deref(),
@@ -279,8 +294,83 @@ async fn list_articles(
         favorited_by: q.favorited.as_deref(),
         feed_of: None,
     };
-    Ok(Json(
-        list(&state, filter, viewer.viewer_id(), limit, offset).await?,
+    let viewer = viewer.viewer_id();
+    let cached = filter.author.is_none()
+        && filter.favorited_by.is_none()
+        && filter.tag.is_none_or(|t| t.chars().count() <= MAX_TAG_LEN)
+        && offset + limit <= LIST_HEAD;
+    if state.cache.enabled() && cached {
+        let (body, status) = cached_list(&state, filter.tag, viewer, limit, offset).await?;
+        return Ok((status, Json(body)));
+    }
+    let body = list(&state, filter, viewer, limit, offset).await?;
+    Ok((state.cache.bypass(), Json(body)))
+}
+
+/// The newest ids of a list and its total count: what `conduit:v1:list:…` holds.
+#[derive(Serialize, Deserialize)]
+struct ListHead {
+    count: i64,
+    ids: Vec<i64>,
+}
+
+/// A page within the first [`LIST_HEAD`] entries of the global or one tag's list: the list's ids
+/// and count from the cache, the articles from the cache (by id), the viewer's flags from the
+/// database.
+async fn cached_list(
+    state: &AppState,
+    tag: Option<&str>,
+    viewer: i64,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<(ArticlesBody, CacheStatus)> {
+    let (head, head_status) = state
+        .cache
+        .get_or_load(&Key::list(tag), || async {
+            let filter = ListFilter {
+                tag,
+                ..ListFilter::default()
+            };
+            let (conditions, binds) = filter.conditions(1);
+            let n = binds.len() + 1;
+            let ids_sql = format!(
+                "SELECT a.id FROM articles a WHERE true {conditions}
+                 ORDER BY a.created_at DESC, a.id DESC LIMIT ${n}"
+            );
+            let ids: Vec<i64> = bind_all(sqlx::query(&ids_sql), binds)
+                .bind(LIST_HEAD)
+                .fetch_all(state.db.read())
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let count = count_articles(state, &filter).await?;
+            Ok(Some(ListHead { count, ids }))
+        })
+        .await?;
+    let head = head.unwrap_or(ListHead {
+        count: 0,
+        ids: Vec::new(),
+    });
+    let page: Vec<i64> = head
+        .ids
+        .iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .copied()
+        .collect();
+    let (articles, articles_status) = shared::articles_by_id(state, &page).await?;
+    let flags = ViewerFlags::load(state, viewer, &articles).await?;
+    let articles = articles
+        .into_iter()
+        .map(|a| a.view(&flags, false))
+        .collect();
+    Ok((
+        ArticlesBody {
+            articles,
+            articles_count: head.count,
+        },
+        head_status.and(articles_status),
     ))
 }
 
@@ -295,13 +385,15 @@ async fn feed(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<PageQuery>,
-) -> ApiResult<Json<ArticlesBody>> {
+) -> ApiResult<(CacheStatus, Json<ArticlesBody>)> {
     let (limit, offset) = page(q.limit, q.offset)?;
     let filter = ListFilter {
         feed_of: Some(user.id),
         ..ListFilter::default()
     };
-    Ok(Json(list(&state, filter, user.id, limit, offset).await?))
+    // Every reader's feed is different: not cached.
+    let body = list(&state, filter, user.id, limit, offset).await?;
+    Ok((state.cache.bypass(), Json(body)))
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -309,9 +401,27 @@ async fn get_article(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
     ApiPath(slug): ApiPath<String>,
-) -> ApiResult<Json<ArticleBody>> {
-    let article = article_by_slug(&state, &slug, viewer.viewer_id(), false).await?;
-    Ok(Json(ArticleBody { article }))
+) -> ApiResult<Response> {
+    let viewer = viewer.viewer_id();
+    if !state.cache.enabled() {
+        // Stages 1 and 2: one statement, the viewer's flags included.
+        let article = article_by_slug(&state, &slug, viewer, false).await?;
+        return Ok(Json(ArticleBody { article }).into_response());
+    }
+    // Stage 3 on: the shared part from the cache, the viewer's flags from the database.
+    let id = article_id(&slug)?;
+    let (found, status) = state
+        .cache
+        .get_or_load(&Key::article(id), || async {
+            Ok(shared::load_articles(&state, &[id]).await?.pop())
+        })
+        .await?;
+    let Some(shared) = found.filter(|a| a.slug == slug) else {
+        return Ok((status, ApiError::NotFound("article")).into_response());
+    };
+    let flags = ViewerFlags::load(&state, viewer, std::slice::from_ref(&shared)).await?;
+    let article = shared.view(&flags, true);
+    Ok((status, Json(ArticleBody { article })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -406,22 +516,32 @@ async fn create_article(
     tx.commit().await?;
     let article =
         article.ok_or_else(|| anyhow::anyhow!("article {id} vanished in its own transaction"))?;
+    state
+        .cache
+        .invalidate(&keys::for_article_set_change(id, &tags))
+        .await;
     Ok((StatusCode::CREATED, Json(ArticleBody { article })))
 }
 
-/// The author of the article `slug` names, or 404; 403 unless it is `user`.
-async fn owned_article(tx: &mut sqlx::PgConnection, slug: &str, user: AuthUser) -> ApiResult<i64> {
+/// The id and current tags of the article `slug` names, locked for this transaction, or 404;
+/// 403 unless `user` wrote it.
+async fn owned_article(
+    tx: &mut sqlx::PgConnection,
+    slug: &str,
+    user: AuthUser,
+) -> ApiResult<(i64, Vec<String>)> {
     let id = article_id(slug)?;
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT author_id FROM articles WHERE id = $1 AND slug = $2 FOR UPDATE")
-            .bind(id)
-            .bind(slug)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let found: Option<(i64, Vec<String>)> = sqlx::query_as(
+        "SELECT author_id, tag_list FROM articles WHERE id = $1 AND slug = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(slug)
+    .fetch_optional(&mut *tx)
+    .await?;
     match found {
         None => Err(ApiError::NotFound("article")),
-        Some(author) if author != user.id => Err(ApiError::Forbidden("article")),
-        Some(_) => Ok(id),
+        Some((author, _)) if author != user.id => Err(ApiError::Forbidden("article")),
+        Some((_, tags)) => Ok((id, tags)),
     }
 }
 
@@ -448,7 +568,7 @@ async fn update_article(
     v.finish()?;
 
     let mut tx = state.db.write().begin().await?;
-    let id = owned_article(&mut tx, &slug, user).await?;
+    let (id, old_tags) = owned_article(&mut tx, &slug, user).await?;
     sqlx::query(
         "UPDATE articles SET
             title = COALESCE($2, title),
@@ -465,11 +585,19 @@ async fn update_article(
     .bind(body)
     .execute(&mut *tx)
     .await?;
-    if let Some(tags) = tags {
-        write_tags(&mut tx, id, &tags).await?;
+    if let Some(tags) = &tags {
+        write_tags(&mut tx, id, tags).await?;
     }
     let article = load_article(&mut *tx, id, user.id).await?;
     tx.commit().await?;
+    // The article's entry; with new tags also the lists of every tag it left or joined, and the
+    // tag list. Title and body changes leave lists alone: they hold ids.
+    let mut stale = vec![Key::article(id)];
+    if let Some(tags) = tags.filter(|t| *t != old_tags) {
+        stale.push(Key::tags());
+        stale.extend(old_tags.iter().chain(&tags).map(|t| Key::list(Some(t))));
+    }
+    state.cache.invalidate(&stale).await;
     let article = article.ok_or(ApiError::NotFound("article"))?;
     Ok(Json(ArticleBody { article }))
 }
@@ -481,12 +609,16 @@ async fn delete_article(
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let mut tx = state.db.write().begin().await?;
-    let id = owned_article(&mut tx, &slug, user).await?;
+    let (id, tags) = owned_article(&mut tx, &slug, user).await?;
     sqlx::query("DELETE FROM articles WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    state
+        .cache
+        .invalidate(&keys::for_article_set_change(id, &tags))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -528,6 +660,8 @@ async fn favorite(
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
         _ => e.into(),
     })?;
+    // The favorite count changed.
+    state.cache.invalidate(&[Key::article(id)]).await;
     let article = article_by_slug(&state, &slug, user.id, true).await?;
     Ok(Json(ArticleBody { article }))
 }
@@ -550,6 +684,7 @@ async fn unfavorite(
     .bind(user.id)
     .execute(state.db.write())
     .await?;
+    state.cache.invalidate(&[Key::article(id)]).await;
     let article = article_by_slug(&state, &slug, user.id, true).await?;
     Ok(Json(ArticleBody { article }))
 }

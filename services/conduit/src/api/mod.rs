@@ -5,5 +5,6 @@ pub mod comments;
 pub mod media;
 pub mod ops;
 pub mod profiles;
+pub mod shared;
 pub mod tags;
 pub mod users;

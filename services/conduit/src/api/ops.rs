@@ -49,6 +49,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.cache.refresh_gauges();
     let text = state
         .metrics
         .render(&state.db, state.settings.database.max_connections);

@@ -1,10 +1,18 @@
 //! Profiles and following: `GET /api/profiles/{username}`,
 //! `POST`/`DELETE /api/profiles/{username}/follow`.
 
-use axum::{extract::State, routing::get, routing::post, Json, Router};
+use axum::{
+    extract::State,
+    response::{IntoResponse, Response},
+    routing::get,
+    routing::post,
+    Json, Router,
+};
 
+use super::shared::{self, ViewerFlags};
 use crate::{
     auth::{AuthUser, MaybeAuthUser},
+    cache::Key,
     error::{ApiError, ApiResult},
     extract::ApiPath,
     model::{Profile, ProfileBody},
@@ -55,9 +63,25 @@ async fn get_profile(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
     ApiPath(username): ApiPath<String>,
-) -> ApiResult<Json<ProfileBody>> {
-    let profile = profile(&state, &username, viewer.viewer_id(), false).await?;
-    Ok(Json(ProfileBody { profile }))
+) -> ApiResult<Response> {
+    let viewer = viewer.viewer_id();
+    if !state.cache.enabled() {
+        let profile = profile(&state, &username, viewer, false).await?;
+        return Ok(Json(ProfileBody { profile }).into_response());
+    }
+    // Stage 3 on: name, bio and image from the cache; `following` for this viewer.
+    let (found, status) = state
+        .cache
+        .get_or_load(&Key::profile(&username), || {
+            shared::load_profile(&state, &username)
+        })
+        .await?;
+    let Some(shared) = found else {
+        return Ok((status, ApiError::NotFound("profile")).into_response());
+    };
+    let following = ViewerFlags::follows(&state, viewer, shared.id).await?;
+    let profile = shared.view(following);
+    Ok((status, Json(ProfileBody { profile })).into_response())
 }
 
 #[tracing::instrument(level = "debug", skip_all)]

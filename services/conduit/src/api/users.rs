@@ -3,9 +3,11 @@
 
 use axum::{extract::State, http::StatusCode, routing::get, routing::post, Router};
 use serde::Deserialize;
+use sqlx::{FromRow, Row};
 
 use crate::{
     auth::AuthUser,
+    cache::Key,
     error::{conflict_on_unique, ApiError, ApiResult},
     extract::ApiJson,
     model::{
@@ -117,6 +119,8 @@ async fn register(
     .fetch_one(state.db.write())
     .await
     .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
+    // A cached "no such profile" for this name is now wrong.
+    state.cache.invalidate(&[Key::profile(&row.username)]).await;
     Ok((StatusCode::CREATED, axum::Json(row.into_body(&state)?)))
 }
 
@@ -200,8 +204,9 @@ async fn update_user(
     };
     let bio_given = update.bio.is_some();
     let image_given = update.image.is_some();
-    let row: UserRow = sqlx::query_as(
-        "UPDATE users SET
+    let row = sqlx::query(
+        "WITH before AS (SELECT username FROM users WHERE id = $1)
+         UPDATE users SET
             username = COALESCE($2, username),
             email = COALESCE($3, email),
             password_hash = COALESCE($4, password_hash),
@@ -209,7 +214,8 @@ async fn update_user(
             image = CASE WHEN $7 THEN $8 ELSE image END,
             updated_at = now()
          WHERE id = $1
-         RETURNING id, username, email, bio, image",
+         RETURNING id, username, email, bio, image,
+                   (SELECT username FROM before) AS old_username",
     )
     .bind(user.id)
     .bind(username)
@@ -226,5 +232,33 @@ async fn update_user(
         field: "token",
         message: "is invalid",
     })?;
+    let old_username: String = row.try_get("old_username")?;
+    let row = UserRow::from_row(&row)?;
+    invalidate_profile(&state, row.id, &old_username, &row.username).await?;
     Ok(axum::Json(row.into_body(&state)?))
+}
+
+/// After a profile update: the profile's entries under its old and new name, and every article
+/// of this author (each carries the author's name, bio and image). Proportional to the author's
+/// article count, which is fine for a rare write; an author with very many articles would call
+/// for versioned keys instead (the author's version inside each article key).
+async fn invalidate_profile(
+    state: &AppState,
+    user: i64,
+    old_username: &str,
+    username: &str,
+) -> ApiResult<()> {
+    if !state.cache.enabled() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM articles WHERE author_id = $1")
+        .bind(user)
+        .fetch_all(state.db.write())
+        .await?;
+    let mut stale = vec![Key::profile(old_username), Key::profile(username)];
+    stale.extend(ids.into_iter().map(Key::article));
+    for chunk in stale.chunks(500) {
+        state.cache.invalidate(chunk).await;
+    }
+    Ok(())
 }

@@ -79,6 +79,42 @@ impl TestApp {
         (status, value)
     }
 
+    /// A GET that also returns the `x-cache` header (None when absent).
+    pub async fn get_cached(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, Option<String>, Value) {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Token {token}"));
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let cache = response
+            .headers()
+            .get("x-cache")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.json().await.expect("JSON body");
+        (status, cache, body)
+    }
+
+    /// The value of one sample line of `/metrics` (`name{labels}`), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         self.call(Method::GET, path, token, None).await
     }

@@ -1,0 +1,239 @@
+//! The shared part of what readers see, as the cache stores it (stage 3), and the per-viewer part
+//! that is added on every request.
+//!
+//! An article as a reader sees it is *shared* fields (title, body, tags, favorite count, author's
+//! name, bio and image), the same for everyone, plus two *per-viewer* flags: has this viewer
+//! favorited it, does this viewer follow its author. Caching whole responses would serve one
+//! user's flags to another; so the cache holds [`SharedArticle`] and [`SharedProfile`], and
+//! [`ViewerFlags`] looks up the flags for the one viewer (one indexed query, skipped for
+//! anonymous readers).
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sqlx::{postgres::PgRow, Row};
+use time::OffsetDateTime;
+
+use crate::{
+    cache::{CacheStatus, Key},
+    error::ApiResult,
+    model::{Article, Profile, Timestamp},
+    AppState,
+};
+
+/// An article minus the viewer's flags: what `conduit:v1:article:{id}` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SharedArticle {
+    /// Primary key.
+    pub id: i64,
+    /// The author's user id (for the viewer's `following` flag).
+    pub author_id: i64,
+    /// Current slug (a request with an old slug is not found).
+    pub slug: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Body (left out of list responses).
+    pub body: String,
+    /// Tags in the author's order.
+    pub tag_list: Vec<String>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last update.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// Favorites, all users.
+    pub favorites_count: i64,
+    /// The author's public fields.
+    pub author: SharedProfile,
+}
+
+/// A profile minus the viewer's `following` flag: what `conduit:v1:profile:{username}` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SharedProfile {
+    /// The user's id.
+    pub id: i64,
+    /// Username.
+    pub username: String,
+    /// Bio, if any.
+    pub bio: Option<String>,
+    /// Image URL, if any.
+    pub image: Option<String>,
+}
+
+impl SharedProfile {
+    /// The profile as `viewer_follows` says the viewer sees it.
+    pub fn view(self, following: bool) -> Profile {
+        Profile {
+            username: self.username,
+            bio: self.bio,
+            image: self.image,
+            following,
+        }
+    }
+}
+
+impl SharedArticle {
+    /// The article as `flags`' viewer sees it, with or without its body.
+    pub fn view(self, flags: &ViewerFlags, with_body: bool) -> Article {
+        Article {
+            favorited: flags.favorited.contains(&self.id),
+            body: with_body.then_some(self.body),
+            slug: self.slug,
+            title: self.title,
+            description: self.description,
+            tag_list: self.tag_list,
+            created_at: Timestamp(self.created_at),
+            updated_at: Timestamp(self.updated_at),
+            favorites_count: self.favorites_count,
+            author: self.author.view(flags.following.contains(&self.author_id)),
+        }
+    }
+}
+
+fn shared_from_row(row: &PgRow) -> Result<SharedArticle, sqlx::Error> {
+    Ok(SharedArticle {
+        id: row.try_get("id")?,
+        author_id: row.try_get("author_id")?,
+        slug: row.try_get("slug")?,
+        title: row.try_get("title")?,
+        description: row.try_get("description")?,
+        body: row.try_get("body")?,
+        tag_list: row.try_get("tag_list")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        favorites_count: row.try_get("favorites_count")?,
+        author: SharedProfile {
+            id: row.try_get("author_id")?,
+            username: row.try_get("username")?,
+            bio: row.try_get("bio")?,
+            image: row.try_get("image")?,
+        },
+    })
+}
+
+/// Loads the shared part of the articles with these ids (one statement; missing ids are absent).
+pub async fn load_articles(state: &AppState, ids: &[i64]) -> ApiResult<Vec<SharedArticle>> {
+    let rows = sqlx::query(
+        "SELECT a.id, a.author_id, a.slug, a.title, a.description, a.body, a.tag_list,
+                a.created_at, a.updated_at, a.favorites_count, u.username, u.bio, u.image
+         FROM articles a JOIN users u ON u.id = a.author_id WHERE a.id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(state.db.read())
+    .await?;
+    Ok(rows
+        .iter()
+        .map(shared_from_row)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Loads one profile's shared part by username.
+pub async fn load_profile(state: &AppState, username: &str) -> ApiResult<Option<SharedProfile>> {
+    let row = sqlx::query("SELECT id, username, bio, image FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(state.db.read())
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(SharedProfile {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        bio: row.try_get("bio")?,
+        image: row.try_get("image")?,
+    }))
+}
+
+/// The shared parts of `ids`, in order, from the cache where possible and from the database
+/// (one statement for all the misses) otherwise; ids that no longer exist are left out.
+pub async fn articles_by_id(
+    state: &AppState,
+    ids: &[i64],
+) -> ApiResult<(Vec<SharedArticle>, CacheStatus)> {
+    let keys: Vec<Key> = ids.iter().map(|id| Key::article(*id)).collect();
+    let (cached, status) = state.cache.get_many::<SharedArticle>(&keys).await;
+    let missing: Vec<i64> = ids
+        .iter()
+        .zip(&cached)
+        .filter(|(_, entry)| entry.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    let mut loaded: HashMap<i64, SharedArticle> = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        load_articles(state, &missing)
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a))
+            .collect()
+    };
+    if status != CacheStatus::Bypass && !missing.is_empty() {
+        let entries: Vec<(Key, Option<SharedArticle>)> = missing
+            .iter()
+            .map(|id| (Key::article(*id), loaded.get(id).cloned()))
+            .collect();
+        state.cache.put_many(&entries).await;
+    }
+    let articles = ids
+        .iter()
+        .zip(cached)
+        .filter_map(|(id, entry)| match entry {
+            Some(found) => found,
+            None => loaded.remove(id),
+        })
+        .collect();
+    Ok((articles, status))
+}
+
+/// What one viewer has favorited and whom they follow, among the articles and authors of one
+/// response.
+#[derive(Debug, Default)]
+pub struct ViewerFlags {
+    favorited: HashSet<i64>,
+    following: HashSet<i64>,
+}
+
+impl ViewerFlags {
+    /// One statement for the whole response (two index lookups per article at most); nothing
+    /// for an anonymous viewer (`viewer == 0`).
+    pub async fn load(
+        state: &AppState,
+        viewer: i64,
+        articles: &[SharedArticle],
+    ) -> ApiResult<Self> {
+        if viewer == 0 || articles.is_empty() {
+            return Ok(Self::default());
+        }
+        let ids: Vec<i64> = articles.iter().map(|a| a.id).collect();
+        let authors: Vec<i64> = articles.iter().map(|a| a.author_id).collect();
+        let (favorited, following): (Vec<i64>, Vec<i64>) = sqlx::query_as(
+            "SELECT
+                ARRAY(SELECT article_id FROM favorites WHERE user_id = $1 AND article_id = ANY($2)),
+                ARRAY(SELECT followee_id FROM follows WHERE follower_id = $1 AND followee_id = ANY($3))",
+        )
+        .bind(viewer)
+        .bind(&ids)
+        .bind(&authors)
+        .fetch_one(state.db.read())
+        .await?;
+        Ok(Self {
+            favorited: favorited.into_iter().collect(),
+            following: following.into_iter().collect(),
+        })
+    }
+
+    /// Whether `viewer` follows `user` (for a profile); false for anonymous viewers.
+    pub async fn follows(state: &AppState, viewer: i64, user: i64) -> ApiResult<bool> {
+        if viewer == 0 {
+            return Ok(false);
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM follows WHERE followee_id = $2 AND follower_id = $1)",
+        )
+        .bind(viewer)
+        .bind(user)
+        .fetch_one(state.db.read())
+        .await?)
+    }
+}

@@ -1,0 +1,347 @@
+//! The cache seam (stage 3): cache-aside in front of the database for the reads most clients make.
+//!
+//! Handlers ask [`Cache::get_or_load`] for an entry and pass the database load to run on a miss;
+//! writes call [`Cache::invalidate`] with the keys they make stale (see [`keys`]) *after* their
+//! transaction commits. With `cache.backend = "none"` (stages 1 and 2) every call goes straight
+//! to the database and no `x-cache` header is sent; with `"redis"` (stage 3 on) the flow is:
+//!
+//! ```text
+//! GET key ──hit──> answer                                     x-cache: hit
+//!    │miss
+//!    └─> single-flight(key): GET again, else load from the database, SET key (TTL ± jitter)
+//!                                                              x-cache: miss
+//! Redis failing or breaker open ──> load from the database    x-cache: bypass
+//! ```
+//!
+//! Only the *shared* part of a response is cached. What depends on who asks (`favorited`,
+//! `following`) is looked up for that viewer on every request, so one user's flags can never be
+//! served to another. `x-cache` describes the shared part.
+
+mod breaker;
+pub mod keys;
+mod redis;
+mod single_flight;
+
+use std::future::Future;
+
+use axum::response::{IntoResponseParts, ResponseParts};
+use bytes::Bytes;
+use rand::Rng;
+use serde::{de::DeserializeOwned, Serialize};
+
+use self::redis::{RedisStore, StoreError};
+pub use self::{breaker::Breaker, keys::Key, single_flight::SingleFlight};
+use crate::{
+    error::{ApiError, ApiResult},
+    metrics::CacheMetrics,
+    settings::{CacheBackend, CacheSettings},
+};
+
+/// Where the shared part of a response came from; sent as `x-cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// No cache in this stage: no header.
+    Off,
+    /// Served from the cache.
+    Hit,
+    /// Not in the cache: loaded from the database and stored.
+    Miss,
+    /// The cache was skipped (Redis failing, breaker open, or a query the cache does not hold).
+    Bypass,
+}
+
+impl CacheStatus {
+    /// The header value, if one is sent.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            CacheStatus::Off => None,
+            CacheStatus::Hit => Some("hit"),
+            CacheStatus::Miss => Some("miss"),
+            CacheStatus::Bypass => Some("bypass"),
+        }
+    }
+
+    /// The status of a response assembled from several lookups: a hit only if all were hits.
+    pub fn and(self, other: CacheStatus) -> CacheStatus {
+        use CacheStatus::*;
+        match (self, other) {
+            (Off, s) | (s, Off) => s,
+            (Bypass, _) | (_, Bypass) => Bypass,
+            (Miss, _) | (_, Miss) => Miss,
+            (Hit, Hit) => Hit,
+        }
+    }
+}
+
+impl IntoResponseParts for CacheStatus {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
+        if let Some(value) = self.as_str() {
+            res.headers_mut()
+                .insert("x-cache", axum::http::HeaderValue::from_static(value));
+        }
+        Ok(res)
+    }
+}
+
+/// The cache: Redis behind a breaker, plus single-flight loads, or nothing at all.
+pub struct Cache {
+    store: Option<RedisStore>,
+    flight: SingleFlight,
+    settings: CacheSettings,
+    metrics: CacheMetrics,
+}
+
+impl Cache {
+    /// The cache `settings` describe. Does not connect: the first request does.
+    pub fn new(settings: &CacheSettings, metrics: CacheMetrics) -> anyhow::Result<Self> {
+        let store = match settings.backend {
+            CacheBackend::None => None,
+            CacheBackend::Redis => Some(RedisStore::new(settings)?),
+        };
+        Ok(Self {
+            store,
+            flight: SingleFlight::default(),
+            settings: settings.clone(),
+            metrics,
+        })
+    }
+
+    /// No cache (tests and stages 1 and 2).
+    pub fn disabled(metrics: CacheMetrics) -> Self {
+        Self {
+            store: None,
+            flight: SingleFlight::default(),
+            settings: CacheSettings::default(),
+            metrics,
+        }
+    }
+
+    /// The status of a response the cache does not hold: `bypass`, or no header without a cache.
+    pub fn bypass(&self) -> CacheStatus {
+        if self.enabled() {
+            CacheStatus::Bypass
+        } else {
+            CacheStatus::Off
+        }
+    }
+
+    /// Whether a cache is configured.
+    pub fn enabled(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Updates the breaker and pending-invalidation gauges (before `/metrics` is rendered).
+    pub fn refresh_gauges(&self) {
+        if let Some(store) = &self.store {
+            self.metrics
+                .breaker_open
+                .set(i64::from(store.breaker_open()));
+            self.metrics
+                .pending_invalidations
+                .set(store.pending_invalidations() as i64);
+        }
+    }
+
+    /// How long a new entry lives: `ttl_secs` give or take `ttl_jitter`, so entries filled in
+    /// the same second (after a restart, say) do not all expire in the same second again; an
+    /// entry saying "not found" lives `not_found_ttl_secs`.
+    fn ttl_for(&self, found: bool) -> u64 {
+        if !found {
+            return self.settings.not_found_ttl_secs.max(1);
+        }
+        let base = self.settings.ttl_secs as f64;
+        let spread = base * self.settings.ttl_jitter.clamp(0.0, 1.0);
+        let ttl = base + rand::thread_rng().gen_range(-spread..=spread);
+        ttl.round().max(1.0) as u64
+    }
+
+    fn count(&self, key: &Key, status: CacheStatus) {
+        if let Some(result) = status.as_str() {
+            self.metrics.lookup(key.kind, result);
+        }
+    }
+
+    /// Cache-aside for one entry: the cached value, or `load()`'s (stored for next time).
+    /// `None` means "not found" and is cached too, briefly.
+    pub async fn get_or_load<T, F, Fut>(
+        &self,
+        key: &Key,
+        load: F,
+    ) -> ApiResult<(Option<T>, CacheStatus)>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ApiResult<Option<T>>>,
+    {
+        let Some(store) = &self.store else {
+            return Ok((load().await?, CacheStatus::Off));
+        };
+        let status = match store.get(&key.name).await {
+            Ok(Some(bytes)) => match decode::<T>(&bytes) {
+                Ok(value) => {
+                    self.count(key, CacheStatus::Hit);
+                    return Ok((value, CacheStatus::Hit));
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key.name, error = %e, "unreadable cache entry: reloading");
+                    CacheStatus::Miss
+                }
+            },
+            Ok(None) => CacheStatus::Miss,
+            Err(_) => CacheStatus::Bypass,
+        };
+        let use_store = status == CacheStatus::Miss;
+        let bytes = self
+            .flight
+            .run(&key.name, || async {
+                // The leader looks once more: a load that finished just before it became leader
+                // has stored the entry, and loading it again is what single-flight is for avoiding.
+                if use_store {
+                    if let Ok(Some(bytes)) = store.get(&key.name).await {
+                        return Ok(bytes);
+                    }
+                }
+                self.metrics.load(key.kind);
+                let value = load().await?;
+                let ttl = self.ttl_for(value.is_some());
+                let bytes = encode(&value)?;
+                if use_store {
+                    // A failed store only costs the next request a miss.
+                    let _ = store
+                        .put_many(&[(key.name.clone(), bytes.clone(), ttl)])
+                        .await;
+                }
+                Ok::<_, ApiError>(bytes)
+            })
+            .await?;
+        self.count(key, status);
+        Ok((decode(&bytes)?, status))
+    }
+
+    /// Several entries in one round trip: each `Some(entry)` if cached (the entry itself may say
+    /// "not found"), `None` if not; all `None` and [`CacheStatus::Bypass`] if the cache is failing.
+    pub async fn get_many<T: DeserializeOwned>(
+        &self,
+        keys: &[Key],
+    ) -> (Vec<Option<Option<T>>>, CacheStatus) {
+        let Some(store) = &self.store else {
+            return (keys.iter().map(|_| None).collect(), CacheStatus::Off);
+        };
+        let names: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
+        match store.get_many(&names).await {
+            Ok(values) => {
+                let mut status = CacheStatus::Hit;
+                let entries = keys
+                    .iter()
+                    .zip(values)
+                    .map(|(key, bytes)| {
+                        let entry = bytes.and_then(|b| decode::<T>(&b).ok());
+                        let this = if entry.is_some() {
+                            CacheStatus::Hit
+                        } else {
+                            CacheStatus::Miss
+                        };
+                        self.count(key, this);
+                        status = status.and(this);
+                        entry
+                    })
+                    .collect();
+                (entries, status)
+            }
+            Err(_) => {
+                for key in keys {
+                    self.count(key, CacheStatus::Bypass);
+                }
+                (keys.iter().map(|_| None).collect(), CacheStatus::Bypass)
+            }
+        }
+    }
+
+    /// Stores entries loaded after a [`Cache::get_many`] miss (one round trip; failures ignored).
+    pub async fn put_many<T: Serialize>(&self, entries: &[(Key, Option<T>)]) {
+        let Some(store) = &self.store else { return };
+        let mut encoded = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            self.metrics.load(key.kind);
+            if let Ok(bytes) = encode(value) {
+                encoded.push((key.name.clone(), bytes, self.ttl_for(value.is_some())));
+            }
+        }
+        let _ = store.put_many(&encoded).await;
+    }
+
+    /// Empties the cache: for writes made behind the app's back (`conduit seed`).
+    pub async fn clear(&self) -> anyhow::Result<()> {
+        if let Some(store) = &self.store {
+            store
+                .clear()
+                .await
+                .map_err(|e| anyhow::anyhow!("emptying the cache at {}: {e}", self.settings.url))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes entries a committed write made stale. Never fails the write: if Redis cannot be
+    /// told now, it is told before the cache is used again (see [`redis`](self::redis)).
+    pub async fn invalidate(&self, keys: &[Key]) {
+        let Some(store) = &self.store else { return };
+        let names: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
+        store.delete(&names).await;
+    }
+}
+
+fn encode<T: Serialize>(value: &Option<T>) -> ApiResult<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding a cache entry: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("decoding a cache entry: {e}")))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(anyhow::anyhow!(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_status_is_a_hit_only_if_every_part_was() {
+        use CacheStatus::*;
+        assert_eq!(Hit.and(Hit), Hit);
+        assert_eq!(Hit.and(Miss), Miss);
+        assert_eq!(Miss.and(Bypass), Bypass);
+        assert_eq!(Off.and(Hit), Hit);
+        assert_eq!(Off.and(Off), Off);
+    }
+
+    #[test]
+    fn ttl_stays_within_its_jitter_and_not_found_is_short() {
+        let settings = CacheSettings {
+            backend: CacheBackend::None,
+            ttl_secs: 100,
+            ttl_jitter: 0.1,
+            not_found_ttl_secs: 5,
+            ..CacheSettings::default()
+        };
+        let cache = Cache::new(&settings, CacheMetrics::default()).ok();
+        let Some(cache) = cache else {
+            panic!("cache settings rejected")
+        };
+        let ttls: Vec<u64> = (0..1000).map(|_| cache.ttl_for(true)).collect();
+        assert!(ttls.iter().all(|t| (90..=110).contains(t)), "{ttls:?}");
+        assert!(
+            ttls.iter().any(|t| *t != ttls[0]),
+            "jitter spreads the TTLs"
+        );
+        assert_eq!(cache.ttl_for(false), 5);
+    }
+}
