@@ -6,7 +6,7 @@
 //! | `conduit:v1:list:all`      | count and ids of the newest 100 articles       | create, delete |
 //! | `conduit:v1:list:tag:{t}`  | the same among articles tagged `t`             | create, delete, tag change involving `t` |
 //! | `conduit:v1:profile:{u}`   | id, username, bio, image                       | registration of `u`, profile update |
-//! | `conduit:v1:tags`          | the tag list                                   | create, delete, tag change |
+//! | `conduit:v1:tags`          | the tag list                                   | create with a tag it lacks, delete, tag change |
 //!
 //! Lists hold *ids*, not articles: a favorite then deletes one article's entry, not every page
 //! that shows it. An entry that says "not found" (`null`) lives a few seconds only.
@@ -56,9 +56,12 @@ impl Key {
     }
 }
 
-/// Keys a new or deleted article with `tags` makes stale.
-pub fn for_article_set_change(id: i64, tags: &[String]) -> Vec<Key> {
-    let mut keys = vec![Key::article(id), Key::list(None), Key::tags()];
+/// Keys a new or deleted article with `tags` makes stale; the tag list only if `tag_list_too`.
+pub fn for_article_set_change(id: i64, tags: &[String], tag_list_too: bool) -> Vec<Key> {
+    let mut keys = vec![Key::article(id), Key::list(None)];
+    if tag_list_too {
+        keys.push(Key::tags());
+    }
     keys.extend(tags.iter().map(|t| Key::list(Some(t))));
     keys
 }

@@ -259,6 +259,14 @@ impl Cache {
         }
     }
 
+    /// The cached value of `key`, if there is one and the cache answers; never loads. For writes
+    /// that decide from the cached value whether it is stale.
+    pub async fn peek<T: DeserializeOwned>(&self, key: &Key) -> Option<Option<T>> {
+        let store = self.store.as_ref()?;
+        let bytes = store.get(&key.name).await.ok()??;
+        decode(&bytes).ok()
+    }
+
     /// Stores entries loaded after a [`Cache::get_many`] miss (one round trip; failures ignored).
     pub async fn put_many<T: Serialize>(&self, entries: &[(Key, Option<T>)]) {
         let Some(store) = &self.store else { return };
