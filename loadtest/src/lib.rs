@@ -310,6 +310,9 @@ async fn finish(
                 p50_ms: x.p50_ms,
                 p99_ms: x.p99_ms,
                 max_ms: x.max_ms,
+                cache_hits: x.cache_hits,
+                cache_misses: x.cache_misses,
+                cache_bypasses: x.cache_bypasses,
             })
             .collect(),
         curve: s.curve,

@@ -232,6 +232,15 @@ pub struct SeriesPoint {
     pub p99_ms: f64,
     /// Largest corrected latency of the second (ms).
     pub max_ms: f64,
+    /// Responses with `x-cache: hit` (absent in results from before the cache: 0).
+    #[serde(default)]
+    pub cache_hits: u64,
+    /// Responses with `x-cache: miss`.
+    #[serde(default)]
+    pub cache_misses: u64,
+    /// Responses with `x-cache: bypass`.
+    #[serde(default)]
+    pub cache_bypasses: u64,
 }
 
 impl Report {

@@ -367,11 +367,7 @@ async fn one_request(
         r.record_send_lag(sent.saturating_duration_since(scheduled));
         r.record(t, op.kind.name(), outcome, done - scheduled, done - sent);
         if let Ok(response) = &result {
-            match response.cache.as_deref() {
-                Some("hit") => r.cache_hits += 1,
-                Some("miss") => r.cache_misses += 1,
-                _ => {}
-            }
+            r.record_cache(response.cache.as_deref());
         }
     }
     // Acknowledged writes: remember them, and read them back at once as the writer.

@@ -119,6 +119,20 @@ pub struct Second {
     pub p99_ms: f64,
     /// See `p50_ms`.
     pub max_ms: f64,
+    /// Responses with `x-cache: hit` in this second.
+    pub cache_hits: u64,
+    /// Responses with `x-cache: miss`.
+    pub cache_misses: u64,
+    /// Responses with `x-cache: bypass` (the cache skipped: failing, or not holding that query).
+    pub cache_bypasses: u64,
+}
+
+/// `x-cache` counts of the second being collected.
+#[derive(Debug, Default, Clone, Copy)]
+struct CacheSecond {
+    hits: u64,
+    misses: u64,
+    bypasses: u64,
 }
 
 /// Collects one run's measurements.
@@ -132,6 +146,7 @@ pub struct Recorder {
     current_t: u64,
     current_ok: u64,
     current_errors: u64,
+    current_cache: CacheSecond,
     seconds: Vec<Second>,
     /// `x-cache` header values seen on successful responses.
     pub cache_hits: u64,
@@ -151,6 +166,7 @@ impl Default for Recorder {
             current_t: 0,
             current_ok: 0,
             current_errors: 0,
+            current_cache: CacheSecond::default(),
             seconds: Vec::new(),
             cache_hits: 0,
             cache_misses: 0,
@@ -213,6 +229,23 @@ impl Recorder {
         let _ = self.current.record(c);
     }
 
+    /// Counts a successful response's `x-cache` header (in the totals and in its second; call
+    /// after [`Recorder::record`] for the same response).
+    pub fn record_cache(&mut self, header: Option<&str>) {
+        match header {
+            Some("hit") => {
+                self.cache_hits += 1;
+                self.current_cache.hits += 1;
+            }
+            Some("miss") => {
+                self.cache_misses += 1;
+                self.current_cache.misses += 1;
+            }
+            Some("bypass") => self.current_cache.bypasses += 1,
+            _ => {}
+        }
+    }
+
     /// Records how late a send left compared with its schedule.
     pub fn record_send_lag(&mut self, lag: std::time::Duration) {
         if lag > std::time::Duration::from_millis(1) {
@@ -230,7 +263,11 @@ impl Recorder {
                 p50_ms: ms(self.current.value_at_quantile(0.5)),
                 p99_ms: ms(self.current.value_at_quantile(0.99)),
                 max_ms: ms(self.current.max()),
+                cache_hits: self.current_cache.hits,
+                cache_misses: self.current_cache.misses,
+                cache_bypasses: self.current_cache.bypasses,
             });
+            self.current_cache = CacheSecond::default();
             self.current.reset();
             self.current_ok = 0;
             self.current_errors = 0;

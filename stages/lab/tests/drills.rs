@@ -70,3 +70,44 @@ fn stage_2_file_host_kill_fails_only_media() {
         report["drill"]
     );
 }
+
+/// Checks a stage 3 drill on the cache host: no 5xx, nothing lost, the stage recovers, reads
+/// bypass the cache while it is out, and hits come back once it returns.
+fn assert_cache_drill(report: &Value) {
+    let c = &report["counts"];
+    assert_eq!(c["failed_5xx"], 0, "the cache must never cause a 5xx: {c}");
+    assert_eq!(c["failed"], 0, "{c}");
+    assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
+    let d = &report["drill"];
+    let injected = d["injected_at_s"].as_f64().unwrap();
+    let restored = d["restored_at_s"].as_f64().unwrap();
+    let series = report["series"].as_array().unwrap();
+    let seconds = |from: f64, to: f64| {
+        series.iter().filter(move |p| {
+            let t = p["t"].as_f64().unwrap();
+            t >= from.ceil() && t + 1.0 <= to.floor()
+        })
+    };
+    let count = |p: &Value, key: &str| p[key].as_u64().unwrap();
+    assert!(
+        seconds(injected + 1.0, restored)
+            .all(|p| count(p, "cache_hits") == 0 && count(p, "cache_bypasses") > 0),
+        "while the cache is out, reads bypass it: {series:?}"
+    );
+    assert!(
+        seconds(restored + 1.0, f64::MAX).any(|p| count(p, "cache_hits") > 0),
+        "after it returns, the cache is used again: {series:?}"
+    );
+}
+
+#[test]
+fn stage_3_redis_kill_costs_no_errors_and_the_cache_comes_back() {
+    let report = drill(common::net(205, 10), &["3", "kill", "--service", "cache"]);
+    assert_cache_drill(&report);
+}
+
+#[test]
+fn stage_3_redis_freeze_costs_no_errors_and_the_cache_comes_back() {
+    let report = drill(common::net(215, 10), &["3", "freeze", "--service", "cache"]);
+    assert_cache_drill(&report);
+}
