@@ -241,28 +241,41 @@ async fn until_cache(app: &TestApp, path: &str, want: &str) -> serde_json::Value
     panic!("{path} never answered with x-cache: {want}");
 }
 
-#[tokio::test]
-async fn a_dead_redis_costs_no_errors_and_is_used_again_when_back() {
-    let (app, redis) = start().await;
+/// An article whose entry is in the cache (a read has been a hit); returns the author's token
+/// and the article's path.
+async fn cached_article(app: &TestApp) -> (String, String) {
     let token = app.register("alice").await;
-    let slug = app.article(&token, "Resilient", &[]).await;
+    let slug = app.article(&token, "Cached before the fault", &[]).await;
     let path = format!("/api/articles/{slug}");
-    until_cache(&app, &path, "hit").await;
+    until_cache(app, &path, "hit").await;
+    (token, path)
+}
 
-    redis.server.stop().unwrap();
-    for _ in 0..20 {
-        let (status, cache, _) = app.get_cached(&path, None).await;
+/// Reads `path` `times` times while the cache is out: every answer is a 200 from the database.
+async fn all_bypass(app: &TestApp, path: &str, times: usize) {
+    for _ in 0..times {
+        let (status, cache, _) = app.get_cached(path, None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(cache.as_deref(), Some("bypass"));
     }
+}
+
+/// Updates the article's body; the write must succeed whatever state the cache is in.
+async fn write_body(app: &TestApp, token: &str, path: &str, body: &str) {
     let (status, _) = app
-        .put(
-            &path,
-            Some(&token),
-            json!({"article": {"body": "written while Redis was down"}}),
-        )
+        .put(path, Some(token), json!({"article": {"body": body}}))
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_dead_redis_costs_no_errors_and_is_used_again_when_back() {
+    let (app, redis) = start().await;
+    let (token, path) = cached_article(&app).await;
+
+    redis.server.stop().unwrap();
+    all_bypass(&app, &path, 20).await;
+    write_body(&app, &token, &path, "written while Redis was down").await;
     assert!(app.metric("cache_breaker_open").await >= 1.0);
 
     redis.server.start().await.unwrap();
@@ -274,29 +287,15 @@ async fn a_dead_redis_costs_no_errors_and_is_used_again_when_back() {
 #[tokio::test]
 async fn a_frozen_redis_costs_no_errors_and_misses_no_invalidation() {
     let (app, redis) = start().await;
-    let token = app.register("alice").await;
-    let slug = app.article(&token, "Frozen", &[]).await;
-    let path = format!("/api/articles/{slug}");
-    until_cache(&app, &path, "hit").await;
+    let (token, path) = cached_article(&app).await;
 
     // SIGSTOP: connections stay open, nothing answers. Reads wait out the operation timeout
     // until the breaker opens, then skip Redis; none fails.
     signal(&redis, "-STOP");
-    for _ in 0..10 {
-        let (status, cache, _) = app.get_cached(&path, None).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(cache.as_deref(), Some("bypass"));
-    }
+    all_bypass(&app, &path, 10).await;
     // A write while the breaker is open: its delete never reaches Redis, which still holds the
     // old entry.
-    let (status, _) = app
-        .put(
-            &path,
-            Some(&token),
-            json!({"article": {"body": "written while Redis was frozen"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    write_body(&app, &token, &path, "written while Redis was frozen").await;
     let (_, cache, body) = app.get_cached(&path, None).await;
     assert_eq!(cache.as_deref(), Some("bypass"));
     assert_eq!(body["article"]["body"], "written while Redis was frozen");
