@@ -37,6 +37,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     shutdown_grace: Duration,
+    drain: Duration,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Application {
@@ -53,6 +55,7 @@ impl Application {
             cache: Arc::new(Cache::new(&settings.cache, metrics.cache.clone())?),
             metrics,
             settings: Arc::new(settings),
+            draining: Arc::default(),
         };
         let listener = TcpListener::bind(state.settings.server.listen)
             .await
@@ -60,6 +63,8 @@ impl Application {
         Ok(Self {
             listener,
             shutdown_grace: Duration::from_millis(state.settings.server.shutdown_grace_ms),
+            drain: Duration::from_millis(state.settings.server.drain_ms),
+            draining: state.draining.clone(),
             router: router(state),
         })
     }
@@ -89,9 +94,15 @@ impl Application {
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let grace = self.shutdown_grace;
+        let (drain, draining) = (self.drain, self.draining);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             stop.await;
+            if !drain.is_zero() {
+                tracing::info!(?drain, "shutting down: not ready any more, still serving");
+                draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!("shutting down: draining in-flight requests");
             let _ = stopping_tx.send(());
         });

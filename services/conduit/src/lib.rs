@@ -53,4 +53,7 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The settings the app started with.
     pub settings: Arc<Settings>,
+    /// Set when shutdown begins: `/readyz` answers 503 so load balancers take this host out of
+    /// rotation while it still serves (see `server.drain_ms`).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }

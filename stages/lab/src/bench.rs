@@ -17,7 +17,7 @@ use loadtest::{report::HostUsage, report::Report, Options, Plan};
 use crate::{
     budget,
     lab::{Lab, SeedSpec},
-    stage::{Stage, APP_PORT},
+    stage::Stage,
 };
 
 /// A machine this busy (all cores, averaged over the run) was the bottleneck itself: no host
@@ -88,9 +88,8 @@ async fn measure(
     options: &BenchOptions,
     progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Report> {
-    let app = stage.app_hosts()[0];
     let harness = Options {
-        target: format!("http://{}:{APP_PORT}", app.address),
+        target: stage.endpoint(),
         workload: options.workload.clone(),
         plan: options.plan,
         duration: options.duration,

@@ -23,7 +23,7 @@ use nix::{
 use crate::{
     budget,
     lab::{Lab, SeedSpec},
-    stage::{Role, Stage, APP_PORT},
+    stage::{Role, Stage},
 };
 
 /// What to break.
@@ -112,7 +112,7 @@ async fn run(
 ) -> anyhow::Result<Report> {
     let live = Arc::new(loadtest::run::Live::default());
     let harness = Options {
-        target: format!("http://{}:{APP_PORT}", stage.app_hosts()[0].address),
+        target: stage.endpoint(),
         workload: options.workload.clone(),
         plan: Plan::Open { rate: options.rate },
         duration: options.duration,

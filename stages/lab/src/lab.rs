@@ -27,6 +27,7 @@ use crate::{
     budget::{self, Controller},
     cache::{CacheServer, CACHE_PORT},
     files::{FileServer, FILES_PORT},
+    gateway::GatewayServer,
     postgres::PostgresServer,
     process::{self, PidRecord, Spawn},
     stage::{Host, Role, Stage, APP_PORT, DATABASE_PORT},
@@ -42,6 +43,9 @@ const APP_STOP_PATIENCE: Duration = Duration::from_secs(15);
 /// informal comparison on the 2-core reference machine, stage 1, one-article reads at 64 clients:
 /// a pool of 4 beat 8, which beat 16; not a recorded result).
 const POOL_PER_DATABASE_CORE: f64 = 4.0;
+/// How long an app host behind a gateway keeps serving, not ready, after SIGTERM: the gateway
+/// needs 2 failed checks 1 s apart to take it out; 2.5 s covers that with a margin.
+const APP_DRAIN_MS: u64 = 2_500;
 /// Role and database the app uses.
 pub const APP_DATABASE: &str = "conduit";
 
@@ -181,6 +185,35 @@ impl Lab {
         server
     }
 
+    fn gateway_server(&self, stage: &Stage, host: &Host) -> GatewayServer {
+        GatewayServer {
+            dir: self.stage_dir(stage).join(&host.name).join("gateway"),
+            address: host.address.clone(),
+            upstreams: stage
+                .app_hosts()
+                .iter()
+                .map(|h| format!("{}:{APP_PORT}", h.address))
+                .collect(),
+            bin: self.conduit_bin.with_file_name("gateway"),
+            env: Vec::new(),
+            cpu_group: self.cpu_group_path(host),
+        }
+    }
+
+    /// `stage` as it was last brought up: with as many app hosts as `up --app-hosts` gave it
+    /// (recorded in the state folder), so `down`, `status` and `restart` find every one.
+    pub fn as_brought_up(&self, stage: Stage, net: u8) -> anyhow::Result<Stage> {
+        let recorded = fs::read_to_string(self.stage_dir(&stage).join("app-hosts"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u8>().ok());
+        match recorded {
+            Some(n) if n as usize != stage.app_host_count() => {
+                Ok(Stage::find_with(&stage.folder, Some(n))?.on_network(net))
+            }
+            _ => Ok(stage),
+        }
+    }
+
     /// The name of `host`'s CPU group: its address, which is unique on the machine.
     fn cpu_group_name(host: &Host) -> String {
         format!("host-{}", host.address.replace('.', "-"))
@@ -237,6 +270,10 @@ impl Lab {
             }
         }
         fs::create_dir_all(self.stage_dir(stage))?;
+        fs::write(
+            self.stage_dir(stage).join("app-hosts"),
+            stage.app_host_count().to_string(),
+        )?;
         for host in &stage.hosts {
             self.budgets
                 .group(&Self::cpu_group_name(host), host.cpu_budget)?;
@@ -273,6 +310,42 @@ impl Lab {
                 host.name, host.address
             ));
             self.start_app(stage, host, &secret).await?;
+        }
+        if let Some(host) = stage.gateway_host() {
+            progress(&format!(
+                "gateway on {} ({}:{APP_PORT}) in front of {} app hosts",
+                host.name,
+                host.address,
+                stage.app_host_count()
+            ));
+            self.gateway_server(stage, host).start().await?;
+        }
+        Ok(())
+    }
+
+    /// Restarts the app hosts one at a time (a rolling restart). Each is stopped with SIGTERM (it
+    /// stops being ready, keeps serving while the gateway's health checks take it out, finishes
+    /// what it has, exits), started again, and the next one waits until the gateway uses this
+    /// one again, so the stage never has fewer than all but one host serving.
+    pub async fn restart_apps(&self, stage: &Stage, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
+        let secret = self.secret()?;
+        let gateway = stage.gateway_host().map(|h| self.gateway_server(stage, h));
+        for host in stage.app_hosts() {
+            let pid_path = self.app_dir(stage, host).join("app.pid.json");
+            if let Some(record) = PidRecord::running(&pid_path)? {
+                progress(&format!(
+                    "restarting app on {} (pid {})",
+                    host.name, record.pid
+                ));
+                record.stop(Signal::SIGTERM, APP_STOP_PATIENCE)?;
+                let _ = fs::remove_file(&pid_path);
+            }
+            self.start_app(stage, host, &secret).await?;
+            if let Some(gateway) = &gateway {
+                let upstream = format!("{}:{APP_PORT}", host.address);
+                wait_until_usable(gateway, &upstream).await?;
+                progress(&format!("app on {} is back in rotation", host.name));
+            }
         }
         Ok(())
     }
@@ -337,7 +410,17 @@ impl Lab {
         .into_iter()
         .chain(self.media_env(stage))
         .chain(self.cache_env(stage))
+        .chain(self.drain_env(stage))
         .collect())
+    }
+
+    /// Behind a gateway, an app host stops being ready before it stops serving on SIGTERM, for
+    /// long enough that the gateway's health checks (2 failures, 1 s apart) take it out first.
+    fn drain_env(&self, stage: &Stage) -> Vec<(String, String)> {
+        match stage.gateway_host() {
+            Some(_) => vec![("APP_SERVER__DRAIN_MS".into(), APP_DRAIN_MS.to_string())],
+            None => Vec::new(),
+        }
     }
 
     /// With a cache host, the app reads through it.
@@ -419,6 +502,7 @@ impl Lab {
             Role::Database => self.database(stage, host).running().ok().flatten(),
             Role::Files => self.file_server(stage, host).running().ok().flatten(),
             Role::Cache => self.cache_server(stage, host).running().ok().flatten(),
+            Role::Gateway => self.gateway_server(stage, host).running().ok().flatten(),
             Role::App => PidRecord::running(&self.app_dir(stage, host).join("app.pid.json"))
                 .ok()
                 .flatten(),
@@ -434,8 +518,19 @@ impl Lab {
             .collect()
     }
 
-    /// Stops the stage's processes: app hosts first (they drain), then the database.
+    /// Stops the stage's processes: the gateway and the app hosts first (they drain), then the
+    /// services behind them.
     pub fn down(&self, stage: &Stage, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
+        if let Some(host) = stage.gateway_host() {
+            let gateway = self.gateway_server(stage, host);
+            if let Some(record) = gateway.running()? {
+                progress(&format!(
+                    "stopping gateway on {} (pid {})",
+                    host.name, record.pid
+                ));
+            }
+            gateway.stop()?;
+        }
         for host in stage.app_hosts() {
             let pid_path = self.app_dir(stage, host).join("app.pid.json");
             if let Some(record) = PidRecord::read(&pid_path)? {
@@ -525,6 +620,12 @@ impl Lab {
                         };
                         (record.map(|r| r.pid), healthy, files.log_path(), FILES_PORT)
                     }
+                    Role::Gateway => {
+                        let gateway = self.gateway_server(stage, host);
+                        let record = gateway.running()?;
+                        let healthy = record.is_some() && gateway.healthy().await;
+                        (record.map(|r| r.pid), healthy, gateway.log_path(), APP_PORT)
+                    }
                     Role::Cache => {
                         let cache = self.cache_server(stage, host);
                         let record = cache.running()?;
@@ -607,6 +708,29 @@ fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
     use std::io::Read;
     fs::File::open("/dev/urandom")?.read_exact(buf)?;
     Ok(())
+}
+
+/// Waits until the gateway reports `upstream` usable again (its health check passed).
+async fn wait_until_usable(gateway: &GatewayServer, upstream: &str) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let url = format!("{}/gateway/metrics", gateway.url());
+    let line = format!("gateway_upstream_usable{{upstream=\"{upstream}\"}} 1");
+    let deadline = std::time::Instant::now() + APP_START_TIMEOUT;
+    loop {
+        if let Ok(response) = client.get(&url).send().await {
+            if response
+                .text()
+                .await
+                .is_ok_and(|t| t.lines().any(|l| l == line))
+            {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the gateway did not take {upstream} back within {APP_START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// An HTTP client for health checks: short timeouts, no proxies (loopback only).

@@ -8,6 +8,7 @@
 //! - [`postgres`]: a PostgreSQL server as a local process (also [`postgres::TestPostgres`] for tests);
 //! - [`files`]: the file host (nginx with WebDAV) of stage 2;
 //! - [`cache`]: the cache host (Redis) of stage 3 on (also [`cache::TestRedis`] for tests);
+//! - [`gateway`]: the gateway host (archlab's pingora load balancer) of stage 4 on;
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
 //! - [`drill`]: `drill`: break a service under load and report what clients saw;
@@ -19,6 +20,7 @@ pub mod budget;
 pub mod cache;
 pub mod drill;
 pub mod files;
+pub mod gateway;
 pub mod lab;
 pub mod postgres;
 pub mod process;

@@ -48,6 +48,18 @@ enum Command_ {
         /// Stop the stage and delete its data first.
         #[arg(long)]
         fresh: bool,
+        /// App hosts behind the gateway, 1 to 8 (stages with an app cluster; default: the
+        /// stage file's number).
+        #[arg(long)]
+        app_hosts: Option<u8>,
+    },
+    /// Restart a stage's app hosts one at a time behind its gateway (a rolling restart).
+    Restart {
+        /// Stage number or name.
+        stage: String,
+        /// What to restart: `app`.
+        #[arg(value_parser = ["app"])]
+        service: String,
     },
     /// Stop the processes the lab started.
     Down {
@@ -231,9 +243,28 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let progress = |line: &str| println!("  {line}");
     match cli.command {
-        Command_::Up { stage, fresh } => {
-            let stage = Stage::find(&stage)?.on_network(cli.net);
+        Command_::Up {
+            stage,
+            fresh,
+            app_hosts,
+        } => {
             let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
+            let stage = match app_hosts {
+                Some(n) => Stage::find_with(&stage, Some(n))?.on_network(cli.net),
+                None => lab.as_brought_up(Stage::find(&stage)?.on_network(cli.net), cli.net)?,
+            };
+            if !fresh && lab.has_state(&stage) {
+                // A running stage keeps its layout; changing the host count needs a fresh start.
+                let running = lab.as_brought_up(stage.clone(), cli.net)?;
+                if running.app_host_count() != stage.app_host_count() {
+                    anyhow::bail!(
+                        "stage {} was brought up with {} app hosts: `archlab down {}` first (or --fresh)",
+                        stage.number,
+                        running.app_host_count(),
+                        stage.number
+                    );
+                }
+            }
             println!("stage {}: {} — {}", stage.number, stage.name, stage.title);
             lab.up(&stage, fresh, &progress).await?;
             for s in lab.status(&stage).await? {
@@ -260,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
                     .collect(),
             };
             for stage in stages {
+                let stage = lab.as_brought_up(stage, cli.net)?;
                 println!("stage {}: {}", stage.number, stage.name);
                 lab.down(&stage, &progress)?;
             }
@@ -272,6 +304,7 @@ async fn main() -> anyhow::Result<()> {
                 .into_iter()
                 .filter(|s| lab.has_state(s))
             {
+                let stage = lab.as_brought_up(stage, cli.net)?;
                 for service in lab.status(&stage).await? {
                     all.push((stage.endpoint(), service));
                 }
@@ -337,8 +370,8 @@ async fn main() -> anyhow::Result<()> {
             images,
             seed,
         } => {
-            let stage = Stage::find(&stage)?.on_network(cli.net);
             let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
+            let stage = lab.as_brought_up(Stage::find(&stage)?.on_network(cli.net), cli.net)?;
             println!("seeding stage {} ({users} users, {articles} articles, {images} images, seed {seed})", stage.number);
             let started = std::time::Instant::now();
             lab.seed(
@@ -437,6 +470,17 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 archlab::bench::compare(&read_report(&a)?, &read_report(&b)?)
             );
+        }
+        Command_::Restart { stage, service: _ } => {
+            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
+            let stage = lab.as_brought_up(Stage::find(&stage)?.on_network(cli.net), cli.net)?;
+            println!(
+                "stage {}: rolling restart of {} app hosts",
+                stage.number,
+                stage.app_host_count()
+            );
+            lab.restart_apps(&stage, &progress).await?;
+            println!("restarted");
         }
         Command_::Stages => {
             for stage in Stage::all()? {

@@ -10,6 +10,7 @@ const STAGE_FILES: &[(&str, &str)] = &[
     ("01-monolith", include_str!("../../01-monolith/stage.toml")),
     ("02-split", include_str!("../../02-split/stage.toml")),
     ("03-cache", include_str!("../../03-cache/stage.toml")),
+    ("04-cluster", include_str!("../../04-cluster/stage.toml")),
 ];
 
 /// PostgreSQL's standard port; every database host keeps it on its own address.
@@ -49,6 +50,10 @@ pub struct Host {
     /// Where the app on this host keeps media (`local`: this host's disk).
     #[serde(default)]
     pub media: Option<String>,
+    /// Identical copies of this host (stage 4's app hosts): `name-1`, `name-2`, ... on
+    /// consecutive addresses from `address` up. Absent: one host, named as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u8>,
 }
 
 /// What a host does in the architecture.
@@ -63,6 +68,8 @@ pub enum Role {
     Files,
     /// A Redis server the app hosts use as a read cache.
     Cache,
+    /// The gateway (pingora load balancer) in front of the app hosts.
+    Gateway,
 }
 
 impl Role {
@@ -73,6 +80,7 @@ impl Role {
             Role::App => "app",
             Role::Files => "files",
             Role::Cache => "cache",
+            Role::Gateway => "gateway",
         }
     }
 }
@@ -88,11 +96,54 @@ impl Stage {
 
     /// Parses and checks one stage file.
     pub fn parse(folder: &str, text: &str) -> anyhow::Result<Stage> {
+        Self::parse_with(folder, text, None)
+    }
+
+    /// Parses one stage file with `app_hosts` copies of its replicated app host (`--app-hosts`),
+    /// or as many as the file says.
+    pub fn parse_with(folder: &str, text: &str, app_hosts: Option<u8>) -> anyhow::Result<Stage> {
         let mut stage: Stage =
             toml::from_str(text).with_context(|| format!("parsing stages/{folder}/stage.toml"))?;
         stage.folder = folder.to_owned();
+        if let Some(n) = app_hosts {
+            let replicated = stage
+                .hosts
+                .iter_mut()
+                .find(|h| h.replicas.is_some() && h.roles.contains(&Role::App));
+            match replicated {
+                Some(host) if (1..=8).contains(&n) => host.replicas = Some(n),
+                Some(_) => bail!("--app-hosts must be between 1 and 8"),
+                None => bail!(
+                    "stage {} has one app host; --app-hosts applies to stages with an app cluster",
+                    stage.number
+                ),
+            }
+        }
+        stage.hosts = stage
+            .hosts
+            .into_iter()
+            .flat_map(expand)
+            .collect::<Result<_, _>>()?;
         stage.check()?;
         Ok(stage)
+    }
+
+    /// [`Stage::find`] with `app_hosts` app hosts (stages with an app cluster only).
+    pub fn find_with(key: &str, app_hosts: Option<u8>) -> anyhow::Result<Stage> {
+        let found = Self::find(key)?;
+        if app_hosts.is_none() {
+            return Ok(found);
+        }
+        let (folder, text) = STAGE_FILES
+            .iter()
+            .find(|(folder, _)| *folder == found.folder)
+            .context("stage file vanished")?;
+        Self::parse_with(folder, text, app_hosts)
+    }
+
+    /// How many app hosts it has.
+    pub fn app_host_count(&self) -> usize {
+        self.app_hosts().len()
     }
 
     /// Finds a stage by number (`1`), name (`monolith`) or folder (`01-monolith`).
@@ -141,6 +192,11 @@ impl Stage {
         Ok(())
     }
 
+    /// The host with the gateway role, if the stage has one.
+    pub fn gateway_host(&self) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.roles.contains(&Role::Gateway))
+    }
+
     /// The same stage on another loopback network: every host address `127.A.B.C` becomes
     /// `127.<net>.B.C`. Lets two labs (a developer's and a test's) run side by side.
     pub fn on_network(mut self, net: u8) -> Stage {
@@ -180,11 +236,37 @@ impl Stage {
             .collect()
     }
 
-    /// The stage's public entry point: what clients and the load harness talk to.
+    /// The stage's public entry point: what clients and the load harness talk to (the gateway
+    /// when there is one, else the app host).
     pub fn endpoint(&self) -> String {
-        let app = self.app_hosts()[0];
-        format!("http://{}:{APP_PORT}", app.address)
+        let front = self.gateway_host().unwrap_or(self.app_hosts()[0]);
+        format!("http://{}:{APP_PORT}", front.address)
     }
+}
+
+/// A host with `replicas = n` becomes `n` hosts `name-1` .. `name-n` on consecutive addresses.
+fn expand(host: Host) -> Vec<anyhow::Result<Host>> {
+    let Some(n) = host.replicas else {
+        return vec![Ok(host)];
+    };
+    (0..n)
+        .map(|i| {
+            let ip: std::net::Ipv4Addr = host
+                .address
+                .parse()
+                .with_context(|| format!("host {}: address {:?}", host.name, host.address))?;
+            let mut octets = ip.octets();
+            octets[3] = octets[3]
+                .checked_add(i)
+                .with_context(|| format!("host {}: addresses run past .255", host.name))?;
+            Ok(Host {
+                name: format!("{}-{}", host.name, i + 1),
+                address: std::net::Ipv4Addr::from(octets).to_string(),
+                replicas: None,
+                ..host.clone()
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -207,6 +289,44 @@ mod tests {
             Stage::find("1").unwrap().on_network(77).endpoint(),
             "http://127.77.1.1:8080"
         );
+    }
+
+    #[test]
+    fn replicated_hosts_expand_on_consecutive_addresses() {
+        let text = r#"
+            number = 9
+            name = "cluster"
+            title = "t"
+            [[hosts]]
+            name = "db"
+            address = "127.10.9.2"
+            cpu_budget = 1.0
+            roles = ["database"]
+            [[hosts]]
+            name = "app"
+            address = "127.10.9.11"
+            cpu_budget = 0.5
+            roles = ["app"]
+            replicas = 3
+        "#;
+        let stage = Stage::parse("09-cluster", text).unwrap();
+        let apps: Vec<(&str, &str)> = stage
+            .app_hosts()
+            .iter()
+            .map(|h| (h.name.as_str(), h.address.as_str()))
+            .collect();
+        assert_eq!(
+            apps,
+            [
+                ("app-1", "127.10.9.11"),
+                ("app-2", "127.10.9.12"),
+                ("app-3", "127.10.9.13")
+            ]
+        );
+        let two = Stage::parse_with("09-cluster", text, Some(2)).unwrap();
+        assert_eq!(two.app_host_count(), 2);
+        assert!(Stage::parse_with("09-cluster", text, Some(9)).is_err());
+        assert!(Stage::parse_with("09-cluster", text, Some(0)).is_err());
     }
 
     #[test]

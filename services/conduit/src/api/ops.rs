@@ -31,6 +31,13 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        // Shutting down: still serving, but load balancers should stop sending new requests.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "errors": { "server": ["draining"] } })),
+        );
+    }
     let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.db.write());
     match tokio::time::timeout(READY_TIMEOUT, check).await {
         Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))),

@@ -1,0 +1,343 @@
+//! The proxy itself: pingora calls these filters for every request.
+//!
+//! ```text
+//! request_filter     admin routes, the in-flight bound, the body-size bound, the request id
+//! upstream_peer      choose a host (round robin or least loaded), skipping hosts already tried
+//! fail_to_connect    nothing was sent: mark the host down, try another (once)
+//! error_while_proxy  the request may have reached the host: retry only GET/HEAD after a reset
+//! upstream_response  a 5xx marks the host down (passive health)
+//! logging            metrics and the access log line
+//! ```
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use pingora::{
+    http::{Method, RequestHeader, ResponseHeader},
+    prelude::*,
+    proxy::FailToProxy,
+};
+
+use crate::{
+    metrics::Metrics,
+    pool::{InFlight, Pool},
+    settings::GatewaySettings,
+};
+
+/// Attempts per request: the first, and at most one retry on another host.
+pub const MAX_ATTEMPTS: usize = 2;
+
+/// The gateway's proxy logic.
+pub struct Gateway {
+    /// The app hosts.
+    pub pool: Arc<Pool>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Bounds and switches.
+    pub settings: Arc<GatewaySettings>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One request's state across the filters.
+pub struct RequestCtx {
+    request_id: String,
+    /// Hosts this request was sent to, in order.
+    tried: Vec<SocketAddr>,
+    /// The host it is at now, counted in its in-flight number.
+    current: Option<InFlight>,
+    /// Holds one of the gateway's `max_in_flight` places.
+    _admitted: Option<Admitted>,
+    started: Instant,
+}
+
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gateway {
+    /// A gateway over `pool`.
+    pub fn new(pool: Arc<Pool>, metrics: Arc<Metrics>, settings: Arc<GatewaySettings>) -> Self {
+        Self {
+            pool,
+            metrics,
+            settings,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn current_addr(ctx: &RequestCtx) -> Option<String> {
+        ctx.current.as_ref().map(|c| c.upstream().addr.to_string())
+    }
+}
+
+/// A response the gateway writes itself, with a RealWorld-style error body.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: String,
+    content_type: &str,
+) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(2))?;
+    header.insert_header("content-type", content_type)?;
+    header.insert_header("content-length", body.len().to_string())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(bytes::Bytes::from(body)), true)
+        .await
+}
+
+/// `address:port` of a peer, as the metrics label upstreams.
+fn upstream_name(peer: &HttpPeer) -> String {
+    pingora::upstreams::peer::Peer::address(peer).to_string()
+}
+
+fn error_body(message: &str) -> String {
+    format!(r#"{{"errors":{{"gateway":["{message}"]}}}}"#)
+}
+
+/// A client's request id if it is a sensible one (bounded, printable), else a new random one.
+fn request_id(header: &RequestHeader) -> String {
+    let given = header
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    match given {
+        Some(id) => id.to_owned(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: String::new(),
+            tried: Vec::with_capacity(MAX_ATTEMPTS),
+            current: None,
+            _admitted: None,
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id(session.req_header());
+        match session.req_header().uri.path() {
+            "/gateway/metrics" => {
+                let text = self.metrics.render(&self.pool);
+                respond(session, 200, text, "text/plain; version=0.0.4").await?;
+                return Ok(true);
+            }
+            "/gateway/healthz" => {
+                let any = self.pool.upstreams().iter().any(|u| self.pool.usable(u));
+                let (status, body) = if any {
+                    (200, r#"{"status":"ok"}"#.to_owned())
+                } else {
+                    (503, error_body("no app host is healthy"))
+                };
+                respond(session, status, body, "application/json").await?;
+                return Ok(true);
+            }
+            _ => {}
+        }
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.settings.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            respond(
+                session,
+                503,
+                error_body("overloaded, try again"),
+                "application/json",
+            )
+            .await?;
+            return Ok(true);
+        }
+        ctx._admitted = Some(Admitted(self.in_flight.clone()));
+        let length = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if length.is_some_and(|n| n > self.settings.max_body_bytes) {
+            respond(
+                session,
+                413,
+                error_body("request body too large"),
+                "application/json",
+            )
+            .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // On a retry the previous host's guard is replaced (and its count goes down).
+        let chosen = self
+            .pool
+            .choose(&ctx.tried)
+            .ok_or_else(|| Error::explain(HTTPStatus(503), "no app host available"))?;
+        let addr = chosen.upstream().addr;
+        ctx.tried.push(addr);
+        ctx.current = Some(chosen);
+        let s = &self.settings;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_millis(s.connect_timeout_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(s.read_timeout_ms));
+        peer.options.write_timeout = Some(Duration::from_millis(s.write_timeout_ms));
+        peer.options.idle_timeout = Some(Duration::from_millis(s.idle_timeout_ms));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_request.insert_header("x-request-id", &ctx.request_id)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream_response.status.is_server_error() {
+            if let Some(current) = &ctx.current {
+                self.pool.mark_down(current.upstream());
+                self.metrics
+                    .marked_down(&current.upstream().addr.to_string(), "5xx");
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(addr) = Self::current_addr(ctx) {
+            // Which app host answered: for the walkthrough's curl sessions and the tests.
+            response.insert_header("x-upstream", addr)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the host, so any method may go elsewhere.
+        if let Some(current) = &ctx.current {
+            self.pool.mark_down(current.upstream());
+            self.metrics
+                .marked_down(&current.upstream().addr.to_string(), "connect");
+        }
+        let again = ctx.tried.len() < MAX_ATTEMPTS;
+        if again {
+            self.metrics.retry(&upstream_name(peer), "connect");
+        }
+        e.set_retry(again);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("upstream {peer}"));
+        // The request may have reached the host. Only a read-only request may be sent again, and
+        // only when the connection broke (a reset, an early close), not when the host was slow.
+        let read_only = matches!(session.req_header().method, Method::GET | Method::HEAD);
+        let broke = matches!(
+            e.etype(),
+            ConnectionClosed | ReadError | WriteError | ConnectError | ConnectRefused
+        );
+        let again = read_only
+            && broke
+            && ctx.tried.len() < MAX_ATTEMPTS
+            && !session.as_ref().retry_buffer_truncated();
+        if again {
+            self.metrics.retry(&upstream_name(peer), "reset");
+        }
+        e.set_retry(again);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (code, message) = match e.etype() {
+            HTTPStatus(code) => (*code, "no app host available"),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "app host failed"),
+                ErrorSource::Downstream => (0, ""),
+                _ => (500, "gateway error"),
+            },
+        };
+        if code > 0 {
+            let _ = respond(session, code, error_body(message), "application/json").await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let path = session.req_header().uri.path();
+        if path.starts_with("/gateway/") {
+            return;
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let upstream = Self::current_addr(ctx);
+        self.metrics.request(upstream.as_deref(), status);
+        if self.settings.access_log {
+            tracing::info!(
+                target: "access",
+                method = %session.req_header().method,
+                path,
+                status,
+                upstream = upstream.as_deref().unwrap_or("-"),
+                attempts = ctx.tried.len(),
+                ms = format_args!("{:.2}", ctx.started.elapsed().as_secs_f64() * 1000.0),
+                request_id = %ctx.request_id,
+                error = e.map(|e| e.to_string()).unwrap_or_default(),
+            );
+        }
+    }
+}

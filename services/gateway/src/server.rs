@@ -1,0 +1,63 @@
+//! Putting the gateway together: the pingora server, the health-check service and the proxy.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use pingora::{
+    lb::{health_check::HttpHealthCheck, selection::RoundRobin, LoadBalancer},
+    prelude::*,
+    server::configuration::ServerConf,
+    services::background::background_service,
+};
+
+use crate::{metrics::Metrics, pool::Pool, proxy::Gateway, settings::GatewaySettings};
+
+/// A pingora server with the gateway's services, ready to `run`.
+pub fn build(settings: GatewaySettings) -> anyhow::Result<Server> {
+    anyhow::ensure!(!settings.upstreams.is_empty(), "no upstreams configured");
+    let conf = ServerConf {
+        threads: settings.threads.max(1),
+        // SIGTERM: stop accepting, let requests in flight finish for this long.
+        grace_period_seconds: Some(settings.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(settings.shutdown_grace_secs),
+        // pingora counts attempts, not retries: the first plus one retry.
+        max_retries: crate::proxy::MAX_ATTEMPTS,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut balancer =
+        LoadBalancer::<RoundRobin>::try_from_iter(settings.upstreams.iter().map(String::as_str))
+            .context("parsing upstream addresses")?;
+    let health = &settings.health;
+    let mut check = HttpHealthCheck::new("gateway-health-check", false);
+    check.req.set_uri(
+        health
+            .path
+            .parse()
+            .with_context(|| format!("health.path {:?}", health.path))?,
+    );
+    check.consecutive_success = health.healthy_after.max(1);
+    check.consecutive_failure = health.unhealthy_after.max(1);
+    let timeout = Some(Duration::from_millis(health.timeout_ms));
+    check.peer_template.options.connection_timeout = timeout;
+    check.peer_template.options.read_timeout = timeout;
+    balancer.set_health_check(Box::new(check));
+    balancer.health_check_frequency = Some(Duration::from_millis(health.interval_ms));
+    balancer.parallel_health_check = true;
+    let checks = background_service("health checks", balancer);
+
+    let pool = Arc::new(Pool::new(
+        checks.task(),
+        settings.selection,
+        Duration::from_millis(settings.passive_down_ms),
+    ));
+    let listen = settings.listen.clone();
+    let gateway = Gateway::new(pool, Arc::new(Metrics::new()), Arc::new(settings));
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.add_service(checks);
+    Ok(server)
+}

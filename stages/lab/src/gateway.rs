@@ -1,0 +1,134 @@
+//! The gateway host of stage 4 on: archlab's own pingora load balancer (`services/gateway`),
+//! started, checked and stopped by the lab in front of the stage's app hosts.
+
+use std::{fs, path::PathBuf, time::Duration};
+
+use nix::sys::signal::Signal;
+
+use crate::{
+    process::{self, PidRecord, Spawn},
+    stage::APP_PORT,
+};
+
+/// The gateway starts in milliseconds; 10 s only trips on a broken start.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the lab lets the gateway drain on SIGTERM before it goes (the gateway's own
+/// `shutdown_grace_secs`, set to this by the lab): requests through it last milliseconds.
+pub const DRAIN_SECS: u64 = 2;
+
+/// One gateway: its folder, address, binary and the app hosts behind it.
+#[derive(Debug, Clone)]
+pub struct GatewayServer {
+    /// Holds the log and the PID file.
+    pub dir: PathBuf,
+    /// Its loopback address (it listens on the app port there).
+    pub address: String,
+    /// `address:port` of every app host.
+    pub upstreams: Vec<String>,
+    /// The `gateway` binary.
+    pub bin: PathBuf,
+    /// Extra `GATEWAY_…` settings (selection, access log).
+    pub env: Vec<(String, String)>,
+    /// The CPU group (host budget) it runs in, if budgets are enforced.
+    pub cpu_group: Option<PathBuf>,
+}
+
+impl GatewayServer {
+    /// The gateway's log (its access log included).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("gateway.log")
+    }
+
+    fn pid_path(&self) -> PathBuf {
+        self.dir.join("gateway.pid.json")
+    }
+
+    /// Its base URL: the stage's endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}:{APP_PORT}", self.address)
+    }
+
+    /// The running gateway's record, if running (a stale PID file is removed).
+    pub fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        PidRecord::running(&self.pid_path())
+    }
+
+    /// Starts the gateway (idempotent) and waits until it answers its own health route.
+    pub async fn start(&self) -> anyhow::Result<PidRecord> {
+        if let Some(record) = self.running()? {
+            return Ok(record);
+        }
+        process::ensure_free("the gateway", &self.address, APP_PORT)?;
+        fs::create_dir_all(&self.dir)?;
+        let upstreams = format!(
+            "[{}]",
+            self.upstreams
+                .iter()
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut env = vec![
+            (
+                "GATEWAY_LISTEN".to_owned(),
+                format!("{}:{APP_PORT}", self.address),
+            ),
+            ("GATEWAY_UPSTREAMS".to_owned(), upstreams),
+            (
+                "GATEWAY_SHUTDOWN_GRACE_SECS".to_owned(),
+                DRAIN_SECS.to_string(),
+            ),
+        ];
+        env.extend(self.env.iter().cloned());
+        let (program, args, _) = crate::budget::wrap(
+            self.cpu_group.as_deref(),
+            None,
+            &self.bin,
+            vec!["serve".into()],
+        );
+        let record = process::spawn(Spawn {
+            program: &program,
+            args,
+            env,
+            log: self.log_path(),
+            user: None,
+            cwd: Some(self.dir.clone()),
+        })?;
+        record.write(&self.pid_path())?;
+        let client = crate::lab::http_client()?;
+        let url = format!("{}/gateway/healthz", self.url());
+        process::wait_until(
+            "the gateway",
+            &record,
+            &self.log_path(),
+            START_TIMEOUT,
+            || {
+                let request = client.get(&url).send();
+                async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+            },
+        )
+        .await?;
+        Ok(record)
+    }
+
+    /// Whether it answers `/gateway/healthz` with 200 (at least one app host usable).
+    pub async fn healthy(&self) -> bool {
+        let Ok(client) = crate::lab::http_client() else {
+            return false;
+        };
+        client
+            .get(format!("{}/gateway/healthz", self.url()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Stops the gateway: SIGTERM, so requests in flight finish (within [`DRAIN_SECS`]).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        if let Some(record) = self.running()? {
+            record.stop(Signal::SIGTERM, Duration::from_secs(DRAIN_SECS + 10))?;
+        }
+        let _ = fs::remove_file(self.pid_path());
+        Ok(())
+    }
+}
