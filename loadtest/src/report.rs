@@ -215,6 +215,10 @@ pub struct Drill {
     pub recovered_at_s: Option<u64>,
     /// Seconds from restore to recovery.
     pub time_to_recover_s: Option<f64>,
+    /// Requests the gateway had in flight to the host just before a kill (stage 4 on): the most
+    /// a kill can fail or leave unknown, since everything else is retried or not yet sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight_at_fault: Option<u64>,
 }
 
 /// One second of the series.

@@ -23,7 +23,7 @@ use nix::{
 use crate::{
     budget,
     lab::{Lab, SeedSpec},
-    stage::{Role, Stage},
+    stage::{Role, Stage, APP_PORT},
 };
 
 /// What to break.
@@ -33,6 +33,8 @@ pub enum Fault {
     Kill,
     /// SIGSTOP the service, SIGCONT after the outage.
     Freeze,
+    /// Restart every host of the service one at a time (`archlab restart`; app hosts only).
+    Restart,
 }
 
 /// A drill's settings.
@@ -150,6 +152,12 @@ async fn run(
                 host.name
             )
         })?;
+    let in_flight_at_fault = match stage.gateway_host() {
+        Some(_) if options.service == Role::App => {
+            gateway_in_flight(&stage.endpoint(), &format!("{}:{APP_PORT}", host.address)).await
+        }
+        _ => None,
+    };
     let injected_at = measure_start.elapsed().as_secs_f64();
     match options.fault {
         Fault::Kill => {
@@ -170,14 +178,27 @@ async fn run(
             ));
             signal_tree(pid, Signal::SIGSTOP);
         }
+        Fault::Restart => {
+            progress(&format!(
+                "{injected_at:.1} s: rolling restart of the {} app hosts",
+                stage.app_host_count()
+            ));
+        }
     }
-    tokio::time::sleep(options.outage).await;
     let restore = match options.fault {
-        Fault::Kill => lab.up(stage, false, &|_| {}).await,
+        Fault::Kill => {
+            tokio::time::sleep(options.outage).await;
+            lab.up(stage, false, &|_| {}).await
+        }
         Fault::Freeze => {
+            tokio::time::sleep(options.outage).await;
             signal_tree(pid, Signal::SIGCONT);
             Ok(())
         }
+        Fault::Restart if options.service == Role::App => {
+            lab.restart_apps(stage, &|line| progress(line)).await
+        }
+        Fault::Restart => Err(anyhow::anyhow!("only app hosts have a rolling restart")),
     };
     let restored_at = measure_start.elapsed().as_secs_f64();
     progress(&format!(
@@ -210,9 +231,26 @@ async fn run(
         recovered_at_s: recovered_at,
         time_to_recover_s: recovered_at
             .map(|t| ((t as f64 - restored_at).max(0.0) * 10.0).round() / 10.0),
+        in_flight_at_fault,
     });
     report.provenance.stage = Some(stage.number);
     Ok(report)
+}
+
+/// `gateway_upstream_in_flight` for `upstream`, read from the gateway's metrics now.
+async fn gateway_in_flight(endpoint: &str, upstream: &str) -> Option<u64> {
+    let client = crate::lab::http_client().ok()?;
+    let text = client
+        .get(format!("{endpoint}/gateway/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let sample = format!("gateway_upstream_in_flight{{upstream=\"{upstream}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&sample).and_then(|v| v.trim().parse().ok()))
 }
 
 /// A Markdown summary of a drill.

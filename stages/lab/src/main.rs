@@ -433,7 +433,13 @@ async fn main() -> anyhow::Result<()> {
                 service,
                 workload,
                 rate,
-                duration: if quick { secs(8) } else { duration },
+                // A rolling restart takes about 3 s per app host (drain, stop, start, back in
+                // rotation): the quick run must outlast three of them.
+                duration: match (quick, fault) {
+                    (true, archlab::drill::Fault::Restart) => secs(16),
+                    (true, _) => secs(8),
+                    (false, _) => duration,
+                },
                 warmup: if quick { secs(1) } else { secs(5) },
                 at: if quick { secs(2) } else { at },
                 outage: if quick { secs(2) } else { outage },

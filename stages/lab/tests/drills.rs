@@ -111,3 +111,53 @@ fn stage_3_redis_freeze_costs_no_errors_and_the_cache_comes_back() {
     let report = drill(common::net(215, 10), &["3", "freeze", "--service", "cache"]);
     assert_cache_drill(&report);
 }
+
+/// Operations that only read: the gateway retries these on another host, so none may fail.
+const READS: &[&str] = &[
+    "read_article",
+    "list_articles",
+    "list_by_tag",
+    "list_by_author",
+    "feed",
+    "profile",
+    "tags",
+    "comments",
+    "fetch_media",
+];
+
+#[test]
+fn stage_4_app_host_kill_fails_no_read_and_at_most_the_writes_in_flight() {
+    let report = drill(common::net(225, 10), &["4", "kill", "--service", "app"]);
+    assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
+    let ops = report["operations"].as_object().unwrap();
+    let mut failed_writes = 0;
+    for (name, c) in ops {
+        let bad = c["failed"].as_u64().unwrap() + c["unknown"].as_u64().unwrap();
+        if READS.contains(&name.as_str()) {
+            assert_eq!(bad, 0, "{name} must not fail: {c}");
+        } else {
+            failed_writes += bad;
+        }
+    }
+    let in_flight = report["drill"]["in_flight_at_fault"].as_u64().unwrap();
+    assert!(
+        failed_writes <= in_flight,
+        "{failed_writes} writes failed but only {in_flight} requests were at the host"
+    );
+}
+
+#[test]
+fn stage_4_rolling_restart_costs_no_errors() {
+    let report = drill(common::net(235, 10), &["4", "restart", "--service", "app"]);
+    let c = &report["counts"];
+    assert_eq!(
+        (
+            c["failed"].as_u64(),
+            c["unknown"].as_u64(),
+            c["dropped"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{c}"
+    );
+    assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
+}

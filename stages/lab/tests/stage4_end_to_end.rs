@@ -87,7 +87,12 @@ async fn the_gateway_spreads_requests_skips_dead_hosts_and_retries_only_reads() 
     for _ in 0..6 {
         let response = http.get(&tags).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        seen.push(response.headers()["x-upstream"].to_str().unwrap().to_owned());
+        seen.push(
+            response.headers()["x-upstream"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     for (host, _) in &hosts {
         assert_eq!(seen.iter().filter(|s| *s == host).count(), 2, "{seen:?}");
@@ -107,10 +112,15 @@ async fn the_gateway_spreads_requests_skips_dead_hosts_and_retries_only_reads() 
     signal(victim_pid, "-KILL");
     let answers = gets.await.unwrap();
     assert!(
-        answers.iter().all(|(status, upstream)| *status == 200 && *upstream != victim),
+        answers
+            .iter()
+            .all(|(status, upstream)| *status == 200 && *upstream != victim),
         "{answers:?}"
     );
-    assert!(metric(&http, &endpoint, &resets).await >= 1.0, "a GET was retried");
+    assert!(
+        metric(&http, &endpoint, &resets).await >= 1.0,
+        "a GET was retried"
+    );
 
     // The dead host gets nothing more, from the first failed connect on (passive) and within
     // two health-check intervals at the latest (active).
@@ -122,7 +132,10 @@ async fn the_gateway_spreads_requests_skips_dead_hosts_and_retries_only_reads() 
     }
     let usable = format!(r#"gateway_upstream_usable{{upstream="{victim}"}}"#);
     while metric(&http, &endpoint, &usable).await != 0.0 {
-        assert!(dead_since.elapsed() < Duration::from_secs(3), "health checks missed it");
+        assert!(
+            dead_since.elapsed() < Duration::from_secs(3),
+            "health checks missed it"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -138,11 +151,18 @@ async fn the_gateway_spreads_requests_skips_dead_hosts_and_retries_only_reads() 
     signal(victim_pid, "-KILL");
     let answers = posts.await.unwrap();
     let failed: Vec<_> = answers.iter().filter(|(s, _)| *s == 502).collect();
-    assert!(!failed.is_empty(), "one POST was at the dying host: {answers:?}");
+    assert!(
+        !failed.is_empty(),
+        "one POST was at the dying host: {answers:?}"
+    );
     assert!(
         answers.iter().all(|(s, _)| *s == 401 || *s == 502),
         "the others were answered (wrong password): {answers:?}"
     );
     let retried = format!(r#"gateway_retries_total{{upstream="{victim}",reason="reset"}}"#);
-    assert_eq!(metric(&http, &endpoint, &retried).await, 0.0, "no POST retried");
+    assert_eq!(
+        metric(&http, &endpoint, &retried).await,
+        0.0,
+        "no POST retried"
+    );
 }
