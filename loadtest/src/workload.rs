@@ -28,6 +28,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("write-heavy", include_str!("../workloads/write-heavy.toml")),
     ("media", include_str!("../workloads/media.toml")),
     ("url", include_str!("../workloads/url.toml")),
+    (
+        "read-articles",
+        include_str!("../workloads/read-articles.toml"),
+    ),
 ];
 
 /// Users the harness logs in as (the first N seeded users). Enough that writes spread over many

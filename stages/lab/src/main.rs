@@ -102,6 +102,15 @@ enum Command_ {
         /// Write the result JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// App hosts behind the gateway, 1 to 8 (stages with an app cluster).
+        #[arg(long)]
+        app_hosts: Option<u8>,
+        /// Measure the stage without its hosts of this role (e.g. `cache`); repeatable.
+        #[arg(long, value_enum)]
+        without: Vec<archlab::stage::Role>,
+        /// Give a host (or every replica of one) this CPU budget: `db=1.0`, `app=0.1`; repeatable.
+        #[arg(long, value_parser = parse_budget)]
+        budget: Vec<(String, f64)>,
     },
     /// Every implemented stage in order, each compared with the one before; writes
     /// `index.html`, `report.md` and one JSON per stage.
@@ -167,7 +176,7 @@ enum Command_ {
 
 #[derive(clap::Args, Clone)]
 struct BenchArgs {
-    /// Built-in workload (read-heavy, write-heavy, media, url) or a workload .toml file.
+    /// Built-in workload (read-heavy, read-articles, write-heavy, media, url) or a workload .toml file.
     #[arg(long, default_value = "read-heavy")]
     workload: String,
     /// Open loop at this rate instead of a sweep.
@@ -385,8 +394,21 @@ async fn main() -> anyhow::Result<()> {
             )?;
             println!("seeded in {:.1} s", started.elapsed().as_secs_f64());
         }
-        Command_::Bench { stage, bench, out } => {
-            let stage = Stage::find(&stage)?.on_network(cli.net);
+        Command_::Bench {
+            stage,
+            bench,
+            out,
+            app_hosts,
+            without,
+            budget,
+        } => {
+            let mut stage = Stage::find_with(&stage, app_hosts)?.on_network(cli.net);
+            for role in without {
+                stage = stage.without(role)?;
+            }
+            for (host, cores) in budget {
+                stage = stage.with_budget(&host, cores)?;
+            }
             let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
             let report =
                 archlab::bench::bench(&lab, &stage, &bench.options(false), &|l| eprintln!("{l}"))
@@ -495,6 +517,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `NAME=CORES`.
+fn parse_budget(text: &str) -> Result<(String, f64), String> {
+    let (name, cores) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=CORES"))?;
+    let cores: f64 = cores
+        .parse()
+        .map_err(|_| format!("{cores:?} is not a number of cores"))?;
+    Ok((name.to_owned(), cores))
 }
 
 fn all_stages(net: u8) -> anyhow::Result<Vec<Stage>> {

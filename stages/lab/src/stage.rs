@@ -192,6 +192,38 @@ impl Stage {
         Ok(())
     }
 
+    /// The stage without its `role` hosts (a measurement variant, e.g. stage 4 without its cache
+    /// to make the app tier the bottleneck). The database and app roles cannot go.
+    pub fn without(mut self, role: Role) -> anyhow::Result<Stage> {
+        if matches!(role, Role::Database | Role::App) {
+            bail!("a stage cannot run without its {} hosts", role.as_str());
+        }
+        self.hosts.retain(|h| !h.roles.contains(&role));
+        Ok(self)
+    }
+
+    /// The stage with the hosts named `name` (or `name-1`, `name-2`, ... for a replicated host)
+    /// given `cores` each (a measurement variant).
+    pub fn with_budget(mut self, name: &str, cores: f64) -> anyhow::Result<Stage> {
+        let mut found = false;
+        for host in &mut self.hosts {
+            let replica = host
+                .name
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|n| n.parse::<u8>().is_ok());
+            if host.name == name || replica {
+                host.cpu_budget = cores;
+                found = true;
+            }
+        }
+        if !found {
+            bail!("stage {} has no host {name:?}", self.number);
+        }
+        self.check()?;
+        Ok(self)
+    }
+
     /// The host with the gateway role, if the stage has one.
     pub fn gateway_host(&self) -> Option<&Host> {
         self.hosts.iter().find(|h| h.roles.contains(&Role::Gateway))
