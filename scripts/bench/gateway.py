@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""What the gateway costs: stage 4's pingora gateway against nginx and HAProxy as the same proxy.
+
+    scripts/bench/gateway.py [--budget 0.5] [--out stages/04-cluster/results/gateway-cost.json]
+
+Three upstreams (nginx answering a fixed 200, one worker each, no budget) stand in for the app
+hosts, so the proxy in front of them is the only thing being measured. Each proxy in turn listens
+on the same address, inside the same CPU budget (a cgroup, 10 ms period, as the lab's hosts):
+
+- `gateway`: `target/release/gateway serve`, round robin, health checks on, access log off;
+- `nginx`: one worker, an `upstream` block with `keepalive 64` (HTTP/1.1 to the upstreams);
+- `haproxy`: one thread, `balance roundrobin`, `http-reuse always`.
+
+Measured for each, in one run:
+1. throughput: `wrk -t2 -c64 -d10s` through the proxy (closed loop: as fast as the budget allows),
+   and the proxy's CPU seconds over that run divided by its requests (CPU per request);
+2. added latency: `loadtest` open loop at 1,000 req/s for 10 s, p50 through the proxy minus p50
+   straight to one upstream (the same requests, the same client).
+No access logs anywhere (nginx `access_log off`, HAProxy without `option httplog`, the gateway's
+`GATEWAY_ACCESS_LOG=false`), so all three do the same work per request.
+"""
+
+import argparse, datetime, json, os, platform, re, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROXY = "127.0.97.1:8080"
+UPSTREAMS = [f"127.0.97.{n}:8080" for n in (11, 12, 13)]
+LOADTEST = os.path.join(ROOT, "target/release/loadtest")
+GATEWAY = os.path.join(ROOT, "target/release/gateway")
+CGROUP_V1 = "/sys/fs/cgroup/cpu"
+PERIOD_US = 10_000
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def wait_http(url, proc):
+    for _ in range(200):
+        if proc.poll() is not None:
+            sys.exit(f"{proc.args[0]} exited early")
+        try:
+            run(["curl", "-fsS", "-o", "/dev/null", url])
+            return
+        except subprocess.CalledProcessError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit(f"{url} never answered")
+
+
+class Budget:
+    """A CPU group with `cores` of quota; processes join it before exec, as the lab's hosts do."""
+
+    def __init__(self, name, cores):
+        if os.path.isdir(CGROUP_V1):
+            self.path = os.path.join(CGROUP_V1, "archlab", name)
+            os.makedirs(self.path, exist_ok=True)
+            self._write("cpu.cfs_period_us", PERIOD_US)
+            self._write("cpu.cfs_quota_us", int(cores * PERIOD_US))
+        else:
+            self.path = os.path.join("/sys/fs/cgroup", "archlab", name)
+            os.makedirs(self.path, exist_ok=True)
+            self._write("cpu.max", f"{int(cores * PERIOD_US)} {PERIOD_US}")
+
+    def _write(self, file, value):
+        with open(os.path.join(self.path, file), "w") as f:
+            f.write(str(value))
+
+    def wrap(self, argv):
+        return ["/bin/sh", "-c", f'echo $$ > "{self.path}/cgroup.procs" && exec "$@"', "sh", *argv]
+
+    def remove(self):
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass
+
+
+def cpu_seconds(root):
+    """User + system CPU of `root` and its descendants (nginx's workers), from /proc."""
+    parents, ticks = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parents[int(entry)] = int(fields[1])
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def start_upstreams(tmp):
+    procs = []
+    for i, addr in enumerate(UPSTREAMS):
+        prefix = os.path.join(tmp, f"up{i}")
+        os.makedirs(prefix)
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""daemon off; worker_processes 1; error_log stderr error; pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{ access_log off; server {{ listen {addr}; keepalive_requests 100000000;
+  location / {{ return 200 "ok\\n"; }} }} }}
+""")
+        p = subprocess.Popen(["nginx", "-p", prefix, "-c", conf], stderr=subprocess.DEVNULL)
+        wait_http(f"http://{addr}/", p)
+        procs.append(p)
+    return procs
+
+
+def gateway_argv(tmp):
+    env = {
+        "GATEWAY_LISTEN": PROXY,
+        "GATEWAY_UPSTREAMS": "[" + ",".join(f'"{u}"' for u in UPSTREAMS) + "]",
+        "GATEWAY_HEALTH__PATH": "/",
+        "GATEWAY_ACCESS_LOG": "false",
+        "GATEWAY_SHUTDOWN_GRACE_SECS": "0",
+    }
+    return [GATEWAY, "serve"], env
+
+
+def nginx_argv(tmp):
+    prefix = os.path.join(tmp, "nginx-proxy")
+    os.makedirs(prefix)
+    conf = os.path.join(prefix, "nginx.conf")
+    servers = "".join(f"server {u};" for u in UPSTREAMS)
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; worker_processes 1; error_log stderr error; pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{ access_log off; upstream app {{ {servers} keepalive 64; }}
+  server {{ listen {PROXY}; keepalive_requests 100000000;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+    return ["nginx", "-p", prefix, "-c", conf], {}
+
+
+def haproxy_argv(tmp):
+    conf = os.path.join(tmp, "haproxy.cfg")
+    servers = "\n".join(f"    server u{i} {u}" for i, u in enumerate(UPSTREAMS))
+    with open(conf, "w") as f:
+        f.write(f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend front
+    bind {PROXY}
+    default_backend app
+backend app
+    balance roundrobin
+{servers}
+""")
+    return ["haproxy", "-db", "-f", conf], {}
+
+
+def wrk(url):
+    text = run(["wrk", "-t2", "-c64", "-d10s", url])
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    return rps, total
+
+
+def p50(url, tmp, name):
+    out = os.path.join(tmp, f"{name}-latency.json")
+    subprocess.run([LOADTEST, "--target", url, "--workload", "url", "--no-verify", "--rate", "1000",
+                    "--duration", "10s", "--warmup", "2s", "--out", out], check=True,
+                   capture_output=True)
+    with open(out) as f:
+        report = json.load(f)
+    return report["latency_ms"]["corrected"]["p50"], report["latency_ms"]["corrected"]["p99"]
+
+
+def measure(name, argv_env, budget_cores, tmp, direct_p50):
+    budget = Budget(f"gateway-cost-{name}", budget_cores)
+    argv, env = argv_env
+    proc = subprocess.Popen(budget.wrap(argv), env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://{PROXY}/", proc)
+        time.sleep(1.5)  # health checks settle, pools warm
+        wrk(f"http://{PROXY}/")  # warm-up run, not counted
+        before = cpu_seconds(proc.pid)
+        rps, total = wrk(f"http://{PROXY}/")
+        cpu = cpu_seconds(proc.pid) - before
+        lat50, lat99 = p50(f"http://{PROXY}/", tmp, name)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        budget.remove()
+    result = {
+        "proxy": name,
+        "throughput_rps": round(rps),
+        "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_request": round(cpu / total * 1e6, 1),
+        "p50_ms_at_1000_rps": lat50,
+        "p99_ms_at_1000_rps": lat99,
+        "added_p50_ms": round(lat50 - direct_p50, 3),
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget", type=float, default=0.5, help="CPU budget of each proxy (cores)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "stages/04-cluster/results/gateway-cost.json"))
+    args = ap.parse_args()
+    for binary in (LOADTEST, GATEWAY):
+        if not os.path.exists(binary):
+            sys.exit(f"{binary} missing: cargo build --release --workspace")
+    with tempfile.TemporaryDirectory(prefix="archlab-gateway-cost") as tmp:
+        upstreams = start_upstreams(tmp)
+        try:
+            direct_p50, direct_p99 = p50(f"http://{UPSTREAMS[0]}/", tmp, "direct")
+            print(json.dumps({"direct_p50_ms": direct_p50, "direct_p99_ms": direct_p99}), flush=True)
+            results = [
+                measure("gateway", gateway_argv(tmp), args.budget, tmp, direct_p50),
+                measure("nginx", nginx_argv(tmp), args.budget, tmp, direct_p50),
+                measure("haproxy", haproxy_argv(tmp), args.budget, tmp, direct_p50),
+            ]
+        finally:
+            for p in upstreams:
+                p.terminate()
+    by = {r["proxy"]: r for r in results}
+
+    def version(cmd):
+        try:
+            p = subprocess.run(cmd, text=True, capture_output=True)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return None
+    commit = run(["git", "-C", ROOT, "rev-parse", "HEAD"]).strip()
+    dirty = bool(run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).strip())
+    report = {
+        "what": "the gateway's cost against nginx and HAProxy as the same round-robin proxy",
+        "budget_cores_each": args.budget,
+        "upstreams": UPSTREAMS,
+        "direct_p50_ms_at_1000_rps": direct_p50,
+        "direct_p99_ms_at_1000_rps": direct_p99,
+        "results": results,
+        "ratios": {
+            "gateway_vs_nginx_throughput": round(by["gateway"]["throughput_rps"] / by["nginx"]["throughput_rps"], 2),
+            "gateway_vs_haproxy_throughput": round(by["gateway"]["throughput_rps"] / by["haproxy"]["throughput_rps"], 2),
+        },
+        "targets": {
+            "added_p50_under_0.2_ms": by["gateway"]["added_p50_ms"] < 0.2,
+            "at_least_nginx": by["gateway"]["throughput_rps"] >= by["nginx"]["throughput_rps"],
+            "at_least_0.8x_haproxy": by["gateway"]["throughput_rps"] >= 0.8 * by["haproxy"]["throughput_rps"],
+        },
+        "provenance": {
+            "git_commit": commit, "git_dirty": dirty,
+            "command": " ".join(["scripts/bench/gateway.py", *sys.argv[1:]]),
+            "generated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
+            "versions": {"nginx": version(["nginx", "-v"]), "haproxy": version(["haproxy", "-v"]),
+                         "wrk": version(["wrk", "-v"])},
+            "tools": "throughput: wrk -t2 -c64 -d10s; latency: loadtest open loop 1000 req/s 10 s",
+        },
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
