@@ -26,6 +26,8 @@ use crate::settings::Selection;
 pub struct Upstream {
     /// Its address.
     pub addr: SocketAddr,
+    /// The same as text, made once (headers and metric labels use it on every request).
+    pub name: String,
     /// The same, as pingora's load balancer knows it.
     pub backend: Backend,
     /// Requests sent to it and not yet finished.
@@ -73,8 +75,10 @@ impl Pool {
             .get_backend()
             .iter()
             .filter_map(|b| {
+                let addr = b.addr.as_inet()?.to_owned();
                 Some(Arc::new(Upstream {
-                    addr: b.addr.as_inet()?.to_owned(),
+                    name: addr.to_string(),
+                    addr,
                     backend: b.clone(),
                     in_flight: AtomicUsize::new(0),
                     down_until_ms: AtomicU64::new(0),

@@ -76,8 +76,8 @@ impl Gateway {
         }
     }
 
-    fn current_addr(ctx: &RequestCtx) -> Option<String> {
-        ctx.current.as_ref().map(|c| c.upstream().addr.to_string())
+    fn current_addr(ctx: &RequestCtx) -> Option<&str> {
+        ctx.current.as_ref().map(|c| c.upstream().name.as_str())
     }
 }
 
@@ -226,8 +226,7 @@ impl ProxyHttp for Gateway {
         if upstream_response.status.is_server_error() {
             if let Some(current) = &ctx.current {
                 self.pool.mark_down(current.upstream());
-                self.metrics
-                    .marked_down(&current.upstream().addr.to_string(), "5xx");
+                self.metrics.marked_down(&current.upstream().name, "5xx");
             }
         }
         Ok(())
@@ -242,7 +241,7 @@ impl ProxyHttp for Gateway {
         response.insert_header("x-request-id", &ctx.request_id)?;
         if let Some(addr) = Self::current_addr(ctx) {
             // Which app host answered: for the walkthrough's curl sessions and the tests.
-            response.insert_header("x-upstream", addr)?;
+            response.insert_header("x-upstream", addr.to_owned())?;
         }
         Ok(())
     }
@@ -258,7 +257,7 @@ impl ProxyHttp for Gateway {
         if let Some(current) = &ctx.current {
             self.pool.mark_down(current.upstream());
             self.metrics
-                .marked_down(&current.upstream().addr.to_string(), "connect");
+                .marked_down(&current.upstream().name, "connect");
         }
         let again = ctx.tried.len() < MAX_ATTEMPTS;
         if again {
@@ -325,14 +324,14 @@ impl ProxyHttp for Gateway {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let upstream = Self::current_addr(ctx);
-        self.metrics.request(upstream.as_deref(), status);
+        self.metrics.request(upstream, status);
         if self.settings.access_log {
             tracing::info!(
                 target: "access",
                 method = %session.req_header().method,
                 path,
                 status,
-                upstream = upstream.as_deref().unwrap_or("-"),
+                upstream = upstream.unwrap_or("-"),
                 attempts = ctx.tried.len(),
                 ms = format_args!("{:.2}", ctx.started.elapsed().as_secs_f64() * 1000.0),
                 request_id = %ctx.request_id,
