@@ -186,15 +186,7 @@ async fn health_readiness_and_metrics() {
     app.get("/api/tags", None).await;
     app.get("/api/articles/nope-1", None).await;
 
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(r#"http_requests_total{method="GET",route="/api/tags",status="200"} 1"#),
         "{text}"

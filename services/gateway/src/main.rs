@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 use gateway::GatewaySettings;
 
 /// mimalloc instead of glibc's allocator: a proxy allocates and frees small buffers for every
-/// request (headers, body chunks), and in a profile of the gateway under load glibc's malloc and
-/// free were about a tenth of its CPU.
+/// request (headers, body chunks), and glibc's malloc and free were prominent in a profile of
+/// the gateway under load (a diagnostic, not a recorded result).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

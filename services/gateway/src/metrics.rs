@@ -26,6 +26,13 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+fn inc(family: &Family<ReasonLabels, Counter>, upstream: &str, reason: &'static str) {
+    let upstream = upstream.to_owned();
+    family
+        .get_or_create(&ReasonLabels { upstream, reason })
+        .inc();
+}
+
 /// Every metric of the gateway.
 #[derive(Default)]
 pub struct Metrics {
@@ -79,18 +86,12 @@ impl Metrics {
 
     /// One retry away from `upstream`.
     pub fn retry(&self, upstream: &str, reason: &'static str) {
-        let upstream = upstream.to_owned();
-        self.retries
-            .get_or_create(&ReasonLabels { upstream, reason })
-            .inc();
+        inc(&self.retries, upstream, reason);
     }
 
     /// One passive mark-down of `upstream`.
     pub fn marked_down(&self, upstream: &str, reason: &'static str) {
-        let upstream = upstream.to_owned();
-        self.marked_down
-            .get_or_create(&ReasonLabels { upstream, reason })
-            .inc();
+        inc(&self.marked_down, upstream, reason);
     }
 
     /// The text exposition, with the per-upstream gauges read from `pool` now.

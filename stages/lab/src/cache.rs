@@ -14,10 +14,10 @@ use crate::process::{self, PidRecord, Spawn};
 
 /// Redis's standard port; every cache host keeps it on its own address.
 pub const CACHE_PORT: u16 = 6379;
-/// Memory Redis may use for entries before it evicts. The default data set's entries (10,000
-/// articles, 1,000 profiles, the lists) take about 40 MB; 256 MB leaves room for a data set
-/// several times larger, and still bounds what a flood of distinct keys (cached "not found"
-/// answers for made-up names) can take.
+/// Memory Redis may use for entries before it evicts. The default data set's entries are
+/// 10,000 articles of a few kilobytes of JSON each, 1,000 small profiles and a few dozen lists:
+/// tens of megabytes. 256 MB leaves room for a data set several times larger, and still bounds
+/// what a flood of distinct keys (cached "not found" answers for made-up names) can take.
 const MAX_MEMORY: &str = "256mb";
 /// When full, evict the least recently used entries, whatever they are: every entry here can be
 /// loaded again from the database, so any of them may go.
@@ -112,22 +112,20 @@ impl CacheServer {
         .collect();
         let (program, args, user) =
             crate::budget::wrap(self.cpu_group.as_deref(), None, &redis_bin()?, args);
-        let record = process::spawn(Spawn {
+        let service = Spawn {
             program: &program,
             args,
             env: vec![],
             log: self.log_path(),
             user,
             cwd: Some(self.dir.clone()),
-        })?;
-        record.write(&self.pid_path())?;
+        };
         let (address, port) = (self.address.clone(), self.port);
-        process::wait_until("redis", &record, &self.log_path(), START_TIMEOUT, || {
+        process::launch("redis", service, &self.pid_path(), START_TIMEOUT, || {
             let (address, port) = (address.clone(), port);
             async move { ping(&address, port).await }
         })
-        .await?;
-        Ok(record)
+        .await
     }
 
     /// Whether it answers `PING` now.

@@ -160,23 +160,18 @@ async fn run(
     };
     let injected_at = measure_start.elapsed().as_secs_f64();
     match options.fault {
-        Fault::Kill => {
+        Fault::Kill | Fault::Freeze => {
+            let signal = if options.fault == Fault::Kill {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGSTOP
+            };
             progress(&format!(
-                "{:.1} s: kill -9 {} on {} (pid {pid} and its children)",
-                injected_at,
+                "{injected_at:.1} s: {signal} {} on {} (pid {pid} and its children)",
                 options.service.as_str(),
                 host.name
             ));
-            signal_tree(pid, Signal::SIGKILL);
-        }
-        Fault::Freeze => {
-            progress(&format!(
-                "{:.1} s: SIGSTOP {} on {} (pid {pid} and its children)",
-                injected_at,
-                options.service.as_str(),
-                host.name
-            ));
-            signal_tree(pid, Signal::SIGSTOP);
+            signal_tree(pid, signal);
         }
         Fault::Restart => {
             progress(&format!(

@@ -141,23 +141,21 @@ http {{
         ];
         let (program, args, user) =
             crate::budget::wrap(self.cpu_group.as_deref(), None, &nginx_bin()?, args);
-        let record = process::spawn(Spawn {
+        let service = Spawn {
             program: &program,
             args,
             env: vec![],
             log: self.log_path(),
             user,
             cwd: Some(self.dir.clone()),
-        })?;
-        record.write(&self.pid_path())?;
+        };
         let client = crate::lab::http_client()?;
         let url = format!("{}/", self.url());
-        process::wait_until("nginx", &record, &self.log_path(), START_TIMEOUT, || {
+        process::launch("nginx", service, &self.pid_path(), START_TIMEOUT, || {
             let request = client.get(&url).send();
             async move { request.await.is_ok() }
         })
-        .await?;
-        Ok(record)
+        .await
     }
 
     /// Graceful stop (SIGQUIT lets workers finish their requests).

@@ -27,8 +27,6 @@ pub struct GatewayServer {
     pub upstreams: Vec<String>,
     /// The `gateway` binary.
     pub bin: PathBuf,
-    /// Extra `GATEWAY_…` settings (selection, access log).
-    pub env: Vec<(String, String)>,
     /// The CPU group (host budget) it runs in, if budgets are enforced.
     pub cpu_group: Option<PathBuf>,
 }
@@ -68,7 +66,7 @@ impl GatewayServer {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let mut env = vec![
+        let env = vec![
             (
                 "GATEWAY_LISTEN".to_owned(),
                 format!("{}:{APP_PORT}", self.address),
@@ -79,36 +77,33 @@ impl GatewayServer {
                 DRAIN_SECS.to_string(),
             ),
         ];
-        env.extend(self.env.iter().cloned());
         let (program, args, _) = crate::budget::wrap(
             self.cpu_group.as_deref(),
             None,
             &self.bin,
             vec!["serve".into()],
         );
-        let record = process::spawn(Spawn {
+        let service = Spawn {
             program: &program,
             args,
             env,
             log: self.log_path(),
             user: None,
             cwd: Some(self.dir.clone()),
-        })?;
-        record.write(&self.pid_path())?;
+        };
         let client = crate::lab::http_client()?;
         let url = format!("{}/gateway/healthz", self.url());
-        process::wait_until(
+        process::launch(
             "the gateway",
-            &record,
-            &self.log_path(),
+            service,
+            &self.pid_path(),
             START_TIMEOUT,
             || {
                 let request = client.get(&url).send();
                 async move { matches!(request.await, Ok(r) if r.status().is_success()) }
             },
         )
-        .await?;
-        Ok(record)
+        .await
     }
 
     /// Whether it answers `/gateway/healthz` with 200 (at least one app host usable).

@@ -195,7 +195,6 @@ impl Lab {
                 .map(|h| format!("{}:{APP_PORT}", h.address))
                 .collect(),
             bin: self.conduit_bin.with_file_name("gateway"),
-            env: Vec::new(),
             cpu_group: self.cpu_group_path(host),
         }
     }
@@ -366,21 +365,21 @@ impl Lab {
             &self.conduit_bin,
             vec!["serve".into()],
         );
-        let record = process::spawn(Spawn {
+        let service = Spawn {
             program: &program,
             args,
             env: self.app_env(stage, host, secret)?,
             log: log.clone(),
             user: None,
             cwd: Some(dir.clone()),
-        })?;
-        record.write(&pid_path)?;
+        };
         let client = http_client()?;
-        process::wait_until("the app", &record, &log, APP_START_TIMEOUT, || {
+        process::launch("the app", service, &pid_path, APP_START_TIMEOUT, || {
             let request = client.get(&ready_url).send();
             async move { matches!(request.await, Ok(r) if r.status().is_success()) }
         })
-        .await
+        .await?;
+        Ok(())
     }
 
     /// The settings of the app on `host`, as `APP_…` variables.

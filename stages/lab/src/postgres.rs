@@ -211,28 +211,26 @@ impl PostgresServer {
             &bin_dir()?.join("postgres"),
             args,
         );
-        let record = process::spawn(Spawn {
+        let service = Spawn {
             program: &program,
             args,
             env: vec![],
             log: self.log_path(),
             user,
             cwd: Some(self.dir.clone()),
-        })?;
-        record.write(&self.pid_path())?;
+        };
         let options = self.connect_options("postgres", "postgres");
-        process::wait_until(
+        process::launch(
             "PostgreSQL",
-            &record,
-            &self.log_path(),
+            service,
+            &self.pid_path(),
             START_TIMEOUT,
             || {
                 let options = options.clone();
                 async move { PgConnection::connect_with(&options).await.is_ok() }
             },
         )
-        .await?;
-        Ok(record)
+        .await
     }
 
     /// Fast shutdown (SIGINT: roll back open transactions, checkpoint, exit). No-op if stopped.

@@ -142,6 +142,26 @@ pub struct Spawn<'a> {
     pub cwd: Option<PathBuf>,
 }
 
+/// Starts a service: spawns it, writes its PID file to `pid_path`, and waits until `ready` says
+/// it answers (see [`wait_until`]: it fails early if the process dies, and shows its log).
+pub async fn launch<F, Fut>(
+    what: &str,
+    service: Spawn<'_>,
+    pid_path: &Path,
+    timeout: Duration,
+    ready: F,
+) -> anyhow::Result<PidRecord>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let log = service.log.clone();
+    let record = spawn(service)?;
+    record.write(pid_path)?;
+    wait_until(what, &record, &log, timeout, ready).await?;
+    Ok(record)
+}
+
 /// Starts a process in its own process group (a Ctrl-C in the terminal that ran `archlab up`
 /// does not reach it), detached from our stdin, logging to a file; returns its record.
 ///

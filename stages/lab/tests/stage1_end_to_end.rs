@@ -63,16 +63,7 @@ async fn stage_1_serves_keeps_data_across_down_and_up_and_stops_only_its_own_pro
     assert_eq!(pids(&lab.status()), before);
 
     // A user, an image, an article.
-    let user: Value = http
-        .post(format!("{endpoint}/api/users"))
-        .json(&json!({"user": {"username": "e2e", "email": "e2e@example.com", "password": "e2e-password"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = user["user"]["token"].as_str().unwrap().to_owned();
+    let token = common::register(&http, &endpoint, "e2e").await;
     let media: Value = http
         .post(format!("{endpoint}/api/media"))
         .header("Authorization", format!("Token {token}"))

@@ -8,7 +8,7 @@ mod common;
 
 use common::TestLab;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[tokio::test]
 async fn stage_2_keeps_media_on_the_file_host_and_serves_it_from_there() {
@@ -32,16 +32,7 @@ async fn stage_2_keeps_media_on_the_file_host_and_serves_it_from_there() {
     assert!(services.iter().all(|s| s["healthy"] == true), "{status}");
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let user: Value = http
-        .post(format!("{endpoint}/api/users"))
-        .json(&json!({"user": {"username": "files", "email": "files@example.com", "password": "files-password"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = user["user"]["token"].as_str().unwrap();
+    let token = common::register(&http, &endpoint, "files").await;
     let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDRstage-two".to_vec();
     let media: Value = http
         .post(format!("{endpoint}/api/media"))

@@ -48,12 +48,7 @@ impl Client {
     }
 
     async fn register(&self, name: &str) -> String {
-        let user = json!({"user": {"username": name, "email": format!("{name}@example.com"), "password": format!("{name}-password")}});
-        let (status, _, body) = self
-            .send(reqwest::Method::POST, "/api/users", None, Some(user))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["user"]["token"].as_str().unwrap().to_owned()
+        common::register(&self.http, &self.endpoint, name).await
     }
 }
 

@@ -29,8 +29,9 @@ use bytes::Bytes;
 use rand::Rng;
 use serde::{de::DeserializeOwned, Serialize};
 
-use self::redis::{RedisStore, StoreError};
-pub use self::{breaker::Breaker, keys::Key, single_flight::SingleFlight};
+pub use self::keys::Key;
+use self::redis::RedisStore;
+use self::single_flight::SingleFlight;
 use crate::{
     error::{ApiError, ApiResult},
     metrics::CacheMetrics,
@@ -106,16 +107,6 @@ impl Cache {
             settings: settings.clone(),
             metrics,
         })
-    }
-
-    /// No cache (tests and stages 1 and 2).
-    pub fn disabled(metrics: CacheMetrics) -> Self {
-        Self {
-            store: None,
-            flight: SingleFlight::default(),
-            settings: CacheSettings::default(),
-            metrics,
-        }
     }
 
     /// The status of a response the cache does not hold: `bypass`, or no header without a cache.
@@ -309,12 +300,6 @@ fn encode<T: Serialize>(value: &Option<T>) -> ApiResult<Bytes> {
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("decoding a cache entry: {e}")))
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError::Internal(anyhow::anyhow!(e))
-    }
 }
 
 #[cfg(test)]

@@ -55,8 +55,9 @@ impl SingleFlight {
         slot.get_or_try_init(load).await.cloned()
     }
 
-    /// Keys being loaded now (for tests).
-    pub fn in_flight(&self) -> usize {
+    /// Keys being loaded now.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.lock().len()
     }
 

@@ -99,17 +99,21 @@ impl TestApp {
         (status, cache, body)
     }
 
-    /// The value of one sample line of `/metrics` (`name{labels}`), 0 if absent.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self
-            .client
+    /// The app's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of one sample line of `/metrics` (`name{labels}`), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)

@@ -93,3 +93,20 @@ impl Drop for TestLab {
         let _ = self.archlab(&["down"]);
     }
 }
+
+/// Registers `name` (password `<name>-password`) on the stage at `endpoint`; returns the token.
+pub async fn register(http: &reqwest::Client, endpoint: &str, name: &str) -> String {
+    let user: Value = http
+        .post(format!("{endpoint}/api/users"))
+        .json(&serde_json::json!({"user": {"username": name, "email": format!("{name}@example.com"), "password": format!("{name}-password")}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    user["user"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("registering {name}: {user}"))
+        .to_owned()
+}
