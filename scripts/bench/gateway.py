@@ -8,14 +8,20 @@ hosts, so the proxy in front of them is the only thing being measured. Each prox
 on the same address, inside the same CPU budget (a cgroup, 10 ms period, as the lab's hosts):
 
 - `gateway`: `target/release/gateway serve`, round robin, health checks on, access log off;
+- `pingora-floor`: `services/gateway/examples/pingora_floor.rs`, round robin on `pingora-proxy`
+  and nothing else (pingora's sample load balancer shape): what pingora itself costs, so the
+  gateway's gap splits into pingora's part and the part its own features add;
 - `nginx`: one worker, an `upstream` block with `keepalive 64` (HTTP/1.1 to the upstreams);
 - `haproxy`: one thread, `balance roundrobin`, `http-reuse always`.
 
 Measured for each, in one run:
 1. throughput: `wrk -t2 -c64 -d10s` through the proxy (closed loop: as fast as the budget allows),
-   and the proxy's CPU seconds over that run divided by its requests (CPU per request);
+   three runs after a 5 s warm-up, the median kept; and the proxy's CPU seconds over the three
+   runs divided by their requests (CPU per request);
 2. added latency: `loadtest` open loop at 1,000 req/s for 10 s, p50 through the proxy minus p50
-   straight to one upstream (the same requests, the same client).
+   straight to one upstream (the same requests, the same client), each measured three times,
+   direct and through the proxy in turn, and the medians taken: one run's p50 moves by a tenth
+   of a millisecond with the machine's scheduling, as much as the difference being measured.
 No access logs anywhere (nginx `access_log off`, HAProxy without `option httplog`, the gateway's
 `GATEWAY_ACCESS_LOG=false`), so all three do the same work per request.
 """
@@ -27,6 +33,9 @@ PROXY = "127.0.97.1:8080"
 UPSTREAMS = [f"127.0.97.{n}:8080" for n in (11, 12, 13)]
 LOADTEST = os.path.join(ROOT, "target/release/loadtest")
 GATEWAY = os.path.join(ROOT, "target/release/gateway")
+FLOOR = os.path.join(ROOT, "target/release/examples/pingora_floor")
+LATENCY_ROUNDS = 3
+THROUGHPUT_ROUNDS = 3
 CGROUP_V1 = "/sys/fs/cgroup/cpu"
 PERIOD_US = 10_000
 
@@ -128,6 +137,10 @@ def gateway_argv(tmp):
     return [GATEWAY, "serve"], env
 
 
+def floor_argv(tmp):
+    return [FLOOR, PROXY, *UPSTREAMS], {}
+
+
 def nginx_argv(tmp):
     prefix = os.path.join(tmp, "nginx-proxy")
     os.makedirs(prefix)
@@ -166,8 +179,8 @@ backend app
     return ["haproxy", "-db", "-f", conf], {}
 
 
-def wrk(url):
-    text = run(["wrk", "-t2", "-c64", "-d10s", url])
+def wrk(url, duration="10s"):
+    text = run(["wrk", "-t2", "-c64", f"-d{duration}", url])
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     total = int(re.search(r"(\d+) requests in", text).group(1))
     return rps, total
@@ -183,7 +196,11 @@ def p50(url, tmp, name):
     return report["latency_ms"]["corrected"]["p50"], report["latency_ms"]["corrected"]["p99"]
 
 
-def measure(name, argv_env, budget_cores, tmp, direct_p50):
+def median(values):
+    return sorted(values)[len(values) // 2]
+
+
+def measure(name, argv_env, budget_cores, tmp):
     budget = Budget(f"gateway-cost-{name}", budget_cores)
     argv, env = argv_env
     proc = subprocess.Popen(budget.wrap(argv), env={**os.environ, **env},
@@ -191,11 +208,16 @@ def measure(name, argv_env, budget_cores, tmp, direct_p50):
     try:
         wait_http(f"http://{PROXY}/", proc)
         time.sleep(1.5)  # health checks settle, pools warm
-        wrk(f"http://{PROXY}/")  # warm-up run, not counted
+        wrk(f"http://{PROXY}/", "5s")  # warm-up run, not counted
         before = cpu_seconds(proc.pid)
-        rps, total = wrk(f"http://{PROXY}/")
+        runs = [wrk(f"http://{PROXY}/") for _ in range(THROUGHPUT_ROUNDS)]
         cpu = cpu_seconds(proc.pid) - before
-        lat50, lat99 = p50(f"http://{PROXY}/", tmp, name)
+        rps, total = median([r for r, _ in runs]), sum(n for _, n in runs)
+        rounds = []
+        for _ in range(LATENCY_ROUNDS):
+            direct, _ = p50(f"http://{UPSTREAMS[0]}/", tmp, "direct")
+            through, through99 = p50(f"http://{PROXY}/", tmp, name)
+            rounds.append({"direct_p50_ms": direct, "p50_ms": through, "p99_ms": through99})
     finally:
         proc.terminate()
         try:
@@ -206,12 +228,15 @@ def measure(name, argv_env, budget_cores, tmp, direct_p50):
     result = {
         "proxy": name,
         "throughput_rps": round(rps),
+        "throughput_rounds_rps": [round(r) for r, _ in runs],
         "cpu_seconds": round(cpu, 3),
         "cpu_us_per_request": round(cpu / total * 1e6, 1),
-        "p50_ms_at_1000_rps": lat50,
-        "p99_ms_at_1000_rps": lat99,
-        "added_p50_ms": round(lat50 - direct_p50, 3),
+        "direct_p50_ms_at_1000_rps": median([r["direct_p50_ms"] for r in rounds]),
+        "p50_ms_at_1000_rps": median([r["p50_ms"] for r in rounds]),
+        "p99_ms_at_1000_rps": median([r["p99_ms"] for r in rounds]),
+        "latency_rounds": rounds,
     }
+    result["added_p50_ms"] = round(result["p50_ms_at_1000_rps"] - result["direct_p50_ms_at_1000_rps"], 3)
     print(json.dumps(result), flush=True)
     return result
 
@@ -224,15 +249,16 @@ def main():
     for binary in (LOADTEST, GATEWAY):
         if not os.path.exists(binary):
             sys.exit(f"{binary} missing: cargo build --release --workspace")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "gateway", "--example", "pingora_floor"],
+                   cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory(prefix="archlab-gateway-cost") as tmp:
         upstreams = start_upstreams(tmp)
         try:
-            direct_p50, direct_p99 = p50(f"http://{UPSTREAMS[0]}/", tmp, "direct")
-            print(json.dumps({"direct_p50_ms": direct_p50, "direct_p99_ms": direct_p99}), flush=True)
             results = [
-                measure("gateway", gateway_argv(tmp), args.budget, tmp, direct_p50),
-                measure("nginx", nginx_argv(tmp), args.budget, tmp, direct_p50),
-                measure("haproxy", haproxy_argv(tmp), args.budget, tmp, direct_p50),
+                measure("gateway", gateway_argv(tmp), args.budget, tmp),
+                measure("pingora-floor", floor_argv(tmp), args.budget, tmp),
+                measure("nginx", nginx_argv(tmp), args.budget, tmp),
+                measure("haproxy", haproxy_argv(tmp), args.budget, tmp),
             ]
         finally:
             for p in upstreams:
@@ -251,12 +277,13 @@ def main():
         "what": "the gateway's cost against nginx and HAProxy as the same round-robin proxy",
         "budget_cores_each": args.budget,
         "upstreams": UPSTREAMS,
-        "direct_p50_ms_at_1000_rps": direct_p50,
-        "direct_p99_ms_at_1000_rps": direct_p99,
         "results": results,
         "ratios": {
             "gateway_vs_nginx_throughput": round(by["gateway"]["throughput_rps"] / by["nginx"]["throughput_rps"], 2),
             "gateway_vs_haproxy_throughput": round(by["gateway"]["throughput_rps"] / by["haproxy"]["throughput_rps"], 2),
+            "gateway_vs_pingora_floor_throughput": round(by["gateway"]["throughput_rps"] / by["pingora-floor"]["throughput_rps"], 2),
+            "pingora_floor_vs_nginx_throughput": round(by["pingora-floor"]["throughput_rps"] / by["nginx"]["throughput_rps"], 2),
+            "pingora_floor_vs_haproxy_throughput": round(by["pingora-floor"]["throughput_rps"] / by["haproxy"]["throughput_rps"], 2),
         },
         "targets": {
             "added_p50_under_0.2_ms": by["gateway"]["added_p50_ms"] < 0.2,
@@ -270,7 +297,8 @@ def main():
             "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
             "versions": {"nginx": version(["nginx", "-v"]), "haproxy": version(["haproxy", "-v"]),
                          "wrk": version(["wrk", "-v"])},
-            "tools": "throughput: wrk -t2 -c64 -d10s; latency: loadtest open loop 1000 req/s 10 s",
+            "tools": f"throughput: wrk -t2 -c64 -d10s, median of {THROUGHPUT_ROUNDS}; latency: loadtest open loop 1000 req/s 10 s, "
+                     f"{LATENCY_ROUNDS} rounds (direct, then through the proxy), medians",
         },
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

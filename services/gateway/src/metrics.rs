@@ -1,6 +1,8 @@
 //! The gateway's Prometheus metrics, served at `GET /gateway/metrics`: requests by upstream and
 //! status, requests in flight per upstream, retries and passive mark-downs.
 
+use std::sync::Arc;
+
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -9,9 +11,11 @@ use prometheus_client::{
 
 use crate::pool::Pool;
 
+/// The upstream label is shared with [`Upstream::name`](crate::pool::Upstream), so counting a
+/// request copies a pointer, not the address text.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    upstream: String,
+    upstream: Arc<String>,
     status: u16,
 }
 
@@ -42,12 +46,17 @@ pub struct Metrics {
     healthy: Family<UpstreamLabels, Gauge>,
     retries: Family<ReasonLabels, Counter>,
     marked_down: Family<ReasonLabels, Counter>,
+    /// The upstream label of requests no host could take.
+    none: Arc<String>,
 }
 
 impl Metrics {
     /// A registry with every metric registered.
     pub fn new() -> Self {
-        let mut m = Metrics::default();
+        let mut m = Metrics {
+            none: Arc::new("none".to_owned()),
+            ..Metrics::default()
+        };
         m.registry.register(
             "gateway_requests",
             "Requests answered, by upstream (\"none\" when no host could take it) and status",
@@ -77,8 +86,8 @@ impl Metrics {
     }
 
     /// One answered request.
-    pub fn request(&self, upstream: Option<&str>, status: u16) {
-        let upstream = upstream.unwrap_or("none").to_owned();
+    pub fn request(&self, upstream: Option<&Arc<String>>, status: u16) {
+        let upstream = upstream.unwrap_or(&self.none).clone();
         self.requests
             .get_or_create(&RequestLabels { upstream, status })
             .inc();

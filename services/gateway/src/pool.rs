@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use http::HeaderValue;
 use pingora::lb::{selection::RoundRobin, Backend, LoadBalancer};
 use rand::Rng;
 
@@ -26,8 +27,10 @@ use crate::settings::Selection;
 pub struct Upstream {
     /// Its address.
     pub addr: SocketAddr,
-    /// The same as text, made once (headers and metric labels use it on every request).
-    pub name: String,
+    /// The same as text, made once and shared by every metric label that names it.
+    pub name: Arc<String>,
+    /// The same as the value of the `x-upstream` response header, made once.
+    pub header_value: HeaderValue,
     /// The same, as pingora's load balancer knows it.
     pub backend: Backend,
     /// Requests sent to it and not yet finished.
@@ -76,8 +79,10 @@ impl Pool {
             .iter()
             .filter_map(|b| {
                 let addr = b.addr.as_inet()?.to_owned();
+                let name = addr.to_string();
                 Some(Arc::new(Upstream {
-                    name: addr.to_string(),
+                    header_value: HeaderValue::from_str(&name).ok()?,
+                    name: Arc::new(name),
                     addr,
                     backend: b.clone(),
                     in_flight: AtomicUsize::new(0),

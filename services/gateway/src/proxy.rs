@@ -19,6 +19,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora::{
     http::{Method, RequestHeader, ResponseHeader},
     prelude::*,
@@ -34,6 +35,11 @@ use crate::{
 /// Attempts per request: the first, and at most one retry on another host.
 pub const MAX_ATTEMPTS: usize = 2;
 
+/// Names a request across the gateway's and the app's logs; sent upstream and back to the client.
+const REQUEST_ID: &str = "x-request-id";
+/// Which app host answered, for the walkthrough's curl sessions and the tests.
+const UPSTREAM: &str = "x-upstream";
+
 /// The gateway's proxy logic.
 pub struct Gateway {
     /// The app hosts.
@@ -47,7 +53,8 @@ pub struct Gateway {
 
 /// One request's state across the filters.
 pub struct RequestCtx {
-    request_id: String,
+    /// Made once per request; cloning it for the two headers copies a pointer.
+    request_id: HeaderValue,
     /// Hosts this request was sent to, in order.
     tried: Vec<SocketAddr>,
     /// The host it is at now, counted in its in-flight number.
@@ -76,8 +83,8 @@ impl Gateway {
         }
     }
 
-    fn current_addr(ctx: &RequestCtx) -> Option<&str> {
-        ctx.current.as_ref().map(|c| c.upstream().name.as_str())
+    fn current_name(ctx: &RequestCtx) -> Option<&Arc<String>> {
+        ctx.current.as_ref().map(|c| &c.upstream().name)
     }
 }
 
@@ -108,17 +115,20 @@ fn error_body(message: &str) -> String {
     format!(r#"{{"errors":{{"gateway":["{message}"]}}}}"#)
 }
 
-/// A client's request id if it is a sensible one (bounded, printable), else a new random one.
-fn request_id(header: &RequestHeader) -> String {
-    let given = header
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
-    match given {
-        Some(id) => id.to_owned(),
-        None => format!("{:016x}", rand::random::<u64>()),
+/// A client's request id if it is a sensible one (bounded, printable), else a new random one:
+/// 16 hex digits.
+fn request_id(header: &RequestHeader) -> HeaderValue {
+    let given = header.headers.get(REQUEST_ID).filter(|v| {
+        let v = v.as_bytes();
+        !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
+    });
+    if let Some(id) = given {
+        return id.clone();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u64>();
+    let digits: [u8; 16] = std::array::from_fn(|i| HEX[((n >> (60 - 4 * i)) & 0xf) as usize]);
+    HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[async_trait]
@@ -127,7 +137,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             tried: Vec::with_capacity(MAX_ATTEMPTS),
             current: None,
             _admitted: None,
@@ -214,7 +224,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_request.insert_header("x-request-id", &ctx.request_id)
+        upstream_request.insert_header(REQUEST_ID, ctx.request_id.clone())
     }
 
     async fn upstream_response_filter(
@@ -238,10 +248,9 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response.insert_header("x-request-id", &ctx.request_id)?;
-        if let Some(addr) = Self::current_addr(ctx) {
-            // Which app host answered: for the walkthrough's curl sessions and the tests.
-            response.insert_header("x-upstream", addr.to_owned())?;
+        response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        if let Some(current) = &ctx.current {
+            response.insert_header(UPSTREAM, current.upstream().header_value.clone())?;
         }
         Ok(())
     }
@@ -323,7 +332,7 @@ impl ProxyHttp for Gateway {
             return;
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let upstream = Self::current_addr(ctx);
+        let upstream = Self::current_name(ctx);
         self.metrics.request(upstream, status);
         if self.settings.access_log {
             tracing::info!(
@@ -331,10 +340,10 @@ impl ProxyHttp for Gateway {
                 method = %session.req_header().method,
                 path,
                 status,
-                upstream = upstream.unwrap_or("-"),
+                upstream = upstream.map_or("-", |u| u.as_str()),
                 attempts = ctx.tried.len(),
                 ms = format_args!("{:.2}", ctx.started.elapsed().as_secs_f64() * 1000.0),
-                request_id = %ctx.request_id,
+                request_id = ctx.request_id.to_str().unwrap_or("-"),
                 error = e.map(|e| e.to_string()).unwrap_or_default(),
             );
         }
