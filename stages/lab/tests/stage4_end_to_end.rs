@@ -126,10 +126,7 @@ async fn the_gateway_spreads_requests_skips_dead_hosts_and_retries_only_reads() 
             .all(|(status, upstream)| *status == 200 && *upstream != victim),
         "{answers:?}"
     );
-    assert!(
-        metric(&endpoint, &resets).await >= 1.0,
-        "a GET was retried"
-    );
+    assert!(metric(&endpoint, &resets).await >= 1.0, "a GET was retried");
 
     // The dead host gets nothing more, from the first failed connect on (passive) and within
     // two health-check intervals at the latest (active).
@@ -169,9 +166,5 @@ async fn the_gateway_spreads_requests_skips_dead_hosts_and_retries_only_reads() 
         "the others were answered (wrong password): {answers:?}"
     );
     let retried = format!(r#"gateway_retries_total{{upstream="{victim}",reason="reset"}}"#);
-    assert_eq!(
-        metric(&endpoint, &retried).await,
-        0.0,
-        "no POST retried"
-    );
+    assert_eq!(metric(&endpoint, &retried).await, 0.0, "no POST retried");
 }
