@@ -218,9 +218,17 @@ fn versions(lab: &Lab) -> std::collections::BTreeMap<String, String> {
     v.insert(
         "cpu_budgets".into(),
         match lab.budgets() {
-            budget::Controller::V1(_) => format!("cgroup v1 cpu, period {} us", budget::PERIOD_US),
+            budget::Controller::V1(_) => format!(
+                "cgroup v1 cpu, period {} us (longer under 0.1 core: quota at least {} us)",
+                budget::PERIOD_US,
+                budget::MIN_QUOTA_US
+            ),
             budget::Controller::V2(_) => {
-                format!("cgroup v2 cpu.max, period {} us", budget::PERIOD_US)
+                format!(
+                    "cgroup v2 cpu.max, period {} us (longer under 0.1 core: quota at least {} us)",
+                    budget::PERIOD_US,
+                    budget::MIN_QUOTA_US
+                )
             }
             budget::Controller::None(why) => format!("not enforced: {why}"),
         },

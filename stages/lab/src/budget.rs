@@ -21,6 +21,23 @@ use anyhow::Context;
 /// CFS period, microseconds.
 pub const PERIOD_US: u64 = 10_000;
 
+/// The smallest quota the kernel accepts per period, microseconds (1 ms). A budget under 0.1
+/// core cannot be expressed in a 10 ms period, so its period is lengthened instead
+/// ([`quota_and_period`]): 0.05 core is 1 ms every 20 ms, not silently 1 ms every 10 ms.
+pub const MIN_QUOTA_US: u64 = 1_000;
+
+/// The CFS quota and period, microseconds, that give `cores`: the standard period, or a longer
+/// one when the quota would fall under [`MIN_QUOTA_US`].
+pub fn quota_and_period(cores: f64) -> (u64, u64) {
+    let quota = (cores * PERIOD_US as f64).round() as u64;
+    if quota >= MIN_QUOTA_US {
+        (quota, PERIOD_US)
+    } else {
+        let period = (MIN_QUOTA_US as f64 / cores.max(0.001)).round() as u64;
+        (MIN_QUOTA_US, period)
+    }
+}
+
 /// Where CPU groups can be made on this machine.
 #[derive(Debug, Clone)]
 pub enum Controller {
@@ -67,14 +84,14 @@ impl Controller {
 
     /// Creates (or updates) the group `name` with `cores` of CPU; returns its folder.
     pub fn group(&self, name: &str, cores: f64) -> anyhow::Result<Option<PathBuf>> {
-        let quota = ((cores * PERIOD_US as f64).round() as u64).max(1_000);
+        let (quota, period) = quota_and_period(cores);
         match self {
             Controller::None(_) => Ok(None),
             Controller::V1(root) => {
                 let dir = root.join("archlab").join(name);
                 fs::create_dir_all(&dir)
                     .with_context(|| format!("creating cgroup {}", dir.display()))?;
-                fs::write(dir.join("cpu.cfs_period_us"), PERIOD_US.to_string())?;
+                fs::write(dir.join("cpu.cfs_period_us"), period.to_string())?;
                 fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
                 Ok(Some(dir))
             }
@@ -87,7 +104,7 @@ impl Controller {
                 let dir = parent.join(name);
                 fs::create_dir_all(&dir)
                     .with_context(|| format!("creating cgroup {}", dir.display()))?;
-                fs::write(dir.join("cpu.max"), format!("{quota} {PERIOD_US}"))?;
+                fs::write(dir.join("cpu.max"), format!("{quota} {period}"))?;
                 Ok(Some(dir))
             }
         }
@@ -205,4 +222,22 @@ pub fn machine_ticks() -> (u64, u64) {
     let total: u64 = v.iter().sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total - idle, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_budgets_get_a_longer_period_not_a_bigger_quota() {
+        assert_eq!(quota_and_period(0.5), (5_000, 10_000));
+        assert_eq!(quota_and_period(0.1), (1_000, 10_000));
+        assert_eq!(quota_and_period(0.05), (1_000, 20_000));
+        for cores in [0.01, 0.03, 0.05, 0.07, 0.1, 0.2, 1.5] {
+            let (quota, period) = quota_and_period(cores);
+            assert!(quota >= MIN_QUOTA_US && period >= PERIOD_US);
+            let given = quota as f64 / period as f64;
+            assert!((given - cores).abs() < 0.001, "{cores} became {given}");
+        }
+    }
 }
