@@ -15,6 +15,7 @@ declare -A WHY=(
   [cmake]="building the gateway: pingora's zlib-ng needs it (libz-ng-sys)"
   [haproxy]="the gateway's cost comparison in stage 4 (HAProxy as the same round-robin proxy)"
   [wrk]="HTTP load for the stage benchmarks until the bundled harness replaces it"
+  [strace]="system calls per request in scripts/bench/gateway.py"
   [docker-compose]="offline validation of docker-compose/*.yml (config -q); no engine needed"
   [curl]="the walkthroughs' curl sessions and the API test runner's download"
   [ca-certificates]="HTTPS for package downloads"
@@ -22,7 +23,7 @@ declare -A WHY=(
   [chromium]="headless check that the HTML report renders (tests)"
   [python3]="the benchmark script until the harness replaces it (scripts/bench/stage1.py)"
 )
-PACKAGES=(postgresql redis-server cmake haproxy nginx wrk docker-compose curl ca-certificates python3 chromium)
+PACKAGES=(postgresql redis-server cmake haproxy nginx wrk strace docker-compose curl ca-certificates python3 chromium)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -17,16 +17,17 @@ on the same address, inside the same CPU budget (a cgroup, 10 ms period, as the 
 Measured for each, in one run:
 1. throughput: `wrk -t2 -c64 -d10s` through the proxy (closed loop: as fast as the budget allows),
    three runs after a 5 s warm-up, the median kept; and the proxy's CPU seconds over the three
-   runs divided by their requests (CPU per request);
+   runs divided by their requests (CPU per request), split into user and kernel time;
 2. added latency: `loadtest` open loop at 1,000 req/s for 10 s, p50 through the proxy minus p50
    straight to one upstream (the same requests, the same client), each measured three times,
    direct and through the proxy in turn, and the medians taken: one run's p50 moves by a tenth
    of a millisecond with the machine's scheduling, as much as the difference being measured.
+3. system calls per request, by name (`strace -c` on the proxy's threads under a light load).
 No access logs anywhere (nginx `access_log off`, HAProxy without `option httplog`, the gateway's
 `GATEWAY_ACCESS_LOG=false`), so all three do the same work per request.
 """
 
-import argparse, datetime, json, os, platform, re, subprocess, sys, tempfile, time
+import argparse, datetime, json, os, platform, re, shutil, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROXY = "127.0.97.1:8080"
@@ -85,9 +86,9 @@ class Budget:
             pass
 
 
-def cpu_seconds(root):
-    """User + system CPU of `root` and its descendants (nginx's workers), from /proc."""
-    parents, ticks = {}, {}
+def process_tree(root):
+    """`root` and its descendants (nginx's workers), from /proc."""
+    parents = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -95,9 +96,7 @@ def cpu_seconds(root):
             stat = open(f"/proc/{entry}/stat").read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        parents[int(entry)] = int(fields[1])
-        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+        parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
     tree, frontier = {root}, [root]
     while frontier:
         pid = frontier.pop()
@@ -105,7 +104,49 @@ def cpu_seconds(root):
             if parent == pid and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+    return sorted(tree)
+
+
+def cpu_seconds(root):
+    """(user, system) CPU seconds of `root` and its descendants, from /proc."""
+    user = system = 0
+    for pid in process_tree(root):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        user, system = user + int(fields[11]), system + int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
+def syscalls_per_request(root):
+    """System calls per proxied request, by name: `strace -c` on every thread of the proxy while
+    a light load (one connection at a time per wrk thread) passes. strace slows the proxy down,
+    so this counts calls; it does not time anything."""
+    out = os.path.join(tempfile.gettempdir(), f"archlab-strace-{root}.txt")
+    argv = ["strace", "-c", "-f", "-o", out]
+    for pid in process_tree(root):
+        argv += ["-p", str(pid)]
+    tracer = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    text = run(["wrk", "-t1", "-c4", "-d3s", f"http://{PROXY}/"])
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    time.sleep(0.5)
+    tracer.send_signal(2)
+    tracer.wait(10)
+    calls = {}
+    for line in open(out):
+        cols = line.split()
+        # "% time seconds usecs/call calls [errors] syscall"
+        if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
+            calls[cols[-1]] = int(cols[3])
+    os.remove(out)
+    per = {name: round(n / requests, 2) for name, n in sorted(calls.items(), key=lambda kv: -kv[1])
+           if n / requests >= 0.01}
+    return {"requests": requests, "per_request": per,
+            "total_per_request": round(sum(calls.values()) / requests, 2)}
 
 
 def start_upstreams(tmp):
@@ -209,15 +250,17 @@ def measure(name, argv_env, budget_cores, tmp):
         wait_http(f"http://{PROXY}/", proc)
         time.sleep(1.5)  # health checks settle, pools warm
         wrk(f"http://{PROXY}/", "5s")  # warm-up run, not counted
-        before = cpu_seconds(proc.pid)
+        user0, sys0 = cpu_seconds(proc.pid)
         runs = [wrk(f"http://{PROXY}/") for _ in range(THROUGHPUT_ROUNDS)]
-        cpu = cpu_seconds(proc.pid) - before
+        user1, sys1 = cpu_seconds(proc.pid)
+        user, system = user1 - user0, sys1 - sys0
         rps, total = median([r for r, _ in runs]), sum(n for _, n in runs)
         rounds = []
         for _ in range(LATENCY_ROUNDS):
             direct, _ = p50(f"http://{UPSTREAMS[0]}/", tmp, "direct")
             through, through99 = p50(f"http://{PROXY}/", tmp, name)
             rounds.append({"direct_p50_ms": direct, "p50_ms": through, "p99_ms": through99})
+        syscalls = syscalls_per_request(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -229,8 +272,11 @@ def measure(name, argv_env, budget_cores, tmp):
         "proxy": name,
         "throughput_rps": round(rps),
         "throughput_rounds_rps": [round(r) for r, _ in runs],
-        "cpu_seconds": round(cpu, 3),
-        "cpu_us_per_request": round(cpu / total * 1e6, 1),
+        "cpu_seconds": round(user + system, 3),
+        "cpu_us_per_request": round((user + system) / total * 1e6, 1),
+        "user_us_per_request": round(user / total * 1e6, 1),
+        "system_us_per_request": round(system / total * 1e6, 1),
+        "syscalls": syscalls,
         "direct_p50_ms_at_1000_rps": median([r["direct_p50_ms"] for r in rounds]),
         "p50_ms_at_1000_rps": median([r["p50_ms"] for r in rounds]),
         "p99_ms_at_1000_rps": median([r["p99_ms"] for r in rounds]),
@@ -246,6 +292,9 @@ def main():
     ap.add_argument("--budget", type=float, default=0.5, help="CPU budget of each proxy (cores)")
     ap.add_argument("--out", default=os.path.join(ROOT, "stages/04-cluster/results/gateway-cost.json"))
     args = ap.parse_args()
+    for tool in ("wrk", "strace", "nginx", "haproxy"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} missing: bash scripts/setup.sh")
     for binary in (LOADTEST, GATEWAY):
         if not os.path.exists(binary):
             sys.exit(f"{binary} missing: cargo build --release --workspace")
@@ -296,7 +345,7 @@ def main():
             "generated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
             "versions": {"nginx": version(["nginx", "-v"]), "haproxy": version(["haproxy", "-v"]),
-                         "wrk": version(["wrk", "-v"])},
+                         "wrk": version(["wrk", "-v"]), "strace": version(["strace", "-V"])},
             "tools": f"throughput: wrk -t2 -c64 -d10s, median of {THROUGHPUT_ROUNDS}; latency: loadtest open loop 1000 req/s 10 s, "
                      f"{LATENCY_ROUNDS} rounds (direct, then through the proxy), medians",
         },
