@@ -38,7 +38,6 @@ fn inc(family: &Family<ReasonLabels, Counter>, upstream: &str, reason: &'static 
 }
 
 /// Every metric of the gateway.
-#[derive(Default)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -54,8 +53,13 @@ impl Metrics {
     /// A registry with every metric registered.
     pub fn new() -> Self {
         let mut m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            in_flight: Family::default(),
+            healthy: Family::default(),
+            retries: Family::default(),
+            marked_down: Family::default(),
             none: Arc::new("none".to_owned()),
-            ..Metrics::default()
         };
         m.registry.register(
             "gateway_requests",
@@ -119,5 +123,11 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }

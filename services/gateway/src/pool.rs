@@ -80,8 +80,10 @@ impl Pool {
             .filter_map(|b| {
                 let addr = b.addr.as_inet()?.to_owned();
                 let name = addr.to_string();
+                // An address's text (digits, dots, colons, brackets) is always a valid value.
+                let header_value = HeaderValue::from_str(&name).ok()?;
                 Some(Arc::new(Upstream {
-                    header_value: HeaderValue::from_str(&name).ok()?,
+                    header_value,
                     name: Arc::new(name),
                     addr,
                     backend: b.clone(),

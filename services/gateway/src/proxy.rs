@@ -128,6 +128,7 @@ fn request_id(header: &RequestHeader) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = rand::random::<u64>();
     let digits: [u8; 16] = std::array::from_fn(|i| HEX[((n >> (60 - 4 * i)) & 0xf) as usize]);
+    // Hex digits are always a valid header value; the fallback is never taken.
     HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
@@ -347,5 +348,56 @@ impl ProxyHttp for Gateway {
                 error = e.map(|e| e.to_string()).unwrap_or_default(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_for(given: Option<&[u8]>) -> HeaderValue {
+        let mut header = match RequestHeader::build("GET", b"/", None) {
+            Ok(header) => header,
+            Err(e) => panic!("request header: {e}"),
+        };
+        if let Some(given) = given {
+            let value = HeaderValue::from_bytes(given).unwrap_or_else(|e| panic!("{e}"));
+            header
+                .insert_header(REQUEST_ID, value)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        request_id(&header)
+    }
+
+    #[test]
+    fn a_sensible_client_id_passes_through_anything_else_is_replaced() {
+        assert_eq!(id_for(Some(b"client-id-42")), "client-id-42");
+        let long = vec![b'a'; 128];
+        assert_eq!(id_for(Some(&long)).as_bytes(), &long[..]);
+        for bad in [
+            &b""[..],
+            &[b'a'; 129][..],
+            &b"has space"[..],
+            &b"tab\there"[..],
+        ] {
+            let id = id_for(Some(bad));
+            assert_ne!(id.as_bytes(), bad);
+            assert_eq!(id.len(), 16, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_id_is_sixteen_lowercase_hex_digits_and_differs_each_time() {
+        let (a, b) = (id_for(None), id_for(None));
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 16);
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{id:?}"
+            );
+        }
+        assert_ne!(a, b);
     }
 }

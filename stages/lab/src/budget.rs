@@ -26,14 +26,20 @@ pub const PERIOD_US: u64 = 10_000;
 /// ([`quota_and_period`]): 0.05 core is 1 ms every 20 ms, not silently 1 ms every 10 ms.
 pub const MIN_QUOTA_US: u64 = 1_000;
 
-/// The CFS quota and period, microseconds, that give `cores`: the standard period, or a longer
-/// one when the quota would fall under [`MIN_QUOTA_US`].
+/// The smallest budget a host may have (checked when a stage is read): 1 ms every 100 ms. Below
+/// it the period would pass 100 ms, and a host would stall that long whenever its quota ran out,
+/// which would swamp any latency measured through it.
+pub const MIN_CORES: f64 = 0.01;
+
+/// The CFS quota and period, microseconds, that give `cores` (at least [`MIN_CORES`]): the
+/// standard period, or a longer one when the quota would fall under [`MIN_QUOTA_US`].
 pub fn quota_and_period(cores: f64) -> (u64, u64) {
+    let cores = cores.max(MIN_CORES);
     let quota = (cores * PERIOD_US as f64).round() as u64;
     if quota >= MIN_QUOTA_US {
         (quota, PERIOD_US)
     } else {
-        let period = (MIN_QUOTA_US as f64 / cores.max(0.001)).round() as u64;
+        let period = (MIN_QUOTA_US as f64 / cores).round() as u64;
         (MIN_QUOTA_US, period)
     }
 }
@@ -233,6 +239,7 @@ mod tests {
         assert_eq!(quota_and_period(0.5), (5_000, 10_000));
         assert_eq!(quota_and_period(0.1), (1_000, 10_000));
         assert_eq!(quota_and_period(0.05), (1_000, 20_000));
+        assert_eq!(quota_and_period(MIN_CORES), (1_000, 100_000));
         for cores in [0.01, 0.03, 0.05, 0.07, 0.1, 0.2, 1.5] {
             let (quota, period) = quota_and_period(cores);
             assert!(quota >= MIN_QUOTA_US && period >= PERIOD_US);

@@ -179,8 +179,12 @@ impl Stage {
             if !ip.is_loopback() {
                 bail!("host {}: {} is not a loopback address", host.name, ip);
             }
-            if !(host.cpu_budget > 0.0 && host.cpu_budget <= 64.0) {
-                bail!("host {}: cpu_budget must be in (0, 64]", host.name);
+            if !(host.cpu_budget >= crate::budget::MIN_CORES && host.cpu_budget <= 64.0) {
+                bail!(
+                    "host {}: cpu_budget must be in [{}, 64] cores",
+                    host.name,
+                    crate::budget::MIN_CORES
+                );
             }
         }
         if self.database_host().is_none() || self.app_hosts().is_empty() {
