@@ -6,9 +6,10 @@
 //! breaks, pools keep-alive connections to the hosts, and counts everything per host.
 //!
 //! Reading order: [`settings`] (every bound and its reason), [`pool`] (hosts, health, how one is
-//! chosen), [`proxy`] (what happens to a request), [`metrics`], then [`server`] (how it is put
-//! together and started).
+//! chosen), [`proxy`] (what happens to a request), [`connections`] (the cap on client
+//! connections), [`metrics`], then [`server`] (how it is put together and started).
 
+pub mod connections;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

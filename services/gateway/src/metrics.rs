@@ -45,6 +45,10 @@ pub struct Metrics {
     healthy: Family<UpstreamLabels, Gauge>,
     retries: Family<ReasonLabels, Counter>,
     marked_down: Family<ReasonLabels, Counter>,
+    /// Client connections open now.
+    pub client_connections: Gauge,
+    /// Client connections closed at accept because `max_connections` were open.
+    pub client_connections_refused: Counter,
     /// The upstream label of requests no host could take.
     none: Arc<String>,
 }
@@ -59,6 +63,8 @@ impl Metrics {
             healthy: Family::default(),
             retries: Family::default(),
             marked_down: Family::default(),
+            client_connections: Gauge::default(),
+            client_connections_refused: Counter::default(),
             none: Arc::new("none".to_owned()),
         };
         m.registry.register(
@@ -80,6 +86,16 @@ impl Metrics {
             "gateway_retries",
             "Requests sent again to another upstream, by the upstream that failed and why",
             m.retries.clone(),
+        );
+        m.registry.register(
+            "gateway_client_connections",
+            "Client connections open now",
+            m.client_connections.clone(),
+        );
+        m.registry.register(
+            "gateway_client_connections_refused",
+            "Client connections closed at accept because max_connections were open",
+            m.client_connections_refused.clone(),
         );
         m.registry.register(
             "gateway_upstream_marked_down",

@@ -147,6 +147,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // A keep-alive connection (pingora's "0": no limit) waits at most `client_idle_secs` for
+        // its next request; a connection the client asked to close stays as it is.
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(Some(self.settings.client_idle_secs));
+        }
         ctx.request_id = request_id(session.req_header());
         match session.req_header().uri.path() {
             "/gateway/metrics" => {

@@ -7,10 +7,13 @@ use pingora::{
     lb::{health_check::HttpHealthCheck, selection::RoundRobin, LoadBalancer},
     prelude::*,
     server::configuration::ServerConf,
-    services::background::background_service,
+    services::{background::background_service, listening::Service},
 };
 
-use crate::{metrics::Metrics, pool::Pool, proxy::Gateway, settings::GatewaySettings};
+use crate::{
+    connections::ConnectionLimit, metrics::Metrics, pool::Pool, proxy::Gateway,
+    settings::GatewaySettings,
+};
 
 /// A pingora server with the gateway's services, ready to `run`.
 pub fn build(settings: GatewaySettings) -> anyhow::Result<Server> {
@@ -54,8 +57,14 @@ pub fn build(settings: GatewaySettings) -> anyhow::Result<Server> {
         Duration::from_millis(settings.passive_down_ms),
     ));
     let listen = settings.listen.clone();
-    let gateway = Gateway::new(pool, Arc::new(Metrics::new()), Arc::new(settings));
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    let max_connections = settings.max_connections;
+    let metrics = Arc::new(Metrics::new());
+    let gateway = Gateway::new(pool, metrics.clone(), Arc::new(settings));
+    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut proxy = Service::new(
+        "gateway".to_owned(),
+        ConnectionLimit::new(proxy, max_connections, metrics),
+    );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.add_service(checks);

@@ -87,6 +87,15 @@ pub struct GatewaySettings {
     /// the app hosts serve concurrently (their own limit is 1,024 each), so it only trips when
     /// something is badly wrong.
     pub max_in_flight: usize,
+    /// Client connections open at once; a connection beyond it is closed as soon as it is
+    /// accepted (and counted). Each holds a socket and its buffers; with `max_in_flight`, which
+    /// also bounds the connections to app hosts (one per request in flight), the gateway needs at
+    /// most about 16,400 open files, within the lab machine's limit (`ulimit -n`: 20,000).
+    pub max_connections: usize,
+    /// A client's keep-alive connection with no new request for this long is closed, so idle
+    /// clients give their places back. The same minute pingora allows a new connection for its
+    /// first request.
+    pub client_idle_secs: u64,
     /// Worker threads. One: the gateway shares a small CPU budget, and one thread avoids
     /// cross-thread wake-ups; raise it with the budget.
     pub threads: usize,
@@ -110,6 +119,8 @@ impl Default for GatewaySettings {
             idle_timeout_ms: 60_000,
             max_body_bytes: 8 * 1024 * 1024,
             max_in_flight: 8_192,
+            max_connections: 8_192,
+            client_idle_secs: 60,
             threads: 1,
             shutdown_grace_secs: 10,
             access_log: true,

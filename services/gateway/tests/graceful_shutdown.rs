@@ -3,95 +3,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-/// An upstream that answers `/readyz` at once and anything else after `delay`.
-fn slow_upstream(delay: Duration) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                if !seen.starts_with(b"GET /readyz") {
-                    thread::sleep(delay);
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
-    addr
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get(addr: &str, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
-}
-
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_listen_address, get, slow_upstream, Gateway};
 
 #[test]
 fn sigterm_lets_a_request_in_flight_finish_then_exits() {
     let upstream = slow_upstream(Duration::from_millis(1_500));
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut gateway = Gateway(
-        Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("serve")
-            .env("GATEWAY_LISTEN", &listen)
-            .env("GATEWAY_UPSTREAMS", format!("[\"{upstream}\"]"))
-            .env("GATEWAY_SHUTDOWN_GRACE_SECS", "3")
-            .env("GATEWAY_ACCESS_LOG", "false")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while get(&listen, "/gateway/healthz").is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "gateway never listened"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    let listen = free_listen_address();
+    let mut gateway = Gateway::start(&listen, &upstream, &[("GATEWAY_SHUTDOWN_GRACE_SECS", "3")]);
 
     let in_flight = {
         let listen = listen.clone();

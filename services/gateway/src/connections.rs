@@ -1,0 +1,65 @@
+//! The bound on client connections. pingora accepts every connection it is offered and keeps a
+//! keep-alive connection for as long as the client likes, so the gateway counts them itself: it
+//! wraps pingora's proxy in [`ConnectionLimit`], which sees each connection once, from accept
+//! to close, and closes a connection beyond `max_connections` at once.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::{apps::ServerApp, protocols::Stream, server::ShutdownWatch};
+
+use crate::metrics::Metrics;
+
+/// pingora's proxy (`inner`), behind a cap on the client connections open at once.
+pub struct ConnectionLimit<A> {
+    inner: Arc<A>,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl<A> ConnectionLimit<A> {
+    /// `inner` with at most `max` client connections open at once.
+    pub fn new(inner: A, max: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            max,
+            metrics,
+        }
+    }
+}
+
+/// Holds one of the `max_connections` places while its connection is open.
+struct Place(Arc<Metrics>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.client_connections.dec();
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // `inc` returns the count before this connection.
+        if self.metrics.client_connections.inc() >= self.max as i64 {
+            self.metrics.client_connections.dec();
+            self.metrics.client_connections_refused.inc();
+            return None; // dropping the stream closes the connection
+        }
+        let _place = Place(self.metrics.clone());
+        // pingora hands a keep-alive connection back after each request; serve them all here,
+        // so the place is held from accept to close.
+        let mut stream = stream;
+        loop {
+            stream = self.inner.process_new(stream, shutdown).await?;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
