@@ -29,6 +29,8 @@ pub struct GatewayServer {
     pub bin: PathBuf,
     /// The CPU group (host budget) it runs in, if budgets are enforced.
     pub cpu_group: Option<PathBuf>,
+    /// `GATEWAY_SELECTION`, when the stage variant sets one.
+    pub selection: Option<String>,
 }
 
 impl GatewayServer {
@@ -66,7 +68,7 @@ impl GatewayServer {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let env = vec![
+        let mut env = vec![
             (
                 "GATEWAY_LISTEN".to_owned(),
                 format!("{}:{APP_PORT}", self.address),
@@ -77,6 +79,9 @@ impl GatewayServer {
                 DRAIN_SECS.to_string(),
             ),
         ];
+        if let Some(selection) = &self.selection {
+            env.push(("GATEWAY_SELECTION".to_owned(), selection.clone()));
+        }
         let (program, args, _) = crate::budget::wrap(
             self.cpu_group.as_deref(),
             None,

@@ -196,6 +196,7 @@ impl Lab {
                 .collect(),
             bin: self.conduit_bin.with_file_name("gateway"),
             cpu_group: self.cpu_group_path(host),
+            selection: stage.gateway_selection.clone(),
         }
     }
 

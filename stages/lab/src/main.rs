@@ -108,9 +108,13 @@ enum Command_ {
         /// Measure the stage without its hosts of this role (e.g. `cache`); repeatable.
         #[arg(long, value_enum)]
         without: Vec<archlab::stage::Role>,
-        /// Give a host (or every replica of one) this CPU budget: `db=1.0`, `app=0.1`; repeatable.
+        /// Give a host (or every replica of one) this CPU budget: `db=1.0`, `app=0.1`,
+        /// `app-1=0.05`; repeatable.
         #[arg(long, value_parser = parse_budget)]
         budget: Vec<(String, f64)>,
+        /// How the gateway chooses an app host (stages with a gateway).
+        #[arg(long, value_parser = ["round_robin", "least_loaded"])]
+        gateway_selection: Option<String>,
     },
     /// Every implemented stage in order, each compared with the one before; writes
     /// `index.html`, `report.md` and one JSON per stage.
@@ -401,8 +405,12 @@ async fn main() -> anyhow::Result<()> {
             app_hosts,
             without,
             budget,
+            gateway_selection,
         } => {
             let mut stage = Stage::find_with(&stage, app_hosts)?.on_network(cli.net);
+            if let Some(selection) = gateway_selection {
+                stage = stage.with_gateway_selection(&selection)?;
+            }
             for role in without {
                 stage = stage.without(role)?;
             }

@@ -33,6 +33,10 @@ pub struct Stage {
     /// Folder name under `stages/` (filled in from the file list, not the file).
     #[serde(skip)]
     pub folder: String,
+    /// How the gateway chooses an app host (`round_robin` or `least_loaded`) when a measurement
+    /// variant says so ([`Stage::with_gateway_selection`]); otherwise the gateway's default.
+    #[serde(skip)]
+    pub gateway_selection: Option<String>,
 }
 
 /// A simulated host: one loopback address and one CPU budget.
@@ -206,6 +210,19 @@ impl Stage {
         Ok(self)
     }
 
+    /// The stage with its gateway choosing app hosts by `selection` (a measurement variant:
+    /// round robin against least loaded with one slow host, say).
+    pub fn with_gateway_selection(mut self, selection: &str) -> anyhow::Result<Stage> {
+        if self.gateway_host().is_none() {
+            bail!("stage {} has no gateway", self.number);
+        }
+        if !matches!(selection, "round_robin" | "least_loaded") {
+            bail!("gateway selection {selection:?}: round_robin or least_loaded");
+        }
+        self.gateway_selection = Some(selection.to_owned());
+        Ok(self)
+    }
+
     /// The stage with the hosts named `name` (or `name-1`, `name-2`, ... for a replicated host)
     /// given `cores` each (a measurement variant).
     pub fn with_budget(mut self, name: &str, cores: f64) -> anyhow::Result<Stage> {
@@ -363,6 +380,24 @@ mod tests {
         assert_eq!(two.app_host_count(), 2);
         assert!(Stage::parse_with("09-cluster", text, Some(9)).is_err());
         assert!(Stage::parse_with("09-cluster", text, Some(0)).is_err());
+    }
+
+    #[test]
+    fn measurement_variants_check_what_they_change() {
+        let cluster = Stage::find("4").unwrap();
+        let variant = cluster
+            .clone()
+            .with_gateway_selection("least_loaded")
+            .unwrap()
+            .with_budget("app-1", 0.05)
+            .unwrap();
+        assert_eq!(variant.gateway_selection.as_deref(), Some("least_loaded"));
+        let budgets: Vec<f64> = variant.app_hosts().iter().map(|h| h.cpu_budget).collect();
+        assert_eq!(budgets, [0.05, 0.2, 0.2], "only app-1 changes");
+        assert!(cluster.clone().with_gateway_selection("random").is_err());
+        assert!(cluster.with_budget("app", 0.001).is_err(), "under the floor");
+        let monolith = Stage::find("1").unwrap();
+        assert!(monolith.with_gateway_selection("round_robin").is_err(), "no gateway");
     }
 
     #[test]
