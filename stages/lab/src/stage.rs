@@ -395,9 +395,15 @@ mod tests {
         let budgets: Vec<f64> = variant.app_hosts().iter().map(|h| h.cpu_budget).collect();
         assert_eq!(budgets, [0.05, 0.2, 0.2], "only app-1 changes");
         assert!(cluster.clone().with_gateway_selection("random").is_err());
-        assert!(cluster.with_budget("app", 0.001).is_err(), "under the floor");
+        assert!(
+            cluster.with_budget("app", 0.001).is_err(),
+            "under the floor"
+        );
         let monolith = Stage::find("1").unwrap();
-        assert!(monolith.with_gateway_selection("round_robin").is_err(), "no gateway");
+        assert!(
+            monolith.with_gateway_selection("round_robin").is_err(),
+            "no gateway"
+        );
     }
 
     #[test]
