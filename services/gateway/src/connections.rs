@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::{apps::ServerApp, protocols::Stream, server::ShutdownWatch};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Place};
 
 /// pingora's proxy (`inner`), behind a cap on the client connections open at once.
 pub struct ConnectionLimit<A> {
@@ -28,15 +28,6 @@ impl<A> ConnectionLimit<A> {
     }
 }
 
-/// Holds one of the `max_connections` places while its connection is open.
-struct Place(Arc<Metrics>);
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.client_connections.dec();
-    }
-}
-
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
     async fn process_new(
@@ -44,13 +35,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // `inc` returns the count before this connection.
-        if self.metrics.client_connections.inc() >= self.max as i64 {
-            self.metrics.client_connections.dec();
+        let Some(_place) = Place::take(&self.metrics.client_connections, self.max) else {
             self.metrics.client_connections_refused.inc();
             return None; // dropping the stream closes the connection
-        }
-        let _place = Place(self.metrics.clone());
+        };
         // pingora hands a keep-alive connection back after each request; serve them all here,
         // so the place is held from accept to close.
         let mut stream = stream;

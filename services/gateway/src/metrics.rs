@@ -1,5 +1,6 @@
 //! The gateway's Prometheus metrics, served at `GET /gateway/metrics`: requests by upstream and
-//! status, requests in flight per upstream, retries and passive mark-downs.
+//! status, requests in flight (in all and per upstream), client connections, retries and passive
+//! mark-downs. Two of the gauges are also the gateway's caps ([`Place`]).
 
 use std::sync::Arc;
 
@@ -11,8 +12,9 @@ use prometheus_client::{
 
 use crate::pool::Pool;
 
-/// The upstream label is shared with [`Upstream::name`](crate::pool::Upstream), so counting a
-/// request copies a pointer, not the address text.
+// Every upstream label is shared with [`Upstream::name`](crate::pool::Upstream), so counting
+// copies a pointer, not the address text.
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     upstream: Arc<String>,
@@ -21,20 +23,42 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
-    upstream: String,
+    upstream: Arc<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    upstream: String,
+    upstream: Arc<String>,
     reason: &'static str,
 }
 
-fn inc(family: &Family<ReasonLabels, Counter>, upstream: &str, reason: &'static str) {
-    let upstream = upstream.to_owned();
+fn inc(family: &Family<ReasonLabels, Counter>, upstream: &Arc<String>, reason: &'static str) {
+    let upstream = upstream.clone();
     family
         .get_or_create(&ReasonLabels { upstream, reason })
         .inc();
+}
+
+/// One place under a cap whose count is a gauge (requests in flight, client connections); the
+/// place is given back when this is dropped.
+pub struct Place(Gauge);
+
+impl Place {
+    /// A place if fewer than `max` are taken.
+    pub fn take(count: &Gauge, max: usize) -> Option<Place> {
+        // `inc` returns the count before this one.
+        if count.inc() >= max as i64 {
+            count.dec();
+            return None;
+        }
+        Some(Place(count.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Every metric of the gateway.
@@ -45,7 +69,9 @@ pub struct Metrics {
     healthy: Family<UpstreamLabels, Gauge>,
     retries: Family<ReasonLabels, Counter>,
     marked_down: Family<ReasonLabels, Counter>,
-    /// Client connections open now.
+    /// Requests admitted and not yet answered (the `max_in_flight` cap counts these).
+    pub requests_in_flight: Gauge,
+    /// Client connections open now (the `max_connections` cap counts these).
     pub client_connections: Gauge,
     /// Client connections closed at accept because `max_connections` were open.
     pub client_connections_refused: Counter,
@@ -63,6 +89,7 @@ impl Metrics {
             healthy: Family::default(),
             retries: Family::default(),
             marked_down: Family::default(),
+            requests_in_flight: Gauge::default(),
             client_connections: Gauge::default(),
             client_connections_refused: Counter::default(),
             none: Arc::new("none".to_owned()),
@@ -71,6 +98,11 @@ impl Metrics {
             "gateway_requests",
             "Requests answered, by upstream (\"none\" when no host could take it) and status",
             m.requests.clone(),
+        );
+        m.registry.register(
+            "gateway_requests_in_flight",
+            "Requests admitted and not yet answered",
+            m.requests_in_flight.clone(),
         );
         m.registry.register(
             "gateway_upstream_in_flight",
@@ -114,12 +146,12 @@ impl Metrics {
     }
 
     /// One retry away from `upstream`.
-    pub fn retry(&self, upstream: &str, reason: &'static str) {
+    pub fn retry(&self, upstream: &Arc<String>, reason: &'static str) {
         inc(&self.retries, upstream, reason);
     }
 
     /// One passive mark-down of `upstream`.
-    pub fn marked_down(&self, upstream: &str, reason: &'static str) {
+    pub fn marked_down(&self, upstream: &Arc<String>, reason: &'static str) {
         inc(&self.marked_down, upstream, reason);
     }
 
@@ -127,7 +159,7 @@ impl Metrics {
     pub fn render(&self, pool: &Pool) -> String {
         for u in pool.upstreams() {
             let labels = UpstreamLabels {
-                upstream: u.addr.to_string(),
+                upstream: u.name.clone(),
             };
             let in_flight = u.in_flight.load(std::sync::atomic::Ordering::Relaxed);
             self.in_flight.get_or_create(&labels).set(in_flight as i64);
@@ -145,5 +177,24 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_place_is_given_only_under_the_cap_and_back_when_dropped() {
+        let count = Gauge::default();
+        let first = Place::take(&count, 2);
+        let second = Place::take(&count, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(Place::take(&count, 2).is_none(), "a third is refused");
+        assert_eq!(count.get(), 2, "a refusal leaves the count as it was");
+        drop(first);
+        assert_eq!(count.get(), 1);
+        assert!(Place::take(&count, 2).is_some(), "the place came back");
+        assert_eq!(count.get(), 1, "and went again with the dropped guard");
     }
 }

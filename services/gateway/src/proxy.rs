@@ -11,10 +11,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -27,7 +24,7 @@ use pingora::{
 };
 
 use crate::{
-    metrics::Metrics,
+    metrics::{Metrics, Place},
     pool::{InFlight, Pool},
     settings::GatewaySettings,
 };
@@ -48,7 +45,6 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Bounds and switches.
     pub settings: Arc<GatewaySettings>,
-    in_flight: Arc<AtomicUsize>,
 }
 
 /// One request's state across the filters.
@@ -60,16 +56,8 @@ pub struct RequestCtx {
     /// The host it is at now, counted in its in-flight number.
     current: Option<InFlight>,
     /// Holds one of the gateway's `max_in_flight` places.
-    _admitted: Option<Admitted>,
+    _admitted: Option<Place>,
     started: Instant,
-}
-
-struct Admitted(Arc<AtomicUsize>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Gateway {
@@ -79,7 +67,6 @@ impl Gateway {
             pool,
             metrics,
             settings,
-            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -104,11 +91,6 @@ async fn respond(
     session
         .write_response_body(Some(bytes::Bytes::from(body)), true)
         .await
-}
-
-/// `address:port` of a peer, as the metrics label upstreams.
-fn upstream_name(peer: &HttpPeer) -> String {
-    pingora::upstreams::peer::Peer::address(peer).to_string()
 }
 
 fn error_body(message: &str) -> String {
@@ -171,8 +153,11 @@ impl ProxyHttp for Gateway {
             }
             _ => {}
         }
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.settings.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let admitted = Place::take(
+            &self.metrics.requests_in_flight,
+            self.settings.max_in_flight,
+        );
+        if admitted.is_none() {
             respond(
                 session,
                 503,
@@ -182,7 +167,7 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
-        ctx._admitted = Some(Admitted(self.in_flight.clone()));
+        ctx._admitted = admitted;
         let length = session
             .req_header()
             .headers
@@ -264,19 +249,19 @@ impl ProxyHttp for Gateway {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        peer: &HttpPeer,
+        _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing reached the host, so any method may go elsewhere.
-        if let Some(current) = &ctx.current {
-            self.pool.mark_down(current.upstream());
-            self.metrics
-                .marked_down(&current.upstream().name, "connect");
-        }
         let again = ctx.tried.len() < MAX_ATTEMPTS;
-        if again {
-            self.metrics.retry(&upstream_name(peer), "connect");
+        if let Some(current) = &ctx.current {
+            let upstream = current.upstream();
+            self.pool.mark_down(upstream);
+            self.metrics.marked_down(&upstream.name, "connect");
+            if again {
+                self.metrics.retry(&upstream.name, "connect");
+            }
         }
         e.set_retry(again);
         e
@@ -302,8 +287,8 @@ impl ProxyHttp for Gateway {
             && broke
             && ctx.tried.len() < MAX_ATTEMPTS
             && !session.as_ref().retry_buffer_truncated();
-        if again {
-            self.metrics.retry(&upstream_name(peer), "reset");
+        if let Some(current) = ctx.current.as_ref().filter(|_| again) {
+            self.metrics.retry(&current.upstream().name, "reset");
         }
         e.set_retry(again);
         e
