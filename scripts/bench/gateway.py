@@ -29,7 +29,8 @@ No access logs anywhere (nginx `access_log off`, HAProxy without `option httplog
 
 import argparse, datetime, json, os, platform, re, shutil, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ROOT, git_state, run, version, write_result
+
 PROXY = "127.0.97.1:8080"
 UPSTREAMS = [f"127.0.97.{n}:8080" for n in (11, 12, 13)]
 LOADTEST = os.path.join(ROOT, "target/release/loadtest")
@@ -39,10 +40,6 @@ LATENCY_ROUNDS = 3
 THROUGHPUT_ROUNDS = 3
 CGROUP_V1 = "/sys/fs/cgroup/cpu"
 PERIOD_US = 10_000
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
 
 
 def wait_http(url, proc):
@@ -325,15 +322,6 @@ def main():
             for p in upstreams:
                 p.terminate()
     by = {r["proxy"]: r for r in results}
-
-    def version(cmd):
-        try:
-            p = subprocess.run(cmd, text=True, capture_output=True)
-            return (p.stdout + p.stderr).strip().splitlines()[0]
-        except (OSError, IndexError):
-            return None
-    commit = run(["git", "-C", ROOT, "rev-parse", "HEAD"]).strip()
-    dirty = bool(run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).strip())
     report = {
         "what": "the gateway's cost against pingora's floor (round robin on pingora-proxy, nothing else), "
                 "nginx and HAProxy as the same round-robin proxy",
@@ -353,7 +341,7 @@ def main():
             "at_least_0.8x_haproxy": by["gateway"]["throughput_rps"] >= 0.8 * by["haproxy"]["throughput_rps"],
         },
         "provenance": {
-            "git_commit": commit, "git_dirty": dirty,
+            **git_state(),
             "command": " ".join(["scripts/bench/gateway.py", *sys.argv[1:]]),
             "generated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
@@ -363,11 +351,7 @@ def main():
                      f"{LATENCY_ROUNDS} rounds (direct, then through the proxy), medians",
         },
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    print(f"written: {args.out}")
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,10 @@
 
 import argparse, datetime, json, os, platform, re, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ROOT, git_state, run, version, write_result
+
 ADDR = "127.0.99.1:8099"
 LOADTEST = os.path.join(ROOT, "target/release/loadtest")
-
-
-def run(cmd):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True).stdout
 
 
 def start_nginx(prefix):
@@ -116,10 +113,6 @@ def main():
         nginx.terminate()
         nginx.wait()
 
-    def version(cmd):
-        r = subprocess.run(cmd, text=True, capture_output=True)
-        return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() else "unknown"
-
     result = {
         "benchmark": "the harness itself, against nginx returning a fixed 200",
         "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -136,19 +129,14 @@ def main():
         },
         "memory": mem,
         "provenance": {
-            "git_commit": run(["git", "-C", ROOT, "rev-parse", "HEAD"]).strip(),
-            "git_dirty": bool(run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).strip()),
+            **git_state(),
             "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown"),
             "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
             "nginx": version(["nginx", "-v"]), "wrk": version(["wrk", "-v"]),
             "note": "nginx (1 worker), the load generator and the kernel share the machine's cores",
         },
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    print(f"written: {os.path.relpath(args.out, ROOT)}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ load generator; its latency figures are not coordinated-omission corrected (clos
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
@@ -26,17 +25,14 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ROOT, git_state, run, version, write_result
+
 NET = "230"  # a loopback network of its own, so a developer's lab on the default net is untouched
 
 
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
-
-
 def pg_bin(name):
-    for version in sorted(os.listdir("/usr/lib/postgresql"), key=lambda v: int(v) if v.isdigit() else 0, reverse=True):
-        path = f"/usr/lib/postgresql/{version}/bin/{name}"
+    for major in sorted(os.listdir("/usr/lib/postgresql"), key=lambda v: int(v) if v.isdigit() else 0, reverse=True):
+        path = f"/usr/lib/postgresql/{major}/bin/{name}"
         if os.path.exists(path):
             return path
     raise SystemExit(f"{name} not found; run scripts/setup.sh")
@@ -124,12 +120,6 @@ def main():
         subprocess.run([archlab_bin, "--state-dir", state, "--net", NET, "down"], capture_output=True)
         subprocess.run(["rm", "-rf", state])
 
-    def version(cmd):
-        try:
-            return subprocess.run(cmd, text=True, capture_output=True).stdout.strip().splitlines()[0]
-        except (OSError, IndexError):
-            return "unknown"
-
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
     result = {
         "benchmark": "stage 1 read baseline: app vs pgbench -S on the same PostgreSQL",
@@ -153,8 +143,7 @@ def main():
         },
         "queries_per_request": {"get_article": 1, "list_articles": 2},
         "provenance": {
-            "git_commit": run(["git", "-C", ROOT, "rev-parse", "HEAD"]).strip(),
-            "git_dirty": bool(run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).strip()),
+            **git_state(),
             "cpu_model": cpu_model,
             "cores": os.cpu_count(),
             "os": f"{platform.system()} {platform.release()}",
@@ -166,10 +155,7 @@ def main():
             "note": "app, PostgreSQL, wrk and pgbench share all cores; host CPU budgets arrive with the harness",
         },
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_result(args.out, result)
 
     r = result["results"]
     print()
@@ -179,7 +165,6 @@ def main():
     print(f"| GET /api/articles?limit=20 | {page['requests_per_s']:.0f} | {page['latency_p50_ms']:.2f} | {page['latency_p99_ms']:.2f} |")
     print(f"| pgbench -S (tps) | {tps:.0f} | | |")
     print(f"single-article read / pgbench -S = {r['ratio_get_article_to_pgbench']}")
-    print(f"written: {os.path.relpath(args.out, ROOT)}")
 
 
 if __name__ == "__main__":
