@@ -1,7 +1,7 @@
 """What the benchmark scripts share: running a tool, naming its version, the git state a result
 was measured at, and writing the result file."""
 
-import json, os, subprocess
+import json, os, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,3 +35,34 @@ def write_result(path, result):
         json.dump(result, f, indent=2)
         f.write("\n")
     print(f"written: {os.path.relpath(path, ROOT)}")
+
+
+def wait_http(url, proc):
+    """Returns once `url` answers 2xx; exits if `proc` dies first or 10 s pass."""
+    for _ in range(200):
+        if proc.poll() is not None:
+            sys.exit(f"{proc.args[0]} exited early")
+        try:
+            run(["curl", "-fsS", "-o", "/dev/null", url])
+            return
+        except subprocess.CalledProcessError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit(f"{url} never answered")
+
+
+def start_fixed_nginx(prefix, addr):
+    """nginx (one worker, no access log) answering `200 ok` to everything on `addr`, with its
+    files under `prefix`: a stand-in whose own cost is as small as a server's gets, so what is
+    measured in front of it is the client or the proxy. Returns the process once it answers."""
+    os.makedirs(prefix, exist_ok=True)
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; worker_processes 1; error_log stderr error; pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{ access_log off; server {{ listen {addr}; keepalive_requests 100000000;
+  location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    proc = subprocess.Popen(["nginx", "-p", prefix, "-c", conf], stderr=subprocess.DEVNULL)
+    wait_http(f"http://{addr}/", proc)
+    return proc

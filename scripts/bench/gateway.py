@@ -29,7 +29,7 @@ No access logs anywhere (nginx `access_log off`, HAProxy without `option httplog
 
 import argparse, datetime, json, os, platform, re, shutil, subprocess, sys, tempfile, time
 
-from common import ROOT, git_state, run, version, write_result
+from common import ROOT, git_state, run, start_fixed_nginx, version, wait_http, write_result
 
 PROXY = "127.0.97.1:8080"
 UPSTREAMS = [f"127.0.97.{n}:8080" for n in (11, 12, 13)]
@@ -40,19 +40,6 @@ LATENCY_ROUNDS = 3
 THROUGHPUT_ROUNDS = 3
 CGROUP_V1 = "/sys/fs/cgroup/cpu"
 PERIOD_US = 10_000
-
-
-def wait_http(url, proc):
-    for _ in range(200):
-        if proc.poll() is not None:
-            sys.exit(f"{proc.args[0]} exited early")
-        try:
-            run(["curl", "-fsS", "-o", "/dev/null", url])
-            return
-        except subprocess.CalledProcessError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit(f"{url} never answered")
 
 
 class Budget:
@@ -159,21 +146,7 @@ def syscalls_per_request(root):
 
 
 def start_upstreams(tmp):
-    procs = []
-    for i, addr in enumerate(UPSTREAMS):
-        prefix = os.path.join(tmp, f"up{i}")
-        os.makedirs(prefix)
-        conf = os.path.join(prefix, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"""daemon off; worker_processes 1; error_log stderr error; pid {prefix}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{ access_log off; server {{ listen {addr}; keepalive_requests 100000000;
-  location / {{ return 200 "ok\\n"; }} }} }}
-""")
-        p = subprocess.Popen(["nginx", "-p", prefix, "-c", conf], stderr=subprocess.DEVNULL)
-        wait_http(f"http://{addr}/", p)
-        procs.append(p)
-    return procs
+    return [start_fixed_nginx(os.path.join(tmp, f"up{i}"), addr) for i, addr in enumerate(UPSTREAMS)]
 
 
 def gateway_argv(tmp):

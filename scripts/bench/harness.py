@@ -11,31 +11,12 @@
    were done and at the end (constant memory: the ratio should be near 1, at most 2).
 """
 
-import argparse, datetime, json, os, platform, re, subprocess, sys, tempfile, time
+import argparse, datetime, json, os, platform, re, subprocess, sys, tempfile
 
-from common import ROOT, git_state, run, version, write_result
+from common import ROOT, git_state, run, start_fixed_nginx, version, write_result
 
 ADDR = "127.0.99.1:8099"
 LOADTEST = os.path.join(ROOT, "target/release/loadtest")
-
-
-def start_nginx(prefix):
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""daemon off; worker_processes 1; error_log stderr error; pid {prefix}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{ access_log off; server {{ listen {ADDR}; keepalive_requests 100000000;
-  location / {{ return 200 "ok\\n"; }} }} }}
-""")
-    proc = subprocess.Popen(["nginx", "-p", prefix, "-c", conf], stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            run(["curl", "-fsS", f"http://{ADDR}/"])
-            return proc
-        except subprocess.CalledProcessError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit("nginx did not start")
 
 
 def wrk_rps():
@@ -94,7 +75,7 @@ def main():
     if not os.path.exists(LOADTEST):
         sys.exit("build first: cargo build --release")
     tmp = tempfile.mkdtemp(prefix="archlab-harness-")
-    nginx = start_nginx(tmp)
+    nginx = start_fixed_nginx(tmp, ADDR)
     try:
         print("capacity: wrk and loadtest, closed loop, 2 threads, 64 connections, 10 s each, twice", flush=True)
         wrk_runs, lt_runs = [], []
