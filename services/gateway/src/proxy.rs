@@ -1,7 +1,8 @@
 //! The proxy itself: pingora calls these filters for every request.
 //!
 //! ```text
-//! request_filter     admin routes, the in-flight bound, the body-size bound, the request id
+//! request_filter     the client's idle timeout, the request id, admin routes, the in-flight
+//!                    bound, the body-size bound
 //! upstream_peer      choose a host (round robin or least loaded), skipping hosts already tried
 //! fail_to_connect    nothing was sent: mark the host down, try another (once)
 //! error_while_proxy  the request may have reached the host: retry only GET/HEAD after a reset
