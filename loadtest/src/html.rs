@@ -236,6 +236,57 @@ svg{background:#fff;border:1px solid #eee}.title{font-size:13px;font-weight:600}
 .axis{font-size:11px;fill:#333}.legend{font-size:10px}.grid{stroke:#eee}.warn{color:#a00;font-weight:600}
 .prov{font-size:12px;color:#555}";
 
+/// The ladder: per workload, capacity and capacity per core by stage (charts), and a row per
+/// stage with its cost and its bottleneck.
+fn ladder(reports: &[Report]) -> String {
+    let mut out = String::from("<h2>The ladder: what each stage buys, what it costs, where it is stuck</h2>");
+    let mut workloads: Vec<&str> = Vec::new();
+    for r in reports.iter().filter(|r| r.capacity.is_some()) {
+        if !workloads.contains(&r.workload.as_str()) {
+            workloads.push(&r.workload);
+        }
+    }
+    for workload in workloads {
+        let rows: Vec<(&Report, &crate::report::Capacity)> = reports
+            .iter()
+            .filter(|r| r.workload == workload)
+            .filter_map(|r| r.capacity.as_ref().map(|c| (r, c)))
+            .collect();
+        let _ = write!(out, "<h3>Workload <code>{}</code></h3><div class=\"charts\">", esc(workload));
+        out.push_str(&bar_chart(
+            &format!("Capacity at the target, {workload} (req/s)"),
+            "req/s",
+            &rows
+                .iter()
+                .map(|(r, c)| (stage_name(r), c.capacity_rps))
+                .collect::<Vec<_>>(),
+        ));
+        out.push_str(&bar_chart(
+            &format!("Capacity per core, {workload} (req/s per core)"),
+            "req/s per core",
+            &rows
+                .iter()
+                .map(|(r, c)| (stage_name(r), c.rps_per_core))
+                .collect::<Vec<_>>(),
+        ));
+        out.push_str("</div><table><tr><th class=\"l\">stage</th><th>capacity (req/s)</th><th>cores</th><th>req/s per core</th><th class=\"l\">bottleneck</th><th>its use of its budget</th><th>knee runs met</th><th>hit ratio</th><th>DB CPU ms per request</th></tr>");
+        for (r, c) in rows {
+            let (host, share) = c.bottleneck.as_ref().map_or(("-".to_owned(), "-".to_owned()), |b| {
+                (
+                    format!("{} ({})", b.host, b.role),
+                    format!("{:.2} of {} cores ({:.0} %) at {:.0} req/s", b.cores_used, b.cpu_budget, b.utilization * 100.0, b.at_rate_rps),
+                )
+            });
+            let _ = write!(out, "<tr><td class=\"l\">{}</td><td><b>{:.0}</b></td><td>{}</td><td>{:.0}</td><td class=\"l\">{}</td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td></tr>",
+                esc(&stage_name(r)), c.capacity_rps, c.total_cores, c.rps_per_core, esc(&host), esc(&share), c.knee_passed, c.knee_runs,
+                r.cache.hit_ratio.map_or("-".into(), |h| format!("{:.1} %", h * 100.0)),
+                c.database_cpu_ms_per_request.map_or("-".into(), |v| format!("{v:.3}")));
+        }
+        out.push_str("</table>");
+    }
+    out
+}
+
 fn stage_name(r: &Report) -> String {
     r.stage
         .map_or_else(|| "loadtest".to_owned(), |n| format!("stage {n}"))
@@ -245,6 +296,17 @@ fn stage_name(r: &Report) -> String {
 pub fn render(title: &str, reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = write!(out, "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>", esc(title), esc(title));
+    let mixed = crate::report::mixed_provenance(reports);
+    if !mixed.is_empty() {
+        out.push_str("<p class=\"warn\">Mixed results, not one comparison:</p><ul>");
+        for m in &mixed {
+            let _ = write!(out, "<li>{}</li>", esc(m));
+        }
+        out.push_str("</ul>");
+    }
+    if reports.iter().any(|r| r.capacity.is_some()) {
+        out.push_str(&ladder(reports));
+    }
     if reports.len() > 1 {
         out.push_str("<h2>Stage by stage</h2><table><tr><th class=\"l\">stage</th><th>mode</th><th>rate (req/s)</th><th>throughput (req/s)</th><th>p50 ms</th><th>p99 ms</th><th>errors</th><th>lost writes</th><th>hit ratio</th></tr>");
         for r in reports {

@@ -33,6 +33,12 @@ use workload::{ConduitWorkload, DataSet, Workload, WorkloadFile};
 
 /// Lost-write ids kept in a report.
 const MAX_LOST_IDS: usize = 100;
+/// Extra runs at the knee after a sweep: with the first, three measurements of the reported
+/// rate, so a reader sees whether it holds, and how far its p99 moves, from run to run.
+pub const KNEE_REPEATS: usize = 2;
+/// Rates a sweep tries at most (each miss is run twice): growing by half from 100 req/s reaches
+/// 100,000 in 17 steps, and four bisections follow.
+const MAX_SWEEP_RATES: usize = 24;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -76,10 +82,14 @@ pub enum Plan {
     /// Every connection as fast as it is answered.
     Closed,
     /// The highest rate whose corrected p99 stays under `target_p99_ms` with errors under
-    /// `max_error_rate`.
+    /// `max_error_rate`. One noisy step cannot fool it: the target is warmed up at `start_rate`
+    /// for `stage_warmup` before the first step, every miss is run again before it is believed,
+    /// and the knee is measured [`KNEE_REPEATS`] more times so its spread is on record.
     Sweep {
         /// First rate tried.
         start_rate: f64,
+        /// Unmeasured load at `start_rate` before the first step (cold caches, cold buffers).
+        stage_warmup: Duration,
         /// p99 bound in ms.
         target_p99_ms: f64,
         /// Error-rate bound (0.001 = 0.1 %).
@@ -188,38 +198,81 @@ pub async fn execute(
         }
         Plan::Sweep {
             start_rate,
+            stage_warmup,
             target_p99_ms,
             max_error_rate,
             max_rate,
         } => {
-            let mut steps = Vec::new();
+            if !stage_warmup.is_zero() {
+                progress(&format!(
+                    "sweep: warming up at {start_rate:.0} req/s for {stage_warmup:?} (not measured)"
+                ));
+                let warm = RunConfig {
+                    warmup: stage_warmup,
+                    duration: Duration::ZERO,
+                    ..config(Mode::Open { rate: start_rate })
+                };
+                run::run(&warm, workload.clone()).await;
+            }
+            let mut steps: Vec<SweepStep> = Vec::new();
             let mut best: Option<Report> = None;
             let mut low = 0.0;
             let mut high: Option<f64> = None;
             let mut rate = start_rate;
-            // Grow by half until a rate fails, then bisect four times between the last pass and
-            // the first failure: at most a dozen steps, resolution about 3 % of the answer.
-            for _ in 0..16 {
-                progress(&format!("sweep: {rate:.0} req/s ..."));
-                let out = run::run(&config(Mode::Open { rate }), workload.clone()).await;
-                let report = finish(options, &name, "open", Some(rate), out, addr).await;
-                let error_rate = report.error_rate();
-                let passed =
-                    report.latency_ms.corrected.p99 <= target_p99_ms && error_rate < max_error_rate;
-                progress(&format!(
-                    "sweep: {rate:.0} req/s -> {:.0} ok/s, p99 {} ms, errors {:.3} %: {}",
-                    report.throughput_rps,
-                    report.latency_ms.corrected.p99,
-                    error_rate * 100.0,
-                    if passed { "met" } else { "missed" }
-                ));
-                steps.push(SweepStep {
-                    rate_rps: rate,
-                    throughput_rps: report.throughput_rps,
-                    p99_ms: report.latency_ms.corrected.p99,
-                    error_rate,
-                    passed,
-                });
+            // One step at `rate`: its report and whether it met the target.
+            let step = |rate: f64, repeat: bool, steps: &mut Vec<SweepStep>| {
+                let index = steps.len();
+                if let Some(live) = &options.live {
+                    live.step.store(index, std::sync::atomic::Ordering::Relaxed);
+                }
+                let workload = workload.clone();
+                let name = name.clone();
+                async move {
+                    progress(&format!(
+                        "sweep: {rate:.0} req/s{} ...",
+                        if repeat { " again" } else { "" }
+                    ));
+                    let out = run::run(&config(Mode::Open { rate }), workload).await;
+                    let report = finish(options, &name, "open", Some(rate), out, addr).await;
+                    let error_rate = report.error_rate();
+                    let passed = report.latency_ms.corrected.p99 <= target_p99_ms
+                        && error_rate < max_error_rate;
+                    let c = &report.counts;
+                    progress(&format!(
+                        "sweep: {rate:.0} req/s -> {:.0} ok/s, p99 {} ms, errors {:.3} % (failed {}, unknown {}, dropped {}): {}",
+                        report.throughput_rps,
+                        report.latency_ms.corrected.p99,
+                        error_rate * 100.0,
+                        c.failed,
+                        c.unknown,
+                        c.dropped,
+                        if passed { "met" } else { "missed" }
+                    ));
+                    let record = SweepStep {
+                        rate_rps: rate,
+                        throughput_rps: report.throughput_rps,
+                        p50_ms: report.latency_ms.corrected.p50,
+                        p99_ms: report.latency_ms.corrected.p99,
+                        error_rate,
+                        passed,
+                        repeat,
+                        host_cores: Default::default(),
+                    };
+                    (report, passed, record)
+                }
+            };
+            // Grow by half until a rate fails (twice in a row), then bisect between the last pass
+            // and the first failure until they are within 4 %.
+            for _ in 0..MAX_SWEEP_RATES {
+                let (mut report, mut passed, record) = step(rate, false, &mut steps).await;
+                steps.push(record);
+                if !passed {
+                    let (again, again_passed, record) = step(rate, true, &mut steps).await;
+                    steps.push(record);
+                    if again_passed {
+                        (report, passed) = (again, true);
+                    }
+                }
                 if passed {
                     low = rate;
                     best = Some(report);
@@ -237,10 +290,17 @@ pub async fn execute(
                 Some(r) => r,
                 None => {
                     // Nothing met the target: report the last step, with a max rate of 0.
-                    let out = run::run(&config(Mode::Open { rate: start_rate }), workload).await;
+                    let out =
+                        run::run(&config(Mode::Open { rate: start_rate }), workload.clone()).await;
                     finish(options, &name, "open", Some(start_rate), out, addr).await
                 }
             };
+            if low > 0.0 {
+                for _ in 0..KNEE_REPEATS {
+                    let (_, _, record) = step(low, true, &mut steps).await;
+                    steps.push(record);
+                }
+            }
             report.mode = "sweep".into();
             report.rate_rps = Some(low);
             report.sweep = Some(Sweep {
@@ -297,6 +357,7 @@ async fn finish(
             hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
         },
         sweep: None,
+        capacity: None,
         operations: s.operations.clone(),
         drill: None,
         hosts: Vec::new(),
@@ -400,13 +461,20 @@ pub async fn show_progress(live: Arc<run::Live>) {
     loop {
         tick.tick().await;
         let done = live.done.load(Ordering::Relaxed);
-        let errors = live.errors.load(Ordering::Relaxed);
+        let failed = live.failed.load(Ordering::Relaxed);
+        let waiting = live
+            .released
+            .load(Ordering::Relaxed)
+            .saturating_sub(live.started.load(Ordering::Relaxed));
+        // "failed" here: answered with an error or not at all. A sweep's "errors" also count the
+        // sends still waiting when a step ends (dropped), which the last column shows building up.
         let line = format!(
-            "{:>4} s  {:>8} req/s  {:>10} done  {:>6} errors",
+            "{:>4} s  {:>8} req/s  {:>10} done  {:>6} failed  {:>6} waiting to be sent",
             started.elapsed().as_secs(),
             done - last,
             done,
-            errors
+            failed,
+            waiting
         );
         last = done;
         if terminal {

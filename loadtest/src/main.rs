@@ -96,6 +96,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
     let plan = if cli.sweep {
         Plan::Sweep {
             start_rate: cli.rate,
+            stage_warmup: cli.warmup,
             target_p99_ms: cli.target_p99.as_secs_f64() * 1000.0,
             max_error_rate: cli.sweep_max_errors / 100.0,
             max_rate: cli.sweep_max_rate,

@@ -77,12 +77,22 @@ pub struct SweepStep {
     pub rate_rps: f64,
     /// Achieved successes per second.
     pub throughput_rps: f64,
+    /// Corrected p50 (absent in files from before it was kept: 0).
+    #[serde(default)]
+    pub p50_ms: f64,
     /// Corrected p99.
     pub p99_ms: f64,
     /// Failed + unknown + dropped over scheduled.
     pub error_rate: f64,
     /// Whether it met the target.
     pub passed: bool,
+    /// A repeat of a rate already run: a miss confirmed before it is believed, or the knee
+    /// measured again for its spread.
+    #[serde(default)]
+    pub repeat: bool,
+    /// Average cores each host used during this step, by host name (filled in by `archlab`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub host_cores: std::collections::BTreeMap<String, f64>,
 }
 
 /// A sweep's outcome.
@@ -96,6 +106,60 @@ pub struct Sweep {
     pub max_rate_rps: f64,
     /// Every step, in the order run.
     pub steps: Vec<SweepStep>,
+}
+
+/// What a stage buys and where it is stuck: a sweep's answer set against the stage's cost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Highest rate meeting the target (the sweep's answer), req/s.
+    pub capacity_rps: f64,
+    /// Cores of all the stage's hosts (what it costs).
+    pub total_cores: f64,
+    /// `capacity_rps / total_cores`.
+    pub rps_per_core: f64,
+    /// Runs at the capacity rate (the sweep's own and its repeats), and how many met the target.
+    pub knee_runs: usize,
+    /// See `knee_runs`.
+    pub knee_passed: usize,
+    /// Lowest and highest p99 (ms) of those runs: the knee's spread.
+    pub knee_p99_ms: [f64; 2],
+    /// Corrected p50 and p99 at the sweep's first rate, which every stage of a tour runs.
+    pub reference: Option<ReferencePoint>,
+    /// The host whose CPU came nearest its budget where the stage stopped meeting the target.
+    pub bottleneck: Option<Bottleneck>,
+    /// CPU the database hosts spent per request at the knee (ms): a cheap service-level signal.
+    pub database_cpu_ms_per_request: Option<f64>,
+}
+
+/// The p50 and p99 at one rate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReferencePoint {
+    /// Offered rate.
+    pub rate_rps: f64,
+    /// Corrected p50, ms.
+    pub p50_ms: f64,
+    /// Corrected p99, ms.
+    pub p99_ms: f64,
+}
+
+/// The bottleneck host of a sweep.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Bottleneck {
+    /// Host name.
+    pub host: String,
+    /// Its roles.
+    pub role: String,
+    /// Offered rate of the step it was read at: the first rate above the capacity (it missed).
+    pub at_rate_rps: f64,
+    /// Cores it used in that step.
+    pub cores_used: f64,
+    /// Its budget.
+    pub cpu_budget: f64,
+    /// `cores_used / cpu_budget`.
+    pub utilization: f64,
+    /// Whether it was at its budget (utilization at least 0.85); if not, no host budget was the
+    /// limit (the machine, or something else such as lock waits or a pool).
+    pub at_budget: bool,
 }
 
 /// A host of the stage under test and the CPU it used during the measurement.
@@ -156,6 +220,12 @@ pub struct Provenance {
     pub generated_at: String,
     /// Whether the whole machine, not a host budget, was the limit (all cores busy).
     pub machine_bound: Option<bool>,
+    /// Cores of the load harness's own CPU budget, if it ran in one.
+    #[serde(default)]
+    pub harness_cores: Option<f64>,
+    /// The data set the stage was seeded with (`users=… articles=… images=… seed=…`).
+    #[serde(default)]
+    pub data_set: Option<String>,
 }
 
 /// One run's result file.
@@ -189,6 +259,9 @@ pub struct Report {
     pub drill: Option<Drill>,
     /// Sweep details, for a sweep.
     pub sweep: Option<Sweep>,
+    /// Capacity, cost and bottleneck, for a sweep of a stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
     /// Hosts of the stage and the CPU they used.
     pub hosts: Vec<HostUsage>,
     /// Per-second series.
@@ -247,6 +320,59 @@ pub struct SeriesPoint {
     pub cache_bypasses: u64,
 }
 
+/// Where results that are shown side by side disagree about where they came from: more than one
+/// commit (a dirty tree counts as a commit of its own), data set or machine. Each entry says
+/// what differs; empty means the results make one comparison.
+pub fn mixed_provenance(reports: &[Report]) -> Vec<String> {
+    let mut mixed = Vec::new();
+    let mut distinct = |what: &str, values: Vec<String>| {
+        let mut unique: Vec<String> = Vec::new();
+        for v in values {
+            if !unique.contains(&v) {
+                unique.push(v);
+            }
+        }
+        if unique.len() > 1 {
+            mixed.push(format!("{} {what}: {}", unique.len(), unique.join(", ")));
+        }
+    };
+    distinct(
+        "commits",
+        reports
+            .iter()
+            .map(|r| {
+                let p = &r.provenance;
+                let commit = p.git_commit.as_deref().unwrap_or("unknown");
+                let short = &commit[..commit.len().min(7)];
+                match p.git_dirty {
+                    Some(true) => format!("{short} (dirty)"),
+                    _ => short.to_owned(),
+                }
+            })
+            .collect(),
+    );
+    distinct(
+        "data sets",
+        reports
+            .iter()
+            .map(|r| {
+                r.provenance
+                    .data_set
+                    .clone()
+                    .unwrap_or_else(|| "unrecorded".into())
+            })
+            .collect(),
+    );
+    distinct(
+        "machines",
+        reports
+            .iter()
+            .map(|r| format!("{} x {}", r.provenance.cores, r.provenance.cpu_model))
+            .collect(),
+    );
+    mixed
+}
+
 impl Report {
     /// Error rate as thresholds and sweeps judge it: (failed + unknown + dropped) / scheduled.
     pub fn error_rate(&self) -> f64 {
@@ -300,14 +426,16 @@ impl Report {
         }
         if let Some(sweep) = &self.sweep {
             s.push_str(&format!(
-                "\nSweep: highest rate with p99 <= {} ms and errors < {:.2} %: **{:.0} req/s**.\n\n| offered | achieved | p99 ms | errors | met |\n|---:|---:|---:|---:|:-:|\n",
+                "\nSweep: highest rate with p99 <= {} ms and errors < {:.2} %: **{:.0} req/s**.\n\n| offered | achieved | p50 ms | p99 ms | errors | met |\n|---:|---:|---:|---:|---:|:-:|\n",
                 sweep.target_p99_ms, sweep.max_error_rate * 100.0, sweep.max_rate_rps
             ));
             for step in &sweep.steps {
                 s.push_str(&format!(
-                    "| {:.0} | {:.0} | {} | {:.3} % | {} |\n",
+                    "| {:.0}{} | {:.0} | {} | {} | {:.3} % | {} |\n",
                     step.rate_rps,
+                    if step.repeat { " (again)" } else { "" },
                     step.throughput_rps,
+                    step.p50_ms,
                     step.p99_ms,
                     step.error_rate * 100.0,
                     if step.passed { "yes" } else { "no" }

@@ -76,8 +76,16 @@ pub struct RunConfig {
 pub struct Live {
     /// Responses completed (measured or not).
     pub done: AtomicU64,
-    /// Of those, not 2xx/3xx.
-    pub errors: AtomicU64,
+    /// Of those, not 2xx/3xx, or no answer at all (failed or unknown).
+    pub failed: AtomicU64,
+    /// Sends the open-loop schedule has released so far.
+    pub released: AtomicU64,
+    /// Sends begun so far; `released - started` are waiting for a free connection, and become
+    /// *dropped* if a run ends before they go.
+    pub started: AtomicU64,
+    /// Which sweep step runs (its index in the sweep's steps), for a sampler that attributes
+    /// server CPU to steps.
+    pub step: std::sync::atomic::AtomicUsize,
     /// True while a measurement window is open (after warm-up, before the end): lets a sampler
     /// of server CPU count exactly the measured seconds.
     pub measuring: AtomicBool,
@@ -139,7 +147,8 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
             let (tx, rx) = flume::unbounded::<Instant>();
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
             let total = ((config.warmup + config.duration).as_secs_f64() * rate).floor() as u64;
-            let handle = std::thread::spawn(move || dispatch(tx, start, interval, total));
+            let live = config.live.clone();
+            let handle = std::thread::spawn(move || dispatch(tx, start, interval, total, live));
             (Some(rx), Some(handle))
         }
         Mode::Closed => (None, None),
@@ -235,7 +244,13 @@ fn unreachable_shared() -> Shared {
 /// are shared with the server under test, an ordinary thread waits for its turn after each sleep,
 /// which showed up as milliseconds of send-time error in the tail. Without the privilege it runs
 /// as an ordinary thread, and the send lag it reports says how precise it was.
-fn dispatch(tx: flume::Sender<Instant>, start: Instant, interval: Duration, total: u64) -> u64 {
+fn dispatch(
+    tx: flume::Sender<Instant>,
+    start: Instant,
+    interval: Duration,
+    total: u64,
+    live: Option<Arc<Live>>,
+) -> u64 {
     let _ = thread_priority::set_thread_priority_and_policy(
         thread_priority::thread_native_id(),
         thread_priority::ThreadPriority::Crossplatform(50u8.try_into().unwrap_or_default()),
@@ -253,6 +268,9 @@ fn dispatch(tx: flume::Sender<Instant>, start: Instant, interval: Duration, tota
             }
             if tx.send(due).is_err() {
                 return next;
+            }
+            if let Some(live) = &live {
+                live.released.fetch_add(1, Ordering::Relaxed);
             }
             next += 1;
         }
@@ -345,13 +363,16 @@ async fn one_request(
     scheduled: Instant,
 ) {
     let op = workload.next(rng);
+    if let Some(live) = &config.live {
+        live.started.fetch_add(1, Ordering::Relaxed);
+    }
     let sent = Instant::now();
     let result = exchange(config, conn, &op.request).await;
     let done = Instant::now();
     if let Some(live) = &config.live {
         live.done.fetch_add(1, Ordering::Relaxed);
         if !matches!(&result, Ok(r) if r.status < 400) {
-            live.errors.fetch_add(1, Ordering::Relaxed);
+            live.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
     let measuring = scheduled >= shared.measure_start;

@@ -37,7 +37,9 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     shutdown_grace: Duration,
+    /// Longest SIGTERM drain (`server.drain_ms`).
     drain: Duration,
+    /// Set while draining: `/readyz` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -82,28 +84,44 @@ impl Application {
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish
+    /// Serves until a signal says stop, then stops accepting and lets in-flight requests finish
     /// (up to `server.shutdown_grace_ms`).
+    ///
+    /// SIGINT stops at once. SIGTERM first *drains* when `server.drain_ms` is set: `/readyz`
+    /// answers 503 and requests are still served, so a load balancer takes the host out of
+    /// rotation before its port closes. The drain ends on a SIGINT (whoever sent the SIGTERM saw
+    /// the host leave rotation: the lab's rolling restart waits for the gateway to say so) or,
+    /// failing that, after `drain_ms` at most.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        let draining = self.draining.clone();
+        let drain = self.drain;
+        self.run_until(async move {
+            match next_signal().await {
+                StopSignal::Interrupt => {}
+                StopSignal::Terminate if drain.is_zero() => {}
+                StopSignal::Terminate => {
+                    tracing::info!(?drain, "SIGTERM: not ready any more, still serving");
+                    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                    match tokio::time::timeout(drain, next_signal()).await {
+                        Ok(_) => tracing::info!("signal received: drain over"),
+                        Err(_) => tracing::info!(?drain, "drain bound reached"),
+                    }
+                }
+            }
+        })
+        .await
     }
 
-    /// Serves until `stop` completes (tests pass their own trigger).
+    /// Serves until `stop` completes (tests pass their own trigger), then shuts down gracefully.
     pub async fn run_until(
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let grace = self.shutdown_grace;
-        let (drain, draining) = (self.drain, self.draining);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             stop.await;
-            if !drain.is_zero() {
-                tracing::info!(?drain, "shutting down: not ready any more, still serving");
-                draining.store(true, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(drain).await;
-            }
-            tracing::info!("shutting down: draining in-flight requests");
+            tracing::info!("shutting down: finishing in-flight requests");
             let _ = stopping_tx.send(());
         });
         let server = server.into_future();
@@ -174,26 +192,31 @@ async fn overload_response(error: BoxError) -> Response {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Which stop signal arrived.
+enum StopSignal {
+    /// SIGINT: stop now.
+    Interrupt,
+    /// SIGTERM: drain first (if configured), then stop.
+    Terminate,
+}
+
+/// The next SIGINT or SIGTERM. Listening for a signal that cannot be listened for is logged and
+/// never completes, so the other one still works.
+async fn next_signal() -> StopSignal {
+    use tokio::signal::unix::{signal, SignalKind};
+    let wait = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                tracing::error!(error = %e, "cannot listen for {name}");
                 std::future::pending::<()>().await;
             }
         }
     };
     tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        () = wait(SignalKind::interrupt(), "SIGINT") => StopSignal::Interrupt,
+        () = wait(SignalKind::terminate(), "SIGTERM") => StopSignal::Terminate,
     }
 }

@@ -63,10 +63,12 @@ pub struct ServerSettings {
     pub max_in_flight_requests: usize,
     /// How long a graceful shutdown waits for in-flight requests before giving up.
     pub shutdown_grace_ms: u64,
-    /// On SIGTERM, keep serving for this long with `/readyz` answering 503 before closing the
-    /// listener, so a load balancer's health check takes the host out first and no new request
-    /// meets a closed port. 0 without a load balancer (nothing to wait for); behind stage 4's
-    /// gateway the lab sets it to cover the gateway's health checks (2 failures 1 s apart).
+    /// On SIGTERM, keep serving with `/readyz` answering 503 until a SIGINT comes, for at most
+    /// this long, before closing the listener, so a load balancer's health check takes the host
+    /// out first and no new request meets a closed port. 0 without a load balancer (nothing to
+    /// wait for). Behind stage 4's gateway the lab sets a generous bound and ends the drain with a
+    /// SIGINT as soon as the gateway reports the host out of rotation: a condition, not a window
+    /// that a slow machine could outrun.
     pub drain_ms: u64,
 }
 

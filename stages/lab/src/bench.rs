@@ -12,11 +12,15 @@ use std::{
 };
 
 use anyhow::Context;
-use loadtest::{report::HostUsage, report::Report, Options, Plan};
+use loadtest::{
+    report::{Bottleneck, Capacity, HostUsage, ReferencePoint, Report},
+    Options, Plan,
+};
 
 use crate::{
     budget,
     lab::{Lab, SeedSpec},
+    size::HARNESS_CORES,
     stage::Stage,
 };
 
@@ -88,6 +92,7 @@ async fn measure(
     options: &BenchOptions,
     progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Report> {
+    let live = Arc::new(loadtest::run::Live::default());
     let harness = Options {
         target: stage.endpoint(),
         workload: options.workload.clone(),
@@ -101,70 +106,32 @@ async fn measure(
         email_domain: "seed.archlab.test".into(),
         password: "archlab-seed-password".into(),
         verify: true,
-        live: Some(Arc::new(loadtest::run::Live::default())),
+        live: Some(live.clone()),
     };
-    let ticker = harness
-        .live
-        .clone()
-        .map(|live| tokio::spawn(loadtest::show_progress(live)));
+    // The harness (this process) runs in a budget of its own while it measures, so it never
+    // starves a host and a host never starves it; it leaves the group when this returns.
+    let _harness_group = lab
+        .budgets()
+        .join_self("harness", HARNESS_CORES)
+        .context("putting the harness in its own CPU budget")?;
+    let ticker = tokio::spawn(loadtest::show_progress(live.clone()));
 
-    // Sample every host's CPU once a second while the harness runs.
     let hosts: Vec<(crate::stage::Host, Vec<i32>)> = stage
         .hosts
         .iter()
         .map(|h| (h.clone(), lab.host_pids(stage, h)))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    // Sample every host's CPU once a second, counting only seconds inside a measurement window
-    // (not the data-set load, warm-ups or verify phases).
-    let live = harness.live.clone();
     let sampler = {
         let stop = stop.clone();
         let hosts = hosts.clone();
-        tokio::task::spawn_blocking(move || {
-            let measuring = || {
-                live.as_ref()
-                    .is_some_and(|l| l.measuring.load(Ordering::Relaxed))
-            };
-            let mut last: Vec<f64> = hosts
-                .iter()
-                .map(|(_, pids)| budget::cpu_seconds(pids))
-                .collect();
-            let mut last_machine = budget::machine_ticks();
-            let mut used = vec![0.0; hosts.len()];
-            let mut series: Vec<Vec<f64>> = vec![Vec::new(); hosts.len()];
-            let (mut busy, mut total, mut wall) = (0u64, 0u64, 0.0);
-            while !stop.load(Ordering::Relaxed) {
-                let was_measuring = measuring();
-                let tick = Instant::now();
-                std::thread::sleep(Duration::from_secs(1));
-                let counted = was_measuring && measuring();
-                let machine = budget::machine_ticks();
-                for (i, (_, pids)) in hosts.iter().enumerate() {
-                    let now = budget::cpu_seconds(pids);
-                    if counted {
-                        let delta = (now - last[i]).max(0.0);
-                        series[i].push((delta * 100.0).round() / 100.0);
-                        used[i] += delta;
-                    }
-                    last[i] = now;
-                }
-                if counted {
-                    busy += machine.0 - last_machine.0;
-                    total += machine.1 - last_machine.1;
-                    wall += tick.elapsed().as_secs_f64();
-                }
-                last_machine = machine;
-            }
-            (series, used, wall, busy as f64 / total.max(1) as f64)
-        })
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || sample_cpu(&hosts, &live, &stop))
     };
     let result = loadtest::execute(&harness, progress).await;
-    if let Some(ticker) = ticker {
-        ticker.abort();
-    }
+    ticker.abort();
     stop.store(true, Ordering::Relaxed);
-    let (series, used, wall, busy) = sampler.await.context("CPU sampler")?;
+    let usage = sampler.await.context("CPU sampler")?;
     let mut report = result?;
 
     report.stage = Some(stage.number);
@@ -173,26 +140,205 @@ async fn measure(
         .enumerate()
         .map(|(i, (host, pids))| HostUsage {
             name: host.name.clone(),
-            role: host
-                .roles
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join("+"),
+            role: role_names(host),
             address: host.address.clone(),
             cpu_budget: host.cpu_budget,
             enforced: pids.first().is_some_and(|p| lab.is_budgeted(host, *p)),
-            cpu_seconds_used: (used[i] * 100.0).round() / 100.0,
-            cores_used: (used[i] / wall.max(0.001) * 100.0).round() / 100.0,
-            cores_series: series[i].clone(),
+            cpu_seconds_used: round2(usage.used[i]),
+            cores_used: round2(usage.used[i] / usage.wall.max(0.001)),
+            cores_series: usage.series[i].clone(),
         })
         .collect();
+    if let Some(sweep) = &mut report.sweep {
+        for (index, step) in sweep.steps.iter_mut().enumerate() {
+            step.host_cores = hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (host, _))| {
+                    usage
+                        .step_cores(index, i)
+                        .map(|c| (host.name.clone(), round2(c)))
+                })
+                .collect();
+        }
+    }
+    report.capacity = capacity(stage, &report);
     let p = &mut report.provenance;
     p.stage = Some(stage.number);
     p.hosts = report.hosts.clone();
-    p.machine_bound = Some(busy >= MACHINE_BOUND);
+    p.machine_bound = Some(usage.machine_busy >= MACHINE_BOUND);
     p.versions = versions(lab);
+    p.harness_cores = lab.budgets().enforces().then_some(HARNESS_CORES);
+    p.data_set = Some(options.data.describe());
     Ok(report)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn role_names(host: &crate::stage::Host) -> String {
+    host.roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// What the CPU sampler saw.
+struct CpuUsage {
+    /// Per host: cores used in each measured second.
+    series: Vec<Vec<f64>>,
+    /// Per host: CPU seconds over all measured seconds.
+    used: Vec<f64>,
+    /// Measured wall seconds.
+    wall: f64,
+    /// Share of the whole machine busy over the measured seconds.
+    machine_busy: f64,
+    /// Per measured second: the sweep step it belonged to.
+    steps: Vec<usize>,
+}
+
+impl CpuUsage {
+    /// Average cores host `host` used during sweep step `step`, if any second was measured.
+    fn step_cores(&self, step: usize, host: usize) -> Option<f64> {
+        let seconds: Vec<f64> = self
+            .steps
+            .iter()
+            .zip(&self.series[host])
+            .filter(|(s, _)| **s == step)
+            .map(|(_, c)| *c)
+            .collect();
+        (!seconds.is_empty()).then(|| seconds.iter().sum::<f64>() / seconds.len() as f64)
+    }
+}
+
+/// Samples every host's CPU once a second until `stop`, counting only seconds that lie wholly
+/// inside a measurement window (not the data-set load, warm-ups or verify phases), each tagged
+/// with the sweep step that ran.
+fn sample_cpu(
+    hosts: &[(crate::stage::Host, Vec<i32>)],
+    live: &loadtest::run::Live,
+    stop: &AtomicBool,
+) -> CpuUsage {
+    let measuring = || live.measuring.load(Ordering::Relaxed);
+    let mut last: Vec<f64> = hosts
+        .iter()
+        .map(|(_, pids)| budget::cpu_seconds(pids))
+        .collect();
+    let mut last_machine = budget::machine_ticks();
+    let mut usage = CpuUsage {
+        series: vec![Vec::new(); hosts.len()],
+        used: vec![0.0; hosts.len()],
+        wall: 0.0,
+        machine_busy: 0.0,
+        steps: Vec::new(),
+    };
+    let (mut busy, mut total) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let was_measuring = measuring();
+        let step = live.step.load(Ordering::Relaxed);
+        let tick = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let counted =
+            was_measuring && measuring() && live.step.load(Ordering::Relaxed) == step;
+        let machine = budget::machine_ticks();
+        let seconds = tick.elapsed().as_secs_f64();
+        for (i, (_, pids)) in hosts.iter().enumerate() {
+            let now = budget::cpu_seconds(pids);
+            if counted {
+                let delta = (now - last[i]).max(0.0);
+                usage.series[i].push(round2(delta / seconds));
+                usage.used[i] += delta;
+            }
+            last[i] = now;
+        }
+        if counted {
+            usage.steps.push(step);
+            busy += machine.0 - last_machine.0;
+            total += machine.1 - last_machine.1;
+            usage.wall += seconds;
+        }
+        last_machine = machine;
+    }
+    usage.machine_busy = busy as f64 / total.max(1) as f64;
+    usage
+}
+
+/// A host at this share of its budget or more was at its budget (the rest is sampling noise and
+/// the throttling slack of a CFS period).
+const AT_BUDGET: f64 = 0.85;
+
+/// Capacity, cost and bottleneck of a stage's sweep.
+fn capacity(stage: &Stage, report: &Report) -> Option<Capacity> {
+    let sweep = report.sweep.as_ref()?;
+    let capacity_rps = sweep.max_rate_rps;
+    let total_cores = (stage.total_cores() * 1000.0).round() / 1000.0;
+    let knee: Vec<_> = sweep
+        .steps
+        .iter()
+        .filter(|s| capacity_rps > 0.0 && s.rate_rps == capacity_rps)
+        .collect();
+    let p99s = knee.iter().map(|s| s.p99_ms);
+    let knee_p99_ms = [
+        p99s.clone().fold(f64::INFINITY, f64::min),
+        p99s.fold(0.0, f64::max),
+    ];
+    // Where the stage stopped: the lowest missed rate above the capacity (its last run, the
+    // confirmation), else the knee itself when nothing missed.
+    let stopped = sweep
+        .steps
+        .iter()
+        .filter(|s| !s.passed && s.rate_rps > capacity_rps)
+        .min_by(|a, b| {
+            a.rate_rps
+                .total_cmp(&b.rate_rps)
+                .then(b.repeat.cmp(&a.repeat))
+        })
+        .or(knee.first().copied());
+    let bottleneck = stopped.and_then(|step| {
+        stage
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let used = *step.host_cores.get(&h.name)?;
+                Some((h, used, used / h.cpu_budget))
+            })
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+            .map(|(h, used, utilization)| Bottleneck {
+                host: h.name.clone(),
+                role: role_names(h),
+                at_rate_rps: step.rate_rps,
+                cores_used: used,
+                cpu_budget: h.cpu_budget,
+                utilization: round2(utilization),
+                at_budget: utilization >= AT_BUDGET,
+            })
+    });
+    let database_cpu_ms_per_request = knee.first().and_then(|step| {
+        let cores: f64 = stage
+            .database_hosts()
+            .iter()
+            .filter_map(|h| step.host_cores.get(&h.name))
+            .sum();
+        (step.throughput_rps > 0.0)
+            .then(|| (cores / step.throughput_rps * 1000.0 * 1000.0).round() / 1000.0)
+    });
+    Some(Capacity {
+        capacity_rps,
+        total_cores,
+        rps_per_core: (capacity_rps / total_cores.max(0.001)).round(),
+        knee_runs: knee.len(),
+        knee_passed: knee.iter().filter(|s| s.passed).count(),
+        knee_p99_ms: if knee.is_empty() { [0.0, 0.0] } else { knee_p99_ms },
+        reference: sweep.steps.first().map(|s| ReferencePoint {
+            rate_rps: s.rate_rps,
+            p50_ms: s.p50_ms,
+            p99_ms: s.p99_ms,
+        }),
+        bottleneck,
+        database_cpu_ms_per_request,
+    })
 }
 
 /// Versions of the components a result depends on.
@@ -236,34 +382,95 @@ fn versions(lab: &Lab) -> std::collections::BTreeMap<String, String> {
     v
 }
 
-/// Markdown comparing consecutive reports (the tour's `report.md`).
+/// Markdown comparing consecutive stages, per workload (the tour's `report.md`): what each
+/// stage buys (capacity at the target), what it costs (cores), and where it is stuck.
+/// Results from different commits, data sets or machines are marked as such.
 pub fn tour_markdown(reports: &[Report]) -> String {
-    let mut s = String::from("# archlab tour\n\n| stage | workload | mode | rate req/s | throughput req/s | p50 ms | p99 ms | errors | lost writes | vs previous |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
-    for (i, r) in reports.iter().enumerate() {
-        let rate = r.rate_rps.unwrap_or(r.throughput_rps);
-        let vs = if i == 0 {
-            "-".to_owned()
-        } else {
-            let prev = reports[i - 1]
-                .rate_rps
-                .unwrap_or(reports[i - 1].throughput_rps);
-            format!("{:.2}x", rate / prev.max(0.001))
-        };
-        s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {:.3} % | {} | {} |\n",
-            r.stage.map_or("-".into(), |n| n.to_string()),
-            r.workload,
-            r.mode,
-            rate,
-            r.throughput_rps,
-            r.latency_ms.corrected.p50,
-            r.latency_ms.corrected.p99,
-            r.error_rate() * 100.0,
-            r.checks.lost_writes,
-            vs
-        ));
+    let mut s = String::from("# archlab tour\n\n");
+    let mixed = loadtest::report::mixed_provenance(reports);
+    if mixed.is_empty() {
+        if let Some(p) = reports.first().map(|r| &r.provenance) {
+            s.push_str(&format!(
+                "Every result below comes from commit {} on one machine ({} x {}), data set `{}`.\n\n",
+                p.git_commit.as_deref().map_or("unknown", |c| &c[..c.len().min(7)]),
+                p.cores,
+                p.cpu_model,
+                p.data_set.as_deref().unwrap_or("unrecorded")
+            ));
+        }
+    } else {
+        s.push_str("**Mixed results: not one comparison.** These results differ in where they came from:\n\n");
+        for m in &mixed {
+            s.push_str(&format!("- {m}\n"));
+        }
+        s.push('\n');
     }
-    s.push('\n');
+    let mut workloads: Vec<&str> = Vec::new();
+    for r in reports {
+        if !workloads.contains(&r.workload.as_str()) {
+            workloads.push(&r.workload);
+        }
+    }
+    for workload in workloads {
+        let rows: Vec<&Report> = reports.iter().filter(|r| r.workload == workload).collect();
+        s.push_str(&format!(
+            "## Workload `{workload}`\n\n| stage | capacity req/s | vs previous | cores | req/s per core | bottleneck | p50 / p99 ms at {} req/s | hit ratio | DB CPU ms/req | knee runs met | errors | lost writes | commit |\n|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
+            rows.first()
+                .and_then(|r| r.capacity.as_ref())
+                .and_then(|c| c.reference.as_ref())
+                .map_or("the first".to_owned(), |p| format!("{:.0}", p.rate_rps))
+        ));
+        for (i, r) in rows.iter().enumerate() {
+            let rate = r.rate_rps.unwrap_or(r.throughput_rps);
+            let vs = match i {
+                0 => "-".to_owned(),
+                _ => {
+                    let prev = rows[i - 1].rate_rps.unwrap_or(rows[i - 1].throughput_rps);
+                    format!("{:.2}x", rate / prev.max(0.001))
+                }
+            };
+            let c = r.capacity.clone().unwrap_or_default();
+            let bottleneck = c.bottleneck.as_ref().map_or("-".to_owned(), |b| {
+                format!(
+                    "{} ({}): {:.2} of {} cores at {:.0} req/s{}",
+                    b.host,
+                    b.role,
+                    b.cores_used,
+                    b.cpu_budget,
+                    b.at_rate_rps,
+                    if b.at_budget { "" } else { ", not at its budget" }
+                )
+            });
+            let reference = c
+                .reference
+                .as_ref()
+                .map_or("-".to_owned(), |p| format!("{} / {}", p.p50_ms, p.p99_ms));
+            s.push_str(&format!(
+                "| {} | **{:.0}** | {} | {} | {:.0} | {} | {} | {} | {} | {} of {} | {:.3} % | {} | {} |\n",
+                r.stage.map_or("-".into(), |n| n.to_string()),
+                rate,
+                vs,
+                c.total_cores,
+                c.rps_per_core,
+                bottleneck,
+                reference,
+                r.cache
+                    .hit_ratio
+                    .map_or("-".to_owned(), |h| format!("{:.1} %", h * 100.0)),
+                c.database_cpu_ms_per_request
+                    .map_or("-".to_owned(), |v| format!("{v:.3}")),
+                c.knee_passed,
+                c.knee_runs,
+                r.error_rate() * 100.0,
+                r.checks.lost_writes,
+                r.provenance
+                    .git_commit
+                    .as_deref()
+                    .map_or("unknown", |c| &c[..c.len().min(7)]),
+            ));
+        }
+        s.push('\n');
+    }
     for r in reports {
         s.push_str(&r.markdown());
         s.push('\n');

@@ -117,6 +117,51 @@ impl Controller {
     }
 }
 
+/// This process (every thread of it) inside a CPU group until dropped, then back in the group it
+/// came from: how the load harness runs in a budget of its own, so it never starves a host and a
+/// host never starves it.
+#[derive(Debug)]
+pub struct Joined {
+    /// The `cgroup.procs` of the group to go back to (none when budgets are not enforced).
+    previous: Option<PathBuf>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Some(procs) = &self.previous {
+            let _ = fs::write(procs, std::process::id().to_string());
+        }
+    }
+}
+
+impl Controller {
+    /// Moves this process into the group `name` with `cores` of CPU (made if needed).
+    pub fn join_self(&self, name: &str, cores: f64) -> anyhow::Result<Joined> {
+        let Some(dir) = self.group(name, cores)? else {
+            return Ok(Joined { previous: None });
+        };
+        let (Controller::V1(root) | Controller::V2(root)) = self else {
+            return Ok(Joined { previous: None });
+        };
+        // Where we are now: `N:cpu,cpuacct:/path` (v1) or `0::/path` (v2) in /proc/self/cgroup.
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let current = own.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let ours = match self {
+                Controller::V1(_) => controllers.split(',').any(|c| c == "cpu"),
+                _ => controllers.is_empty(),
+            };
+            ours.then(|| root.join(path.trim_start_matches('/')))
+        });
+        fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("joining {}", dir.display()))?;
+        Ok(Joined {
+            previous: current.map(|c| c.join("cgroup.procs")),
+        })
+    }
+}
+
 /// The command that starts `program` inside `group` (if any), as `user` (if any): a shell joins
 /// the group, then execs, so nothing the service forks escapes its budget.
 pub fn wrap(

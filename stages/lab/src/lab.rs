@@ -20,32 +20,23 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::{
-    budget::{self, Controller},
+    budget::Controller,
     cache::{CacheServer, CACHE_PORT},
-    files::{FileServer, FILES_PORT},
+    files::FileServer,
     gateway::GatewayServer,
     postgres::PostgresServer,
-    process::{self, PidRecord, Spawn},
+    server::{AppServer, Database, Server},
     stage::{Host, Role, Stage, APP_PORT, DATABASE_PORT},
+    topology::{self, Endpoints, FilesEndpoint},
 };
 
-/// How long an app host may take to answer `/readyz`: it applies migrations first, which on a
-/// fresh database take well under a second.
-const APP_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The app drains in-flight requests on SIGTERM for up to its own grace period (10 s).
-const APP_STOP_PATIENCE: Duration = Duration::from_secs(15);
-/// Database connections each app host opens per core of the database host's budget. PostgreSQL
-/// runs one process per connection; past a few per core they only add context switches (an
-/// informal comparison on the 2-core reference machine, stage 1, one-article reads at 64 clients:
-/// a pool of 4 beat 8, which beat 16; not a recorded result).
-const POOL_PER_DATABASE_CORE: f64 = 4.0;
-/// How long an app host behind a gateway keeps serving, not ready, after SIGTERM: the gateway
-/// needs 2 failed checks 1 s apart to take it out; 2.5 s covers that with a margin.
-const APP_DRAIN_MS: u64 = 2_500;
+/// How long the lab waits for the gateway to take a draining app host out of rotation, or to take
+/// a restarted one back. Its health checks need 2 failures (or 1 success) 1 s apart on an idle
+/// machine; a busy one is slower, so the wait is a condition with a generous bound, not a window.
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Role and database the app uses.
 pub const APP_DATABASE: &str = "conduit";
 
@@ -60,6 +51,16 @@ pub struct SeedSpec {
     pub images: usize,
     /// Generator seed.
     pub seed: u64,
+}
+
+impl SeedSpec {
+    /// `users=… articles=… images=… seed=…`, as result files record it.
+    pub fn describe(&self) -> String {
+        format!(
+            "users={} articles={} images={} seed={}",
+            self.users, self.articles, self.images, self.seed
+        )
+    }
 }
 
 impl Default for SeedSpec {
@@ -89,12 +90,14 @@ pub struct ServiceStatus {
     pub stage: u8,
     /// Host name.
     pub host: String,
-    /// `database`, `app`, `files` or `cache`.
+    /// `database`, `app`, `files`, `cache` or `gateway`.
     pub role: &'static str,
     /// Host address.
     pub address: String,
     /// Service port.
     pub port: u16,
+    /// The host's machine size.
+    pub size: &'static str,
     /// The host's CPU budget in cores.
     pub cpu_budget: f64,
     /// Whether the process runs inside its host's CPU group.
@@ -200,6 +203,57 @@ impl Lab {
         }
     }
 
+    fn app_server(&self, stage: &Stage, host: &Host) -> anyhow::Result<AppServer> {
+        let dir = self.stage_dir(stage).join(&host.name).join("app");
+        let env = topology::app_env(
+            stage,
+            host,
+            &self.endpoints(stage)?,
+            &self.secret()?,
+            &dir.join("media"),
+        );
+        Ok(AppServer {
+            dir,
+            address: host.address.clone(),
+            bin: self.conduit_bin.clone(),
+            env,
+            cpu_group: self.cpu_group_path(host),
+        })
+    }
+
+    /// The process that plays `role` on `host`.
+    pub fn server(
+        &self,
+        stage: &Stage,
+        host: &Host,
+        role: Role,
+    ) -> anyhow::Result<Box<dyn Server>> {
+        Ok(match role {
+            Role::Database => Box::new(Database(self.database(stage, host))),
+            Role::Files => Box::new(self.file_server(stage, host)),
+            Role::Cache => Box::new(self.cache_server(stage, host)),
+            Role::Gateway => Box::new(self.gateway_server(stage, host)),
+            Role::App => Box::new(self.app_server(stage, host)?),
+        })
+    }
+
+    /// Where the stage's shared services answer, for its app hosts.
+    fn endpoints(&self, stage: &Stage) -> anyhow::Result<Endpoints> {
+        Ok(Endpoints {
+            database_url: self.database_url(stage)?,
+            cache_url: stage
+                .cache_host()
+                .map(|host| self.cache_server(stage, host).url()),
+            files: stage.files_host().map(|host| {
+                let files = self.file_server(stage, host);
+                FilesEndpoint {
+                    url: files.url(),
+                    write_key: files.write_key,
+                }
+            }),
+        })
+    }
+
     /// `stage` as it was last brought up: with as many app hosts as `up --app-hosts` gave it
     /// (recorded in the state folder), so `down`, `status` and `restart` find every one.
     pub fn as_brought_up(&self, stage: Stage, net: u8) -> anyhow::Result<Stage> {
@@ -241,10 +295,6 @@ impl Lab {
             .is_ok_and(|c| c.lines().any(|l| l.ends_with(&name)))
     }
 
-    fn app_dir(&self, stage: &Stage, host: &Host) -> PathBuf {
-        self.stage_dir(stage).join(&host.name).join("app")
-    }
-
     /// The URL the app hosts use for the stage's database.
     pub fn database_url(&self, stage: &Stage) -> anyhow::Result<String> {
         let host = stage
@@ -253,8 +303,9 @@ impl Lab {
         Ok(self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
     }
 
-    /// Brings every host of `stage` up and waits until each answers. Idempotent: what already
-    /// runs is left alone. `fresh` stops the stage and deletes its state first.
+    /// Brings every host of `stage` up and waits until each answers, role by role in
+    /// [`Role::START_ORDER`]. Idempotent: what already runs is left alone. `fresh` stops the stage
+    /// and deletes its state first.
     pub async fn up(
         &self,
         stage: &Stage,
@@ -278,189 +329,69 @@ impl Lab {
             self.budgets
                 .group(&Self::cpu_group_name(host), host.cpu_budget)?;
         }
-        let db_host = stage
-            .database_host()
-            .context("stage has no database host")?;
-        let db = self.database(stage, db_host);
-        progress(&format!(
-            "database on {} ({}:{DATABASE_PORT})",
-            db_host.name, db_host.address
-        ));
-        db.start(&[]).await?;
-        db.ensure_database(APP_DATABASE, APP_DATABASE).await?;
-        if let Some(host) = stage.files_host() {
-            progress(&format!(
-                "file server on {} ({}:{FILES_PORT})",
-                host.name, host.address
-            ));
-            self.file_server(stage, host).start().await?;
-        }
-        if let Some(host) = stage.cache_host() {
-            progress(&format!(
-                "cache on {} ({}:{CACHE_PORT})",
-                host.name, host.address
-            ));
-            self.cache_server(stage, host).start().await?;
-        }
-
-        let secret = self.secret()?;
-        for host in stage.app_hosts() {
-            progress(&format!(
-                "app on {} ({}:{APP_PORT})",
-                host.name, host.address
-            ));
-            self.start_app(stage, host, &secret).await?;
-        }
-        if let Some(host) = stage.gateway_host() {
-            progress(&format!(
-                "gateway on {} ({}:{APP_PORT}) in front of {} app hosts",
-                host.name,
-                host.address,
-                stage.app_host_count()
-            ));
-            self.gateway_server(stage, host).start().await?;
+        for role in Role::START_ORDER {
+            for host in stage.hosts_with(role) {
+                let server = self.server(stage, host, role)?;
+                progress(&format!(
+                    "{} on {} ({}:{}, {} core)",
+                    role.as_str(),
+                    host.name,
+                    host.address,
+                    server.port(),
+                    host.cpu_budget
+                ));
+                server
+                    .start()
+                    .await
+                    .with_context(|| format!("starting {} on {}", server.what(), host.name))?;
+            }
         }
         Ok(())
     }
 
-    /// Restarts the app hosts one at a time (a rolling restart). Each is stopped with SIGTERM (it
-    /// stops being ready, keeps serving while the gateway's health checks take it out, finishes
-    /// what it has, exits), started again, and the next one waits until the gateway uses this
-    /// one again, so the stage never has fewer than all but one host serving.
+    /// Restarts the app hosts one at a time (a rolling restart), so the stage never has fewer
+    /// than all but one serving. Each host, in turn:
+    ///
+    /// 1. SIGTERM: it stops being ready but keeps serving;
+    /// 2. the lab waits until the gateway reports it out of rotation, with nothing in flight to it;
+    /// 3. SIGINT: it finishes what it has and exits; then it is started again;
+    /// 4. the lab waits until the gateway uses it again, before the next host.
+    ///
+    /// Every step waits for a condition the gateway reports, never for a fixed time, so a slow or
+    /// busy machine makes the restart slower, not lossy.
     pub async fn restart_apps(&self, stage: &Stage, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
-        let secret = self.secret()?;
         let gateway = stage.gateway_host().map(|h| self.gateway_server(stage, h));
         for host in stage.app_hosts() {
-            let pid_path = self.app_dir(stage, host).join("app.pid.json");
-            if let Some(record) = PidRecord::running(&pid_path)? {
+            let app = self.app_server(stage, host)?;
+            let upstream = format!("{}:{APP_PORT}", host.address);
+            if let Some(record) = app.running()? {
                 progress(&format!(
                     "restarting app on {} (pid {})",
                     host.name, record.pid
                 ));
-                record.stop(Signal::SIGTERM, APP_STOP_PATIENCE)?;
-                let _ = fs::remove_file(&pid_path);
+                if let Some(gateway) = &gateway {
+                    app.begin_drain()?;
+                    wait_for_rotation(gateway, &upstream, Rotation::Out).await?;
+                    progress(&format!("app on {} is out of rotation", host.name));
+                }
+                app.stop()?;
             }
-            self.start_app(stage, host, &secret).await?;
+            app.start().await?;
             if let Some(gateway) = &gateway {
-                let upstream = format!("{}:{APP_PORT}", host.address);
-                wait_until_usable(gateway, &upstream).await?;
+                wait_for_rotation(gateway, &upstream, Rotation::In).await?;
                 progress(&format!("app on {} is back in rotation", host.name));
             }
         }
         Ok(())
     }
 
-    async fn start_app(&self, stage: &Stage, host: &Host, secret: &str) -> anyhow::Result<()> {
-        let dir = self.app_dir(stage, host);
-        fs::create_dir_all(dir.join("media"))?;
-        let pid_path = dir.join("app.pid.json");
-        let ready_url = format!("http://{}:{APP_PORT}/readyz", host.address);
-        if PidRecord::running(&pid_path)?.is_some() {
-            return Ok(());
-        }
-        process::ensure_free("the app", &host.address, APP_PORT)?;
-        let log = dir.join("app.log");
-        let (program, args, _) = budget::wrap(
-            self.cpu_group_path(host).as_deref(),
-            None,
-            &self.conduit_bin,
-            vec!["serve".into()],
-        );
-        let service = Spawn {
-            program: &program,
-            args,
-            env: self.app_env(stage, host, secret)?,
-            log: log.clone(),
-            user: None,
-            cwd: Some(dir.clone()),
-        };
-        let client = http_client()?;
-        process::launch("the app", service, &pid_path, APP_START_TIMEOUT, || {
-            let request = client.get(&ready_url).send();
-            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// The settings of the app on `host`, as `APP_…` variables.
-    fn app_env(
-        &self,
-        stage: &Stage,
-        host: &Host,
-        secret: &str,
-    ) -> anyhow::Result<Vec<(String, String)>> {
-        let dir = self.app_dir(stage, host);
-        Ok([
-            (
-                "APP_SERVER__LISTEN".into(),
-                format!("{}:{APP_PORT}", host.address),
-            ),
-            ("APP_DATABASE__URL".into(), self.database_url(stage)?),
-            (
-                "APP_DATABASE__MAX_CONNECTIONS".into(),
-                pool_size(stage).to_string(),
-            ),
-            ("APP_AUTH__JWT_SECRET".into(), secret.to_owned()),
-            (
-                "APP_MEDIA__ROOT".into(),
-                dir.join("media").display().to_string(),
-            ),
-        ]
-        .into_iter()
-        .chain(self.media_env(stage))
-        .chain(self.cache_env(stage))
-        .chain(self.drain_env(stage))
-        .collect())
-    }
-
-    /// Behind a gateway, an app host stops being ready before it stops serving on SIGTERM, for
-    /// long enough that the gateway's health checks (2 failures, 1 s apart) take it out first.
-    fn drain_env(&self, stage: &Stage) -> Vec<(String, String)> {
-        match stage.gateway_host() {
-            Some(_) => vec![("APP_SERVER__DRAIN_MS".into(), APP_DRAIN_MS.to_string())],
-            None => Vec::new(),
-        }
-    }
-
-    /// With a cache host, the app reads through it.
-    fn cache_env(&self, stage: &Stage) -> Vec<(String, String)> {
-        match stage.cache_host() {
-            Some(host) => vec![
-                ("APP_CACHE__BACKEND".into(), "redis".into()),
-                (
-                    "APP_CACHE__URL".into(),
-                    self.cache_server(stage, host).url(),
-                ),
-            ],
-            None => Vec::new(),
-        }
-    }
-
-    /// With a file host, media go to it over HTTP and clients read them from it directly.
-    fn media_env(&self, stage: &Stage) -> Vec<(String, String)> {
-        match stage.files_host() {
-            Some(host) => {
-                let url = self.file_server(stage, host).url();
-                let files = self.file_server(stage, host);
-                vec![
-                    ("APP_MEDIA__STORE".into(), "http".into()),
-                    ("APP_MEDIA__URL".into(), url.clone()),
-                    ("APP_MEDIA__PUBLIC_BASE_URL".into(), url),
-                    ("APP_MEDIA__WRITE_KEY".into(), files.write_key),
-                ]
-            }
-            None => Vec::new(),
-        }
-    }
-
     /// The settings `conduit seed` needs to write into the stage: its database and the media
     /// store of its (first) app host.
     pub fn seed_env(&self, stage: &Stage) -> anyhow::Result<Vec<(String, String)>> {
         let host = stage.app_hosts()[0];
-        let secret = self.secret()?;
         Ok(self
-            .app_env(stage, host, &secret)?
+            .app_server(stage, host)?
+            .env
             .into_iter()
             .filter(|(k, _)| k != "APP_SERVER__LISTEN")
             .collect())
@@ -496,18 +427,10 @@ impl Lab {
     }
 
     /// The main PID of one service (`role`) on `host`, if it runs: the postmaster, nginx's master,
-    /// Redis, or the app.
+    /// Redis, the gateway or the app.
     pub fn service_pid(&self, stage: &Stage, host: &Host, role: Role) -> Option<i32> {
-        let record = match role {
-            Role::Database => self.database(stage, host).running().ok().flatten(),
-            Role::Files => self.file_server(stage, host).running().ok().flatten(),
-            Role::Cache => self.cache_server(stage, host).running().ok().flatten(),
-            Role::Gateway => self.gateway_server(stage, host).running().ok().flatten(),
-            Role::App => PidRecord::running(&self.app_dir(stage, host).join("app.pid.json"))
-                .ok()
-                .flatten(),
-        };
-        record.map(|r| r.pid)
+        let server = self.server(stage, host, role).ok()?;
+        server.running().ok().flatten().map(|r| r.pid)
     }
 
     /// PIDs of the processes on `host` (for CPU sampling; their children are found from these).
@@ -518,66 +441,22 @@ impl Lab {
             .collect()
     }
 
-    /// Stops the stage's processes: the gateway and the app hosts first (they drain), then the
-    /// services behind them.
+    /// Stops the stage's processes in the reverse of [`Role::START_ORDER`]: the gateway and the
+    /// app hosts first (nothing new reaches what they use), the database last.
     pub fn down(&self, stage: &Stage, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
-        if let Some(host) = stage.gateway_host() {
-            let gateway = self.gateway_server(stage, host);
-            if let Some(record) = gateway.running()? {
-                progress(&format!(
-                    "stopping gateway on {} (pid {})",
-                    host.name, record.pid
-                ));
-            }
-            gateway.stop()?;
-        }
-        for host in stage.app_hosts() {
-            let pid_path = self.app_dir(stage, host).join("app.pid.json");
-            if let Some(record) = PidRecord::read(&pid_path)? {
-                if record.is_alive() {
+        for role in Role::START_ORDER.iter().rev() {
+            for host in stage.hosts_with(*role) {
+                let server = self.server(stage, host, *role)?;
+                if let Some(record) = server.running()? {
                     progress(&format!(
-                        "stopping app on {} (pid {})",
-                        host.name, record.pid
-                    ));
-                    record.stop(Signal::SIGTERM, APP_STOP_PATIENCE)?;
-                } else {
-                    progress(&format!(
-                        "app on {}: stale PID {} (not ours any more), left alone",
-                        host.name, record.pid
+                        "stopping {} on {} (pid {})",
+                        role.as_str(),
+                        host.name,
+                        record.pid
                     ));
                 }
-                fs::remove_file(&pid_path)?;
+                server.stop()?;
             }
-        }
-        if let Some(host) = stage.files_host() {
-            let files = self.file_server(stage, host);
-            if let Some(record) = files.running()? {
-                progress(&format!(
-                    "stopping file server on {} (pid {})",
-                    host.name, record.pid
-                ));
-            }
-            files.stop()?;
-        }
-        if let Some(host) = stage.cache_host() {
-            let cache = self.cache_server(stage, host);
-            if let Some(record) = cache.running()? {
-                progress(&format!(
-                    "stopping cache on {} (pid {})",
-                    host.name, record.pid
-                ));
-            }
-            cache.stop()?;
-        }
-        if let Some(host) = stage.database_host() {
-            let db = self.database(stage, host);
-            if let Some(record) = db.running()? {
-                progress(&format!(
-                    "stopping database on {} (pid {})",
-                    host.name, record.pid
-                ));
-            }
-            db.stop()?;
         }
         for host in &stage.hosts {
             if let Some(group) = self.cpu_group_path(host) {
@@ -590,78 +469,24 @@ impl Lab {
 
     /// Every service of `stage` with its state.
     pub async fn status(&self, stage: &Stage) -> anyhow::Result<Vec<ServiceStatus>> {
-        let client = http_client()?;
         let mut out = Vec::new();
         for host in &stage.hosts {
             for role in &host.roles {
-                let (pid, healthy, log, port) = match role {
-                    Role::Database => {
-                        let db = self.database(stage, host);
-                        let record = db.running()?;
-                        let healthy = match &record {
-                            Some(_) => {
-                                use sqlx::Connection;
-                                sqlx::PgConnection::connect_with(
-                                    &db.connect_options("postgres", "postgres"),
-                                )
-                                .await
-                                .is_ok()
-                            }
-                            None => false,
-                        };
-                        (record.map(|r| r.pid), healthy, db.log_path(), DATABASE_PORT)
-                    }
-                    Role::Files => {
-                        let files = self.file_server(stage, host);
-                        let record = files.running()?;
-                        let healthy = match &record {
-                            Some(_) => client.get(format!("{}/", files.url())).send().await.is_ok(),
-                            None => false,
-                        };
-                        (record.map(|r| r.pid), healthy, files.log_path(), FILES_PORT)
-                    }
-                    Role::Gateway => {
-                        let gateway = self.gateway_server(stage, host);
-                        let record = gateway.running()?;
-                        let healthy = record.is_some() && gateway.healthy().await;
-                        (record.map(|r| r.pid), healthy, gateway.log_path(), APP_PORT)
-                    }
-                    Role::Cache => {
-                        let cache = self.cache_server(stage, host);
-                        let record = cache.running()?;
-                        let healthy = record.is_some() && cache.healthy().await;
-                        (record.map(|r| r.pid), healthy, cache.log_path(), CACHE_PORT)
-                    }
-                    Role::App => {
-                        let dir = self.app_dir(stage, host);
-                        let record = PidRecord::running(&dir.join("app.pid.json"))?;
-                        let healthy = match &record {
-                            Some(_) => client
-                                .get(format!("http://{}:{APP_PORT}/readyz", host.address))
-                                .send()
-                                .await
-                                .is_ok_and(|r| r.status().is_success()),
-                            None => false,
-                        };
-                        (
-                            record.map(|r| r.pid),
-                            healthy,
-                            dir.join("app.log"),
-                            APP_PORT,
-                        )
-                    }
-                };
+                let server = self.server(stage, host, *role)?;
+                let pid = server.running()?.map(|r| r.pid);
+                let healthy = pid.is_some() && server.ready().await;
                 out.push(ServiceStatus {
                     stage: stage.number,
                     host: host.name.clone(),
                     role: role.as_str(),
                     address: host.address.clone(),
-                    port,
+                    port: server.port(),
+                    size: host.size.as_str(),
                     cpu_budget: host.cpu_budget,
                     cpu_budget_enforced: pid.is_some_and(|p| self.is_budgeted(host, p)),
                     pid,
                     healthy,
-                    log,
+                    log: server.log(),
                 });
             }
         }
@@ -696,40 +521,58 @@ impl Lab {
     }
 }
 
-/// Connections per app host: [`POOL_PER_DATABASE_CORE`] per core of the database host, shared
-/// among the app hosts, at least 2.
-fn pool_size(stage: &Stage) -> u32 {
-    let cores = stage.database_host().map_or(1.0, |h| h.cpu_budget);
-    let apps = stage.app_hosts().len().max(1) as f64;
-    ((POOL_PER_DATABASE_CORE * cores / apps).ceil() as u32).max(2)
-}
-
 fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
     use std::io::Read;
     fs::File::open("/dev/urandom")?.read_exact(buf)?;
     Ok(())
 }
 
-/// Waits until the gateway reports `upstream` usable again (its health check passed).
-async fn wait_until_usable(gateway: &GatewayServer, upstream: &str) -> anyhow::Result<()> {
+/// Which way an app host moves through the gateway's rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rotation {
+    /// Taken out: not usable, and nothing in flight to it any more.
+    Out,
+    /// Taken back: usable.
+    In,
+}
+
+/// Waits until the gateway's metrics show `upstream` moved `way` (see [`Rotation`]).
+async fn wait_for_rotation(
+    gateway: &GatewayServer,
+    upstream: &str,
+    way: Rotation,
+) -> anyhow::Result<()> {
     let client = http_client()?;
     let url = format!("{}/gateway/metrics", gateway.url());
-    let line = format!("gateway_upstream_usable{{upstream=\"{upstream}\"}} 1");
-    let deadline = std::time::Instant::now() + APP_START_TIMEOUT;
+    let value = |text: &str, metric: &str| {
+        let sample = format!("{metric}{{upstream=\"{upstream}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let deadline = std::time::Instant::now() + ROTATION_TIMEOUT;
     loop {
         if let Ok(response) = client.get(&url).send().await {
-            if response
-                .text()
-                .await
-                .is_ok_and(|t| t.lines().any(|l| l == line))
-            {
-                return Ok(());
+            if let Ok(text) = response.text().await {
+                let usable = value(&text, "gateway_upstream_usable");
+                let in_flight = value(&text, "gateway_upstream_in_flight");
+                let done = match way {
+                    Rotation::In => usable == Some(1.0),
+                    Rotation::Out => usable == Some(0.0) && in_flight == Some(0.0),
+                };
+                if done {
+                    return Ok(());
+                }
             }
         }
         if std::time::Instant::now() > deadline {
-            bail!("the gateway did not take {upstream} back within {APP_START_TIMEOUT:?}");
+            let what = match way {
+                Rotation::Out => "out of rotation",
+                Rotation::In => "back into rotation",
+            };
+            bail!("the gateway did not take {upstream} {what} within {ROTATION_TIMEOUT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

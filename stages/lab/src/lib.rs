@@ -4,7 +4,10 @@
 //! processes on its own loopback address (127.10.<stage>.<n>), and stops exactly the processes it
 //! started (PID files with start times; see [`process`]).
 //!
-//! - [`stage`]: stage files (`stages/NN-name/stage.toml`): hosts, roles, addresses, CPU budgets;
+//! - [`stage`]: stage files (`stages/NN-name/stage.toml`): hosts, roles, addresses, sizes;
+//! - [`size`]: the one table of machine sizes, and the plan that fits the ladder on 2 cores;
+//! - [`server`]: the one shape of every process the lab runs (start, ready, stop, running, log);
+//! - [`topology`]: what an app host is told about its stage (database, cache, media, pool size);
 //! - [`postgres`]: a PostgreSQL server as a local process (also [`postgres::TestPostgres`] for tests);
 //! - [`files`]: the file host (nginx with WebDAV) of stage 2;
 //! - [`cache`]: the cache host (Redis) of stage 3 on (also [`cache::TestRedis`] for tests);
@@ -24,7 +27,10 @@ pub mod gateway;
 pub mod lab;
 pub mod postgres;
 pub mod process;
+pub mod server;
+pub mod size;
 pub mod stage;
+pub mod topology;
 
 pub use lab::Lab;
 pub use stage::Stage;

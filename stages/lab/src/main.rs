@@ -2,16 +2,28 @@
 //!
 //! ```text
 //! archlab up 1 [--fresh]     bring stage 1 up; last line: `endpoint: http://ADDR:PORT`
-//! archlab status [--json]    every host: role, address, PID, health, log file
+//! archlab status [--json]    every host: role, size, address, PID, health, log file
 //! archlab seed [1]           write the benchmark data set into the stage's database
+//! archlab bench 3            measure one stage: capacity at the target, cost, bottleneck
+//! archlab tour               every stage in order, both workloads, compared
 //! archlab down [1]           stop what the lab started (all stages if none is named)
 //! ```
+//!
+//! A shim: each command is one function below over the `archlab` library.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context;
 
-use archlab::{lab::SeedSpec, Lab, Stage};
+use archlab::{
+    bench::BenchOptions,
+    drill::{DrillOptions, Fault},
+    lab::SeedSpec,
+    Lab, Stage,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -124,9 +136,16 @@ enum Command_ {
         /// A short tour for CI: small data set, short steps.
         #[arg(long)]
         quick: bool,
+        /// Only these stages (numbers or names, comma-separated); default: every stage.
+        #[arg(long, value_delimiter = ',')]
+        stages: Vec<String>,
         /// Report folder.
         #[arg(long, default_value = "report")]
         out: PathBuf,
+        /// Also write each result as stages/NN-name/results/tour-<workload>.json under this
+        /// checkout (how the committed tour is refreshed).
+        #[arg(long)]
+        into_stages: Option<PathBuf>,
     },
     /// Run a stage under a fixed load, break one service (kill -9, or SIGSTOP), bring it back, and
     /// report errors, unknown outcomes, latency around the fault, time to recover, lost writes.
@@ -168,6 +187,10 @@ enum Command_ {
         /// Report folder.
         #[arg(long, default_value = "report")]
         out: PathBuf,
+        /// Refuse results from different commits, data sets or machines (they are always
+        /// marked as mixed; this makes it an error).
+        #[arg(long)]
+        strict: bool,
     },
     /// Compare two result files.
     Compare {
@@ -180,9 +203,10 @@ enum Command_ {
 
 #[derive(clap::Args, Clone)]
 struct BenchArgs {
-    /// Built-in workload (read-heavy, read-articles, write-heavy, media, url) or a workload .toml file.
-    #[arg(long, default_value = "read-heavy")]
-    workload: String,
+    /// Built-in workload (read-heavy, read-articles, write-heavy, media, url) or a workload .toml
+    /// file. Default: read-heavy for `bench`, both read-heavy and write-heavy for `tour`.
+    #[arg(long)]
+    workload: Option<String>,
     /// Open loop at this rate instead of a sweep.
     #[arg(long, conflicts_with = "closed")]
     rate: Option<f64>,
@@ -193,11 +217,15 @@ struct BenchArgs {
     #[arg(long, default_value = "100ms", value_parser = loadtest::parse_duration)]
     target_p99: std::time::Duration,
     /// Measured time per run (per sweep step).
-    #[arg(long, default_value = "20s", value_parser = loadtest::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = loadtest::parse_duration)]
     duration: std::time::Duration,
-    /// Warm-up before each measurement.
-    #[arg(long, default_value = "5s", value_parser = loadtest::parse_duration)]
+    /// Warm-up before each measurement (each sweep step), not measured.
+    #[arg(long, default_value = "3s", value_parser = loadtest::parse_duration)]
     warmup: std::time::Duration,
+    /// Warm-up of the fresh stage before a sweep's first step (cold caches and buffers), not
+    /// measured.
+    #[arg(long, default_value = "15s", value_parser = loadtest::parse_duration)]
+    stage_warmup: std::time::Duration,
     /// Connections of the harness.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -207,33 +235,25 @@ struct BenchArgs {
 }
 
 impl BenchArgs {
-    fn options(&self, quick: bool) -> archlab::bench::BenchOptions {
+    fn options(&self, workload: &str, quick: bool) -> BenchOptions {
         let plan = match (self.rate, self.closed) {
             (Some(rate), _) => loadtest::Plan::Open { rate },
             (None, true) => loadtest::Plan::Closed,
             (None, false) => loadtest::Plan::Sweep {
                 start_rate: if quick { 100.0 } else { 200.0 },
+                stage_warmup: if quick { secs(3) } else { self.stage_warmup },
                 target_p99_ms: self.target_p99.as_secs_f64() * 1000.0,
                 max_error_rate: 0.001,
                 max_rate: 100_000.0,
             },
         };
         let (duration, warmup, data) = if quick {
-            (
-                std::time::Duration::from_secs(2),
-                std::time::Duration::from_secs(1),
-                SeedSpec {
-                    users: 100,
-                    articles: 1_000,
-                    images: 100,
-                    seed: 42,
-                },
-            )
+            (secs(2), secs(1), QUICK_DATA)
         } else {
             (self.duration, self.warmup, SeedSpec::default())
         };
-        archlab::bench::BenchOptions {
-            workload: self.workload.clone(),
+        BenchOptions {
+            workload: workload.to_owned(),
             plan,
             duration,
             warmup,
@@ -245,6 +265,21 @@ impl BenchArgs {
     }
 }
 
+/// The small data set of `--quick` runs: seeds in seconds, still has every kind of row.
+const QUICK_DATA: SeedSpec = SeedSpec {
+    users: 100,
+    articles: 1_000,
+    images: 100,
+    seed: 42,
+};
+
+/// The workloads a tour climbs the ladder with by default.
+const TOUR_WORKLOADS: [&str; 2] = ["read-heavy", "write-heavy"];
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -254,150 +289,32 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let progress = |line: &str| println!("  {line}");
+    let (state, net) = (cli.state_dir, cli.net);
     match cli.command {
         Command_::Up {
             stage,
             fresh,
             app_hosts,
-        } => {
-            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
-            let stage = match app_hosts {
-                Some(n) => Stage::find_with(&stage, Some(n))?.on_network(cli.net),
-                None => lab.as_brought_up(Stage::find(&stage)?.on_network(cli.net), cli.net)?,
-            };
-            if !fresh && lab.has_state(&stage) {
-                // A running stage keeps its layout; changing the host count needs a fresh start.
-                let running = lab.as_brought_up(stage.clone(), cli.net)?;
-                if running.app_host_count() != stage.app_host_count() {
-                    anyhow::bail!(
-                        "stage {} was brought up with {} app hosts: `archlab down {}` first (or --fresh)",
-                        stage.number,
-                        running.app_host_count(),
-                        stage.number
-                    );
-                }
-            }
-            println!("stage {}: {} — {}", stage.number, stage.name, stage.title);
-            lab.up(&stage, fresh, &progress).await?;
-            for s in lab.status(&stage).await? {
-                println!(
-                    "  {:<8} {:<8} {}:{:<5} pid {:<7} {}",
-                    s.host,
-                    s.role,
-                    s.address,
-                    s.port,
-                    s.pid.map_or("-".into(), |p| p.to_string()),
-                    if s.healthy { "healthy" } else { "NOT HEALTHY" }
-                );
-            }
-            println!("state: {}", cli.state_dir.display());
-            println!("endpoint: {}", stage.endpoint());
-        }
-        Command_::Down { stage } => {
-            let lab = Lab::new(&cli.state_dir, PathBuf::new());
-            let stages = match stage {
-                Some(key) => vec![Stage::find(&key)?.on_network(cli.net)],
-                None => all_stages(cli.net)?
-                    .into_iter()
-                    .filter(|s| lab.has_state(s))
-                    .collect(),
-            };
-            for stage in stages {
-                let stage = lab.as_brought_up(stage, cli.net)?;
-                println!("stage {}: {}", stage.number, stage.name);
-                lab.down(&stage, &progress)?;
-            }
-            println!("down");
-        }
-        Command_::Status { json } => {
-            let lab = Lab::new(&cli.state_dir, PathBuf::new());
-            let mut all = Vec::new();
-            for stage in all_stages(cli.net)?
-                .into_iter()
-                .filter(|s| lab.has_state(s))
-            {
-                let stage = lab.as_brought_up(stage, cli.net)?;
-                for service in lab.status(&stage).await? {
-                    all.push((stage.endpoint(), service));
-                }
-            }
-            if json {
-                let services: Vec<_> = all
-                    .iter()
-                    .map(|(endpoint, s)| {
-                        let mut v = serde_json::to_value(s).unwrap_or_default();
-                        v["endpoint"] = endpoint.clone().into();
-                        v
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "state_dir": cli.state_dir, "services": services,
-                    }))?
-                );
-            } else if all.is_empty() {
-                println!(
-                    "no stage has been brought up in {}",
-                    cli.state_dir.display()
-                );
-            } else {
-                println!(
-                    "{:<6} {:<8} {:<9} {:<17} {:<8} {:<12} {:<12} log",
-                    "stage", "host", "role", "address", "pid", "health", "cpu budget"
-                );
-                for (_, s) in &all {
-                    println!(
-                        "{:<6} {:<8} {:<9} {:<17} {:<8} {:<12} {:<12} {}",
-                        s.stage,
-                        s.host,
-                        s.role,
-                        format!("{}:{}", s.address, s.port),
-                        s.pid.map_or("-".into(), |p| p.to_string()),
-                        if s.healthy {
-                            "healthy"
-                        } else if s.pid.is_some() {
-                            "unhealthy"
-                        } else {
-                            "stopped"
-                        },
-                        format!(
-                            "{} ({})",
-                            s.cpu_budget,
-                            if s.cpu_budget_enforced {
-                                "enforced"
-                            } else {
-                                "not enforced"
-                            }
-                        ),
-                        s.log.display()
-                    );
-                }
-            }
-        }
+        } => up(&state, net, &stage, fresh, app_hosts).await,
+        Command_::Down { stage } => down(&state, net, stage),
+        Command_::Status { json } => status(&state, net, json).await,
         Command_::Seed {
             stage,
             users,
             articles,
             images,
             seed,
-        } => {
-            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
-            let stage = lab.as_brought_up(Stage::find(&stage)?.on_network(cli.net), cli.net)?;
-            println!("seeding stage {} ({users} users, {articles} articles, {images} images, seed {seed})", stage.number);
-            let started = std::time::Instant::now();
-            lab.seed(
-                &stage,
-                &SeedSpec {
-                    users,
-                    articles,
-                    images,
-                    seed,
-                },
-            )?;
-            println!("seeded in {:.1} s", started.elapsed().as_secs_f64());
-        }
+        } => seed_stage(
+            &state,
+            net,
+            &stage,
+            SeedSpec {
+                users,
+                articles,
+                images,
+                seed,
+            },
+        ),
         Command_::Bench {
             stage,
             bench,
@@ -407,42 +324,21 @@ async fn main() -> anyhow::Result<()> {
             budget,
             gateway_selection,
         } => {
-            let mut stage = Stage::find_with(&stage, app_hosts)?.on_network(cli.net);
-            if let Some(selection) = gateway_selection {
-                stage = stage.with_gateway_selection(&selection)?;
-            }
-            for role in without {
-                stage = stage.without(role)?;
-            }
-            for (host, cores) in budget {
-                stage = stage.with_budget(&host, cores)?;
-            }
-            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
-            let report =
-                archlab::bench::bench(&lab, &stage, &bench.options(false), &|l| eprintln!("{l}"))
-                    .await?;
-            println!("{}", report.markdown());
-            if let Some(out) = out {
-                write_json(&out, &report)?;
-            }
+            let variant = Variant {
+                app_hosts,
+                without,
+                budget,
+                gateway_selection,
+            };
+            bench_stage(&state, net, &stage, &bench, out.as_deref(), variant).await
         }
-        Command_::Tour { bench, quick, out } => {
-            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
-            let options = bench.options(quick);
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let mut reports = Vec::new();
-            for stage in all_stages(cli.net)? {
-                eprintln!(
-                    "== stage {}: {} — {}",
-                    stage.number, stage.name, stage.title
-                );
-                let report =
-                    archlab::bench::bench(&lab, &stage, &options, &|l| eprintln!("  {l}")).await?;
-                write_json(&out.join(format!("{}.json", stage.folder)), &report)?;
-                reports.push(report);
-            }
-            write_reports(&out, &reports)?;
-        }
+        Command_::Tour {
+            bench,
+            quick,
+            stages,
+            out,
+            into_stages,
+        } => tour(&state, net, &bench, quick, &stages, &out, into_stages.as_deref()).await,
         Command_::Drill {
             stage,
             fault,
@@ -455,18 +351,15 @@ async fn main() -> anyhow::Result<()> {
             quick,
             out,
         } => {
-            let stage = Stage::find(&stage)?.on_network(cli.net);
-            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
-            let secs = std::time::Duration::from_secs;
-            let options = archlab::drill::DrillOptions {
+            let options = DrillOptions {
                 fault,
                 service,
                 workload,
                 rate,
-                // A rolling restart takes about 3 s per app host (drain, stop, start, back in
-                // rotation): the quick run must outlast three of them.
+                // A rolling restart takes a few seconds per app host (drain until the gateway
+                // takes it out, stop, start, back in rotation): the quick run must outlast three.
                 duration: match (quick, fault) {
-                    (true, archlab::drill::Fault::Restart) => secs(16),
+                    (true, Fault::Restart) => secs(16),
                     (true, _) => secs(8),
                     (false, _) => duration,
                 },
@@ -487,43 +380,342 @@ async fn main() -> anyhow::Result<()> {
                 // without holding every connection for the default 10 s.
                 timeout: secs(3),
             };
-            let report =
-                archlab::drill::drill(&lab, &stage, &options, &|l| eprintln!("{l}")).await?;
-            println!("{}", archlab::drill::markdown(&report));
-            if let Some(out) = out {
-                write_json(&out, &report)?;
-            }
+            drill_stage(&state, net, &stage, &options, out.as_deref()).await
         }
-        Command_::Report { files, out } => {
-            let reports = files
-                .iter()
-                .map(read_report)
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            write_reports(&out, &reports)?;
-        }
+        Command_::Report { files, out, strict } => report(&files, &out, strict),
         Command_::Compare { a, b } => {
             println!(
                 "{}",
                 archlab::bench::compare(&read_report(&a)?, &read_report(&b)?)
             );
+            Ok(())
         }
-        Command_::Restart { stage, service: _ } => {
-            let lab = Lab::new(&cli.state_dir, Lab::default_conduit_bin()?);
-            let stage = lab.as_brought_up(Stage::find(&stage)?.on_network(cli.net), cli.net)?;
-            println!(
-                "stage {}: rolling restart of {} app hosts",
-                stage.number,
-                stage.app_host_count()
-            );
-            lab.restart_apps(&stage, &progress).await?;
-            println!("restarted");
-        }
+        Command_::Restart { stage, service: _ } => restart(&state, net, &stage).await,
         Command_::Stages => {
             for stage in Stage::all()? {
-                println!("{:>2}  {:<12} {}", stage.number, stage.name, stage.title);
+                println!(
+                    "{:>2}  {:<12} {:>5.2} cores  {}",
+                    stage.number,
+                    stage.name,
+                    stage.total_cores(),
+                    stage.title
+                );
             }
+            Ok(())
         }
     }
+}
+
+fn progress(line: &str) {
+    println!("  {line}");
+}
+
+/// `archlab up`.
+async fn up(
+    state: &Path,
+    net: u8,
+    key: &str,
+    fresh: bool,
+    app_hosts: Option<u8>,
+) -> anyhow::Result<()> {
+    let lab = Lab::new(state, Lab::default_conduit_bin()?);
+    let stage = match app_hosts {
+        Some(n) => Stage::find_with(key, Some(n))?.on_network(net),
+        None => lab.as_brought_up(Stage::find(key)?.on_network(net), net)?,
+    };
+    if !fresh && lab.has_state(&stage) {
+        // A running stage keeps its layout; changing the host count needs a fresh start.
+        let running = lab.as_brought_up(stage.clone(), net)?;
+        if running.app_host_count() != stage.app_host_count() {
+            anyhow::bail!(
+                "stage {} was brought up with {} app hosts: `archlab down {}` first (or --fresh)",
+                stage.number,
+                running.app_host_count(),
+                stage.number
+            );
+        }
+    }
+    println!(
+        "stage {}: {} — {} ({} cores)",
+        stage.number,
+        stage.name,
+        stage.title,
+        stage.total_cores()
+    );
+    lab.up(&stage, fresh, &progress).await?;
+    for s in lab.status(&stage).await? {
+        println!(
+            "  {:<8} {:<8} {:<7} {}:{:<5} pid {:<7} {}",
+            s.host,
+            s.role,
+            s.size,
+            s.address,
+            s.port,
+            s.pid.map_or("-".into(), |p| p.to_string()),
+            if s.healthy { "healthy" } else { "NOT HEALTHY" }
+        );
+    }
+    println!("state: {}", state.display());
+    println!("endpoint: {}", stage.endpoint());
+    Ok(())
+}
+
+/// `archlab down`.
+fn down(state: &Path, net: u8, key: Option<String>) -> anyhow::Result<()> {
+    let lab = Lab::new(state, PathBuf::new());
+    let stages = match key {
+        Some(key) => vec![Stage::find(&key)?.on_network(net)],
+        None => all_stages(net)?
+            .into_iter()
+            .filter(|s| lab.has_state(s))
+            .collect(),
+    };
+    for stage in stages {
+        let stage = lab.as_brought_up(stage, net)?;
+        println!("stage {}: {}", stage.number, stage.name);
+        lab.down(&stage, &progress)?;
+    }
+    println!("down");
+    Ok(())
+}
+
+/// `archlab status`.
+async fn status(state: &Path, net: u8, json: bool) -> anyhow::Result<()> {
+    let lab = Lab::new(state, PathBuf::new());
+    let mut all = Vec::new();
+    for stage in all_stages(net)?.into_iter().filter(|s| lab.has_state(s)) {
+        let stage = lab.as_brought_up(stage, net)?;
+        for service in lab.status(&stage).await? {
+            all.push((stage.endpoint(), service));
+        }
+    }
+    if json {
+        let services: Vec<_> = all
+            .iter()
+            .map(|(endpoint, s)| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["endpoint"] = endpoint.clone().into();
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "state_dir": state, "services": services,
+            }))?
+        );
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no stage has been brought up in {}", state.display());
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:<8} {:<9} {:<7} {:<17} {:<8} {:<10} {:<20} log",
+        "stage", "host", "role", "size", "address", "pid", "health", "cpu budget"
+    );
+    for (_, s) in &all {
+        println!(
+            "{:<6} {:<8} {:<9} {:<7} {:<17} {:<8} {:<10} {:<20} {}",
+            s.stage,
+            s.host,
+            s.role,
+            s.size,
+            format!("{}:{}", s.address, s.port),
+            s.pid.map_or("-".into(), |p| p.to_string()),
+            if s.healthy {
+                "healthy"
+            } else if s.pid.is_some() {
+                "unhealthy"
+            } else {
+                "stopped"
+            },
+            format!(
+                "{} ({})",
+                s.cpu_budget,
+                if s.cpu_budget_enforced {
+                    "enforced"
+                } else {
+                    "not enforced"
+                }
+            ),
+            s.log.display()
+        );
+    }
+    Ok(())
+}
+
+/// `archlab seed`.
+fn seed_stage(state: &Path, net: u8, key: &str, spec: SeedSpec) -> anyhow::Result<()> {
+    let lab = Lab::new(state, Lab::default_conduit_bin()?);
+    let stage = lab.as_brought_up(Stage::find(key)?.on_network(net), net)?;
+    println!("seeding stage {} ({})", stage.number, spec.describe());
+    let started = std::time::Instant::now();
+    lab.seed(&stage, &spec)?;
+    println!("seeded in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A measurement variant of a stage (`bench` options that change the stage itself).
+struct Variant {
+    app_hosts: Option<u8>,
+    without: Vec<archlab::stage::Role>,
+    budget: Vec<(String, f64)>,
+    gateway_selection: Option<String>,
+}
+
+/// `archlab bench`.
+async fn bench_stage(
+    state: &Path,
+    net: u8,
+    key: &str,
+    args: &BenchArgs,
+    out: Option<&Path>,
+    variant: Variant,
+) -> anyhow::Result<()> {
+    let mut stage = Stage::find_with(key, variant.app_hosts)?.on_network(net);
+    if let Some(selection) = variant.gateway_selection {
+        stage = stage.with_gateway_selection(&selection)?;
+    }
+    for role in variant.without {
+        stage = stage.without(role)?;
+    }
+    for (host, cores) in variant.budget {
+        stage = stage.with_budget(&host, cores)?;
+    }
+    let lab = Lab::new(state, Lab::default_conduit_bin()?);
+    let workload = args.workload.as_deref().unwrap_or("read-heavy");
+    let report =
+        archlab::bench::bench(&lab, &stage, &args.options(workload, false), &|l| {
+            eprintln!("{l}")
+        })
+        .await?;
+    println!("{}", report.markdown());
+    if let Some(out) = out {
+        write_json(out, &report)?;
+    }
+    Ok(())
+}
+
+/// `archlab tour`: every stage (or the chosen ones) with every tour workload, in stage order.
+async fn tour(
+    state: &Path,
+    net: u8,
+    args: &BenchArgs,
+    quick: bool,
+    only: &[String],
+    out: &Path,
+    into_stages: Option<&Path>,
+) -> anyhow::Result<()> {
+    let lab = Lab::new(state, Lab::default_conduit_bin()?);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut stages = Vec::new();
+    for stage in all_stages(net)? {
+        let chosen = only.is_empty()
+            || only.iter().any(|k| {
+                k.trim_start_matches('0') == stage.number.to_string()
+                    || *k == stage.name
+                    || *k == stage.folder
+            });
+        if chosen {
+            stages.push(stage);
+        }
+    }
+    let workloads: Vec<&str> = match &args.workload {
+        Some(w) => vec![w.as_str()],
+        None => TOUR_WORKLOADS.to_vec(),
+    };
+    let runs = stages.len() * workloads.len();
+    let started = std::time::Instant::now();
+    let mut reports = Vec::new();
+    for workload in &workloads {
+        for stage in &stages {
+            eprintln!(
+                "== [{}/{runs}, {:.0} min so far] stage {}: {} — {} ({} cores), workload {workload}",
+                reports.len() + 1,
+                started.elapsed().as_secs_f64() / 60.0,
+                stage.number,
+                stage.name,
+                stage.title,
+                stage.total_cores()
+            );
+            let report =
+                archlab::bench::bench(&lab, stage, &args.options(workload, quick), &|l| {
+                    eprintln!("  {l}")
+                })
+                .await?;
+            write_json(
+                &out.join(format!("{}-{workload}.json", stage.folder)),
+                &report,
+            )?;
+            if let Some(root) = into_stages {
+                write_json(
+                    &root
+                        .join("stages")
+                        .join(&stage.folder)
+                        .join("results")
+                        .join(format!("tour-{workload}.json")),
+                    &report,
+                )?;
+            }
+            reports.push(report);
+        }
+    }
+    // Stage order within each workload.
+    reports.sort_by_key(|r| {
+        (
+            workloads.iter().position(|w| *w == r.workload),
+            r.stage.unwrap_or(0),
+        )
+    });
+    write_reports(out, &reports)
+}
+
+/// `archlab drill`.
+async fn drill_stage(
+    state: &Path,
+    net: u8,
+    key: &str,
+    options: &DrillOptions,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let stage = Stage::find(key)?.on_network(net);
+    let lab = Lab::new(state, Lab::default_conduit_bin()?);
+    let report = archlab::drill::drill(&lab, &stage, options, &|l| eprintln!("{l}")).await?;
+    println!("{}", archlab::drill::markdown(&report));
+    if let Some(out) = out {
+        write_json(out, &report)?;
+    }
+    Ok(())
+}
+
+/// `archlab report`.
+fn report(files: &[PathBuf], out: &Path, strict: bool) -> anyhow::Result<()> {
+    let reports = files
+        .iter()
+        .map(|f| read_report(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mixed = loadtest::report::mixed_provenance(&reports);
+    if strict && !mixed.is_empty() {
+        anyhow::bail!(
+            "these results are not one comparison (--strict): {}",
+            mixed.join("; ")
+        );
+    }
+    write_reports(out, &reports)
+}
+
+/// `archlab restart`.
+async fn restart(state: &Path, net: u8, key: &str) -> anyhow::Result<()> {
+    let lab = Lab::new(state, Lab::default_conduit_bin()?);
+    let stage = lab.as_brought_up(Stage::find(key)?.on_network(net), net)?;
+    println!(
+        "stage {}: rolling restart of {} app hosts",
+        stage.number,
+        stage.app_host_count()
+    );
+    lab.restart_apps(&stage, &progress).await?;
+    println!("restarted");
     Ok(())
 }
 
@@ -555,7 +747,7 @@ fn write_json(path: &Path, report: &loadtest::report::Report) -> anyhow::Result<
     Ok(())
 }
 
-fn read_report(path: &PathBuf) -> anyhow::Result<loadtest::report::Report> {
+fn read_report(path: &Path) -> anyhow::Result<loadtest::report::Report> {
     serde_json::from_str(
         &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
     )

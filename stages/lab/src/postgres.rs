@@ -26,6 +26,21 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A fast shutdown (SIGINT) rolls back open transactions and checkpoints; 30 s is plenty here.
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Settings every lab server starts with, before the caller's own.
+///
+/// `pg_stat_statements` is always on: production databases run it (it is how an operator finds
+/// the statement that costs the most), its overhead is small (a hash-table update per statement),
+/// and it lets `scripts/bench/db_cost.py` measure the database time per operation on any stage
+/// without restarting the server. Debian's `postgresql-15` package ships the module, so no
+/// extra package is needed. `track = top` counts the statements the app sends, not the ones run
+/// inside functions they call (`next_id()`), so each row's time is the whole of one app
+/// statement and the shares add up. Loading it needs a server start; the view itself needs
+/// `CREATE EXTENSION`, which [`PostgresServer::ensure_database`] does.
+const BASE_SETTINGS: [(&str, &str); 2] = [
+    ("shared_preload_libraries", "pg_stat_statements"),
+    ("pg_stat_statements.track", "top"),
+];
+
 /// Where the PostgreSQL server binaries are.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("ARCHLAB_PG_BIN") {
@@ -199,6 +214,7 @@ impl PostgresServer {
             ),
         ]
         .into_iter()
+        .chain(BASE_SETTINGS.iter().map(|(k, v)| (*k, v.to_string())))
         .chain(extra_settings.iter().cloned())
         .collect();
         for (key, value) in settings {
@@ -252,7 +268,9 @@ impl PostgresServer {
             .log_statements(tracing::log::LevelFilter::Trace)
     }
 
-    /// Creates a login role and a database it owns, unless they exist.
+    /// Creates a login role and a database it owns, unless they exist, with the
+    /// `pg_stat_statements` view in it (creating an extension needs the superuser; the app's role
+    /// is not one).
     pub async fn ensure_database(&self, role: &str, database: &str) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect_with(&self.connect_options("postgres", "postgres"))
             .await
@@ -285,6 +303,14 @@ impl PostgresServer {
             .await?;
             sqlx::raw_sql(&sql).execute(&mut conn).await?;
         }
+        conn.close().await?;
+        let mut conn = PgConnection::connect_with(&self.connect_options("postgres", database))
+            .await
+            .with_context(|| format!("connecting to {database} as the postgres superuser"))?;
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&mut conn)
+            .await
+            .context("creating the pg_stat_statements extension")?;
         Ok(())
     }
 }

@@ -91,6 +91,17 @@ impl PidRecord {
             .with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Sends `signal` to this very process, if it still runs (no wait).
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        if !self.is_alive() {
+            return Ok(());
+        }
+        match kill(Pid::from_raw(self.pid), signal) {
+            Err(nix::errno::Errno::ESRCH) => Ok(()),
+            other => other.with_context(|| format!("signalling {}", self.pid)),
+        }
+    }
+
     /// Sends `signal`, then waits up to `patience` for the process to be gone; escalates to
     /// SIGKILL after that. Does nothing if the process is already gone.
     pub fn stop(&self, signal: Signal, patience: Duration) -> anyhow::Result<()> {

@@ -1,9 +1,11 @@
 //! Stage files: a stage is data (`stages/NN-name/stage.toml`) naming its hosts, their roles,
-//! loopback addresses and CPU budgets. The files are compiled into `archlab`, so the binary works
-//! from any folder; the list below is the one place that names them.
+//! loopback addresses and machine sizes ([`crate::size`]). The files are compiled into `archlab`,
+//! so the binary works from any folder; the list below is the one place that names them.
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+
+use crate::size::Size;
 
 /// Every stage the lab knows, in order.
 const STAGE_FILES: &[(&str, &str)] = &[
@@ -39,7 +41,7 @@ pub struct Stage {
     pub gateway_selection: Option<String>,
 }
 
-/// A simulated host: one loopback address and one CPU budget.
+/// A simulated host: one loopback address and one machine size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
@@ -47,20 +49,24 @@ pub struct Host {
     pub name: String,
     /// Its loopback address (127.0.0.0/8).
     pub address: String,
-    /// Cores this host may use.
+    /// Its machine size, from the one table of sizes.
+    pub size: Size,
+    /// Cores this host may use: its size's, unless a measurement variant (`--budget`) changed
+    /// it. Filled in when the stage is read, never written in a stage file.
+    #[serde(skip_deserializing, default)]
     pub cpu_budget: f64,
     /// What runs on it.
     pub roles: Vec<Role>,
-    /// Where the app on this host keeps media (`local`: this host's disk).
-    #[serde(default)]
-    pub media: Option<String>,
-    /// Identical copies of this host (stage 4's app hosts): `name-1`, `name-2`, ... on
-    /// consecutive addresses from `address` up. Absent: one host, named as written.
+    /// Identical copies of this host bought together (stage 4's app hosts): `name-1`, `name-2`,
+    /// ... on consecutive addresses from `address` up. Absent: one host, named as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<u8>,
+    pub copies: Option<u8>,
 }
 
 /// What a host does in the architecture.
+///
+/// [`Role::START_ORDER`] is the one place that says in which order the lab starts them (a
+/// service after what it depends on) and, reversed, stops them (a service before what it uses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -77,6 +83,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, each after the ones it depends on: the app needs its database, file host and
+    /// cache; the gateway needs app hosts to send to.
+    pub const START_ORDER: [Role; 5] = [
+        Role::Database,
+        Role::Files,
+        Role::Cache,
+        Role::App,
+        Role::Gateway,
+    ];
+
     /// The role's name as in stage files.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,19 +119,22 @@ impl Stage {
         Self::parse_with(folder, text, None)
     }
 
-    /// Parses one stage file with `app_hosts` copies of its replicated app host (`--app-hosts`),
-    /// or as many as the file says.
+    /// Parses one stage file with `app_hosts` copies of its app host (`--app-hosts`), or as many
+    /// as the file says.
     pub fn parse_with(folder: &str, text: &str, app_hosts: Option<u8>) -> anyhow::Result<Stage> {
         let mut stage: Stage =
             toml::from_str(text).with_context(|| format!("parsing stages/{folder}/stage.toml"))?;
         stage.folder = folder.to_owned();
+        for host in &mut stage.hosts {
+            host.cpu_budget = host.size.cores();
+        }
         if let Some(n) = app_hosts {
-            let replicated = stage
+            let copied = stage
                 .hosts
                 .iter_mut()
-                .find(|h| h.replicas.is_some() && h.roles.contains(&Role::App));
-            match replicated {
-                Some(host) if (1..=8).contains(&n) => host.replicas = Some(n),
+                .find(|h| h.copies.is_some() && h.roles.contains(&Role::App));
+            match copied {
+                Some(host) if (1..=8).contains(&n) => host.copies = Some(n),
                 Some(_) => bail!("--app-hosts must be between 1 and 8"),
                 None => bail!(
                     "stage {} has one app host; --app-hosts applies to stages with an app cluster",
@@ -191,7 +210,7 @@ impl Stage {
                 );
             }
         }
-        if self.database_host().is_none() || self.app_hosts().is_empty() {
+        if self.database_hosts().is_empty() || self.app_hosts().is_empty() {
             bail!(
                 "stage {}: needs a database host and at least one app host",
                 self.number
@@ -223,17 +242,17 @@ impl Stage {
         Ok(self)
     }
 
-    /// The stage with the hosts named `name` (or `name-1`, `name-2`, ... for a replicated host)
-    /// given `cores` each (a measurement variant).
+    /// The stage with the hosts named `name` (or `name-1`, `name-2`, ... for a copied host)
+    /// given `cores` each (a measurement variant: equal-cost comparisons, say).
     pub fn with_budget(mut self, name: &str, cores: f64) -> anyhow::Result<Stage> {
         let mut found = false;
         for host in &mut self.hosts {
-            let replica = host
+            let copy = host
                 .name
                 .strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix('-'))
                 .is_some_and(|n| n.parse::<u8>().is_ok());
-            if host.name == name || replica {
+            if host.name == name || copy {
                 host.cpu_budget = cores;
                 found = true;
             }
@@ -264,11 +283,28 @@ impl Stage {
         self
     }
 
-    /// The host with the database role.
-    pub fn database_host(&self) -> Option<&Host> {
+    /// The hosts with `role`, in stage-file order.
+    pub fn hosts_with(&self, role: Role) -> Vec<&Host> {
         self.hosts
             .iter()
-            .find(|h| h.roles.contains(&Role::Database))
+            .filter(|h| h.roles.contains(&role))
+            .collect()
+    }
+
+    /// The hosts with the database role. Stages 1 to 4 have one; later stages add replicas and
+    /// shards as more database hosts.
+    pub fn database_hosts(&self) -> Vec<&Host> {
+        self.hosts_with(Role::Database)
+    }
+
+    /// The database host every write goes to: the first one (the only one before stage 5).
+    pub fn database_host(&self) -> Option<&Host> {
+        self.database_hosts().first().copied()
+    }
+
+    /// Cores of all its hosts: what the stage costs.
+    pub fn total_cores(&self) -> f64 {
+        self.hosts.iter().map(|h| h.cpu_budget).sum()
     }
 
     /// The host with the files role, if the stage has one (else media stay on the app host).
@@ -283,10 +319,7 @@ impl Stage {
 
     /// Hosts with the app role.
     pub fn app_hosts(&self) -> Vec<&Host> {
-        self.hosts
-            .iter()
-            .filter(|h| h.roles.contains(&Role::App))
-            .collect()
+        self.hosts_with(Role::App)
     }
 
     /// The stage's public entry point: what clients and the load harness talk to (the gateway
@@ -297,9 +330,9 @@ impl Stage {
     }
 }
 
-/// A host with `replicas = n` becomes `n` hosts `name-1` .. `name-n` on consecutive addresses.
+/// A host with `copies = n` becomes `n` hosts `name-1` .. `name-n` on consecutive addresses.
 fn expand(host: Host) -> Vec<anyhow::Result<Host>> {
-    let Some(n) = host.replicas else {
+    let Some(n) = host.copies else {
         return vec![Ok(host)];
     };
     (0..n)
@@ -315,7 +348,7 @@ fn expand(host: Host) -> Vec<anyhow::Result<Host>> {
             Ok(Host {
                 name: format!("{}-{}", host.name, i + 1),
                 address: std::net::Ipv4Addr::from(octets).to_string(),
-                replicas: None,
+                copies: None,
                 ..host.clone()
             })
         })
@@ -345,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn replicated_hosts_expand_on_consecutive_addresses() {
+    fn copied_hosts_expand_on_consecutive_addresses() {
         let text = r#"
             number = 9
             name = "cluster"
@@ -353,14 +386,14 @@ mod tests {
             [[hosts]]
             name = "db"
             address = "127.10.9.2"
-            cpu_budget = 1.0
+            size = "large"
             roles = ["database"]
             [[hosts]]
             name = "app"
             address = "127.10.9.11"
-            cpu_budget = 0.5
+            size = "medium"
             roles = ["app"]
-            replicas = 3
+            copies = 3
         "#;
         let stage = Stage::parse("09-cluster", text).unwrap();
         let apps: Vec<(&str, &str)> = stage
@@ -393,7 +426,8 @@ mod tests {
             .unwrap();
         assert_eq!(variant.gateway_selection.as_deref(), Some("least_loaded"));
         let budgets: Vec<f64> = variant.app_hosts().iter().map(|h| h.cpu_budget).collect();
-        assert_eq!(budgets, [0.05, 0.2, 0.2], "only app-1 changes");
+        let size = cluster.app_hosts()[1].size.cores();
+        assert_eq!(budgets, [0.05, size, size], "only app-1 changes");
         assert!(cluster.clone().with_gateway_selection("random").is_err());
         assert!(
             cluster.with_budget("app", 0.001).is_err(),
@@ -407,6 +441,30 @@ mod tests {
     }
 
     #[test]
+    fn each_stage_buys_hosts_and_every_stage_fits_the_machine_with_the_harness() {
+        let all = Stage::all().unwrap();
+        for pair in all.windows(2) {
+            let (before, after) = (&pair[0], &pair[1]);
+            assert!(
+                after.hosts.len() > before.hosts.len(),
+                "stage {} adds hosts",
+                after.number
+            );
+            assert!(after.total_cores() > before.total_cores());
+        }
+        for stage in &all {
+            for host in &stage.hosts {
+                assert_eq!(host.cpu_budget, host.size.cores(), "{}", host.name);
+            }
+            assert!(
+                stage.total_cores() + crate::size::HARNESS_CORES <= 2.0,
+                "stage {} with the harness must fit the 2-core machine",
+                stage.number
+            );
+        }
+    }
+
+    #[test]
     fn non_loopback_hosts_are_refused() {
         let text = r#"
             number = 9
@@ -415,7 +473,7 @@ mod tests {
             [[hosts]]
             name = "h"
             address = "10.0.0.1"
-            cpu_budget = 1.0
+            size = "large"
             roles = ["database", "app"]
         "#;
         assert!(Stage::parse("09-bad", text).is_err());

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::{process::Command, sync::Arc, time::Duration};
+use std::{path::Path, process::Command, sync::Arc, time::Duration};
 
 use common::{conduit_bin, TestLab};
 
@@ -20,12 +20,22 @@ fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() 
     let out = tempfile::tempdir().unwrap();
     let lab = TestLab::new("archlab-harness", common::net(60, 30));
     let out_dir = out.path().display().to_string();
-    let (ok, text) = lab.archlab(&["tour", "--quick", "--out", &out_dir]);
+    // Two stages and one workload keep the test short; the full tour is `scripts/tour`.
+    let (ok, text) = lab.archlab(&[
+        "tour",
+        "--quick",
+        "--stages",
+        "1,2",
+        "--workload",
+        "read-heavy",
+        "--out",
+        &out_dir,
+    ]);
     assert!(ok, "{text}");
 
     // The JSON: every documented key is there, and the numbers are consistent.
     let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("01-monolith.json")).unwrap(),
+        &std::fs::read_to_string(out.path().join("01-monolith-read-heavy.json")).unwrap(),
     )
     .unwrap();
     for key in [
@@ -38,6 +48,7 @@ fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() 
         "counts",
         "checks",
         "sweep",
+        "capacity",
         "hosts",
         "provenance",
         "series",
@@ -99,9 +110,31 @@ fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() 
         .unwrap()
         .contains("PostgreSQL"));
 
+    // What the stage buys, costs and where it is stuck.
+    let capacity = &json["capacity"];
+    assert_eq!(capacity["capacity_rps"], json["sweep"]["max_rate_rps"]);
+    assert_eq!(capacity["total_cores"], host["cpu_budget"]);
+    assert!(capacity["bottleneck"]["host"].is_string(), "{capacity}");
+    assert!(capacity["knee_runs"].as_u64().unwrap() >= 1, "{capacity}");
+    let steps = json["sweep"]["steps"].as_array().unwrap();
+    assert!(
+        steps.iter().any(|s| s["host_cores"]["box"].is_number()),
+        "every step records each host's CPU: {steps:?}"
+    );
+    // The harness ran in its own budget wherever the hosts did.
+    if host["enforced"] == true {
+        assert_eq!(p["harness_cores"], 0.4, "{p}");
+    } else {
+        assert!(p["harness_cores"].is_null(), "{p}");
+    }
+    assert!(p["data_set"].as_str().unwrap().contains("articles=1000"));
+
     let markdown = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(
-        markdown.contains("| stage |") && markdown.contains("Sweep: highest rate"),
+        markdown.contains("| stage |")
+            && markdown.contains("Sweep: highest rate")
+            && markdown.contains("bottleneck")
+            && markdown.contains("Every result below comes from commit"),
         "{markdown}"
     );
 
@@ -139,6 +172,7 @@ fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
+    let _machine = common::machine_lock();
     let state = common::state_dir("archlab-harness");
     let net: u8 = (92 + std::process::id() % 30) as u8;
     let lab = archlab::Lab::new(state.path(), conduit_bin());
@@ -228,4 +262,41 @@ fn scopeguard(lab: archlab::Lab, stage: archlab::Stage) -> impl Drop {
         }
     }
     Down(lab, stage)
+}
+
+#[test]
+fn report_marks_results_from_different_commits_and_strict_refuses_them() {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../01-monolith/results/tour-read-heavy.json");
+    let base: Value = serde_json::from_str(&std::fs::read_to_string(committed).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, commit: &str| {
+        let mut r = base.clone();
+        r["provenance"]["git_commit"] = commit.into();
+        r["provenance"]["git_dirty"] = false.into();
+        let path = dir.path().join(name);
+        std::fs::write(&path, r.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let a = write("a.json", "1111111aaaaaaa");
+    let same = write("same.json", "1111111aaaaaaa");
+    let other = write("b.json", "2222222bbbbbbb");
+    let lab = TestLab::beside("archlab-report", "9".into());
+    let out = dir.path().join("out").display().to_string();
+
+    let (ok, text) = lab.archlab(&["report", &a, &same, "--out", &out, "--strict"]);
+    assert!(ok, "one commit is one comparison: {text}");
+    assert!(!text.contains("Mixed results"), "{text}");
+
+    let (ok, text) = lab.archlab(&["report", &a, &other, "--out", &out]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Mixed results") && text.contains("2 commits: 1111111, 2222222"),
+        "{text}"
+    );
+    let html = std::fs::read_to_string(dir.path().join("out/index.html")).unwrap();
+    assert!(html.contains("Mixed results"), "the HTML says so too");
+
+    let (ok, text) = lab.archlab(&["report", &a, &other, "--out", &out, "--strict"]);
+    assert!(!ok && text.contains("not one comparison"), "{text}");
 }

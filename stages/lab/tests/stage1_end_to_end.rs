@@ -52,7 +52,7 @@ async fn stage_1_serves_keeps_data_across_down_and_up_and_stops_only_its_own_pro
     }
 
     // A second lab on the same addresses refuses to start instead of mistaking ours for its own.
-    let intruder = TestLab::new("archlab-intruder", lab.net.clone());
+    let intruder = TestLab::beside("archlab-intruder", lab.net.clone());
     let (ok, out) = intruder.archlab(&["up", "1"]);
     assert!(!ok && out.contains("already in use"), "{out}");
     drop(intruder);

@@ -38,17 +38,51 @@ pub fn net(base: u32, span: u32) -> String {
     (base + std::process::id() % span).to_string()
 }
 
+/// Held by every test that brings a stage up: tests that load the machine never run at once,
+/// whichever test binary or thread they are in (cargo runs a binary's tests in parallel), so a
+/// drill never shares the machine with another stage's load. A file lock (`flock`) in the temp
+/// folder, released when the guard drops, also when a test panics.
+pub struct MachineLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Waits for, and takes, the [`MachineLock`].
+pub fn machine_lock() -> MachineLock {
+    let path = std::env::temp_dir().join("archlab-tests-machine.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    MachineLock(lock)
+}
+
 /// A lab under test.
 pub struct TestLab {
     pub state: tempfile::TempDir,
     pub net: String,
+    _machine: Option<MachineLock>,
 }
 
 impl TestLab {
+    /// A lab of its own; waits until no other lab test loads the machine.
     pub fn new(prefix: &str, net: String) -> Self {
+        let machine = machine_lock();
         Self {
             state: state_dir(prefix),
             net,
+            _machine: Some(machine),
+        }
+    }
+
+    /// A second lab inside a test that already holds the machine (no lock of its own).
+    pub fn beside(prefix: &str, net: String) -> Self {
+        Self {
+            state: state_dir(prefix),
+            net,
+            _machine: None,
         }
     }
 

@@ -1,0 +1,268 @@
+//! One shape for every process the lab runs: [`Server`].
+//!
+//! PostgreSQL, nginx, Redis, the gateway and the app are started, checked, stopped and found
+//! the same way (a PID file with a start time, a log, a readiness check), so `up`, `down`,
+//! `status` and the drills treat them alike through this trait, and a later server (a replica, an
+//! object-store node, a consensus member) is one more implementation.
+
+use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
+
+use nix::sys::signal::Signal;
+
+use crate::{
+    cache::{CacheServer, CACHE_PORT},
+    files::{FileServer, FILES_PORT},
+    gateway::GatewayServer,
+    lab::APP_DATABASE,
+    postgres::PostgresServer,
+    process::{self, PidRecord, Spawn},
+    stage::{APP_PORT, DATABASE_PORT},
+};
+
+/// A boxed future, so the trait stays object-safe. Not `Send`: sqlx's connection futures cannot
+/// always prove it, and the lab awaits its servers in place, never on another task.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// A service process of one host.
+pub trait Server: Send + Sync {
+    /// What it is, for messages (`"the database"`).
+    fn what(&self) -> &'static str;
+    /// The port it listens on, on its host's address.
+    fn port(&self) -> u16;
+    /// Its log file.
+    fn log(&self) -> PathBuf;
+    /// Its record if it runs (a stale PID file is removed).
+    fn running(&self) -> anyhow::Result<Option<PidRecord>>;
+    /// Starts it unless it runs, and waits until it is ready.
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Whether it answers now (a connection, a `PING`, a 200 from its health route).
+    fn ready(&self) -> BoxFuture<'_, bool>;
+    /// Stops it and waits until it is gone; a no-op if it does not run.
+    fn stop(&self) -> anyhow::Result<()>;
+}
+
+/// The stage's database: PostgreSQL with the app's role and database in it.
+pub struct Database(pub PostgresServer);
+
+impl Server for Database {
+    fn what(&self) -> &'static str {
+        "the database"
+    }
+    fn port(&self) -> u16 {
+        DATABASE_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.0.log_path()
+    }
+    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        self.0.running()
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.0.start(&[]).await?;
+            self.0.ensure_database(APP_DATABASE, APP_DATABASE).await
+        })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            use sqlx::Connection;
+            sqlx::PgConnection::connect_with(&self.0.connect_options("postgres", "postgres"))
+                .await
+                .is_ok()
+        })
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        self.0.stop()
+    }
+}
+
+impl Server for FileServer {
+    fn what(&self) -> &'static str {
+        "the file server"
+    }
+    fn port(&self) -> u16 {
+        FILES_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.log_path()
+    }
+    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        FileServer::running(self)
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { FileServer::start(self).await.map(|_| ()) })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let Ok(client) = crate::lab::http_client() else {
+                return false;
+            };
+            client.get(format!("{}/", self.url())).send().await.is_ok()
+        })
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        FileServer::stop(self)
+    }
+}
+
+impl Server for CacheServer {
+    fn what(&self) -> &'static str {
+        "the cache"
+    }
+    fn port(&self) -> u16 {
+        CACHE_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.log_path()
+    }
+    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        CacheServer::running(self)
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { CacheServer::start(self).await.map(|_| ()) })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.healthy())
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        CacheServer::stop(self)
+    }
+}
+
+impl Server for GatewayServer {
+    fn what(&self) -> &'static str {
+        "the gateway"
+    }
+    fn port(&self) -> u16 {
+        APP_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.log_path()
+    }
+    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        GatewayServer::running(self)
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { GatewayServer::start(self).await.map(|_| ()) })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.healthy())
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        GatewayServer::stop(self)
+    }
+}
+
+/// How long an app host may take to answer `/readyz`: it applies migrations first, which on a
+/// fresh database take well under a second.
+const APP_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Once told to stop at once (SIGINT), the app finishes in-flight requests within its own grace
+/// period (10 s); 15 s covers that.
+const APP_STOP_PATIENCE: Duration = Duration::from_secs(15);
+
+/// The Conduit app on one app host.
+pub struct AppServer {
+    /// Holds `media/`, the log and the PID file.
+    pub dir: PathBuf,
+    /// Its host's address.
+    pub address: String,
+    /// The `conduit` binary.
+    pub bin: PathBuf,
+    /// Its `APP_…` settings ([`crate::topology::app_env`]).
+    pub env: Vec<(String, String)>,
+    /// The CPU group (host budget) it runs in, if budgets are enforced.
+    pub cpu_group: Option<PathBuf>,
+}
+
+impl AppServer {
+    fn pid_path(&self) -> PathBuf {
+        self.dir.join("app.pid.json")
+    }
+
+    fn ready_url(&self) -> String {
+        format!("http://{}:{APP_PORT}/readyz", self.address)
+    }
+
+    /// Starts draining: SIGTERM makes the app answer `/readyz` with 503 while it keeps serving
+    /// (behind a gateway; without one it stops at once). [`Server::stop`] ends it.
+    pub fn begin_drain(&self) -> anyhow::Result<()> {
+        if let Some(record) = self.running()? {
+            record.signal(Signal::SIGTERM)?;
+        }
+        Ok(())
+    }
+}
+
+impl Server for AppServer {
+    fn what(&self) -> &'static str {
+        "the app"
+    }
+    fn port(&self) -> u16 {
+        APP_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.join("app.log")
+    }
+    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        PidRecord::running(&self.pid_path())
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            std::fs::create_dir_all(self.dir.join("media"))?;
+            if self.running()?.is_some() {
+                return Ok(());
+            }
+            process::ensure_free("the app", &self.address, APP_PORT)?;
+            let (program, args, _) = crate::budget::wrap(
+                self.cpu_group.as_deref(),
+                None,
+                &self.bin,
+                vec!["serve".into()],
+            );
+            let service = Spawn {
+                program: &program,
+                args,
+                env: self.env.clone(),
+                log: self.log(),
+                user: None,
+                cwd: Some(self.dir.clone()),
+            };
+            let client = crate::lab::http_client()?;
+            let url = self.ready_url();
+            process::launch(
+                "the app",
+                service,
+                &self.pid_path(),
+                APP_START_TIMEOUT,
+                || {
+                    let request = client.get(&url).send();
+                    async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+                },
+            )
+            .await?;
+            Ok(())
+        })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let Ok(client) = crate::lab::http_client() else {
+                return false;
+            };
+            client
+                .get(self.ready_url())
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+    }
+    /// SIGINT: stop now (ending a drain if one runs), finishing in-flight requests.
+    fn stop(&self) -> anyhow::Result<()> {
+        if let Some(record) = PidRecord::read(&self.pid_path())? {
+            if record.is_alive() {
+                record.stop(Signal::SIGINT, APP_STOP_PATIENCE)?;
+            }
+        }
+        let _ = std::fs::remove_file(self.pid_path());
+        Ok(())
+    }
+}

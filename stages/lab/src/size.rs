@@ -1,0 +1,108 @@
+//! Machine sizes: the one table of host sizes every stage file picks from.
+//!
+//! A real system grows by buying machines of a few standard sizes, not by slicing one machine
+//! thinner. So does the ladder: a stage file gives each host a size (`size = "large"`), and a
+//! later stage keeps the hosts of the one before and adds hosts (a database host, a cache host,
+//! app hosts, replicas, edges, shards, object-store nodes, a consensus cluster). What a stage buys
+//! is then measured against what it costs: the sum of its hosts' cores.
+//!
+//! ## Why these numbers
+//! The whole ladder runs on one 2-core machine, with the load harness in a budget of its own
+//! ([`HARNESS_CORES`]), and the largest planned stage must still fit beside it, so no host is ever
+//! starved by the machine rather than by its own budget. The plan for the largest stages, in
+//! cores (stage 8 = stage 7 + a three-node consensus cluster):
+//!
+//! | hosts (stage 7 and 8)                          | size          | cores |
+//! |------------------------------------------------|---------------|------:|
+//! | gateway                                        | medium        | 0.10  |
+//! | 3 app hosts                                    | large each    | 0.60  |
+//! | cache                                          | small         | 0.05  |
+//! | 2 edge PoPs                                    | small each    | 0.10  |
+//! | 2 shards x (primary + replica)                 | medium each   | 0.40  |
+//! | 3 object-store nodes (Garage)                  | small each    | 0.15  |
+//! | *stage 7 in all*                               |               | 1.40  |
+//! | 3 consensus nodes (etcd or ZooKeeper), stage 8 | small each    | 0.15  |
+//! | *stage 8 in all*                               |               | 1.55  |
+//! | the load harness                               | [`HARNESS_CORES`] | 0.40 |
+//! | **total**                                      |               | 1.95 of 2 |
+//!
+//! The smallest size still holds a typical request's CPU time (well under a millisecond for a
+//! cache hit or an indexed query) in one quota slice: 0.05 core is 1 ms every 20 ms (see
+//! [`crate::budget::quota_and_period`]). Below that a request would wait whole periods and the
+//! knee would measure the scheduler more than the work (LAB-NOTES, "CPU budgets"). The cost of
+//! small budgets is throttling jitter in the tail; every result records the period it ran with.
+
+use serde::{Deserialize, Serialize};
+
+/// Cores of the load harness's own budget (`archlab bench` and `tour` run it inside a CPU group
+/// of this size): enough for a few thousand requests a second with their checks, and it keeps
+/// the harness and the hosts from starving each other. Recorded with every result.
+pub const HARNESS_CORES: f64 = 0.4;
+
+/// A host's size: how many cores it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    /// 0.05 core: a cache, a file server, an edge PoP, an object-store or consensus node.
+    Small,
+    /// 0.1 core: a gateway, a database shard or replica.
+    Medium,
+    /// 0.2 core: an app host, the first database host.
+    Large,
+    /// 0.4 core: the monolith's one box.
+    Xlarge,
+}
+
+impl Size {
+    /// Every size, smallest first.
+    pub const ALL: [Size; 4] = [Size::Small, Size::Medium, Size::Large, Size::Xlarge];
+
+    /// Cores of this size.
+    pub fn cores(self) -> f64 {
+        match self {
+            Size::Small => 0.05,
+            Size::Medium => 0.1,
+            Size::Large => 0.2,
+            Size::Xlarge => 0.4,
+        }
+    }
+
+    /// Its name, as in stage files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Size::Small => "small",
+            Size::Medium => "medium",
+            Size::Large => "large",
+            Size::Xlarge => "xlarge",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_double_and_the_largest_plan_fits_the_machine_with_the_harness() {
+        for pair in Size::ALL.windows(2) {
+            assert!((pair[1].cores() - 2.0 * pair[0].cores()).abs() < 1e-9);
+        }
+        // The plan in the module doc, host by host.
+        let stage8 = [
+            (1, Size::Medium), // gateway
+            (3, Size::Large),  // app hosts
+            (1, Size::Small),  // cache
+            (2, Size::Small),  // edges
+            (4, Size::Medium), // 2 shards x (primary + replica)
+            (3, Size::Small),  // object store
+            (3, Size::Small),  // consensus
+        ];
+        let cores: f64 = stage8.iter().map(|(n, s)| *n as f64 * s.cores()).sum();
+        assert!(cores + HARNESS_CORES <= 2.0, "{cores} + harness");
+        // Every size holds at least 1 ms of CPU per period, the kernel's smallest quota.
+        for size in Size::ALL {
+            let (quota, _) = crate::budget::quota_and_period(size.cores());
+            assert!(quota >= crate::budget::MIN_QUOTA_US);
+        }
+    }
+}

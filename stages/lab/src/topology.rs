@@ -1,0 +1,198 @@
+//! From topology to settings: what an app host is told about the rest of its stage.
+//!
+//! A stage is a set of hosts; the app binary is the same everywhere. This module is the one place
+//! that turns "which hosts does this stage have" into the app's `APP_…` settings: where the
+//! database is and how many connections each app host may open to it, whether a cache host
+//! exists, where media live, and whether a gateway stands in front (then the app drains before it
+//! stops). Later stages plug in here: stage 5 adds replica URLs, stage 7 one URL per shard.
+//!
+//! Everything here is a pure function of the stage and a few endpoints, so it is unit-tested
+//! without starting anything.
+
+use std::path::Path;
+
+use crate::stage::{Host, Role, Stage, APP_PORT};
+
+/// Database connections each app host opens per core of the database host's budget. PostgreSQL
+/// runs one process per connection, and past a few per core they only add context switches (an
+/// informal comparison on the 2-core reference machine, stage 1, one-article reads at 64 clients:
+/// a pool of 4 beat 8, which beat 16; not a recorded result).
+pub const POOL_PER_DATABASE_CORE: f64 = 4.0;
+
+/// The fewest connections an app host opens, whatever the database's size: one for a long
+/// request (a write's transaction) and one for everything else, so one slow statement never
+/// stalls every request of the host. Small database hosts (0.2 core) land on this floor, and a
+/// query also spends time on the wire and in the app between statements, so a few more than the
+/// cores strictly need keeps the database busy.
+pub const MIN_POOL: u32 = 4;
+
+/// The longest an app host behind a gateway drains (not ready, still serving) on SIGTERM when
+/// nobody ends the drain sooner. The lab's rolling restart ends it with a SIGINT as soon as the
+/// gateway reports the host out of rotation, which takes 2 failed checks 1 s apart on an idle
+/// machine and longer on a busy one; 30 s is far beyond that, and only matters for a SIGTERM
+/// from something else (a user's `kill`, a container runtime).
+pub const DRAIN_BOUND_MS: u64 = 30_000;
+
+/// Where the stage's shared services answer, as the app hosts reach them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoints {
+    /// The database every statement goes to.
+    pub database_url: String,
+    /// The cache host's `redis://` URL, if the stage has one.
+    pub cache_url: Option<String>,
+    /// The file host, if the stage has one.
+    pub files: Option<FilesEndpoint>,
+}
+
+/// The file host as the app sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesEndpoint {
+    /// Base URL, for writes and for the links clients follow.
+    pub url: String,
+    /// The key writers must send.
+    pub write_key: String,
+}
+
+/// The settings of the app on `host`, as `APP_…` variables.
+pub fn app_env(
+    stage: &Stage,
+    host: &Host,
+    endpoints: &Endpoints,
+    jwt_secret: &str,
+    media_root: &Path,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        var("APP_SERVER__LISTEN", format!("{}:{APP_PORT}", host.address)),
+        var("APP_DATABASE__URL", endpoints.database_url.clone()),
+        var("APP_DATABASE__MAX_CONNECTIONS", pool_size(stage).to_string()),
+        var("APP_AUTH__JWT_SECRET", jwt_secret.to_owned()),
+        // Without a file host, media live on the app host's own disk, here.
+        var("APP_MEDIA__ROOT", media_root.display().to_string()),
+    ];
+    // With a file host, media go to it over HTTP, and clients read them from it directly.
+    if let Some(files) = &endpoints.files {
+        env.extend([
+            var("APP_MEDIA__STORE", "http".into()),
+            var("APP_MEDIA__URL", files.url.clone()),
+            var("APP_MEDIA__PUBLIC_BASE_URL", files.url.clone()),
+            var("APP_MEDIA__WRITE_KEY", files.write_key.clone()),
+        ]);
+    }
+    // With a cache host, the app reads through it (cache-aside).
+    if let Some(url) = &endpoints.cache_url {
+        env.extend([
+            var("APP_CACHE__BACKEND", "redis".into()),
+            var("APP_CACHE__URL", url.clone()),
+        ]);
+    }
+    // Behind a gateway, SIGTERM drains first (see [`DRAIN_BOUND_MS`]).
+    if !stage.hosts_with(Role::Gateway).is_empty() {
+        env.push(var("APP_SERVER__DRAIN_MS", DRAIN_BOUND_MS.to_string()));
+    }
+    env
+}
+
+/// Connections per app host: [`POOL_PER_DATABASE_CORE`] per core of the database host, shared
+/// among the app hosts, at least [`MIN_POOL`].
+pub fn pool_size(stage: &Stage) -> u32 {
+    let cores = stage.database_host().map_or(1.0, |h| h.cpu_budget);
+    let apps = stage.app_hosts().len().max(1) as f64;
+    ((POOL_PER_DATABASE_CORE * cores / apps).ceil() as u32).max(MIN_POOL)
+}
+
+fn var(key: &str, value: String) -> (String, String) {
+    (key.to_owned(), value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(cache: bool, files: bool) -> Endpoints {
+        Endpoints {
+            database_url: "postgres://conduit@127.10.9.2:5432/conduit".into(),
+            cache_url: cache.then(|| "redis://127.10.9.4:6379".into()),
+            files: files.then(|| FilesEndpoint {
+                url: "http://127.10.9.3:8081".into(),
+                write_key: "files-k".into(),
+            }),
+        }
+    }
+
+    fn env_of(stage: &str, cache: bool, files: bool) -> Vec<(String, String)> {
+        let stage = Stage::find(stage).unwrap();
+        app_env(
+            &stage,
+            stage.app_hosts()[0],
+            &endpoints(cache, files),
+            "s",
+            Path::new("/m"),
+        )
+    }
+
+    fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn the_monolith_keeps_media_on_its_disk_and_has_no_cache_and_no_drain() {
+        let env = env_of("1", false, false);
+        assert_eq!(get(&env, "APP_SERVER__LISTEN"), Some("127.10.1.1:8080"));
+        assert_eq!(get(&env, "APP_MEDIA__ROOT"), Some("/m"));
+        assert_eq!(get(&env, "APP_MEDIA__STORE"), None);
+        assert_eq!(get(&env, "APP_CACHE__BACKEND"), None);
+        assert_eq!(get(&env, "APP_SERVER__DRAIN_MS"), None);
+    }
+
+    #[test]
+    fn a_file_host_and_a_cache_host_each_switch_one_seam() {
+        let split = env_of("2", false, true);
+        assert_eq!(get(&split, "APP_MEDIA__STORE"), Some("http"));
+        assert_eq!(
+            get(&split, "APP_MEDIA__PUBLIC_BASE_URL"),
+            Some("http://127.10.9.3:8081")
+        );
+        assert_eq!(get(&split, "APP_MEDIA__WRITE_KEY"), Some("files-k"));
+        assert_eq!(get(&split, "APP_CACHE__BACKEND"), None);
+        let cache = env_of("3", true, true);
+        assert_eq!(get(&cache, "APP_CACHE__BACKEND"), Some("redis"));
+        assert_eq!(
+            get(&cache, "APP_CACHE__URL"),
+            Some("redis://127.10.9.4:6379")
+        );
+    }
+
+    #[test]
+    fn app_hosts_behind_a_gateway_drain_before_they_stop() {
+        let env = env_of("4", true, true);
+        assert_eq!(
+            get(&env, "APP_SERVER__DRAIN_MS"),
+            Some(DRAIN_BOUND_MS.to_string().as_str())
+        );
+        assert_eq!(get(&env, "APP_SERVER__LISTEN"), Some("127.10.4.11:8080"));
+    }
+
+    #[test]
+    fn the_pool_follows_the_database_size_shared_by_the_app_hosts_with_a_floor() {
+        let one = Stage::find("2").unwrap();
+        // A 2-core database behind one app host: 8 connections.
+        let big = one.clone().with_budget("db", 2.0).unwrap();
+        assert_eq!(pool_size(&big), 8);
+        // The same database behind four app hosts: 2 each, raised to the floor.
+        let four = Stage::find_with("4", Some(4))
+            .unwrap()
+            .with_budget("db", 2.0)
+            .unwrap();
+        assert_eq!(pool_size(&four), MIN_POOL);
+        // A 4-core database behind two app hosts: 8 each.
+        let two = Stage::find_with("4", Some(2))
+            .unwrap()
+            .with_budget("db", 4.0)
+            .unwrap();
+        assert_eq!(pool_size(&two), 8);
+        // The ladder's small database hosts sit on the floor.
+        for stage in Stage::all().unwrap() {
+            assert!(pool_size(&stage) >= MIN_POOL);
+        }
+    }
+}
