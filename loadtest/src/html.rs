@@ -239,7 +239,8 @@ svg{background:#fff;border:1px solid #eee}.title{font-size:13px;font-weight:600}
 /// The ladder: per workload, capacity and capacity per core by stage (charts), and a row per
 /// stage with its cost and its bottleneck.
 fn ladder(reports: &[Report]) -> String {
-    let mut out = String::from("<h2>The ladder: what each stage buys, what it costs, where it is stuck</h2>");
+    let mut out =
+        String::from("<h2>The ladder: what each stage buys, what it costs, where it is stuck</h2>");
     let mut workloads: Vec<&str> = Vec::new();
     for r in reports.iter().filter(|r| r.capacity.is_some()) {
         if !workloads.contains(&r.workload.as_str()) {
@@ -252,7 +253,11 @@ fn ladder(reports: &[Report]) -> String {
             .filter(|r| r.workload == workload)
             .filter_map(|r| r.capacity.as_ref().map(|c| (r, c)))
             .collect();
-        let _ = write!(out, "<h3>Workload <code>{}</code></h3><div class=\"charts\">", esc(workload));
+        let _ = write!(
+            out,
+            "<h3>Workload <code>{}</code></h3><div class=\"charts\">",
+            esc(workload)
+        );
         out.push_str(&bar_chart(
             &format!("Capacity at the target, {workload} (req/s)"),
             "req/s",
@@ -271,12 +276,21 @@ fn ladder(reports: &[Report]) -> String {
         ));
         out.push_str("</div><table><tr><th class=\"l\">stage</th><th>capacity (req/s)</th><th>cores</th><th>req/s per core</th><th class=\"l\">bottleneck</th><th>its use of its budget</th><th>knee runs met</th><th>hit ratio</th><th>DB CPU ms per request</th></tr>");
         for (r, c) in rows {
-            let (host, share) = c.bottleneck.as_ref().map_or(("-".to_owned(), "-".to_owned()), |b| {
-                (
-                    format!("{} ({})", b.host, b.role),
-                    format!("{:.2} of {} cores ({:.0} %) at {:.0} req/s", b.cores_used, b.cpu_budget, b.utilization * 100.0, b.at_rate_rps),
-                )
-            });
+            let (host, share) =
+                c.bottleneck
+                    .as_ref()
+                    .map_or(("-".to_owned(), "-".to_owned()), |b| {
+                        (
+                            format!("{} ({})", b.host, b.role),
+                            format!(
+                                "{:.2} of {} cores ({:.0} %) at {:.0} req/s",
+                                b.cores_used,
+                                b.cpu_budget,
+                                b.utilization * 100.0,
+                                b.at_rate_rps
+                            ),
+                        )
+                    });
             let _ = write!(out, "<tr><td class=\"l\">{}</td><td><b>{:.0}</b></td><td>{}</td><td>{:.0}</td><td class=\"l\">{}</td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td></tr>",
                 esc(&stage_name(r)), c.capacity_rps, c.total_cores, c.rps_per_core, esc(&host), esc(&share), c.knee_passed, c.knee_runs,
                 r.cache.hit_ratio.map_or("-".into(), |h| format!("{:.1} %", h * 100.0)),
@@ -307,11 +321,19 @@ pub fn render(title: &str, reports: &[Report]) -> String {
     if reports.iter().any(|r| r.capacity.is_some()) {
         out.push_str(&ladder(reports));
     }
+    let many_workloads = reports.iter().any(|r| r.workload != reports[0].workload);
+    let label = |r: &Report| {
+        if many_workloads {
+            format!("{} {}", stage_name(r), r.workload)
+        } else {
+            stage_name(r)
+        }
+    };
     if reports.len() > 1 {
         out.push_str("<h2>Stage by stage</h2><table><tr><th class=\"l\">stage</th><th>mode</th><th>rate (req/s)</th><th>throughput (req/s)</th><th>p50 ms</th><th>p99 ms</th><th>errors</th><th>lost writes</th><th>hit ratio</th></tr>");
         for r in reports {
             let _ = write!(out, "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{:.3} %</td><td>{}</td><td>{}</td></tr>",
-                esc(&stage_name(r)), esc(&r.mode), r.rate_rps.map_or("-".into(), |v| format!("{v:.0}")), r.throughput_rps,
+                esc(&label(r)), esc(&r.mode), r.rate_rps.map_or("-".into(), |v| format!("{v:.0}")), r.throughput_rps,
                 r.latency_ms.corrected.p50, r.latency_ms.corrected.p99, r.error_rate() * 100.0, r.checks.lost_writes,
                 r.cache.hit_ratio.map_or("-".into(), |h| format!("{:.1} %", h * 100.0)));
         }
@@ -321,7 +343,7 @@ pub fn render(title: &str, reports: &[Report]) -> String {
             "req/s",
             &reports
                 .iter()
-                .map(|r| (stage_name(r), r.rate_rps.unwrap_or(r.throughput_rps)))
+                .map(|r| (label(r), r.rate_rps.unwrap_or(r.throughput_rps)))
                 .collect::<Vec<_>>(),
         ));
         out.push_str(&bar_chart(
@@ -329,7 +351,7 @@ pub fn render(title: &str, reports: &[Report]) -> String {
             "ms",
             &reports
                 .iter()
-                .map(|r| (stage_name(r), r.latency_ms.corrected.p99))
+                .map(|r| (label(r), r.latency_ms.corrected.p99))
                 .collect::<Vec<_>>(),
         ));
         out.push_str("</div>");

@@ -240,8 +240,7 @@ fn sample_cpu(
         let step = live.step.load(Ordering::Relaxed);
         let tick = Instant::now();
         std::thread::sleep(Duration::from_secs(1));
-        let counted =
-            was_measuring && measuring() && live.step.load(Ordering::Relaxed) == step;
+        let counted = was_measuring && measuring() && live.step.load(Ordering::Relaxed) == step;
         let machine = budget::machine_ticks();
         let seconds = tick.elapsed().as_secs_f64();
         for (i, (_, pids)) in hosts.iter().enumerate() {
@@ -315,7 +314,9 @@ fn capacity(stage: &Stage, report: &Report) -> Option<Capacity> {
                 at_budget: utilization >= AT_BUDGET,
             })
     });
-    let database_cpu_ms_per_request = knee.first().and_then(|step| {
+    // Only where the database has hosts of its own: the monolith's box also runs the app.
+    let database_alone = stage.database_hosts().iter().all(|h| h.roles.len() == 1);
+    let database_cpu_ms_per_request = knee.first().filter(|_| database_alone).and_then(|step| {
         let cores: f64 = stage
             .database_hosts()
             .iter()
@@ -330,7 +331,11 @@ fn capacity(stage: &Stage, report: &Report) -> Option<Capacity> {
         rps_per_core: (capacity_rps / total_cores.max(0.001)).round(),
         knee_runs: knee.len(),
         knee_passed: knee.iter().filter(|s| s.passed).count(),
-        knee_p99_ms: if knee.is_empty() { [0.0, 0.0] } else { knee_p99_ms },
+        knee_p99_ms: if knee.is_empty() {
+            [0.0, 0.0]
+        } else {
+            knee_p99_ms
+        },
         reference: sweep.steps.first().map(|s| ReferencePoint {
             rate_rps: s.rate_rps,
             p50_ms: s.p50_ms,
@@ -438,7 +443,11 @@ pub fn tour_markdown(reports: &[Report]) -> String {
                     b.cores_used,
                     b.cpu_budget,
                     b.at_rate_rps,
-                    if b.at_budget { "" } else { ", not at its budget" }
+                    if b.at_budget {
+                        ""
+                    } else {
+                        ", not at its budget"
+                    }
                 )
             });
             let reference = c
@@ -538,4 +547,96 @@ pub fn compare(a: &Report, b: &Report) -> String {
         "",
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loadtest::report::{Sweep, SweepStep};
+
+    fn step(rate: f64, passed: bool, repeat: bool, app: f64, db: f64) -> SweepStep {
+        SweepStep {
+            rate_rps: rate,
+            throughput_rps: rate,
+            p50_ms: 2.0,
+            p99_ms: if passed { 50.0 } else { 150.0 },
+            error_rate: 0.0,
+            passed,
+            repeat,
+            host_cores: [("app".to_owned(), app), ("db".to_owned(), db)].into(),
+        }
+    }
+
+    fn sweep_report(steps: Vec<SweepStep>, capacity: f64) -> Report {
+        let mut report: Report =
+            serde_json::from_str(include_str!("../../02-split/results/tour-read-heavy.json"))
+                .unwrap();
+        report.sweep = Some(Sweep {
+            target_p99_ms: 100.0,
+            max_error_rate: 0.001,
+            max_rate_rps: capacity,
+            steps,
+        });
+        report
+    }
+
+    #[test]
+    fn the_bottleneck_is_the_host_nearest_its_budget_where_the_stage_first_missed() {
+        let stage = Stage::find("2").unwrap();
+        let (app, db) = (stage.hosts[0].cpu_budget, stage.hosts[1].cpu_budget);
+        let report = sweep_report(
+            vec![
+                step(200.0, true, false, 0.2 * app, 0.3 * db),
+                step(300.0, true, false, 0.3 * app, 0.5 * db),
+                // The first run at 450 missed with the app at 60 %; the confirmation (which
+                // counts) with the database at its budget.
+                step(450.0, false, false, 0.6 * app, 0.7 * db),
+                step(450.0, false, true, 0.5 * app, 0.98 * db),
+                step(375.0, true, false, 0.4 * app, 0.8 * db),
+                step(375.0, true, true, 0.4 * app, 0.8 * db),
+                step(375.0, false, true, 0.4 * app, 0.85 * db),
+            ],
+            375.0,
+        );
+        let c = capacity(&stage, &report).unwrap();
+        assert_eq!(c.capacity_rps, 375.0);
+        assert_eq!(c.total_cores, stage.total_cores());
+        assert_eq!(c.rps_per_core, (375.0 / stage.total_cores()).round());
+        assert_eq!((c.knee_runs, c.knee_passed), (3, 2));
+        assert_eq!(c.knee_p99_ms, [50.0, 150.0]);
+        let b = c.bottleneck.unwrap();
+        assert_eq!((b.host.as_str(), b.at_rate_rps), ("db", 450.0));
+        assert!(b.at_budget && (b.utilization - 0.98).abs() < 0.01, "{b:?}");
+        assert_eq!(c.reference.unwrap().rate_rps, 200.0);
+        // The database's CPU per request at the knee: 0.8 x its budget over 375 req/s.
+        let per_request = c.database_cpu_ms_per_request.unwrap();
+        assert!((per_request - 0.8 * db / 375.0 * 1000.0).abs() < 0.001);
+    }
+
+    #[test]
+    fn a_host_under_its_budget_is_not_called_the_limit() {
+        let stage = Stage::find("2").unwrap();
+        let app = stage.hosts[0].cpu_budget;
+        let report = sweep_report(
+            vec![
+                step(200.0, true, false, 0.2 * app, 0.01),
+                step(300.0, false, false, 0.5 * app, 0.02),
+                step(300.0, false, true, 0.5 * app, 0.02),
+            ],
+            200.0,
+        );
+        let b = capacity(&stage, &report).unwrap().bottleneck.unwrap();
+        assert_eq!(b.host, "app");
+        assert!(!b.at_budget);
+    }
+
+    #[test]
+    fn the_tour_table_marks_results_from_two_commits() {
+        let a = sweep_report(vec![step(200.0, true, false, 0.1, 0.1)], 200.0);
+        let mut b = a.clone();
+        b.provenance.git_commit = Some("0123456789".into());
+        b.provenance.git_dirty = Some(false);
+        assert!(!tour_markdown(&[a.clone(), a.clone()]).contains("Mixed results"));
+        assert!(tour_markdown(&[a, b]).contains("Mixed results"));
+    }
 }
