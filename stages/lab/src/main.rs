@@ -338,7 +338,18 @@ async fn main() -> anyhow::Result<()> {
             stages,
             out,
             into_stages,
-        } => tour(&state, net, &bench, quick, &stages, &out, into_stages.as_deref()).await,
+        } => {
+            tour(
+                &state,
+                net,
+                &bench,
+                quick,
+                &stages,
+                &out,
+                into_stages.as_deref(),
+            )
+            .await
+        }
         Command_::Drill {
             stage,
             fault,
@@ -585,11 +596,10 @@ async fn bench_stage(
     }
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     let workload = args.workload.as_deref().unwrap_or("read-heavy");
-    let report =
-        archlab::bench::bench(&lab, &stage, &args.options(workload, false), &|l| {
-            eprintln!("{l}")
-        })
-        .await?;
+    let report = archlab::bench::bench(&lab, &stage, &args.options(workload, false), &|l| {
+        eprintln!("{l}")
+    })
+    .await?;
     println!("{}", report.markdown());
     if let Some(out) = out {
         write_json(out, &report)?;
@@ -639,11 +649,10 @@ async fn tour(
                 stage.title,
                 stage.total_cores()
             );
-            let report =
-                archlab::bench::bench(&lab, stage, &args.options(workload, quick), &|l| {
-                    eprintln!("  {l}")
-                })
-                .await?;
+            let report = archlab::bench::bench(&lab, stage, &args.options(workload, quick), &|l| {
+                eprintln!("  {l}")
+            })
+            .await?;
             write_json(
                 &out.join(format!("{}-{workload}.json", stage.folder)),
                 &report,

@@ -64,7 +64,10 @@ pub fn app_env(
     let mut env = vec![
         var("APP_SERVER__LISTEN", format!("{}:{APP_PORT}", host.address)),
         var("APP_DATABASE__URL", endpoints.database_url.clone()),
-        var("APP_DATABASE__MAX_CONNECTIONS", pool_size(stage).to_string()),
+        var(
+            "APP_DATABASE__MAX_CONNECTIONS",
+            pool_size(stage).to_string(),
+        ),
         var("APP_AUTH__JWT_SECRET", jwt_secret.to_owned()),
         // Without a file host, media live on the app host's own disk, here.
         var("APP_MEDIA__ROOT", media_root.display().to_string()),

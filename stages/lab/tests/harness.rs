@@ -266,8 +266,8 @@ fn scopeguard(lab: archlab::Lab, stage: archlab::Stage) -> impl Drop {
 
 #[test]
 fn report_marks_results_from_different_commits_and_strict_refuses_them() {
-    let committed = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../01-monolith/results/tour-read-heavy.json");
+    let committed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../01-monolith/results/tour-read-heavy.json");
     let base: Value = serde_json::from_str(&std::fs::read_to_string(committed).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, commit: &str| {
