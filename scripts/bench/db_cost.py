@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Database cost per operation: what PostgreSQL spends on each request of the read-heavy mix,
+statement by statement, from `pg_stat_statements`.
+
+    scripts/bench/db_cost.py [--rate 100] [--duration 60] [--net 240] [--out FILE]
+    ARCHLAB_CONDUIT_BIN=/tmp/before/conduit scripts/bench/db_cost.py --out stages/02-split/results/db-cost-before.json
+    scripts/bench/db_cost.py --out stages/02-split/results/db-cost-after.json
+
+What it does, in order, on a fresh lab (own state folder, own loopback network):
+  1. `archlab up 2 --fresh` with the release binaries (stage 2: app host and database host, no
+     cache, so every read reaches the database), then `archlab seed 2` (1,000 users, 10,000 articles);
+  2. a warm-up run of the harness (`loadtest`, open loop, read-heavy, same rate; writes verified),
+     so the pool, prepared statements and PostgreSQL's buffers are warm;
+  3. `pg_stat_statements_reset()`, then the measured run (open loop at a fixed rate, so the
+     "before" and "after" apps get the same requests; no warm-up and no read-back inside it, so
+     every statement counted was caused by a request counted);
+  4. reads `pg_stat_statements` for the app's database and role, and writes a JSON result:
+     database execution time per request served, and the top statements with their calls per
+     request, mean and total execution time, and share of the total.
+
+`ARCHLAB_CONDUIT_BIN` picks the app binary (the lab's default: `target/release/conduit`), so a
+"before" run can measure an older build; `--app-commit` records which commit that build is.
+
+What is left out, and why it is small: the measured run's harness logs its users in at the start
+(one indexed lookup each), and `pg_stat_statements` counts execution time only (not planning,
+parsing or network time). Requests served counts every answered request, errors included; the
+result also records the failures, which should be none.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+from common import ROOT, git_state, run, version, write_result
+
+STAGE = "2"
+TOP = 15  # statements listed: the read-heavy mix runs about 25 distinct ones
+
+
+def pg_bin(name):
+    for major in sorted(os.listdir("/usr/lib/postgresql"), key=lambda v: int(v) if v.isdigit() else 0, reverse=True):
+        path = f"/usr/lib/postgresql/{major}/bin/{name}"
+        if os.path.exists(path):
+            return path
+    raise SystemExit(f"{name} not found; run scripts/setup.sh")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=100.0,
+                    help="offered requests/s, open loop (default 100: about a third of what stage 2's database "
+                         "host, 0.2 core, serves with the app of issue 10's start, so statements are timed "
+                         "at work rather than queued behind a throttled CPU)")
+    ap.add_argument("--duration", type=int, default=60, help="measured seconds (default 60)")
+    ap.add_argument("--warmup", type=int, default=10, help="warm-up seconds before the reset (default 10)")
+    ap.add_argument("--net", default="240", help="second octet of the lab's loopback network (default 240)")
+    ap.add_argument("--workload", default="read-heavy", help="harness workload (default read-heavy)")
+    ap.add_argument("--app-commit", default=None,
+                    help="commit the app binary was built from (default: this checkout's, when ARCHLAB_CONDUIT_BIN is unset)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "report/02-split-db-cost.json"), help="result file")
+    args = ap.parse_args()
+
+    archlab_bin = os.path.join(ROOT, "target/release/archlab")
+    loadtest_bin = os.path.join(ROOT, "target/release/loadtest")
+    for b in (archlab_bin, loadtest_bin):
+        if not os.path.exists(b):
+            sys.exit("build first: cargo build --release --workspace")
+    app_bin = os.environ.get("ARCHLAB_CONDUIT_BIN", os.path.join(ROOT, "target/release/conduit"))
+    app_commit = args.app_commit
+    if app_commit is None:
+        if "ARCHLAB_CONDUIT_BIN" in os.environ:
+            sys.exit("ARCHLAB_CONDUIT_BIN is set: say which commit it was built from with --app-commit")
+        app_commit = git_state()["git_commit"]
+
+    state = tempfile.mkdtemp(prefix="archlab-dbcost-")
+    os.chmod(state, 0o755)  # PostgreSQL runs as the postgres user when we are root
+
+    def archlab(*a):
+        return run([archlab_bin, "--state-dir", state, "--net", args.net, *a])
+
+    def harness(endpoint, seconds, out, verify):
+        cmd = [loadtest_bin, "--target", endpoint, "--workload", args.workload, "--rate", str(args.rate),
+               "--duration", f"{seconds}s", "--warmup", "0s", "--out", out]
+        if not verify:
+            cmd.append("--no-verify")
+        run(cmd)
+        with open(out) as f:
+            return json.load(f)
+
+    try:
+        print(f"bringing stage {STAGE} up (fresh) with {app_bin} ...", flush=True)
+        up = archlab("up", STAGE, "--fresh")
+        endpoint = up.strip().splitlines()[-1].removeprefix("endpoint: ")
+        print("seeding ...", flush=True)
+        archlab("seed", STAGE)
+        status = json.loads(archlab("status", "--json"))
+        db = next(s for s in status["services"] if s["role"] == "database")
+        psql = [pg_bin("psql"), "-h", db["address"], "-p", str(db["port"]), "-U", "postgres", "-d", "conduit",
+                "-At", "-v", "ON_ERROR_STOP=1"]
+
+        def sql(text):
+            return run(psql + ["-c", text])
+
+        # The lab creates the extension with the database; this covers a lab from before that.
+        sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        if "pg_stat_statements" not in sql("SHOW shared_preload_libraries"):
+            sys.exit("pg_stat_statements is not loaded: the lab's PostgreSQL must preload it")
+        counts = sql("SELECT (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM articles)").split()
+
+        print(f"warm-up: {args.workload} at {args.rate:g}/s for {args.warmup} s ...", flush=True)
+        warm = harness(endpoint, args.warmup, os.path.join(state, "warmup.json"), verify=True)
+        if warm["checks"]["lost_writes"]:
+            sys.exit(f"the warm-up lost writes: {warm['checks']}")
+
+        sql("SELECT pg_stat_statements_reset()")
+        print(f"measuring: {args.workload} at {args.rate:g}/s for {args.duration} s ...", flush=True)
+        measured = harness(endpoint, args.duration, os.path.join(state, "measured.json"), verify=False)
+        rows = sql("""
+            SELECT json_agg(s ORDER BY s.total_exec_time DESC) FROM (
+                SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, rows,
+                       total_exec_time, mean_exec_time, shared_blks_hit, shared_blks_read
+                FROM pg_stat_statements
+                WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'conduit')
+                  AND userid = (SELECT oid FROM pg_roles WHERE rolname = 'conduit')
+            ) s""")
+        statements = json.loads(rows) or []
+    finally:
+        subprocess.run([archlab_bin, "--state-dir", state, "--net", args.net, "down"], capture_output=True)
+        subprocess.run(["rm", "-rf", state])
+
+    c = measured["counts"]
+    served = c["ok"] + c["failed"]
+    kept_up = measured["throughput_rps"] >= 0.95 * args.rate
+    if not kept_up:
+        print(f"warning: served {measured['throughput_rps']:.0f}/s of {args.rate:g}/s offered: the stage was "
+              "overloaded, so execution times include waiting for the database host's CPU", file=sys.stderr)
+    total_ms = sum(s["total_exec_time"] for s in statements)
+    top = [{
+        "query": s["query"].strip(),
+        "calls": s["calls"],
+        "calls_per_request": round(s["calls"] / served, 4),
+        "rows_per_call": round(s["rows"] / s["calls"], 2) if s["calls"] else 0,
+        "mean_exec_ms": round(s["mean_exec_time"], 4),
+        "total_exec_ms": round(s["total_exec_time"], 1),
+        "exec_ms_per_request": round(s["total_exec_time"] / served, 4),
+        "share_of_total": round(s["total_exec_time"] / total_ms, 4) if total_ms else 0,
+        "shared_blocks_hit_per_call": round(s["shared_blks_hit"] / s["calls"], 1) if s["calls"] else 0,
+        "shared_blocks_read": s["shared_blks_read"],
+    } for s in statements[:TOP]]
+
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    result = {
+        "benchmark": "database cost per request (pg_stat_statements), stage 2, read-heavy mix, open loop",
+        "stage": int(STAGE),
+        "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(
+            ([f"ARCHLAB_CONDUIT_BIN={os.environ['ARCHLAB_CONDUIT_BIN']}"] if "ARCHLAB_CONDUIT_BIN" in os.environ else [])
+            + ["scripts/bench/db_cost.py"] + sys.argv[1:]),
+        "settings": {
+            "workload": args.workload,
+            "rate_rps": args.rate,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "load_generator": "loadtest (open loop, coordinated-omission corrected), 64 connections",
+            "data_set": {"users": int(counts[0]), "articles": int(counts[1]), "seed": 42},
+            "pg_stat_statements": "track = top; reset after seeding and warm-up; execution time only (no planning)",
+        },
+        "results": {
+            "requests_served": served,
+            "requests_ok": c["ok"],
+            "requests_failed": c["failed"],
+            "requests_unknown": c["unknown"],
+            "throughput_rps": measured["throughput_rps"],
+            "kept_up_with_offered_rate": kept_up,
+            "latency_p50_ms": measured["latency_ms"]["corrected"]["p50"],
+            "latency_p99_ms": measured["latency_ms"]["corrected"]["p99"],
+            "statements_total": len(statements),
+            "db_calls_per_request": round(sum(s["calls"] for s in statements) / served, 3),
+            "db_exec_ms_total": round(total_ms, 1),
+            "db_exec_ms_per_request": round(total_ms / served, 4),
+            "top_statements": top,
+        },
+        "provenance": {
+            **git_state(),
+            "app_binary": app_bin,
+            "app_commit": app_commit,
+            "cpu_model": cpu_model,
+            "cores": os.cpu_count(),
+            "os": f"{platform.system()} {platform.release()}",
+            "distribution": next((l.split("=", 1)[1].strip().strip('"') for l in open("/etc/os-release") if l.startswith("PRETTY_NAME=")), "unknown"),
+            "postgres": version([pg_bin("postgres"), "--version"]),
+            "loadtest": version([loadtest_bin, "--version"]),
+            "app_build": "cargo --release",
+        },
+    }
+    write_result(args.out, result)
+
+    r = result["results"]
+    print()
+    print(f"{r['requests_served']} requests served, {r['db_exec_ms_per_request']:.3f} ms of database execution per request, "
+          f"{r['db_calls_per_request']:.2f} statements per request")
+    print("| share | calls/req | mean ms | statement |")
+    print("|---:|---:|---:|---|")
+    for s in top[:8]:
+        print(f"| {s['share_of_total']:.1%} | {s['calls_per_request']:.3f} | {s['mean_exec_ms']:.3f} | {s['query'][:110]} |")
+
+
+if __name__ == "__main__":
+    main()
