@@ -276,6 +276,7 @@ pub async fn seed(
         let mut tag_articles = Vec::new();
         let mut tag_positions: Vec<i16> = Vec::new();
         let mut tag_names = Vec::new();
+        let mut tag_created = Vec::new();
         for (i, &id) in article_ids.iter().enumerate().take(end).skip(start) {
             let words = rng.gen_range(3..9);
             let title = sentence(&mut rng, words);
@@ -287,13 +288,15 @@ pub async fn seed(
                 .map(|_| sentence(&mut rng, 60))
                 .collect();
             bodies.push(paragraphs.join("\n\n"));
-            created.push(now - year + step * (i as f64));
+            let created_at = now - year + step * (i as f64);
+            created.push(created_at);
             let n_tags = rng.gen_range(0..=4);
             let tags: Vec<&str> = TAGS.choose_multiple(&mut rng, n_tags).copied().collect();
             for (position, tag) in tags.into_iter().enumerate() {
                 tag_articles.push(id);
                 tag_positions.push(position as i16);
                 tag_names.push(tag.to_owned());
+                tag_created.push(created_at);
             }
         }
         sqlx::query(
@@ -314,12 +317,13 @@ pub async fn seed(
         .await
         .context("inserting articles")?;
         sqlx::query(
-            "INSERT INTO article_tags (article_id, position, tag)
-             SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::text[])",
+            "INSERT INTO article_tags (article_id, position, tag, created_at)
+             SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::text[], $4::timestamptz[])",
         )
         .bind(&tag_articles)
         .bind(&tag_positions)
         .bind(&tag_names)
+        .bind(&tag_created)
         .execute(pool)
         .await
         .context("inserting tags")?;
@@ -430,6 +434,11 @@ pub async fn seed(
     .execute(pool)
     .await
     .context("filling tag lists and favorite counts")?;
+    // The list counts (migration 0002), from the rows just written.
+    sqlx::query("SELECT recount_lists()")
+        .execute(pool)
+        .await
+        .context("counting the lists")?;
     // Statistics for the planner, and the visibility map so counts can use index-only scans: what
     // autovacuum would reach on its own a little later.
     sqlx::query("VACUUM ANALYZE")

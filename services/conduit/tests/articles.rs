@@ -394,3 +394,120 @@ async fn comments() {
     let (status, _) = app.get(&path, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// The kept list counts (`article_count`, `tag_counts`) against a recount of the rows they count.
+async fn assert_counts_match_rows(app: &TestApp) {
+    let pool = sqlx::PgPool::connect(&app.pg.url()).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT articles FROM article_count")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM articles")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, counted, "article_count");
+    let mismatched: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT COALESCE(c.tag, r.tag), COALESCE(c.articles, 0), COALESCE(r.n, 0)
+         FROM tag_counts c
+         FULL JOIN (SELECT tag, count(*) AS n FROM article_tags GROUP BY tag) r ON r.tag = c.tag
+         WHERE COALESCE(c.articles, 0) <> COALESCE(r.n, 0)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        mismatched.is_empty(),
+        "tag_counts (tag, kept, counted): {mismatched:?}"
+    );
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn list_counts_follow_creates_deletes_and_tag_changes() {
+    let app = TestApp::start().await;
+    let jake = app.register("jake").await;
+    let count = |path: String| {
+        let app = &app;
+        async move {
+            let (status, body) = app.get(&path, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            let listed = body["articles"].as_array().unwrap().len() as i64;
+            let count = body["articlesCount"].as_i64().unwrap();
+            assert_eq!(count, listed, "{path}: the count is what the list holds");
+            count
+        }
+    };
+    let tags = || async {
+        let (_, body) = app.get("/api/tags", None).await;
+        body["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    let a = app.article(&jake, "A", &["rust", "go"]).await;
+    let b = app.article(&jake, "B", &["rust"]).await;
+    let c = app.article(&jake, "C", &[]).await;
+    assert_eq!(count("/api/articles".into()).await, 3);
+    assert_eq!(count("/api/articles?tag=rust".into()).await, 2);
+    assert_eq!(count("/api/articles?tag=go".into()).await, 1);
+    assert_eq!(count("/api/articles?tag=never".into()).await, 0);
+    assert_eq!(tags().await, vec!["rust", "go"], "most used first");
+    assert_counts_match_rows(&app).await;
+
+    // A tag change counts the tags it left and joined; the same tags, or no tagList, count nothing.
+    let (status, body) = app
+        .put(
+            &format!("/api/articles/{a}"),
+            Some(&jake),
+            json!({"article": {"tagList": ["go", "sql"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for same in [json!({"tagList": ["sql", "go"]}), json!({"title": "A2"})] {
+        let (status, body) = app
+            .put(
+                &format!("/api/articles/{a}"),
+                Some(&jake),
+                json!({ "article": same }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let a = app.get("/api/articles?tag=sql", None).await.1["articles"][0]["slug"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(count("/api/articles".into()).await, 3);
+    assert_eq!(count("/api/articles?tag=rust".into()).await, 1);
+    assert_eq!(count("/api/articles?tag=go".into()).await, 1);
+    assert_eq!(count("/api/articles?tag=sql".into()).await, 1);
+    assert_counts_match_rows(&app).await;
+
+    // Deletes count down; a tag whose last article went is no longer listed.
+    for slug in [&b, &c] {
+        let (status, _) = app
+            .delete(&format!("/api/articles/{slug}"), Some(&jake))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(count("/api/articles".into()).await, 1);
+    assert_eq!(count("/api/articles?tag=rust".into()).await, 0);
+    let mut listed = tags().await;
+    listed.sort();
+    assert_eq!(listed, vec!["go", "sql"]);
+    let (status, _) = app.delete(&format!("/api/articles/{a}"), Some(&jake)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(count("/api/articles".into()).await, 0);
+    assert_eq!(count("/api/articles?tag=go".into()).await, 0);
+    assert!(tags().await.is_empty());
+    assert_counts_match_rows(&app).await;
+
+    // A tag used again after it reached 0 counts from its kept row.
+    app.article(&jake, "D", &["rust"]).await;
+    assert_eq!(count("/api/articles?tag=rust".into()).await, 1);
+    assert_counts_match_rows(&app).await;
+}
