@@ -18,13 +18,18 @@
 //! | 3 app hosts                                    | large each    | 0.60  |
 //! | cache                                          | small         | 0.05  |
 //! | 2 edge PoPs                                    | small each    | 0.10  |
-//! | 2 shards x (primary + replica)                 | medium each   | 0.40  |
+//! | 2 shards x (primary large + replica medium)    |               | 0.60  |
 //! | 3 object-store nodes (Garage)                  | small each    | 0.15  |
-//! | *stage 7 in all*                               |               | 1.40  |
+//! | *stage 7 in all*                               |               | 1.60  |
 //! | 3 consensus nodes (etcd or ZooKeeper), stage 8 | small each    | 0.15  |
-//! | *stage 8 in all*                               |               | 1.55  |
-//! | the load harness                               | [`HARNESS_CORES`] | 0.40 |
-//! | **total**                                      |               | 1.95 of 2 |
+//! | *stage 8 in all*                               |               | 1.75  |
+//! | the load harness                               | [`HARNESS_CORES`] | 0.25 |
+//! | **total**                                      |               | 2.00 of 2 |
+//!
+//! Stages 1 to 4 on this plan: the monolith is one large box (0.2); stage 2 keeps it as the app
+//! host and buys a large database host and a small file host (0.45); stage 3 buys a small cache
+//! host (0.5); stage 4 turns the app tier into three large app hosts behind a medium gateway
+//! (1.0). The database keeps the size it was bought with until stage 5 buys replicas beside it.
 //!
 //! The smallest size still holds a typical request's CPU time (well under a millisecond for a
 //! cache hit or an indexed query) in one quota slice: 0.05 core is 1 ms every 20 ms (see
@@ -35,9 +40,11 @@
 use serde::{Deserialize, Serialize};
 
 /// Cores of the load harness's own budget (`archlab bench` and `tour` run it inside a CPU group
-/// of this size): enough for a few thousand requests a second with their checks, and it keeps
+/// of this size). The harness costs under 15 µs of CPU per request on this machine (140,000
+/// req/s closed loop on two cores it shared with nginx, docs/harness.md), so a quarter core carries several thousand
+/// requests a second with their checks, well above the largest stage's capacity; and it keeps
 /// the harness and the hosts from starving each other. Recorded with every result.
-pub const HARNESS_CORES: f64 = 0.4;
+pub const HARNESS_CORES: f64 = 0.25;
 
 /// A host's size: how many cores it may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,11 +52,11 @@ pub const HARNESS_CORES: f64 = 0.4;
 pub enum Size {
     /// 0.05 core: a cache, a file server, an edge PoP, an object-store or consensus node.
     Small,
-    /// 0.1 core: a gateway, a database shard or replica.
+    /// 0.1 core: a gateway, a database replica.
     Medium,
-    /// 0.2 core: an app host, the first database host.
+    /// 0.2 core: the monolith's box, an app host, a database primary.
     Large,
-    /// 0.4 core: the monolith's one box.
+    /// 0.4 core: a machine no stage of the plan needs yet (kept for equal-cost variants).
     Xlarge,
 }
 
@@ -93,12 +100,13 @@ mod tests {
             (3, Size::Large),  // app hosts
             (1, Size::Small),  // cache
             (2, Size::Small),  // edges
-            (4, Size::Medium), // 2 shards x (primary + replica)
+            (2, Size::Large),  // 2 shard primaries
+            (2, Size::Medium), // their replicas
             (3, Size::Small),  // object store
             (3, Size::Small),  // consensus
         ];
         let cores: f64 = stage8.iter().map(|(n, s)| *n as f64 * s.cores()).sum();
-        assert!(cores + HARNESS_CORES <= 2.0, "{cores} + harness");
+        assert!(cores + HARNESS_CORES <= 2.0 + 1e-9, "{cores} + harness");
         // Every size holds at least 1 ms of CPU per period, the kernel's smallest quota.
         for size in Size::ALL {
             let (quota, _) = crate::budget::quota_and_period(size.cores());

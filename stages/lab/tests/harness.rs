@@ -123,7 +123,7 @@ fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() 
     );
     // The harness ran in its own budget wherever the hosts did.
     if host["enforced"] == true {
-        assert_eq!(p["harness_cores"], 0.4, "{p}");
+        assert_eq!(p["harness_cores"], archlab::size::HARNESS_CORES, "{p}");
     } else {
         assert!(p["harness_cores"].is_null(), "{p}");
     }
