@@ -414,7 +414,20 @@ pub fn machine_provenance() -> report::Provenance {
     let command: Vec<String> = std::env::args().collect();
     report::Provenance {
         git_commit: git(&["rev-parse", "HEAD"]),
-        git_dirty: git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        // Dirty: tracked files that could change what was measured differ from the commit.
+        // Result files and prose cannot, and a tour rewrites committed results as it goes, so
+        // they are left out.
+        git_dirty: git(&[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude,glob)**/results/**",
+            ":(exclude,glob)**/*.md",
+            ":(exclude,glob)docs/**",
+        ])
+        .map(|s| !s.is_empty()),
         cpu_model,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         os: format!("Linux {} ({distro})", kernel.trim()),
