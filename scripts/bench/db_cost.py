@@ -71,11 +71,14 @@ def main():
         if not os.path.exists(b):
             sys.exit("build first: cargo build --release --workspace")
     app_bin = os.environ.get("ARCHLAB_CONDUIT_BIN", os.path.join(ROOT, "target/release/conduit"))
+    # The checkout as the run starts: what the binaries were built from (a commit landing during
+    # the run must not be recorded as the one measured).
+    checkout = git_state()
     app_commit = args.app_commit
     if app_commit is None:
         if "ARCHLAB_CONDUIT_BIN" in os.environ:
             sys.exit("ARCHLAB_CONDUIT_BIN is set: say which commit it was built from with --app-commit")
-        app_commit = git_state()["git_commit"]
+        app_commit = checkout["git_commit"]
 
     state = tempfile.mkdtemp(prefix="archlab-dbcost-")
     os.chmod(state, 0o755)  # PostgreSQL runs as the postgres user when we are root
@@ -186,7 +189,7 @@ def main():
             "top_statements": top,
         },
         "provenance": {
-            **git_state(),
+            **checkout,
             "app_binary": app_bin,
             "app_commit": app_commit,
             "cpu_model": cpu_model,
