@@ -429,7 +429,13 @@ pub fn machine_provenance() -> report::Provenance {
         ])
         .map(|s| !s.is_empty()),
         cpu_model,
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // The machine's processors, not `available_parallelism()`: inside a CPU budget (the
+        // harness runs in one) that reports the budget, rounded up, instead of the machine.
+        cores: cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+            .max(1),
         os: format!("Linux {} ({distro})", kernel.trim()),
         command: command.join(" "),
         generated_at: now_rfc3339(),
