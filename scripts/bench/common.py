@@ -66,3 +66,12 @@ http {{ access_log off; server {{ listen {addr}; keepalive_requests 100000000;
     proc = subprocess.Popen(["nginx", "-p", prefix, "-c", conf], stderr=subprocess.DEVNULL)
     wait_http(f"http://{addr}/", proc)
     return proc
+
+
+def pg_bin(name):
+    """The newest installed PostgreSQL's `name` binary (Debian keeps them off PATH)."""
+    for major in sorted(os.listdir("/usr/lib/postgresql"), key=lambda v: int(v) if v.isdigit() else 0, reverse=True):
+        path = f"/usr/lib/postgresql/{major}/bin/{name}"
+        if os.path.exists(path):
+            return path
+    raise SystemExit(f"{name} not found; run scripts/setup.sh")

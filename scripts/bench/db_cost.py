@@ -36,18 +36,11 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, git_state, run, version, write_result
+from common import ROOT, git_state, run, version, write_result, pg_bin
 
 STAGE = "2"
 TOP = 15  # statements listed: the read-heavy mix runs about 25 distinct ones
 
-
-def pg_bin(name):
-    for major in sorted(os.listdir("/usr/lib/postgresql"), key=lambda v: int(v) if v.isdigit() else 0, reverse=True):
-        path = f"/usr/lib/postgresql/{major}/bin/{name}"
-        if os.path.exists(path):
-            return path
-    raise SystemExit(f"{name} not found; run scripts/setup.sh")
 
 
 def main():

@@ -27,17 +27,10 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, git_state, run, version, write_result
+from common import ROOT, git_state, run, version, write_result, pg_bin
 
 NET = "230"  # a loopback network of its own, so a developer's lab on the default net is untouched
 
-
-def pg_bin(name):
-    for major in sorted(os.listdir("/usr/lib/postgresql"), key=lambda v: int(v) if v.isdigit() else 0, reverse=True):
-        path = f"/usr/lib/postgresql/{major}/bin/{name}"
-        if os.path.exists(path):
-            return path
-    raise SystemExit(f"{name} not found; run scripts/setup.sh")
 
 
 def parse_wrk(text):

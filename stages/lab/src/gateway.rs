@@ -6,7 +6,7 @@ use std::{fs, path::PathBuf, time::Duration};
 use nix::sys::signal::Signal;
 
 use crate::{
-    process::{self, PidRecord, Spawn},
+    process::{self, PidRecord},
     stage::APP_PORT,
 };
 
@@ -58,7 +58,6 @@ impl GatewayServer {
         if let Some(record) = self.running()? {
             return Ok(record);
         }
-        process::ensure_free("the gateway", &self.address, APP_PORT)?;
         fs::create_dir_all(&self.dir)?;
         let upstreams = format!(
             "[{}]",
@@ -82,32 +81,20 @@ impl GatewayServer {
         if let Some(selection) = &self.selection {
             env.push(("GATEWAY_SELECTION".to_owned(), selection.clone()));
         }
-        let (program, args, _) = crate::budget::wrap(
-            self.cpu_group.as_deref(),
-            None,
-            &self.bin,
-            vec!["serve".into()],
-        );
-        let service = Spawn {
-            program: &program,
-            args,
+        process::HttpService {
+            what: "the gateway",
+            bin: &self.bin,
+            args: vec!["serve".into()],
             env,
+            dir: &self.dir,
             log: self.log_path(),
-            user: None,
-            cwd: Some(self.dir.clone()),
-        };
-        let client = crate::lab::http_client()?;
-        let url = format!("{}/gateway/healthz", self.url());
-        process::launch(
-            "the gateway",
-            service,
-            &self.pid_path(),
-            START_TIMEOUT,
-            || {
-                let request = client.get(&url).send();
-                async move { matches!(request.await, Ok(r) if r.status().is_success()) }
-            },
-        )
+            pid_path: self.pid_path(),
+            cpu_group: self.cpu_group.as_deref(),
+            listen: (&self.address, APP_PORT),
+            ready_url: format!("{}/gateway/healthz", self.url()),
+            timeout: START_TIMEOUT,
+        }
+        .launch()
         .await
     }
 

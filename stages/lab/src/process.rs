@@ -173,6 +173,58 @@ where
     Ok(record)
 }
 
+/// A service of ours that answers HTTP (the app, the gateway): started inside its host's CPU
+/// group (if any), with its log, working folder and PID file under `dir`, ready once `ready_url`
+/// answers 2xx.
+pub struct HttpService<'a> {
+    /// What it is, for messages.
+    pub what: &'a str,
+    /// Its binary.
+    pub bin: &'a Path,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its settings, as environment variables.
+    pub env: Vec<(String, String)>,
+    /// Working folder; holds nothing else of ours but what the caller names below.
+    pub dir: &'a Path,
+    /// Log file.
+    pub log: PathBuf,
+    /// PID file.
+    pub pid_path: PathBuf,
+    /// The host's CPU group.
+    pub cpu_group: Option<&'a Path>,
+    /// `address:port` it will listen on (must be free).
+    pub listen: (&'a str, u16),
+    /// Its readiness URL.
+    pub ready_url: String,
+    /// How long it may take to become ready.
+    pub timeout: Duration,
+}
+
+impl HttpService<'_> {
+    /// Starts it and waits until it is ready.
+    pub async fn launch(self) -> anyhow::Result<PidRecord> {
+        ensure_free(self.what, self.listen.0, self.listen.1)?;
+        let (program, args, _) =
+            crate::budget::wrap(self.cpu_group, None, self.bin, self.args);
+        let service = Spawn {
+            program: &program,
+            args,
+            env: self.env,
+            log: self.log,
+            user: None,
+            cwd: Some(self.dir.to_path_buf()),
+        };
+        let client = crate::lab::http_client()?;
+        let url = self.ready_url;
+        launch(self.what, service, &self.pid_path, self.timeout, || {
+            let request = client.get(&url).send();
+            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+    }
+}
+
 /// Starts a process in its own process group (a Ctrl-C in the terminal that ran `archlab up`
 /// does not reach it), detached from our stdin, logging to a file; returns its record.
 ///

@@ -15,7 +15,7 @@ use crate::{
     gateway::GatewayServer,
     lab::APP_DATABASE,
     postgres::PostgresServer,
-    process::{self, PidRecord, Spawn},
+    process::{self, PidRecord},
     stage::{APP_PORT, DATABASE_PORT},
 };
 
@@ -212,33 +212,20 @@ impl Server for AppServer {
             if self.running()?.is_some() {
                 return Ok(());
             }
-            process::ensure_free("the app", &self.address, APP_PORT)?;
-            let (program, args, _) = crate::budget::wrap(
-                self.cpu_group.as_deref(),
-                None,
-                &self.bin,
-                vec!["serve".into()],
-            );
-            let service = Spawn {
-                program: &program,
-                args,
+            process::HttpService {
+                what: "the app",
+                bin: &self.bin,
+                args: vec!["serve".into()],
                 env: self.env.clone(),
+                dir: &self.dir,
                 log: self.log(),
-                user: None,
-                cwd: Some(self.dir.clone()),
-            };
-            let client = crate::lab::http_client()?;
-            let url = self.ready_url();
-            process::launch(
-                "the app",
-                service,
-                &self.pid_path(),
-                APP_START_TIMEOUT,
-                || {
-                    let request = client.get(&url).send();
-                    async move { matches!(request.await, Ok(r) if r.status().is_success()) }
-                },
-            )
+                pid_path: self.pid_path(),
+                cpu_group: self.cpu_group.as_deref(),
+                listen: (&self.address, APP_PORT),
+                ready_url: self.ready_url(),
+                timeout: APP_START_TIMEOUT,
+            }
+            .launch()
             .await?;
             Ok(())
         })
