@@ -88,8 +88,9 @@ fn a_connection_beyond_the_cap_is_closed_and_idle_ones_give_their_place_back() {
     assert_eq!(read_until_closed(&mut first), b"");
     assert_eq!(read_until_closed(&mut second), b"");
     let idle = idle_since.elapsed();
+    // Not before the idle time; the upper bound only catches "never" (a busy machine is slow).
     assert!(
-        idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(30),
         "closed after {idle:?}"
     );
 

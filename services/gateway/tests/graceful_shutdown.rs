@@ -11,11 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_listen_address, get, slow_upstream, Gateway};
+use common::{free_listen_address, get, Gateway};
 
 #[test]
 fn sigterm_lets_a_request_in_flight_finish_then_exits() {
-    let upstream = slow_upstream(Duration::from_millis(1_500));
+    let (upstream, received) = common::slow_upstream_counted(Duration::from_millis(1_500));
     let listen = free_listen_address();
     let mut gateway = Gateway::start(&listen, &upstream, &[("GATEWAY_SHUTDOWN_GRACE_SECS", "3")]);
 
@@ -23,7 +23,12 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits() {
         let listen = listen.clone();
         thread::spawn(move || get(&listen, "/slow"))
     };
-    thread::sleep(Duration::from_millis(300));
+    // Wait until the request is at the upstream, in flight through the gateway.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the request never reached the upstream");
+        thread::sleep(Duration::from_millis(10));
+    }
     let status = Command::new("kill")
         .args(["-TERM", &gateway.0.id().to_string()])
         .status()

@@ -6,6 +6,10 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -13,11 +17,20 @@ use std::{
 /// An upstream that answers `/readyz` at once and anything else after `delay`, each answer
 /// `200 ok` on a connection it then closes.
 pub fn slow_upstream(delay: Duration) -> String {
+    slow_upstream_counted(delay).0
+}
+
+/// [`slow_upstream`], with a count of the requests it has received (health checks aside), so a
+/// test can wait until one is in flight instead of sleeping for "long enough".
+pub fn slow_upstream_counted(delay: Duration) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            let count = count.clone();
             thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 let mut seen = Vec::new();
@@ -28,6 +41,7 @@ pub fn slow_upstream(delay: Duration) -> String {
                     }
                 }
                 if !seen.starts_with(b"GET /readyz") {
+                    count.fetch_add(1, Ordering::SeqCst);
                     thread::sleep(delay);
                 }
                 let _ = stream.write_all(
@@ -36,7 +50,7 @@ pub fn slow_upstream(delay: Duration) -> String {
             });
         }
     });
-    addr
+    (addr, received)
 }
 
 /// A loopback address with a free port.
