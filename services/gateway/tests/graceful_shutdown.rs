@@ -26,7 +26,10 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits() {
     // Wait until the request is at the upstream, in flight through the gateway.
     let deadline = Instant::now() + Duration::from_secs(30);
     while received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the request never reached the upstream");
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
         thread::sleep(Duration::from_millis(10));
     }
     let status = Command::new("kill")

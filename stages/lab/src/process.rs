@@ -205,8 +205,7 @@ impl HttpService<'_> {
     /// Starts it and waits until it is ready.
     pub async fn launch(self) -> anyhow::Result<PidRecord> {
         ensure_free(self.what, self.listen.0, self.listen.1)?;
-        let (program, args, _) =
-            crate::budget::wrap(self.cpu_group, None, self.bin, self.args);
+        let (program, args, _) = crate::budget::wrap(self.cpu_group, None, self.bin, self.args);
         let service = Spawn {
             program: &program,
             args,

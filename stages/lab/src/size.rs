@@ -41,9 +41,10 @@ use serde::{Deserialize, Serialize};
 
 /// Cores of the load harness's own budget (`archlab bench` and `tour` run it inside a CPU group
 /// of this size). The harness costs under 15 µs of CPU per request on this machine (140,000
-/// req/s closed loop on two cores it shared with nginx, docs/harness.md), so a quarter core carries several thousand
-/// requests a second with their checks, well above the largest stage's capacity; and it keeps
-/// the harness and the hosts from starving each other. Recorded with every result.
+/// req/s closed loop on two cores it shared with nginx, docs/harness.md), so a quarter core
+/// carries several thousand requests a second with their checks, well above the largest stage's
+/// capacity; and it keeps the harness and the hosts from starving each other. Recorded with
+/// every result.
 pub const HARNESS_CORES: f64 = 0.25;
 
 /// A host's size: how many cores it may use.
