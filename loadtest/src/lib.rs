@@ -410,6 +410,40 @@ async fn finish(
     }
 }
 
+/// The checkout's commit and whether it is dirty, read once per process (the first time a result
+/// is made): every result of one `archlab tour` names the commit the tour started at, even if
+/// someone commits while it runs.
+fn git_state() -> (Option<String>, Option<bool>) {
+    static STATE: std::sync::OnceLock<(Option<String>, Option<bool>)> = std::sync::OnceLock::new();
+    STATE
+        .get_or_init(|| {
+            let git = |args: &[&str]| {
+                std::process::Command::new("git")
+                    .args(args)
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            };
+            // Dirty: tracked files that could change what was measured differ from the commit.
+            // Result files and prose cannot, and a tour rewrites committed results as it goes,
+            // so they are left out.
+            let dirty = git(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude,glob)**/results/**",
+                ":(exclude,glob)**/*.md",
+                ":(exclude,glob)docs/**",
+            ])
+            .map(|s| !s.is_empty());
+            (git(&["rev-parse", "HEAD"]), dirty)
+        })
+        .clone()
+}
+
 /// What this machine is: CPU, cores, OS, and the project's commit when run from a checkout.
 pub fn machine_provenance() -> report::Provenance {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -424,31 +458,11 @@ pub fn machine_provenance() -> report::Provenance {
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map_or("unknown".to_owned(), |v| v.trim_matches('"').to_owned());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
+    let (git_commit, git_dirty) = git_state();
     let command: Vec<String> = std::env::args().collect();
     report::Provenance {
-        git_commit: git(&["rev-parse", "HEAD"]),
-        // Dirty: tracked files that could change what was measured differ from the commit.
-        // Result files and prose cannot, and a tour rewrites committed results as it goes, so
-        // they are left out.
-        git_dirty: git(&[
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            ".",
-            ":(exclude,glob)**/results/**",
-            ":(exclude,glob)**/*.md",
-            ":(exclude,glob)docs/**",
-        ])
-        .map(|s| !s.is_empty()),
+        git_commit,
+        git_dirty,
         cpu_model,
         // The machine's processors, not `available_parallelism()`: inside a CPU budget (the
         // harness runs in one) that reports the budget, rounded up, instead of the machine.
