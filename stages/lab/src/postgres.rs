@@ -266,6 +266,12 @@ impl PostgresServer {
             .username(user)
             .database(database)
             .log_statements(tracing::log::LevelFilter::Trace)
+            // The lab's own statements (CREATE DATABASE, a readiness probe) can take seconds on
+            // a busy machine; that is not worth a warning in every command's output.
+            .log_slow_statements(
+                tracing::log::LevelFilter::Debug,
+                std::time::Duration::from_secs(1),
+            )
     }
 
     /// Creates a login role and a database it owns, unless they exist, with the

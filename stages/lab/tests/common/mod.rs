@@ -108,9 +108,12 @@ impl TestLab {
     pub fn up(&self, stage: &str) -> String {
         let (ok, out) = self.archlab(&["up", stage]);
         assert!(ok, "archlab up {stage} failed:\n{out}");
-        let last = out.lines().rfind(|l| !l.is_empty()).unwrap_or_default();
-        last.strip_prefix("endpoint: ")
-            .unwrap_or_else(|| panic!("last line is not the endpoint:\n{out}"))
+        // The last line of stdout names the endpoint; `out` also holds stderr (log lines a busy
+        // machine can add, a slow statement say), so look for the line, not at the very end.
+        out.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("endpoint: "))
+            .unwrap_or_else(|| panic!("no endpoint line:\n{out}"))
             .to_owned()
     }
 
