@@ -20,7 +20,7 @@ use anyhow::Context;
 
 use archlab::{
     bench::BenchOptions,
-    drill::{DrillOptions, Fault},
+    drill::DrillOptions,
     lab::SeedSpec,
     Lab, Stage,
 };
@@ -372,11 +372,7 @@ async fn main() -> anyhow::Result<()> {
                 // A killed service restarts with crash recovery inside its host's budget, which
                 // took 5.4 s for stage 1's PostgreSQL at 0.2 core on a loaded machine: the quick
                 // run leaves 12 s after the outage for that and for seconds without errors.
-                duration: match (quick, fault) {
-                    (true, Fault::Restart) => secs(16),
-                    (true, _) => secs(16),
-                    (false, _) => duration,
-                },
+                duration: if quick { secs(16) } else { duration },
                 warmup: if quick { secs(1) } else { secs(5) },
                 at: if quick { secs(2) } else { at },
                 outage: if quick { secs(2) } else { outage },
