@@ -18,12 +18,7 @@ use std::{
 
 use anyhow::Context;
 
-use archlab::{
-    bench::BenchOptions,
-    drill::DrillOptions,
-    lab::SeedSpec,
-    Lab, Stage,
-};
+use archlab::{bench::BenchOptions, drill::DrillOptions, lab::SeedSpec, Lab, Stage};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
