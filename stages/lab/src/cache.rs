@@ -65,7 +65,7 @@ impl CacheServer {
         self.dir.join("redis.log")
     }
 
-    fn pid_path(&self) -> PathBuf {
+    pub(crate) fn pid_path(&self) -> PathBuf {
         self.dir.join("redis.pid.json")
     }
 

@@ -56,7 +56,7 @@ impl FileServer {
         self.dir.join("nginx.log")
     }
 
-    fn pid_path(&self) -> PathBuf {
+    pub(crate) fn pid_path(&self) -> PathBuf {
         self.dir.join("nginx.pid.json")
     }
 

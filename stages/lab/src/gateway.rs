@@ -39,7 +39,7 @@ impl GatewayServer {
         self.dir.join("gateway.log")
     }
 
-    fn pid_path(&self) -> PathBuf {
+    pub(crate) fn pid_path(&self) -> PathBuf {
         self.dir.join("gateway.pid.json")
     }
 

@@ -28,6 +28,7 @@ use crate::{
     files::FileServer,
     gateway::GatewayServer,
     postgres::PostgresServer,
+    process::PidRecord,
     server::{AppServer, Database, Server},
     stage::{Host, Role, Stage, APP_PORT, DATABASE_PORT},
     topology::{self, Endpoints, FilesEndpoint},
@@ -447,6 +448,18 @@ impl Lab {
         for role in Role::START_ORDER.iter().rev() {
             for host in stage.hosts_with(*role) {
                 let server = self.server(stage, host, *role)?;
+                // A PID file whose process is gone, or whose PID now belongs to another process,
+                // is not ours to signal: say so, and leave that process alone.
+                if let Some(record) = PidRecord::read(&server.pid_file())? {
+                    if !record.is_alive() {
+                        progress(&format!(
+                            "{} on {}: stale PID {} (not ours any more), left alone",
+                            role.as_str(),
+                            host.name,
+                            record.pid
+                        ));
+                    }
+                }
                 if let Some(record) = server.running()? {
                     progress(&format!(
                         "stopping {} on {} (pid {})",

@@ -31,6 +31,8 @@ pub trait Server: Send + Sync {
     fn port(&self) -> u16;
     /// Its log file.
     fn log(&self) -> PathBuf;
+    /// Its PID file (with the process's start time, so a reused PID is never mistaken for it).
+    fn pid_file(&self) -> PathBuf;
     /// Its record if it runs (a stale PID file is removed).
     fn running(&self) -> anyhow::Result<Option<PidRecord>>;
     /// Starts it unless it runs, and waits until it is ready.
@@ -53,6 +55,9 @@ impl Server for Database {
     }
     fn log(&self) -> PathBuf {
         self.0.log_path()
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.0.pid_path()
     }
     fn running(&self) -> anyhow::Result<Option<PidRecord>> {
         self.0.running()
@@ -86,6 +91,9 @@ impl Server for FileServer {
     fn log(&self) -> PathBuf {
         self.log_path()
     }
+    fn pid_file(&self) -> PathBuf {
+        self.pid_path()
+    }
     fn running(&self) -> anyhow::Result<Option<PidRecord>> {
         FileServer::running(self)
     }
@@ -115,6 +123,9 @@ impl Server for CacheServer {
     fn log(&self) -> PathBuf {
         self.log_path()
     }
+    fn pid_file(&self) -> PathBuf {
+        self.pid_path()
+    }
     fn running(&self) -> anyhow::Result<Option<PidRecord>> {
         CacheServer::running(self)
     }
@@ -138,6 +149,9 @@ impl Server for GatewayServer {
     }
     fn log(&self) -> PathBuf {
         self.log_path()
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.pid_path()
     }
     fn running(&self) -> anyhow::Result<Option<PidRecord>> {
         GatewayServer::running(self)
@@ -175,7 +189,7 @@ pub struct AppServer {
 }
 
 impl AppServer {
-    fn pid_path(&self) -> PathBuf {
+    pub(crate) fn pid_path(&self) -> PathBuf {
         self.dir.join("app.pid.json")
     }
 
@@ -202,6 +216,9 @@ impl Server for AppServer {
     }
     fn log(&self) -> PathBuf {
         self.dir.join("app.log")
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.pid_path()
     }
     fn running(&self) -> anyhow::Result<Option<PidRecord>> {
         PidRecord::running(&self.pid_path())
