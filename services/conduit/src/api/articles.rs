@@ -89,6 +89,13 @@ fn article_columns(viewer: i64) -> &'static str {
     }
 }
 
+/// A list page's rows as articles (lists carry no body).
+fn list_page_from_rows(rows: &[PgRow]) -> Result<Vec<Article>, sqlx::Error> {
+    rows.iter()
+        .map(|row| article_from_row(row, false))
+        .collect()
+}
+
 fn article_from_row(row: &PgRow, with_body: bool) -> Result<Article, sqlx::Error> {
     Ok(Article {
         slug: row.try_get("slug")?,
@@ -305,10 +312,7 @@ async fn list(
         .bind(offset)
         .fetch_all(state.db.read())
         .await?;
-    let articles = rows
-        .iter()
-        .map(|row| article_from_row(row, false))
-        .collect::<Result<Vec<_>, _>>()?;
+    let articles = list_page_from_rows(&rows)?;
 
     Ok(ArticlesBody {
         articles,
@@ -479,10 +483,7 @@ async fn feed_page(
         .bind(offset)
         .fetch_all(state.db.read())
         .await?;
-    let articles = rows
-        .iter()
-        .map(|row| article_from_row(row, false))
-        .collect::<Result<Vec<_>, _>>()?;
+    let articles = list_page_from_rows(&rows)?;
     let articles_count: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM follows f JOIN articles a ON a.author_id = f.followee_id
          WHERE f.follower_id = $1",
