@@ -34,7 +34,9 @@ pub trait Server: Send + Sync {
     /// Its PID file (with the process's start time, so a reused PID is never mistaken for it).
     fn pid_file(&self) -> PathBuf;
     /// Its record if it runs (a stale PID file is removed).
-    fn running(&self) -> anyhow::Result<Option<PidRecord>>;
+    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        PidRecord::running(&self.pid_file())
+    }
     /// Starts it unless it runs, and waits until it is ready.
     fn start(&self) -> BoxFuture<'_, anyhow::Result<()>>;
     /// Whether it answers now (a connection, a `PING`, a 200 from its health route).
@@ -58,9 +60,6 @@ impl Server for Database {
     }
     fn pid_file(&self) -> PathBuf {
         self.0.pid_path()
-    }
-    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
-        self.0.running()
     }
     fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
@@ -94,9 +93,6 @@ impl Server for FileServer {
     fn pid_file(&self) -> PathBuf {
         self.pid_path()
     }
-    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
-        FileServer::running(self)
-    }
     fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move { FileServer::start(self).await.map(|_| ()) })
     }
@@ -126,9 +122,6 @@ impl Server for CacheServer {
     fn pid_file(&self) -> PathBuf {
         self.pid_path()
     }
-    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
-        CacheServer::running(self)
-    }
     fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move { CacheServer::start(self).await.map(|_| ()) })
     }
@@ -152,9 +145,6 @@ impl Server for GatewayServer {
     }
     fn pid_file(&self) -> PathBuf {
         self.pid_path()
-    }
-    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
-        GatewayServer::running(self)
     }
     fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move { GatewayServer::start(self).await.map(|_| ()) })
@@ -219,9 +209,6 @@ impl Server for AppServer {
     }
     fn pid_file(&self) -> PathBuf {
         self.pid_path()
-    }
-    fn running(&self) -> anyhow::Result<Option<PidRecord>> {
-        PidRecord::running(&self.pid_path())
     }
     fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
