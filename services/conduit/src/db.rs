@@ -43,10 +43,9 @@ impl Database {
                 // Every statement here is an indexed lookup or a bounded range, whose best plan
                 // does not depend on its parameters; but for `id = ANY($1)` PostgreSQL's default
                 // (`auto`) keeps choosing a fresh custom plan, because the generic plan's guess
-                // at the array's length makes it look dearer. Measured on stage 3 at 300 req/s
-                // (LAB-NOTES style, informal): planning was 30 % of all statement time
-                // (`pg_stat_statements.track_planning`), and forcing generic plans cut the
-                // database host's CPU by 15 % with a warm cache.
+                // at the array's length makes it look dearer, so it is planned on every call.
+                // The effect, recorded: stages/01-monolith/results/read-baseline.json against
+                // read-baseline-auto-plans.json (+16 % single reads, +63 % list pages).
                 ("plan_cache_mode", "force_generic_plan".to_owned()),
             ])
             .application_name("conduit")
