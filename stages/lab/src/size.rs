@@ -14,22 +14,26 @@
 //!
 //! | hosts (stage 7 and 8)                          | size          | cores |
 //! |------------------------------------------------|---------------|------:|
-//! | gateway                                        | medium        | 0.10  |
-//! | 3 app hosts                                    | large each    | 0.60  |
+//! | gateway                                        | large         | 0.20  |
+//! | 2 app hosts                                    | large each    | 0.40  |
 //! | cache                                          | small         | 0.05  |
 //! | 2 edge PoPs                                    | small each    | 0.10  |
 //! | 2 shards x (primary large + replica medium)    |               | 0.60  |
 //! | 3 object-store nodes (Garage)                  | small each    | 0.15  |
-//! | *stage 7 in all*                               |               | 1.60  |
+//! | *stage 7 in all*                               |               | 1.50  |
 //! | 3 consensus nodes (etcd or ZooKeeper), stage 8 | small each    | 0.15  |
-//! | *stage 8 in all*                               |               | 1.75  |
+//! | *stage 8 in all*                               |               | 1.65  |
 //! | the load harness                               | [`HARNESS_CORES`] | 0.25 |
-//! | **total**                                      |               | 2.00 of 2 |
+//! | **total**                                      |               | 1.90 of 2 |
 //!
 //! Stages 1 to 4 on this plan: the monolith is one large box (0.2); stage 2 keeps it as the app
 //! host and buys a large database host and a small file host (0.45); stage 3 buys a small cache
-//! host (0.5); stage 4 turns the app tier into three large app hosts behind a medium gateway
-//! (1.0). The database keeps the size it was bought with until stage 5 buys replicas beside it.
+//! host (0.5); stage 4 turns the app tier into two large app hosts behind a large gateway
+//! (0.9). The gateway is large, not medium, because here it costs about as much CPU per request
+//! as the database: a medium gateway was at its budget (0.10 of 0.1 core, 1.75 CPU seconds for
+//! 5,000 requests) at 250 req/s while the database behind it used 0.11 of its 0.2
+//! (stages/04-cluster/results/gateway-medium-250rps.json). Every request wakes the gateway
+//! twice, and on this virtual machine waking a process is a large part of what a request costs. The database keeps the size it was bought with until stage 5 buys replicas beside it.
 //!
 //! The smallest size still holds a typical request's CPU time (well under a millisecond for a
 //! cache hit or an indexed query) in one quota slice: 0.05 core is 1 ms every 20 ms (see
@@ -53,9 +57,9 @@ pub const HARNESS_CORES: f64 = 0.25;
 pub enum Size {
     /// 0.05 core: a cache, a file server, an edge PoP, an object-store or consensus node.
     Small,
-    /// 0.1 core: a gateway, a database replica.
+    /// 0.1 core: a database replica.
     Medium,
-    /// 0.2 core: the monolith's box, an app host, a database primary.
+    /// 0.2 core: the monolith's box, an app host, a gateway, a database primary.
     Large,
     /// 0.4 core: a machine no stage of the plan needs yet (kept for equal-cost variants).
     Xlarge,

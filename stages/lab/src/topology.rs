@@ -13,18 +13,20 @@ use std::path::Path;
 
 use crate::stage::{Host, Role, Stage, APP_PORT};
 
-/// Database connections each app host opens per core of the database host's budget. PostgreSQL
+/// Database connections per core of a database host's budget, all app hosts together. PostgreSQL
 /// runs one process per connection, and past a few per core they only add context switches (an
 /// informal comparison on the 2-core reference machine, stage 1, one-article reads at 64 clients:
 /// a pool of 4 beat 8, which beat 16; not a recorded result).
 pub const POOL_PER_DATABASE_CORE: f64 = 4.0;
 
-/// The fewest connections an app host opens, whatever the database's size: one for a long
-/// request (a write's transaction) and one for everything else, so one slow statement never
-/// stalls every request of the host. Small database hosts (0.2 core) land on this floor, and a
-/// query also spends time on the wire and in the app between statements, so a few more than the
-/// cores strictly need keeps the database busy.
+/// The fewest connections a database host serves in all, whatever its size: a query also spends
+/// time on the wire and in the app between statements, so a few more than the cores strictly
+/// need keep the database busy. The ladder's 0.2-core database hosts land on this floor.
 pub const MIN_POOL: u32 = 4;
+
+/// The fewest connections one app host opens: one for a long request (a write's transaction) and
+/// one for everything else, so one slow statement never stalls every request of the host.
+pub const MIN_POOL_PER_APP_HOST: u32 = 2;
 
 /// The longest an app host behind a gateway drains (not ready, still serving) on SIGTERM when
 /// nobody ends the drain sooner. The lab's rolling restart ends it with a SIGINT as soon as the
@@ -95,12 +97,15 @@ pub fn app_env(
     env
 }
 
-/// Connections per app host: [`POOL_PER_DATABASE_CORE`] per core of the database host, shared
-/// among the app hosts, at least [`MIN_POOL`].
+/// Connections per app host: the database host's share ([`POOL_PER_DATABASE_CORE`] per core of
+/// its budget, at least [`MIN_POOL`]) divided among the app hosts, at least
+/// [`MIN_POOL_PER_APP_HOST`] each. The database's size bounds its connections, not the number of
+/// app hosts in front of it: three app hosts before a 0.2-core database open 2 each, not 4 each.
 pub fn pool_size(stage: &Stage) -> u32 {
     let cores = stage.database_host().map_or(1.0, |h| h.cpu_budget);
-    let apps = stage.app_hosts().len().max(1) as f64;
-    ((POOL_PER_DATABASE_CORE * cores / apps).ceil() as u32).max(MIN_POOL)
+    let total = ((POOL_PER_DATABASE_CORE * cores).ceil() as u32).max(MIN_POOL);
+    let apps = stage.app_hosts().len().max(1) as u32;
+    total.div_ceil(apps).max(MIN_POOL_PER_APP_HOST)
 }
 
 fn var(key: &str, value: String) -> (String, String) {
@@ -181,21 +186,28 @@ mod tests {
         // A 2-core database behind one app host: 8 connections.
         let big = one.clone().with_budget("db", 2.0).unwrap();
         assert_eq!(pool_size(&big), 8);
-        // The same database behind four app hosts: 2 each, raised to the floor.
+        // The same database behind four app hosts: 2 each, 8 in all.
         let four = Stage::find_with("4", Some(4))
             .unwrap()
             .with_budget("db", 2.0)
             .unwrap();
-        assert_eq!(pool_size(&four), MIN_POOL);
+        assert_eq!(pool_size(&four), 2);
         // A 4-core database behind two app hosts: 8 each.
         let two = Stage::find_with("4", Some(2))
             .unwrap()
             .with_budget("db", 4.0)
             .unwrap();
         assert_eq!(pool_size(&two), 8);
-        // The ladder's small database hosts sit on the floor.
+        // The ladder's 0.2-core database: the whole floor for one app host (stages 1 to 3), and
+        // shared by stage 4's two app hosts (2 each, 4 in all), never below 2 per host.
+        assert_eq!(pool_size(&Stage::find("3").unwrap()), MIN_POOL);
+        assert_eq!(pool_size(&Stage::find("4").unwrap()), MIN_POOL_PER_APP_HOST);
+        let eight = Stage::find_with("4", Some(8)).unwrap();
+        assert_eq!(pool_size(&eight), MIN_POOL_PER_APP_HOST);
         for stage in Stage::all().unwrap() {
-            assert!(pool_size(&stage) >= MIN_POOL);
+            let apps = stage.app_hosts().len() as u32;
+            assert!(pool_size(&stage) >= MIN_POOL_PER_APP_HOST);
+            assert!(pool_size(&stage) * apps >= MIN_POOL);
         }
     }
 }

@@ -99,9 +99,11 @@ async fn metric(endpoint: &str, sample: &str) -> f64 {
 #[tokio::test]
 async fn the_gateway_spreads_requests_skips_dead_hosts_and_retries_only_reads() {
     let lab = TestLab::new("archlab-e2e4", common::net(60, 20));
-    let endpoint = lab.up("4");
+    // Three app hosts, one more than the default: the test kills two, one by one, and the
+    // last answers what the dead ones cannot.
+    let endpoint = lab.up_with("4", &["--app-hosts", "3"]);
     let hosts = app_hosts(&lab);
-    assert_eq!(hosts.len(), 3, "three app hosts by default");
+    assert_eq!(hosts.len(), 3, "three app hosts as asked");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let tags = format!("{endpoint}/api/tags");
 

@@ -106,8 +106,14 @@ impl TestLab {
 
     /// `archlab up STAGE`; returns the endpoint its last line names.
     pub fn up(&self, stage: &str) -> String {
-        let (ok, out) = self.archlab(&["up", stage]);
-        assert!(ok, "archlab up {stage} failed:\n{out}");
+        self.up_with(stage, &[])
+    }
+
+    /// `archlab up <stage> <extra…>` (e.g. `--app-hosts 3`); returns the endpoint.
+    pub fn up_with(&self, stage: &str, extra: &[&str]) -> String {
+        let args: Vec<&str> = ["up", stage].iter().chain(extra).copied().collect();
+        let (ok, out) = self.archlab(&args);
+        assert!(ok, "archlab up {stage} {extra:?} failed:\n{out}");
         // The last line of stdout names the endpoint; `out` also holds stderr (log lines a busy
         // machine can add, a slow statement say), so look for the line, not at the very end.
         out.lines()
