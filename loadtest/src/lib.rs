@@ -410,9 +410,16 @@ async fn finish(
     }
 }
 
-/// The checkout's commit and whether it is dirty, read once per process (the first time a result
-/// is made): every result of one `archlab tour` names the commit the tour started at, even if
-/// someone commits while it runs.
+/// Reads the checkout's commit and whether it is dirty now, for every result this process makes.
+/// A command that measures calls it before it starts, so its results describe the code it was
+/// started from, even if someone edits or commits while it runs (a tour takes 40 minutes);
+/// otherwise the state is read when the first result is made.
+pub fn record_checkout_state() {
+    let _ = git_state();
+}
+
+/// The checkout's commit and whether it is dirty, read once per process
+/// ([`record_checkout_state`]).
 fn git_state() -> (Option<String>, Option<bool>) {
     static STATE: std::sync::OnceLock<(Option<String>, Option<bool>)> = std::sync::OnceLock::new();
     STATE

@@ -272,7 +272,7 @@ const AT_BUDGET: f64 = 0.85;
 fn capacity(stage: &Stage, report: &Report) -> Option<Capacity> {
     let sweep = report.sweep.as_ref()?;
     let capacity_rps = sweep.max_rate_rps;
-    let total_cores = (stage.total_cores() * 1000.0).round() / 1000.0;
+    let total_cores = stage.total_cores();
     let knee: Vec<_> = sweep
         .steps
         .iter()

@@ -578,6 +578,7 @@ async fn bench_stage(
     out: Option<&Path>,
     variant: Variant,
 ) -> anyhow::Result<()> {
+    loadtest::record_checkout_state();
     let mut stage = Stage::find_with(key, variant.app_hosts)?.on_network(net);
     if let Some(selection) = variant.gateway_selection {
         stage = stage.with_gateway_selection(&selection)?;
@@ -611,6 +612,7 @@ async fn tour(
     out: &Path,
     into_stages: Option<&Path>,
 ) -> anyhow::Result<()> {
+    loadtest::record_checkout_state();
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut stages = Vec::new();
@@ -682,6 +684,7 @@ async fn drill_stage(
     options: &DrillOptions,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
+    loadtest::record_checkout_state();
     let stage = Stage::find(key)?.on_network(net);
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     let report = archlab::drill::drill(&lab, &stage, options, &|l| eprintln!("{l}")).await?;

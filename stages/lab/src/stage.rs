@@ -303,8 +303,13 @@ impl Stage {
     }
 
     /// Cores of all its hosts: what the stage costs.
+    ///
+    /// Rounded to a thousandth of a core (finer than any size or `--budget` a stage is given), so
+    /// that 0.2 + 0.2 + 0.2 + 0.2 + 0.05 + 0.05 reads 0.9 in results and progress lines, not
+    /// 0.9000000000000001.
     pub fn total_cores(&self) -> f64 {
-        self.hosts.iter().map(|h| h.cpu_budget).sum()
+        let sum: f64 = self.hosts.iter().map(|h| h.cpu_budget).sum();
+        (sum * 1000.0).round() / 1000.0
     }
 
     /// The host with the files role, if the stage has one (else media stay on the app host).
