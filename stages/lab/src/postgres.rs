@@ -402,12 +402,40 @@ impl Drop for TestPostgres {
     }
 }
 
-/// A port that was free a moment ago. PostgreSQL cannot take port 0, so a small race remains;
-/// a clash shows up as a clear start-up error, not as a wrong result.
+/// The lowest port a test server may be given: above the ports services are known by.
+const TEST_PORTS_FROM: u32 = 10_000;
+
+/// A port for a test server (PostgreSQL, Redis) that is free now and that nothing else in this
+/// process is handed: the servers cannot take port 0 and report what they got, so the port is
+/// chosen first and the server started on it.
+///
+/// Not a port from the kernel (`bind` to port 0): those come from the ephemeral range, which is
+/// also where every outgoing connection takes its local port, and on a busy test run one of the
+/// tests' own client connections took such a port between this check and the server's start
+/// (`scripts/test --busy`, "127.0.0.1:42207 is already in use"). So the port comes from below
+/// the ephemeral range, where nothing is handed out unasked, and a counter walks it from a
+/// per-process starting point, so that tests of one process never get the same port twice.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_from = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_from.saturating_sub(TEST_PORTS_FROM).max(1);
+    // Test binaries run one after another, but a second `cargo test` may run beside this one:
+    // start each process somewhere else in the range.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(TEST_PORTS_FROM + offset) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port for a test server between {TEST_PORTS_FROM} and {ephemeral_from}")
 }
 
 fn copy_dir(from: &Path, to: &Path, user: Option<(u32, u32)>) -> anyhow::Result<()> {
@@ -431,4 +459,25 @@ fn copy_dir(from: &Path, to: &Path, user: Option<(u32, u32)>) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_ports_are_distinct_and_below_the_ephemeral_range() {
+        let ephemeral_from: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768);
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "no port handed out twice");
+        assert!(ports
+            .iter()
+            .all(|&p| u32::from(p) >= TEST_PORTS_FROM && p < ephemeral_from));
+    }
 }
