@@ -418,10 +418,7 @@ const TEST_PORTS_FROM: u32 = 10_000;
 pub fn free_port() -> anyhow::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_from = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
+    let ephemeral_from = ephemeral_ports_from();
     let span = ephemeral_from.saturating_sub(TEST_PORTS_FROM).max(1);
     // Test binaries run one after another, but a second `cargo test` may run beside this one:
     // start each process somewhere else in the range.
@@ -436,6 +433,14 @@ pub fn free_port() -> anyhow::Result<u16> {
         }
     }
     bail!("no free port for a test server between {TEST_PORTS_FROM} and {ephemeral_from}")
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default if it cannot be read).
+fn ephemeral_ports_from() -> u32 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn copy_dir(from: &Path, to: &Path, user: Option<(u32, u32)>) -> anyhow::Result<()> {
@@ -467,10 +472,7 @@ mod tests {
 
     #[test]
     fn test_ports_are_distinct_and_below_the_ephemeral_range() {
-        let ephemeral_from: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32_768);
+        let ephemeral_from = ephemeral_ports_from();
         let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
         let mut unique = ports.clone();
         unique.sort_unstable();
@@ -478,6 +480,6 @@ mod tests {
         assert_eq!(unique.len(), ports.len(), "no port handed out twice");
         assert!(ports
             .iter()
-            .all(|&p| u32::from(p) >= TEST_PORTS_FROM && p < ephemeral_from));
+            .all(|&p| (TEST_PORTS_FROM..ephemeral_from).contains(&u32::from(p))));
     }
 }

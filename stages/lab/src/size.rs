@@ -29,11 +29,8 @@
 //! Stages 1 to 4 on this plan: the monolith is one large box (0.2); stage 2 keeps it as the app
 //! host and buys a large database host and a small file host (0.45); stage 3 buys a small cache
 //! host (0.5); stage 4 turns the app tier into two large app hosts behind a large gateway
-//! (0.9). The gateway is large, not medium, because here it costs about as much CPU per request
-//! as the database: a medium gateway was at its budget (0.10 of 0.1 core, 1.75 CPU seconds for
-//! 5,000 requests) at 250 req/s while the database behind it used 0.11 of its 0.2
-//! (stages/04-cluster/results/gateway-medium-250rps.json). Every request wakes the gateway
-//! twice, and on this virtual machine waking a process is a large part of what a request costs. The database keeps the size it was bought with until stage 5 buys replicas beside it.
+//! (0.9; why the gateway is large: its stage file). The database keeps the size it was bought
+//! with until stage 5 buys replicas beside it.
 //!
 //! The smallest size still holds a typical request's CPU time (well under a millisecond for a
 //! cache hit or an indexed query) in one quota slice: 0.05 core is 1 ms every 20 ms (see
