@@ -16,18 +16,26 @@ declare -A WHY=(
   [haproxy]="the gateway's cost comparison in stage 4 (HAProxy as the same round-robin proxy)"
   [wrk]="HTTP load for the stage benchmarks until the bundled harness replaces it"
   [strace]="system calls per request in scripts/bench/gateway.py"
-  [docker-compose]="offline validation of docker-compose/*.yml (config -q); no engine needed"
+  [docker-compose]="the Docker Compose way to run a stage (scripts/compose.sh; compose v1, 1.29)"
+  [docker.io]="the Docker engine scripts/compose.sh starts when none runs (skipped when a dockerd exists, e.g. Docker CE)"
+  [debootstrap]="a Debian base image made from the apt mirror when no image registry is reachable"
+  [prometheus]="the monitoring host of \`archlab up N --monitor\` (and of the compose files' images)"
+  [prometheus-postgres-exporter]="the database's metrics for the monitoring host"
+  [prometheus-redis-exporter]="the cache's metrics for the monitoring host"
   [curl]="the walkthroughs' curl sessions and the API test runner's download"
   [ca-certificates]="HTTPS for package downloads"
   [nginx]="a trivial fixed-response server for calibrating the harness (and the file host of stage 2)"
   [chromium]="headless check that the HTML report renders (tests)"
   [python3]="the benchmark script until the harness replaces it (scripts/bench/stage1.py)"
 )
-PACKAGES=(postgresql redis-server cmake haproxy nginx wrk strace docker-compose curl ca-certificates python3 chromium)
+PACKAGES=(postgresql redis-server cmake haproxy nginx wrk strace docker-compose docker.io debootstrap
+  prometheus prometheus-postgres-exporter prometheus-redis-exporter curl ca-certificates python3 chromium)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${PACKAGES[@]}"; do
+    # Another Docker engine (Docker CE's docker-ce) conflicts with Debian's docker.io: keep it.
+    if [ "$p" = docker.io ] && command -v dockerd >/dev/null 2>&1; then continue; fi
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
       missing+=("$p")
     fi

@@ -27,6 +27,7 @@ use crate::{
     cache::{CacheServer, CACHE_PORT},
     files::FileServer,
     gateway::GatewayServer,
+    monitor::MonitorServer,
     postgres::PostgresServer,
     process::PidRecord,
     server::{AppServer, Database, Server},
@@ -202,6 +203,53 @@ impl Lab {
             cpu_group: self.cpu_group_path(host),
             selection: stage.gateway_selection.clone(),
         }
+    }
+
+    /// The stage's monitoring host (`up --monitor`): not one of the stage's hosts, so never in
+    /// its cost or its bottleneck; see [`crate::monitor`].
+    pub fn monitor_server(&self, stage: &Stage) -> MonitorServer {
+        let address = MonitorServer::address_for(stage);
+        let net = address.split('.').nth(1).unwrap_or("10").to_owned();
+        let mut monitor = MonitorServer {
+            dir: self.stage_dir(stage).join("monitor"),
+            address,
+            cpu_group: None,
+            archlab_bin: self.conduit_bin.with_file_name("archlab"),
+            host_metrics_args: vec![
+                "--state-dir".into(),
+                self.state_dir.display().to_string(),
+                "--net".into(),
+                net,
+                "host-metrics".into(),
+                stage.number.to_string(),
+            ],
+            app_targets: stage
+                .app_hosts()
+                .iter()
+                .map(|h| format!("{}:{APP_PORT}", h.address))
+                .collect(),
+            gateway_target: stage
+                .gateway_host()
+                .map(|h| format!("{}:{APP_PORT}", h.address)),
+            database_address: stage.database_host().map(|h| h.address.clone()),
+            cache_address: stage.cache_host().map(|h| h.address.clone()),
+        };
+        monitor.cpu_group = self.cpu_group_path(&monitor.host());
+        monitor
+    }
+
+    /// Starts the stage's monitoring host in its own CPU budget and waits until Prometheus is
+    /// ready; returns it (for its URLs).
+    pub async fn start_monitor(&self, stage: &Stage) -> anyhow::Result<MonitorServer> {
+        let monitor = self.monitor_server(stage);
+        let host = monitor.host();
+        self.budgets
+            .group(&Self::cpu_group_name(&host), host.cpu_budget)?;
+        monitor
+            .start()
+            .await
+            .context("starting the monitoring host")?;
+        Ok(monitor)
     }
 
     fn app_server(&self, stage: &Stage, host: &Host) -> anyhow::Result<AppServer> {
@@ -445,6 +493,18 @@ impl Lab {
     /// Stops the stage's processes in the reverse of [`Role::START_ORDER`]: the gateway and the
     /// app hosts first (nothing new reaches what they use), the database last.
     pub fn down(&self, stage: &Stage, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
+        // The monitoring host first: it watches the others and depends on none of them.
+        let monitor = self.monitor_server(stage);
+        if let Some(record) = monitor.running()? {
+            progress(&format!(
+                "stopping the monitoring host (pid {})",
+                record.pid
+            ));
+        }
+        monitor.stop()?;
+        if let Some(group) = self.cpu_group_path(&monitor.host()) {
+            let _ = fs::remove_dir(group);
+        }
         for role in Role::START_ORDER.iter().rev() {
             for host in stage.hosts_with(*role) {
                 let server = self.server(stage, host, *role)?;
@@ -502,6 +562,23 @@ impl Lab {
                     log: server.log(),
                 });
             }
+        }
+        let monitor = self.monitor_server(stage);
+        if let Some(record) = monitor.running()? {
+            let host = monitor.host();
+            out.push(ServiceStatus {
+                stage: stage.number,
+                host: host.name.clone(),
+                role: "monitor",
+                address: host.address.clone(),
+                port: crate::monitor::PROMETHEUS_PORT,
+                size: host.size.as_str(),
+                cpu_budget: host.cpu_budget,
+                cpu_budget_enforced: self.is_budgeted(&host, record.pid),
+                pid: Some(record.pid),
+                healthy: monitor.ready().await,
+                log: monitor.log_path(),
+            });
         }
         Ok(out)
     }

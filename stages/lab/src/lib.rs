@@ -12,6 +12,7 @@
 //! - [`files`]: the file host (nginx with WebDAV) of stage 2;
 //! - [`cache`]: the cache host (Redis) of stage 3 on (also [`cache::TestRedis`] for tests);
 //! - [`gateway`]: the gateway host (archlab's pingora load balancer) of stage 4 on;
+//! - [`monitor`]: the monitoring host of `up --monitor` (Prometheus, exporters, live dashboard);
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
 //! - [`drill`]: `drill`: break a service under load and report what clients saw;
@@ -25,6 +26,7 @@ pub mod drill;
 pub mod files;
 pub mod gateway;
 pub mod lab;
+pub mod monitor;
 pub mod postgres;
 pub mod process;
 pub mod server;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! archlab up 1 [--fresh]     bring stage 1 up; last line: `endpoint: http://ADDR:PORT`
+//! archlab up 1 --monitor     ... with a monitoring host: Prometheus and a live dashboard
 //! archlab status [--json]    every host: role, size, address, PID, health, log file
 //! archlab seed [1]           write the benchmark data set into the stage's database
 //! archlab bench 3            measure one stage: capacity at the target, cost, bottleneck
@@ -59,6 +60,19 @@ enum Command_ {
         /// stage file's number).
         #[arg(long)]
         app_hosts: Option<u8>,
+        /// Also start the monitoring host (Prometheus, exporters, a live dashboard) in a budget
+        /// of its own, outside the stage's measured hosts; prints the dashboard's URL.
+        #[arg(long)]
+        monitor: bool,
+    },
+    /// Serve every host's CPU used and budget as Prometheus metrics (the monitoring host runs
+    /// this; see `up --monitor`).
+    HostMetrics {
+        /// Stage number or name.
+        stage: String,
+        /// `address:port` to listen on.
+        #[arg(long)]
+        listen: String,
     },
     /// Restart a stage's app hosts one at a time behind its gateway (a rolling restart).
     Restart {
@@ -290,7 +304,9 @@ async fn main() -> anyhow::Result<()> {
             stage,
             fresh,
             app_hosts,
-        } => up(&state, net, &stage, fresh, app_hosts).await,
+            monitor,
+        } => up(&state, net, &stage, fresh, app_hosts, monitor).await,
+        Command_::HostMetrics { stage, listen } => host_metrics(&state, net, &stage, &listen).await,
         Command_::Down { stage } => down(&state, net, stage),
         Command_::Status { json } => status(&state, net, json).await,
         Command_::Seed {
@@ -422,6 +438,7 @@ async fn up(
     key: &str,
     fresh: bool,
     app_hosts: Option<u8>,
+    monitor: bool,
 ) -> anyhow::Result<()> {
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     let stage = match app_hosts {
@@ -448,6 +465,16 @@ async fn up(
         stage.total_cores()
     );
     lab.up(&stage, fresh, &progress).await?;
+    let monitor = if monitor {
+        progress(&format!(
+            "monitoring host ({}, {} core, outside the stage's cost)",
+            archlab::monitor::MonitorServer::address_for(&stage),
+            archlab::monitor::MONITOR_CORES
+        ));
+        Some(lab.start_monitor(&stage).await?)
+    } else {
+        None
+    };
     for s in lab.status(&stage).await? {
         println!(
             "  {:<8} {:<8} {:<7} {}:{:<5} pid {:<7} {}",
@@ -461,8 +488,22 @@ async fn up(
         );
     }
     println!("state: {}", state.display());
+    if let Some(monitor) = monitor {
+        println!("prometheus: {}", monitor.url());
+        println!("dashboard: {}", monitor.dashboard_url());
+    }
     println!("endpoint: {}", stage.endpoint());
     Ok(())
+}
+
+/// `archlab host-metrics`: runs until killed (the monitoring host stops it).
+async fn host_metrics(state: &Path, net: u8, key: &str, listen: &str) -> anyhow::Result<()> {
+    let lab = Lab::new(state, PathBuf::new());
+    let stage = lab.as_brought_up(Stage::find(key)?.on_network(net), net)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    archlab::monitor::serve_host_metrics(&lab, &stage, listener).await
 }
 
 /// `archlab down`.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::{path::Path, process::Command, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use common::{conduit_bin, TestLab};
 
@@ -140,31 +140,7 @@ fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() 
 
     // The HTML renders in headless Chromium, with its charts.
     let html = out.path().join("index.html");
-    let profile = tempfile::tempdir().unwrap();
-    let chromium = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-        ])
-        .args([
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", html.display()))
-        .output()
-        .expect("chromium is installed by scripts/setup.sh");
-    assert!(
-        chromium.status.success(),
-        "{}",
-        String::from_utf8_lossy(&chromium.stderr)
-    );
-    let dom = String::from_utf8_lossy(&chromium.stdout);
+    let dom = common::chromium(&format!("file://{}", html.display()), 0, None);
     assert!(dom.contains("<h1>archlab tour</h1>"), "{dom}");
     assert!(dom.matches("<svg").count() >= 4, "charts are missing");
     assert!(!dom.contains("NaN"), "a chart has NaN coordinates");

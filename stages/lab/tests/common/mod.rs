@@ -153,3 +153,45 @@ pub async fn register(http: &reqwest::Client, endpoint: &str, name: &str) -> Str
         .unwrap_or_else(|| panic!("registering {name}: {user}"))
         .to_owned()
 }
+
+/// Renders `url` in headless Chromium (installed by scripts/setup.sh) and returns the DOM after
+/// its scripts ran; with `screenshot`, also writes a PNG of the page there. `wait_ms` of virtual
+/// time (0: none) lets the page's timers and fetches run first.
+pub fn chromium(url: &str, wait_ms: u32, screenshot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+            ])
+            // Without these, Chromium dials Google's hosts, which this machine's network refuses.
+            .args([
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args((wait_ms > 0).then(|| format!("--virtual-time-budget={wait_ms}")))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium is installed by scripts/setup.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    if let Some(png) = screenshot {
+        run(&[
+            "--window-size=1400,1000".into(),
+            format!("--screenshot={}", png.display()),
+        ]);
+    }
+    run(&["--dump-dom".into()])
+}

@@ -1,0 +1,61 @@
+#!/bin/sh
+# monitor-entrypoint: the monitoring host's programs, from Debian's packages.
+#
+#   monitor-entrypoint prometheus          Prometheus, scraping what MONITOR_SCRAPE names
+#   monitor-entrypoint postgres-exporter   the PostgreSQL exporter (DATA_SOURCE_NAME)
+#   monitor-entrypoint redis-exporter      the Redis exporter (REDIS_ADDR)
+#
+# MONITOR_SCRAPE: space-separated `job=name:port[/path]` pairs (path default /metrics). Each name
+# is looked up in the stage network's DNS on every refresh (Prometheus's dns_sd_configs), so every
+# replica of a scaled service (`app` in stage 4) is a target of its own.
+# The dashboard (stages/lab/monitor/archlab.html, copied to /etc/archlab/consoles) is served by
+# Prometheus itself at /consoles/archlab.html, beside the API it queries.
+set -eu
+
+program="${1:-prometheus}"
+[ $# -gt 0 ] && shift
+
+case "$program" in
+prometheus)
+    : "${MONITOR_SCRAPE:?set MONITOR_SCRAPE to the job=name:port pairs to scrape}"
+    config=/var/lib/prometheus/prometheus.yml
+    {
+        echo "# written by monitor-entrypoint from MONITOR_SCRAPE"
+        echo "global:"
+        # One sample a second: the dashboard's windows are seconds long, and a stage has a
+        # dozen targets at most, so this costs Prometheus little.
+        echo "  scrape_interval: 1s"
+        echo "  evaluation_interval: 1s"
+        echo "scrape_configs:"
+        for pair in $MONITOR_SCRAPE; do
+            job="${pair%%=*}"
+            target="${pair#*=}"
+            path=/metrics
+            case "$target" in */*) path="/${target#*/}"; target="${target%%/*}" ;; esac
+            echo "  - job_name: $job"
+            echo "    metrics_path: $path"
+            echo "    dns_sd_configs:"
+            echo "      - names: [\"${target%%:*}\"]"
+            echo "        type: A"
+            echo "        port: ${target##*:}"
+            echo "        refresh_interval: 5s"
+        done
+    } > "$config"
+    exec prometheus --config.file="$config" --storage.tsdb.path=/var/lib/prometheus/data \
+        --storage.tsdb.retention.time=1d --web.listen-address=0.0.0.0:9090 \
+        --web.console.templates=/etc/archlab/consoles \
+        --web.console.libraries=/etc/prometheus/console_libraries "$@"
+    ;;
+postgres-exporter)
+    : "${DATA_SOURCE_NAME:?set DATA_SOURCE_NAME to the database URL}"
+    exec prometheus-postgres-exporter --web.listen-address=0.0.0.0:9187 "$@"
+    ;;
+redis-exporter)
+    : "${REDIS_ADDR:?set REDIS_ADDR to redis://name:port}"
+    exec prometheus-redis-exporter -web.listen-address=0.0.0.0:9121 -redis.addr="$REDIS_ADDR" "$@"
+    ;;
+*)
+    echo "monitor-entrypoint: unknown program '$program' (prometheus, postgres-exporter, redis-exporter)" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# compose.sh: run archlab's stages with Docker Compose, the second way to run a stage.
+#
+#   scripts/compose.sh up 3 [--monitor]   build what is missing, start stage 3, wait until every
+#                                         container is healthy, print the endpoint(s)
+#   scripts/compose.sh seed 3 [--quick]   write the benchmark data set (`conduit seed` in a container)
+#   scripts/compose.sh ps 3               the stage's containers and their health
+#   scripts/compose.sh down 3             stop stage 3 and delete its volumes
+#   scripts/compose.sh build              (re)build the images only
+#   scripts/compose.sh test [1 2 ...]     CI: for every stage (default: all), up with monitoring,
+#                                         the RealWorld suite, a short harness run that verifies
+#                                         every acknowledged write, Prometheus's targets, down -v
+#   scripts/compose.sh stop-daemon        stop the Docker daemon this script started, if any
+#
+# What it does, step by step (README.md, "Docker Compose", says the same):
+#   1. a Docker daemon: uses the running one; as root with none running, starts `dockerd` and
+#      records its PID in .archlab/compose/dockerd.pid (`test` stops it again at the end; other
+#      commands leave it running for the stage and say how to stop it);
+#   2. the project's binaries: `cargo build --workspace --locked` (profile ARCHLAB_PROFILE:
+#      release by default, debug in scripts/test, which has built it already), copied stripped
+#      to target/image-bin/;
+#   3. a Debian base image: `debian:bookworm-slim` when present or pullable; otherwise made once
+#      from the Debian mirror apt uses (debootstrap --variant=minbase) and imported as
+#      archlab/debian-base:bookworm. Images are kept between runs: Docker's layer cache rebuilds
+#      only what changed (a new binary: one COPY layer);
+#   4. the images, one per role (docker-compose/Dockerfile);
+#   5. secrets: .archlab/compose/secrets.env (mode 0600), generated once with fresh random values
+#      (JWT signing key, file host write key, database password) and never committed;
+#   6. docker-compose -p archlab-NN --env-file .archlab/compose/secrets.env -f docker-compose/NN-name.yml
+#      up -d, then a wait for every container's health check, bounded by COMPOSE_WAIT_SECS.
+#
+# Environment (all optional):
+#   ARCHLAB_PROFILE      cargo profile of the binaries (release | debug; default release)
+#   ARCHLAB_HTTP_PORT    host port of the stage's endpoint, on 127.0.0.1 (default 8080)
+#   ARCHLAB_FILES_PORT   host port of the file host, on 127.0.0.1 (default 8081; stages 2 to 4)
+#   ARCHLAB_MONITOR_PORT host port of Prometheus and the dashboard (default 9090; --monitor)
+#   COMPOSE_WAIT_SECS    how long `up` waits for health (default 300: first starts run initdb
+#                        and migrations on small CPU budgets)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+STATE="$ROOT/.archlab/compose"
+PROFILE="${ARCHLAB_PROFILE:-release}"
+BASE_LOCAL=archlab/debian-base:bookworm
+BASE_REGISTRY=debian:bookworm-slim
+# Every target of docker-compose/Dockerfile, each tagged archlab/<target>:local.
+TARGETS=(database cache files monitor conduit)
+# Compose v1 (the Debian package, 1.29); the files also work with v2 (`docker compose`).
+COMPOSE=(docker-compose)
+
+log() { printf 'compose: %s\n' "$*" >&2; }
+die() { printf 'compose: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. the daemon ------------------------------------------------------------------------------
+ensure_daemon() {
+    command -v docker >/dev/null 2>&1 || die "no docker client: apt-get install -y docker.io docker-compose (scripts/setup.sh --compose does it)"
+    if docker info >/dev/null 2>&1; then return; fi
+    [ "$(id -u)" -eq 0 ] || die "the Docker daemon is not running and only root can start it here"
+    command -v dockerd >/dev/null 2>&1 || die "no dockerd: apt-get install -y docker.io"
+    mkdir -p "$STATE"
+    log "starting dockerd (log: $STATE/dockerd.log)"
+    dockerd --storage-driver=overlay2 >"$STATE/dockerd.log" 2>&1 &
+    echo $! >"$STATE/dockerd.pid"
+    # Ready in well under a second here; the bound only catches a daemon that cannot start.
+    for _ in $(seq 1 300); do
+        docker info >/dev/null 2>&1 && { log "dockerd ready (pid $(cat "$STATE/dockerd.pid"))"; return; }
+        kill -0 "$(cat "$STATE/dockerd.pid")" 2>/dev/null || { tail -n 20 "$STATE/dockerd.log" >&2; die "dockerd exited"; }
+        sleep 0.1
+    done
+    die "dockerd did not answer within 30 s (log: $STATE/dockerd.log)"
+}
+
+# Stops the daemon only if this script started it (its PID file), and only that PID.
+stop_daemon() {
+    [ -f "$STATE/dockerd.pid" ] || { log "no daemon started by this script"; return 0; }
+    local pid; pid="$(cat "$STATE/dockerd.pid")"
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+        log "stopping dockerd (pid $pid)"
+        kill -TERM "$pid"
+        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$STATE/dockerd.pid"
+}
+
+# --- 2. the binaries ----------------------------------------------------------------------------
+stage_binaries() {
+    # The image is bookworm (glibc 2.36): a binary linked on a newer glibc would not start in it.
+    local glibc; glibc="$(ldd --version 2>/dev/null | head -n1 | grep -oE '[0-9]+\.[0-9]+$' || true)"
+    if [ -n "$glibc" ] && [ "$(printf '%s\n2.36\n' "$glibc" | sort -V | tail -n1)" != 2.36 ]; then
+        die "this machine's glibc is $glibc, newer than the image's 2.36: build on Debian 12 (or older)"
+    fi
+    local flag=()
+    [ "$PROFILE" = release ] && flag=(--release)
+    log "building the binaries (cargo, $PROFILE)"
+    cargo build --workspace --locked "${flag[@]}" --bin conduit --bin gateway >&2
+    mkdir -p target/image-bin
+    for bin in conduit gateway; do
+        # Stripped: debug information is most of a binary's size and every build context carries it.
+        strip -o "target/image-bin/$bin.new" "target/$PROFILE/$bin"
+        # Replaced only when different, so Docker's cache keeps the layer when nothing changed.
+        if cmp -s "target/image-bin/$bin.new" "target/image-bin/$bin"; then
+            rm "target/image-bin/$bin.new"
+        else
+            mv "target/image-bin/$bin.new" "target/image-bin/$bin"
+        fi
+    done
+}
+
+# --- 3. the base image --------------------------------------------------------------------------
+base_image() {
+    if docker image inspect "$BASE_REGISTRY" >/dev/null 2>&1; then echo "$BASE_REGISTRY"; return; fi
+    if docker image inspect "$BASE_LOCAL" >/dev/null 2>&1; then echo "$BASE_LOCAL"; return; fi
+    if docker pull -q "$BASE_REGISTRY" >/dev/null 2>&1; then echo "$BASE_REGISTRY"; return; fi
+    log "no registry answers: making $BASE_LOCAL from the Debian mirror (debootstrap, about a minute)"
+    command -v debootstrap >/dev/null 2>&1 || die "debootstrap is missing: apt-get install -y debootstrap"
+    local dir mirror
+    dir="$(mktemp -d /tmp/archlab-base.XXXXXX)"
+    # The mirror apt uses on this machine (deb822 or one-line sources), else Debian's.
+    mirror="$(grep -hoE '^URIs: *http[^ ]*debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | sed 's/^URIs: *//')"
+    [ -n "$mirror" ] || mirror="$(grep -hoE '^deb +http[^ ]*debian/? +bookworm ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | head -n1)"
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+    debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$STATE/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$STATE/debootstrap.log" >&2; rm -rf "$dir"; die "debootstrap failed"; }
+    # The same package sources as this machine (updates and security included), so the images
+    # install the versions the native lab runs.
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        rm -f "$dir/etc/apt/sources.list"
+        cp /etc/apt/sources.list.d/debian.sources "$dir/etc/apt/sources.list.d/debian.sources"
+    fi
+    rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+    tar -C "$dir" -c . | docker import - "$BASE_LOCAL" >/dev/null
+    rm -rf "$dir"
+    echo "$BASE_LOCAL"
+}
+
+# --- 4. the images ------------------------------------------------------------------------------
+build_images() {
+    ensure_daemon
+    stage_binaries
+    mkdir -p "$STATE"
+    local base; base="$(base_image)"
+    for target in "${TARGETS[@]}"; do
+        log "image archlab/$target:local (from $base)"
+        # The legacy builder (no BuildKit: Debian's client has no buildx, and compose v1 uses the
+        # legacy builder too); its output is kept in a log and shown only when a build fails.
+        DOCKER_BUILDKIT=0 docker build -f docker-compose/Dockerfile --build-arg "BASE_IMAGE=$base" \
+            --target "$target" -t "archlab/$target:local" . >"$STATE/build-$target.log" 2>&1 \
+            || { tail -n 30 "$STATE/build-$target.log" >&2; die "building archlab/$target:local failed"; }
+    done
+}
+
+# --- 5. secrets ---------------------------------------------------------------------------------
+ensure_secrets() {
+    mkdir -p "$STATE"
+    local file="$STATE/secrets.env"
+    [ -s "$file" ] && return
+    local old_umask; old_umask="$(umask)"; umask 077
+    {
+        echo "# Generated by scripts/compose.sh on $(date -u +%FT%TZ); never commit this file."
+        echo "JWT_SECRET=$(head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+        echo "FILE_WRITE_KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+        echo "DB_PASSWORD=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    } >"$file"
+    umask "$old_umask"
+    log "secrets generated in $file"
+}
+
+# --- 6. a stage ---------------------------------------------------------------------------------
+compose_file() {
+    local n; n="$(printf '%02d' "$1")"
+    local f; f="$(ls docker-compose/"$n"-*.yml 2>/dev/null | head -n1)"
+    [ -n "$f" ] || die "no compose file for stage $1 (docker-compose/$n-*.yml)"
+    echo "$f"
+}
+stage_numbers() { ls docker-compose/[0-9][0-9]-*.yml | sed -E 's|docker-compose/0?([0-9]+)-.*|\1|'; }
+
+# docker-compose for stage $1, with the project name, the secrets and the monitoring profile.
+dc() {
+    local stage="$1"; shift
+    local file; file="$(compose_file "$stage")"
+    local args=(-p "archlab-$(printf '%02d' "$stage")" --env-file "$STATE/secrets.env" -f "$file")
+    COMPOSE_PROFILES="${COMPOSE_PROFILES:-}" "${COMPOSE[@]}" "${args[@]}" "$@"
+}
+
+# Waits until every container of the stage reports healthy (or has no health check and runs).
+wait_healthy() {
+    local stage="$1" deadline=$((SECONDS + ${COMPOSE_WAIT_SECS:-300}))
+    while :; do
+        local ids pending=""
+        ids="$(dc "$stage" ps -q)"
+        [ -n "$ids" ] || die "stage $stage has no containers"
+        for id in $ids; do
+            local state
+            state="$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")"
+            case "$state" in
+                *" running healthy" | *" running none") ;;
+                *" exited "* | *" dead "* | *unhealthy) dc "$stage" logs --tail 30 >&2; die "container not healthy: $state" ;;
+                *) pending="$pending ${state%% *}" ;;
+            esac
+        done
+        [ -z "$pending" ] && return 0
+        [ $SECONDS -lt $deadline ] || { dc "$stage" logs --tail 30 >&2; die "still starting after ${COMPOSE_WAIT_SECS:-300} s:$pending"; }
+        sleep 1
+    done
+}
+
+up() {
+    local stage="$1"; shift
+    local monitor=""
+    [ "${1:-}" = --monitor ] && monitor=monitor
+    build_images
+    ensure_secrets
+    export ARCHLAB_HTTP_PORT="${ARCHLAB_HTTP_PORT:-8080}" ARCHLAB_FILES_PORT="${ARCHLAB_FILES_PORT:-8081}"
+    export ARCHLAB_MONITOR_PORT="${ARCHLAB_MONITOR_PORT:-9090}"
+    log "stage $stage: up ($(compose_file "$stage")${monitor:+, with monitoring})"
+    COMPOSE_PROFILES="$monitor" dc "$stage" up -d --no-build >&2
+    wait_healthy "$stage"
+    echo "endpoint: http://127.0.0.1:$ARCHLAB_HTTP_PORT"
+    [ -n "$monitor" ] && echo "dashboard: http://127.0.0.1:$ARCHLAB_MONITOR_PORT/consoles/archlab.html"
+    return 0
+}
+
+seed() {
+    local stage="$1"; shift
+    local size=(--users 1000 --articles 10000 --images 2000)
+    [ "${1:-}" = --quick ] && size=(--users 100 --articles 1000 --images 100)
+    ensure_daemon
+    log "stage $stage: seeding (${size[*]})"
+    # `run` gives the one-off container the app's settings, network and media volume.
+    dc "$stage" run --rm --no-deps app seed "${size[@]}" --seed 42 >/dev/null
+}
+
+down() {
+    local stage="$1"
+    ensure_daemon
+    COMPOSE_PROFILES=monitor dc "$stage" down -v --remove-orphans >&2
+}
+
+# --- the CI run ---------------------------------------------------------------------------------
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# The stage under test, brought down by the EXIT trap if a step fails.
+CURRENT_STAGE=""
+cleanup_test() {
+    [ -n "$CURRENT_STAGE" ] && COMPOSE_PROFILES=monitor dc "$CURRENT_STAGE" down -v --remove-orphans >/dev/null 2>&1
+    stop_daemon
+}
+
+test_stage() {
+    local stage="$1" started=$SECONDS
+    # Ports nobody uses now: the test never assumes 8080 is free on the machine.
+    export ARCHLAB_HTTP_PORT ARCHLAB_FILES_PORT ARCHLAB_MONITOR_PORT
+    ARCHLAB_HTTP_PORT="$(free_port)"; ARCHLAB_FILES_PORT="$(free_port)"; ARCHLAB_MONITOR_PORT="$(free_port)"
+    CURRENT_STAGE="$stage"
+    COMPOSE_PROFILES=monitor dc "$stage" down -v --remove-orphans >/dev/null 2>&1 || true
+    up "$stage" --monitor
+    local endpoint="http://127.0.0.1:$ARCHLAB_HTTP_PORT"
+    seed "$stage" --quick
+    log "stage $stage: the RealWorld API suite against $endpoint"
+    bash scripts/realworld-api-tests.sh "$endpoint"
+    log "stage $stage: a short harness run (write-heavy, every acknowledged write read back)"
+    mkdir -p "$STATE/results"
+    # Exits non-zero when an acknowledged write is lost or over 1 % of requests fail.
+    "target/$PROFILE/loadtest" --target "$endpoint" --workload write-heavy --rate 40 \
+        --duration 10s --warmup 2s --connections 16 --users 100 \
+        --max-error-rate 1 --out "$STATE/results/stage-$stage.json"
+    log "stage $stage: monitoring (every target up, the app's request counter moving)"
+    python3 scripts/monitor-check.py "http://127.0.0.1:$ARCHLAB_MONITOR_PORT" "$endpoint"
+    COMPOSE_PROFILES=monitor dc "$stage" down -v --remove-orphans >&2
+    CURRENT_STAGE=""
+    log "stage $stage: passed in $((SECONDS - started)) s"
+}
+
+run_tests() {
+    local stages=("$@")
+    [ ${#stages[@]} -gt 0 ] || mapfile -t stages < <(stage_numbers)
+    local started=$SECONDS
+    trap cleanup_test EXIT
+    build_images
+    log "images built in $((SECONDS - started)) s"
+    ensure_secrets
+    bash scripts/realworld-api-tests.sh --install-only
+    for stage in "${stages[@]}"; do test_stage "$stage"; done
+    log "stages ${stages[*]} passed in $((SECONDS - started)) s"
+}
+
+case "${1:-}" in
+    up) shift; up "${1:?usage: compose.sh up STAGE [--monitor]}" "${@:2}" ;;
+    seed) shift; seed "${1:?usage: compose.sh seed STAGE [--quick]}" "${@:2}" ;;
+    ps) shift; ensure_daemon; COMPOSE_PROFILES=monitor dc "${1:?usage: compose.sh ps STAGE}" ps ;;
+    down) shift; down "${1:?usage: compose.sh down STAGE}" ;;
+    build) build_images ;;
+    base) ensure_daemon; mkdir -p "$STATE"; base_image ;;
+    test) shift; run_tests "$@" ;;
+    stop-daemon) stop_daemon ;;
+    *) sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,158 @@
+//! The monitoring host end to end: `archlab up 4 --monitor` starts Prometheus and the exporters
+//! on a host of their own; every target they scrape is up, the request counter follows real
+//! traffic, and the live dashboard renders every panel with data in headless Chromium.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestLab;
+use serde_json::Value;
+
+/// Bounds every wait below: never reached on a healthy stage, however busy the machine.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+async fn query(http: &reqwest::Client, prometheus: &str, expr: &str) -> Option<f64> {
+    let body: Value = http
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Waits until `check` holds, polling; panics with `what` and the last value after [`PATIENCE`].
+async fn wait_for<T: std::fmt::Debug, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (bool, T)>,
+{
+    let start = Instant::now();
+    loop {
+        let (ok, last) = check().await;
+        if ok {
+            return last;
+        }
+        assert!(start.elapsed() < PATIENCE, "{what}: last {last:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn stage_4_with_monitoring_is_scraped_whole_and_its_dashboard_draws_every_panel() {
+    let lab = TestLab::new("archlab-monitor", common::net(250, 5));
+    let (ok, out) = lab.archlab(&["up", "4", "--monitor"]);
+    assert!(ok, "{out}");
+    let line = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line:\n{out}"))
+            .to_owned()
+    };
+    let (prometheus, dashboard, endpoint) = (
+        line("prometheus: "),
+        line("dashboard: "),
+        line("endpoint: "),
+    );
+
+    // `status` lists the monitoring host, healthy, on its own budget.
+    let status = lab.status();
+    let monitor = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "monitor")
+        .unwrap_or_else(|| panic!("no monitor in {status}"));
+    assert_eq!(monitor["healthy"], true, "{monitor}");
+    assert_eq!(monitor["cpu_budget"], 0.1, "{monitor}");
+
+    // Every job has its targets, all up: the gateway, both app hosts, the exporters, the hosts.
+    let http = reqwest::Client::new();
+    let jobs = wait_for("every target up", || async {
+        let body: Value = match http
+            .get(format!("{prometheus}/api/v1/targets?state=active"))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let targets = body["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut jobs: Vec<String> = targets
+            .iter()
+            .map(|t| format!("{} {}", t["scrapePool"], t["health"]))
+            .collect();
+        jobs.sort();
+        let all_up = targets.iter().all(|t| t["health"] == "up");
+        (all_up && targets.len() == 6, jobs)
+    })
+    .await;
+    assert_eq!(
+        jobs,
+        [
+            "\"app\" \"up\"",
+            "\"app\" \"up\"",
+            "\"cache\" \"up\"",
+            "\"database\" \"up\"",
+            "\"gateway\" \"up\"",
+            "\"hosts\" \"up\""
+        ]
+    );
+
+    // Traffic through the gateway moves its request counter in Prometheus by at least as much.
+    let counter = "sum(gateway_requests_total)";
+    let before = wait_for("the gateway's counter", || async {
+        let v = query(&http, &prometheus, counter).await;
+        (v.is_some(), v.unwrap_or(0.0))
+    })
+    .await;
+    let token = common::register(&http, &endpoint, "watcher").await;
+    for path in ["/api/tags", "/api/articles", "/api/profiles/watcher"] {
+        for _ in 0..40 {
+            let r = http
+                .get(format!("{endpoint}{path}"))
+                .header("Authorization", format!("Token {token}"))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+        }
+    }
+    wait_for("the counter to move by 120", || async {
+        let v = query(&http, &prometheus, counter).await.unwrap_or(0.0);
+        (v >= before + 120.0, v)
+    })
+    .await;
+    // The cache exporter and the host metrics report what happened.
+    wait_for("Redis commands counted", || async {
+        let v = query(&http, &prometheus, "sum(redis_commands_processed_total)").await;
+        (v.unwrap_or(0.0) > 0.0, v)
+    })
+    .await;
+
+    // The dashboard: every panel draws a chart (the errors panel a flat zero), none failed.
+    let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-stage-4.png");
+    let dom = common::chromium(&dashboard, 8_000, Some(&png));
+    assert!(dom.contains("every panel answered"), "{dom}");
+    assert_eq!(dom.matches("<svg").count(), 6, "{dom}");
+    assert!(!dom.contains("no data"), "{dom}");
+    assert!(!dom.contains("NaN"), "a chart has NaN coordinates");
+    assert!(
+        std::fs::metadata(&png).unwrap().len() > 10_000,
+        "empty screenshot"
+    );
+    println!("dashboard screenshot: {}", png.display());
+
+    // `down` stops the monitoring host with the stage.
+    let (ok, out) = lab.archlab(&["down", "4"]);
+    assert!(ok && out.contains("stopping the monitoring host"), "{out}");
+}
