@@ -53,11 +53,14 @@ def main():
 
     def targets_up():
         active = get_json(f"{prom}/api/v1/targets?state=active")["data"]["activeTargets"]
-        seen = {t["scrapePool"] for t in active}
+        per_job = {}
+        for t in active:
+            per_job[t["scrapePool"]] = per_job.get(t["scrapePool"], 0) + 1
         down = [f'{t["scrapePool"]} {t["scrapeUrl"]}: {t["health"]} {t["lastError"]}'
                 for t in active if t["health"] != "up"]
-        return (seen == jobs and not down,
-                f"jobs {sorted(jobs)}, with targets {sorted(seen)}, not up: {down}")
+        targets = ", ".join(f"{job} x{n}" for job, n in sorted(per_job.items()))
+        return (set(per_job) == jobs and not down,
+                f"jobs {sorted(jobs)}; targets {targets}; not up: {down or 'none'}")
 
     detail = wait_for("every target up", targets_up)
     print(f"monitor-check: {detail}")

@@ -47,6 +47,10 @@ pub struct BenchOptions {
     pub fresh: bool,
     /// Leave the stage up afterwards.
     pub keep_up: bool,
+    /// Watch it: start the monitoring host once the stage is up ([`crate::monitor`]). Its
+    /// exporters query the database and the cache every second, on those hosts' budgets, so a
+    /// measurement taken with it includes that; the result's `command` says it was on.
+    pub monitor: bool,
 }
 
 /// Runs one stage's benchmark and returns its report, with hosts and provenance filled in.
@@ -64,6 +68,14 @@ pub async fn bench(
     let result = async {
         lab.up(stage, options.fresh, &|line| progress(line.trim()))
             .await?;
+        if options.monitor {
+            let monitor = lab.start_monitor(stage).await?;
+            progress(&format!(
+                "stage {}: watch it live at {}",
+                stage.number,
+                monitor.dashboard_url()
+            ));
+        }
         progress(&format!(
             "stage {}: seeding {} users, {} articles, {} images",
             stage.number, options.data.users, options.data.articles, options.data.images

@@ -200,11 +200,15 @@ pub fn wrap(
 /// `roots` and every process descending from them, from `/proc` (for signalling a whole
 /// service: PostgreSQL's backends, nginx's workers).
 pub fn process_tree(roots: &[i32]) -> Vec<i32> {
-    let table = process_table();
+    tree_in(&process_table(), roots)
+}
+
+/// `roots` and their descendants in one snapshot of the process table.
+fn tree_in(table: &[(i32, i32, u64)], roots: &[i32]) -> Vec<i32> {
     let mut members: Vec<i32> = roots.to_vec();
     loop {
         let before = members.len();
-        for (pid, ppid, _) in &table {
+        for (pid, ppid, _) in table {
             if members.contains(ppid) && !members.contains(pid) {
                 members.push(*pid);
             }
@@ -255,13 +259,25 @@ fn process_table() -> Vec<(i32, i32, u64)> {
 
 /// CPU time (seconds) used so far by `pids` and all their descendants, from `/proc`.
 pub fn cpu_seconds(pids: &[i32]) -> f64 {
+    cpu_seconds_each(&[pids.to_vec()])[0]
+}
+
+/// [`cpu_seconds`] of several groups of processes (one per host) from one read of `/proc`: the
+/// monitoring host asks for every host once a second, on a small budget.
+pub fn cpu_seconds_each(groups: &[Vec<i32>]) -> Vec<f64> {
     let ticks = 100.0; // USER_HZ on Linux
-    let members = process_tree(pids);
-    process_table()
+    let table = process_table();
+    groups
         .iter()
-        .filter(|(pid, _, _)| members.contains(pid))
-        .map(|(_, _, t)| *t as f64 / ticks)
-        .sum()
+        .map(|pids| {
+            let members = tree_in(&table, pids);
+            table
+                .iter()
+                .filter(|(pid, _, _)| members.contains(pid))
+                .map(|(_, _, t)| *t as f64 / ticks)
+                .sum()
+        })
+        .collect()
 }
 
 /// Busy and total CPU time of the whole machine, from `/proc/stat` (jiffies).

@@ -60,6 +60,9 @@ pub struct DrillOptions {
     pub data: SeedSpec,
     /// Per-request timeout of the harness (a frozen service makes requests wait this long).
     pub timeout: Duration,
+    /// Watch it live: start the monitoring host once the stage is up (see
+    /// [`crate::bench::BenchOptions::monitor`] for what that costs the measurement).
+    pub monitor: bool,
 }
 
 fn signal_tree(root: i32, signal: Signal) {
@@ -94,6 +97,14 @@ pub async fn drill(
     ));
     lab.up(stage, true, &|_| {}).await?;
     let result = async {
+        if options.monitor {
+            let monitor = lab.start_monitor(stage).await?;
+            progress(&format!(
+                "stage {}: watch it live at {}",
+                stage.number,
+                monitor.dashboard_url()
+            ));
+        }
         lab.seed(stage, &options.data)?;
         run(lab, stage, &host, options, progress).await
     }

@@ -185,6 +185,9 @@ enum Command_ {
         /// A short drill for CI: small data set, short run.
         #[arg(long)]
         quick: bool,
+        /// Watch it live: start the monitoring host and print the dashboard's URL.
+        #[arg(long)]
+        monitor: bool,
         /// Write the result JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -241,6 +244,10 @@ struct BenchArgs {
     /// Leave the stage up afterwards.
     #[arg(long)]
     keep_up: bool,
+    /// Watch each stage live: start its monitoring host and print the dashboard's URL (the
+    /// exporters' queries then count against the database and cache budgets).
+    #[arg(long)]
+    monitor: bool,
 }
 
 impl BenchArgs {
@@ -270,6 +277,7 @@ impl BenchArgs {
             data,
             fresh: true,
             keep_up: self.keep_up,
+            monitor: self.monitor,
         }
     }
 }
@@ -371,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
             at,
             outage,
             quick,
+            monitor,
             out,
         } => {
             let options = DrillOptions {
@@ -400,6 +409,7 @@ async fn main() -> anyhow::Result<()> {
                 // A frozen service makes requests wait; 3 s keeps a freeze visible as "unknown"
                 // without holding every connection for the default 10 s.
                 timeout: secs(3),
+                monitor,
             };
             drill_stage(&state, net, &stage, &options, out.as_deref()).await
         }
