@@ -69,12 +69,7 @@ pub async fn bench(
         lab.up(stage, options.fresh, &|line| progress(line.trim()))
             .await?;
         if options.monitor {
-            let monitor = lab.start_monitor(stage).await?;
-            progress(&format!(
-                "stage {}: watch it live at {}",
-                stage.number,
-                monitor.dashboard_url()
-            ));
+            lab.watch(stage, progress).await?;
         }
         progress(&format!(
             "stage {}: seeding {} users, {} articles, {} images",

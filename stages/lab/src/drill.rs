@@ -98,12 +98,7 @@ pub async fn drill(
     lab.up(stage, true, &|_| {}).await?;
     let result = async {
         if options.monitor {
-            let monitor = lab.start_monitor(stage).await?;
-            progress(&format!(
-                "stage {}: watch it live at {}",
-                stage.number,
-                monitor.dashboard_url()
-            ));
+            lab.watch(stage, progress).await?;
         }
         lab.seed(stage, &options.data)?;
         run(lab, stage, &host, options, progress).await

@@ -208,14 +208,16 @@ impl Lab {
     /// The stage's monitoring host (`up --monitor`): not one of the stage's hosts, so never in
     /// its cost or its bottleneck; see [`crate::monitor`].
     pub fn monitor_server(&self, stage: &Stage) -> MonitorServer {
-        let address = MonitorServer::address_for(stage);
-        let net = address.split('.').nth(1).unwrap_or("10").to_owned();
-        let mut monitor = MonitorServer {
-            dir: self.stage_dir(stage).join("monitor"),
-            address,
-            cpu_group: None,
-            archlab_bin: self.conduit_bin.with_file_name("archlab"),
-            host_metrics_args: vec![
+        let net = MonitorServer::address_for(stage)
+            .split('.')
+            .nth(1)
+            .unwrap_or("10")
+            .to_owned();
+        let mut monitor = MonitorServer::for_stage(
+            stage,
+            self.stage_dir(stage).join("monitor"),
+            self.conduit_bin.with_file_name("archlab"),
+            vec![
                 "--state-dir".into(),
                 self.state_dir.display().to_string(),
                 "--net".into(),
@@ -223,19 +225,25 @@ impl Lab {
                 "host-metrics".into(),
                 stage.number.to_string(),
             ],
-            app_targets: stage
-                .app_hosts()
-                .iter()
-                .map(|h| format!("{}:{APP_PORT}", h.address))
-                .collect(),
-            gateway_target: stage
-                .gateway_host()
-                .map(|h| format!("{}:{APP_PORT}", h.address)),
-            database_address: stage.database_host().map(|h| h.address.clone()),
-            cache_address: stage.cache_host().map(|h| h.address.clone()),
-        };
+        );
         monitor.cpu_group = self.cpu_group_path(&monitor.host());
         monitor
+    }
+
+    /// [`Lab::start_monitor`] for a measurement (`bench`, `tour`, `drill` with `--monitor`): says
+    /// where to watch it.
+    pub async fn watch(
+        &self,
+        stage: &Stage,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<()> {
+        let monitor = self.start_monitor(stage).await?;
+        progress(&format!(
+            "stage {}: watch it live at {}",
+            stage.number,
+            monitor.dashboard_url()
+        ));
+        Ok(())
     }
 
     /// Starts the stage's monitoring host in its own CPU budget and waits until Prometheus is

@@ -95,6 +95,29 @@ pub struct MonitorServer {
 }
 
 impl MonitorServer {
+    /// The monitoring host of `stage`, watching every app host, the gateway, the database and the
+    /// cache the stage has; its files in `dir`, `host-metrics` run as `archlab_bin` with
+    /// `host_metrics_args`. No CPU group yet: the lab gives it one.
+    pub fn for_stage(
+        stage: &Stage,
+        dir: PathBuf,
+        archlab_bin: PathBuf,
+        host_metrics_args: Vec<String>,
+    ) -> Self {
+        let http = |h: &Host| format!("{}:{}", h.address, crate::stage::APP_PORT);
+        MonitorServer {
+            dir,
+            address: Self::address_for(stage),
+            cpu_group: None,
+            archlab_bin,
+            host_metrics_args,
+            app_targets: stage.app_hosts().into_iter().map(http).collect(),
+            gateway_target: stage.gateway_host().map(http),
+            database_address: stage.database_host().map(|h| h.address.clone()),
+            cache_address: stage.cache_host().map(|h| h.address.clone()),
+        }
+    }
+
     /// The monitoring host of `stage`: its address from the stage's network.
     pub fn address_for(stage: &Stage) -> String {
         let first = &stage.hosts[0].address;
@@ -413,26 +436,9 @@ pub async fn serve_host_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stage::APP_PORT;
 
     fn monitor_of(stage: &Stage) -> MonitorServer {
-        MonitorServer {
-            dir: "/nonexistent".into(),
-            address: MonitorServer::address_for(stage),
-            cpu_group: None,
-            archlab_bin: "archlab".into(),
-            host_metrics_args: vec![],
-            app_targets: stage
-                .app_hosts()
-                .iter()
-                .map(|h| format!("{}:{APP_PORT}", h.address))
-                .collect(),
-            gateway_target: stage
-                .gateway_host()
-                .map(|h| format!("{}:{APP_PORT}", h.address)),
-            database_address: stage.database_host().map(|h| h.address.clone()),
-            cache_address: stage.cache_host().map(|h| h.address.clone()),
-        }
+        MonitorServer::for_stage(stage, "/nonexistent".into(), "archlab".into(), vec![])
     }
 
     #[test]
