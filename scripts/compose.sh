@@ -62,6 +62,7 @@ ensure_daemon() {
     log "starting dockerd (log: $STATE/dockerd.log)"
     dockerd --storage-driver=overlay2 >"$STATE/dockerd.log" 2>&1 &
     echo $! >"$STATE/dockerd.pid"
+    STARTED_DAEMON=1
     # Ready in well under a second here; the bound only catches a daemon that cannot start.
     for _ in $(seq 1 300); do
         docker info >/dev/null 2>&1 && { log "dockerd ready (pid $(cat "$STATE/dockerd.pid"))"; return; }
@@ -71,14 +72,20 @@ ensure_daemon() {
     die "dockerd did not answer within 30 s (log: $STATE/dockerd.log)"
 }
 
-# Stops the daemon only if this script started it (its PID file), and only that PID.
+# Set when this run of the script started dockerd; `test` stops only that one.
+STARTED_DAEMON=""
+
+# Stops the daemon a run of this script started (its PID file), and only that PID: `test` calls
+# it when it started the daemon itself, `stop-daemon` when the user asks.
 stop_daemon() {
     [ -f "$STATE/dockerd.pid" ] || { log "no daemon started by this script"; return 0; }
     local pid; pid="$(cat "$STATE/dockerd.pid")"
     if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
         log "stopping dockerd (pid $pid)"
         kill -TERM "$pid"
-        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        # dockerd stops its containers first (10 s each at most, in parallel); 60 s is generous.
+        for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && { log "dockerd (pid $pid) still running after 60 s; left alone"; return 1; }
     fi
     rm -f "$STATE/dockerd.pid"
 }
@@ -92,8 +99,10 @@ stage_binaries() {
     fi
     local flag=()
     [ "$PROFILE" = release ] && flag=(--release)
+    # The whole workspace, as the tests and the native lab build it: nothing extra when they have,
+    # and `test` needs the harness (loadtest) beside the two binaries the images get.
     log "building the binaries (cargo, $PROFILE)"
-    cargo build --workspace --locked "${flag[@]}" --bin conduit --bin gateway >&2
+    cargo build --workspace --locked "${flag[@]}" >&2
     mkdir -p target/image-bin
     for bin in conduit gateway; do
         # Stripped: debug information is most of a binary's size and every build context carries it.
@@ -111,7 +120,9 @@ stage_binaries() {
 base_image() {
     if docker image inspect "$BASE_REGISTRY" >/dev/null 2>&1; then echo "$BASE_REGISTRY"; return; fi
     if docker image inspect "$BASE_LOCAL" >/dev/null 2>&1; then echo "$BASE_LOCAL"; return; fi
-    if docker pull -q "$BASE_REGISTRY" >/dev/null 2>&1; then echo "$BASE_REGISTRY"; return; fi
+    # Bounded: where the registry's address is dropped rather than refused, dockerd retries for
+    # minutes; a reachable registry sends a 30 MB base well within 120 s.
+    if timeout 120 docker pull -q "$BASE_REGISTRY" >/dev/null 2>&1; then echo "$BASE_REGISTRY"; return; fi
     log "no registry answers: making $BASE_LOCAL from the Debian mirror (debootstrap, about a minute)"
     command -v debootstrap >/dev/null 2>&1 || die "debootstrap is missing: apt-get install -y debootstrap"
     local dir mirror
@@ -179,20 +190,28 @@ compose_file() {
 }
 stage_numbers() { ls docker-compose/[0-9][0-9]-*.yml | sed -E 's|docker-compose/0?([0-9]+)-.*|\1|'; }
 
-# docker-compose for stage $1, with the project name, the secrets and the monitoring profile.
+# Compose project names: `archlab-03` for a user's stage 3; `test` uses its own
+# (`archlab-test-03`), so its `down -v` never touches a stage the user brought up.
+PROJECT=archlab
+
+# docker-compose for stage $1, with the project name and the secrets; the profiles come from
+# COMPOSE_PROFILES (`monitor`, `dashboard`).
 dc() {
     local stage="$1"; shift
     local file; file="$(compose_file "$stage")"
-    local args=(-p "archlab-$(printf '%02d' "$stage")" --env-file "$STATE/secrets.env" -f "$file")
-    COMPOSE_PROFILES="${COMPOSE_PROFILES:-}" "${COMPOSE[@]}" "${args[@]}" "$@"
+    local args=(-p "$PROJECT-$(printf '%02d' "$stage")" --env-file "$STATE/secrets.env" -f "$file")
+    "${COMPOSE[@]}" "${args[@]}" "$@"
 }
+
+# Every profile, so `down` removes Grafana and the monitoring host too.
+ALL_PROFILES=monitor,dashboard
 
 # Waits until every container of the stage reports healthy (or has no health check and runs).
 wait_healthy() {
     local stage="$1" deadline=$((SECONDS + ${COMPOSE_WAIT_SECS:-300}))
     while :; do
         local ids pending=""
-        ids="$(dc "$stage" ps -q)"
+        ids="$(COMPOSE_PROFILES=$ALL_PROFILES dc "$stage" ps -q)"
         [ -n "$ids" ] || die "stage $stage has no containers"
         for id in $ids; do
             local state
@@ -218,7 +237,10 @@ up() {
     export ARCHLAB_HTTP_PORT="${ARCHLAB_HTTP_PORT:-8080}" ARCHLAB_FILES_PORT="${ARCHLAB_FILES_PORT:-8081}"
     export ARCHLAB_MONITOR_PORT="${ARCHLAB_MONITOR_PORT:-9090}"
     log "stage $stage: up ($(compose_file "$stage")${monitor:+, with monitoring})"
-    COMPOSE_PROFILES="$monitor" dc "$stage" up -d --no-build >&2
+    # The user's own profiles (`dashboard` for Grafana) plus `monitor` when asked for.
+    local profiles="${COMPOSE_PROFILES:-}"
+    [ -n "$monitor" ] && profiles="${profiles:+$profiles,}monitor"
+    COMPOSE_PROFILES="$profiles" dc "$stage" up -d --no-build >&2
     wait_healthy "$stage"
     echo "endpoint: http://127.0.0.1:$ARCHLAB_HTTP_PORT"
     [ -n "$monitor" ] && echo "dashboard: http://127.0.0.1:$ARCHLAB_MONITOR_PORT/consoles/archlab.html"
@@ -238,7 +260,7 @@ seed() {
 down() {
     local stage="$1"
     ensure_daemon
-    COMPOSE_PROFILES=monitor dc "$stage" down -v --remove-orphans >&2
+    COMPOSE_PROFILES=$ALL_PROFILES dc "$stage" down -v --remove-orphans >&2
 }
 
 # --- the CI run ---------------------------------------------------------------------------------
@@ -247,8 +269,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # The stage under test, brought down by the EXIT trap if a step fails.
 CURRENT_STAGE=""
 cleanup_test() {
-    [ -n "$CURRENT_STAGE" ] && COMPOSE_PROFILES=monitor dc "$CURRENT_STAGE" down -v --remove-orphans >/dev/null 2>&1
-    stop_daemon
+    [ -n "$CURRENT_STAGE" ] && COMPOSE_PROFILES=$ALL_PROFILES dc "$CURRENT_STAGE" down -v --remove-orphans >/dev/null 2>&1
+    [ -n "$STARTED_DAEMON" ] && stop_daemon
+    return 0
 }
 
 test_stage() {
@@ -257,7 +280,7 @@ test_stage() {
     export ARCHLAB_HTTP_PORT ARCHLAB_FILES_PORT ARCHLAB_MONITOR_PORT
     ARCHLAB_HTTP_PORT="$(free_port)"; ARCHLAB_FILES_PORT="$(free_port)"; ARCHLAB_MONITOR_PORT="$(free_port)"
     CURRENT_STAGE="$stage"
-    COMPOSE_PROFILES=monitor dc "$stage" down -v --remove-orphans >/dev/null 2>&1 || true
+    COMPOSE_PROFILES=$ALL_PROFILES dc "$stage" down -v --remove-orphans >/dev/null 2>&1 || true
     up "$stage" --monitor
     local endpoint="http://127.0.0.1:$ARCHLAB_HTTP_PORT"
     seed "$stage" --quick
@@ -272,12 +295,13 @@ test_stage() {
         --max-error-rate 1 --out "$STATE/results/stage-$stage.json"
     log "stage $stage: monitoring (every target up, the app's request counter moving)"
     python3 scripts/monitor-check.py "http://127.0.0.1:$ARCHLAB_MONITOR_PORT" "$endpoint"
-    COMPOSE_PROFILES=monitor dc "$stage" down -v --remove-orphans >&2
+    COMPOSE_PROFILES=$ALL_PROFILES dc "$stage" down -v --remove-orphans >&2
     CURRENT_STAGE=""
     log "stage $stage: passed in $((SECONDS - started)) s"
 }
 
 run_tests() {
+    PROJECT=archlab-test
     local stages=("$@")
     [ ${#stages[@]} -gt 0 ] || mapfile -t stages < <(stage_numbers)
     local started=$SECONDS
@@ -293,7 +317,7 @@ run_tests() {
 case "${1:-}" in
     up) shift; up "${1:?usage: compose.sh up STAGE [--monitor]}" "${@:2}" ;;
     seed) shift; seed "${1:?usage: compose.sh seed STAGE [--quick]}" "${@:2}" ;;
-    ps) shift; ensure_daemon; COMPOSE_PROFILES=monitor dc "${1:?usage: compose.sh ps STAGE}" ps ;;
+    ps) shift; ensure_daemon; COMPOSE_PROFILES=$ALL_PROFILES dc "${1:?usage: compose.sh ps STAGE}" ps ;;
     down) shift; down "${1:?usage: compose.sh down STAGE}" ;;
     build) build_images ;;
     base) ensure_daemon; mkdir -p "$STATE"; base_image ;;

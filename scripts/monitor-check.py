@@ -4,9 +4,8 @@
     scripts/monitor-check.py PROMETHEUS_URL ENDPOINT
 
 What: asks the stage's Prometheus (1) for its configured scrape jobs and waits until every job
-has at least one target and every target is up; (2) for the stage's request counter (the
-gateway's where there is one, else the app's), sends 50 requests to ENDPOINT, and waits until
-the counter has moved by at least that many. Exit 0 when both hold, 1 otherwise.
+has at least one target and every target is up; (2) sends 50 requests for /api/tags to
+ENDPOINT and waits until the app hosts' counter for that route has moved by at least that many. Exit 0 when both hold, 1 otherwise.
 Why: a dashboard that shows nothing, or a target silently down, is found here, not by a user.
 Every wait is for a condition, bounded (WAIT_SECS, default 120) so a broken stage fails instead
 of hanging; a busy machine only makes it slower.
@@ -65,15 +64,17 @@ def main():
     detail = wait_for("every target up", targets_up)
     print(f"monitor-check: {detail}")
 
-    counter = ("sum(gateway_requests_total)" if "gateway" in jobs
-               else "sum(http_requests_total)")
+    # One route's counter at the app hosts (behind the gateway too): health checks and scrapes
+    # count under their own routes, so only the requests sent below can move it.
+    counter = 'sum(http_requests_total{route="/api/tags"})'
 
     def value():
         q = urllib.parse.quote(counter)
         result = get_json(f"{prom}/api/v1/query?query={q}")["data"]["result"]
         return float(result[0]["value"][1]) if result else None
 
-    before = wait_for(f"{counter} reported", lambda: ((v := value()) is not None, v))
+    # No series before the route's first request: that is zero.
+    before = value() or 0.0
     for _ in range(REQUESTS):
         with urllib.request.urlopen(f"{endpoint}/api/tags", timeout=10) as r:
             r.read()

@@ -42,9 +42,11 @@ prometheus)
             echo "      - names: [\"${target%%:*}\"]"
             echo "        type: A"
             echo "        port: ${target##*:}"
+            # A replica started by `up --scale` is scraped within 5 s; a lookup is one DNS query.
             echo "        refresh_interval: 5s"
         done
     } > "$config"
+    # A day of samples: longer than any tour, and small on disk (stages/lab/src/monitor.rs).
     exec prometheus --config.file="$config" --storage.tsdb.path=/var/lib/prometheus/data \
         --storage.tsdb.retention.time=1d --web.listen-address=0.0.0.0:9090 \
         --web.console.templates=/etc/archlab/consoles \

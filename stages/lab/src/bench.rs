@@ -48,7 +48,7 @@ pub struct BenchOptions {
     /// Leave the stage up afterwards.
     pub keep_up: bool,
     /// Watch it: start the monitoring host once the stage is up ([`crate::monitor`]). Its
-    /// exporters query the database and the cache every second, on those hosts' budgets, so a
+    /// exporters query the database and the cache at every scrape, on those hosts' budgets, so a
     /// measurement taken with it includes that; the result's `command` says it was on.
     pub monitor: bool,
 }

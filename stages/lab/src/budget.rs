@@ -263,7 +263,7 @@ pub fn cpu_seconds(pids: &[i32]) -> f64 {
 }
 
 /// [`cpu_seconds`] of several groups of processes (one per host) from one read of `/proc`: the
-/// monitoring host asks for every host once a second, on a small budget.
+/// monitoring host asks for every host every few seconds, on a small budget.
 pub fn cpu_seconds_each(groups: &[Vec<i32>]) -> Vec<f64> {
     let ticks = 100.0; // USER_HZ on Linux
     let table = process_table();

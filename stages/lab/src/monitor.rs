@@ -17,8 +17,8 @@
 //! from Prometheus's own API. The compose files' monitoring host serves the same two files.
 //!
 //! What watching costs the watched: the exporters query the database and Redis on every scrape,
-//! on those hosts' budgets. So monitoring is off unless asked for, and `bench` and `tour` never
-//! turn it on.
+//! on those hosts' budgets. So monitoring is off unless asked for (`up`, `bench`, `tour` and
+//! `drill` take `--monitor`), and the committed results are measured without it.
 
 use std::{fs, path::PathBuf, time::Duration};
 
@@ -162,35 +162,30 @@ impl MonitorServer {
         PidRecord::running(&self.pid_path())
     }
 
-    /// Prometheus's scrape configuration: one job per kind of target, every target by address.
-    pub fn prometheus_config(&self) -> String {
-        let mut jobs: Vec<(&str, Vec<String>, &str)> = vec![(
-            "hosts",
-            vec![format!("{}:{HOST_METRICS_PORT}", self.address)],
-            "/metrics",
-        )];
+    /// What Prometheus scrapes: `(job, targets, metrics path)`, one job per kind of target. The
+    /// compose files' `MONITOR_SCRAPE` names the same jobs, ports and paths (a test compares).
+    pub fn scrape_jobs(&self) -> Vec<(&'static str, Vec<String>, &'static str)> {
+        let on_monitor = |port: u16| vec![format!("{}:{port}", self.address)];
+        let mut jobs = vec![("hosts", on_monitor(HOST_METRICS_PORT), "/metrics")];
         if let Some(gateway) = &self.gateway_target {
             jobs.push(("gateway", vec![gateway.clone()], "/gateway/metrics"));
         }
         jobs.push(("app", self.app_targets.clone(), "/metrics"));
         if self.database_address.is_some() {
-            jobs.push((
-                "database",
-                vec![format!("{}:{DATABASE_EXPORTER_PORT}", self.address)],
-                "/metrics",
-            ));
+            jobs.push(("database", on_monitor(DATABASE_EXPORTER_PORT), "/metrics"));
         }
         if self.cache_address.is_some() {
-            jobs.push((
-                "cache",
-                vec![format!("{}:{CACHE_EXPORTER_PORT}", self.address)],
-                "/metrics",
-            ));
+            jobs.push(("cache", on_monitor(CACHE_EXPORTER_PORT), "/metrics"));
         }
+        jobs
+    }
+
+    /// Prometheus's scrape configuration: [`MonitorServer::scrape_jobs`], every target by address.
+    pub fn prometheus_config(&self) -> String {
         let mut out = format!(
             "# written by archlab (stages/lab/src/monitor.rs)\nglobal:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nscrape_configs:\n"
         );
-        for (job, targets, path) in jobs {
+        for (job, targets, path) in self.scrape_jobs() {
             let quoted: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
             out.push_str(&format!(
                 "  - job_name: {job}\n    metrics_path: {path}\n    static_configs:\n      - targets: [{}]\n",
@@ -276,7 +271,9 @@ impl MonitorServer {
     }
 
     /// Writes the configuration and the dashboard, then starts every process that is not running
-    /// and waits until each answers.
+    /// and waits until each answers. What runs keeps running: a stage's hosts cannot change while
+    /// it is up (`up` refuses another `--app-hosts` without `down` or `--fresh`, and both stop
+    /// this host first), so its targets are still the ones it was started with.
     pub async fn start(&self) -> anyhow::Result<()> {
         fs::create_dir_all(self.dir.join("consoles"))?;
         for (name, text) in CONSOLES {
@@ -473,6 +470,49 @@ mod tests {
         let text = host_metrics_text(&stage, &[1.5, 0.25, 0.0]);
         assert!(text.contains("archlab_host_cpu_seconds_total{host=\"app\"} 1.5\n"));
         assert!(text.contains("archlab_host_cpu_budget_cores{host=\"files\"} 0.05\n"));
+    }
+
+    /// The compose files' monitoring hosts, which write their scrape jobs as `MONITOR_SCRAPE`.
+    const COMPOSE_FILES: [(&str, &str); 4] = [
+        ("1", include_str!("../../../docker-compose/01-monolith.yml")),
+        ("2", include_str!("../../../docker-compose/02-split.yml")),
+        ("3", include_str!("../../../docker-compose/03-cache.yml")),
+        ("4", include_str!("../../../docker-compose/04-cluster.yml")),
+    ];
+
+    #[test]
+    fn compose_scrapes_the_same_jobs_ports_and_paths_as_the_native_lab() {
+        for (number, file) in COMPOSE_FILES {
+            let line = file
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("MONITOR_SCRAPE: "))
+                .unwrap_or_else(|| panic!("stage {number}'s compose file has no MONITOR_SCRAPE"));
+            // `job=name:port[/path]` -> (job, port, path)
+            let mut compose: Vec<(String, String, String)> = line
+                .trim_matches('"')
+                .split_whitespace()
+                .map(|pair| {
+                    let (job, target) = pair.split_once('=').expect("job=target");
+                    let (host_port, path) = target.split_once('/').unwrap_or((target, "metrics"));
+                    let port = host_port.rsplit_once(':').expect("name:port").1;
+                    (job.to_owned(), port.to_owned(), format!("/{path}"))
+                })
+                .collect();
+            // The native lab's, without `hosts` (archlab host-metrics reads the lab's own PIDs).
+            let stage = Stage::find(number).expect("stage");
+            let mut native: Vec<(String, String, String)> = monitor_of(&stage)
+                .scrape_jobs()
+                .into_iter()
+                .filter(|(job, _, _)| *job != "hosts")
+                .map(|(job, targets, path)| {
+                    let port = targets[0].rsplit_once(':').expect("address:port").1;
+                    (job.to_owned(), port.to_owned(), path.to_owned())
+                })
+                .collect();
+            compose.sort();
+            native.sort();
+            assert_eq!(compose, native, "stage {number}");
+        }
     }
 
     #[test]
