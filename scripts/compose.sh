@@ -264,7 +264,26 @@ down() {
 }
 
 # --- the CI run ---------------------------------------------------------------------------------
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range, where the test's own outgoing connections take
+# their local ports (a port handed out by bind(0) can be taken by one of them before docker-proxy
+# binds it: the race stages/lab's test servers once lost, see postgres::free_port).
+free_port() {
+    python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    port = random.randrange(10000, low)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    raise SystemExit("no free port below the ephemeral range")
+PY
+}
 
 # The stage under test, brought down by the EXIT trap if a step fails.
 CURRENT_STAGE=""

@@ -4,6 +4,7 @@
 #   monitor-entrypoint prometheus          Prometheus, scraping what MONITOR_SCRAPE names
 #   monitor-entrypoint postgres-exporter   the PostgreSQL exporter (DATA_SOURCE_NAME)
 #   monitor-entrypoint redis-exporter      the Redis exporter (REDIS_ADDR)
+#   monitor-entrypoint host-metrics        every container's CPU against its budget (container-metrics)
 #
 # MONITOR_SCRAPE: space-separated `job=name:port[/path]` pairs (path default /metrics). Each name
 # is looked up in the stage network's DNS on every refresh (Prometheus's dns_sd_configs), so every
@@ -60,8 +61,11 @@ redis-exporter)
     : "${REDIS_ADDR:?set REDIS_ADDR to redis://name:port}"
     exec prometheus-redis-exporter -web.listen-address=0.0.0.0:9121 -redis.addr="$REDIS_ADDR" "$@"
     ;;
+host-metrics)
+    exec python3 /usr/local/bin/container-metrics "$@"
+    ;;
 *)
-    echo "monitor-entrypoint: unknown program '$program' (prometheus, postgres-exporter, redis-exporter)" >&2
+    echo "monitor-entrypoint: unknown program '$program' (prometheus, postgres-exporter, redis-exporter, host-metrics)" >&2
     exit 2
     ;;
 esac
