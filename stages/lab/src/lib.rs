@@ -9,6 +9,7 @@
 //! - [`server`]: the one shape of every process the lab runs (start, ready, stop, running, log);
 //! - [`topology`]: what an app host is told about its stage (database, cache, media, pool size);
 //! - [`postgres`]: a PostgreSQL server as a local process (also [`postgres::TestPostgres`] for tests);
+//! - [`replica`]: a streaming replica of a lab PostgreSQL server (stage 5's building block);
 //! - [`files`]: the file host (nginx with WebDAV) of stage 2;
 //! - [`cache`]: the cache host (Redis) of stage 3 on (also [`cache::TestRedis`] for tests);
 //! - [`gateway`]: the gateway host (archlab's pingora load balancer) of stage 4 on;
@@ -29,6 +30,7 @@ pub mod lab;
 pub mod monitor;
 pub mod postgres;
 pub mod process;
+pub mod replica;
 pub mod server;
 pub mod size;
 pub mod stage;

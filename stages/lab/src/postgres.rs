@@ -169,12 +169,13 @@ impl PostgresServer {
         // Connections from any loopback address (each lab host has its own).
         let hba = data.join("pg_hba.conf");
         let mut text = fs::read_to_string(&hba).context("reading pg_hba.conf")?;
-        text.push_str("\n# archlab: every lab host has its own 127.x.y.z address\nhost all all 127.0.0.0/8 trust\n");
+        // Streaming replicas (stage 5 on) connect for `replication`, which `all` does not cover.
+        text.push_str("\n# archlab: every lab host has its own 127.x.y.z address\nhost all all 127.0.0.0/8 trust\nhost replication all 127.0.0.0/8 trust\n");
         fs::write(&hba, text).context("writing pg_hba.conf")?;
         Ok(())
     }
 
-    fn prepare_dirs(&self, user: Option<(u32, u32)>) -> anyhow::Result<()> {
+    pub(crate) fn prepare_dirs(&self, user: Option<(u32, u32)>) -> anyhow::Result<()> {
         for dir in [self.dir.clone(), self.dir.join("socket")] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
