@@ -34,6 +34,14 @@ async fn commit_lsn(primary: &mut PgConnection, sql: &str) -> String {
         .unwrap()
 }
 
+/// Rows of `t` on `server`.
+async fn rows(server: &PostgresServer) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut connect(server).await)
+        .await
+        .unwrap()
+}
+
 /// Waits until `replica` has replayed the WAL up to `lsn`.
 async fn wait_replayed(replica: &PostgresServer, lsn: &str) {
     let start = Instant::now();
@@ -67,12 +75,8 @@ async fn a_replica_follows_its_primary_serves_reads_refuses_writes_and_catches_u
     let mut p = connect(&primary.server).await;
     let lsn = commit_lsn(&mut p, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)").await;
     wait_replayed(&replica.server, &lsn).await;
+    assert_eq!(rows(&replica.server).await, 1);
     let mut r = connect(&replica.server).await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
-        .fetch_one(&mut r)
-        .await
-        .unwrap();
-    assert_eq!(rows, 1);
 
     // It refuses writes.
     let refused = sqlx::query("INSERT INTO t VALUES (2)")
@@ -96,18 +100,12 @@ async fn a_replica_follows_its_primary_serves_reads_refuses_writes_and_catches_u
     let lsn = commit_lsn(&mut p, "INSERT INTO t SELECT generate_series(2, 1000)").await;
     replica.start().await.unwrap();
     wait_replayed(&replica.server, &lsn).await;
-    let mut r = connect(&replica.server).await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
-        .fetch_one(&mut r)
-        .await
-        .unwrap();
-    assert_eq!(rows, 1000);
+    assert_eq!(rows(&replica.server).await, 1000);
     // Caught up: at most what the idle primary wrote since (a checkpoint, autovacuum's records).
     let lag = replay_lag(&primary.server, &replica.server).await.unwrap();
     assert!(lag.bytes < 1 << 20, "{lag:?}");
 
     // Deleted: its slot goes too, so the primary stops keeping WAL for it.
-    drop(r);
     replica.delete().await.unwrap();
     let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots")
         .fetch_one(&mut p)
