@@ -18,6 +18,18 @@ use crate::settings::DatabaseSettings;
 /// Embedded migrations (`services/conduit/migrations`), applied at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Bits at the bottom of every id that name the shard which made it, so holds its row
+/// (migrations/0001_schema.sql, `next_id()`: a per-shard sequence shifted left by these bits, or'ed
+/// with the shard's number). 8 bits: up to 256 shards, far more than a stage runs.
+pub const SHARD_BITS: u32 = 8;
+
+/// The shard that holds the row with this `id`: its low [`SHARD_BITS`] bits. Shard 0 until stage
+/// 7 runs several; an article's slug ends in its id, so a slug alone names its shard.
+pub fn shard_of(id: i64) -> u8 {
+    // The mask keeps 8 bits: the cast cannot truncate anything.
+    (id & ((1 << SHARD_BITS) - 1)) as u8
+}
+
 /// Routes queries to a pool. Stage 1: one pool for everything.
 #[derive(Clone, Debug)]
 pub struct Database {
@@ -86,5 +98,17 @@ impl Database {
     /// Pools to report in `/metrics`, with a label each.
     pub fn pools(&self) -> Vec<(&'static str, &PgPool)> {
         vec![("primary", &self.single)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shard_is_the_low_byte_whatever_the_sequence() {
+        for (sequence, shard) in [(1_i64, 0_u8), (2, 3), ((1 << 45) - 1, 255)] {
+            assert_eq!(shard_of((sequence << SHARD_BITS) | i64::from(shard)), shard);
+        }
     }
 }
