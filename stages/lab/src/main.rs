@@ -479,7 +479,7 @@ async fn up(
         progress(&format!(
             "monitoring host ({}, {} core, outside the stage's cost)",
             archlab::monitor::MonitorServer::address_for(&stage),
-            archlab::monitor::MONITOR_CORES
+            archlab::monitor::MONITOR_SIZE.cores()
         ));
         Some(lab.start_monitor(&stage).await?)
     } else {

@@ -1,7 +1,7 @@
 //! The monitoring host (`archlab up N --monitor`): Prometheus scraping every service of the
 //! stage, with a live dashboard it serves itself.
 //!
-//! It is a host of its own (`127.<net>.<stage>.250`) with its own CPU budget ([`MONITOR_CORES`]),
+//! It is a host of its own (`127.<net>.<stage>.250`) with its own CPU budget ([`MONITOR_SIZE`]),
 //! outside the stage's measured hosts: it is not in the stage file, not in the stage's cost, and
 //! never a bottleneck candidate. On it run, each an HTTP service with a PID file and a log:
 //!
@@ -32,9 +32,10 @@ use crate::{
 
 /// The monitoring host's budget: a medium host. Prometheus scraping stage 4's six targets every
 /// [`SCRAPE_INTERVAL`] and the exporters answering it used 0.015 core under 100 req/s of the
-/// read-heavy mix (46 CPU ticks in 31 s, measured 2026-12-02); 0.1 leaves room for the
+/// read-heavy mix (an informal reading on 2026-12-02, 46 CPU ticks in 31 s, not a result file);
+/// a medium host's 0.1 leaves room for the
 /// dashboard's range queries and bursts without taking much from the two cores the stage runs on.
-pub const MONITOR_CORES: f64 = 0.1;
+pub const MONITOR_SIZE: crate::size::Size = crate::size::Size::Medium;
 /// The last octet of the monitoring host's address in every stage's network: above any host a
 /// stage file gives (app hosts count up from .11).
 pub const MONITOR_OCTET: u8 = 250;
@@ -130,8 +131,8 @@ impl MonitorServer {
         Host {
             name: "monitor".into(),
             address: self.address.clone(),
-            size: crate::size::Size::Medium,
-            cpu_budget: MONITOR_CORES,
+            size: MONITOR_SIZE,
+            cpu_budget: MONITOR_SIZE.cores(),
             roles: vec![],
             copies: None,
         }
