@@ -33,8 +33,8 @@ use crate::{
 /// The monitoring host's budget: a medium host. Prometheus scraping stage 4's six targets every
 /// [`SCRAPE_INTERVAL`] and the exporters answering it used 0.015 core under 100 req/s of the
 /// read-heavy mix (an informal reading on 2026-12-02, 46 CPU ticks in 31 s, not a result file);
-/// a medium host's 0.1 leaves room for the
-/// dashboard's range queries and bursts without taking much from the two cores the stage runs on.
+/// a medium host's 0.1 leaves room for the dashboard's range queries and bursts without taking
+/// much from the two cores the stage runs on.
 pub const MONITOR_SIZE: crate::size::Size = crate::size::Size::Medium;
 /// The last octet of the monitoring host's address in every stage's network: above any host a
 /// stage file gives (app hosts count up from .11).
