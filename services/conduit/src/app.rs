@@ -46,15 +46,17 @@ pub struct Application {
 impl Application {
     /// Connects to the database, migrates it, prepares the media store and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = Database::connect_lazy(&settings.database)?;
-        db.migrate().await?;
-        let media = api::media::store(&settings.media)?;
         let metrics = Arc::new(Metrics::new());
+        let db = Database::connect_lazy(&settings.database, &settings.cache, metrics.db.clone())?;
+        db.migrate().await?;
+        db.start_polling();
+        let media = api::media::store(&settings.media)?;
+        let cache = Cache::new(&settings.cache, metrics.cache.clone())?.in_front_of(&db);
         let state = AppState {
             db,
             auth: Arc::new(Auth::new(&settings.auth)),
             media,
-            cache: Arc::new(Cache::new(&settings.cache, metrics.cache.clone())?),
+            cache: Arc::new(cache),
             metrics,
             settings: Arc::new(settings),
             draining: Arc::default(),
@@ -160,6 +162,12 @@ pub fn router(state: AppState) -> Router {
                 axum::Json(serde_json::json!({ "errors": { "method": ["not allowed"] } })),
             )
         })
+        // Per route, inside the metrics: reads go to a replica or the primary (stage 5 on), and a
+        // read that failed on a replica is run again before it is counted.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::db::session::track,
+        ))
         // Per route, so the route pattern is known when it is counted.
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -158,6 +158,18 @@ fn token_from(parts: &Parts) -> ApiResult<Option<&str>> {
     }
 }
 
+/// The user a request's valid bearer token names, if any; a missing or bad token is `None` (the
+/// handler's own extractor is what answers 401). For middleware that only needs to know whose
+/// request it is.
+pub fn bearer_user(headers: &axum::http::HeaderMap, auth: &Auth) -> Option<i64> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let token = value.strip_prefix("Token ")?.trim();
+    auth.verify(token).ok()
+}
+
 impl FromRequestParts<AppState> for MaybeAuthUser {
     type Rejection = ApiError;
 

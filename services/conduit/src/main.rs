@@ -80,7 +80,11 @@ async fn main() -> anyhow::Result<()> {
         } => {
             init_tracing();
             let settings = Settings::load(config.as_deref()).context("loading settings")?;
-            let db = conduit::db::Database::connect_lazy(&settings.database)?;
+            let db = conduit::db::Database::connect_lazy(
+                &settings.database,
+                &settings.cache,
+                conduit::metrics::DbMetrics::default(),
+            )?;
             db.migrate().await?;
             let spec = SeedSpec {
                 users,

@@ -103,6 +103,77 @@ impl CacheMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadLabels {
+    target: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+}
+
+/// Where reads went and how far the replicas are behind (stage 5 on).
+#[derive(Clone, Debug, Default)]
+pub struct DbMetrics {
+    reads: Family<ReadLabels, Counter>,
+    lag_seconds: Family<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    lag_bytes: Family<ReplicaLabels, Gauge>,
+    in_rotation: Family<ReplicaLabels, Gauge>,
+}
+
+impl DbMetrics {
+    /// One request's reads went to `target` (`primary`, `replica-1`, ...) for `reason`.
+    pub fn read(&self, target: &str, reason: &'static str) {
+        self.reads
+            .get_or_create(&ReadLabels {
+                target: target.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A replica's state as of its last poll.
+    pub fn replica(&self, name: &str, lag: crate::db::replicas::Lag, in_rotation: bool) {
+        let labels = ReplicaLabels {
+            replica: name.to_owned(),
+        };
+        self.lag_seconds
+            .get_or_create(&labels)
+            .set(lag.time.as_secs_f64());
+        self.lag_bytes
+            .get_or_create(&labels)
+            .set(i64::try_from(lag.bytes).unwrap_or(i64::MAX));
+        self.in_rotation
+            .get_or_create(&labels)
+            .set(i64::from(in_rotation));
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "db_reads",
+            "Requests' reads by the server they went to and why (see db::session::Route)",
+            self.reads.clone(),
+        );
+        registry.register(
+            "db_replica_lag_seconds",
+            "How long ago the primary reached the first position the replica has not replayed",
+            self.lag_seconds.clone(),
+        );
+        registry.register(
+            "db_replica_lag_bytes",
+            "WAL bytes the replica is behind the primary",
+            self.lag_bytes.clone(),
+        );
+        registry.register(
+            "db_replica_in_rotation",
+            "1 while reads may go to the replica",
+            self.in_rotation.clone(),
+        );
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms to ~4 s in doublings: fine enough for a cache hit, wide enough for a timeout.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
@@ -116,6 +187,8 @@ pub struct Metrics {
     pool_connections: Family<PoolLabels, Gauge>,
     /// The cache's counters.
     pub cache: CacheMetrics,
+    /// Reads and replicas.
+    pub db: DbMetrics,
 }
 
 impl Metrics {
@@ -144,24 +217,28 @@ impl Metrics {
         );
         let cache = CacheMetrics::default();
         cache.register(&mut registry);
+        let db = DbMetrics::default();
+        db.register(&mut registry);
         Self {
             registry,
             requests,
             latency,
             pool_connections,
             cache,
+            db,
         }
     }
 
     /// The text exposition, with pool gauges read now.
-    pub fn render(&self, db: &Database, max_connections: u32) -> String {
+    pub fn render(&self, db: &Database) -> String {
+        db.refresh_gauges();
         for (pool, p) in db.pools() {
             let size = i64::from(p.size());
             let idle = p.num_idle() as i64;
             for (state, value) in [
                 ("idle", idle),
                 ("in_use", size - idle),
-                ("max", i64::from(max_connections)),
+                ("max", i64::from(p.options().get_max_connections())),
             ] {
                 self.pool_connections
                     .get_or_create(&PoolLabels {

@@ -109,6 +109,53 @@ pub struct DatabaseSettings {
     /// Server-side limit on any one statement, so a runaway query cannot hold a connection for
     /// longer than a request may live.
     pub statement_timeout_ms: u64,
+    /// `postgres://` URLs of streaming replicas that take reads (stage 5 on). Empty: every read
+    /// goes to the primary at `url`.
+    pub replicas: Vec<Secret>,
+    /// Connections per app process to each replica, as `max_connections` is to the primary (the
+    /// lab sizes both from the hosts' budgets).
+    pub replica_max_connections: u32,
+    /// How often each app host polls every replica's replay position and the primary's position.
+    /// 50 ms: a user's own write shows on a replica within a poll of its replay, and polling
+    /// costs each server one trivial query per app host per poll (20 a second).
+    pub replica_poll_ms: u64,
+    /// A poll that takes longer than this counts as failed and takes the replica out of
+    /// rotation. A loopback answer takes well under a millisecond; a small host's CPU quota can
+    /// hold it up for a scheduling period or two (20 ms each); 250 ms is past both.
+    pub replica_poll_timeout_ms: u64,
+    /// A replica further behind than this (in time) leaves rotation: the staleness an anonymous
+    /// reader may see, give or take a poll. One second is invisible to a person reading a list,
+    /// and far more than a healthy replica lags here (milliseconds).
+    pub replica_max_lag_ms: u64,
+    /// A replica further behind than this (in WAL bytes) leaves rotation too: a burst of writes
+    /// can put a replica many bytes behind before it is a second behind, and it then takes long
+    /// to catch up. 16 MiB is one WAL segment.
+    pub replica_max_lag_bytes: u64,
+    /// Whether reads may also go to the primary, drawn against the replicas by how busy each
+    /// is. Yes by default: between writes the primary has room for reads, and leaving it out
+    /// would waste a third of a stage's database tier with two replicas. A write-heavy load keeps
+    /// the primary busy, and then reads go to the replicas anyway.
+    pub primary_takes_reads: bool,
+    /// A replica out of rotation comes back only under this lag (and half the byte bound), so one
+    /// near the bound does not flap in and out with every poll.
+    pub replica_rejoin_lag_ms: u64,
+    /// `session`: a logged-in user reads only from replicas that show their own writes and
+    /// everything they have seen before (read-your-writes, monotonic reads; see `db::session`).
+    /// `none`: reads go to any replica in rotation, to show what the guard prevents.
+    pub consistency: Consistency,
+    /// Redis URL for users' positions (`db::session`): the cache host's database 1. Empty: no
+    /// store, so with replicas and `consistency = "session"` logged-in users read the primary.
+    pub positions_url: String,
+}
+
+/// What a logged-in user is promised when reads go to replicas.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Read-your-writes and monotonic reads per user (the default).
+    Session,
+    /// Nothing beyond the replicas' lag bound: only to show what `session` prevents.
+    None,
 }
 
 impl Default for DatabaseSettings {
@@ -118,6 +165,16 @@ impl Default for DatabaseSettings {
             max_connections: 8,
             acquire_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,
+            replicas: Vec::new(),
+            replica_max_connections: 8,
+            replica_poll_ms: 50,
+            replica_poll_timeout_ms: 250,
+            replica_max_lag_ms: 1_000,
+            replica_max_lag_bytes: 16 * 1024 * 1024,
+            replica_rejoin_lag_ms: 250,
+            primary_takes_reads: true,
+            consistency: Consistency::Session,
+            positions_url: String::new(),
         }
     }
 }
@@ -305,6 +362,30 @@ mod tests {
             let settings = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(settings.server.listen.to_string(), "127.0.0.9:9999");
             assert_eq!(settings.database.max_connections, 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn replicas_come_as_a_list_in_one_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "APP_DATABASE__REPLICAS",
+                r#"["postgres://a@127.0.0.2/c", "postgres://a@127.0.0.3/c"]"#,
+            );
+            jail.set_env("APP_DATABASE__CONSISTENCY", "none");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            let urls: Vec<&str> = settings
+                .database
+                .replicas
+                .iter()
+                .map(|s| s.expose())
+                .collect();
+            assert_eq!(
+                urls,
+                ["postgres://a@127.0.0.2/c", "postgres://a@127.0.0.3/c"]
+            );
+            assert_eq!(settings.database.consistency, Consistency::None);
             Ok(())
         });
     }

@@ -30,8 +30,9 @@ use crate::{
     monitor::MonitorServer,
     postgres::PostgresServer,
     process::PidRecord,
+    replica::ReplicaServer,
     server::{AppServer, Database, Server},
-    stage::{Host, Role, Stage, APP_PORT, DATABASE_PORT},
+    stage::{Host, Layout, Role, Stage, APP_PORT, DATABASE_PORT},
     topology::{self, Endpoints, FilesEndpoint},
 };
 
@@ -168,6 +169,19 @@ impl Lab {
         server
     }
 
+    /// The replica on `host`: a copy of the stage's database (its first database host), with
+    /// its replication slot named after the host (`replica-1` -> `replica_1`).
+    fn replica(&self, stage: &Stage, host: &Host) -> anyhow::Result<ReplicaServer> {
+        let primary = stage
+            .database_host()
+            .context("a replica needs the stage's database host")?;
+        Ok(ReplicaServer {
+            server: self.database(stage, host),
+            primary: self.database(stage, primary),
+            name: host.name.replace('-', "_"),
+        })
+    }
+
     fn file_server(&self, stage: &Stage, host: &Host) -> FileServer {
         FileServer {
             dir: self.stage_dir(stage).join(&host.name).join("nginx"),
@@ -287,6 +301,7 @@ impl Lab {
     ) -> anyhow::Result<Box<dyn Server>> {
         Ok(match role {
             Role::Database => Box::new(Database(self.database(stage, host))),
+            Role::Replica => Box::new(self.replica(stage, host)?),
             Role::Files => Box::new(self.file_server(stage, host)),
             Role::Cache => Box::new(self.cache_server(stage, host)),
             Role::Gateway => Box::new(self.gateway_server(stage, host)),
@@ -298,6 +313,11 @@ impl Lab {
     fn endpoints(&self, stage: &Stage) -> anyhow::Result<Endpoints> {
         Ok(Endpoints {
             database_url: self.database_url(stage)?,
+            replica_urls: stage
+                .replica_hosts()
+                .iter()
+                .map(|host| self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
+                .collect(),
             cache_url: stage
                 .cache_host()
                 .map(|host| self.cache_server(stage, host).url()),
@@ -311,15 +331,17 @@ impl Lab {
         })
     }
 
-    /// `stage` as it was last brought up: with as many app hosts as `up --app-hosts` gave it
-    /// (recorded in the state folder), so `down`, `status` and `restart` find every one.
+    /// `stage` as it was last brought up: with as many app hosts and replicas as `up
+    /// --app-hosts --replicas` gave it (recorded in the state folder), so `down`, `status` and
+    /// `restart` find every one.
     pub fn as_brought_up(&self, stage: Stage, net: u8) -> anyhow::Result<Stage> {
-        let recorded = fs::read_to_string(self.stage_dir(&stage).join("app-hosts"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u8>().ok());
+        let recorded: Option<Layout> =
+            fs::read_to_string(self.stage_dir(&stage).join("layout.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok());
         match recorded {
-            Some(n) if n as usize != stage.app_host_count() => {
-                Ok(Stage::find_with(&stage.folder, Some(n))?.on_network(net))
+            Some(layout) if layout != stage.layout() => {
+                Ok(Stage::find_with(&stage.folder, layout)?.on_network(net))
             }
             _ => Ok(stage),
         }
@@ -379,8 +401,8 @@ impl Lab {
         }
         fs::create_dir_all(self.stage_dir(stage))?;
         fs::write(
-            self.stage_dir(stage).join("app-hosts"),
-            stage.app_host_count().to_string(),
+            self.stage_dir(stage).join("layout.json"),
+            serde_json::to_string(&stage.layout())?,
         )?;
         for host in &stage.hosts {
             self.budgets

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Context;
 
-use archlab::{bench::BenchOptions, drill::DrillOptions, lab::SeedSpec, Lab, Stage};
+use archlab::{bench::BenchOptions, drill::DrillOptions, lab::SeedSpec, stage::Layout, Lab, Stage};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -60,6 +60,10 @@ enum Command_ {
         /// stage file's number).
         #[arg(long)]
         app_hosts: Option<u8>,
+        /// Database replicas beside the primary, 0 to 4 (stages with replicas; default: the
+        /// stage file's number).
+        #[arg(long)]
+        replicas: Option<u8>,
         /// Also start the monitoring host (Prometheus, exporters, a live dashboard) in a budget
         /// of its own, outside the stage's measured hosts; prints the dashboard's URL.
         #[arg(long)]
@@ -126,6 +130,9 @@ enum Command_ {
         /// App hosts behind the gateway, 1 to 8 (stages with an app cluster).
         #[arg(long)]
         app_hosts: Option<u8>,
+        /// Database replicas, 0 to 4 (stages with replicas).
+        #[arg(long)]
+        replicas: Option<u8>,
         /// Measure the stage without its hosts of this role (e.g. `cache`); repeatable.
         #[arg(long, value_enum)]
         without: Vec<archlab::stage::Role>,
@@ -312,8 +319,15 @@ async fn main() -> anyhow::Result<()> {
             stage,
             fresh,
             app_hosts,
+            replicas,
             monitor,
-        } => up(&state, net, &stage, fresh, app_hosts, monitor).await,
+        } => {
+            let layout = Layout {
+                app_hosts,
+                replicas,
+            };
+            up(&state, net, &stage, fresh, layout, monitor).await
+        }
         Command_::HostMetrics { stage, listen } => host_metrics(&state, net, &stage, &listen).await,
         Command_::Down { stage } => down(&state, net, stage),
         Command_::Status { json } => status(&state, net, json).await,
@@ -339,12 +353,16 @@ async fn main() -> anyhow::Result<()> {
             bench,
             out,
             app_hosts,
+            replicas,
             without,
             budget,
             gateway_selection,
         } => {
             let variant = Variant {
-                app_hosts,
+                layout: Layout {
+                    app_hosts,
+                    replicas,
+                },
                 without,
                 budget,
                 gateway_selection,
@@ -447,22 +465,25 @@ async fn up(
     net: u8,
     key: &str,
     fresh: bool,
-    app_hosts: Option<u8>,
+    layout: Layout,
     monitor: bool,
 ) -> anyhow::Result<()> {
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
-    let stage = match app_hosts {
-        Some(n) => Stage::find_with(key, Some(n))?.on_network(net),
-        None => lab.as_brought_up(Stage::find(key)?.on_network(net), net)?,
+    let stage = if layout == Layout::default() {
+        lab.as_brought_up(Stage::find(key)?.on_network(net), net)?
+    } else {
+        Stage::find_with(key, layout)?.on_network(net)
     };
     if !fresh && lab.has_state(&stage) {
-        // A running stage keeps its layout; changing the host count needs a fresh start.
+        // A stage that has run keeps its layout; changing a host count needs a fresh start.
         let running = lab.as_brought_up(stage.clone(), net)?;
-        if running.app_host_count() != stage.app_host_count() {
+        if running.layout() != stage.layout() {
             anyhow::bail!(
-                "stage {} was brought up with {} app hosts: `archlab down {}` first (or --fresh)",
+                "stage {} was brought up with {} app hosts and {} replicas: `archlab up {} --fresh` \
+                 to change that",
                 stage.number,
                 running.app_host_count(),
+                running.replica_hosts().len(),
                 stage.number
             );
         }
@@ -614,7 +635,7 @@ fn seed_stage(state: &Path, net: u8, key: &str, spec: SeedSpec) -> anyhow::Resul
 
 /// A measurement variant of a stage (`bench` options that change the stage itself).
 struct Variant {
-    app_hosts: Option<u8>,
+    layout: Layout,
     without: Vec<archlab::stage::Role>,
     budget: Vec<(String, f64)>,
     gateway_selection: Option<String>,
@@ -630,7 +651,7 @@ async fn bench_stage(
     variant: Variant,
 ) -> anyhow::Result<()> {
     loadtest::record_checkout_state();
-    let mut stage = Stage::find_with(key, variant.app_hosts)?.on_network(net);
+    let mut stage = Stage::find_with(key, variant.layout)?.on_network(net);
     if let Some(selection) = variant.gateway_selection {
         stage = stage.with_gateway_selection(&selection)?;
     }

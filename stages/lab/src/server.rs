@@ -16,6 +16,7 @@ use crate::{
     lab::APP_DATABASE,
     postgres::PostgresServer,
     process::{self, PidRecord},
+    replica::ReplicaServer,
     stage::{APP_PORT, DATABASE_PORT},
 };
 
@@ -77,6 +78,35 @@ impl Server for Database {
     }
     fn stop(&self) -> anyhow::Result<()> {
         self.0.stop()
+    }
+}
+
+impl Server for ReplicaServer {
+    fn what(&self) -> &'static str {
+        "a database replica"
+    }
+    fn port(&self) -> u16 {
+        DATABASE_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.server.log_path()
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.server.pid_path()
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { ReplicaServer::start(self).await.map(|_| ()) })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            use sqlx::Connection;
+            sqlx::PgConnection::connect_with(&self.server.connect_options("postgres", "postgres"))
+                .await
+                .is_ok()
+        })
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        ReplicaServer::stop(self)
     }
 }
 

@@ -13,6 +13,7 @@ const STAGE_FILES: &[(&str, &str)] = &[
     ("02-split", include_str!("../../02-split/stage.toml")),
     ("03-cache", include_str!("../../03-cache/stage.toml")),
     ("04-cluster", include_str!("../../04-cluster/stage.toml")),
+    ("05-replicas", include_str!("../../05-replicas/stage.toml")),
 ];
 
 /// PostgreSQL's standard port; every database host keeps it on its own address.
@@ -80,13 +81,16 @@ pub enum Role {
     Cache,
     /// The gateway (pingora load balancer) in front of the app hosts.
     Gateway,
+    /// A PostgreSQL streaming replica of the stage's database, taking reads (stage 5 on).
+    Replica,
 }
 
 impl Role {
-    /// Every role, each after the ones it depends on: the app needs its database, file host and
-    /// cache; the gateway needs app hosts to send to.
-    pub const START_ORDER: [Role; 5] = [
+    /// Every role, each after the ones it depends on: a replica copies the database; the app
+    /// needs its database, replicas, file host and cache; the gateway needs app hosts to send to.
+    pub const START_ORDER: [Role; 6] = [
         Role::Database,
+        Role::Replica,
         Role::Files,
         Role::Cache,
         Role::App,
@@ -101,6 +105,7 @@ impl Role {
             Role::Files => "files",
             Role::Cache => "cache",
             Role::Gateway => "gateway",
+            Role::Replica => "replica",
         }
     }
 }
@@ -116,29 +121,48 @@ impl Stage {
 
     /// Parses and checks one stage file.
     pub fn parse(folder: &str, text: &str) -> anyhow::Result<Stage> {
-        Self::parse_with(folder, text, None)
+        Self::parse_with(folder, text, Layout::default())
     }
 
-    /// Parses one stage file with `app_hosts` copies of its app host (`--app-hosts`), or as many
-    /// as the file says.
-    pub fn parse_with(folder: &str, text: &str, app_hosts: Option<u8>) -> anyhow::Result<Stage> {
+    /// Parses one stage file with the copies `layout` asks for (`--app-hosts`, `--replicas`),
+    /// or as many as the file says.
+    pub fn parse_with(folder: &str, text: &str, layout: Layout) -> anyhow::Result<Stage> {
         let mut stage: Stage =
             toml::from_str(text).with_context(|| format!("parsing stages/{folder}/stage.toml"))?;
         stage.folder = folder.to_owned();
         for host in &mut stage.hosts {
             host.cpu_budget = host.size.cores();
         }
-        if let Some(n) = app_hosts {
+        for (role, wanted, option, range) in [
+            (
+                Role::App,
+                layout.app_hosts,
+                "--app-hosts",
+                Layout::APP_HOSTS,
+            ),
+            (
+                Role::Replica,
+                layout.replicas,
+                "--replicas",
+                Layout::REPLICAS,
+            ),
+        ] {
+            let Some(n) = wanted else { continue };
             let copied = stage
                 .hosts
                 .iter_mut()
-                .find(|h| h.copies.is_some() && h.roles.contains(&Role::App));
+                .find(|h| h.copies.is_some() && h.roles.contains(&role));
             match copied {
-                Some(host) if (1..=8).contains(&n) => host.copies = Some(n),
-                Some(_) => bail!("--app-hosts must be between 1 and 8"),
+                Some(host) if range.contains(&n) => host.copies = Some(n),
+                Some(_) => bail!(
+                    "{option} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
                 None => bail!(
-                    "stage {} has one app host; --app-hosts applies to stages with an app cluster",
-                    stage.number
+                    "stage {} has no {} hosts to copy: {option} applies to stages that do",
+                    stage.number,
+                    role.as_str()
                 ),
             }
         }
@@ -151,22 +175,31 @@ impl Stage {
         Ok(stage)
     }
 
-    /// [`Stage::find`] with `app_hosts` app hosts (stages with an app cluster only).
-    pub fn find_with(key: &str, app_hosts: Option<u8>) -> anyhow::Result<Stage> {
+    /// [`Stage::find`] with the copies `layout` asks for.
+    pub fn find_with(key: &str, layout: Layout) -> anyhow::Result<Stage> {
         let found = Self::find(key)?;
-        if app_hosts.is_none() {
+        if layout == Layout::default() {
             return Ok(found);
         }
         let (folder, text) = STAGE_FILES
             .iter()
             .find(|(folder, _)| *folder == found.folder)
             .context("stage file vanished")?;
-        Self::parse_with(folder, text, app_hosts)
+        Self::parse_with(folder, text, layout)
     }
 
     /// How many app hosts it has.
     pub fn app_host_count(&self) -> usize {
         self.app_hosts().len()
+    }
+
+    /// Its copied hosts as counted: what `up` records, so `down` and `status` find every one.
+    pub fn layout(&self) -> Layout {
+        let count = |role: Role| u8::try_from(self.hosts_with(role).len()).ok();
+        Layout {
+            app_hosts: count(Role::App),
+            replicas: count(Role::Replica),
+        }
     }
 
     /// Finds a stage by number (`1`), name (`monolith`) or folder (`01-monolith`).
@@ -264,6 +297,11 @@ impl Stage {
         Ok(self)
     }
 
+    /// The database replicas (stage 5 on), in stage-file order.
+    pub fn replica_hosts(&self) -> Vec<&Host> {
+        self.hosts_with(Role::Replica)
+    }
+
     /// The host with the gateway role, if the stage has one.
     pub fn gateway_host(&self) -> Option<&Host> {
         self.hosts.iter().find(|h| h.roles.contains(&Role::Gateway))
@@ -332,6 +370,33 @@ impl Stage {
     pub fn endpoint(&self) -> String {
         let front = self.gateway_host().unwrap_or(self.app_hosts()[0]);
         format!("http://{}:{APP_PORT}", front.address)
+    }
+}
+
+/// How many copies of a stage's copied hosts to run (`up --app-hosts N --replicas M`); `None`:
+/// as the stage file says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// App hosts behind the gateway (stage 4 on).
+    pub app_hosts: Option<u8>,
+    /// Database replicas (stage 5 on).
+    pub replicas: Option<u8>,
+}
+
+impl Layout {
+    /// App hosts a stage may have: at least one to serve; eight fill the machine's cores many
+    /// times over at the large size.
+    pub const APP_HOSTS: std::ops::RangeInclusive<u8> = 1..=8;
+    /// Replicas: none (the primary alone, to compare with) to four; four large replicas beside
+    /// stage 5's other hosts and the harness use 1.95 of the machine's 2 cores.
+    pub const REPLICAS: std::ops::RangeInclusive<u8> = 0..=4;
+
+    /// Only the app host count.
+    pub fn app_hosts(n: u8) -> Self {
+        Self {
+            app_hosts: Some(n),
+            ..Self::default()
+        }
     }
 }
 
@@ -414,10 +479,10 @@ mod tests {
                 ("app-3", "127.10.9.13")
             ]
         );
-        let two = Stage::parse_with("09-cluster", text, Some(2)).unwrap();
+        let two = Stage::parse_with("09-cluster", text, Layout::app_hosts(2)).unwrap();
         assert_eq!(two.app_host_count(), 2);
-        assert!(Stage::parse_with("09-cluster", text, Some(9)).is_err());
-        assert!(Stage::parse_with("09-cluster", text, Some(0)).is_err());
+        assert!(Stage::parse_with("09-cluster", text, Layout::app_hosts(9)).is_err());
+        assert!(Stage::parse_with("09-cluster", text, Layout::app_hosts(0)).is_err());
     }
 
     #[test]

@@ -38,8 +38,10 @@ pub const DRAIN_BOUND_MS: u64 = 30_000;
 /// Where the stage's shared services answer, as the app hosts reach them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoints {
-    /// The database every statement goes to.
+    /// The primary database: every write, and reads when there are no replicas.
     pub database_url: String,
+    /// The replicas reads may go to (stage 5 on).
+    pub replica_urls: Vec<String>,
     /// The cache host's `redis://` URL, if the stage has one.
     pub cache_url: Option<String>,
     /// The file host, if the stage has one.
@@ -90,6 +92,25 @@ pub fn app_env(
             var("APP_CACHE__URL", url.clone()),
         ]);
     }
+    // With replicas, reads go to them; users' positions (read-your-writes) live in the cache
+    // host's database 1, apart from the cache itself.
+    if !endpoints.replica_urls.is_empty() {
+        let quoted: Vec<String> = endpoints
+            .replica_urls
+            .iter()
+            .map(|url| format!("{url:?}"))
+            .collect();
+        env.extend([
+            var("APP_DATABASE__REPLICAS", format!("[{}]", quoted.join(", "))),
+            var(
+                "APP_DATABASE__REPLICA_MAX_CONNECTIONS",
+                replica_pool_size(stage).to_string(),
+            ),
+        ]);
+        if let Some(url) = &endpoints.cache_url {
+            env.push(var("APP_DATABASE__POSITIONS_URL", format!("{url}/1")));
+        }
+    }
     // Behind a gateway, SIGTERM drains first (see [`DRAIN_BOUND_MS`]).
     if !stage.hosts_with(Role::Gateway).is_empty() {
         env.push(var("APP_SERVER__DRAIN_MS", DRAIN_BOUND_MS.to_string()));
@@ -102,7 +123,22 @@ pub fn app_env(
 /// [`MIN_POOL_PER_APP_HOST`] each. The database's size bounds its connections, not the number of
 /// app hosts in front of it: three app hosts before a 0.2-core database open 2 each, not 4 each.
 pub fn pool_size(stage: &Stage) -> u32 {
-    let cores = stage.database_host().map_or(1.0, |h| h.cpu_budget);
+    share_of(stage, stage.database_host().map_or(1.0, |h| h.cpu_budget))
+}
+
+/// Connections per app host to each replica: the same rule as [`pool_size`], from the size of
+/// the smallest replica (they are bought alike; a `--budget` variant may make one smaller).
+pub fn replica_pool_size(stage: &Stage) -> u32 {
+    let cores = stage
+        .replica_hosts()
+        .iter()
+        .map(|h| h.cpu_budget)
+        .fold(f64::INFINITY, f64::min);
+    share_of(stage, if cores.is_finite() { cores } else { 1.0 })
+}
+
+/// One app host's share of the connections a database server of `cores` serves.
+fn share_of(stage: &Stage, cores: f64) -> u32 {
     let total = ((POOL_PER_DATABASE_CORE * cores).ceil() as u32).max(MIN_POOL);
     let apps = stage.app_hosts().len().max(1) as u32;
     total.div_ceil(apps).max(MIN_POOL_PER_APP_HOST)
@@ -115,10 +151,12 @@ fn var(key: &str, value: String) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stage::Layout;
 
     fn endpoints(cache: bool, files: bool) -> Endpoints {
         Endpoints {
             database_url: "postgres://conduit@127.10.9.2:5432/conduit".into(),
+            replica_urls: Vec::new(),
             cache_url: cache.then(|| "redis://127.10.9.4:6379".into()),
             files: files.then(|| FilesEndpoint {
                 url: "http://127.10.9.3:8081".into(),
@@ -187,13 +225,13 @@ mod tests {
         let big = one.clone().with_budget("db", 2.0).unwrap();
         assert_eq!(pool_size(&big), 8);
         // The same database behind four app hosts: 2 each, 8 in all.
-        let four = Stage::find_with("4", Some(4))
+        let four = Stage::find_with("4", Layout::app_hosts(4))
             .unwrap()
             .with_budget("db", 2.0)
             .unwrap();
         assert_eq!(pool_size(&four), 2);
         // A 4-core database behind two app hosts: 8 each.
-        let two = Stage::find_with("4", Some(2))
+        let two = Stage::find_with("4", Layout::app_hosts(2))
             .unwrap()
             .with_budget("db", 4.0)
             .unwrap();
@@ -202,7 +240,7 @@ mod tests {
         // shared by stage 4's two app hosts (2 each, 4 in all), never below 2 per host.
         assert_eq!(pool_size(&Stage::find("3").unwrap()), MIN_POOL);
         assert_eq!(pool_size(&Stage::find("4").unwrap()), MIN_POOL_PER_APP_HOST);
-        let eight = Stage::find_with("4", Some(8)).unwrap();
+        let eight = Stage::find_with("4", Layout::app_hosts(8)).unwrap();
         assert_eq!(pool_size(&eight), MIN_POOL_PER_APP_HOST);
         for stage in Stage::all().unwrap() {
             let apps = stage.app_hosts().len() as u32;

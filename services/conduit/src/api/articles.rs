@@ -19,7 +19,7 @@ use axum::{
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{postgres::PgRow, PgExecutor, Row};
+use sqlx::{postgres::PgRow, PgExecutor, PgPool, Row};
 
 use super::{
     counts::ListCounts,
@@ -28,6 +28,7 @@ use super::{
 use crate::{
     auth::{AuthUser, MaybeAuthUser},
     cache::{keys, CacheStatus, Key},
+    db::Reader,
     error::{ApiError, ApiResult},
     extract::{ApiJson, ApiPath, ApiQuery},
     model::{
@@ -144,17 +145,7 @@ fn article_id(slug: &str) -> ApiResult<i64> {
 
 /// Loads the article a slug names: by primary key, then the whole slug must match (an old slug
 /// from before a title change is not found).
-async fn article_by_slug(
-    state: &AppState,
-    slug: &str,
-    viewer: i64,
-    fresh: bool,
-) -> ApiResult<Article> {
-    let pool = if fresh {
-        state.db.write()
-    } else {
-        state.db.read()
-    };
+async fn article_by_slug(pool: &PgPool, slug: &str, viewer: i64) -> ApiResult<Article> {
     match load_article(pool, article_id(slug)?, viewer).await? {
         Some(article) if article.slug == slug => Ok(article),
         _ => Err(ApiError::NotFound("article")),
@@ -289,7 +280,7 @@ fn bind_all<'q>(mut query: PgQuery<'q>, binds: Vec<Bind<'q>>) -> PgQuery<'q> {
 
 /// Two statements: the page (newest first: its ids, then those articles) and the total count.
 async fn list(
-    state: &AppState,
+    pool: &PgPool,
     filter: ListFilter<'_>,
     viewer: i64,
     limit: i64,
@@ -310,24 +301,24 @@ async fn list(
     let rows = bind_all(page, binds)
         .bind(limit)
         .bind(offset)
-        .fetch_all(state.db.read())
+        .fetch_all(pool)
         .await?;
     let articles = list_page_from_rows(&rows)?;
 
     Ok(ArticlesBody {
         articles,
-        articles_count: count_articles(state, &filter).await?,
+        articles_count: count_articles(pool, &filter).await?,
     })
 }
 
 /// How many articles match `filter`: the kept count for the global list and a tag's list; any
 /// other filter (author, `favorited=`, or a tag together with one of them) matches few articles
 /// and is counted from its index.
-async fn count_articles(state: &AppState, filter: &ListFilter<'_>) -> ApiResult<i64> {
+async fn count_articles(pool: &PgPool, filter: &ListFilter<'_>) -> ApiResult<i64> {
     let kept = filter.author.is_none() && filter.favorited_by.is_none();
     match filter.tag {
-        None if kept => return ListCounts::all(state.db.read()).await,
-        Some(tag) if kept => return ListCounts::tag(state.db.read(), tag).await,
+        None if kept => return ListCounts::all(pool).await,
+        Some(tag) if kept => return ListCounts::tag(pool, tag).await,
         _ => {}
     }
     let (conditions, binds) = filter.conditions(1);
@@ -336,7 +327,7 @@ async fn count_articles(state: &AppState, filter: &ListFilter<'_>) -> ApiResult<
         filter.source().from
     );
     Ok(bind_all(sqlx::query(&count_sql), binds)
-        .fetch_one(state.db.read())
+        .fetch_one(pool)
         .await?
         .try_get(0)?)
 }
@@ -344,6 +335,7 @@ async fn count_articles(state: &AppState, filter: &ListFilter<'_>) -> ApiResult<
 #[tracing::instrument(level = "debug", skip_all)]
 async fn list_articles(
     State(state): State<AppState>,
+    reader: Reader,
     viewer: MaybeAuthUser,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<(CacheStatus, Json<ArticlesBody>)> {
@@ -359,10 +351,11 @@ async fn list_articles(
         && filter.tag.is_none_or(|t| t.chars().count() <= MAX_TAG_LEN)
         && offset + limit <= LIST_HEAD;
     if state.cache.enabled() && cached {
-        let (body, status) = cached_list(&state, filter.tag, viewer, limit, offset).await?;
+        let (body, status) =
+            cached_list(&state, &reader, filter.tag, viewer, limit, offset).await?;
         return Ok((status, Json(body)));
     }
-    let body = list(&state, filter, viewer, limit, offset).await?;
+    let body = list(reader.pool().await, filter, viewer, limit, offset).await?;
     Ok((state.cache.bypass(), Json(body)))
 }
 
@@ -378,6 +371,7 @@ struct ListHead {
 /// database.
 async fn cached_list(
     state: &AppState,
+    reader: &Reader,
     tag: Option<&str>,
     viewer: i64,
     limit: i64,
@@ -385,7 +379,7 @@ async fn cached_list(
 ) -> ApiResult<(ArticlesBody, CacheStatus)> {
     let (head, head_status) = state
         .cache
-        .get_or_load(&Key::list(tag), || async {
+        .get_or_load(&Key::list(tag), reader, |pool| async move {
             let filter = ListFilter {
                 tag,
                 ..ListFilter::default()
@@ -394,12 +388,12 @@ async fn cached_list(
             let ids: Vec<i64> = bind_all(sqlx::query(&ids_sql), binds)
                 .bind(LIST_HEAD)
                 .bind(0_i64)
-                .fetch_all(state.db.read())
+                .fetch_all(&pool)
                 .await?
                 .iter()
                 .map(|row| row.try_get(0))
                 .collect::<Result<_, _>>()?;
-            let count = count_articles(state, &filter).await?;
+            let count = count_articles(&pool, &filter).await?;
             Ok(Some(ListHead { count, ids }))
         })
         .await?;
@@ -414,8 +408,8 @@ async fn cached_list(
         .take(limit as usize)
         .copied()
         .collect();
-    let (articles, articles_status) = shared::articles_by_id(state, &page).await?;
-    let flags = ViewerFlags::load(state, viewer, &articles).await?;
+    let (articles, articles_status) = shared::articles_by_id(state, reader, &page).await?;
+    let flags = ViewerFlags::load(reader, viewer, &articles).await?;
     let articles = articles
         .into_iter()
         .map(|a| a.view(&flags, false))
@@ -438,12 +432,13 @@ struct PageQuery {
 #[tracing::instrument(level = "debug", skip_all)]
 async fn feed(
     State(state): State<AppState>,
+    reader: Reader,
     user: AuthUser,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<(CacheStatus, Json<ArticlesBody>)> {
     let (limit, offset) = page(q.limit, q.offset)?;
     // Every reader's feed is different: not cached.
-    let body = feed_page(&state, user.id, limit, offset).await?;
+    let body = feed_page(reader.pool().await, user.id, limit, offset).await?;
     Ok((state.cache.bypass(), Json(body)))
 }
 
@@ -459,7 +454,7 @@ async fn feed(
 /// Crosses shards from stage 7: the followed authors live on many shards, so each shard answers
 /// for the authors it holds and the app merges the pages and sums the counts.
 async fn feed_page(
-    state: &AppState,
+    pool: &PgPool,
     follower: i64,
     limit: i64,
     offset: i64,
@@ -481,7 +476,7 @@ async fn feed_page(
         .bind(follower)
         .bind(limit)
         .bind(offset)
-        .fetch_all(state.db.read())
+        .fetch_all(pool)
         .await?;
     let articles = list_page_from_rows(&rows)?;
     let articles_count: i64 = sqlx::query_scalar(
@@ -489,7 +484,7 @@ async fn feed_page(
          WHERE f.follower_id = $1",
     )
     .bind(follower)
-    .fetch_one(state.db.read())
+    .fetch_one(pool)
     .await?;
     Ok(ArticlesBody {
         articles,
@@ -500,27 +495,28 @@ async fn feed_page(
 #[tracing::instrument(level = "debug", skip_all)]
 async fn get_article(
     State(state): State<AppState>,
+    reader: Reader,
     viewer: MaybeAuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Response> {
     let viewer = viewer.viewer_id();
     if !state.cache.enabled() {
         // Stages 1 and 2: one statement, the viewer's flags included.
-        let article = article_by_slug(&state, &slug, viewer, false).await?;
+        let article = article_by_slug(reader.pool().await, &slug, viewer).await?;
         return Ok(Json(ArticleBody { article }).into_response());
     }
     // Stage 3 on: the shared part from the cache, the viewer's flags from the database.
     let id = article_id(&slug)?;
     let (found, status) = state
         .cache
-        .get_or_load(&Key::article(id), || async {
-            Ok(shared::load_articles(&state, &[id]).await?.pop())
+        .get_or_load(&Key::article(id), &reader, |pool| async move {
+            Ok(shared::load_articles(&pool, &[id]).await?.pop())
         })
         .await?;
     let Some(shared) = found.filter(|a| a.slug == slug) else {
         return Ok((status, ApiError::NotFound("article")).into_response());
     };
-    let flags = ViewerFlags::load(&state, viewer, std::slice::from_ref(&shared)).await?;
+    let flags = ViewerFlags::load(&reader, viewer, std::slice::from_ref(&shared)).await?;
     let article = shared.view(&flags, true);
     Ok((status, Json(ArticleBody { article })).into_response())
 }
@@ -752,13 +748,13 @@ async fn delete_article(
 }
 
 /// The id of the article `slug` names, or 404 (for favorites and comments).
-pub(crate) async fn existing_article(state: &AppState, slug: &str) -> ApiResult<i64> {
+pub(crate) async fn existing_article(pool: &PgPool, slug: &str) -> ApiResult<i64> {
     let id = article_id(slug)?;
     let found: Option<i64> =
         sqlx::query_scalar("SELECT id FROM articles WHERE id = $1 AND slug = $2")
             .bind(id)
             .bind(slug)
-            .fetch_optional(state.db.write())
+            .fetch_optional(pool)
             .await?;
     found.ok_or(ApiError::NotFound("article"))
 }
@@ -769,7 +765,8 @@ async fn favorite(
     user: AuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<ArticleBody>> {
-    let id = existing_article(&state, &slug).await?;
+    // On the primary: the write that follows must find the article as this check did.
+    let id = existing_article(state.db.write(), &slug).await?;
     // One statement: the favorite and, only if it is new (favoriting twice is not an error and
     // counts once), the article's counter.
     sqlx::query(
@@ -791,7 +788,8 @@ async fn favorite(
     })?;
     // The favorite count changed.
     state.cache.invalidate(&[Key::article(id)]).await;
-    let article = article_by_slug(&state, &slug, user.id, true).await?;
+    // The answer to a write shows that write: read where it was written.
+    let article = article_by_slug(state.db.write(), &slug, user.id).await?;
     Ok(Json(ArticleBody { article }))
 }
 
@@ -801,7 +799,8 @@ async fn unfavorite(
     user: AuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<ArticleBody>> {
-    let id = existing_article(&state, &slug).await?;
+    // On the primary: the write that follows must find the article as this check did.
+    let id = existing_article(state.db.write(), &slug).await?;
     sqlx::query(
         "WITH removed AS (
             DELETE FROM favorites WHERE article_id = $1 AND user_id = $2 RETURNING article_id
@@ -814,6 +813,7 @@ async fn unfavorite(
     .execute(state.db.write())
     .await?;
     state.cache.invalidate(&[Key::article(id)]).await;
-    let article = article_by_slug(&state, &slug, user.id, true).await?;
+    // The answer to a write shows that write: read where it was written.
+    let article = article_by_slug(state.db.write(), &slug, user.id).await?;
     Ok(Json(ArticleBody { article }))
 }

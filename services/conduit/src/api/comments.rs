@@ -13,6 +13,7 @@ use sqlx::{postgres::PgRow, Row};
 use crate::{
     api::articles::existing_article,
     auth::{AuthUser, MaybeAuthUser},
+    db::Reader,
     error::{ApiError, ApiResult},
     extract::{ApiJson, ApiPath},
     model::{Comment, CommentBody, CommentsBody, Profile, Timestamp, Validator, MAX_COMMENT},
@@ -57,11 +58,12 @@ fn comment_from_row(row: &PgRow) -> Result<Comment, sqlx::Error> {
 
 #[tracing::instrument(level = "debug", skip_all)]
 async fn list_comments(
-    State(state): State<AppState>,
+    reader: Reader,
     viewer: MaybeAuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<CommentsBody>> {
-    let article = existing_article(&state, &slug).await?;
+    let pool = reader.pool().await;
+    let article = existing_article(pool, &slug).await?;
     // The newest MAX_COMMENTS, shown oldest first: a long thread drops its oldest comments from
     // the page, never the one just written.
     let rows = sqlx::query(&format!(
@@ -74,7 +76,7 @@ async fn list_comments(
     .bind(viewer.viewer_id())
     .bind(article)
     .bind(MAX_COMMENTS)
-    .fetch_all(state.db.read())
+    .fetch_all(pool)
     .await?;
     let comments = rows
         .iter()
@@ -107,7 +109,8 @@ async fn add_comment(
     let body = v.required("body", new.body, MAX_COMMENT);
     v.finish()?;
 
-    let article = existing_article(&state, &slug).await?;
+    // On the primary: the write that follows must find the article as this check did.
+    let article = existing_article(state.db.write(), &slug).await?;
     let row = sqlx::query(&format!(
         "WITH c AS (
             INSERT INTO comments (article_id, author_id, body) VALUES ($2, $1, $3)
@@ -135,7 +138,8 @@ async fn delete_comment(
     user: AuthUser,
     ApiPath((slug, id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let article = existing_article(&state, &slug).await?;
+    // On the primary: the write that follows must find the article as this check did.
+    let article = existing_article(state.db.write(), &slug).await?;
     // An id that is not a number names no comment.
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound("comment"))?;
     let author: Option<i64> =

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     auth::AuthUser,
+    db::Reader,
     error::{ApiError, ApiResult},
     extract::ApiPath,
     AppState,
@@ -178,6 +179,7 @@ async fn upload(
 #[tracing::instrument(level = "debug", skip_all)]
 async fn download(
     State(state): State<AppState>,
+    reader: Reader,
     ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -190,7 +192,7 @@ async fn download(
     let row: Option<(String, i64, String)> =
         sqlx::query_as("SELECT content_type, size_bytes, sha256 FROM media WHERE id = $1")
             .bind(id)
-            .fetch_optional(state.db.read())
+            .fetch_optional(reader.pool().await)
             .await?;
     let (content_type, size, sha256) = row.ok_or(ApiError::NotFound("media"))?;
     let etag = format!("\"{sha256}\"");

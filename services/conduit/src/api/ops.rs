@@ -1,5 +1,9 @@
 //! Operations endpoints: `GET /healthz` (the process is alive), `GET /readyz` (it can reach its
 //! database: the lab and load balancers wait on this), `GET /metrics` (Prometheus text).
+//!
+//! With replicas (stage 5 on), an app host whose primary is down but with a replica in rotation
+//! is still ready: it serves reads, and answers writes with a fast 503, which is better than
+//! taking every app host out of the load balancer and serving nothing.
 
 use std::time::Duration;
 
@@ -39,8 +43,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         );
     }
     let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.db.write());
+    let readable = state
+        .db
+        .replicas()
+        .is_some_and(|r| r.all().iter().any(|replica| replica.in_rotation()));
     match tokio::time::timeout(READY_TIMEOUT, check).await {
         Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        _ if readable => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "primary": "unreachable: reads only" })),
+        ),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "not ready");
             (
@@ -57,9 +69,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.cache.refresh_gauges();
-    let text = state
-        .metrics
-        .render(&state.db, state.settings.database.max_connections);
+    let text = state.metrics.render(&state.db);
     (
         [(
             header::CONTENT_TYPE,

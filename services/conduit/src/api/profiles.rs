@@ -10,9 +10,12 @@ use axum::{
 };
 
 use super::shared::{self, ViewerFlags};
+use sqlx::PgPool;
+
 use crate::{
     auth::{AuthUser, MaybeAuthUser},
     cache::Key,
+    db::Reader,
     error::{ApiError, ApiResult},
     extract::ApiPath,
     model::{Profile, ProfileBody},
@@ -31,12 +34,7 @@ pub fn router() -> Router<AppState> {
 
 /// One query: the user and whether the viewer follows them. `follows` is keyed by followee, so
 /// this stays on the profile owner's shard.
-async fn profile(state: &AppState, username: &str, viewer: i64, fresh: bool) -> ApiResult<Profile> {
-    let pool = if fresh {
-        state.db.write()
-    } else {
-        state.db.read()
-    };
+async fn profile(pool: &PgPool, username: &str, viewer: i64) -> ApiResult<Profile> {
     sqlx::query_as(
         "SELECT u.username, u.bio, u.image,
                 EXISTS (SELECT 1 FROM follows f WHERE f.followee_id = u.id AND f.follower_id = $2)
@@ -61,25 +59,26 @@ async fn user_id(state: &AppState, username: &str) -> ApiResult<i64> {
 #[tracing::instrument(level = "debug", skip_all)]
 async fn get_profile(
     State(state): State<AppState>,
+    reader: Reader,
     viewer: MaybeAuthUser,
     ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Response> {
     let viewer = viewer.viewer_id();
     if !state.cache.enabled() {
-        let profile = profile(&state, &username, viewer, false).await?;
+        let profile = profile(reader.pool().await, &username, viewer).await?;
         return Ok(Json(ProfileBody { profile }).into_response());
     }
     // Stage 3 on: name, bio and image from the cache; `following` for this viewer.
     let (found, status) = state
         .cache
-        .get_or_load(&Key::profile(&username), || {
-            shared::load_profile(&state, &username)
+        .get_or_load(&Key::profile(&username), &reader, |pool| async move {
+            shared::load_profile(&pool, &username).await
         })
         .await?;
     let Some(shared) = found else {
         return Ok((status, ApiError::NotFound("profile")).into_response());
     };
-    let following = ViewerFlags::follows(&state, viewer, shared.id).await?;
+    let following = ViewerFlags::follows(&reader, viewer, shared.id).await?;
     let profile = shared.view(following);
     Ok((status, Json(ProfileBody { profile })).into_response())
 }
@@ -102,7 +101,8 @@ async fn follow(
     .bind(user.id)
     .execute(state.db.write())
     .await?;
-    let profile = profile(&state, &username, user.id, true).await?;
+    // The answer to a write shows that write: read where it was written.
+    let profile = profile(state.db.write(), &username, user.id).await?;
     Ok(Json(ProfileBody { profile }))
 }
 
@@ -118,6 +118,7 @@ async fn unfollow(
         .bind(user.id)
         .execute(state.db.write())
         .await?;
-    let profile = profile(&state, &username, user.id, true).await?;
+    // The answer to a write shows that write: read where it was written.
+    let profile = profile(state.db.write(), &username, user.id).await?;
     Ok(Json(ProfileBody { profile }))
 }

@@ -11,11 +11,12 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use sqlx::{postgres::PgRow, Row};
+use sqlx::{postgres::PgRow, PgPool, Row};
 use time::OffsetDateTime;
 
 use crate::{
     cache::{CacheStatus, Key},
+    db::Reader,
     error::ApiResult,
     model::{Article, Profile, Timestamp},
     AppState,
@@ -115,14 +116,14 @@ fn shared_from_row(row: &PgRow) -> Result<SharedArticle, sqlx::Error> {
 }
 
 /// Loads the shared part of the articles with these ids (one statement; missing ids are absent).
-pub async fn load_articles(state: &AppState, ids: &[i64]) -> ApiResult<Vec<SharedArticle>> {
+pub async fn load_articles(pool: &PgPool, ids: &[i64]) -> ApiResult<Vec<SharedArticle>> {
     let rows = sqlx::query(
         "SELECT a.id, a.author_id, a.slug, a.title, a.description, a.body, a.tag_list,
                 a.created_at, a.updated_at, a.favorites_count, u.username, u.bio, u.image
          FROM articles a JOIN users u ON u.id = a.author_id WHERE a.id = ANY($1)",
     )
     .bind(ids)
-    .fetch_all(state.db.read())
+    .fetch_all(pool)
     .await?;
     Ok(rows
         .iter()
@@ -131,10 +132,10 @@ pub async fn load_articles(state: &AppState, ids: &[i64]) -> ApiResult<Vec<Share
 }
 
 /// Loads one profile's shared part by username.
-pub async fn load_profile(state: &AppState, username: &str) -> ApiResult<Option<SharedProfile>> {
+pub async fn load_profile(pool: &PgPool, username: &str) -> ApiResult<Option<SharedProfile>> {
     let row = sqlx::query("SELECT id, username, bio, image FROM users WHERE username = $1")
         .bind(username)
-        .fetch_optional(state.db.read())
+        .fetch_optional(pool)
         .await?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(SharedProfile {
@@ -149,10 +150,11 @@ pub async fn load_profile(state: &AppState, username: &str) -> ApiResult<Option<
 /// (one statement for all the misses) otherwise; ids that no longer exist are left out.
 pub async fn articles_by_id(
     state: &AppState,
+    reader: &Reader,
     ids: &[i64],
 ) -> ApiResult<(Vec<SharedArticle>, CacheStatus)> {
     let keys: Vec<Key> = ids.iter().map(|id| Key::article(*id)).collect();
-    let (cached, status) = state.cache.get_many::<SharedArticle>(&keys).await;
+    let (cached, status) = state.cache.get_many::<SharedArticle>(&keys, reader).await;
     let missing: Vec<i64> = ids
         .iter()
         .zip(&cached)
@@ -162,7 +164,7 @@ pub async fn articles_by_id(
     let mut loaded: HashMap<i64, SharedArticle> = if missing.is_empty() {
         HashMap::new()
     } else {
-        load_articles(state, &missing)
+        load_articles(&state.cache.fill_pool_for(reader).await, &missing)
             .await?
             .into_iter()
             .map(|a| (a.id, a))
@@ -173,7 +175,7 @@ pub async fn articles_by_id(
             .iter()
             .map(|id| (Key::article(*id), loaded.get(id).cloned()))
             .collect();
-        state.cache.put_many(&entries).await;
+        state.cache.put_many(reader, &entries).await;
     }
     let articles = ids
         .iter()
@@ -197,11 +199,7 @@ pub struct ViewerFlags {
 impl ViewerFlags {
     /// One statement for the whole response (two index lookups per article at most); nothing
     /// for an anonymous viewer (`viewer == 0`).
-    pub async fn load(
-        state: &AppState,
-        viewer: i64,
-        articles: &[SharedArticle],
-    ) -> ApiResult<Self> {
+    pub async fn load(reader: &Reader, viewer: i64, articles: &[SharedArticle]) -> ApiResult<Self> {
         if viewer == 0 || articles.is_empty() {
             return Ok(Self::default());
         }
@@ -215,7 +213,7 @@ impl ViewerFlags {
         .bind(viewer)
         .bind(&ids)
         .bind(&authors)
-        .fetch_one(state.db.read())
+        .fetch_one(reader.pool().await)
         .await?;
         Ok(Self {
             favorited: favorited.into_iter().collect(),
@@ -224,7 +222,7 @@ impl ViewerFlags {
     }
 
     /// Whether `viewer` follows `user` (for a profile); false for anonymous viewers.
-    pub async fn follows(state: &AppState, viewer: i64, user: i64) -> ApiResult<bool> {
+    pub async fn follows(reader: &Reader, viewer: i64, user: i64) -> ApiResult<bool> {
         if viewer == 0 {
             return Ok(false);
         }
@@ -233,7 +231,7 @@ impl ViewerFlags {
         )
         .bind(viewer)
         .bind(user)
-        .fetch_one(state.db.read())
+        .fetch_one(reader.pool().await)
         .await?)
     }
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::{
     cache::{CacheStatus, Key},
+    db::Reader,
     error::ApiResult,
     AppState,
 };
@@ -25,10 +26,13 @@ struct TagsBody {
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn list_tags(State(state): State<AppState>) -> ApiResult<(CacheStatus, Json<TagsBody>)> {
+async fn list_tags(
+    State(state): State<AppState>,
+    reader: Reader,
+) -> ApiResult<(CacheStatus, Json<TagsBody>)> {
     let (tags, status) = state
         .cache
-        .get_or_load(&Key::tags(), || async {
+        .get_or_load(&Key::tags(), &reader, |pool| async move {
             // From the kept counts (`tag_counts`, see `super::counts`): the most used first, ties
             // broken by each tag's newest article (one probe of `article_tags_recent_idx` per
             // tag), instead of a `GROUP BY` over every tag row. Crosses shards from stage 7
@@ -42,7 +46,7 @@ async fn list_tags(State(state): State<AppState>) -> ApiResult<(CacheStatus, Jso
                  LIMIT $1",
             )
             .bind(MAX_TAGS_LISTED)
-            .fetch_all(state.db.read())
+            .fetch_all(&pool)
             .await?;
             Ok(Some(tags))
         })

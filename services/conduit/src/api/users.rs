@@ -1,13 +1,14 @@
 //! Registration, login, the current user: `POST /api/users`, `POST /api/users/login`,
 //! `GET /api/user`, `PUT /api/user`.
 
-use axum::{extract::State, http::StatusCode, routing::get, routing::post, Router};
+use axum::{extract::State, http::StatusCode, routing::get, routing::post, Extension, Router};
 use serde::Deserialize;
 use sqlx::{FromRow, Row};
 
 use crate::{
     auth::AuthUser,
     cache::Key,
+    db::session::Registered,
     error::{conflict_on_unique, ApiError, ApiResult},
     extract::ApiJson,
     model::{
@@ -98,7 +99,7 @@ const UNIQUE_FIELDS: &[(&str, &str)] = &[
 async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Envelope<NewUser>>,
-) -> ApiResult<(StatusCode, axum::Json<UserBody>)> {
+) -> ApiResult<(StatusCode, Extension<Registered>, axum::Json<UserBody>)> {
     let new = body.into_inner()?;
     let mut v = Validator::default();
     let username = v.required("username", new.username, MAX_USERNAME);
@@ -121,7 +122,13 @@ async fn register(
     .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
     // A cached "no such profile" for this name is now wrong.
     state.cache.invalidate(&[Key::profile(&row.username)]).await;
-    Ok((StatusCode::CREATED, axum::Json(row.into_body(&state)?)))
+    // The new user had no token to name them by: their position starts at this write.
+    let registered = Extension(Registered(row.id));
+    Ok((
+        StatusCode::CREATED,
+        registered,
+        axum::Json(row.into_body(&state)?),
+    ))
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -139,6 +146,8 @@ async fn login(
     }
     v.finish()?;
 
+    // On the primary: someone who has just registered (or changed their password) must be able
+    // to log in at once, and has no position yet to find a replica by.
     let found: Option<(i64, String)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
             .bind(&email)
@@ -251,6 +260,7 @@ async fn invalidate_profile(
     if !state.cache.enabled() {
         return Ok(());
     }
+    // On the primary: every article of the author, the one written a moment ago included.
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM articles WHERE author_id = $1")
         .bind(user)
         .fetch_all(state.db.write())

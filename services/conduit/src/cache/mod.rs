@@ -19,7 +19,7 @@
 
 mod breaker;
 pub mod keys;
-mod redis;
+pub(crate) mod redis;
 mod single_flight;
 
 use std::future::Future;
@@ -32,7 +32,10 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use self::keys::Key;
 use self::redis::RedisStore;
 use self::single_flight::SingleFlight;
+use sqlx::PgPool;
+
 use crate::{
+    db::{Database, Lsn, Reader},
     error::{ApiError, ApiResult},
     metrics::CacheMetrics,
     settings::{CacheBackend, CacheSettings},
@@ -92,6 +95,8 @@ pub struct Cache {
     flight: SingleFlight,
     settings: CacheSettings,
     metrics: CacheMetrics,
+    /// Stage 5 on: the database whose primary fills read from, and whose position stamps entries.
+    stamps: Option<Database>,
 }
 
 impl Cache {
@@ -106,7 +111,43 @@ impl Cache {
             flight: SingleFlight::default(),
             settings: settings.clone(),
             metrics,
+            stamps: None,
         })
+    }
+
+    /// The cache in front of a database with replicas (stage 5 on): fills read the primary, and
+    /// each entry carries the primary's position after its fill.
+    ///
+    /// Why not fill from a replica: a fill after an invalidation must never store a row older
+    /// than the write that invalidated it, and a lagging replica would give exactly that, for
+    /// every reader, until the entry expires. The primary is never behind. Fills are the
+    /// cache's misses, a small share of reads once it is warm, so this costs the primary little.
+    ///
+    /// Why the stamp: a reader who saw an entry must not see an older state afterwards on a
+    /// replica (monotonic reads), so a hit moves the reader's position up to the entry's stamp
+    /// (see [`crate::db::session`]).
+    pub fn in_front_of(mut self, db: &Database) -> Self {
+        if db.replicas().is_some() {
+            self.stamps = Some(db.clone());
+        }
+        self
+    }
+
+    /// The pool a fill reads from: the primary when the stage has replicas (see
+    /// [`Cache::in_front_of`]), else the request's own.
+    async fn fill_pool(&self, reader: &Reader) -> PgPool {
+        match &self.stamps {
+            Some(_) => reader.primary().clone(),
+            None => reader.pool().await.clone(),
+        }
+    }
+
+    /// The stamp for entries filled just now: the primary's position, at or past what they show.
+    async fn stamp(&self) -> ApiResult<Option<Lsn>> {
+        match &self.stamps {
+            Some(db) => Ok(Some(db.primary_position().await?)),
+            None => Ok(None),
+        }
     }
 
     /// The status of a response the cache does not hold: `bypass`, or no header without a cache.
@@ -154,25 +195,27 @@ impl Cache {
         }
     }
 
-    /// Cache-aside for one entry: the cached value, or `load()`'s (stored for next time).
-    /// `None` means "not found" and is cached too, briefly.
+    /// Cache-aside for one entry: the cached value, or `load(pool)`'s (stored for next time),
+    /// where `pool` is where fills read from. `None` means "not found" and is cached too, briefly.
     pub async fn get_or_load<T, F, Fut>(
         &self,
         key: &Key,
+        reader: &Reader,
         load: F,
     ) -> ApiResult<(Option<T>, CacheStatus)>
     where
         T: Serialize + DeserializeOwned,
-        F: FnOnce() -> Fut,
+        F: FnOnce(PgPool) -> Fut,
         Fut: Future<Output = ApiResult<Option<T>>>,
     {
         let Some(store) = &self.store else {
-            return Ok((load().await?, CacheStatus::Off));
+            return Ok((load(reader.pool().await.clone()).await?, CacheStatus::Off));
         };
         let status = match store.get(&key.name).await {
             Ok(Some(bytes)) => match decode::<T>(&bytes) {
-                Ok(value) => {
+                Ok((stamp, value)) => {
                     self.count(key, CacheStatus::Hit);
+                    reader.saw(stamp);
                     return Ok((value, CacheStatus::Hit));
                 }
                 Err(e) => {
@@ -195,9 +238,9 @@ impl Cache {
                     }
                 }
                 self.metrics.load(key.kind);
-                let value = load().await?;
+                let value = load(self.fill_pool(reader).await).await?;
                 let ttl = self.ttl_for(value.is_some());
-                let bytes = encode(&value)?;
+                let bytes = encode(self.stamp().await?, &value)?;
                 if use_store {
                     // A failed store only costs the next request a miss.
                     let _ = store
@@ -208,14 +251,18 @@ impl Cache {
             })
             .await?;
         self.count(key, status);
-        Ok((decode(&bytes)?, status))
+        let (stamp, value) = decode(&bytes)?;
+        reader.saw(stamp);
+        Ok((value, status))
     }
 
     /// Several entries in one round trip: each `Some(entry)` if cached (the entry itself may say
     /// "not found"), `None` if not; all `None` and [`CacheStatus::Bypass`] if the cache is failing.
+    /// Load the misses from [`Cache::fill_pool_for`] and store them with [`Cache::put_many`].
     pub async fn get_many<T: DeserializeOwned>(
         &self,
         keys: &[Key],
+        reader: &Reader,
     ) -> (Vec<Option<Option<T>>>, CacheStatus) {
         let Some(store) = &self.store else {
             return (keys.iter().map(|_| None).collect(), CacheStatus::Off);
@@ -228,7 +275,13 @@ impl Cache {
                     .iter()
                     .zip(values)
                     .map(|(key, bytes)| {
-                        let entry = bytes.and_then(|b| decode::<T>(&b).ok());
+                        let entry =
+                            bytes
+                                .and_then(|b| decode::<T>(&b).ok())
+                                .map(|(stamp, value)| {
+                                    reader.saw(stamp);
+                                    value
+                                });
                         let this = if entry.is_some() {
                             CacheStatus::Hit
                         } else {
@@ -255,16 +308,29 @@ impl Cache {
     pub async fn peek<T: DeserializeOwned>(&self, key: &Key) -> Option<Option<T>> {
         let store = self.store.as_ref()?;
         let bytes = store.get(&key.name).await.ok()??;
-        decode(&bytes).ok()
+        decode(&bytes).ok().map(|(_, value)| value)
+    }
+
+    /// Where to load [`Cache::get_many`]'s misses from (see [`Cache::in_front_of`]).
+    pub async fn fill_pool_for(&self, reader: &Reader) -> PgPool {
+        if self.store.is_some() {
+            self.fill_pool(reader).await
+        } else {
+            reader.pool().await.clone()
+        }
     }
 
     /// Stores entries loaded after a [`Cache::get_many`] miss (one round trip; failures ignored).
-    pub async fn put_many<T: Serialize>(&self, entries: &[(Key, Option<T>)]) {
+    pub async fn put_many<T: Serialize>(&self, reader: &Reader, entries: &[(Key, Option<T>)]) {
         let Some(store) = &self.store else { return };
+        let Ok(stamp) = self.stamp().await else {
+            return;
+        };
+        reader.saw(stamp);
         let mut encoded = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             self.metrics.load(key.kind);
-            if let Ok(bytes) = encode(value) {
+            if let Ok(bytes) = encode(stamp, value) {
                 encoded.push((key.name.clone(), bytes, self.ttl_for(value.is_some())));
             }
         }
@@ -291,15 +357,33 @@ impl Cache {
     }
 }
 
-fn encode<T: Serialize>(value: &Option<T>) -> ApiResult<Bytes> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding a cache entry: {e}")))
+/// First byte of an entry stamped with a position (stage 5 on): `@`, sixteen hex digits, then
+/// the JSON. JSON never starts with `@`, so unstamped entries (stages 3 and 4) read as before.
+const STAMPED: u8 = b'@';
+
+fn encode<T: Serialize>(stamp: Option<Lsn>, value: &Option<T>) -> ApiResult<Bytes> {
+    let mut bytes = match stamp {
+        Some(lsn) => format!("@{:016x}", lsn.0).into_bytes(),
+        None => Vec::new(),
+    };
+    serde_json::to_writer(&mut bytes, value)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding a cache entry: {e}")))?;
+    Ok(Bytes::from(bytes))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("decoding a cache entry: {e}")))
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Option<Lsn>, Option<T>), ApiError> {
+    let unreadable =
+        |what: String| ApiError::Internal(anyhow::anyhow!("decoding a cache entry: {what}"));
+    let (stamp, json) = match bytes.first() {
+        Some(&STAMPED) if bytes.len() >= 17 => {
+            let hex = std::str::from_utf8(&bytes[1..17]).map_err(|e| unreadable(e.to_string()))?;
+            let lsn = u64::from_str_radix(hex, 16).map_err(|e| unreadable(e.to_string()))?;
+            (Some(Lsn(lsn)), &bytes[17..])
+        }
+        _ => (None, bytes),
+    };
+    let value = serde_json::from_slice(json).map_err(|e| unreadable(e.to_string()))?;
+    Ok((stamp, value))
 }
 
 #[cfg(test)]
@@ -314,6 +398,17 @@ mod tests {
         assert_eq!(Miss.and(Bypass), Bypass);
         assert_eq!(Off.and(Hit), Hit);
         assert_eq!(Off.and(Off), Off);
+    }
+
+    #[test]
+    fn entries_read_back_with_or_without_a_stamp() -> Result<(), ApiError> {
+        let plain = encode(None, &Some(vec![1, 2]))?;
+        assert_eq!(&plain[..], b"[1,2]");
+        assert_eq!(decode::<Vec<i32>>(&plain)?, (None, Some(vec![1, 2])));
+        let stamped = encode(Some(Lsn(0x1_0000_00ff)), &None::<i32>)?;
+        assert_eq!(&stamped[..], b"@00000001000000ffnull");
+        assert_eq!(decode::<i32>(&stamped)?, (Some(Lsn(0x1_0000_00ff)), None));
+        Ok(())
     }
 
     #[test]

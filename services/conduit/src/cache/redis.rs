@@ -221,6 +221,27 @@ impl RedisStore {
         self.record(result)
     }
 
+    /// Sets `key` to `value` unless it already holds a greater one (byte order, so values must
+    /// be fixed-width), and gives it `ttl` seconds either way: one round trip, atomic in Redis.
+    /// For values that may only move forward, such as a user's read-your-writes position.
+    pub async fn raise(&self, key: &str, value: &str, ttl: u64) -> Result<(), StoreError> {
+        const RAISE: &str = "local cur = redis.call('GET', KEYS[1]) \
+            if (not cur) or ARGV[1] > cur then \
+              redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) \
+            else redis.call('EXPIRE', KEYS[1], ARGV[2]) end \
+            return 1";
+        let mut connection = self.connection().await?;
+        let result = redis::cmd("EVAL")
+            .arg(RAISE)
+            .arg(1)
+            .arg(key)
+            .arg(value)
+            .arg(ttl)
+            .query_async::<()>(&mut connection)
+            .await;
+        self.record(result)
+    }
+
     /// `DEL keys`. If that cannot be done now, the keys are remembered and the breaker opens, so
     /// no hit is served until the deletes are delivered.
     pub async fn delete(&self, keys: &[String]) {

@@ -1,0 +1,232 @@
+//! The database seam: which PostgreSQL server a query goes to.
+//!
+//! Handlers never pick a server themselves. Writes, transactions and reads that must be current
+//! use [`Database::write`], the primary. Other reads go through a [`Reader`], which the handler
+//! takes as an extractor: it picks, once per request, a replica that can show what this request
+//! needs, or the primary when none can ([`session`] says how). Before stage 5 there are no
+//! replicas and a `Reader` is the primary too, so stages 1 to 4 run the same handlers unchanged.
+//!
+//! Stage 7 widens the seam once more: one `Database` per shard behind a map from key to shard
+//! ([`shard_of`]); the handlers already say which kind of access each query is.
+//!
+//! - [`lsn`]: WAL positions, the clock replication runs on;
+//! - [`replicas`]: polling the replicas' lag, rotation, and choosing one;
+//! - [`session`]: read-your-writes and monotonic reads per user, across app hosts.
+
+pub mod lsn;
+pub mod replicas;
+pub mod session;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    ConnectOptions, PgPool,
+};
+
+use self::session::Positions;
+pub use self::{lsn::Lsn, replicas::ReplicaSet, session::Reader};
+use crate::{
+    metrics::DbMetrics,
+    settings::{CacheSettings, Consistency, DatabaseSettings},
+};
+
+/// Embedded migrations (`services/conduit/migrations`), applied at start-up.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Bits at the bottom of every id that name the shard which made it, so holds its row
+/// (migrations/0001_schema.sql, `next_id()`: a per-shard sequence shifted left by these bits, or'ed
+/// with the shard's number). 8 bits: up to 256 shards, far more than a stage runs.
+pub const SHARD_BITS: u32 = 8;
+
+/// The shard that holds the row with this `id`: its low [`SHARD_BITS`] bits. Shard 0 until stage
+/// 7 runs several; an article's slug ends in its id, so a slug alone names its shard.
+pub fn shard_of(id: i64) -> u8 {
+    // The mask keeps 8 bits: the cast cannot truncate anything.
+    (id & ((1 << SHARD_BITS) - 1)) as u8
+}
+
+/// Routes queries to a server: the primary, or (through a [`Reader`]) a replica.
+#[derive(Clone)]
+pub struct Database {
+    primary: PgPool,
+    /// Stage 5's replicas, if any.
+    replicas: Option<Arc<ReplicaSet>>,
+    /// Users' positions, if the stage has replicas and keeps session consistency.
+    positions: Option<Arc<Positions>>,
+    /// Whether the primary is a candidate for reads beside the replicas.
+    primary_takes_reads: bool,
+    metrics: DbMetrics,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field(
+                "replicas",
+                &self.replicas.as_ref().map_or(0, |r| r.all().len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lazy pool (the first query opens the first connection, so the app starts even while the
+/// server is still coming up) and the options it connects with.
+fn lazy_pool(
+    url: &str,
+    max_connections: u32,
+    settings: &DatabaseSettings,
+) -> anyhow::Result<(PgConnectOptions, PgPool)> {
+    let options: PgConnectOptions = url.parse().context("parsing a database URL")?;
+    let options = options
+        .options([
+            (
+                "statement_timeout",
+                settings.statement_timeout_ms.to_string(),
+            ),
+            // Plan each prepared statement once per connection, not once per execution.
+            // Every statement here is an indexed lookup or a bounded range, whose best plan
+            // does not depend on its parameters; but for `id = ANY($1)` PostgreSQL's default
+            // (`auto`) keeps choosing a fresh custom plan, because the generic plan's guess
+            // at the array's length makes it look dearer, so it is planned on every call.
+            // The effect, recorded: stages/01-monolith/results/read-baseline.json against
+            // read-baseline-auto-plans.json (+16 % single reads, +63 % list pages).
+            ("plan_cache_mode", "force_generic_plan".to_owned()),
+        ])
+        .application_name("conduit")
+        // Every query at debug level would flood the logs and skew benchmarks.
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_lazy_with(options.clone());
+    Ok((options, pool))
+}
+
+impl Database {
+    /// The primary and any replicas `settings` name, all connected lazily; replica polling starts
+    /// with [`Database::start_polling`]. `cache` lends the Redis timeouts for users' positions.
+    pub fn connect_lazy(
+        settings: &DatabaseSettings,
+        cache: &CacheSettings,
+        metrics: DbMetrics,
+    ) -> anyhow::Result<Self> {
+        let (primary_options, primary) =
+            lazy_pool(settings.url.expose(), settings.max_connections, settings)
+                .context("database.url")?;
+        let replicas = if settings.replicas.is_empty() {
+            None
+        } else {
+            let set = ReplicaSet::new(settings, primary_options, |url, max| {
+                lazy_pool(url, max, settings).context("database.replicas")
+            })?;
+            Some(Arc::new(set))
+        };
+        let positions = match (&replicas, settings.consistency) {
+            (Some(_), Consistency::Session) if !settings.positions_url.is_empty() => {
+                Some(Arc::new(
+                    Positions::new(&settings.positions_url, cache)
+                        .context("database.positions_url")?,
+                ))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            primary,
+            replicas,
+            positions,
+            primary_takes_reads: settings.primary_takes_reads,
+            metrics,
+        })
+    }
+
+    /// Wraps an existing pool (tests): a primary, no replicas.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self {
+            primary: pool,
+            replicas: None,
+            positions: None,
+            primary_takes_reads: true,
+            metrics: DbMetrics::default(),
+        }
+    }
+
+    /// Starts polling the replicas (no-op without replicas).
+    pub fn start_polling(&self) {
+        if let Some(replicas) = &self.replicas {
+            replicas.start_polling();
+        }
+    }
+
+    /// The primary's pool: for writes, transactions, and reads that must see the latest write.
+    pub fn write(&self) -> &PgPool {
+        &self.primary
+    }
+
+    /// The replicas, if the stage has any.
+    pub fn replicas(&self) -> Option<&ReplicaSet> {
+        self.replicas.as_deref()
+    }
+
+    /// The primary's position now: at or past every commit acknowledged so far.
+    pub async fn primary_position(&self) -> Result<Lsn, sqlx::Error> {
+        let offset: i64 = sqlx::query_scalar(Lsn::PRIMARY_POSITION_SQL)
+            .fetch_one(&self.primary)
+            .await?;
+        Ok(Lsn::from_sql(offset))
+    }
+
+    /// Applies pending migrations on the primary. Safe with several app hosts starting at once:
+    /// sqlx takes an advisory lock around it.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(self.write())
+            .await
+            .context("applying database migrations")
+    }
+
+    /// Pools to report in `/metrics`, with a label each.
+    pub fn pools(&self) -> Vec<(&str, &PgPool)> {
+        let mut pools = vec![("primary", &self.primary)];
+        if let Some(replicas) = &self.replicas {
+            pools.extend(replicas.all().iter().map(|r| (r.name.as_str(), &r.pool)));
+        }
+        pools
+    }
+
+    /// Updates the replica gauges (before `/metrics` is rendered).
+    pub fn refresh_gauges(&self) {
+        if let Some(replicas) = &self.replicas {
+            for replica in replicas.all() {
+                self.metrics
+                    .replica(&replica.name, replica.lag(), replica.in_rotation());
+            }
+        }
+    }
+}
+
+/// A replica's replay position now, read through `pool`: at or past what it has shown so far.
+pub async fn replay_position(pool: &PgPool) -> Result<Lsn, sqlx::Error> {
+    // A server that is no longer in recovery (promoted) shows everything it has written.
+    let offset: i64 = sqlx::query_scalar(
+        "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                      ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::int8",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Lsn::from_sql(offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shard_is_the_low_byte_whatever_the_sequence() {
+        for (sequence, shard) in [(1_i64, 0_u8), (2, 3), ((1 << 45) - 1, 255)] {
+            assert_eq!(shard_of((sequence << SHARD_BITS) | i64::from(shard)), shard);
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Stage 5's replicas as one app host sees them: how far behind each is, whether it is in
+//! rotation, and which one a read goes to.
+//!
+//! ```text
+//!                   every poll_ms (50 ms)
+//!   primary ──── insert position ───> history of (position, when seen)
+//!   replica-N ── replayed position ─> lag: bytes behind the newest position,
+//!                                          time since the oldest position it has not replayed
+//!                                     rotation: out past max_lag, back in under rejoin_lag
+//! ```
+//!
+//! Each app host polls on its own (a dedicated connection per server, so a poll never waits for a
+//! pooled connection and a query never waits for a poll), and decides on its own: no coordinator,
+//! nothing to fail. Lag in *time* is measured against the primary's own positions as this host
+//! saw them, so it needs no clock shared between machines.
+//!
+//! A read that needs nothing in particular goes to the less busy of two replicas drawn at random
+//! (power of two choices, by requests in flight); a read that must show a given write goes only
+//! to a replica known to have replayed past that write's position. "Known" means as of the last
+//! poll, so a replica may well be further on than the app thinks: the check errs towards the
+//! primary, never towards a stale row.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, PgConnection, PgPool};
+
+use super::lsn::Lsn;
+use crate::settings::DatabaseSettings;
+
+/// Primary positions remembered for measuring lag in time. At one poll every 50 ms this is
+/// 25 s of history, far past the lag at which a replica leaves rotation; a replica further
+/// behind than the oldest entry is reported as at least that far behind, which is all rotation
+/// needs to know.
+const HISTORY: usize = 512;
+
+/// When a replica leaves rotation and when it comes back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LagBounds {
+    /// Out of rotation when this far behind in time...
+    pub max_time: Duration,
+    /// ...or in WAL bytes.
+    pub max_bytes: u64,
+    /// Back in rotation only once under this time behind (and under half `max_bytes`), so a
+    /// replica near the bound does not flap in and out with every poll.
+    pub rejoin_time: Duration,
+}
+
+impl LagBounds {
+    /// The bounds `settings` give.
+    pub fn from_settings(settings: &DatabaseSettings) -> Self {
+        Self {
+            max_time: Duration::from_millis(settings.replica_max_lag_ms),
+            max_bytes: settings.replica_max_lag_bytes,
+            rejoin_time: Duration::from_millis(settings.replica_rejoin_lag_ms),
+        }
+    }
+
+    /// Whether a replica `lag` behind is in rotation after this poll, given whether it was
+    /// before: hysteresis between the bound to leave and the lower bound to come back.
+    pub fn in_rotation(&self, was_in: bool, lag: Lag) -> bool {
+        if was_in {
+            lag.time <= self.max_time && lag.bytes <= self.max_bytes
+        } else {
+            lag.time <= self.rejoin_time && lag.bytes <= self.max_bytes / 2
+        }
+    }
+}
+
+/// How far a replica is behind the primary, as of a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// WAL bytes the primary had written that the replica had not replayed.
+    pub bytes: u64,
+    /// How long ago the primary had reached the first position the replica has not replayed;
+    /// zero when it has replayed everything seen. The staleness of its data, to within a poll.
+    pub time: Duration,
+}
+
+/// The primary's positions as polled, oldest first.
+#[derive(Debug, Default)]
+struct PrimaryHistory {
+    seen: VecDeque<(Lsn, Instant)>,
+}
+
+impl PrimaryHistory {
+    fn record(&mut self, position: Lsn, at: Instant) {
+        // Only new positions matter: the time lag is measured from when one was first seen.
+        if self
+            .seen
+            .back()
+            .is_some_and(|(newest, _)| *newest >= position)
+        {
+            return;
+        }
+        if self.seen.len() == HISTORY {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((position, at));
+    }
+
+    fn newest(&self) -> Option<Lsn> {
+        self.seen.back().map(|(lsn, _)| *lsn)
+    }
+
+    /// The lag of a replica that has replayed up to `replayed`, at `now`.
+    fn lag_of(&self, replayed: Lsn, now: Instant) -> Lag {
+        let Some(newest) = self.newest() else {
+            return Lag::default();
+        };
+        let first_unreplayed = self.seen.iter().find(|(lsn, _)| *lsn > replayed);
+        Lag {
+            bytes: newest.bytes_after(replayed),
+            time: first_unreplayed.map_or(Duration::ZERO, |(_, at)| now.duration_since(*at)),
+        }
+    }
+}
+
+/// One replica: its pool for reads, and what the last poll said about it.
+#[derive(Debug)]
+pub struct Replica {
+    /// `replica-1`, `replica-2`, ... in the order of `database.replicas`: the label in metrics.
+    pub name: String,
+    /// Connections for reads.
+    pub pool: PgPool,
+    /// For the poller's own connection.
+    options: PgConnectOptions,
+    replayed: AtomicU64,
+    lag_bytes: AtomicU64,
+    lag_micros: AtomicU64,
+    in_rotation: AtomicBool,
+}
+
+impl Replica {
+    /// The position it had replayed at the last poll (0 before the first).
+    pub fn replayed(&self) -> Lsn {
+        Lsn(self.replayed.load(Ordering::Acquire))
+    }
+
+    /// Its lag at the last poll.
+    pub fn lag(&self) -> Lag {
+        Lag {
+            bytes: self.lag_bytes.load(Ordering::Relaxed),
+            time: Duration::from_micros(self.lag_micros.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Whether reads may go to it.
+    pub fn in_rotation(&self) -> bool {
+        self.in_rotation.load(Ordering::Acquire)
+    }
+
+    /// Takes it out of rotation at once (a read on it failed); the next good poll decides when
+    /// it comes back.
+    pub fn suspend(&self) {
+        if self.in_rotation.swap(false, Ordering::AcqRel) {
+            tracing::warn!(replica = %self.name, "a read failed on this replica: out of rotation");
+        }
+    }
+}
+
+/// Where one request's reads go.
+#[derive(Debug, Clone)]
+pub enum ReadTarget {
+    /// The primary.
+    Primary,
+    /// This replica.
+    Replica(Arc<Replica>),
+}
+
+/// How busy a pool is: connections in use over its maximum. Counts every query on the server
+/// from this app host, so the primary's writes weigh on it as they should.
+fn busy(pool: &PgPool) -> f64 {
+    let in_use = pool.size().saturating_sub(pool.num_idle() as u32);
+    f64::from(in_use) / f64::from(pool.options().get_max_connections().max(1))
+}
+
+/// Every replica of the stage, with the primary's history they are measured against.
+#[derive(Debug)]
+pub struct ReplicaSet {
+    replicas: Vec<Arc<Replica>>,
+    primary: PgConnectOptions,
+    history: Mutex<PrimaryHistory>,
+    bounds: LagBounds,
+    poll_every: Duration,
+    poll_timeout: Duration,
+    started: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ReplicaSet {
+    /// The replicas `settings.replicas` name, each with a lazy pool (as the primary's: the app
+    /// starts while they come up). Nothing is in rotation before its first good poll.
+    pub fn new(
+        settings: &DatabaseSettings,
+        primary: PgConnectOptions,
+        connect: impl Fn(&str, u32) -> anyhow::Result<(PgConnectOptions, PgPool)>,
+    ) -> anyhow::Result<Self> {
+        let replicas = settings
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let (options, pool) = connect(url.expose(), settings.replica_max_connections)?;
+                Ok(Arc::new(Replica {
+                    name: format!("replica-{}", i + 1),
+                    pool,
+                    options,
+                    replayed: AtomicU64::new(0),
+                    lag_bytes: AtomicU64::new(0),
+                    lag_micros: AtomicU64::new(0),
+                    in_rotation: AtomicBool::new(false),
+                }))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            replicas,
+            primary,
+            history: Mutex::default(),
+            bounds: LagBounds::from_settings(settings),
+            poll_every: Duration::from_millis(settings.replica_poll_ms.max(1)),
+            poll_timeout: Duration::from_millis(settings.replica_poll_timeout_ms.max(1)),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    /// Every replica, in configuration order.
+    pub fn all(&self) -> &[Arc<Replica>] {
+        &self.replicas
+    }
+
+    /// The primary's newest position this host has seen.
+    pub fn primary_position(&self) -> Option<Lsn> {
+        lock(&self.history).newest()
+    }
+
+    /// Where a read that must show position `at_least` (anything, with `None`) goes: among the
+    /// replicas in rotation known to have replayed that far, and the primary if `primary` is
+    /// given (it is always far enough), the less busy of two drawn at random. `None` when no
+    /// candidate is left (no primary given, and no replica qualifies).
+    pub fn choose(&self, at_least: Option<Lsn>, primary: Option<&PgPool>) -> Option<ReadTarget> {
+        let mut candidates: Vec<(ReadTarget, &PgPool)> = self
+            .replicas
+            .iter()
+            .filter(|r| r.in_rotation() && at_least.is_none_or(|lsn| r.replayed() >= lsn))
+            .map(|r| (ReadTarget::Replica(r.clone()), &r.pool))
+            .collect();
+        if let Some(pool) = primary {
+            candidates.push((ReadTarget::Primary, pool));
+        }
+        let n = candidates.len();
+        let pick = match n {
+            0 => return None,
+            1 => 0,
+            _ => {
+                let mut rng = rand::thread_rng();
+                let a = rng.gen_range(0..n);
+                let b = (a + rng.gen_range(1..n)) % n;
+                if busy(candidates[b].1) < busy(candidates[a].1) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(candidates.swap_remove(pick).0)
+    }
+
+    /// Starts the pollers (once; later calls do nothing): one task for the primary's position
+    /// and one per replica, each on its own connection, each at `replica_poll_ms`. They live as
+    /// long as the runtime.
+    pub fn start_polling(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let set = self.clone();
+        tokio::spawn(async move { set.poll_primary().await });
+        for replica in &self.replicas {
+            let set = self.clone();
+            let replica = replica.clone();
+            tokio::spawn(async move { set.poll_replica(&replica).await });
+        }
+    }
+
+    async fn poll_primary(self: Arc<Self>) {
+        let mut connection = None;
+        let mut tick = tokio::time::interval(self.poll_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let polled = self
+                .poll(&self.primary, &mut connection, Lsn::PRIMARY_POSITION_SQL)
+                .await;
+            match polled {
+                // Keep the last history when the primary is unreachable: replicas are then
+                // measured against the last position it reached, which is what they can show.
+                Ok(position) => lock(&self.history).record(position, Instant::now()),
+                Err(e) => tracing::debug!(error = %e, "polling the primary's position"),
+            }
+        }
+    }
+
+    async fn poll_replica(self: Arc<Self>, replica: &Replica) {
+        // A server that is not in recovery is no replica (promoted by hand, or a mistake in the
+        // settings): its replay position is NULL, which fails the poll and keeps it out.
+        const REPLAYED: &str =
+            "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 WHERE pg_is_in_recovery()";
+        let mut connection = None;
+        let mut tick = tokio::time::interval(self.poll_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let polled = self.poll(&replica.options, &mut connection, REPLAYED).await;
+            let was_in = replica.in_rotation();
+            let now_in = match polled {
+                Ok(replayed) => {
+                    let lag = lock(&self.history).lag_of(replayed, Instant::now());
+                    replica.replayed.store(replayed.0, Ordering::Release);
+                    replica.lag_bytes.store(lag.bytes, Ordering::Relaxed);
+                    replica
+                        .lag_micros
+                        .store(lag.time.as_micros() as u64, Ordering::Relaxed);
+                    self.bounds.in_rotation(was_in, lag)
+                }
+                Err(e) => {
+                    if was_in {
+                        tracing::warn!(replica = %replica.name, error = %e, "replica not answering: out of rotation");
+                    }
+                    false
+                }
+            };
+            replica.in_rotation.store(now_in, Ordering::Release);
+            if was_in != now_in {
+                let lag = replica.lag();
+                tracing::info!(
+                    replica = %replica.name,
+                    in_rotation = now_in,
+                    lag_ms = lag.time.as_millis() as u64,
+                    lag_bytes = lag.bytes,
+                    "replica rotation changed"
+                );
+            }
+        }
+    }
+
+    /// One position query on `connection`, reconnecting first if there is none, all within
+    /// `poll_timeout`; a failure drops the connection, so the next poll starts afresh.
+    async fn poll(
+        &self,
+        options: &PgConnectOptions,
+        connection: &mut Option<PgConnection>,
+        sql: &'static str,
+    ) -> anyhow::Result<Lsn> {
+        let attempt = async {
+            if connection.is_none() {
+                *connection = Some(
+                    options
+                        .clone()
+                        .application_name("conduit-lag-poller")
+                        .connect()
+                        .await?,
+                );
+            }
+            let Some(conn) = connection.as_mut() else {
+                anyhow::bail!("no connection");
+            };
+            let offset: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
+            offset
+                .map(Lsn::from_sql)
+                .ok_or_else(|| anyhow::anyhow!("not a replica (not in recovery)"))
+        };
+        match tokio::time::timeout(self.poll_timeout, attempt).await {
+            Ok(Ok(lsn)) => Ok(lsn),
+            Ok(Err(e)) => {
+                if let Some(conn) = connection.take() {
+                    let _ = conn.close_hard().await;
+                }
+                Err(e)
+            }
+            Err(_) => {
+                connection.take();
+                anyhow::bail!("no answer within {:?}", self.poll_timeout)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds() -> LagBounds {
+        LagBounds {
+            max_time: Duration::from_millis(1_000),
+            max_bytes: 1_000,
+            rejoin_time: Duration::from_millis(250),
+        }
+    }
+
+    fn lag(ms: u64, bytes: u64) -> Lag {
+        Lag {
+            bytes,
+            time: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn a_replica_leaves_past_the_bound_and_returns_only_well_under_it() {
+        let b = bounds();
+        assert!(
+            b.in_rotation(true, lag(1_000, 1_000)),
+            "at the bound: stays"
+        );
+        assert!(!b.in_rotation(true, lag(1_001, 0)), "past it in time: out");
+        assert!(!b.in_rotation(true, lag(0, 1_001)), "past it in bytes: out");
+        assert!(
+            !b.in_rotation(false, lag(600, 0)),
+            "under the bound but not enough: still out"
+        );
+        assert!(!b.in_rotation(false, lag(0, 600)), "bytes too: still out");
+        assert!(
+            b.in_rotation(false, lag(250, 500)),
+            "under the rejoin bounds: back"
+        );
+    }
+
+    #[test]
+    fn time_lag_counts_from_when_the_first_unreplayed_position_was_seen() {
+        let t0 = Instant::now();
+        let mut history = PrimaryHistory::default();
+        history.record(Lsn(100), t0);
+        history.record(Lsn(100), t0 + Duration::from_millis(50)); // no new write: ignored
+        history.record(Lsn(200), t0 + Duration::from_millis(100));
+        history.record(Lsn(300), t0 + Duration::from_millis(150));
+        let now = t0 + Duration::from_millis(400);
+        assert_eq!(history.lag_of(Lsn(300), now), lag(0, 0), "caught up");
+        assert_eq!(
+            history.lag_of(Lsn(150), now),
+            lag(300, 150),
+            "200 seen at 100 ms"
+        );
+        assert_eq!(
+            history.lag_of(Lsn(50), now),
+            lag(400, 250),
+            "behind everything seen"
+        );
+        assert_eq!(
+            PrimaryHistory::default().lag_of(Lsn(0), now),
+            Lag::default()
+        );
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let t0 = Instant::now();
+        let mut history = PrimaryHistory::default();
+        for i in 0..(HISTORY as u64 * 2) {
+            history.record(Lsn(i + 1), t0);
+        }
+        assert_eq!(history.seen.len(), HISTORY);
+        assert_eq!(history.newest(), Some(Lsn(HISTORY as u64 * 2)));
+    }
+}

@@ -1,0 +1,361 @@
+//! Session consistency across requests and app hosts: a logged-in user sees their own writes
+//! (read-your-writes) and never an older state after a newer one (monotonic reads), while their
+//! reads still go to replicas.
+//!
+//! The mechanism is one number per user, their *position*: the WAL position of the newest
+//! database state they may have seen. It lives in Redis (database 1 of the cache host, so
+//! emptying the cache never forgets it), where every app host sees it, and it only moves forward.
+//!
+//! ```text
+//! request of user U            ┌─ Redis: pos:U ─┐
+//!   read:  GET pos:U  ─────────┤                ├─> a replica that replayed ≥ pos:U, else the primary
+//!   after: pos:U = max(pos:U, what this request may have seen)
+//!            a write that committed:  the primary's position now (past its commit)
+//!            a read on a replica:     that replica's replay position now (past what it showed)
+//!            a read on the primary:   the primary's position now
+//! ```
+//!
+//! "Now" is measured *after* the handler ran, so it is at or past everything the request could
+//! have read or written. If Redis cannot be reached, a logged-in user's reads go to the primary,
+//! which is never behind: safe first. Anonymous readers have no position; they read any replica in
+//! rotation, which is at most `database.replica_max_lag_ms` behind (plus one poll).
+//!
+//! A read that fails on a replica (the replica died between two polls) takes it out of rotation
+//! at once and is run again on the primary, once: it was a read, so running it twice is safe.
+//!
+//! `database.consistency = "none"` turns positions off, to show what they prevent: every read then
+//! goes to any replica, and the harness counts a user's own writes they could not see.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc,
+};
+
+use axum::{
+    extract::{FromRequestParts, Request, State},
+    http::{request::Parts, Method},
+    middleware::Next,
+    response::Response,
+};
+use sqlx::PgPool;
+use tokio::sync::OnceCell;
+
+use super::{
+    lsn::Lsn,
+    replicas::{ReadTarget, Replica},
+    Database,
+};
+use crate::{cache::redis::RedisStore, error::ApiError, AppState};
+
+/// How long a user's position is kept after their last request. It only matters while a replica
+/// in rotation may still be behind it, and a replica in rotation is at most
+/// `replica_max_lag_ms` (a second by default) behind: a minute is far past that.
+pub const POSITION_TTL_SECS: u64 = 60;
+
+/// Where users' positions live: Redis, with the cache's timeouts and breaker.
+pub struct Positions {
+    store: RedisStore,
+}
+
+impl Positions {
+    /// Positions kept in the Redis at `url` (the cache host's database 1).
+    pub fn new(url: &str, cache: &crate::settings::CacheSettings) -> anyhow::Result<Self> {
+        let settings = crate::settings::CacheSettings {
+            url: url.to_owned(),
+            ..cache.clone()
+        };
+        Ok(Self {
+            store: RedisStore::new(&settings)?,
+        })
+    }
+
+    fn key(user: i64) -> String {
+        format!("pos:{user}")
+    }
+
+    /// The user's position, `None` if they have none; an error if Redis cannot say.
+    pub async fn get(&self, user: i64) -> anyhow::Result<Option<Lsn>> {
+        let bytes = self
+            .store
+            .get(&Self::key(user))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(bytes.and_then(|b| {
+            let text = std::str::from_utf8(&b).ok()?;
+            u64::from_str_radix(text, 16).ok().map(Lsn)
+        }))
+    }
+
+    /// Moves the user's position forward to `seen` (never back).
+    pub async fn raise(&self, user: i64, seen: Lsn) -> anyhow::Result<()> {
+        // Sixteen hex digits: byte order is number order, which the store's compare relies on.
+        let value = format!("{:016x}", seen.0);
+        self.store
+            .raise(&Self::key(user), &value, POSITION_TTL_SECS)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+/// Put in a response by a handler that created a user, who sent no token to be known by: the
+/// middleware starts that user's position at the write.
+#[derive(Debug, Clone, Copy)]
+pub struct Registered(pub i64);
+
+/// Why a read went where it went: the `reason` label of `db_reads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A replica, any in rotation (an anonymous reader, or consistency off).
+    AnyReplica,
+    /// A replica that had replayed past the user's position.
+    CaughtUpReplica,
+    /// The primary, drawn as the less busy of two candidates (`database.primary_takes_reads`).
+    PrimaryBalanced,
+    /// The primary: no replica had replayed past the user's position (the guard's cost).
+    PrimaryReplicasBehind,
+    /// The primary: no replica in rotation (none configured, or all down or lagging).
+    PrimaryNoReplica,
+    /// The primary: the user's position could not be read (Redis down): safe first.
+    PrimaryPositionUnknown,
+    /// The primary: the handler asked for current data (see each call of [`Reader::primary`]).
+    PrimaryCurrent,
+    /// The primary: a first try on a replica failed.
+    PrimaryRetry,
+}
+
+impl Route {
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::AnyReplica => "any_replica",
+            Route::CaughtUpReplica => "caught_up_replica",
+            Route::PrimaryBalanced => "balanced",
+            Route::PrimaryReplicasBehind => "replicas_behind",
+            Route::PrimaryNoReplica => "no_replica",
+            Route::PrimaryPositionUnknown => "position_unknown",
+            Route::PrimaryCurrent => "current",
+            Route::PrimaryRetry => "retry",
+        }
+    }
+}
+
+/// One request's reading state, shared by the [`Reader`] its handler uses and the middleware
+/// ([`track`]) that records what the request may have seen.
+#[derive(Debug)]
+pub struct ReadSession {
+    /// The logged-in user, if any.
+    user: Option<i64>,
+    /// Set for the retry of a read that failed on a replica.
+    primary_only: bool,
+    chosen: OnceCell<ReadTarget>,
+    read_primary: AtomicBool,
+    /// The newest stamp of a cache entry the request served (0: none).
+    cached: AtomicU64,
+}
+
+impl ReadSession {
+    fn new(user: Option<i64>, primary_only: bool) -> Self {
+        Self {
+            user,
+            primary_only,
+            chosen: OnceCell::new(),
+            read_primary: AtomicBool::new(false),
+            cached: AtomicU64::new(0),
+        }
+    }
+
+    /// The replica this request read from, if it did.
+    fn replica(&self) -> Option<&Arc<Replica>> {
+        match self.chosen.get() {
+            Some(ReadTarget::Replica(replica)) => Some(replica),
+            _ => None,
+        }
+    }
+
+    fn read_primary(&self) -> bool {
+        self.read_primary.load(Ordering::Relaxed)
+            || matches!(self.chosen.get(), Some(ReadTarget::Primary))
+    }
+}
+
+/// The extractor handlers read through: [`Reader::pool`] for reads that may be as stale as the
+/// request allows, [`Reader::primary`] for reads that must be current. The choice is made once
+/// per request, at its first read, so all of a request's reads see one replica's state.
+pub struct Reader {
+    db: Database,
+    session: Arc<ReadSession>,
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        // Without the middleware (no replicas configured): a session that reads the primary.
+        let session = parts
+            .extensions
+            .get::<Arc<ReadSession>>()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ReadSession::new(None, false)));
+        Ok(Reader {
+            db: state.db.clone(),
+            session,
+        })
+    }
+}
+
+impl Reader {
+    /// A reader outside any request (tests, tools): reads the primary.
+    pub fn primary_only(db: &Database) -> Self {
+        Self {
+            db: db.clone(),
+            session: Arc::new(ReadSession::new(None, true)),
+        }
+    }
+
+    /// The pool for this request's reads: chosen at the first call, the same after.
+    pub async fn pool(&self) -> &PgPool {
+        let target = self
+            .session
+            .chosen
+            .get_or_init(|| async {
+                let (target, route) = self.choose().await;
+                let label = match &target {
+                    ReadTarget::Primary => "primary",
+                    ReadTarget::Replica(replica) => replica.name.as_str(),
+                };
+                self.db.metrics.read(label, route.as_str());
+                target
+            })
+            .await;
+        match target {
+            ReadTarget::Primary => self.db.write(),
+            ReadTarget::Replica(replica) => &replica.pool,
+        }
+    }
+
+    /// The primary, for a read that must show the latest committed state whatever the user's
+    /// position (each caller says why).
+    pub fn primary(&self) -> &PgPool {
+        self.session.read_primary.store(true, Ordering::Relaxed);
+        self.db.write()
+    }
+
+    /// The request served a cache entry stamped `stamp` (see `Cache::in_front_of`): the user has
+    /// seen the database as of that position.
+    pub fn saw(&self, stamp: Option<Lsn>) {
+        if let Some(lsn) = stamp {
+            self.session.cached.fetch_max(lsn.0, Ordering::Relaxed);
+        }
+    }
+
+    async fn choose(&self) -> (ReadTarget, Route) {
+        let Some(replicas) = &self.db.replicas else {
+            return (ReadTarget::Primary, Route::PrimaryNoReplica);
+        };
+        if self.session.primary_only {
+            return (ReadTarget::Primary, Route::PrimaryRetry);
+        }
+        let needed = match (self.session.user, &self.db.positions) {
+            (Some(user), Some(positions)) => match positions.get(user).await {
+                Ok(position) => position,
+                Err(e) => {
+                    tracing::debug!(error = %e, "position unknown: reading the primary");
+                    return (ReadTarget::Primary, Route::PrimaryPositionUnknown);
+                }
+            },
+            _ => None,
+        };
+        let primary = self.db.primary_takes_reads.then(|| self.db.write());
+        match replicas.choose(needed, primary) {
+            Some(ReadTarget::Replica(replica)) if needed.is_some() => {
+                (ReadTarget::Replica(replica), Route::CaughtUpReplica)
+            }
+            Some(ReadTarget::Replica(replica)) => (ReadTarget::Replica(replica), Route::AnyReplica),
+            // The primary was drawn, or was all that was left: which, says the route.
+            _ if replicas.choose(needed, None).is_some() => {
+                (ReadTarget::Primary, Route::PrimaryBalanced)
+            }
+            _ if replicas.choose(None, None).is_some() => {
+                (ReadTarget::Primary, Route::PrimaryReplicasBehind)
+            }
+            _ => (ReadTarget::Primary, Route::PrimaryNoReplica),
+        }
+    }
+}
+
+/// Middleware, in front of every route when the stage has replicas: gives the request its
+/// [`ReadSession`], runs a read again on the primary if it failed on a replica, and afterwards
+/// moves the user's position past whatever the request may have seen.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let db = &state.db;
+    if db.replicas.is_none() {
+        return next.run(request).await;
+    }
+    // The token is checked again by the handler's own extractor, which answers 401 if it is bad;
+    // here a bad one simply means "no position".
+    let user = crate::auth::bearer_user(request.headers(), &state.auth);
+    let reads_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    let retry = reads_only.then(|| copy_of(&request));
+    let session = Arc::new(ReadSession::new(user, false));
+    let mut request = request;
+    request.extensions_mut().insert(session.clone());
+    let mut response = next.clone().run(request).await;
+    let mut session = session;
+    if let (Some(mut again), Some(replica)) = (retry, session.replica()) {
+        if response.status().is_server_error() {
+            replica.suspend();
+            let fresh = Arc::new(ReadSession::new(user, true));
+            again.extensions_mut().insert(fresh.clone());
+            response = next.run(again).await;
+            session = fresh;
+        }
+    }
+    let user = user.or_else(|| response.extensions().get::<Registered>().map(|r| r.0));
+    if let (Some(user), Some(positions)) = (user, &db.positions) {
+        let wrote = !reads_only && response.status().is_success();
+        if let Some(seen) = seen_position(db, &session, wrote).await {
+            if let Err(e) = positions.raise(user, seen).await {
+                // The next read of this user finds Redis failing too and reads the primary.
+                tracing::debug!(error = %e, "could not record the user's position");
+            }
+        }
+    }
+    response
+}
+
+/// A position at or past everything the request may have read or written, measured now: the
+/// newest of what it read or wrote in the database and the stamps of the cache entries it served.
+async fn seen_position(db: &Database, session: &ReadSession, wrote: bool) -> Option<Lsn> {
+    let cached = Some(Lsn(session.cached.load(Ordering::Relaxed))).filter(|lsn| lsn.0 > 0);
+    let measured = if wrote || session.read_primary() {
+        db.primary_position().await
+    } else if let Some(replica) = session.replica() {
+        super::replay_position(&replica.pool).await
+    } else {
+        return cached;
+    };
+    match measured {
+        Ok(position) => Some(cached.map_or(position, |c| c.max(position))),
+        Err(e) => {
+            // Not knowing what a read showed is only a risk to monotonic reads, and only if the
+            // user's next read finds a replica between the two; a write's position unknown is a
+            // risk to read-your-writes: logged at warn.
+            tracing::warn!(error = %ApiError::from(e), "the user's position could not be measured");
+            cached
+        }
+    }
+}
+
+/// A bodiless copy of a GET or HEAD request, to run it again.
+fn copy_of(request: &Request) -> Request {
+    let mut copy = Request::new(axum::body::Body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
+}
