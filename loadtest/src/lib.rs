@@ -72,6 +72,9 @@ pub struct Options {
     pub verify: bool,
     /// Live counters for a progress display.
     pub live: Option<Arc<run::Live>>,
+    /// Read each acknowledged write a second time as its writer (see
+    /// [`run::RunConfig::monotonic_checks`]).
+    pub monotonic_checks: bool,
 }
 
 /// Open loop, closed loop, or sweep.
@@ -181,6 +184,7 @@ pub async fn execute(
         timeout: options.timeout,
         seed: options.seed,
         live: options.live.clone(),
+        monotonic_checks: options.monotonic_checks,
     };
     match options.plan {
         Plan::Open { rate } => {
@@ -371,6 +375,8 @@ async fn finish(
             ryw_checks: out.ryw_checks,
             ryw_violations: out.ryw_violations,
             ryw_examples: out.ryw_examples,
+            monotonic_checks: out.monotonic_checks,
+            monotonic_violations: out.monotonic_violations,
         },
         cache: Cache {
             hits,

@@ -68,6 +68,11 @@ struct Cli {
     /// Skip reading acknowledged writes back after the run.
     #[arg(long)]
     no_verify: bool,
+    /// Read each acknowledged write a second time as its writer, right after the first read
+    /// showed it, and count a second read that no longer shows it (monotonic reads). Adds one
+    /// read per write.
+    #[arg(long)]
+    check_monotonic_reads: bool,
     /// Exit non-zero if the corrected p99 is above this.
     #[arg(long, value_parser = loadtest::parse_duration)]
     max_p99: Option<Duration>,
@@ -121,6 +126,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         password: "archlab-seed-password".into(),
         verify: !cli.no_verify,
         live: Some(live.clone()),
+        monotonic_checks: cli.check_monotonic_reads,
     };
     let ticker = tokio::spawn(loadtest::show_progress(live));
     let result = loadtest::execute(&options, &|line| eprintln!("{line}")).await;

@@ -55,8 +55,15 @@ pub struct Checks {
     pub ryw_checks: u64,
     /// Of those, reads that did not show the write.
     pub ryw_violations: u64,
-    /// Some of them, described.
+    /// Some of them (and of the monotonic-read violations), described.
     pub ryw_examples: Vec<String>,
+    /// Second reads by a writer whose first read showed the write (with
+    /// `--check-monotonic-reads`).
+    #[serde(default)]
+    pub monotonic_checks: u64,
+    /// Of those, reads that no longer showed it.
+    #[serde(default)]
+    pub monotonic_violations: u64,
 }
 
 /// Cache behaviour seen in `x-cache` headers.
@@ -421,6 +428,12 @@ impl Report {
             "Writes acknowledged {}, lost {}, unverified {}; read-your-writes checks {}, violations {}.\n",
             k.acknowledged_writes, k.lost_writes, k.unverified_writes, k.ryw_checks, k.ryw_violations
         ));
+        if k.monotonic_checks > 0 {
+            s.push_str(&format!(
+                "Monotonic-read checks {}, violations {}.\n",
+                k.monotonic_checks, k.monotonic_violations
+            ));
+        }
         if let Some(ratio) = self.cache.hit_ratio {
             s.push_str(&format!("Cache hit ratio {:.1} %.\n", ratio * 100.0));
         }

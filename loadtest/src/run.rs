@@ -69,6 +69,10 @@ pub struct RunConfig {
     pub seed: u64,
     /// Live counters for a progress display, if wanted.
     pub live: Option<Arc<Live>>,
+    /// After a writer's read-back showed their write, read it once more as them: a second read
+    /// that no longer shows it is a monotonic-read violation (stage 5's replicas can cause one).
+    /// Off by default: it adds a read per write, which would change a benchmark's load.
+    pub monotonic_checks: bool,
 }
 
 /// Counters a progress display can read while a run goes on.
@@ -105,6 +109,10 @@ pub struct RunOutput {
     pub ryw_violations: u64,
     /// A few violations, described.
     pub ryw_examples: Vec<String>,
+    /// Second reads by a writer after a first read showed the write (`monotonic_checks`).
+    pub monotonic_checks: u64,
+    /// Of those, reads that no longer showed it.
+    pub monotonic_violations: u64,
     /// Measured seconds (may exceed the configured duration by the last requests' latency).
     pub measured_secs: f64,
 }
@@ -116,6 +124,8 @@ struct Shared {
     ryw_checks: AtomicU64,
     ryw_violations: AtomicU64,
     ryw_examples: Mutex<Vec<String>>,
+    monotonic_checks: AtomicU64,
+    monotonic_violations: AtomicU64,
     measure_start: Instant,
     end: Instant,
     dropped: AtomicU64,
@@ -135,6 +145,8 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         ryw_checks: AtomicU64::new(0),
         ryw_violations: AtomicU64::new(0),
         ryw_examples: Mutex::new(Vec::new()),
+        monotonic_checks: AtomicU64::new(0),
+        monotonic_violations: AtomicU64::new(0),
         measure_start,
         end,
         dropped: AtomicU64::new(0),
@@ -225,6 +237,8 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         acks_untracked: shared.acks_untracked.load(Ordering::Relaxed),
         ryw_checks: shared.ryw_checks.load(Ordering::Relaxed),
         ryw_violations: shared.ryw_violations.load(Ordering::Relaxed),
+        monotonic_checks: shared.monotonic_checks.load(Ordering::Relaxed),
+        monotonic_violations: shared.monotonic_violations.load(Ordering::Relaxed),
         ryw_examples: shared
             .ryw_examples
             .into_inner()
@@ -400,24 +414,35 @@ async fn one_request(
         return;
     };
     if let Some(check) = &ack.read_back {
-        shared.ryw_checks.fetch_add(1, Ordering::Relaxed);
-        let seen = match exchange(config, conn, &check.request).await {
-            // Overloaded or failing is not "the write is missing": availability is counted elsewhere.
-            Ok(r) if r.status >= 500 || r.status == 429 => true,
-            Ok(r) => check.expect.holds(&r),
-            Err(_) => true,
+        // Overloaded or failing is not "the write is missing": availability is counted elsewhere.
+        let shows = |result: Result<Response, Outcome>| match result {
+            Ok(r) if r.status >= 500 || r.status == 429 => None,
+            Ok(r) => Some(check.expect.holds(&r)),
+            Err(_) => None,
         };
-        if !seen {
-            shared.ryw_violations.fetch_add(1, Ordering::Relaxed);
+        let example = |what: &str| {
             let mut examples = shared
                 .ryw_examples
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if examples.len() < MAX_EXAMPLES {
                 examples.push(format!(
-                    "{}: {} {} did not show it",
+                    "{}: {} {} {what}",
                     ack.id, check.request.method, check.request.path
                 ));
+            }
+        };
+        shared.ryw_checks.fetch_add(1, Ordering::Relaxed);
+        let first = shows(exchange(config, conn, &check.request).await);
+        if first == Some(false) {
+            shared.ryw_violations.fetch_add(1, Ordering::Relaxed);
+            example("did not show it");
+        }
+        if config.monotonic_checks && first == Some(true) {
+            shared.monotonic_checks.fetch_add(1, Ordering::Relaxed);
+            if shows(exchange(config, conn, &check.request).await) == Some(false) {
+                shared.monotonic_violations.fetch_add(1, Ordering::Relaxed);
+                example("showed it, then did not (monotonic reads)");
             }
         }
     }
@@ -454,6 +479,7 @@ pub async fn verify(target: SocketAddr, acks: &[Ack], timeout: Duration) -> Veri
         timeout,
         seed: 0,
         live: None,
+        monotonic_checks: false,
     };
     let mut conn = Connections::default();
     for ack in acks {

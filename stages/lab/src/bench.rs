@@ -113,6 +113,7 @@ async fn measure(
         email_domain: "seed.archlab.test".into(),
         password: "archlab-seed-password".into(),
         verify: true,
+        monotonic_checks: false,
         live: Some(live.clone()),
     };
     // The harness (this process) runs in a budget of its own while it measures, so it never

@@ -132,6 +132,7 @@ async fn run(
         email_domain: "seed.archlab.test".into(),
         password: "archlab-seed-password".into(),
         verify: true,
+        monotonic_checks: false,
         live: Some(live.clone()),
     };
     let load =

@@ -111,6 +111,28 @@ pub struct ServiceStatus {
     pub healthy: bool,
     /// Its log file.
     pub log: PathBuf,
+    /// A replica's lag behind its primary, when both answer.
+    pub replica_lag: Option<ReplicaLag>,
+}
+
+/// A replica's lag, as `status` shows it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReplicaLag {
+    /// WAL bytes the primary has written that the replica has not replayed.
+    pub bytes: u64,
+    /// Seconds since it replayed its last transaction (meaningful while the primary writes).
+    pub seconds_since_last_replay: Option<f64>,
+}
+
+impl std::fmt::Display for ReplicaLag {
+    /// `lag 0 B` when caught up, else the bytes and the time since its last replay.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lag {} B", self.bytes)?;
+        match self.seconds_since_last_replay {
+            Some(s) if self.bytes > 0 => write!(f, ", last replay {s:.1} s ago"),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Lab {
@@ -578,6 +600,21 @@ impl Lab {
                 let server = self.server(stage, host, *role)?;
                 let pid = server.running()?.map(|r| r.pid);
                 let healthy = pid.is_some() && server.ready().await;
+                let replica_lag = match role {
+                    Role::Replica if healthy => {
+                        let replica = self.replica(stage, host)?;
+                        crate::replica::replay_lag(&replica.primary, &replica.server)
+                            .await
+                            .ok()
+                            .map(|lag| ReplicaLag {
+                                bytes: lag.bytes,
+                                seconds_since_last_replay: lag
+                                    .since_last_replay
+                                    .map(|d| d.as_secs_f64()),
+                            })
+                    }
+                    _ => None,
+                };
                 out.push(ServiceStatus {
                     stage: stage.number,
                     host: host.name.clone(),
@@ -590,6 +627,7 @@ impl Lab {
                     pid,
                     healthy,
                     log: server.log(),
+                    replica_lag,
                 });
             }
         }
@@ -608,6 +646,7 @@ impl Lab {
                 pid: Some(record.pid),
                 healthy: monitor.ready().await,
                 log: monitor.log_path(),
+                replica_lag: None,
             });
         }
         Ok(out)

@@ -508,14 +508,16 @@ async fn up(
     };
     for s in lab.status(&stage).await? {
         println!(
-            "  {:<8} {:<8} {:<7} {}:{:<5} pid {:<7} {}",
+            "  {:<9} {:<8} {:<7} {}:{:<5} pid {:<7} {}{}",
             s.host,
             s.role,
             s.size,
             s.address,
             s.port,
             s.pid.map_or("-".into(), |p| p.to_string()),
-            if s.healthy { "healthy" } else { "NOT HEALTHY" }
+            if s.healthy { "healthy" } else { "NOT HEALTHY" },
+            s.replica_lag
+                .map_or(String::new(), |lag| format!(" ({lag})")),
         );
     }
     println!("state: {}", state.display());
@@ -588,24 +590,23 @@ async fn status(state: &Path, net: u8, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<6} {:<8} {:<9} {:<7} {:<17} {:<8} {:<10} {:<20} log",
+        "{:<6} {:<9} {:<9} {:<7} {:<17} {:<8} {:<24} {:<20} log",
         "stage", "host", "role", "size", "address", "pid", "health", "cpu budget"
     );
     for (_, s) in &all {
         println!(
-            "{:<6} {:<8} {:<9} {:<7} {:<17} {:<8} {:<10} {:<20} {}",
+            "{:<6} {:<9} {:<9} {:<7} {:<17} {:<8} {:<24} {:<20} {}",
             s.stage,
             s.host,
             s.role,
             s.size,
             format!("{}:{}", s.address, s.port),
             s.pid.map_or("-".into(), |p| p.to_string()),
-            if s.healthy {
-                "healthy"
-            } else if s.pid.is_some() {
-                "unhealthy"
-            } else {
-                "stopped"
+            match (s.healthy, s.replica_lag) {
+                (true, Some(lag)) => format!("healthy ({lag})"),
+                (true, None) => "healthy".into(),
+                _ if s.pid.is_some() => "unhealthy".into(),
+                _ => "stopped".into(),
             },
             format!(
                 "{} ({})",

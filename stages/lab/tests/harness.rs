@@ -180,6 +180,7 @@ async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
         email_domain: "seed.archlab.test".into(),
         password: "archlab-seed-password".into(),
         verify: true,
+        monotonic_checks: false,
         live: None,
     };
     let (_, workload) = loadtest::prepare(&options).await.unwrap();

@@ -152,6 +152,20 @@ impl Replica {
         }
     }
 
+    /// Records that it had replayed `position` (from a poll, or a request that asked it): the
+    /// known position only moves forward.
+    pub fn saw_replayed(&self, position: Lsn) {
+        self.replayed.fetch_max(position.0, Ordering::AcqRel);
+    }
+
+    /// Asks it now how far it has replayed (one trivial query on its pool), and remembers the
+    /// answer: for a read whose user is ahead of what the last poll said.
+    pub async fn replayed_now(&self) -> Result<Lsn, sqlx::Error> {
+        let position = super::replay_position(&self.pool).await?;
+        self.saw_replayed(position);
+        Ok(position)
+    }
+
     /// Whether reads may go to it.
     pub fn in_rotation(&self) -> bool {
         self.in_rotation.load(Ordering::Acquire)
@@ -325,7 +339,7 @@ impl ReplicaSet {
             let now_in = match polled {
                 Ok(replayed) => {
                     let lag = lock(&self.history).lag_of(replayed, Instant::now());
-                    replica.replayed.store(replayed.0, Ordering::Release);
+                    replica.saw_replayed(replayed);
                     replica.lag_bytes.store(lag.bytes, Ordering::Relaxed);
                     replica
                         .lag_micros

@@ -269,6 +269,17 @@ impl Reader {
             _ => None,
         };
         let primary = self.db.primary_takes_reads.then(|| self.db.write());
+        // A user who has just written (or read) is usually ahead of what the last poll, up to
+        // 50 ms ago, knew of the replicas, though a replica on loopback replays within a
+        // millisecond or two. Rather than send every such read to the primary, ask one replica
+        // where it is now: one trivial query, and the read stays off the primary.
+        if let (Some(position), None) = (needed, replicas.choose(needed, None)) {
+            if let Some(ReadTarget::Replica(replica)) = replicas.choose(None, None) {
+                if replica.replayed_now().await.is_ok_and(|now| now >= position) {
+                    return (ReadTarget::Replica(replica), Route::CaughtUpReplica);
+                }
+            }
+        }
         match replicas.choose(needed, primary) {
             Some(ReadTarget::Replica(replica)) if needed.is_some() => {
                 (ReadTarget::Replica(replica), Route::CaughtUpReplica)
@@ -333,7 +344,7 @@ async fn seen_position(db: &Database, session: &ReadSession, wrote: bool) -> Opt
     let measured = if wrote || session.read_primary() {
         db.primary_position().await
     } else if let Some(replica) = session.replica() {
-        super::replay_position(&replica.pool).await
+        replica.replayed_now().await
     } else {
         return cached;
     };
