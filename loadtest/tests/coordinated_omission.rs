@@ -75,6 +75,7 @@ async fn corrected_latency_sees_the_freeze_that_uncorrected_latency_hides() {
         timeout: Duration::from_secs(5),
         seed: 1,
         live: None,
+        monotonic_checks: false,
     };
     let out = run(&config, workload).await;
     let s = &out.summary;
