@@ -194,6 +194,7 @@ async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
         timeout: options.timeout,
         seed: 3,
         live: None,
+        monotonic_checks: false,
     };
     let out = run(&config, Arc::clone(&workload)).await;
     assert!(out.ryw_checks > 0 && out.ryw_violations == 0);
