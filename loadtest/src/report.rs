@@ -282,8 +282,8 @@ pub struct Report {
 /// What a drill did and what it caused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Drill {
-    /// `kill` (SIGKILL the host's processes, start them again after the outage) or `freeze`
-    /// (SIGSTOP, then SIGCONT).
+    /// `kill` (SIGKILL the host's processes, start them again after the outage), `freeze`
+    /// (SIGSTOP, then SIGCONT), `restart`, `pausereplay` or `applydelay` (a replica).
     pub fault: String,
     /// The host it hit.
     pub host: String,
@@ -299,6 +299,9 @@ pub struct Drill {
     /// a kill can fail or leave unknown, since everything else is retried or not yet sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight_at_fault: Option<u64>,
+    /// App settings the drill's variant changed (`APP_DATABASE__CONSISTENCY=none`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_settings: Vec<String>,
 }
 
 /// One second of the series.

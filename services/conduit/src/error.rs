@@ -48,6 +48,11 @@ pub enum ApiError {
     /// 503: overloaded or timed out; retrying later may work.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
+    /// 503: the database (not this app host) cannot serve the request; every app host would
+    /// answer the same. Sent with [`FAULT_SCOPE`]` : shared`, so a load balancer does not take
+    /// this host out of rotation for it (it would only move the load, then take them all out).
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(&'static str),
     /// 500: our fault. Logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -71,7 +76,7 @@ impl ApiError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +94,7 @@ impl ApiError {
                 one("media", "must be a PNG, JPEG, GIF or WebP image".to_owned())
             }
             Self::Unavailable(what) => one("server", (*what).to_owned()),
+            Self::DatabaseUnavailable(what) => one("database", (*what).to_owned()),
             Self::Internal(_) => one("server", "internal error".to_owned()),
         }
     }
@@ -110,7 +116,7 @@ impl From<sqlx::Error> for ApiError {
             }
             sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(error = %error, "database unreachable");
-                Self::Unavailable("database unavailable, try again")
+                Self::DatabaseUnavailable("unavailable, try again")
             }
             _ => Self::Internal(anyhow::Error::new(error).context("database query")),
         }
@@ -131,10 +137,18 @@ impl IntoResponse for ApiError {
         match &self {
             // Logged here, once, inside the request span that TraceLayer opened.
             Self::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
-            Self::Unavailable(what) => tracing::warn!(what, "request refused"),
+            Self::Unavailable(what) | Self::DatabaseUnavailable(what) => {
+                tracing::warn!(what, "request refused")
+            }
             _ => {}
         }
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if matches!(self, Self::DatabaseUnavailable(_)) {
+            response
+                .headers_mut()
+                .insert(FAULT_SCOPE, axum::http::HeaderValue::from_static("shared"));
+        }
+        response
     }
 }
 
@@ -153,6 +167,10 @@ pub fn conflict_on_unique(error: sqlx::Error, fields: &[(&str, &'static str)]) -
     }
     error.into()
 }
+
+/// Response header on a 5xx whose cause is shared by every app host (the database), not this
+/// host: `shared`. The gateway's passive health check leaves the host in rotation for it.
+pub const FAULT_SCOPE: &str = "x-fault-scope";
 
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;

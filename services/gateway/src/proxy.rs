@@ -6,7 +6,8 @@
 //! upstream_peer      choose a host (round robin or least loaded), skipping hosts already tried
 //! fail_to_connect    nothing was sent: mark the host down, try another (once)
 //! error_while_proxy  the request may have reached the host: retry only GET/HEAD after a reset
-//! upstream_response  a 5xx marks the host down (passive health)
+//! upstream_response  a 5xx marks the host down (passive health), unless the app says its cause
+//!                    is shared by every host (`x-fault-scope: shared`: its database is down)
 //! logging            metrics and the access log line
 //! ```
 
@@ -37,6 +38,9 @@ pub const MAX_ATTEMPTS: usize = 2;
 const REQUEST_ID: &str = "x-request-id";
 /// Which app host answered, for the walkthrough's curl sessions and the tests.
 const UPSTREAM: &str = "x-upstream";
+/// Set to `shared` by an app host on a 5xx that every app host would answer alike (the
+/// database is down): no reason to skip this host. The app's name for it is the same.
+const FAULT_SCOPE: &str = "x-fault-scope";
 
 /// The gateway's proxy logic.
 pub struct Gateway {
@@ -225,7 +229,13 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if upstream_response.status.is_server_error() {
+        // A 5xx the app marks as shared (its database is down, say) would come from every app
+        // host alike: skipping this one would only move the load, and then skip them all.
+        let shared = upstream_response
+            .headers
+            .get(FAULT_SCOPE)
+            .is_some_and(|v| v.as_bytes() == b"shared");
+        if upstream_response.status.is_server_error() && !shared {
             if let Some(current) = &ctx.current {
                 self.pool.mark_down(current.upstream());
                 self.metrics.marked_down(&current.upstream().name, "5xx");

@@ -6,7 +6,14 @@
 //! Faults hit a whole service, its process tree included (PostgreSQL's backends, nginx's workers):
 //! - `kill`: SIGKILL, as a crashed host would; after the outage the lab starts it again (the
 //!   database recovers from its write-ahead log);
-//! - `freeze`: SIGSTOP, a host that hangs without dying; after the outage, SIGCONT.
+//! - `freeze`: SIGSTOP, a host that hangs without dying; after the outage, SIGCONT;
+//! - `pause-replay` (a replica): it stops replaying the primary's WAL (`pg_wal_replay_pause()`)
+//!   but keeps answering, with ever older data, until the outage ends;
+//! - `apply-delay` (a replica): it applies each commit [`APPLY_DELAY`] late
+//!   (`recovery_min_apply_delay`), a replica that lags yet stays within the app's lag bound.
+//!
+//! On a stage with replicas the harness also reads each acknowledged write twice as its writer
+//! (read-your-writes, then monotonic reads), so the report counts both kinds of violation.
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -35,7 +42,16 @@ pub enum Fault {
     Freeze,
     /// Restart every host of the service one at a time (`archlab restart`; app hosts only).
     Restart,
+    /// Pause WAL replay on a replica, resume it after the outage.
+    PauseReplay,
+    /// Delay every commit's apply on a replica by [`APPLY_DELAY`] for the outage.
+    ApplyDelay,
 }
+
+/// The apply delay of `apply-delay`: half the app's default lag bound (`replica_max_lag_ms`,
+/// 1 s), so the replica lags visibly on every commit yet stays in rotation; only the session
+/// guard keeps a user's reads off it.
+pub const APPLY_DELAY: Duration = Duration::from_millis(500);
 
 /// A drill's settings.
 #[derive(Debug, Clone)]
@@ -132,7 +148,7 @@ async fn run(
         email_domain: "seed.archlab.test".into(),
         password: "archlab-seed-password".into(),
         verify: true,
-        monotonic_checks: false,
+        monotonic_checks: !stage.replica_hosts().is_empty(),
         live: Some(live.clone()),
     };
     let load =
@@ -186,6 +202,19 @@ async fn run(
                 stage.app_host_count()
             ));
         }
+        Fault::PauseReplay | Fault::ApplyDelay => {
+            let replica = lab.replica_server(stage, host)?;
+            let sql = if options.fault == Fault::PauseReplay {
+                "SELECT pg_wal_replay_pause()".to_owned()
+            } else {
+                format!(
+                    "ALTER SYSTEM SET recovery_min_apply_delay = '{}ms'",
+                    APPLY_DELAY.as_millis()
+                )
+            };
+            progress(&format!("{injected_at:.1} s: {sql} on {}", host.name));
+            replica_sql(&replica, &sql).await?;
+        }
     }
     let restore = match options.fault {
         Fault::Kill => {
@@ -201,6 +230,16 @@ async fn run(
             lab.restart_apps(stage, &|line| progress(line)).await
         }
         Fault::Restart => Err(anyhow::anyhow!("only app hosts have a rolling restart")),
+        Fault::PauseReplay | Fault::ApplyDelay => {
+            tokio::time::sleep(options.outage).await;
+            let replica = lab.replica_server(stage, host)?;
+            let sql = if options.fault == Fault::PauseReplay {
+                "SELECT pg_wal_replay_resume()"
+            } else {
+                "ALTER SYSTEM RESET recovery_min_apply_delay"
+            };
+            replica_sql(&replica, sql).await
+        }
     };
     let restored_at = measure_start.elapsed().as_secs_f64();
     progress(&format!(
@@ -234,9 +273,33 @@ async fn run(
         time_to_recover_s: recovered_at
             .map(|t| ((t as f64 - restored_at).max(0.0) * 10.0).round() / 10.0),
         in_flight_at_fault,
+        app_settings: stage
+            .app_settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
     });
     report.provenance.stage = Some(stage.number);
     Ok(report)
+}
+
+/// Runs `sql` on a replica as the superuser, then reloads its configuration (for `ALTER SYSTEM`).
+async fn replica_sql(replica: &crate::replica::ReplicaServer, sql: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn =
+        sqlx::PgConnection::connect_with(&replica.server.connect_options("postgres", "postgres"))
+            .await
+            .context("connecting to the replica")?;
+    // One statement per call: `ALTER SYSTEM` refuses to run inside a transaction block.
+    sqlx::raw_sql(sql)
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("running {sql}"))?;
+    sqlx::raw_sql("SELECT pg_reload_conf()")
+        .execute(&mut conn)
+        .await
+        .context("reloading the replica's configuration")?;
+    Ok(())
 }
 
 /// `gateway_upstream_in_flight` for `upstream`, read from the gateway's metrics now.
@@ -260,9 +323,14 @@ pub fn markdown(report: &Report) -> String {
     let mut s = report.markdown();
     if let Some(d) = &report.drill {
         s.push_str(&format!(
-            "\nDrill: `{}` on {} at {} s, restored at {} s; recovered at {}.\n\n| operation | ok | failed | unknown |\n|---|---:|---:|---:|\n",
+            "\nDrill: `{}` on {}{} at {} s, restored at {} s; recovered at {}.\n\n| operation | ok | failed | unknown |\n|---|---:|---:|---:|\n",
             d.fault,
             d.host,
+            if d.app_settings.is_empty() {
+                String::new()
+            } else {
+                format!(" (app: {})", d.app_settings.join(", "))
+            },
             d.injected_at_s,
             d.restored_at_s,
             d.recovered_at_s.map_or("never (within the run)".to_owned(), |t| format!("{t} s ({} s after the restore)", d.time_to_recover_s.unwrap_or(0.0))),

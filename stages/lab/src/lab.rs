@@ -193,7 +193,7 @@ impl Lab {
 
     /// The replica on `host`: a copy of the stage's database (its first database host), with
     /// its replication slot named after the host (`replica-1` -> `replica_1`).
-    fn replica(&self, stage: &Stage, host: &Host) -> anyhow::Result<ReplicaServer> {
+    pub fn replica_server(&self, stage: &Stage, host: &Host) -> anyhow::Result<ReplicaServer> {
         let primary = stage
             .database_host()
             .context("a replica needs the stage's database host")?;
@@ -323,7 +323,7 @@ impl Lab {
     ) -> anyhow::Result<Box<dyn Server>> {
         Ok(match role {
             Role::Database => Box::new(Database(self.database(stage, host))),
-            Role::Replica => Box::new(self.replica(stage, host)?),
+            Role::Replica => Box::new(self.replica_server(stage, host)?),
             Role::Files => Box::new(self.file_server(stage, host)),
             Role::Cache => Box::new(self.cache_server(stage, host)),
             Role::Gateway => Box::new(self.gateway_server(stage, host)),
@@ -602,7 +602,7 @@ impl Lab {
                 let healthy = pid.is_some() && server.ready().await;
                 let replica_lag = match role {
                     Role::Replica if healthy => {
-                        let replica = self.replica(stage, host)?;
+                        let replica = self.replica_server(stage, host)?;
                         crate::replica::replay_lag(&replica.primary, &replica.server)
                             .await
                             .ok()

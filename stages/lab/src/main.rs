@@ -143,6 +143,9 @@ enum Command_ {
         /// How the gateway chooses an app host (stages with a gateway).
         #[arg(long, value_parser = ["round_robin", "least_loaded"])]
         gateway_selection: Option<String>,
+        /// Set an app setting on every app host: `database.consistency=none`; repeatable.
+        #[arg(long, value_parser = parse_setting)]
+        app_setting: Vec<(String, String)>,
     },
     /// Every implemented stage in order, each compared with the one before; writes
     /// `index.html`, `report.md` and one JSON per stage.
@@ -192,6 +195,10 @@ enum Command_ {
         /// A short drill for CI: small data set, short run.
         #[arg(long)]
         quick: bool,
+        /// Set an app setting on every app host: `database.consistency=none` (to count what the
+        /// session guard prevents); repeatable.
+        #[arg(long, value_parser = parse_setting)]
+        app_setting: Vec<(String, String)>,
         /// Watch it live: start the monitoring host and print the dashboard's URL.
         #[arg(long)]
         monitor: bool,
@@ -357,8 +364,10 @@ async fn main() -> anyhow::Result<()> {
             without,
             budget,
             gateway_selection,
+            app_setting,
         } => {
             let variant = Variant {
+                app_settings: app_setting,
                 layout: Layout {
                     app_hosts,
                     replicas,
@@ -397,6 +406,7 @@ async fn main() -> anyhow::Result<()> {
             at,
             outage,
             quick,
+            app_setting,
             monitor,
             out,
         } => {
@@ -429,7 +439,7 @@ async fn main() -> anyhow::Result<()> {
                 timeout: secs(3),
                 monitor,
             };
-            drill_stage(&state, net, &stage, &options, out.as_deref()).await
+            drill_stage(&state, net, &stage, &app_setting, &options, out.as_deref()).await
         }
         Command_::Report { files, out, strict } => report(&files, &out, strict),
         Command_::Compare { a, b } => {
@@ -637,6 +647,7 @@ fn seed_stage(state: &Path, net: u8, key: &str, spec: SeedSpec) -> anyhow::Resul
 /// A measurement variant of a stage (`bench` options that change the stage itself).
 struct Variant {
     layout: Layout,
+    app_settings: Vec<(String, String)>,
     without: Vec<archlab::stage::Role>,
     budget: Vec<(String, f64)>,
     gateway_selection: Option<String>,
@@ -658,6 +669,9 @@ async fn bench_stage(
     }
     for role in variant.without {
         stage = stage.without(role)?;
+    }
+    for (key, value) in &variant.app_settings {
+        stage = stage.with_app_setting(key, value)?;
     }
     for (host, cores) in variant.budget {
         stage = stage.with_budget(&host, cores)?;
@@ -754,11 +768,15 @@ async fn drill_stage(
     state: &Path,
     net: u8,
     key: &str,
+    app_settings: &[(String, String)],
     options: &DrillOptions,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     loadtest::record_checkout_state();
-    let stage = Stage::find(key)?.on_network(net);
+    let mut stage = Stage::find(key)?.on_network(net);
+    for (key, value) in app_settings {
+        stage = stage.with_app_setting(key, value)?;
+    }
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     let report = archlab::drill::drill(&lab, &stage, options, &|l| eprintln!("{l}")).await?;
     println!("{}", archlab::drill::markdown(&report));
@@ -807,6 +825,12 @@ fn parse_budget(text: &str) -> Result<(String, f64), String> {
         .parse()
         .map_err(|_| format!("{cores:?} is not a number of cores"))?;
     Ok((name.to_owned(), cores))
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("{text:?} is not SECTION.NAME=VALUE"))
 }
 
 fn all_stages(net: u8) -> anyhow::Result<Vec<Stage>> {

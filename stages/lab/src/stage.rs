@@ -40,6 +40,11 @@ pub struct Stage {
     /// variant says so ([`Stage::with_gateway_selection`]); otherwise the gateway's default.
     #[serde(skip)]
     pub gateway_selection: Option<String>,
+    /// App settings a measurement variant changes on every app host, as `APP_…` variables
+    /// ([`Stage::with_app_setting`]): `database.consistency = none` to show what the session
+    /// guard prevents, say.
+    #[serde(skip)]
+    pub app_settings: Vec<(String, String)>,
 }
 
 /// A simulated host: one loopback address and one machine size.
@@ -272,6 +277,26 @@ impl Stage {
             bail!("gateway selection {selection:?}: round_robin or least_loaded");
         }
         self.gateway_selection = Some(selection.to_owned());
+        Ok(self)
+    }
+
+    /// The stage with the app setting `key` (`section.name`, as in the app's settings file) set
+    /// to `value` on every app host. The app checks the value when it starts.
+    pub fn with_app_setting(mut self, key: &str, value: &str) -> anyhow::Result<Stage> {
+        let Some((section, name)) = key.split_once('.') else {
+            bail!("app setting {key:?}: section.name, e.g. database.consistency");
+        };
+        let valid =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        if !valid(section) || !valid(name) {
+            bail!("app setting {key:?}: lower-case letters and _ only");
+        }
+        let var = format!(
+            "APP_{}__{}",
+            section.to_ascii_uppercase(),
+            name.to_ascii_uppercase()
+        );
+        self.app_settings.push((var, value.to_owned()));
         Ok(self)
     }
 

@@ -115,6 +115,8 @@ pub fn app_env(
     if !stage.hosts_with(Role::Gateway).is_empty() {
         env.push(var("APP_SERVER__DRAIN_MS", DRAIN_BOUND_MS.to_string()));
     }
+    // A measurement variant's own settings, last, so they win.
+    env.extend(stage.app_settings.iter().cloned());
     env
 }
 

@@ -355,7 +355,7 @@ async fn list_articles(
             cached_list(&state, &reader, filter.tag, viewer, limit, offset).await?;
         return Ok((status, Json(body)));
     }
-    let body = list(reader.pool().await, filter, viewer, limit, offset).await?;
+    let body = list(reader.pool().await?, filter, viewer, limit, offset).await?;
     Ok((state.cache.bypass(), Json(body)))
 }
 
@@ -438,7 +438,7 @@ async fn feed(
 ) -> ApiResult<(CacheStatus, Json<ArticlesBody>)> {
     let (limit, offset) = page(q.limit, q.offset)?;
     // Every reader's feed is different: not cached.
-    let body = feed_page(reader.pool().await, user.id, limit, offset).await?;
+    let body = feed_page(reader.pool().await?, user.id, limit, offset).await?;
     Ok((state.cache.bypass(), Json(body)))
 }
 
@@ -502,7 +502,7 @@ async fn get_article(
     let viewer = viewer.viewer_id();
     if !state.cache.enabled() {
         // Stages 1 and 2: one statement, the viewer's flags included.
-        let article = article_by_slug(reader.pool().await, &slug, viewer).await?;
+        let article = article_by_slug(reader.pool().await?, &slug, viewer).await?;
         return Ok(Json(ArticleBody { article }).into_response());
     }
     // Stage 3 on: the shared part from the cache, the viewer's flags from the database.

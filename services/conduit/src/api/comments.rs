@@ -62,7 +62,7 @@ async fn list_comments(
     viewer: MaybeAuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<CommentsBody>> {
-    let pool = reader.pool().await;
+    let pool = reader.pool().await?;
     let article = existing_article(pool, &slug).await?;
     // The newest MAX_COMMENTS, shown oldest first: a long thread drops its oldest comments from
     // the page, never the one just written.

@@ -192,7 +192,7 @@ async fn download(
     let row: Option<(String, i64, String)> =
         sqlx::query_as("SELECT content_type, size_bytes, sha256 FROM media WHERE id = $1")
             .bind(id)
-            .fetch_optional(reader.pool().await)
+            .fetch_optional(reader.pool().await?)
             .await?;
     let (content_type, size, sha256) = row.ok_or(ApiError::NotFound("media"))?;
     let etag = format!("\"{sha256}\"");

@@ -65,7 +65,7 @@ async fn get_profile(
 ) -> ApiResult<Response> {
     let viewer = viewer.viewer_id();
     if !state.cache.enabled() {
-        let profile = profile(reader.pool().await, &username, viewer).await?;
+        let profile = profile(reader.pool().await?, &username, viewer).await?;
         return Ok(Json(ProfileBody { profile }).into_response());
     }
     // Stage 3 on: name, bio and image from the cache; `following` for this viewer.

@@ -164,7 +164,7 @@ pub async fn articles_by_id(
     let mut loaded: HashMap<i64, SharedArticle> = if missing.is_empty() {
         HashMap::new()
     } else {
-        load_articles(&state.cache.fill_pool_for(reader).await, &missing)
+        load_articles(&state.cache.fill_pool_for(reader).await?, &missing)
             .await?
             .into_iter()
             .map(|a| (a.id, a))
@@ -213,7 +213,7 @@ impl ViewerFlags {
         .bind(viewer)
         .bind(&ids)
         .bind(&authors)
-        .fetch_one(reader.pool().await)
+        .fetch_one(reader.pool().await?)
         .await?;
         Ok(Self {
             favorited: favorited.into_iter().collect(),
@@ -231,7 +231,7 @@ impl ViewerFlags {
         )
         .bind(viewer)
         .bind(user)
-        .fetch_one(reader.pool().await)
+        .fetch_one(reader.pool().await?)
         .await?)
     }
 }

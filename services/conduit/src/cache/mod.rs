@@ -135,11 +135,18 @@ impl Cache {
 
     /// The pool a fill reads from: the primary when the stage has replicas (see
     /// [`Cache::in_front_of`]), else the request's own.
-    async fn fill_pool(&self, reader: &Reader) -> PgPool {
-        match &self.stamps {
+    async fn fill_pool(&self, reader: &Reader) -> ApiResult<PgPool> {
+        Ok(match &self.stamps {
             Some(_) => reader.primary().clone(),
-            None => reader.pool().await.clone(),
-        }
+            None => reader.pool().await?.clone(),
+        })
+    }
+
+    /// Whether misses must not be stored now: the stage has replicas and its primary is down.
+    /// Its reads are then served by replicas, which may lack the primary's last writes; an entry
+    /// filled from one would outlive the outage, so misses are served uncached (`bypass`).
+    fn fills_paused(&self) -> bool {
+        self.stamps.as_ref().is_some_and(|db| !db.primary_up())
     }
 
     /// The stamp for entries filled just now: the primary's position, at or past what they show.
@@ -209,7 +216,7 @@ impl Cache {
         Fut: Future<Output = ApiResult<Option<T>>>,
     {
         let Some(store) = &self.store else {
-            return Ok((load(reader.pool().await.clone()).await?, CacheStatus::Off));
+            return Ok((load(reader.pool().await?.clone()).await?, CacheStatus::Off));
         };
         let status = match store.get(&key.name).await {
             Ok(Some(bytes)) => match decode::<T>(&bytes) {
@@ -226,6 +233,13 @@ impl Cache {
             Ok(None) => CacheStatus::Miss,
             Err(_) => CacheStatus::Bypass,
         };
+        if self.fills_paused() {
+            self.count(key, CacheStatus::Bypass);
+            return Ok((
+                load(reader.pool().await?.clone()).await?,
+                CacheStatus::Bypass,
+            ));
+        }
         let use_store = status == CacheStatus::Miss;
         let bytes = self
             .flight
@@ -238,7 +252,7 @@ impl Cache {
                     }
                 }
                 self.metrics.load(key.kind);
-                let value = load(self.fill_pool(reader).await).await?;
+                let value = load(self.fill_pool(reader).await?).await?;
                 let ttl = self.ttl_for(value.is_some());
                 let bytes = encode(self.stamp().await?, &value)?;
                 if use_store {
@@ -312,17 +326,20 @@ impl Cache {
     }
 
     /// Where to load [`Cache::get_many`]'s misses from (see [`Cache::in_front_of`]).
-    pub async fn fill_pool_for(&self, reader: &Reader) -> PgPool {
-        if self.store.is_some() {
+    pub async fn fill_pool_for(&self, reader: &Reader) -> ApiResult<PgPool> {
+        if self.store.is_some() && !self.fills_paused() {
             self.fill_pool(reader).await
         } else {
-            reader.pool().await.clone()
+            Ok(reader.pool().await?.clone())
         }
     }
 
     /// Stores entries loaded after a [`Cache::get_many`] miss (one round trip; failures ignored).
     pub async fn put_many<T: Serialize>(&self, reader: &Reader, entries: &[(Key, Option<T>)]) {
         let Some(store) = &self.store else { return };
+        if self.fills_paused() {
+            return;
+        }
         let Ok(stamp) = self.stamp().await else {
             return;
         };

@@ -170,6 +170,12 @@ impl Database {
         self.replicas.as_deref()
     }
 
+    /// Whether the primary answers, as far as this host knows: always true without replicas
+    /// (nothing polls it, and nothing else could serve its reads).
+    pub fn primary_up(&self) -> bool {
+        self.replicas.as_ref().is_none_or(|r| r.primary_up())
+    }
+
     /// The primary's position now: at or past every commit acknowledged so far.
     pub async fn primary_position(&self) -> Result<Lsn, sqlx::Error> {
         let offset: i64 = sqlx::query_scalar(Lsn::PRIMARY_POSITION_SQL)

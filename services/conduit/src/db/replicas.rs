@@ -206,6 +206,8 @@ pub struct ReplicaSet {
     poll_every: Duration,
     poll_timeout: Duration,
     started: AtomicBool,
+    /// Whether the last poll of the primary succeeded (true until a poll says otherwise).
+    primary_up: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -245,12 +247,18 @@ impl ReplicaSet {
             poll_every: Duration::from_millis(settings.replica_poll_ms.max(1)),
             poll_timeout: Duration::from_millis(settings.replica_poll_timeout_ms.max(1)),
             started: AtomicBool::new(false),
+            primary_up: AtomicBool::new(true),
         })
     }
 
     /// Every replica, in configuration order.
     pub fn all(&self) -> &[Arc<Replica>] {
         &self.replicas
+    }
+
+    /// Whether the primary answered its last poll.
+    pub fn primary_up(&self) -> bool {
+        self.primary_up.load(Ordering::Acquire)
     }
 
     /// The primary's newest position this host has seen.
@@ -318,8 +326,17 @@ impl ReplicaSet {
             match polled {
                 // Keep the last history when the primary is unreachable: replicas are then
                 // measured against the last position it reached, which is what they can show.
-                Ok(position) => lock(&self.history).record(position, Instant::now()),
-                Err(e) => tracing::debug!(error = %e, "polling the primary's position"),
+                Ok(position) => {
+                    lock(&self.history).record(position, Instant::now());
+                    if !self.primary_up.swap(true, Ordering::AcqRel) {
+                        tracing::info!("primary answering again: it takes reads again");
+                    }
+                }
+                Err(e) => {
+                    if self.primary_up.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, "primary not answering: reads go to replicas");
+                    }
+                }
             }
         }
     }
@@ -344,7 +361,15 @@ impl ReplicaSet {
                     replica
                         .lag_micros
                         .store(lag.time.as_micros() as u64, Ordering::Relaxed);
-                    self.bounds.in_rotation(was_in, lag)
+                    if self.primary_up() {
+                        self.bounds.in_rotation(was_in, lag)
+                    } else {
+                        // The primary is down: lag can only grow (by WAL it wrote and never
+                        // sent, which no replica will get), yet no server anywhere is further
+                        // on. Rotation stays as it was when the primary went: replicas then in
+                        // rotation keep serving reads; one out (far behind) stays out.
+                        was_in
+                    }
                 }
                 Err(e) => {
                     if was_in {

@@ -35,7 +35,7 @@ use axum::{
     extract::{FromRequestParts, Request, State},
     http::{request::Parts, Method},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
@@ -45,7 +45,11 @@ use super::{
     replicas::{ReadTarget, Replica},
     Database,
 };
-use crate::{cache::redis::RedisStore, error::ApiError, AppState};
+use crate::{
+    cache::redis::RedisStore,
+    error::{ApiError, ApiResult},
+    AppState,
+};
 
 /// How long a user's position is kept after their last request. It only matters while a replica
 /// in rotation may still be behind it, and a replica in rotation is at most
@@ -119,8 +123,9 @@ pub enum Route {
     PrimaryPositionUnknown,
     /// The primary: the handler asked for current data (see each call of [`Reader::primary`]).
     PrimaryCurrent,
-    /// The primary: a first try on a replica failed.
-    PrimaryRetry,
+    /// A second try, elsewhere, of a read that failed (on a replica that died, or on a primary
+    /// that did).
+    Retry,
 }
 
 impl Route {
@@ -134,7 +139,7 @@ impl Route {
             Route::PrimaryNoReplica => "no_replica",
             Route::PrimaryPositionUnknown => "position_unknown",
             Route::PrimaryCurrent => "current",
-            Route::PrimaryRetry => "retry",
+            Route::Retry => "retry",
         }
     }
 }
@@ -145,19 +150,27 @@ impl Route {
 pub struct ReadSession {
     /// The logged-in user, if any.
     user: Option<i64>,
-    /// Set for the retry of a read that failed on a replica.
-    primary_only: bool,
-    chosen: OnceCell<ReadTarget>,
+    /// Set for the second try of a read that failed: where the first went.
+    retry_of: Option<Tried>,
+    /// Where its reads go; `None` inside: nowhere can serve them.
+    chosen: OnceCell<Option<ReadTarget>>,
     read_primary: AtomicBool,
     /// The newest stamp of a cache entry the request served (0: none).
     cached: AtomicU64,
 }
 
+/// Where a failed first try of a read went, so the second goes elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tried {
+    Primary,
+    Replica,
+}
+
 impl ReadSession {
-    fn new(user: Option<i64>, primary_only: bool) -> Self {
+    fn new(user: Option<i64>, retry_of: Option<Tried>) -> Self {
         Self {
             user,
-            primary_only,
+            retry_of,
             chosen: OnceCell::new(),
             read_primary: AtomicBool::new(false),
             cached: AtomicU64::new(0),
@@ -167,14 +180,14 @@ impl ReadSession {
     /// The replica this request read from, if it did.
     fn replica(&self) -> Option<&Arc<Replica>> {
         match self.chosen.get() {
-            Some(ReadTarget::Replica(replica)) => Some(replica),
+            Some(Some(ReadTarget::Replica(replica))) => Some(replica),
             _ => None,
         }
     }
 
     fn read_primary(&self) -> bool {
         self.read_primary.load(Ordering::Relaxed)
-            || matches!(self.chosen.get(), Some(ReadTarget::Primary))
+            || matches!(self.chosen.get(), Some(Some(ReadTarget::Primary)))
     }
 }
 
@@ -198,7 +211,7 @@ impl FromRequestParts<AppState> for Reader {
             .extensions
             .get::<Arc<ReadSession>>()
             .cloned()
-            .unwrap_or_else(|| Arc::new(ReadSession::new(None, false)));
+            .unwrap_or_else(|| Arc::new(ReadSession::new(None, None)));
         Ok(Reader {
             db: state.db.clone(),
             session,
@@ -207,32 +220,30 @@ impl FromRequestParts<AppState> for Reader {
 }
 
 impl Reader {
-    /// A reader outside any request (tests, tools): reads the primary.
-    pub fn primary_only(db: &Database) -> Self {
-        Self {
-            db: db.clone(),
-            session: Arc::new(ReadSession::new(None, true)),
-        }
-    }
-
-    /// The pool for this request's reads: chosen at the first call, the same after.
-    pub async fn pool(&self) -> &PgPool {
+    /// The pool for this request's reads: chosen at the first call, the same after. A 503 when
+    /// no server can show what this user must see (the primary down, and no replica has
+    /// replayed their position): failing at once beats waiting on a dead primary.
+    pub async fn pool(&self) -> ApiResult<&PgPool> {
         let target = self
             .session
             .chosen
             .get_or_init(|| async {
                 let (target, route) = self.choose().await;
                 let label = match &target {
-                    ReadTarget::Primary => "primary",
-                    ReadTarget::Replica(replica) => replica.name.as_str(),
+                    Some(ReadTarget::Primary) => "primary",
+                    Some(ReadTarget::Replica(replica)) => replica.name.as_str(),
+                    None => "none",
                 };
                 self.db.metrics.read(label, route.as_str());
                 target
             })
             .await;
         match target {
-            ReadTarget::Primary => self.db.write(),
-            ReadTarget::Replica(replica) => &replica.pool,
+            Some(ReadTarget::Primary) => Ok(self.db.write()),
+            Some(ReadTarget::Replica(replica)) => Ok(&replica.pool),
+            None => Err(ApiError::DatabaseUnavailable(
+                "no server can show your latest changes now, try again",
+            )),
         }
     }
 
@@ -251,48 +262,67 @@ impl Reader {
         }
     }
 
-    async fn choose(&self) -> (ReadTarget, Route) {
+    async fn choose(&self) -> (Option<ReadTarget>, Route) {
         let Some(replicas) = &self.db.replicas else {
-            return (ReadTarget::Primary, Route::PrimaryNoReplica);
+            return (Some(ReadTarget::Primary), Route::PrimaryNoReplica);
         };
-        if self.session.primary_only {
-            return (ReadTarget::Primary, Route::PrimaryRetry);
-        }
+        let primary_up = replicas.primary_up();
+        // Where a read goes when the choice below leaves only the primary: nowhere if it is
+        // known to be down.
+        let primary_if_up = |route| (primary_up.then_some(ReadTarget::Primary), route);
         let needed = match (self.session.user, &self.db.positions) {
             (Some(user), Some(positions)) => match positions.get(user).await {
                 Ok(position) => position,
                 Err(e) => {
                     tracing::debug!(error = %e, "position unknown: reading the primary");
-                    return (ReadTarget::Primary, Route::PrimaryPositionUnknown);
+                    return primary_if_up(Route::PrimaryPositionUnknown);
                 }
             },
             _ => None,
         };
-        let primary = self.db.primary_takes_reads.then(|| self.db.write());
+        match self.session.retry_of {
+            Some(Tried::Replica) => return primary_if_up(Route::Retry),
+            Some(Tried::Primary) => {
+                return match replicas.choose(needed, None) {
+                    Some(target) => (Some(target), Route::Retry),
+                    None => primary_if_up(Route::Retry),
+                }
+            }
+            None => {}
+        }
         // A user who has just written (or read) is usually ahead of what the last poll, up to
         // 50 ms ago, knew of the replicas, though a replica on loopback replays within a
         // millisecond or two. Rather than send every such read to the primary, ask one replica
         // where it is now: one trivial query, and the read stays off the primary.
         if let (Some(position), None) = (needed, replicas.choose(needed, None)) {
             if let Some(ReadTarget::Replica(replica)) = replicas.choose(None, None) {
-                if replica.replayed_now().await.is_ok_and(|now| now >= position) {
-                    return (ReadTarget::Replica(replica), Route::CaughtUpReplica);
+                if replica
+                    .replayed_now()
+                    .await
+                    .is_ok_and(|now| now >= position)
+                {
+                    return (Some(ReadTarget::Replica(replica)), Route::CaughtUpReplica);
                 }
             }
         }
+        // The primary takes reads only while its poller reaches it: a dead primary would fail
+        // every read drawn to it until then.
+        let primary = (self.db.primary_takes_reads && primary_up).then(|| self.db.write());
         match replicas.choose(needed, primary) {
             Some(ReadTarget::Replica(replica)) if needed.is_some() => {
-                (ReadTarget::Replica(replica), Route::CaughtUpReplica)
+                (Some(ReadTarget::Replica(replica)), Route::CaughtUpReplica)
             }
-            Some(ReadTarget::Replica(replica)) => (ReadTarget::Replica(replica), Route::AnyReplica),
+            Some(ReadTarget::Replica(replica)) => {
+                (Some(ReadTarget::Replica(replica)), Route::AnyReplica)
+            }
             // The primary was drawn, or was all that was left: which, says the route.
             _ if replicas.choose(needed, None).is_some() => {
-                (ReadTarget::Primary, Route::PrimaryBalanced)
+                (Some(ReadTarget::Primary), Route::PrimaryBalanced)
             }
             _ if replicas.choose(None, None).is_some() => {
-                (ReadTarget::Primary, Route::PrimaryReplicasBehind)
+                primary_if_up(Route::PrimaryReplicasBehind)
             }
-            _ => (ReadTarget::Primary, Route::PrimaryNoReplica),
+            _ => primary_if_up(Route::PrimaryNoReplica),
         }
     }
 }
@@ -309,16 +339,29 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     // here a bad one simply means "no position".
     let user = crate::auth::bearer_user(request.headers(), &state.auth);
     let reads_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !reads_only && !db.primary_up() {
+        // Fail fast: a write would otherwise wait out the pool's acquire timeout against a
+        // primary that its poller already knows to be down. Reads are still served.
+        return ApiError::DatabaseUnavailable("primary down: writes refused, reads served")
+            .into_response();
+    }
     let retry = reads_only.then(|| copy_of(&request));
-    let session = Arc::new(ReadSession::new(user, false));
+    let session = Arc::new(ReadSession::new(user, None));
     let mut request = request;
     request.extensions_mut().insert(session.clone());
     let mut response = next.clone().run(request).await;
     let mut session = session;
-    if let (Some(mut again), Some(replica)) = (retry, session.replica()) {
+    let tried = match session.chosen.get() {
+        Some(Some(ReadTarget::Replica(replica))) => Some((Tried::Replica, Some(replica.clone()))),
+        Some(Some(ReadTarget::Primary)) => Some((Tried::Primary, None)),
+        _ => None,
+    };
+    if let (Some(mut again), Some((tried, replica))) = (retry, tried) {
         if response.status().is_server_error() {
-            replica.suspend();
-            let fresh = Arc::new(ReadSession::new(user, true));
+            if let Some(replica) = replica {
+                replica.suspend();
+            }
+            let fresh = Arc::new(ReadSession::new(user, Some(tried)));
             again.extensions_mut().insert(fresh.clone());
             response = next.run(again).await;
             session = fresh;
