@@ -121,6 +121,7 @@ pub struct DbMetrics {
     lag_seconds: Family<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     lag_bytes: Family<ReplicaLabels, Gauge>,
     in_rotation: Family<ReplicaLabels, Gauge>,
+    positions_not_recorded: Counter,
 }
 
 impl DbMetrics {
@@ -132,6 +133,11 @@ impl DbMetrics {
                 reason,
             })
             .inc();
+    }
+
+    /// A user's position could not be recorded (the guard's one weak spot; see `db::session`).
+    pub fn position_not_recorded(&self) {
+        self.positions_not_recorded.inc();
     }
 
     /// A replica's state as of its last poll.
@@ -165,6 +171,11 @@ impl DbMetrics {
             "db_replica_lag_bytes",
             "WAL bytes the replica is behind the primary",
             self.lag_bytes.clone(),
+        );
+        registry.register(
+            "db_positions_not_recorded",
+            "Users' positions that could not be recorded after a request (Redis failing)",
+            self.positions_not_recorded.clone(),
         );
         registry.register(
             "db_replica_in_rotation",

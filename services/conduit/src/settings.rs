@@ -146,6 +146,11 @@ pub struct DatabaseSettings {
     /// Redis URL for users' positions (`db::session`): the cache host's database 1. Empty: no
     /// store, so with replicas and `consistency = "session"` logged-in users read the primary.
     pub positions_url: String,
+    /// Longest wait for the position store. Longer than the cache's 50 ms on purpose: a cache
+    /// that does not answer only costs a database read, but a position that cannot be recorded
+    /// weakens read-your-writes. Stage 5's cache host is small (0.05 core), and its CPU quota
+    /// can hold Redis up for a few 20 ms periods under load; 500 ms is far past that.
+    pub positions_timeout_ms: u64,
 }
 
 /// What a logged-in user is promised when reads go to replicas.
@@ -175,6 +180,7 @@ impl Default for DatabaseSettings {
             primary_takes_reads: true,
             consistency: Consistency::Session,
             positions_url: String::new(),
+            positions_timeout_ms: 500,
         }
     }
 }

@@ -64,6 +64,10 @@ enum Command_ {
         /// stage file's number).
         #[arg(long)]
         replicas: Option<u8>,
+        /// Set an app setting on every app host for this run (`database.consistency=none`, to
+        /// try what the session guard prevents); repeatable. Not remembered by `restart`.
+        #[arg(long, value_parser = parse_setting)]
+        app_setting: Vec<(String, String)>,
         /// Also start the monitoring host (Prometheus, exporters, a live dashboard) in a budget
         /// of its own, outside the stage's measured hosts; prints the dashboard's URL.
         #[arg(long)]
@@ -327,13 +331,14 @@ async fn main() -> anyhow::Result<()> {
             fresh,
             app_hosts,
             replicas,
+            app_setting,
             monitor,
         } => {
             let layout = Layout {
                 app_hosts,
                 replicas,
             };
-            up(&state, net, &stage, fresh, layout, monitor).await
+            up(&state, net, &stage, fresh, layout, &app_setting, monitor).await
         }
         Command_::HostMetrics { stage, listen } => host_metrics(&state, net, &stage, &listen).await,
         Command_::Down { stage } => down(&state, net, stage),
@@ -476,14 +481,18 @@ async fn up(
     key: &str,
     fresh: bool,
     layout: Layout,
+    app_settings: &[(String, String)],
     monitor: bool,
 ) -> anyhow::Result<()> {
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
-    let stage = if layout == Layout::default() {
+    let mut stage = if layout == Layout::default() {
         lab.as_brought_up(Stage::find(key)?.on_network(net), net)?
     } else {
         Stage::find_with(key, layout)?.on_network(net)
     };
+    for (key, value) in app_settings {
+        stage = stage.with_app_setting(key, value)?;
+    }
     if !fresh && lab.has_state(&stage) {
         // A stage that has run keeps its layout; changing a host count needs a fresh start.
         let running = lab.as_brought_up(stage.clone(), net)?;

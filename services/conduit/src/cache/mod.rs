@@ -142,11 +142,14 @@ impl Cache {
         })
     }
 
-    /// Whether misses must not be stored now: the stage has replicas and its primary is down.
-    /// Its reads are then served by replicas, which may lack the primary's last writes; an entry
-    /// filled from one would outlive the outage, so misses are served uncached (`bypass`).
-    fn fills_paused(&self) -> bool {
-        self.stamps.as_ref().is_some_and(|db| !db.primary_up())
+    /// Whether misses must not be stored now: the stage has replicas and its primary is down
+    /// (or this request is a second try after a read on the primary failed). Its reads are then
+    /// served by replicas, which may lack the primary's last writes; an entry filled from one
+    /// would outlive the outage, so misses are served uncached (`bypass`).
+    fn fills_paused(&self, reader: &Reader) -> bool {
+        self.stamps
+            .as_ref()
+            .is_some_and(|db| !db.primary_up() || reader.avoids_primary())
     }
 
     /// The stamp for entries filled just now: the primary's position, at or past what they show.
@@ -233,7 +236,7 @@ impl Cache {
             Ok(None) => CacheStatus::Miss,
             Err(_) => CacheStatus::Bypass,
         };
-        if self.fills_paused() {
+        if self.fills_paused(reader) {
             self.count(key, CacheStatus::Bypass);
             return Ok((
                 load(reader.pool().await?.clone()).await?,
@@ -327,7 +330,7 @@ impl Cache {
 
     /// Where to load [`Cache::get_many`]'s misses from (see [`Cache::in_front_of`]).
     pub async fn fill_pool_for(&self, reader: &Reader) -> ApiResult<PgPool> {
-        if self.store.is_some() && !self.fills_paused() {
+        if self.store.is_some() && !self.fills_paused(reader) {
             self.fill_pool(reader).await
         } else {
             Ok(reader.pool().await?.clone())
@@ -337,7 +340,7 @@ impl Cache {
     /// Stores entries loaded after a [`Cache::get_many`] miss (one round trip; failures ignored).
     pub async fn put_many<T: Serialize>(&self, reader: &Reader, entries: &[(Key, Option<T>)]) {
         let Some(store) = &self.store else { return };
-        if self.fills_paused() {
+        if self.fills_paused(reader) {
             return;
         }
         let Ok(stamp) = self.stamp().await else {

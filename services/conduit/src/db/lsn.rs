@@ -15,12 +15,20 @@ use std::fmt;
 pub struct Lsn(pub u64);
 
 impl Lsn {
-    /// The SQL that reads the primary's position *after* everything committed so far: the insert
-    /// position, which is at or past the end of every commit record already written. (The
-    /// flushed position, `pg_current_wal_lsn()`, can lag behind a commit made with
-    /// `synchronous_commit = off`, which the lab's test servers use.)
+    /// The SQL that reads the primary's position *after* everything committed so far.
+    ///
+    /// Normally the flushed position: a commit is acknowledged only once its record is flushed
+    /// (`synchronous_commit` on, `local`, `remote_write` or `remote_apply`), so the flushed
+    /// position is past every acknowledged commit, and it is all a replica can ever receive (WAL
+    /// is streamed once flushed). With `synchronous_commit = off` (the lab's test servers) a
+    /// commit is acknowledged before its flush; then the insert position, which is past every
+    /// record written. The insert position would do in both cases, but it also counts WAL of
+    /// transactions still running, which a replica may never get if the primary dies: a user
+    /// holding it would wait for a replica that can never catch up.
     pub const PRIMARY_POSITION_SQL: &'static str =
-        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8";
+        "SELECT (CASE WHEN current_setting('synchronous_commit') = 'off' \
+                      THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_flush_lsn() END \
+                 - '0/0'::pg_lsn)::int8";
 
     /// Bytes from `earlier` to `self` (0 if `earlier` is ahead).
     pub fn bytes_after(self, earlier: Lsn) -> u64 {

@@ -127,8 +127,12 @@ impl Database {
         let positions = match (&replicas, settings.consistency) {
             (Some(_), Consistency::Session) if !settings.positions_url.is_empty() => {
                 Some(Arc::new(
-                    Positions::new(&settings.positions_url, cache)
-                        .context("database.positions_url")?,
+                    Positions::new(
+                        &settings.positions_url,
+                        settings.positions_timeout_ms,
+                        cache,
+                    )
+                    .context("database.positions_url")?,
                 ))
             }
             _ => None,

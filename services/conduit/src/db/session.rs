@@ -62,10 +62,16 @@ pub struct Positions {
 }
 
 impl Positions {
-    /// Positions kept in the Redis at `url` (the cache host's database 1).
-    pub fn new(url: &str, cache: &crate::settings::CacheSettings) -> anyhow::Result<Self> {
+    /// Positions kept in the Redis at `url` (the cache host's database 1), waiting at most
+    /// `timeout_ms` for an answer; the cache's other bounds (breaker, connect timeout) apply.
+    pub fn new(
+        url: &str,
+        timeout_ms: u64,
+        cache: &crate::settings::CacheSettings,
+    ) -> anyhow::Result<Self> {
         let settings = crate::settings::CacheSettings {
             url: url.to_owned(),
+            op_timeout_ms: timeout_ms,
             ..cache.clone()
         };
         Ok(Self {
@@ -247,6 +253,12 @@ impl Reader {
         }
     }
 
+    /// Whether this request is a second try after its read on the primary failed: the primary is
+    /// probably down, though its poller may not know yet.
+    pub fn avoids_primary(&self) -> bool {
+        self.session.retry_of == Some(Tried::Primary)
+    }
+
     /// The primary, for a read that must show the latest committed state whatever the user's
     /// position (each caller says why).
     pub fn primary(&self) -> &PgPool {
@@ -351,9 +363,11 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     request.extensions_mut().insert(session.clone());
     let mut response = next.clone().run(request).await;
     let mut session = session;
+    // Where the failed try read: the primary if it read there at all (its chosen server, or a
+    // cache fill), else its replica.
     let tried = match session.chosen.get() {
+        _ if session.read_primary() => Some((Tried::Primary, None)),
         Some(Some(ReadTarget::Replica(replica))) => Some((Tried::Replica, Some(replica.clone()))),
-        Some(Some(ReadTarget::Primary)) => Some((Tried::Primary, None)),
         _ => None,
     };
     if let (Some(mut again), Some((tried, replica))) = (retry, tried) {
@@ -371,9 +385,15 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     if let (Some(user), Some(positions)) = (user, &db.positions) {
         let wrote = !reads_only && response.status().is_success();
         if let Some(seen) = seen_position(db, &session, wrote).await {
-            if let Err(e) = positions.raise(user, seen).await {
-                // The next read of this user finds Redis failing too and reads the primary.
-                tracing::debug!(error = %e, "could not record the user's position");
+            // Tried twice: a position not recorded is the one way this guard can fail (the
+            // user's next read may find the old one and a replica behind the new one).
+            let mut result = positions.raise(user, seen).await;
+            if result.is_err() {
+                result = positions.raise(user, seen).await;
+            }
+            if let Err(e) = result {
+                db.metrics.position_not_recorded();
+                tracing::warn!(user, error = %e, "the user's position could not be recorded");
             }
         }
     }
