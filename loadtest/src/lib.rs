@@ -385,6 +385,7 @@ async fn finish(
         },
         sweep: None,
         capacity: None,
+        replication: None,
         operations: s.operations.clone(),
         drill: None,
         hosts: Vec::new(),

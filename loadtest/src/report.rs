@@ -269,6 +269,9 @@ pub struct Report {
     /// Capacity, cost and bottleneck, for a sweep of a stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// Replication lag and where reads went, for a stage with replicas (stage 5 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
     /// Hosts of the stage and the CPU they used.
     pub hosts: Vec<HostUsage>,
     /// Per-second series.
@@ -277,6 +280,56 @@ pub struct Report {
     pub curve: Vec<(f64, f64)>,
     /// Where it came from.
     pub provenance: Provenance,
+}
+
+/// A stage's replicas during a run: how far behind they were, and where the app sent reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Replication {
+    /// Replay lag in ms as the primary measures it (`pg_stat_replication.replay_lag`: from a
+    /// commit's flush on the primary to its replay on the replica), sampled every 100 ms over
+    /// every replica, while it was known (PostgreSQL clears it once a replica has caught up).
+    pub lag_ms: LagSummary,
+    /// Requests' reads over the run (warm-up included), summed over app hosts, by server and
+    /// route (`replica-1 any_replica`, `primary replicas_behind`, ...; see the app's
+    /// `db::session::Route`).
+    pub reads: std::collections::BTreeMap<String, u64>,
+    /// Of those, the share that went to the primary because no replica had replayed far enough
+    /// for the reading user (the session guard's cost in primary reads).
+    pub guard_primary_share: f64,
+}
+
+/// Percentiles of lag samples.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LagSummary {
+    /// Samples taken (a replica with no lag to report gives none).
+    pub samples: usize,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl LagSummary {
+    /// The summary of `samples` (ms), in any order.
+    pub fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if samples.is_empty() {
+                0.0
+            } else {
+                let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+                (samples[i] * 100.0).round() / 100.0
+            }
+        };
+        Self {
+            samples: samples.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
 }
 
 /// What a drill did and what it caused.
@@ -439,6 +492,18 @@ impl Report {
         }
         if let Some(ratio) = self.cache.hit_ratio {
             s.push_str(&format!("Cache hit ratio {:.1} %.\n", ratio * 100.0));
+        }
+        if let Some(r) = &self.replication {
+            let l = &r.lag_ms;
+            s.push_str(&format!(
+                "Replication lag p50 {} ms, p99 {} ms, max {} ms ({} samples); reads to the primary because no replica had caught up with the reader: {:.2} %.\n",
+                l.p50, l.p99, l.max, l.samples, r.guard_primary_share * 100.0
+            ));
+            let reads: Vec<String> = r.reads.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            s.push_str(&format!(
+                "Reads by server and route: {}.\n",
+                reads.join(", ")
+            ));
         }
         if let Some(sweep) = &self.sweep {
             s.push_str(&format!(

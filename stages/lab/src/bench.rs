@@ -136,13 +136,19 @@ async fn measure(
         let live = live.clone();
         tokio::task::spawn_blocking(move || sample_cpu(&hosts, &live, &stop))
     };
+    let replication = crate::replication::ReplicationWatch::start(lab, stage).await;
     let result = loadtest::execute(&harness, progress).await;
     ticker.abort();
+    let replication = match replication {
+        Some(watch) => Some(watch.finish().await),
+        None => None,
+    };
     stop.store(true, Ordering::Relaxed);
     let usage = sampler.await.context("CPU sampler")?;
     let mut report = result?;
 
     report.stage = Some(stage.number);
+    report.replication = replication;
     report.hosts = hosts
         .iter()
         .enumerate()

@@ -151,6 +151,7 @@ async fn run(
         monotonic_checks: !stage.replica_hosts().is_empty(),
         live: Some(live.clone()),
     };
+    let replication = crate::replication::ReplicationWatch::start(lab, stage).await;
     let load =
         tokio::spawn(
             async move { loadtest::execute(&harness, &|line| eprintln!("  {line}")).await },
@@ -247,6 +248,9 @@ async fn run(
         options.service.as_str()
     ));
     let mut report = load.await.context("the load task")??;
+    if let Some(watch) = replication {
+        report.replication = Some(watch.finish().await);
+    }
     restore.context("restoring the service")?;
 
     // Recovered: the first second after the restore from which no second has errors.

@@ -31,6 +31,7 @@ pub mod monitor;
 pub mod postgres;
 pub mod process;
 pub mod replica;
+pub mod replication;
 pub mod server;
 pub mod size;
 pub mod stage;
