@@ -105,7 +105,9 @@ impl From<sqlx::Error> for ApiError {
         match &error {
             // No connection free in time, or the database cannot be reached: a retry may work, and
             // the client should not read it as a bug (503, not 500). Still logged, as a warning.
-            sqlx::Error::PoolTimedOut => Self::Unavailable("database busy, try again"),
+            // Both are the database's state, shared by every app host (a pool times out when its
+            // server is slow or gone): a load balancer gains nothing by skipping this host.
+            sqlx::Error::PoolTimedOut => Self::DatabaseUnavailable("busy, try again"),
             // SQLSTATE class 22, "data exception": the value itself cannot be stored or compared,
             // e.g. a NUL character in text (PostgreSQL text cannot hold one). Client data, so 422.
             sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
