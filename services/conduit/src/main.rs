@@ -79,7 +79,11 @@ async fn main() -> anyhow::Result<()> {
             seed,
         } => {
             init_tracing();
-            let settings = Settings::load(config.as_deref()).context("loading settings")?;
+            let mut settings = Settings::load(config.as_deref()).context("loading settings")?;
+            // Seeding is not a request: its bulk statements (filling lists, VACUUM) may take
+            // longer than any request may on a small database host (0.1 core: over the 5 s
+            // bound), so its connections have no statement timeout.
+            settings.database.statement_timeout_ms = 0;
             let db = conduit::db::Database::connect_lazy(
                 &settings.database,
                 &settings.cache,

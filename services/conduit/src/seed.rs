@@ -441,23 +441,10 @@ pub async fn seed(
         .context("counting the lists")?;
     // Statistics for the planner, and the visibility map so counts can use index-only scans: what
     // autovacuum would reach on its own a little later.
-    // On a connection of its own without the app's statement timeout: on a small database host
-    // (0.1 core) vacuuming the seeded tables takes longer than any request may, and seeding is
-    // not a request. VACUUM cannot run inside a transaction, so the setting is per session.
-    let mut conn = pool.acquire().await.context("connecting to vacuum")?;
-    sqlx::query("SET statement_timeout = 0")
-        .execute(&mut *conn)
-        .await
-        .context("lifting the statement timeout to vacuum")?;
     sqlx::query("VACUUM ANALYZE")
-        .execute(&mut *conn)
+        .execute(pool)
         .await
         .context("vacuuming")?;
-    // The connection goes back to the pool: give it the app's timeout back.
-    sqlx::query("RESET statement_timeout")
-        .execute(&mut *conn)
-        .await
-        .context("restoring the statement timeout")?;
     tracing::info!(?report, elapsed = ?started.elapsed(), "seeded");
     Ok(report)
 }
