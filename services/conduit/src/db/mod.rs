@@ -57,6 +57,9 @@ pub struct Database {
     positions: Option<Arc<Positions>>,
     /// Whether the primary is a candidate for reads beside the replicas.
     primary_takes_reads: bool,
+    /// `database.consistency = "session"`: logged-in users' reads are guarded (without a
+    /// position store, by reading the primary).
+    session_guard: bool,
     metrics: DbMetrics,
 }
 
@@ -142,6 +145,7 @@ impl Database {
             replicas,
             positions,
             primary_takes_reads: settings.primary_takes_reads,
+            session_guard: settings.consistency == Consistency::Session,
             metrics,
         })
     }
@@ -153,6 +157,7 @@ impl Database {
             replicas: None,
             positions: None,
             primary_takes_reads: true,
+            session_guard: true,
             metrics: DbMetrics::default(),
         }
     }

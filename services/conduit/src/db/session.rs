@@ -290,6 +290,11 @@ impl Reader {
                     return primary_if_up(Route::PrimaryPositionUnknown);
                 }
             },
+            // Guarded, but no store to keep positions in (a stage without a cache host): safe
+            // first, as when the store does not answer.
+            (Some(_), None) if self.db.session_guard => {
+                return primary_if_up(Route::PrimaryPositionUnknown);
+            }
             _ => None,
         };
         match self.session.retry_of {
