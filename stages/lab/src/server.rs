@@ -46,6 +46,14 @@ pub trait Server: Send + Sync {
     fn stop(&self) -> anyhow::Result<()>;
 }
 
+/// Whether a PostgreSQL server (a primary or a replica) accepts a connection now.
+async fn accepts_connections(server: &PostgresServer) -> bool {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect_with(&server.connect_options("postgres", "postgres"))
+        .await
+        .is_ok()
+}
+
 /// The stage's database: PostgreSQL with the app's role and database in it.
 pub struct Database(pub PostgresServer);
 
@@ -69,12 +77,7 @@ impl Server for Database {
         })
     }
     fn ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async move {
-            use sqlx::Connection;
-            sqlx::PgConnection::connect_with(&self.0.connect_options("postgres", "postgres"))
-                .await
-                .is_ok()
-        })
+        Box::pin(accepts_connections(&self.0))
     }
     fn stop(&self) -> anyhow::Result<()> {
         self.0.stop()
@@ -98,12 +101,7 @@ impl Server for ReplicaServer {
         Box::pin(async move { ReplicaServer::start(self).await.map(|_| ()) })
     }
     fn ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async move {
-            use sqlx::Connection;
-            sqlx::PgConnection::connect_with(&self.server.connect_options("postgres", "postgres"))
-                .await
-                .is_ok()
-        })
+        Box::pin(accepts_connections(&self.server))
     }
     fn stop(&self) -> anyhow::Result<()> {
         ReplicaServer::stop(self)

@@ -261,11 +261,6 @@ impl ReplicaSet {
         self.primary_up.load(Ordering::Acquire)
     }
 
-    /// The primary's newest position this host has seen.
-    pub fn primary_position(&self) -> Option<Lsn> {
-        lock(&self.history).newest()
-    }
-
     /// Where a read that must show position `at_least` (anything, with `None`) goes: among the
     /// replicas in rotation known to have replayed that far, and the primary if `primary` is
     /// given (it is always far enough), the less busy of two drawn at random. `None` when no
