@@ -45,6 +45,10 @@ pub struct Stage {
     /// guard prevents, say.
     #[serde(skip)]
     pub app_settings: Vec<(String, String)>,
+    /// The roles whose hosts the stage file buys as copies (`copies = n`): the host counts a
+    /// [`Layout`] may change, and the only ones it records.
+    #[serde(skip)]
+    copied_roles: Vec<Role>,
 }
 
 /// A simulated host: one loopback address and one machine size.
@@ -138,6 +142,12 @@ impl Stage {
         for host in &mut stage.hosts {
             host.cpu_budget = host.size.cores();
         }
+        stage.copied_roles = stage
+            .hosts
+            .iter()
+            .filter(|h| h.copies.is_some())
+            .flat_map(|h| h.roles.iter().copied())
+            .collect();
         for (role, wanted, option, range) in [
             (
                 Role::App,
@@ -199,8 +209,14 @@ impl Stage {
     }
 
     /// Its copied hosts as counted: what `up` records, so `down` and `status` find every one.
+    /// A role the stage file does not copy is not counted (stage 4 has no replicas to set).
     pub fn layout(&self) -> Layout {
-        let count = |role: Role| u8::try_from(self.hosts_with(role).len()).ok();
+        let count = |role: Role| {
+            self.copied_roles
+                .contains(&role)
+                .then(|| u8::try_from(self.hosts_with(role).len()).ok())
+                .flatten()
+        };
         Layout {
             app_hosts: count(Role::App),
             replicas: count(Role::Replica),
@@ -453,6 +469,34 @@ fn expand(host: Host) -> Vec<anyhow::Result<Host>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `up` records and `status` reads back: a layout found again from itself, for every
+    /// stage and for a stage 4 grown to three app hosts (whose layout once named zero replicas,
+    /// which stage 4 cannot set).
+    #[test]
+    fn a_recorded_layout_finds_the_same_stage_again() {
+        let grown = Stage::find_with("4", Layout::app_hosts(3)).unwrap();
+        for stage in Stage::all().unwrap().into_iter().chain([grown]) {
+            let again = Stage::find_with(&stage.folder, stage.layout()).unwrap();
+            assert_eq!(again.layout(), stage.layout(), "stage {}", stage.number);
+            assert_eq!(
+                again.hosts.len(),
+                stage.hosts.len(),
+                "stage {}",
+                stage.number
+            );
+        }
+        assert_eq!(Stage::find("1").unwrap().layout(), Layout::default());
+        let five = Stage::find_with(
+            "5",
+            Layout {
+                app_hosts: None,
+                replicas: Some(0),
+            },
+        )
+        .unwrap();
+        assert_eq!(five.layout().replicas, Some(0));
+    }
 
     #[test]
     fn every_stage_file_parses_and_is_found_by_number_and_name() {
