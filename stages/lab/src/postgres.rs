@@ -350,21 +350,49 @@ pub struct TestPostgres {
     _dir: tempfile::TempDir,
 }
 
-static TEMPLATE: tokio::sync::OnceCell<(tempfile::TempDir, PathBuf)> =
-    tokio::sync::OnceCell::const_new();
+/// The template's data folder: made once per test process, in a folder named after the process.
+static TEMPLATE: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+
+/// Names of template folders: this prefix, the test process's PID, a dash.
+const TEMPLATE_PREFIX: &str = "archlab-pg-template-";
+
+/// Removes the template folders of test processes that have ended. A static is never dropped, so
+/// a process cannot remove its own template; the next test process does (40 MB each otherwise
+/// pile up in the temporary folder, one per test binary run).
+fn remove_ended_templates(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMPLATE_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
 
 impl TestPostgres {
     /// Starts a fresh server and creates database `conduit` owned by role `conduit`.
     pub async fn start() -> anyhow::Result<Self> {
-        let (_, template) = TEMPLATE
+        let template = TEMPLATE
             .get_or_try_init(|| async {
+                remove_ended_templates(&std::env::temp_dir());
                 let dir = tempfile::Builder::new()
-                    .prefix("archlab-pg-template")
-                    .tempdir()?;
-                fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
-                let server = PostgresServer::new(dir.path().join("pg"), "127.0.0.1", 0);
+                    .prefix(&format!("{TEMPLATE_PREFIX}{}-", std::process::id()))
+                    .tempdir()?
+                    .keep();
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+                let server = PostgresServer::new(dir.join("pg"), "127.0.0.1", 0);
                 server.init()?;
-                anyhow::Ok((dir, server.data_dir()))
+                anyhow::Ok(server.data_dir())
             })
             .await?;
         let dir = tempfile::Builder::new()
