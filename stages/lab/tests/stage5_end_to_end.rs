@@ -62,6 +62,11 @@ where
 
 /// The sum of `db_reads_total` samples for `target` in an app host's metrics.
 async fn reads_on(http: &reqwest::Client, app: &str, target: &str) -> u64 {
+    reads_matching(http, app, &format!("target=\"{target}\"")).await
+}
+
+/// The sum of `db_reads_total` samples whose labels start with `labels` in an app host's metrics.
+async fn reads_matching(http: &reqwest::Client, app: &str, labels: &str) -> u64 {
     let text = http
         .get(format!("{app}/metrics"))
         .send()
@@ -70,7 +75,7 @@ async fn reads_on(http: &reqwest::Client, app: &str, target: &str) -> u64 {
         .text()
         .await
         .unwrap();
-    let prefix = format!("db_reads_total{{target=\"{target}\"");
+    let prefix = format!("db_reads_total{{{labels}");
     text.lines()
         .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -184,6 +189,23 @@ async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_f
     })
     .await;
 
+    // Keys the cache has never held fill from the replica (in rotation, so at most a second
+    // behind, far less than an entry or a tombstone lives), not from the primary.
+    let replica_fills = "target=\"replica-1\",reason=\"cache_fill\"";
+    let before = reads_matching(&http, &app, replica_fills).await;
+    let mut n = 0;
+    wait_until("a cache fill reads the replica", || {
+        n += 1;
+        let profile = format!("{endpoint}/api/profiles/nobody-{n}");
+        let (http, app) = (&http, &app);
+        async move {
+            let (status, _, cache) = get(http, &profile, None).await;
+            assert_eq!((status, cache.as_str()), (404, "miss"));
+            reads_matching(http, app, replica_fills).await > before
+        }
+    })
+    .await;
+
     // The replica killed: reads are still answered (a read that fails on it runs again on the
     // primary, and the poller takes it out), and it rejoins once the lab starts it again.
     let status = lab.status();
@@ -220,18 +242,21 @@ async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_f
     .await;
 }
 
-fn drill(net: String, args: &[&str]) -> Value {
+/// A short drill on stage 5 (which brings the stage up fresh, and down at the end); returns the
+/// lab, its state kept, and the drill's report.
+fn drill(net: String, args: &[&str]) -> (TestLab, Value) {
     let lab = TestLab::new("archlab-drill5", net);
     let out_file = lab.state.path().join("drill.json").display().to_string();
     let quick = ["--quick", "--out", out_file.as_str()];
     let (ok, text) = lab.archlab(&[&["drill", "5"], args, &quick].concat());
     assert!(ok, "{text}");
-    serde_json::from_str(&std::fs::read_to_string(out_file).unwrap()).unwrap()
+    let report = serde_json::from_str(&std::fs::read_to_string(out_file).unwrap()).unwrap();
+    (lab, report)
 }
 
 #[test]
 fn the_primary_killed_reads_go_on_writes_fail_fast_and_nothing_is_lost() {
-    let report = drill(
+    let (lab, report) = drill(
         common::net(130, 10),
         &["kill", "--service", "database", "--rate", "100"],
     );
@@ -264,16 +289,30 @@ fn the_primary_killed_reads_go_on_writes_fail_fast_and_nothing_is_lost() {
         refused > 0,
         "writes fail while the primary is down: {ops:?}"
     );
-    assert!(
-        report["drill"]["recovered_at_s"].is_u64(),
-        "{}",
-        report["drill"]
-    );
+    // The primary back, writes resume. The drill restarted it, but whether writes resumed within
+    // its short run depends on how busy the machine is; that they do, once the primary has gone
+    // through crash recovery, does not. So: the stage up again from the drill's state (the
+    // primary's data dir as the kill left it) and a write.
+    let endpoint = lab.up("5");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let http = reqwest::Client::new();
+        let mut n = 0;
+        wait_until("writes resume after the primary is back", || {
+            n += 1;
+            let name = format!("after-{n}");
+            let request = http
+                .post(format!("{endpoint}/api/users"))
+                .json(&json!({"user": {"username": name, "email": format!("{name}@example.com"), "password": "password-after"}}))
+                .send();
+            async move { request.await.is_ok_and(|r| r.status() == 201) }
+        })
+        .await;
+    });
 }
 
 #[test]
 fn a_lagging_replica_breaks_no_session_guarantee() {
-    let report = drill(
+    let (_lab, report) = drill(
         common::net(140, 10),
         &[
             "apply-delay",

@@ -154,32 +154,32 @@ pub async fn articles_by_id(
     ids: &[i64],
 ) -> ApiResult<(Vec<SharedArticle>, CacheStatus)> {
     let keys: Vec<Key> = ids.iter().map(|id| Key::article(*id)).collect();
-    let (cached, status) = state.cache.get_many::<SharedArticle>(&keys, reader).await;
+    let found = state.cache.get_many::<SharedArticle>(&keys, reader).await;
     let missing: Vec<i64> = ids
         .iter()
-        .zip(&cached)
+        .zip(&found.entries)
         .filter(|(_, entry)| entry.is_none())
         .map(|(id, _)| *id)
         .collect();
-    let mut loaded: HashMap<i64, SharedArticle> = if missing.is_empty() {
-        HashMap::new()
-    } else {
-        load_articles(&state.cache.fill_pool_for(reader).await?, &missing)
+    let mut loaded: HashMap<i64, SharedArticle> = HashMap::new();
+    if !missing.is_empty() {
+        let fill = state.cache.fill_for_misses(reader, &found).await?;
+        loaded = fill
+            .read(load_articles(fill.pool(), &missing))
             .await?
             .into_iter()
             .map(|a| (a.id, a))
-            .collect()
-    };
-    if status != CacheStatus::Bypass && !missing.is_empty() {
+            .collect();
         let entries: Vec<(Key, Option<SharedArticle>)> = missing
             .iter()
             .map(|id| (Key::article(*id), loaded.get(id).cloned()))
             .collect();
-        state.cache.put_many(reader, &entries).await;
+        state.cache.put_many(reader, &fill, &entries).await;
     }
+    let status = found.status;
     let articles = ids
         .iter()
-        .zip(cached)
+        .zip(found.entries)
         .filter_map(|(id, entry)| match entry {
             Some(found) => found,
             None => loaded.remove(id),

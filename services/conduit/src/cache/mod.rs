@@ -22,7 +22,7 @@ pub mod keys;
 pub(crate) mod redis;
 mod single_flight;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::response::{IntoResponseParts, ResponseParts};
 use bytes::Bytes;
@@ -35,11 +35,21 @@ use self::single_flight::SingleFlight;
 use sqlx::PgPool;
 
 use crate::{
-    db::{Database, Lsn, Reader},
+    db::{
+        replicas::{ReadTarget, Replica},
+        session::Route,
+        Database, Lsn, Reader,
+    },
     error::{ApiError, ApiResult},
     metrics::CacheMetrics,
     settings::{CacheBackend, CacheSettings},
 };
+
+/// How long a tombstone (see [`Cache::in_front_of`]) outlives the write that left it. It must
+/// outlast the time a replica in rotation may take to replay that write: at most
+/// `database.replica_max_lag_ms` (a second by default) plus one poll, checked at start. Ten
+/// seconds is far past that, and short enough that tombstones nobody fills do not pile up.
+pub const TOMBSTONE_TTL_SECS: u64 = 10;
 
 /// Where the shared part of a response came from; sent as `x-cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +105,55 @@ pub struct Cache {
     flight: SingleFlight,
     settings: CacheSettings,
     metrics: CacheMetrics,
-    /// Stage 5 on: the database whose primary fills read from, and whose position stamps entries.
-    stamps: Option<Database>,
+    /// Stage 5 on: the database with replicas this cache stands in front of.
+    replicated: Option<Database>,
+    /// The shortest time a key stays invalidated: a tombstone's life, or an entry's filled after
+    /// it. See [`Cache::in_front_of`].
+    shortest_life: Duration,
+}
+
+/// Where a miss is loaded from, and what that read is known to include.
+pub struct Fill {
+    pool: PgPool,
+    source: FillSource,
+}
+
+enum FillSource {
+    /// No replicas (stages 3 and 4): the request's own pool, which is the primary; entries are
+    /// stored without a stamp.
+    Unreplicated,
+    /// Nothing will be stored (no cache, Redis failing, fills paused): read as the request reads.
+    Uncached,
+    /// The primary, which is past `from` (its newest polled position).
+    Primary { from: Lsn },
+    /// A replica known to have replayed `from`, at or past the entries' last invalidation.
+    Replica { replica: Arc<Replica>, from: Lsn },
+}
+
+impl Fill {
+    /// The pool to load the missing entries from.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// What the read showed at most, measured after it: the stamp for its entries.
+    async fn stamp(&self, db: Option<&Database>) -> ApiResult<Option<Lsn>> {
+        Ok(match (&self.source, db) {
+            (FillSource::Primary { .. }, Some(db)) => Some(db.primary_position().await?),
+            (FillSource::Replica { replica, .. }, _) => Some(replica.replayed_now().await?),
+            _ => None,
+        })
+    }
+
+    /// A failed read on a replica takes it out of rotation at once, so the request's second try
+    /// (and every other fill) goes elsewhere.
+    fn failed(&self, error: &ApiError) {
+        if let (FillSource::Replica { replica, .. }, ApiError::DatabaseUnavailable(_)) =
+            (&self.source, error)
+        {
+            replica.suspend();
+        }
+    }
 }
 
 impl Cache {
@@ -111,53 +168,142 @@ impl Cache {
             flight: SingleFlight::default(),
             settings: settings.clone(),
             metrics,
-            stamps: None,
+            replicated: None,
+            shortest_life: Duration::ZERO,
         })
     }
 
-    /// The cache in front of a database with replicas (stage 5 on): fills read the primary, and
-    /// each entry carries the primary's position after its fill.
+    /// The cache in front of a database with replicas (stage 5 on): a fill after an invalidation
+    /// must never store a row older than the write that invalidated it, which a lagging replica
+    /// would give, for every reader, until the entry expires. So:
     ///
-    /// Why not fill from a replica: a fill after an invalidation must never store a row older
-    /// than the write that invalidated it, and a lagging replica would give exactly that, for
-    /// every reader, until the entry expires. The primary is never behind. Fills are the
-    /// cache's misses, a small share of reads once it is warm, so this costs the primary little.
+    /// - an invalidation leaves a *tombstone* in place of the entry, holding the primary's
+    ///   position after the write committed (past the write);
+    /// - a miss on a tombstone fills from a replica known to have replayed past it, else from the
+    ///   primary; a miss on an absent key fills from any replica in rotation (the key has not
+    ///   changed for longer than a replica in rotation may lag, see below);
+    /// - the fill is stored only over an absent key or a tombstone its read is known to include
+    ///   (one atomic step in Redis): a write that lands while the fill reads leaves a newer
+    ///   tombstone, which the fill then does not overwrite.
     ///
-    /// Why the stamp: a reader who saw an entry must not see an older state afterwards on a
-    /// replica (monotonic reads), so a hit moves the reader's position up to the entry's stamp
-    /// (see [`crate::db::session`]).
+    /// Each entry carries a stamp: the position of the server it was read from, measured after
+    /// the read. A reader who saw an entry must not see an older state afterwards on a replica
+    /// (monotonic reads), so a hit moves the reader's position up to the entry's stamp (see
+    /// [`crate::db::session`]).
+    ///
+    /// A miss on an absent key needs a replica past every write that could have invalidated the
+    /// key since: a key is absent when it was never filled, when its tombstone expired
+    /// ([`TOMBSTONE_TTL_SECS`]), or when an entry filled after its last invalidation expired
+    /// (`cache.not_found_ttl_secs` at the shortest). Either way that invalidation is older than
+    /// the shortest of these lives, so a replica past the position the primary had then (known
+    /// from its polled history) has it. Normally any replica in rotation, milliseconds behind;
+    /// not one paused for longer. What Redis forgets outside these rules it forgets all at once
+    /// (a restart, or the flush after an outage too long to remember): fills then read the
+    /// primary until the connection made afterwards has been up that long. Left unguarded:
+    /// eviction under memory pressure, which could drop a fresh tombstone (the cache host is
+    /// sized so the data set fits, `--maxmemory` in the lab).
     pub fn in_front_of(mut self, db: &Database) -> Self {
-        if db.replicas().is_some() {
-            self.stamps = Some(db.clone());
+        if db.replicas().is_none() {
+            return self;
         }
+        self.replicated = Some(db.clone());
+        self.shortest_life = Duration::from_secs(
+            TOMBSTONE_TTL_SECS
+                .min(self.settings.not_found_ttl_secs)
+                .min(self.ttl_floor())
+                .max(1),
+        );
         self
     }
 
-    /// The pool a fill reads from: the primary when the stage has replicas (see
-    /// [`Cache::in_front_of`]), else the request's own.
-    async fn fill_pool(&self, reader: &Reader) -> ApiResult<PgPool> {
-        Ok(match &self.stamps {
-            Some(_) => reader.primary().clone(),
-            None => reader.pool().await?.clone(),
+    /// The floor for a miss on an absent key (see [`Cache::in_front_of`]): a position past
+    /// every write older than the shortest life of an invalidation, or one no server is known
+    /// to be past (`u64::MAX`) while that cannot be said.
+    fn absent_floor(&self) -> Lsn {
+        let connected_long_enough = self
+            .store
+            .as_ref()
+            .and_then(|store| store.connected_for())
+            .is_some_and(|up| up >= self.shortest_life);
+        match self.replicated.as_ref().and_then(|db| db.replicas()) {
+            Some(replicas) if connected_long_enough => replicas
+                .primary_reached_before(self.shortest_life)
+                .unwrap_or(Lsn(u64::MAX)),
+            Some(_) => Lsn(u64::MAX),
+            None => Lsn(0),
+        }
+    }
+
+    /// Where to load a miss from, given `floor`, the position of the newest tombstone among the
+    /// missing keys (0 for none): see [`Cache::in_front_of`].
+    async fn fill_for(&self, reader: &Reader, floor: Lsn) -> ApiResult<Fill> {
+        let own = |source| async move {
+            Ok(Fill {
+                pool: reader.pool().await?.clone(),
+                source,
+            })
+        };
+        let (Some(db), Some(_)) = (&self.replicated, &self.store) else {
+            let source = if self.store.is_some() {
+                FillSource::Unreplicated
+            } else {
+                FillSource::Uncached
+            };
+            return own(source).await;
+        };
+        let Some(replicas) = db.replicas() else {
+            return own(FillSource::Unreplicated).await;
+        };
+        if self.fills_paused(reader) {
+            return own(FillSource::Uncached).await;
+        }
+        if !reader.avoids_replicas() {
+            if let Some(ReadTarget::Replica(replica)) = replicas.choose(Some(floor), None) {
+                reader.fill_reads_replica();
+                db.count_read(&replica.name, Route::CacheFill);
+                return Ok(Fill {
+                    pool: replica.pool.clone(),
+                    source: FillSource::Replica {
+                        from: replica.replayed(),
+                        replica,
+                    },
+                });
+            }
+        }
+        reader.fill_reads_primary();
+        db.count_read("primary", Route::CacheFill);
+        // What a read on the primary is known to include: its last polled position, and the
+        // tombstone this fill found, which the invalidating write left after it committed.
+        Ok(Fill {
+            pool: db.write().clone(),
+            source: FillSource::Primary {
+                from: replicas.primary_polled().max(floor),
+            },
         })
     }
 
     /// Whether misses must not be stored now: the stage has replicas and its primary is down
     /// (or this request is a second try after a read on the primary failed). Its reads are then
-    /// served by replicas, which may lack the primary's last writes; an entry filled from one
-    /// would outlive the outage, so misses are served uncached (`bypass`).
+    /// served by replicas, which may lack the primary's last writes, and no tombstone says which:
+    /// an entry filled from one could outlive the outage, so misses are served uncached (`bypass`).
     fn fills_paused(&self, reader: &Reader) -> bool {
-        self.stamps
+        self.replicated
             .as_ref()
             .is_some_and(|db| !db.primary_up() || reader.avoids_primary())
     }
 
-    /// The stamp for entries filled just now: the primary's position, at or past what they show.
-    async fn stamp(&self) -> ApiResult<Option<Lsn>> {
-        match &self.stamps {
-            Some(db) => Ok(Some(db.primary_position().await?)),
-            None => Ok(None),
-        }
+    /// Stores `entries` loaded by `fill`: as they are without replicas, else each only over an
+    /// absent key or a tombstone the fill's read includes. Failures cost only a later miss.
+    async fn store(&self, fill: &Fill, entries: &[(String, Bytes, u64)]) {
+        let Some(store) = &self.store else { return };
+        let _ = match &fill.source {
+            FillSource::Uncached => return,
+            FillSource::Unreplicated => store.put_many(entries).await,
+            FillSource::Primary { from } | FillSource::Replica { from, .. } => store
+                .fill_many(entries, &tombstone(*from))
+                .await
+                .map(|_| ()),
+        };
     }
 
     /// The status of a response the cache does not hold: `bypass`, or no header without a cache.
@@ -184,6 +330,14 @@ impl Cache {
                 .pending_invalidations
                 .set(store.pending_invalidations() as i64);
         }
+    }
+
+    /// The shortest life [`Cache::ttl_for`] gives a found entry, in whole seconds.
+    fn ttl_floor(&self) -> u64 {
+        let base = self.settings.ttl_secs as f64;
+        (base * (1.0 - self.settings.ttl_jitter.clamp(0.0, 1.0)))
+            .floor()
+            .max(1.0) as u64
     }
 
     /// How long a new entry lives: `ttl_secs` give or take `ttl_jitter`, so entries filled in
@@ -221,22 +375,26 @@ impl Cache {
         let Some(store) = &self.store else {
             return Ok((load(reader.pool().await?.clone()).await?, CacheStatus::Off));
         };
-        let status = match store.get(&key.name).await {
+        let (status, floor) = match store.get(&key.name).await {
             Ok(Some(bytes)) => match decode::<T>(&bytes) {
-                Ok((stamp, value)) => {
+                Ok(Stored::Entry(stamp, value)) => {
                     self.count(key, CacheStatus::Hit);
                     reader.saw(stamp);
                     return Ok((value, CacheStatus::Hit));
                 }
+                Ok(Stored::Invalidated(at)) => (CacheStatus::Miss, at),
                 Err(e) => {
                     tracing::warn!(key = %key.name, error = %e, "unreadable cache entry: reloading");
-                    CacheStatus::Miss
+                    (CacheStatus::Miss, Lsn(u64::MAX))
                 }
             },
-            Ok(None) => CacheStatus::Miss,
-            Err(_) => CacheStatus::Bypass,
+            Ok(None) => (CacheStatus::Miss, self.absent_floor()),
+            Err(_) => (CacheStatus::Bypass, Lsn(0)),
         };
-        if self.fills_paused(reader) {
+        // With replicas, a load nobody stores is this request's own read: as the request reads
+        // (its user's position decides where), not shared with other requests.
+        if self.fills_paused(reader) || (status == CacheStatus::Bypass && self.replicated.is_some())
+        {
             self.count(key, CacheStatus::Bypass);
             return Ok((
                 load(reader.pool().await?.clone()).await?,
@@ -247,77 +405,115 @@ impl Cache {
         let bytes = self
             .flight
             .run(&key.name, || async {
+                let mut floor = floor;
                 // The leader looks once more: a load that finished just before it became leader
                 // has stored the entry, and loading it again is what single-flight is for avoiding.
                 if use_store {
                     if let Ok(Some(bytes)) = store.get(&key.name).await {
-                        return Ok(bytes);
+                        match decode::<T>(&bytes) {
+                            Ok(Stored::Entry(..)) => return Ok(bytes),
+                            Ok(Stored::Invalidated(at)) => floor = floor.max(at),
+                            Err(_) => {}
+                        }
                     }
                 }
                 self.metrics.load(key.kind);
-                let value = load(self.fill_pool(reader).await?).await?;
+                let fill = if use_store {
+                    self.fill_for(reader, floor).await?
+                } else {
+                    // Redis failing (stages 3 and 4): loaded for this request and the ones
+                    // waiting on it, not stored.
+                    Fill {
+                        pool: reader.pool().await?.clone(),
+                        source: FillSource::Uncached,
+                    }
+                };
+                let value = load(fill.pool.clone())
+                    .await
+                    .inspect_err(|e| fill.failed(e))?;
+                let bytes = encode(fill.stamp(self.replicated.as_ref()).await?, &value)?;
                 let ttl = self.ttl_for(value.is_some());
-                let bytes = encode(self.stamp().await?, &value)?;
-                if use_store {
-                    // A failed store only costs the next request a miss.
-                    let _ = store
-                        .put_many(&[(key.name.clone(), bytes.clone(), ttl)])
-                        .await;
-                }
+                self.store(&fill, &[(key.name.clone(), bytes.clone(), ttl)])
+                    .await;
                 Ok::<_, ApiError>(bytes)
             })
             .await?;
         self.count(key, status);
-        let (stamp, value) = decode(&bytes)?;
-        reader.saw(stamp);
-        Ok((value, status))
+        match decode::<T>(&bytes)? {
+            Stored::Entry(stamp, value) => {
+                reader.saw(stamp);
+                Ok((value, status))
+            }
+            Stored::Invalidated(_) => Err(ApiError::Internal(anyhow::anyhow!(
+                "a cache load returned a tombstone"
+            ))),
+        }
     }
 
-    /// Several entries in one round trip: each `Some(entry)` if cached (the entry itself may say
-    /// "not found"), `None` if not; all `None` and [`CacheStatus::Bypass`] if the cache is failing.
-    /// Load the misses from [`Cache::fill_pool_for`] and store them with [`Cache::put_many`].
-    pub async fn get_many<T: DeserializeOwned>(
-        &self,
-        keys: &[Key],
-        reader: &Reader,
-    ) -> (Vec<Option<Option<T>>>, CacheStatus) {
+    /// Several entries in one round trip (see [`Found`]). Load the misses through
+    /// [`Cache::fill_for_misses`] and store them with [`Cache::put_many`].
+    pub async fn get_many<T: DeserializeOwned>(&self, keys: &[Key], reader: &Reader) -> Found<T> {
         let Some(store) = &self.store else {
-            return (keys.iter().map(|_| None).collect(), CacheStatus::Off);
+            return Found::nothing(keys, CacheStatus::Off);
         };
         let names: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
-        match store.get_many(&names).await {
-            Ok(values) => {
-                let mut status = CacheStatus::Hit;
-                let entries = keys
-                    .iter()
-                    .zip(values)
-                    .map(|(key, bytes)| {
-                        let entry =
-                            bytes
-                                .and_then(|b| decode::<T>(&b).ok())
-                                .map(|(stamp, value)| {
-                                    reader.saw(stamp);
-                                    value
-                                });
-                        let this = if entry.is_some() {
-                            CacheStatus::Hit
-                        } else {
-                            CacheStatus::Miss
-                        };
-                        self.count(key, this);
-                        status = status.and(this);
-                        entry
-                    })
-                    .collect();
-                (entries, status)
+        let Ok(values) = store.get_many(&names).await else {
+            for key in keys {
+                self.count(key, CacheStatus::Bypass);
             }
-            Err(_) => {
-                for key in keys {
-                    self.count(key, CacheStatus::Bypass);
-                }
-                (keys.iter().map(|_| None).collect(), CacheStatus::Bypass)
-            }
+            return Found::nothing(keys, CacheStatus::Bypass);
+        };
+        let mut status = CacheStatus::Hit;
+        let mut floor = Lsn(0);
+        let absent_floor = self.absent_floor();
+        let entries = keys
+            .iter()
+            .zip(values)
+            .map(|(key, bytes)| {
+                let entry = match bytes.map(|b| decode::<T>(&b)) {
+                    Some(Ok(Stored::Entry(stamp, value))) => {
+                        reader.saw(stamp);
+                        Some(value)
+                    }
+                    Some(Ok(Stored::Invalidated(at))) => {
+                        floor = floor.max(at);
+                        None
+                    }
+                    Some(Err(_)) => {
+                        floor = Lsn(u64::MAX);
+                        None
+                    }
+                    None => {
+                        floor = floor.max(absent_floor);
+                        None
+                    }
+                };
+                let this = if entry.is_some() {
+                    CacheStatus::Hit
+                } else {
+                    CacheStatus::Miss
+                };
+                self.count(key, this);
+                status = status.and(this);
+                entry
+            })
+            .collect();
+        Found {
+            entries,
+            status,
+            floor,
         }
+    }
+
+    /// Where to load [`Cache::get_many`]'s misses from (see [`Cache::in_front_of`]).
+    pub async fn fill_for_misses<T>(&self, reader: &Reader, found: &Found<T>) -> ApiResult<Fill> {
+        if found.status == CacheStatus::Bypass {
+            return Ok(Fill {
+                pool: reader.pool().await?.clone(),
+                source: FillSource::Uncached,
+            });
+        }
+        self.fill_for(reader, found.floor).await
     }
 
     /// The cached value of `key`, if there is one and the cache answers; never loads. For writes
@@ -325,25 +521,24 @@ impl Cache {
     pub async fn peek<T: DeserializeOwned>(&self, key: &Key) -> Option<Option<T>> {
         let store = self.store.as_ref()?;
         let bytes = store.get(&key.name).await.ok()??;
-        decode(&bytes).ok().map(|(_, value)| value)
-    }
-
-    /// Where to load [`Cache::get_many`]'s misses from (see [`Cache::in_front_of`]).
-    pub async fn fill_pool_for(&self, reader: &Reader) -> ApiResult<PgPool> {
-        if self.store.is_some() && !self.fills_paused(reader) {
-            self.fill_pool(reader).await
-        } else {
-            Ok(reader.pool().await?.clone())
+        match decode(&bytes).ok()? {
+            Stored::Entry(_, value) => Some(value),
+            Stored::Invalidated(_) => None,
         }
     }
 
-    /// Stores entries loaded after a [`Cache::get_many`] miss (one round trip; failures ignored).
-    pub async fn put_many<T: Serialize>(&self, reader: &Reader, entries: &[(Key, Option<T>)]) {
-        let Some(store) = &self.store else { return };
-        if self.fills_paused(reader) {
+    /// Stores entries `fill` loaded after a [`Cache::get_many`] miss (one round trip; failures
+    /// cost only a later miss).
+    pub async fn put_many<T: Serialize>(
+        &self,
+        reader: &Reader,
+        fill: &Fill,
+        entries: &[(Key, Option<T>)],
+    ) {
+        if matches!(fill.source, FillSource::Uncached) || entries.is_empty() {
             return;
         }
-        let Ok(stamp) = self.stamp().await else {
+        let Ok(stamp) = fill.stamp(self.replicated.as_ref()).await else {
             return;
         };
         reader.saw(stamp);
@@ -354,7 +549,7 @@ impl Cache {
                 encoded.push((key.name.clone(), bytes, self.ttl_for(value.is_some())));
             }
         }
-        let _ = store.put_many(&encoded).await;
+        self.store(fill, &encoded).await;
     }
 
     /// Empties the cache: for writes made behind the app's back (`conduit seed`).
@@ -368,18 +563,79 @@ impl Cache {
         Ok(())
     }
 
-    /// Deletes entries a committed write made stale. Never fails the write: if Redis cannot be
-    /// told now, it is told before the cache is used again (see [`redis`](self::redis)).
+    /// Invalidates entries a committed write made stale: deletes them, or with replicas leaves a
+    /// tombstone at the primary's position, past the write (see [`Cache::in_front_of`]). Never
+    /// fails the write: if Redis cannot be told now, it is told before the cache is used again
+    /// (see [`redis`](self::redis)).
     pub async fn invalidate(&self, keys: &[Key]) {
         let Some(store) = &self.store else { return };
         let names: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
-        store.delete(&names).await;
+        let tombstone = match &self.replicated {
+            None => None,
+            Some(db) => {
+                let at = db.primary_position().await.unwrap_or_else(|e| {
+                    // Not knowing where the write ended: a tombstone no server is known to be
+                    // past, so these keys are not cached again until it expires.
+                    tracing::warn!(error = %e, "primary position unknown: keys left uncached for a while");
+                    Lsn(u64::MAX)
+                });
+                Some((Bytes::from(tombstone(at)), TOMBSTONE_TTL_SECS))
+            }
+        };
+        store.invalidate(&names, tombstone).await;
+    }
+}
+
+/// What [`Cache::get_many`] found.
+pub struct Found<T> {
+    /// Each key's entry if cached (the entry itself may say "not found"), `None` if not; all
+    /// `None` when the cache is failing.
+    pub entries: Vec<Option<Option<T>>>,
+    /// `hit` only if every key was; `bypass` if the cache is failing.
+    pub status: CacheStatus,
+    /// The newest tombstone among the misses (0: none).
+    floor: Lsn,
+}
+
+impl<T> Found<T> {
+    fn nothing(keys: &[Key], status: CacheStatus) -> Self {
+        Self {
+            entries: keys.iter().map(|_| None).collect(),
+            status,
+            floor: Lsn(0),
+        }
+    }
+}
+
+impl Fill {
+    /// Runs `read`, a load from [`Fill::pool`]; if it fails on a replica, that replica leaves
+    /// rotation at once.
+    pub async fn read<T>(&self, read: impl Future<Output = ApiResult<T>>) -> ApiResult<T> {
+        read.await.inspect_err(|e| self.failed(e))
     }
 }
 
 /// First byte of an entry stamped with a position (stage 5 on): `@`, sixteen hex digits, then
 /// the JSON. JSON never starts with `@`, so unstamped entries (stages 3 and 4) read as before.
 const STAMPED: u8 = b'@';
+
+/// First byte of a tombstone (stage 5 on): `!`, then the sixteen hex digits of a position past
+/// the write that made the entry stale. Byte order is position order, which the conditional
+/// store in Redis compares by.
+const TOMBSTONE: u8 = b'!';
+
+/// What a key of the cache holds.
+#[derive(Debug, PartialEq)]
+enum Stored<T> {
+    /// An entry: its stamp (stage 5 on) and its value (`None`: "not found").
+    Entry(Option<Lsn>, Option<T>),
+    /// A tombstone: the entry went stale at this position.
+    Invalidated(Lsn),
+}
+
+fn tombstone(at: Lsn) -> Vec<u8> {
+    format!("!{:016x}", at.0).into_bytes()
+}
 
 fn encode<T: Serialize>(stamp: Option<Lsn>, value: &Option<T>) -> ApiResult<Bytes> {
     let mut bytes = match stamp {
@@ -391,19 +647,23 @@ fn encode<T: Serialize>(stamp: Option<Lsn>, value: &Option<T>) -> ApiResult<Byte
     Ok(Bytes::from(bytes))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Option<Lsn>, Option<T>), ApiError> {
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Stored<T>, ApiError> {
     let unreadable =
         |what: String| ApiError::Internal(anyhow::anyhow!("decoding a cache entry: {what}"));
+    let position = |bytes: &[u8]| -> Result<Lsn, ApiError> {
+        let hex = std::str::from_utf8(bytes).map_err(|e| unreadable(e.to_string()))?;
+        let lsn = u64::from_str_radix(hex, 16).map_err(|e| unreadable(e.to_string()))?;
+        Ok(Lsn(lsn))
+    };
     let (stamp, json) = match bytes.first() {
-        Some(&STAMPED) if bytes.len() >= 17 => {
-            let hex = std::str::from_utf8(&bytes[1..17]).map_err(|e| unreadable(e.to_string()))?;
-            let lsn = u64::from_str_radix(hex, 16).map_err(|e| unreadable(e.to_string()))?;
-            (Some(Lsn(lsn)), &bytes[17..])
+        Some(&TOMBSTONE) if bytes.len() == 17 => {
+            return Ok(Stored::Invalidated(position(&bytes[1..17])?))
         }
+        Some(&STAMPED) if bytes.len() >= 17 => (Some(position(&bytes[1..17])?), &bytes[17..]),
         _ => (None, bytes),
     };
     let value = serde_json::from_slice(json).map_err(|e| unreadable(e.to_string()))?;
-    Ok((stamp, value))
+    Ok(Stored::Entry(stamp, value))
 }
 
 #[cfg(test)]
@@ -424,10 +684,21 @@ mod tests {
     fn entries_read_back_with_or_without_a_stamp() -> Result<(), ApiError> {
         let plain = encode(None, &Some(vec![1, 2]))?;
         assert_eq!(&plain[..], b"[1,2]");
-        assert_eq!(decode::<Vec<i32>>(&plain)?, (None, Some(vec![1, 2])));
+        assert_eq!(
+            decode::<Vec<i32>>(&plain)?,
+            Stored::Entry(None, Some(vec![1, 2]))
+        );
         let stamped = encode(Some(Lsn(0x1_0000_00ff)), &None::<i32>)?;
         assert_eq!(&stamped[..], b"@00000001000000ffnull");
-        assert_eq!(decode::<i32>(&stamped)?, (Some(Lsn(0x1_0000_00ff)), None));
+        assert_eq!(
+            decode::<i32>(&stamped)?,
+            Stored::Entry(Some(Lsn(0x1_0000_00ff)), None)
+        );
+        let dead = tombstone(Lsn(0xab));
+        assert_eq!(&dead[..], b"!00000000000000ab");
+        assert_eq!(decode::<i32>(&dead)?, Stored::Invalidated(Lsn(0xab)));
+        // Byte order is position order: what Redis compares tombstones by.
+        assert!(tombstone(Lsn(0x100)) > tombstone(Lsn(0xff)));
         Ok(())
     }
 

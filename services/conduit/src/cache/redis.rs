@@ -3,23 +3,37 @@
 //!
 //! Every operation either finishes within `cache.op_timeout_ms` or counts as a failure; failures
 //! open the [`Breaker`], and while it is open nobody waits on Redis. Reads that fail are harmless
-//! (the caller loads from the database). A *delete* that fails is not: the entry it should have
-//! removed could be served stale once Redis is back. So a failed delete opens the breaker at once
-//! and its keys are kept; the probe that closes the breaker deletes them first (or, if more were
-//! lost than [`RedisStore::max_pending`] can hold, empties the cache), before any hit is served.
+//! (the caller loads from the database). An *invalidation* that fails is not: the entry it should
+//! have removed could be served stale once Redis is back. So a failed invalidation opens the
+//! breaker at once and its keys are kept; the probe that closes the breaker delivers them first
+//! (or, if more were lost than [`RedisStore::max_pending`] can hold, empties the cache), before
+//! any hit is served.
+//!
+//! An invalidation either deletes the entries (stages 3 and 4) or replaces each with a
+//! *tombstone* (stage 5 on, see [`super::Cache::in_front_of`]): a short value saying at which
+//! database position the entry went stale. [`RedisStore::fill_many`] then stores a fill only over
+//! an absent key or a tombstone the fill's read is known to be past.
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{LazyLock, Mutex},
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Client};
+use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Client, Script};
 
 use super::breaker::{Admit, Breaker};
 use crate::settings::CacheSettings;
 
+/// What an invalidation leaves behind: nothing (`DEL`), or this tombstone for this many seconds.
+pub type Tombstone = Option<(Bytes, u64)>;
+
 /// Invalidations that could not be delivered, waiting for Redis to return.
 #[derive(Default)]
 struct Pending {
-    keys: HashSet<String>,
+    /// Each key and its newest tombstone.
+    keys: HashMap<String, Tombstone>,
     /// More were lost than could be remembered: empty the whole cache on return.
     overflowed: bool,
 }
@@ -34,7 +48,41 @@ pub struct RedisStore {
     /// Most undelivered invalidations remembered one by one. Each is a short key; 10,000 is
     /// about a megabyte, far more than a few seconds of outage produce at the rates measured here.
     max_pending: usize,
+    /// When the connection in use was made: Redis may have lost everything before it (a restart,
+    /// or the flush a recovery does), tombstones included.
+    connected_at: Mutex<Option<Instant>>,
 }
+
+/// Stores each fill only over an absent key or a tombstone no newer than the fill's read.
+/// `KEYS`: the entries' keys; `ARGV[1]`: the position the fill's read is known to include, as a
+/// tombstone would say it (`!` and sixteen hex digits: byte order is number order); then each
+/// entry's value and TTL. A key holding an entry is left alone: someone filled it already, maybe
+/// from a newer state. Returns how many were stored.
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local stored = 0 \
+         for i, key in ipairs(KEYS) do \
+           local cur = redis.call('GET', key) \
+           if (not cur) or (string.sub(cur, 1, 1) == '!' and string.sub(cur, 1, 17) <= ARGV[1]) then \
+             redis.call('SET', key, ARGV[2 * i], 'EX', ARGV[2 * i + 1]) \
+             stored = stored + 1 \
+           end \
+         end \
+         return stored",
+    )
+});
+
+/// Sets a key to `ARGV[1]` unless it holds a greater value (byte order), and gives it `ARGV[2]`
+/// seconds either way.
+static RAISE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local cur = redis.call('GET', KEYS[1]) \
+         if (not cur) or ARGV[1] > cur then \
+           redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) \
+         else redis.call('EXPIRE', KEYS[1], ARGV[2]) end \
+         return 1",
+    )
+});
 
 /// Why a cache operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +117,7 @@ impl RedisStore {
             ),
             pending: Mutex::new(Pending::default()),
             max_pending: settings.max_pending_invalidations,
+            connected_at: Mutex::new(None),
         })
     }
 
@@ -80,6 +129,11 @@ impl RedisStore {
     /// Invalidations waiting for Redis to return.
     pub fn pending_invalidations(&self) -> usize {
         lock(&self.pending).keys.len()
+    }
+
+    /// How long the connection in use has been up: `None` while there is none.
+    pub fn connected_for(&self) -> Option<Duration> {
+        lock(&self.connected_at).map(|at| at.elapsed())
     }
 
     /// A connection to use now, if the breaker allows. The probe reconnects and repairs first.
@@ -120,7 +174,11 @@ impl RedisStore {
         let (keys, overflowed) = {
             let pending = lock(&self.pending);
             (
-                pending.keys.iter().cloned().collect::<Vec<_>>(),
+                pending
+                    .keys
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.clone()))
+                    .collect::<Vec<_>>(),
                 pending.overflowed,
             )
         };
@@ -135,15 +193,14 @@ impl RedisStore {
                 "delivering invalidations lost while away"
             );
             for chunk in keys.chunks(500) {
-                redis::cmd("DEL")
-                    .arg(chunk)
+                invalidation(chunk)
                     .query_async::<()>(&mut connection)
                     .await?;
             }
         }
         {
             let mut pending = lock(&self.pending);
-            for key in &keys {
+            for (key, _) in &keys {
                 pending.keys.remove(key);
             }
             if overflowed {
@@ -151,6 +208,7 @@ impl RedisStore {
             }
         }
         *lock(&self.connection) = Some(connection.clone());
+        *lock(&self.connected_at) = Some(Instant::now());
         Ok(connection)
     }
 
@@ -221,37 +279,55 @@ impl RedisStore {
         self.record(result)
     }
 
+    /// Stores fills whose read is known to include position `read_from` (a tombstone's bytes:
+    /// see [`FILL`]), each only over an absent key or an older tombstone, in one round trip,
+    /// atomic in Redis. Returns how many were stored.
+    pub async fn fill_many(
+        &self,
+        entries: &[(String, Bytes, u64)],
+        read_from: &[u8],
+    ) -> Result<usize, StoreError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut connection = self.connection().await?;
+        let mut invocation = FILL.prepare_invoke();
+        invocation.arg(read_from);
+        for (key, value, ttl) in entries {
+            invocation.key(key).arg(value.as_ref()).arg(*ttl);
+        }
+        let result = invocation.invoke_async::<usize>(&mut connection).await;
+        self.record(result)
+    }
+
     /// Sets `key` to `value` unless it already holds a greater one (byte order, so values must
     /// be fixed-width), and gives it `ttl` seconds either way: one round trip, atomic in Redis.
     /// For values that may only move forward, such as a user's read-your-writes position.
     pub async fn raise(&self, key: &str, value: &str, ttl: u64) -> Result<(), StoreError> {
-        const RAISE: &str = "local cur = redis.call('GET', KEYS[1]) \
-            if (not cur) or ARGV[1] > cur then \
-              redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) \
-            else redis.call('EXPIRE', KEYS[1], ARGV[2]) end \
-            return 1";
         let mut connection = self.connection().await?;
-        let result = redis::cmd("EVAL")
-            .arg(RAISE)
-            .arg(1)
-            .arg(key)
+        let result = RAISE
+            .key(key)
             .arg(value)
             .arg(ttl)
-            .query_async::<()>(&mut connection)
+            .invoke_async::<()>(&mut connection)
             .await;
         self.record(result)
     }
 
-    /// `DEL keys`. If that cannot be done now, the keys are remembered and the breaker opens, so
-    /// no hit is served until the deletes are delivered.
-    pub async fn delete(&self, keys: &[String]) {
+    /// Invalidates `keys`: deletes them, or with a `tombstone` sets each to it. If that cannot be
+    /// done now, the keys are remembered and the breaker opens, so no hit is served until the
+    /// invalidations are delivered.
+    pub async fn invalidate(&self, keys: &[String], tombstone: Tombstone) {
         if keys.is_empty() {
             return;
         }
+        let entries: Vec<(String, Tombstone)> = keys
+            .iter()
+            .map(|k| (k.clone(), tombstone.clone()))
+            .collect();
         let result = match self.connection().await {
             Ok(mut connection) => {
-                let result = redis::cmd("DEL")
-                    .arg(keys)
+                let result = invalidation(&entries)
                     .query_async::<()>(&mut connection)
                     .await;
                 self.record(result)
@@ -260,12 +336,16 @@ impl RedisStore {
         };
         if let Err(e) = result {
             let mut pending = lock(&self.pending);
-            for key in keys {
-                if pending.keys.len() >= self.max_pending {
+            for (key, tombstone) in entries {
+                if pending.keys.len() >= self.max_pending && !pending.keys.contains_key(&key) {
                     pending.overflowed = true;
                     break;
                 }
-                pending.keys.insert(key.clone());
+                // The newest tombstone wins (byte order is position order).
+                let kept = pending.keys.entry(key).or_insert(None);
+                if tombstone > *kept {
+                    *kept = tombstone;
+                }
             }
             drop(pending);
             if !matches!(e, StoreError::Skipped) {
@@ -273,5 +353,95 @@ impl RedisStore {
             }
             self.breaker.trip();
         }
+    }
+}
+
+/// One round trip delivering `entries`: `DEL` for those without a tombstone, `SET … EX` for the
+/// others.
+fn invalidation(entries: &[(String, Tombstone)]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    let deleted: Vec<&String> = entries
+        .iter()
+        .filter(|(_, t)| t.is_none())
+        .map(|(k, _)| k)
+        .collect();
+    if !deleted.is_empty() {
+        pipe.cmd("DEL").arg(deleted).ignore();
+    }
+    for (key, tombstone) in entries {
+        if let Some((value, ttl)) = tombstone {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value.as_ref())
+                .arg("EX")
+                .arg(*ttl)
+                .ignore();
+        }
+    }
+    pipe
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn tomb(at: u64) -> Bytes {
+        Bytes::from(format!("!{at:016x}"))
+    }
+
+    /// The conditional store that keeps a lagging replica's rows out of the cache, against a
+    /// real Redis: a fill lands over an absent key or an older tombstone, never over a newer
+    /// tombstone (a write landed while it read) nor over an entry someone filled already.
+    #[tokio::test]
+    async fn a_fill_never_overwrites_a_newer_invalidation_or_an_entry() {
+        let redis = archlab::cache::TestRedis::start()
+            .await
+            .expect("start Redis");
+        let settings = crate::settings::CacheSettings {
+            url: redis.url(),
+            ..crate::settings::CacheSettings::default()
+        };
+        let store = RedisStore::new(&settings).unwrap();
+        let key = |name: &str| name.to_owned();
+        store
+            .invalidate(&[key("old"), key("new")], Some((tomb(100), 60)))
+            .await;
+        store.invalidate(&[key("new")], Some((tomb(300), 60))).await;
+        assert_eq!(store.get("new").await.unwrap(), Some(tomb(300)));
+
+        // A fill whose read includes position 200: past "old"'s tombstone, not "new"'s.
+        let fills: Vec<(String, Bytes, u64)> = ["old", "new", "absent"]
+            .iter()
+            .map(|k| {
+                (
+                    key(k),
+                    Bytes::from(format!("@{:016x}{{\"k\":\"{k}\"}}", 200)),
+                    60,
+                )
+            })
+            .collect();
+        let stored = store.fill_many(&fills, &tomb(200)).await.unwrap();
+        assert_eq!(stored, 2);
+        assert_eq!(store.get("old").await.unwrap(), Some(fills[0].1.clone()));
+        assert_eq!(
+            store.get("new").await.unwrap(),
+            Some(tomb(300)),
+            "a newer write wins"
+        );
+        assert_eq!(store.get("absent").await.unwrap(), Some(fills[2].1.clone()));
+
+        // A later fill, even from a newer state, leaves an entry alone; an exact tombstone is
+        // past.
+        let again = [(key("old"), Bytes::from_static(b"@00000000000001ff[]"), 60)];
+        assert_eq!(store.fill_many(&again, &tomb(0x1ff)).await.unwrap(), 0);
+        assert_eq!(store.get("old").await.unwrap(), Some(fills[0].1.clone()));
+        let exact = [(key("new"), Bytes::from_static(b"@0000000000000300[]"), 60)];
+        assert_eq!(store.fill_many(&exact, &tomb(300)).await.unwrap(), 1);
+
+        // Without tombstones (stages 3 and 4) an invalidation deletes.
+        store.invalidate(&[key("absent")], None).await;
+        assert_eq!(store.get("absent").await.unwrap(), None);
     }
 }

@@ -202,6 +202,12 @@ impl Database {
             .context("applying database migrations")
     }
 
+    /// Counts a read made on `target` (`primary`, `replica-1`, ...) for `route`, in
+    /// `db_reads_total`: for reads made outside a [`Reader`], such as cache fills.
+    pub fn count_read(&self, target: &str, route: session::Route) {
+        self.metrics.read(target, route.as_str());
+    }
+
     /// Pools to report in `/metrics`, with a label each.
     pub fn pools(&self) -> Vec<(&str, &PgPool)> {
         let mut pools = vec![("primary", &self.primary)];

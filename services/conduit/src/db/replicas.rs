@@ -110,6 +110,17 @@ impl PrimaryHistory {
         self.seen.back().map(|(lsn, _)| *lsn)
     }
 
+    /// A position the primary had reached by the end of any moment before `since`: the first
+    /// one seen at or after `since` (it was seen after that moment), else the newest (nothing
+    /// new since, so the primary was there all along). `None` before the first poll.
+    fn reached_before(&self, since: Instant) -> Option<Lsn> {
+        self.seen
+            .iter()
+            .find(|(_, at)| *at >= since)
+            .or(self.seen.back())
+            .map(|(lsn, _)| *lsn)
+    }
+
     /// The lag of a replica that has replayed up to `replayed`, at `now`.
     fn lag_of(&self, replayed: Lsn, now: Instant) -> Lag {
         let Some(newest) = self.newest() else {
@@ -259,6 +270,19 @@ impl ReplicaSet {
     /// Whether the primary answered its last poll.
     pub fn primary_up(&self) -> bool {
         self.primary_up.load(Ordering::Acquire)
+    }
+
+    /// The primary's newest polled position: every later read on the primary shows at least
+    /// this much (0 before the first poll).
+    pub fn primary_polled(&self) -> Lsn {
+        lock(&self.history).newest().unwrap_or(Lsn(0))
+    }
+
+    /// A position at or past every write committed more than `ago` ago, from the polled
+    /// history; `None` before the first poll.
+    pub fn primary_reached_before(&self, ago: Duration) -> Option<Lsn> {
+        let since = Instant::now().checked_sub(ago)?;
+        lock(&self.history).reached_before(since)
     }
 
     /// Where a read that must show position `at_least` (anything, with `None`) goes: among the
@@ -491,6 +515,27 @@ mod tests {
         assert_eq!(
             PrimaryHistory::default().lag_of(Lsn(0), now),
             Lag::default()
+        );
+    }
+
+    #[test]
+    fn a_position_reached_before_a_moment_is_the_first_seen_after_it() {
+        let t0 = Instant::now();
+        let mut history = PrimaryHistory::default();
+        assert_eq!(history.reached_before(t0), None);
+        history.record(Lsn(100), t0);
+        history.record(Lsn(200), t0 + Duration::from_millis(100));
+        history.record(Lsn(300), t0 + Duration::from_millis(200));
+        // A write committed before t0 + 50 ms was in the WAL by the poll at t0 + 100 ms.
+        assert_eq!(
+            history.reached_before(t0 + Duration::from_millis(50)),
+            Some(Lsn(200))
+        );
+        assert_eq!(history.reached_before(t0), Some(Lsn(100)));
+        // Nothing new seen since: the newest position covers it.
+        assert_eq!(
+            history.reached_before(t0 + Duration::from_secs(5)),
+            Some(Lsn(300))
         );
     }
 

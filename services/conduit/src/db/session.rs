@@ -132,6 +132,9 @@ pub enum Route {
     /// A second try, elsewhere, of a read that failed (on a replica that died, or on a primary
     /// that did).
     Retry,
+    /// A cache fill: a replica known to be past the entry's last invalidation, else the primary
+    /// (see `Cache::in_front_of`).
+    CacheFill,
 }
 
 impl Route {
@@ -146,6 +149,7 @@ impl Route {
             Route::PrimaryPositionUnknown => "position_unknown",
             Route::PrimaryCurrent => "current",
             Route::Retry => "retry",
+            Route::CacheFill => "cache_fill",
         }
     }
 }
@@ -161,6 +165,9 @@ pub struct ReadSession {
     /// Where its reads go; `None` inside: nowhere can serve them.
     chosen: OnceCell<Option<ReadTarget>>,
     read_primary: AtomicBool,
+    /// Whether a cache fill read the primary, or a replica (for the second try if it failed).
+    filled_on_primary: AtomicBool,
+    filled_on_replica: AtomicBool,
     /// The newest stamp of a cache entry the request served (0: none).
     cached: AtomicU64,
 }
@@ -179,6 +186,8 @@ impl ReadSession {
             retry_of,
             chosen: OnceCell::new(),
             read_primary: AtomicBool::new(false),
+            filled_on_primary: AtomicBool::new(false),
+            filled_on_replica: AtomicBool::new(false),
             cached: AtomicU64::new(0),
         }
     }
@@ -257,6 +266,29 @@ impl Reader {
     /// probably down, though its poller may not know yet.
     pub fn avoids_primary(&self) -> bool {
         self.session.retry_of == Some(Tried::Primary)
+    }
+
+    /// Whether this request is a second try after its read on a replica failed: its cache
+    /// fills read the primary too.
+    pub fn avoids_replicas(&self) -> bool {
+        self.session.retry_of == Some(Tried::Replica)
+    }
+
+    /// A cache fill for this request reads the primary: if the request fails, its second try
+    /// keeps off the primary. (No position is measured for it: the entry's stamp says what it
+    /// showed, see [`Reader::saw`].)
+    pub fn fill_reads_primary(&self) {
+        self.session
+            .filled_on_primary
+            .store(true, Ordering::Relaxed);
+    }
+
+    /// A cache fill for this request reads a replica: if the request fails, its second try reads
+    /// the primary.
+    pub fn fill_reads_replica(&self) {
+        self.session
+            .filled_on_replica
+            .store(true, Ordering::Relaxed);
     }
 
     /// The primary, for a read that must show the latest committed state whatever the user's
@@ -369,10 +401,13 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let mut response = next.clone().run(request).await;
     let mut session = session;
     // Where the failed try read: the primary if it read there at all (its chosen server, or a
-    // cache fill), else its replica.
+    // cache fill), else its replica (or a fill's, which took itself out of rotation).
     let tried = match session.chosen.get() {
-        _ if session.read_primary() => Some((Tried::Primary, None)),
+        _ if session.read_primary() || session.filled_on_primary.load(Ordering::Relaxed) => {
+            Some((Tried::Primary, None))
+        }
         Some(Some(ReadTarget::Replica(replica))) => Some((Tried::Replica, Some(replica.clone()))),
+        _ if session.filled_on_replica.load(Ordering::Relaxed) => Some((Tried::Replica, None)),
         _ => None,
     };
     if let (Some(mut again), Some((tried, replica))) = (retry, tried) {
