@@ -330,5 +330,9 @@ fn a_lagging_replica_breaks_no_session_guarantee() {
     assert_eq!(k["ryw_violations"], 0, "{k}");
     assert_eq!(k["monotonic_violations"], 0, "{k}");
     assert_eq!(k["lost_writes"], 0, "{k}");
-    assert_eq!(report["counts"]["failed"], 0, "{}", report["counts"]);
+    assert_eq!(
+        report["counts"]["failed"], 0,
+        "{}\n{}",
+        report["counts"], report["operations"]
+    );
 }
