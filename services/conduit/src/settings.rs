@@ -132,9 +132,11 @@ pub struct DatabaseSettings {
     /// to catch up. 16 MiB is one WAL segment.
     pub replica_max_lag_bytes: u64,
     /// Whether reads may also go to the primary, drawn against the replicas by how busy each
-    /// is. Yes by default: between writes the primary has room for reads, and leaving it out
-    /// would waste a third of a stage's database tier with two replicas. A write-heavy load keeps
-    /// the primary busy, and then reads go to the replicas anyway.
+    /// is. No by default: "how busy" is connections in use, which does not see that the
+    /// primary's CPU also goes to writes, WAL senders and position queries, so with it on the
+    /// primary took a fifth of the reads and stayed the bottleneck while the replicas idled
+    /// (stages/05-replicas/results/pair-stage5-read-heavy.json). Off, the primary serves reads
+    /// only when no replica can (none in rotation, or none past the reader's position).
     pub primary_takes_reads: bool,
     /// A replica out of rotation comes back only under this lag (and half the byte bound), so one
     /// near the bound does not flap in and out with every poll.
@@ -177,7 +179,7 @@ impl Default for DatabaseSettings {
             replica_max_lag_ms: 1_000,
             replica_max_lag_bytes: 16 * 1024 * 1024,
             replica_rejoin_lag_ms: 250,
-            primary_takes_reads: true,
+            primary_takes_reads: false,
             consistency: Consistency::Session,
             positions_url: String::new(),
             positions_timeout_ms: 500,

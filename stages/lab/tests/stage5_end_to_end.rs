@@ -87,8 +87,8 @@ async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_f
     let net = common::net(110, 20);
     let lab = TestLab::new("archlab-stage5", net.clone());
     // One app host and one replica, so every anonymous read goes to that replica (the primary
-    // takes no reads), and a bound on lag so loose that a paused replica stays in rotation: the
-    // session guard, not the lag bound, must keep the writer's reads right.
+    // takes reads only when no replica can), and a bound on lag so loose that a paused replica
+    // stays in rotation: the session guard, not the lag bound, must keep the writer's reads right.
     let endpoint = lab.up_with(
         "5",
         &[
@@ -96,8 +96,6 @@ async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_f
             "1",
             "--replicas",
             "1",
-            "--app-setting",
-            "database.primary_takes_reads=false",
             "--app-setting",
             "database.replica_max_lag_ms=600000",
             "--app-setting",
