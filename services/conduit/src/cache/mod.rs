@@ -217,26 +217,29 @@ impl Cache {
     }
 
     /// The floor for a miss on an absent key (see [`Cache::in_front_of`]): a position past
-    /// every write older than the shortest life of an invalidation, or one no server is known
-    /// to be past (`u64::MAX`) while that cannot be said.
-    fn absent_floor(&self) -> Lsn {
+    /// every write older than the shortest life of an invalidation, or the primary only while
+    /// that cannot be said.
+    fn absent_floor(&self) -> Floor {
         let connected_long_enough = self
             .store
             .as_ref()
             .and_then(|store| store.connected_for())
             .is_some_and(|up| up >= self.shortest_life);
-        match self.replicated.as_ref().and_then(|db| db.replicas()) {
-            Some(replicas) if connected_long_enough => replicas
-                .primary_reached_before(self.shortest_life)
-                .unwrap_or(Lsn(u64::MAX)),
-            Some(_) => Lsn(u64::MAX),
-            None => Lsn(0),
-        }
+        let needs = match self.replicated.as_ref().and_then(|db| db.replicas()) {
+            Some(replicas) if connected_long_enough => {
+                replicas.primary_reached_before(self.shortest_life)
+            }
+            _ => None,
+        };
+        needs.map_or(Floor::primary_only(), |needs| Floor {
+            needs,
+            seen: Lsn(0),
+        })
     }
 
-    /// Where to load a miss from, given `floor`, the position of the newest tombstone among the
-    /// missing keys (0 for none): see [`Cache::in_front_of`].
-    async fn fill_for(&self, reader: &Reader, floor: Lsn) -> ApiResult<Fill> {
+    /// Where to load a miss from, given what the missing keys' `floor` asks: see
+    /// [`Cache::in_front_of`].
+    async fn fill_for(&self, reader: &Reader, floor: Floor) -> ApiResult<Fill> {
         let own = |source| async move {
             Ok(Fill {
                 pool: reader.pool().await?.clone(),
@@ -258,7 +261,7 @@ impl Cache {
             return own(FillSource::Uncached).await;
         }
         if !reader.avoids_replicas() {
-            if let Some(ReadTarget::Replica(replica)) = replicas.choose(Some(floor), None) {
+            if let Some(ReadTarget::Replica(replica)) = replicas.choose(Some(floor.needs), None) {
                 reader.fill_reads_replica();
                 db.count_read(&replica.name, Route::CacheFill);
                 return Ok(Fill {
@@ -273,11 +276,13 @@ impl Cache {
         reader.fill_reads_primary();
         db.count_read("primary", Route::CacheFill);
         // What a read on the primary is known to include: its last polled position, and the
-        // tombstone this fill found, which the invalidating write left after it committed.
+        // tombstones this fill found, which the invalidating writes left after they committed.
+        // Not what the floor *needs*: that may be "only the primary will do" (`u64::MAX`), which
+        // as a claim would let this fill overwrite any newer tombstone.
         Ok(Fill {
             pool: db.write().clone(),
             source: FillSource::Primary {
-                from: replicas.primary_polled().max(floor),
+                from: replicas.primary_polled().max(floor.seen),
             },
         })
     }
@@ -382,14 +387,14 @@ impl Cache {
                     reader.saw(stamp);
                     return Ok((value, CacheStatus::Hit));
                 }
-                Ok(Stored::Invalidated(at)) => (CacheStatus::Miss, at),
+                Ok(Stored::Invalidated(at)) => (CacheStatus::Miss, Floor::tombstone(at)),
                 Err(e) => {
                     tracing::warn!(key = %key.name, error = %e, "unreadable cache entry: reloading");
-                    (CacheStatus::Miss, Lsn(u64::MAX))
+                    (CacheStatus::Miss, Floor::primary_only())
                 }
             },
             Ok(None) => (CacheStatus::Miss, self.absent_floor()),
-            Err(_) => (CacheStatus::Bypass, Lsn(0)),
+            Err(_) => (CacheStatus::Bypass, Floor::default()),
         };
         // With replicas, a load nobody stores is this request's own read: as the request reads
         // (its user's position decides where), not shared with other requests.
@@ -412,7 +417,7 @@ impl Cache {
                     if let Ok(Some(bytes)) = store.get(&key.name).await {
                         match decode::<T>(&bytes) {
                             Ok(Stored::Entry(..)) => return Ok(bytes),
-                            Ok(Stored::Invalidated(at)) => floor = floor.max(at),
+                            Ok(Stored::Invalidated(at)) => floor = floor.max(Floor::tombstone(at)),
                             Err(_) => {}
                         }
                     }
@@ -464,7 +469,7 @@ impl Cache {
             return Found::nothing(keys, CacheStatus::Bypass);
         };
         let mut status = CacheStatus::Hit;
-        let mut floor = Lsn(0);
+        let mut floor = Floor::default();
         let absent_floor = self.absent_floor();
         let entries = keys
             .iter()
@@ -476,11 +481,11 @@ impl Cache {
                         Some(value)
                     }
                     Some(Ok(Stored::Invalidated(at))) => {
-                        floor = floor.max(at);
+                        floor = floor.max(Floor::tombstone(at));
                         None
                     }
                     Some(Err(_)) => {
-                        floor = Lsn(u64::MAX);
+                        floor = floor.max(Floor::primary_only());
                         None
                     }
                     None => {
@@ -586,6 +591,43 @@ impl Cache {
     }
 }
 
+/// What a fill of missing keys must read past, and what it knows it will.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Floor {
+    /// The server read must have replayed this far: the newest tombstone among the keys, or for
+    /// an absent key where the primary was a shortest life ago (`u64::MAX`: only the primary).
+    needs: Lsn,
+    /// A position any read from now on includes: the newest tombstone seen, whose write
+    /// committed before it was written. A claim, so never `u64::MAX`.
+    seen: Lsn,
+}
+
+impl Floor {
+    /// For a key holding a tombstone at `at` (`u64::MAX`: written when the write's position was
+    /// unknown, so it claims nothing).
+    fn tombstone(at: Lsn) -> Self {
+        Self {
+            needs: at,
+            seen: if at.0 == u64::MAX { Lsn(0) } else { at },
+        }
+    }
+
+    /// Only the primary may fill, and nothing is known of what it shows beyond its polls.
+    fn primary_only() -> Self {
+        Self {
+            needs: Lsn(u64::MAX),
+            seen: Lsn(0),
+        }
+    }
+
+    fn max(self, other: Floor) -> Self {
+        Self {
+            needs: self.needs.max(other.needs),
+            seen: self.seen.max(other.seen),
+        }
+    }
+}
+
 /// What [`Cache::get_many`] found.
 pub struct Found<T> {
     /// Each key's entry if cached (the entry itself may say "not found"), `None` if not; all
@@ -593,8 +635,8 @@ pub struct Found<T> {
     pub entries: Vec<Option<Option<T>>>,
     /// `hit` only if every key was; `bypass` if the cache is failing.
     pub status: CacheStatus,
-    /// The newest tombstone among the misses (0: none).
-    floor: Lsn,
+    /// What a fill of the misses must read past.
+    floor: Floor,
 }
 
 impl<T> Found<T> {
@@ -602,7 +644,7 @@ impl<T> Found<T> {
         Self {
             entries: keys.iter().map(|_| None).collect(),
             status,
-            floor: Lsn(0),
+            floor: Floor::default(),
         }
     }
 }
@@ -700,6 +742,18 @@ mod tests {
         // Byte order is position order: what Redis compares tombstones by.
         assert!(tombstone(Lsn(0x100)) > tombstone(Lsn(0xff)));
         Ok(())
+    }
+
+    /// A fill's claim of what it read must be a lower bound: "only the primary may fill" and a
+    /// tombstone written without a known position ask for the primary but claim nothing, or a
+    /// fill that read before a newer write could store over that write's tombstone.
+    #[test]
+    fn a_floor_claims_only_what_a_tombstone_proves() {
+        let unknown = Floor::tombstone(Lsn(u64::MAX));
+        assert_eq!((unknown.needs, unknown.seen), (Lsn(u64::MAX), Lsn(0)));
+        assert_eq!(Floor::primary_only().seen, Lsn(0));
+        let both = Floor::tombstone(Lsn(300)).max(Floor::primary_only());
+        assert_eq!((both.needs, both.seen), (Lsn(u64::MAX), Lsn(300)));
     }
 
     #[test]
