@@ -14,9 +14,8 @@
 //! nothing to fail. Lag in *time* is measured against the primary's own positions as this host
 //! saw them, so it needs no clock shared between machines.
 //!
-//! A read that needs nothing in particular goes to the cheaper of two replicas drawn at random
-//! (power of two choices; the cost: how long the server's polls take to answer, times this
-//! host's queries in flight on it, so a server short of CPU is drawn less); a read that must show a given write goes only
+//! A read that needs nothing in particular goes to the less busy of two replicas drawn at random
+//! (power of two choices, by requests in flight); a read that must show a given write goes only
 //! to a replica known to have replayed past that write's position. "Known" means as of the last
 //! poll, so a replica may well be further on than the app thinks: the check errs towards the
 //! primary, never towards a stale row.
@@ -148,8 +147,6 @@ pub struct Replica {
     lag_bytes: AtomicU64,
     lag_micros: AtomicU64,
     in_rotation: AtomicBool,
-    /// How long its polls take to answer (see [`Answering`]).
-    answering: Answering,
 }
 
 impl Replica {
@@ -194,45 +191,6 @@ impl Replica {
     }
 }
 
-/// How long a server takes to answer a trivial query, smoothed: its polls' round trips, a peak
-/// at once and a fall over a few polls. A server short of CPU answers late (under a CPU budget,
-/// a query that arrives once the budget is spent waits for the next period), whatever the reason
-/// it is short: reads, writes, WAL senders or replay. So this, not connections in use alone, is
-/// what tells a busy primary from an idle replica.
-#[derive(Debug)]
-struct Answering {
-    micros: AtomicU64,
-}
-
-impl Answering {
-    /// What a server is assumed to take before its first poll: a loopback round trip.
-    const FIRST_GUESS_MICROS: u64 = 500;
-
-    fn new() -> Self {
-        Self {
-            micros: AtomicU64::new(Self::FIRST_GUESS_MICROS),
-        }
-    }
-
-    /// Takes in one poll's round trip: a slower one at once (so load is shed as soon as it is
-    /// seen), a faster one a quarter of the way (so one quick answer does not undo a slow
-    /// period: at 20 polls a second, a tenfold fall fades in about half a second).
-    fn record(&self, took: Duration) {
-        let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
-        let old = self.micros.load(Ordering::Relaxed);
-        let new = if sample >= old {
-            sample
-        } else {
-            old - (old - sample) / 4
-        };
-        self.micros.store(new.max(1), Ordering::Relaxed);
-    }
-
-    fn micros(&self) -> u64 {
-        self.micros.load(Ordering::Relaxed)
-    }
-}
-
 /// Where one request's reads go.
 #[derive(Debug, Clone)]
 pub enum ReadTarget {
@@ -242,11 +200,11 @@ pub enum ReadTarget {
     Replica(Arc<Replica>),
 }
 
-/// What a read is expected to cost on a server: how long it takes to answer (its polls, see
-/// [`Answering`]) times the queries this app host already has on it, plus this one.
-fn cost(pool: &PgPool, answering: &Answering) -> f64 {
+/// How busy a pool is: connections in use over its maximum. Counts every query on the server
+/// from this app host, so the primary's writes weigh on it as they should.
+fn busy(pool: &PgPool) -> f64 {
     let in_use = pool.size().saturating_sub(pool.num_idle() as u32);
-    answering.micros() as f64 * f64::from(in_use + 1)
+    f64::from(in_use) / f64::from(pool.options().get_max_connections().max(1))
 }
 
 /// Every replica of the stage, with the primary's history they are measured against.
@@ -261,8 +219,6 @@ pub struct ReplicaSet {
     started: AtomicBool,
     /// Whether the last poll of the primary succeeded (true until a poll says otherwise).
     primary_up: AtomicBool,
-    /// How long the primary's polls take to answer.
-    primary_answering: Answering,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -291,7 +247,6 @@ impl ReplicaSet {
                     lag_bytes: AtomicU64::new(0),
                     lag_micros: AtomicU64::new(0),
                     in_rotation: AtomicBool::new(false),
-                    answering: Answering::new(),
                 }))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -304,7 +259,6 @@ impl ReplicaSet {
             poll_timeout: Duration::from_millis(settings.replica_poll_timeout_ms.max(1)),
             started: AtomicBool::new(false),
             primary_up: AtomicBool::new(true),
-            primary_answering: Answering::new(),
         })
     }
 
@@ -333,17 +287,17 @@ impl ReplicaSet {
 
     /// Where a read that must show position `at_least` (anything, with `None`) goes: among the
     /// replicas in rotation known to have replayed that far, and the primary if `primary` is
-    /// given (it is always far enough), the cheaper of two drawn at random (see [`cost`]).
-    /// `None` when no candidate is left (no primary given, and no replica qualifies).
+    /// given (it is always far enough), the less busy of two drawn at random. `None` when no
+    /// candidate is left (no primary given, and no replica qualifies).
     pub fn choose(&self, at_least: Option<Lsn>, primary: Option<&PgPool>) -> Option<ReadTarget> {
-        let mut candidates: Vec<(ReadTarget, f64)> = self
+        let mut candidates: Vec<(ReadTarget, &PgPool)> = self
             .replicas
             .iter()
             .filter(|r| r.in_rotation() && at_least.is_none_or(|lsn| r.replayed() >= lsn))
-            .map(|r| (ReadTarget::Replica(r.clone()), cost(&r.pool, &r.answering)))
+            .map(|r| (ReadTarget::Replica(r.clone()), &r.pool))
             .collect();
         if let Some(pool) = primary {
-            candidates.push((ReadTarget::Primary, cost(pool, &self.primary_answering)));
+            candidates.push((ReadTarget::Primary, pool));
         }
         let n = candidates.len();
         let pick = match n {
@@ -353,7 +307,7 @@ impl ReplicaSet {
                 let mut rng = rand::thread_rng();
                 let a = rng.gen_range(0..n);
                 let b = (a + rng.gen_range(1..n)) % n;
-                if candidates[b].1 < candidates[a].1 {
+                if busy(candidates[b].1) < busy(candidates[a].1) {
                     b
                 } else {
                     a
@@ -386,12 +340,7 @@ impl ReplicaSet {
         loop {
             tick.tick().await;
             let polled = self
-                .poll(
-                    &self.primary,
-                    &mut connection,
-                    Lsn::PRIMARY_POSITION_SQL,
-                    &self.primary_answering,
-                )
+                .poll(&self.primary, &mut connection, Lsn::PRIMARY_POSITION_SQL)
                 .await;
             match polled {
                 // Keep the last history when the primary is unreachable: replicas are then
@@ -421,14 +370,7 @@ impl ReplicaSet {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let polled = self
-                .poll(
-                    &replica.options,
-                    &mut connection,
-                    REPLAYED,
-                    &replica.answering,
-                )
-                .await;
+            let polled = self.poll(&replica.options, &mut connection, REPLAYED).await;
             let was_in = replica.in_rotation();
             let now_in = match polled {
                 Ok(replayed) => {
@@ -476,7 +418,6 @@ impl ReplicaSet {
         options: &PgConnectOptions,
         connection: &mut Option<PgConnection>,
         sql: &'static str,
-        answering: &Answering,
     ) -> anyhow::Result<Lsn> {
         let attempt = async {
             if connection.is_none() {
@@ -491,9 +432,7 @@ impl ReplicaSet {
             let Some(conn) = connection.as_mut() else {
                 anyhow::bail!("no connection");
             };
-            let asked = Instant::now();
             let offset: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
-            answering.record(asked.elapsed());
             offset
                 .map(Lsn::from_sql)
                 .ok_or_else(|| anyhow::anyhow!("not a replica (not in recovery)"))
@@ -598,19 +537,6 @@ mod tests {
             history.reached_before(t0 + Duration::from_secs(5)),
             Some(Lsn(300))
         );
-    }
-
-    #[test]
-    fn a_slow_answer_counts_at_once_and_a_fast_one_fades_in() {
-        let answering = Answering::new();
-        answering.record(Duration::from_millis(8));
-        assert_eq!(answering.micros(), 8_000, "a peak at once");
-        answering.record(Duration::from_micros(400));
-        assert_eq!(answering.micros(), 6_100, "a quarter of the way down");
-        for _ in 0..20 {
-            answering.record(Duration::from_micros(400));
-        }
-        assert!(answering.micros() < 600, "{}", answering.micros());
     }
 
     #[test]

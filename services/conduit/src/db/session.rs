@@ -119,7 +119,7 @@ pub enum Route {
     AnyReplica,
     /// A replica that had replayed past the user's position.
     CaughtUpReplica,
-    /// The primary, drawn as the cheaper of two candidates (`database.primary_takes_reads`).
+    /// The primary, drawn as the less busy of two candidates (`database.primary_takes_reads`).
     PrimaryBalanced,
     /// The primary: no replica had replayed past the user's position (the guard's cost).
     PrimaryReplicasBehind,
