@@ -268,12 +268,7 @@ impl RedisStore {
         let mut connection = self.connection().await?;
         let mut pipe = redis::pipe();
         for (key, value, ttl) in entries {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(value.as_ref())
-                .arg("EX")
-                .arg(*ttl)
-                .ignore();
+            set_with_ttl(&mut pipe, key, value, *ttl);
         }
         let result = pipe.query_async::<()>(&mut connection).await;
         self.record(result)
@@ -370,15 +365,20 @@ fn invalidation(entries: &[(String, Tombstone)]) -> redis::Pipeline {
     }
     for (key, tombstone) in entries {
         if let Some((value, ttl)) = tombstone {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(value.as_ref())
-                .arg("EX")
-                .arg(*ttl)
-                .ignore();
+            set_with_ttl(&mut pipe, key, value, *ttl);
         }
     }
     pipe
+}
+
+/// Adds `SET key value EX ttl` to `pipe`, its answer ignored.
+fn set_with_ttl(pipe: &mut redis::Pipeline, key: &str, value: &Bytes, ttl: u64) {
+    pipe.cmd("SET")
+        .arg(key)
+        .arg(value.as_ref())
+        .arg("EX")
+        .arg(ttl)
+        .ignore();
 }
 
 #[cfg(test)]
