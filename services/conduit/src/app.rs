@@ -51,7 +51,11 @@ impl Application {
         db.migrate().await?;
         db.start_polling();
         let media = api::media::store(&settings.media)?;
-        let cache = Cache::new(&settings.cache, metrics.cache.clone())?.in_front_of(&db);
+        let edges =
+            crate::edge::EdgePurger::new(&settings.edge, metrics.edge_purge_failures.clone())?;
+        let cache = Cache::new(&settings.cache, metrics.cache.clone())?
+            .in_front_of(&db)
+            .with_edges(edges);
         let state = AppState {
             db,
             auth: Arc::new(Auth::new(&settings.auth)),
@@ -162,6 +166,12 @@ pub fn router(state: AppState) -> Router {
                 axum::Json(serde_json::json!({ "errors": { "method": ["not allowed"] } })),
             )
         })
+        // Per route, innermost: what may be shared and for how long (`Cache-Control`), and for
+        // edges what each answer shows (see crate::edge).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::edge::cache_headers,
+        ))
         // Per route, inside the metrics: reads go to a replica or the primary (stage 5 on), and a
         // read that failed on a replica is run again before it is counted.
         .layer(axum::middleware::from_fn_with_state(

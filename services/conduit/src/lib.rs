@@ -26,6 +26,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod db;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod metrics;

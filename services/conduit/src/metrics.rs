@@ -200,6 +200,8 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     /// Reads and replicas.
     pub db: DbMetrics,
+    /// Purges an edge did not acknowledge (stage 6 on).
+    pub edge_purge_failures: Counter,
 }
 
 impl Metrics {
@@ -230,6 +232,12 @@ impl Metrics {
         cache.register(&mut registry);
         let db = DbMetrics::default();
         db.register(&mut registry);
+        let edge_purge_failures = Counter::default();
+        registry.register(
+            "edge_purge_failures",
+            "Purges an edge did not acknowledge (timed out, refused, or down)",
+            edge_purge_failures.clone(),
+        );
         Self {
             registry,
             requests,
@@ -237,6 +245,7 @@ impl Metrics {
             pool_connections,
             cache,
             db,
+            edge_purge_failures,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Settings {
     pub media: MediaSettings,
     /// The read cache in front of the database (stage 3 on).
     pub cache: CacheSettings,
+    /// The CDN edges in front of the stage (stage 6 on).
+    pub edge: EdgeSettings,
 }
 
 impl Settings {
@@ -319,8 +321,40 @@ impl Default for CacheSettings {
     }
 }
 
+/// The CDN edges (stage 6 on): the app tells them what may be shared (`Cache-Control`,
+/// `Surrogate-Key`, `ETag`) and purges what each write changed (see `crate::edge`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeSettings {
+    /// Every edge's base URL (`http://127.10.6.31:8080`). Empty: no edge in front, no purges,
+    /// no surrogate keys or validators computed.
+    pub purge_urls: Vec<String>,
+    /// The key the edges accept purges with (`x-purge-key`).
+    pub purge_key: Secret,
+    /// Longest wait for one edge's answer to a purge. A purge is one hash-map walk at the edge,
+    /// well under a millisecond; 500 ms only trips when the edge is down or stuck, and the write
+    /// that purges waits for it, so it must stay short.
+    pub purge_timeout_ms: u64,
+    /// Each purge is sent again this long after the first. A read served by a replica just
+    /// after the purge may still show the state before the write (a replica in rotation may lag
+    /// by up to a second, `database.replica_max_lag_ms`), and the edge would keep that until it
+    /// expires; the second purge, past the lag, drops it. 0: one purge only.
+    pub repurge_after_ms: u64,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self {
+            purge_urls: Vec::new(),
+            purge_key: Secret::default(),
+            purge_timeout_ms: 500,
+            repurge_after_ms: 1_500,
+        }
+    }
+}
+
 /// A string that never appears in logs or `Debug` output (database passwords, signing keys).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 

@@ -8,22 +8,30 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::{apps::ServerApp, protocols::Stream, server::ShutdownWatch};
 
-use crate::metrics::{Metrics, Place};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
-/// pingora's proxy (`inner`), behind a cap on the client connections open at once.
+use crate::metrics::Place;
+
+/// pingora's proxy (`inner`), behind a cap on the client connections open at once. The edge
+/// (stage 6) puts the same cap in front of its own proxy.
 pub struct ConnectionLimit<A> {
     inner: Arc<A>,
     max: usize,
-    metrics: Arc<Metrics>,
+    /// Connections open now.
+    open: Gauge,
+    /// Connections closed at accept because `max` were open.
+    refused: Counter,
 }
 
 impl<A> ConnectionLimit<A> {
-    /// `inner` with at most `max` client connections open at once.
-    pub fn new(inner: A, max: usize, metrics: Arc<Metrics>) -> Self {
+    /// `inner` with at most `max` client connections open at once, counted in `open` and
+    /// `refused` (metrics of the server it belongs to).
+    pub fn new(inner: A, max: usize, open: Gauge, refused: Counter) -> Self {
         Self {
             inner: Arc::new(inner),
             max,
-            metrics,
+            open,
+            refused,
         }
     }
 }
@@ -35,8 +43,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let Some(_place) = Place::take(&self.metrics.client_connections, self.max) else {
-            self.metrics.client_connections_refused.inc();
+        let Some(_place) = Place::take(&self.open, self.max) else {
+            self.refused.inc();
             return None; // dropping the stream closes the connection
         };
         // pingora hands a keep-alive connection back after each request; serve them all here,

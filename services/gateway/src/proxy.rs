@@ -35,7 +35,7 @@ use crate::{
 pub const MAX_ATTEMPTS: usize = 2;
 
 /// Names a request across the gateway's and the app's logs; sent upstream and back to the client.
-const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: &str = "x-request-id";
 /// Which app host answered, for the walkthrough's curl sessions and the tests.
 const UPSTREAM: &str = "x-upstream";
 /// Set to `shared` by an app host on a 5xx that every app host would answer alike (the
@@ -80,8 +80,8 @@ impl Gateway {
     }
 }
 
-/// A response the gateway writes itself, with a RealWorld-style error body.
-async fn respond(
+/// A response the gateway (or the edge) writes itself: status, body and content type.
+pub async fn respond(
     session: &mut Session,
     status: u16,
     body: String,
@@ -104,7 +104,7 @@ fn error_body(message: &str) -> String {
 
 /// A client's request id if it is a sensible one (bounded, printable), else a new random one:
 /// 16 hex digits.
-fn request_id(header: &RequestHeader) -> HeaderValue {
+pub fn request_id(header: &RequestHeader) -> HeaderValue {
     let given = header.headers.get(REQUEST_ID).filter(|v| {
         let v = v.as_bytes();
         !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)

@@ -63,7 +63,12 @@ pub fn build(settings: GatewaySettings) -> anyhow::Result<Server> {
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let mut proxy = Service::new(
         "gateway".to_owned(),
-        ConnectionLimit::new(proxy, max_connections, metrics),
+        ConnectionLimit::new(
+            proxy,
+            max_connections,
+            metrics.client_connections.clone(),
+            metrics.client_connections_refused.clone(),
+        ),
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);

@@ -13,6 +13,7 @@ use sqlx::{postgres::PgRow, Row};
 use crate::{
     api::articles::existing_article,
     auth::{AuthUser, MaybeAuthUser},
+    cache::keys::Key,
     db::Reader,
     error::{ApiError, ApiResult},
     extract::{ApiJson, ApiPath},
@@ -129,6 +130,8 @@ async fn add_comment(
         _ => e.into(),
     })?;
     let comment = comment_from_row(&row)?;
+    // Only the edge caches comments (stage 6): this purges them there.
+    state.cache.invalidate(&[Key::comments(article)]).await;
     Ok((StatusCode::CREATED, Json(CommentBody { comment })))
 }
 
@@ -157,6 +160,7 @@ async fn delete_comment(
                 .bind(user.id)
                 .execute(state.db.write())
                 .await?;
+            state.cache.invalidate(&[Key::comments(article)]).await;
             Ok(StatusCode::NO_CONTENT)
         }
     }

@@ -201,7 +201,7 @@ async fn download(
         // The bytes of an id never change, so caches may keep them for a year without asking.
         (
             header::CACHE_CONTROL,
-            "public, max-age=31536000, immutable".to_owned(),
+            crate::edge::IMMUTABLE.to_owned(),
         ),
     ];
     let not_modified = headers

@@ -7,6 +7,12 @@
 //! | `conduit:v1:list:tag:{t}`  | the same among articles tagged `t`             | create, delete, tag change involving `t` |
 //! | `conduit:v1:profile:{u}`   | id, username, bio, image                       | registration of `u`, profile update |
 //! | `conduit:v1:tags`          | the tag list                                   | create with a tag it lacks, delete, tag change |
+//! | (`comments:{id}`)          | nothing here: an article's comments are not cached by the app, but the edge caches them (stage 6) | comment create, delete |
+//!
+//! The same keys, without the prefix, are the *surrogate keys* of the edge (stage 6): a response
+//! the edge may share names the keys of what it shows (`Surrogate-Key: article:7 profile:jake`),
+//! and [`Cache::invalidate`](super::Cache::invalidate) purges a write's keys at every edge as it
+//! deletes them here. One list of "what a write changes" serves both caches.
 //!
 //! Lists hold *ids*, not articles: a favorite then deletes one article's entry, not every page
 //! that shows it. An entry that says "not found" (`null`) lives a few seconds only.
@@ -53,6 +59,22 @@ impl Key {
     /// The tag list.
     pub fn tags() -> Self {
         Self::new("tags", format_args!("tags"))
+    }
+
+    /// An article's comments: only the edge caches them.
+    pub fn comments(article_id: i64) -> Self {
+        Self::new("comments", format_args!("comments:{article_id}"))
+    }
+
+    /// Whether the app's own cache holds entries under this key (comments are only cached at the
+    /// edge).
+    pub fn in_app_cache(&self) -> bool {
+        self.kind != "comments"
+    }
+
+    /// The key as the edge knows it: the name without the format prefix (`article:7`).
+    pub fn surrogate(&self) -> &str {
+        self.name.strip_prefix(PREFIX).unwrap_or(&self.name)
     }
 }
 

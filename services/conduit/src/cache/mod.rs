@@ -110,6 +110,8 @@ pub struct Cache {
     /// The shortest time a key stays invalidated: a tombstone's life, or an entry's filled after
     /// it. See [`Cache::in_front_of`].
     shortest_life: Duration,
+    /// Stage 6 on: the edges that cache the app's anonymous answers, purged with the same keys.
+    edges: Option<crate::edge::EdgePurger>,
 }
 
 /// Where a miss is loaded from, and what that read is known to include.
@@ -170,7 +172,15 @@ impl Cache {
             metrics,
             replicated: None,
             shortest_life: Duration::ZERO,
+            edges: None,
         })
+    }
+
+    /// The cache with edges in front of the app (stage 6 on): every invalidation also purges
+    /// its keys at each edge.
+    pub fn with_edges(mut self, edges: Option<crate::edge::EdgePurger>) -> Self {
+        self.edges = edges;
+        self
     }
 
     /// The cache in front of a database with replicas (stage 5 on): a fill after an invalidation
@@ -572,9 +582,26 @@ impl Cache {
     /// tombstone at the primary's position, past the write (see [`Cache::in_front_of`]). Never
     /// fails the write: if Redis cannot be told now, it is told before the cache is used again
     /// (see [`redis`](self::redis)).
+    ///
+    /// With edges in front (stage 6), the same keys are purged at every edge, after the entries
+    /// here are gone, so an edge's refetch cannot pick up an entry this write made stale.
     pub async fn invalidate(&self, keys: &[Key]) {
+        self.invalidate_here(keys).await;
+        if let Some(edges) = &self.edges {
+            edges.purge(keys).await;
+        }
+    }
+
+    async fn invalidate_here(&self, keys: &[Key]) {
         let Some(store) = &self.store else { return };
-        let names: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
+        let names: Vec<String> = keys
+            .iter()
+            .filter(|k| k.in_app_cache())
+            .map(|k| k.name.clone())
+            .collect();
+        if names.is_empty() {
+            return;
+        }
         let tombstone = match &self.replicated {
             None => None,
             Some(db) => {
