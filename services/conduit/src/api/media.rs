@@ -199,10 +199,7 @@ async fn download(
     let cache_headers = [
         (header::ETAG, etag.clone()),
         // The bytes of an id never change, so caches may keep them for a year without asking.
-        (
-            header::CACHE_CONTROL,
-            crate::edge::IMMUTABLE.to_owned(),
-        ),
+        (header::CACHE_CONTROL, crate::edge::IMMUTABLE.to_owned()),
     ];
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
