@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::{
     budget::Controller,
     cache::{CacheServer, CACHE_PORT},
+    edge::EdgeServer,
     files::FileServer,
     gateway::GatewayServer,
     monitor::MonitorServer,
@@ -32,8 +33,8 @@ use crate::{
     process::PidRecord,
     replica::ReplicaServer,
     server::{AppServer, Database, Server},
-    stage::{Host, Layout, Role, Stage, APP_PORT, DATABASE_PORT},
-    topology::{self, Endpoints, FilesEndpoint},
+    stage::{Distance, Host, Layout, Role, Stage, APP_PORT, DATABASE_PORT},
+    topology::{self, EdgesEndpoint, Endpoints, FilesEndpoint},
 };
 
 /// How long the lab waits for the gateway to take a draining app host out of rotation, or to take
@@ -241,6 +242,33 @@ impl Lab {
         }
     }
 
+    /// The edge PoP on `host`, in front of the stage's gateway.
+    pub fn edge_server(&self, stage: &Stage, host: &Host) -> EdgeServer {
+        EdgeServer {
+            dir: self.stage_dir(stage).join(&host.name).join("edge"),
+            name: host.name.clone(),
+            address: host.address.clone(),
+            origin: stage
+                .gateway_host()
+                .map_or_else(String::new, |g| format!("{}:{APP_PORT}", g.address)),
+            distance: host.distance.unwrap_or(Distance {
+                client_ms: 0,
+                origin_ms: 0,
+            }),
+            purge_key: self.purge_key(),
+            bin: self.conduit_bin.with_file_name("edge"),
+            cpu_group: self.cpu_group_path(host),
+        }
+    }
+
+    /// The key the app purges the edges with: made from the lab's secret, like the file host's
+    /// write key.
+    fn purge_key(&self) -> String {
+        self.secret()
+            .map(|s| format!("purge-{s}"))
+            .unwrap_or_default()
+    }
+
     /// The stage's monitoring host (`up --monitor`): not one of the stage's hosts, so never in
     /// its cost or its bottleneck; see [`crate::monitor`].
     pub fn monitor_server(&self, stage: &Stage) -> MonitorServer {
@@ -327,6 +355,7 @@ impl Lab {
             Role::Files => Box::new(self.file_server(stage, host)),
             Role::Cache => Box::new(self.cache_server(stage, host)),
             Role::Gateway => Box::new(self.gateway_server(stage, host)),
+            Role::Edge => Box::new(self.edge_server(stage, host)),
             Role::App => Box::new(self.app_server(stage, host)?),
         })
     }
@@ -343,6 +372,14 @@ impl Lab {
             cache_url: stage
                 .cache_host()
                 .map(|host| self.cache_server(stage, host).url()),
+            edges: (!stage.edge_hosts().is_empty()).then(|| EdgesEndpoint {
+                urls: stage
+                    .edge_hosts()
+                    .iter()
+                    .map(|host| self.edge_server(stage, host).url())
+                    .collect(),
+                purge_key: self.purge_key(),
+            }),
             files: stage.files_host().map(|host| {
                 let files = self.file_server(stage, host);
                 FilesEndpoint {

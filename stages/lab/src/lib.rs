@@ -24,6 +24,7 @@ pub mod bench;
 pub mod budget;
 pub mod cache;
 pub mod drill;
+pub mod edge;
 pub mod files;
 pub mod gateway;
 pub mod lab;

@@ -89,6 +89,8 @@ pub struct MonitorServer {
     pub app_targets: Vec<String>,
     /// `address:port` of the gateway, if the stage has one.
     pub gateway_target: Option<String>,
+    /// `address:port` of every edge PoP (stage 6 on).
+    pub edge_targets: Vec<String>,
     /// Where the database host listens.
     pub database_address: Option<String>,
     /// Where the cache host listens.
@@ -114,6 +116,7 @@ impl MonitorServer {
             host_metrics_args,
             app_targets: stage.app_hosts().into_iter().map(http).collect(),
             gateway_target: stage.gateway_host().map(http),
+            edge_targets: stage.edge_hosts().into_iter().map(http).collect(),
             database_address: stage.database_host().map(|h| h.address.clone()),
             cache_address: stage.cache_host().map(|h| h.address.clone()),
         }
@@ -135,6 +138,7 @@ impl MonitorServer {
             cpu_budget: MONITOR_SIZE.cores(),
             roles: vec![],
             copies: None,
+            distance: None,
         }
     }
 
@@ -168,6 +172,9 @@ impl MonitorServer {
     pub fn scrape_jobs(&self) -> Vec<(&'static str, Vec<String>, &'static str)> {
         let on_monitor = |port: u16| vec![format!("{}:{port}", self.address)];
         let mut jobs = vec![("hosts", on_monitor(HOST_METRICS_PORT), "/metrics")];
+        if !self.edge_targets.is_empty() {
+            jobs.push(("edge", self.edge_targets.clone(), "/edge/metrics"));
+        }
         if let Some(gateway) = &self.gateway_target {
             jobs.push(("gateway", vec![gateway.clone()], "/gateway/metrics"));
         }

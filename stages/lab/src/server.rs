@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 
 use crate::{
     cache::{CacheServer, CACHE_PORT},
+    edge::EdgeServer,
     files::{FileServer, FILES_PORT},
     gateway::GatewayServer,
     lab::APP_DATABASE,
@@ -182,6 +183,30 @@ impl Server for GatewayServer {
     }
     fn stop(&self) -> anyhow::Result<()> {
         GatewayServer::stop(self)
+    }
+}
+
+impl Server for EdgeServer {
+    fn what(&self) -> &'static str {
+        "an edge"
+    }
+    fn port(&self) -> u16 {
+        APP_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.log_path()
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.pid_path()
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { EdgeServer::start(self).await.map(|_| ()) })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.healthy())
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        EdgeServer::stop(self)
     }
 }
 

@@ -14,6 +14,7 @@ const STAGE_FILES: &[(&str, &str)] = &[
     ("03-cache", include_str!("../../03-cache/stage.toml")),
     ("04-cluster", include_str!("../../04-cluster/stage.toml")),
     ("05-replicas", include_str!("../../05-replicas/stage.toml")),
+    ("06-edge", include_str!("../../06-edge/stage.toml")),
 ];
 
 /// PostgreSQL's standard port; every database host keeps it on its own address.
@@ -71,6 +72,23 @@ pub struct Host {
     /// ... on consecutive addresses from `address` up. Absent: one host, named as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copies: Option<u8>,
+    /// How far this host is from its clients and from the origin (edge PoPs, stage 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance: Option<Distance>,
+}
+
+/// Emulated distance, for a host that stands somewhere else than the rest of the stage (an edge
+/// PoP). Everything runs on one machine, so distance is a wait added where a real network would
+/// add it, and said to be one: a lab knob, never a measured figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distance {
+    /// The harness waits this long before each request its clients of this PoP send (the
+    /// client-to-PoP round trip).
+    pub client_ms: u64,
+    /// The PoP waits this long before each request it sends to the origin (the PoP-to-origin
+    /// round trip).
+    pub origin_ms: u64,
 }
 
 /// What a host does in the architecture.
@@ -92,18 +110,22 @@ pub enum Role {
     Gateway,
     /// A PostgreSQL streaming replica of the stage's database, taking reads (stage 5 on).
     Replica,
+    /// A CDN point of presence (pingora with a shared cache) in front of the gateway (stage 6 on).
+    Edge,
 }
 
 impl Role {
     /// Every role, each after the ones it depends on: a replica copies the database; the app
-    /// needs its database, replicas, file host and cache; the gateway needs app hosts to send to.
-    pub const START_ORDER: [Role; 6] = [
+    /// needs its database, replicas, file host and cache; the gateway needs app hosts to send to;
+    /// an edge needs the gateway (its origin).
+    pub const START_ORDER: [Role; 7] = [
         Role::Database,
         Role::Replica,
         Role::Files,
         Role::Cache,
         Role::App,
         Role::Gateway,
+        Role::Edge,
     ];
 
     /// The role's name as in stage files.
@@ -115,6 +137,7 @@ impl Role {
             Role::Cache => "cache",
             Role::Gateway => "gateway",
             Role::Replica => "replica",
+            Role::Edge => "edge",
         }
     }
 }
@@ -406,10 +429,20 @@ impl Stage {
         self.hosts_with(Role::App)
     }
 
-    /// The stage's public entry point: what clients and the load harness talk to (the gateway
-    /// when there is one, else the app host).
+    /// Hosts with the edge role (stage 6 on), the PoP nearest the origin first.
+    pub fn edge_hosts(&self) -> Vec<&Host> {
+        self.hosts_with(Role::Edge)
+    }
+
+    /// The stage's public entry point: what clients and the load harness talk to (the first edge
+    /// PoP when there are edges, else the gateway when there is one, else the app host).
     pub fn endpoint(&self) -> String {
-        let front = self.gateway_host().unwrap_or(self.app_hosts()[0]);
+        let front = self
+            .edge_hosts()
+            .first()
+            .copied()
+            .or(self.gateway_host())
+            .unwrap_or(self.app_hosts()[0]);
         format!("http://{}:{APP_PORT}", front.address)
     }
 }

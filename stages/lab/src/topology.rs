@@ -46,6 +46,17 @@ pub struct Endpoints {
     pub cache_url: Option<String>,
     /// The file host, if the stage has one.
     pub files: Option<FilesEndpoint>,
+    /// The edge PoPs, if the stage has them (stage 6 on).
+    pub edges: Option<EdgesEndpoint>,
+}
+
+/// The edge PoPs as the app sees them: where to send purges, and the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgesEndpoint {
+    /// Every PoP's base URL.
+    pub urls: Vec<String>,
+    /// The key the PoPs accept purges with.
+    pub purge_key: String,
 }
 
 /// The file host as the app sees it.
@@ -111,6 +122,14 @@ pub fn app_env(
             env.push(var("APP_DATABASE__POSITIONS_URL", format!("{url}/1")));
         }
     }
+    // Behind edges, every write purges what it changed at each PoP.
+    if let Some(edges) = &endpoints.edges {
+        let quoted: Vec<String> = edges.urls.iter().map(|url| format!("{url:?}")).collect();
+        env.extend([
+            var("APP_EDGE__PURGE_URLS", format!("[{}]", quoted.join(", "))),
+            var("APP_EDGE__PURGE_KEY", edges.purge_key.clone()),
+        ]);
+    }
     // Behind a gateway, SIGTERM drains first (see [`DRAIN_BOUND_MS`]).
     if !stage.hosts_with(Role::Gateway).is_empty() {
         env.push(var("APP_SERVER__DRAIN_MS", DRAIN_BOUND_MS.to_string()));
@@ -164,6 +183,7 @@ mod tests {
                 url: "http://127.10.9.3:8081".into(),
                 write_key: "files-k".into(),
             }),
+            edges: None,
         }
     }
 
