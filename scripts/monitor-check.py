@@ -75,8 +75,10 @@ def main():
 
     # No series before the route's first request: that is zero.
     before = value() or 0.0
-    for _ in range(REQUESTS):
-        with urllib.request.urlopen(f"{endpoint}/api/tags", timeout=10) as r:
+    # Each a URL of its own: an edge in front (stage 6 on) would answer repeats from its store.
+    nonce = int(time.time() * 1000)
+    for i in range(REQUESTS):
+        with urllib.request.urlopen(f"{endpoint}/api/tags?monitor-check={nonce}-{i}", timeout=10) as r:
             r.read()
     after = wait_for(f"{counter} up by {REQUESTS}",
                      lambda: ((v := value()) is not None and v >= before + REQUESTS, v))

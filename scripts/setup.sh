@@ -14,6 +14,7 @@ declare -A WHY=(
   [redis-server]="the cache host of stage 3 onwards (run by the lab as a child process)"
   [cmake]="building the gateway: pingora's zlib-ng needs it (libz-ng-sys)"
   [haproxy]="the gateway's cost comparison in stage 4 (HAProxy as the same round-robin proxy)"
+  [varnish]="the edge's cost comparison in stage 6 (Varnish caching the same responses; scripts/bench/edge.py)"
   [wrk]="HTTP load for the stage benchmarks until the bundled harness replaces it"
   [strace]="system calls per request in scripts/bench/gateway.py"
   [docker-compose]="the Docker Compose way to run a stage (scripts/compose.sh; compose v1, 1.29)"
@@ -28,7 +29,7 @@ declare -A WHY=(
   [chromium]="headless check that the HTML report renders (tests)"
   [python3]="the benchmark script until the harness replaces it (scripts/bench/stage1.py)"
 )
-PACKAGES=(postgresql redis-server cmake haproxy nginx wrk strace docker-compose docker.io debootstrap
+PACKAGES=(postgresql redis-server cmake haproxy varnish nginx wrk strace docker-compose docker.io debootstrap
   prometheus prometheus-postgres-exporter prometheus-redis-exporter curl ca-certificates python3 chromium)
 
 missing=()

@@ -30,7 +30,7 @@ fi
 # Placeholders for the secrets scripts/compose.sh generates: the files refuse to load without them.
 env_file="$(mktemp)"
 trap 'rm -f "$env_file"' EXIT
-printf 'JWT_SECRET=placeholder\nFILE_WRITE_KEY=placeholder\nDB_PASSWORD=placeholder\n' >"$env_file"
+printf 'JWT_SECRET=placeholder\nFILE_WRITE_KEY=placeholder\nDB_PASSWORD=placeholder\nPURGE_KEY=placeholder\n' >"$env_file"
 
 shopt -s nullglob
 files=(docker-compose/[0-9][0-9]-*.yml)

@@ -75,6 +75,32 @@ pub struct Options {
     /// Read each acknowledged write a second time as its writer (see
     /// [`run::RunConfig::monotonic_checks`]).
     pub monotonic_checks: bool,
+    /// Points of presence the clients are spread over instead of the target (stage 6's edge
+    /// PoPs), or the target itself at a distance (`--pop`). Empty: the target, no wait.
+    pub pops: Vec<Pop>,
+}
+
+/// A point of presence: where some clients send their requests, and how far they are from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pop {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The emulated client-to-PoP round trip: each request of its clients waits this long before
+    /// it is sent (and the wait counts in its latency, as a real distance would).
+    pub delay: Duration,
+}
+
+/// Parses `ADDR:PORT` or `ADDR:PORT=DELAY` (`127.10.6.32:8080=5ms`).
+pub fn parse_pop(text: &str) -> Result<Pop, String> {
+    let (addr, delay) = text.split_once('=').unwrap_or((text, "0ms"));
+    let addr = addr
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|e| format!("{addr:?} is not ADDRESS:PORT: {e}"))?;
+    Ok(Pop {
+        addr,
+        delay: parse_duration(delay)?,
+    })
 }
 
 /// Open loop, closed loop, or sweep.
@@ -185,6 +211,7 @@ pub async fn execute(
         seed: options.seed,
         live: options.live.clone(),
         monotonic_checks: options.monotonic_checks,
+        pops: options.pops.clone(),
     };
     match options.plan {
         Plan::Open { rate } => {
@@ -382,6 +409,20 @@ async fn finish(
             hits,
             misses,
             hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+            edge: (!s.edge.is_empty() || !options.pops.is_empty()).then(|| {
+                report::EdgeAnswers::new(
+                    s.edge.clone(),
+                    out.failovers,
+                    options
+                        .pops
+                        .iter()
+                        .map(|p| report::PopUsed {
+                            addr: p.addr.to_string(),
+                            delay_ms: p.delay.as_secs_f64() * 1000.0,
+                        })
+                        .collect(),
+                )
+            }),
         },
         sweep: None,
         capacity: None,
@@ -550,5 +591,43 @@ pub async fn show_progress(live: Arc<run::Live>) {
         } else {
             eprintln!("{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pop_is_an_address_with_an_optional_distance() {
+        let far = parse_pop("127.10.6.32:8080=85ms").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(far.addr.to_string(), "127.10.6.32:8080");
+        assert_eq!(far.delay, Duration::from_millis(85));
+        let near = parse_pop("http://127.10.6.31:8080").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(near.delay, Duration::ZERO);
+        assert!(parse_pop("edge-near=5ms").is_err());
+        assert!(parse_pop("127.0.0.1:80=soon").is_err());
+    }
+
+    #[test]
+    fn the_offload_counts_what_a_pop_answered_among_what_it_may_share() {
+        let outcomes = [
+            ("HIT", 90),
+            ("STALE", 3),
+            ("UPDATING", 2),
+            ("MISS", 5),
+            ("PASS", 400),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let edge = report::EdgeAnswers::new(outcomes, 0, Vec::new());
+        assert_eq!(
+            edge.offload,
+            Some(0.95),
+            "PASS is not shareable, so not counted"
+        );
+        let none = report::EdgeAnswers::new(Default::default(), 0, Vec::new());
+        assert_eq!(none.offload, None);
     }
 }

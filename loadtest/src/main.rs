@@ -73,6 +73,12 @@ struct Cli {
     /// read per write.
     #[arg(long)]
     check_monotonic_reads: bool,
+    /// A point of presence the clients are spread over instead of the target, with the clients'
+    /// distance from it: `ADDR:PORT=5ms` (repeat for several; connection i goes to PoP i mod n,
+    /// and moves to the next when its PoP refuses connections). The target still serves logins,
+    /// the data set and the read-back of writes.
+    #[arg(long = "pop", value_parser = loadtest::parse_pop)]
+    pops: Vec<loadtest::Pop>,
     /// Exit non-zero if the corrected p99 is above this.
     #[arg(long, value_parser = loadtest::parse_duration)]
     max_p99: Option<Duration>,
@@ -127,6 +133,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         verify: !cli.no_verify,
         live: Some(live.clone()),
         monotonic_checks: cli.check_monotonic_reads,
+        pops: cli.pops.clone(),
     };
     let ticker = tokio::spawn(loadtest::show_progress(live));
     let result = loadtest::execute(&options, &|line| eprintln!("{line}")).await;

@@ -75,6 +75,55 @@ pub struct Cache {
     pub misses: u64,
     /// hits / (hits + misses), or null without any.
     pub hit_ratio: Option<f64>,
+    /// What the edge PoPs answered (stage 6 on); absent before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeAnswers>,
+}
+
+/// The edge PoPs' answers as the harness saw them (their `x-cache` header).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EdgeAnswers {
+    /// Successful responses by outcome: HIT, STALE, UPDATING, REVALIDATED (answered from a
+    /// PoP's store), MISS (fetched from the origin and stored), PASS (not shareable: a write, a
+    /// logged-in reader).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// Of the responses a PoP may share (all but PASS), the share it answered from its store:
+    /// the origin offload on the anonymous reads. Null without any.
+    pub offload: Option<f64>,
+    /// Clients that moved to another PoP after theirs refused a connection (`--pop` failover).
+    pub failovers: u64,
+    /// The PoPs the clients were spread over, with the emulated client-to-PoP wait (ms).
+    pub pops: Vec<PopUsed>,
+}
+
+/// One PoP of a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PopUsed {
+    /// `address:port`.
+    pub addr: String,
+    /// The wait before each request its clients send (ms).
+    pub delay_ms: f64,
+}
+
+impl EdgeAnswers {
+    /// From the outcome counts: the offload computed.
+    pub fn new(
+        outcomes: std::collections::BTreeMap<String, u64>,
+        failovers: u64,
+        pops: Vec<PopUsed>,
+    ) -> Self {
+        let at_edge: u64 = ["HIT", "STALE", "UPDATING", "REVALIDATED"]
+            .iter()
+            .filter_map(|k| outcomes.get(*k))
+            .sum();
+        let shareable = at_edge + outcomes.get("MISS").copied().unwrap_or(0);
+        Self {
+            offload: (shareable > 0).then(|| at_edge as f64 / shareable as f64),
+            outcomes,
+            failovers,
+            pops,
+        }
+    }
 }
 
 /// One step of a sweep.

@@ -73,6 +73,9 @@ pub struct RunConfig {
     /// that no longer shows it is a monotonic-read violation (stage 5's replicas can cause one).
     /// Off by default: it adds a read per write, which would change a benchmark's load.
     pub monotonic_checks: bool,
+    /// Points of presence in front of the target (stage 6's edge PoPs), each with the emulated
+    /// distance of its clients. Empty: every request goes to `target` at once.
+    pub pops: Vec<crate::Pop>,
 }
 
 /// Counters a progress display can read while a run goes on.
@@ -115,6 +118,8 @@ pub struct RunOutput {
     pub monotonic_violations: u64,
     /// Measured seconds (may exceed the configured duration by the last requests' latency).
     pub measured_secs: f64,
+    /// Clients that moved to another PoP after theirs refused a connection.
+    pub failovers: u64,
 }
 
 struct Shared {
@@ -129,6 +134,7 @@ struct Shared {
     measure_start: Instant,
     end: Instant,
     dropped: AtomicU64,
+    failovers: AtomicU64,
     warmup_slots: AtomicU64,
     stop: AtomicBool,
 }
@@ -150,6 +156,7 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         measure_start,
         end,
         dropped: AtomicU64::new(0),
+        failovers: AtomicU64::new(0),
         warmup_slots: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
@@ -183,7 +190,13 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         workers.push(tokio::spawn(async move {
             let mut rng =
                 SmallRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
-            let mut conn = Connections::default();
+            // A client's PoP, as a DNS answer would give it: the clients are spread over the
+            // PoPs in turn (connection i to PoP i mod n).
+            let mut conn = Connections {
+                open: Vec::new(),
+                pop: (!config.pops.is_empty()).then(|| i % config.pops.len()),
+                failovers: 0,
+            };
             match slots {
                 Some(slots) => {
                     while let Ok(scheduled) = slots.recv_async().await {
@@ -207,6 +220,9 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
                     }
                 }
             }
+            shared
+                .failovers
+                .fetch_add(conn.failovers, Ordering::Relaxed);
         }));
     }
     drop(slots);
@@ -244,6 +260,7 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
             .into_inner()
             .unwrap_or_else(|e| e.into_inner()),
         measured_secs,
+        failovers: shared.failovers.load(Ordering::Relaxed),
     }
 }
 
@@ -293,30 +310,64 @@ fn dispatch(
     total
 }
 
-/// A worker's keep-alive connections: one to the target, and one to each other server its
-/// requests name (a stage's file host). A handful at most, so a list beats a map.
+/// A worker's keep-alive connections: one to the target (or its PoP), and one to each other
+/// server its requests name (a stage's file host). A handful at most, so a list beats a map.
 #[derive(Default)]
-pub struct Connections(Vec<(SocketAddr, Option<Connection>)>);
+pub struct Connections {
+    open: Vec<(SocketAddr, Option<Connection>)>,
+    /// The PoP this client sends to, an index into [`RunConfig::pops`]; `None` without PoPs.
+    pop: Option<usize>,
+    /// Times this client moved to another PoP.
+    failovers: u64,
+}
 
 impl Connections {
     fn slot(&mut self, addr: SocketAddr) -> &mut Option<Connection> {
-        let i = match self.0.iter().position(|(a, _)| *a == addr) {
+        let i = match self.open.iter().position(|(a, _)| *a == addr) {
             Some(i) => i,
             None => {
-                self.0.push((addr, None));
-                self.0.len() - 1
+                self.open.push((addr, None));
+                self.open.len() - 1
             }
         };
-        &mut self.0[i].1
+        &mut self.open[i].1
     }
 }
 
+/// Sends `request` and reads its answer. Through a PoP, the client first waits out its emulated
+/// distance; if its PoP refuses the connection (nothing was sent), it moves to the next PoP, as
+/// a client whose resolver stops giving it a dead address would, and sends there once.
 async fn exchange(
     config: &RunConfig,
     conns: &mut Connections,
     request: &crate::client::Request,
 ) -> Result<Response, Outcome> {
-    let addr = request.authority.unwrap_or(config.target);
+    let via_pop = request.authority.is_none() && conns.pop.is_some();
+    let mut result = exchange_at(config, conns, request).await;
+    if via_pop && config.pops.len() > 1 && matches!(result, Err(Outcome::Connect)) {
+        conns.pop = conns.pop.map(|p| (p + 1) % config.pops.len());
+        conns.failovers += 1;
+        result = exchange_at(config, conns, request).await;
+    }
+    result
+}
+
+async fn exchange_at(
+    config: &RunConfig,
+    conns: &mut Connections,
+    request: &crate::client::Request,
+) -> Result<Response, Outcome> {
+    let pop = conns
+        .pop
+        .filter(|_| request.authority.is_none())
+        .map(|p| config.pops[p]);
+    if let Some(pop) = pop.filter(|p| !p.delay.is_zero()) {
+        tokio::time::sleep(pop.delay).await;
+    }
+    let addr = request
+        .authority
+        .or(pop.map(|p| p.addr))
+        .unwrap_or(config.target);
     let conn = conns.slot(addr);
     let reused = conn.is_some();
     match exchange_once(config, addr, conn, request).await {
@@ -480,6 +531,8 @@ pub async fn verify(target: SocketAddr, acks: &[Ack], timeout: Duration) -> Veri
         seed: 0,
         live: None,
         monotonic_checks: false,
+        // Read back at the target itself, with no distance: the verdict, not the latency, counts.
+        pops: Vec::new(),
     };
     let mut conn = Connections::default();
     for ack in acks {

@@ -152,6 +152,9 @@ pub struct Recorder {
     pub cache_hits: u64,
     /// See `cache_hits`.
     pub cache_misses: u64,
+    /// An edge PoP's `x-cache` values (upper case: HIT, MISS, STALE, UPDATING, REVALIDATED,
+    /// PASS), counted apart from the app cache's lower-case ones.
+    pub edge: std::collections::BTreeMap<String, u64>,
     operations: std::collections::BTreeMap<&'static str, OpCounts>,
 }
 
@@ -170,6 +173,7 @@ impl Default for Recorder {
             seconds: Vec::new(),
             cache_hits: 0,
             cache_misses: 0,
+            edge: Default::default(),
             operations: std::collections::BTreeMap::new(),
         }
     }
@@ -242,6 +246,9 @@ impl Recorder {
                 self.current_cache.misses += 1;
             }
             Some("bypass") => self.current_cache.bypasses += 1,
+            Some(edge) if edge.bytes().all(|b| b.is_ascii_uppercase()) && edge.len() <= 16 => {
+                *self.edge.entry(edge.to_owned()).or_default() += 1;
+            }
             _ => {}
         }
     }
@@ -287,6 +294,7 @@ impl Recorder {
             seconds: self.seconds,
             cache_hits: self.cache_hits,
             cache_misses: self.cache_misses,
+            edge: self.edge,
             operations: self
                 .operations
                 .into_iter()
@@ -315,6 +323,8 @@ pub struct Summary {
     pub cache_hits: u64,
     /// `x-cache: miss` responses.
     pub cache_misses: u64,
+    /// An edge PoP's `x-cache` values, counted.
+    pub edge: std::collections::BTreeMap<String, u64>,
     /// Outcomes per operation kind (`read_article`, `fetch_media`, ...).
     pub operations: std::collections::BTreeMap<String, OpCounts>,
 }

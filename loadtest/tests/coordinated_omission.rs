@@ -76,6 +76,7 @@ async fn corrected_latency_sees_the_freeze_that_uncorrected_latency_hides() {
         seed: 1,
         live: None,
         monotonic_checks: false,
+        pops: Vec::new(),
     };
     let out = run(&config, workload).await;
     let s = &out.summary;

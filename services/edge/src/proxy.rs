@@ -109,10 +109,11 @@ impl Edge {
         cache: CacheParts,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let origin = settings
-            .origin
-            .parse()
-            .map_err(|e| anyhow::anyhow!("origin {:?}: {e}", settings.origin))?;
+        // A name (`gateway:8080` in compose) is resolved once, at start, as the gateway does.
+        let origin = std::net::ToSocketAddrs::to_socket_addrs(&settings.origin)
+            .map_err(|e| anyhow::anyhow!("origin {:?}: {e}", settings.origin))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("origin {:?}: no address", settings.origin))?;
         let name = HeaderValue::from_str(&settings.name)
             .map_err(|e| anyhow::anyhow!("name {:?}: {e}", settings.name))?;
         Ok(Self {

@@ -51,6 +51,51 @@ pub struct BenchOptions {
     /// exporters query the database and the cache at every scrape, on those hosts' budgets, so a
     /// measurement taken with it includes that; the result's `command` says it was on.
     pub monitor: bool,
+    /// Where the harness's clients stand (stage 6's PoPs).
+    pub clients: Clients,
+}
+
+/// Where the harness's clients stand, and so which PoP each talks to and how far away it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Clients {
+    /// Spread over the stage's edge PoPs in turn, each at its PoP's `client_ms`; at the endpoint
+    /// with no distance when the stage has no edges.
+    #[default]
+    Spread,
+    /// Only the clients of the named edge PoP, at its `client_ms`.
+    At(String),
+    /// At the stage's endpoint, this far away (a stage without edges, seen from far).
+    Distance(Duration),
+}
+
+impl Clients {
+    /// The harness's PoPs for `stage` (empty: the endpoint, no distance).
+    pub fn pops(&self, stage: &Stage) -> anyhow::Result<Vec<loadtest::Pop>> {
+        let pop = |host: &crate::stage::Host| -> anyhow::Result<loadtest::Pop> {
+            Ok(loadtest::Pop {
+                addr: format!("{}:{}", host.address, crate::stage::APP_PORT).parse()?,
+                delay: Duration::from_millis(host.distance.map_or(0, |d| d.client_ms)),
+            })
+        };
+        match self {
+            Clients::Spread => stage.edge_hosts().into_iter().map(pop).collect(),
+            Clients::At(name) => {
+                let host = stage
+                    .edge_hosts()
+                    .into_iter()
+                    .find(|h| &h.name == name)
+                    .with_context(|| format!("stage {} has no edge PoP {name:?}", stage.number))?;
+                Ok(vec![pop(host)?])
+            }
+            Clients::Distance(delay) => {
+                let (addr, _) = loadtest::parse_target(&stage.endpoint())?;
+                Ok(vec![loadtest::Pop {
+                    addr,
+                    delay: *delay,
+                }])
+            }
+        }
+    }
 }
 
 /// Runs one stage's benchmark and returns its report, with hosts and provenance filled in.
@@ -115,6 +160,7 @@ async fn measure(
         verify: true,
         monotonic_checks: false,
         live: Some(live.clone()),
+        pops: options.clients.pops(stage)?,
     };
     // The harness (this process) runs in a budget of its own while it measures, so it never
     // starves a host and a host never starves it; it leaves the group when this returns.

@@ -150,6 +150,8 @@ async fn run(
         verify: true,
         monotonic_checks: !stage.replica_hosts().is_empty(),
         live: Some(live.clone()),
+        // Clients spread over the stage's PoPs (stage 6), moving to another when theirs is down.
+        pops: crate::bench::Clients::Spread.pops(stage)?,
     };
     let replication = crate::replication::ReplicationWatch::start(lab, stage).await;
     let load =

@@ -266,6 +266,15 @@ struct BenchArgs {
     /// exporters' queries then count against the database and cache budgets).
     #[arg(long)]
     monitor: bool,
+    /// Only the clients of this edge PoP (`edge-near`, `edge-far`; stage 6 on). Default: the
+    /// clients spread over every PoP, each at its PoP's distance (`distance` in the stage file).
+    #[arg(long, conflicts_with = "client_distance")]
+    clients_at: Option<String>,
+    /// Every client this far from the stage's endpoint (a wait before each request), to compare
+    /// a stage without edges with one whose far PoP stands near its clients (`85ms`: stage 6's
+    /// far clients, 5 ms to their PoP plus 80 ms from it to the origin).
+    #[arg(long, value_parser = loadtest::parse_duration)]
+    client_distance: Option<std::time::Duration>,
 }
 
 impl BenchArgs {
@@ -296,6 +305,11 @@ impl BenchArgs {
             fresh: true,
             keep_up: self.keep_up,
             monitor: self.monitor,
+            clients: match (&self.clients_at, self.client_distance) {
+                (Some(pop), _) => archlab::bench::Clients::At(pop.clone()),
+                (None, Some(distance)) => archlab::bench::Clients::Distance(distance),
+                (None, None) => archlab::bench::Clients::Spread,
+            },
         }
     }
 }

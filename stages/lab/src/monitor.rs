@@ -481,12 +481,13 @@ mod tests {
     }
 
     /// The compose files' monitoring hosts, which write their scrape jobs as `MONITOR_SCRAPE`.
-    const COMPOSE_FILES: [(&str, &str); 5] = [
+    const COMPOSE_FILES: [(&str, &str); 6] = [
         ("1", include_str!("../../../docker-compose/01-monolith.yml")),
         ("2", include_str!("../../../docker-compose/02-split.yml")),
         ("3", include_str!("../../../docker-compose/03-cache.yml")),
         ("4", include_str!("../../../docker-compose/04-cluster.yml")),
         ("5", include_str!("../../../docker-compose/05-replicas.yml")),
+        ("6", include_str!("../../../docker-compose/06-edge.yml")),
     ];
 
     #[test]

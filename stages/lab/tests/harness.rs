@@ -181,6 +181,7 @@ async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
         password: "archlab-seed-password".into(),
         verify: true,
         monotonic_checks: false,
+        pops: Vec::new(),
         live: None,
     };
     let (_, workload) = loadtest::prepare(&options).await.unwrap();
@@ -195,6 +196,7 @@ async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
         seed: 3,
         live: None,
         monotonic_checks: false,
+        pops: Vec::new(),
     };
     let out = run(&config, Arc::clone(&workload)).await;
     assert!(out.ryw_checks > 0 && out.ryw_violations == 0);
