@@ -99,22 +99,12 @@ impl EdgeServer {
 
     /// Whether it answers `/edge/healthz` with 200.
     pub async fn healthy(&self) -> bool {
-        let Ok(client) = crate::lab::http_client() else {
-            return false;
-        };
-        client
-            .get(format!("{}/edge/healthz", self.url()))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        process::answers(&format!("{}/edge/healthz", self.url())).await
     }
 
     /// Stops the edge: SIGTERM, so requests in flight finish (within [`DRAIN_SECS`]).
     pub fn stop(&self) -> anyhow::Result<()> {
-        if let Some(record) = self.running()? {
-            record.stop(Signal::SIGTERM, Duration::from_secs(DRAIN_SECS + 10))?;
-        }
-        let _ = fs::remove_file(self.pid_path());
-        Ok(())
+        let patience = Duration::from_secs(DRAIN_SECS + 10);
+        process::stop_recorded(&self.pid_path(), Signal::SIGTERM, patience)
     }
 }

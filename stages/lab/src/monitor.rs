@@ -318,14 +318,7 @@ impl MonitorServer {
 
     /// Whether Prometheus answers its readiness route.
     pub async fn ready(&self) -> bool {
-        let Ok(client) = crate::lab::http_client() else {
-            return false;
-        };
-        client
-            .get(format!("{}/-/ready", self.url()))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        crate::process::answers(&format!("{}/-/ready", self.url())).await
     }
 
     /// Stops Prometheus first (nothing scrapes the exporters any more), then the exporters.

@@ -224,6 +224,28 @@ impl HttpService<'_> {
     }
 }
 
+/// Whether `url` answers with a 2xx now (a readiness or health route).
+pub async fn answers(url: &str) -> bool {
+    let Ok(client) = crate::lab::http_client() else {
+        return false;
+    };
+    client
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Stops the process recorded at `pid_path`, if it runs, with `signal` (waiting up to
+/// `patience` for it to go), and removes the record.
+pub fn stop_recorded(pid_path: &Path, signal: Signal, patience: Duration) -> anyhow::Result<()> {
+    if let Some(record) = PidRecord::running(pid_path)? {
+        record.stop(signal, patience)?;
+    }
+    let _ = std::fs::remove_file(pid_path);
+    Ok(())
+}
+
 /// Starts a process in its own process group (a Ctrl-C in the terminal that ran `archlab up`
 /// does not reach it), detached from our stdin, logging to a file; returns its record.
 ///

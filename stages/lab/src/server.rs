@@ -288,16 +288,7 @@ impl Server for AppServer {
         })
     }
     fn ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async move {
-            let Ok(client) = crate::lab::http_client() else {
-                return false;
-            };
-            client
-                .get(self.ready_url())
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
+        Box::pin(async move { crate::process::answers(&self.ready_url()).await })
     }
     /// SIGINT: stop now (ending a drain if one runs), finishing in-flight requests.
     fn stop(&self) -> anyhow::Result<()> {
