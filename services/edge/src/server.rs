@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use gateway::connections::ConnectionLimit;
 use pingora::{
     cache::{lock::CacheLock, predictor::Predictor},
+    listeners::{L4BufferSettings, ListenerConfig},
     prelude::*,
     server::configuration::ServerConf,
     services::listening::Service,
@@ -45,6 +46,7 @@ pub fn build(settings: EdgeSettings) -> anyhow::Result<(Server, &'static EdgeSto
         None,
     )));
     let listen = settings.listen.clone();
+    let write_buffer = settings.client_write_buffer_bytes;
     let max_connections = settings.max_connections;
     let metrics = Arc::new(Metrics::new());
     let edge = Edge::new(
@@ -66,7 +68,9 @@ pub fn build(settings: EdgeSettings) -> anyhow::Result<(Server, &'static EdgeSto
             metrics.client_connections_refused.clone(),
         ),
     );
-    proxy.add_tcp(&listen);
+    proxy.add_listener(
+        ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().write(write_buffer)),
+    );
     server.add_service(proxy);
     Ok((server, store))
 }
