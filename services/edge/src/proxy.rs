@@ -57,7 +57,7 @@ const ORIGIN_CACHE: &str = "x-origin-cache";
 /// The header the app's purge requests carry their key in.
 const PURGE_KEY: &str = "x-purge-key";
 /// The largest purge request body: a write changes a few dozen keys at most.
-const MAX_PURGE_BODY: usize = 64 * 1024;
+pub const MAX_PURGE_BODY: usize = 64 * 1024;
 
 /// What a purge request asks for: `POST /edge/purge` with `{"keys": [...], "soft": false}`.
 #[derive(Debug, Deserialize)]

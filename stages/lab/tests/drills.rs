@@ -161,3 +161,37 @@ fn stage_4_rolling_restart_costs_no_errors() {
     );
     assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
 }
+
+#[test]
+fn stage_6_origin_down_the_pops_keep_answering_what_they_hold_and_lose_nothing() {
+    let report = drill(common::net(245, 10), &["6", "kill", "--service", "gateway"]);
+    assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
+    let d = &report["drill"];
+    assert!(d["recovered_at_s"].is_u64(), "the stage must recover: {d}");
+    // Unlike a database outage behind no edge (stage 1), every second of the outage still has
+    // answers: what the PoPs hold, fresh or stale.
+    let injected = d["injected_at_s"].as_f64().unwrap().ceil() as u64;
+    let restored = d["restored_at_s"].as_f64().unwrap().floor() as u64;
+    let series = report["series"].as_array().unwrap();
+    let during: Vec<&Value> = series
+        .iter()
+        .filter(|p| (injected..restored).contains(&p["t"].as_u64().unwrap()))
+        .collect();
+    assert!(!during.is_empty(), "{d}");
+    assert!(during.iter().all(|p| p["ok"].as_u64().unwrap() > 0), "{during:?}");
+    // and what they do not hold fails, with a clear 502/504, not a hang
+    assert!(report["counts"]["failed_5xx"].as_u64().unwrap() > 0, "{}", report["counts"]);
+    let edge = &report["cache"]["edge"]["outcomes"];
+    assert!(edge["HIT"].as_u64().unwrap_or(0) > 0, "{edge}");
+}
+
+#[test]
+fn stage_6_a_pop_killed_its_clients_move_to_the_other_and_nothing_is_lost() {
+    let report = drill(common::net(255, 1), &["6", "kill", "--service", "edge"]);
+    assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
+    let edge = &report["cache"]["edge"];
+    assert!(edge["failovers"].as_u64().unwrap() > 0, "{edge}");
+    // A request refused at connect was never sent: its client sends it to the other PoP. Only
+    // requests in flight when the PoP died may end unknown; none fails.
+    assert_eq!(report["counts"]["failed"], 0, "{}", report["counts"]);
+}
