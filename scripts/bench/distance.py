@@ -7,7 +7,7 @@ What: one anonymous article read, again and again (the harness's `url` workload,
 `--rate` for 20 s after 5 s of warm-up), by clients far from the origin:
 - stage 5 (`archlab up 5`): the clients at the gateway, 85 ms away (`--pop GATEWAY=85ms`): 5 ms
   to where the far PoP would stand plus 80 ms from there to the origin, stage 6's distances;
-- stage 6 (`archlab up 6`): the same clients at the far PoP, 5 ms away (`--pop FAR=5ms`), whose
+- stage 6 (`archlab up 6 --distance`): the same clients at the far PoP, 5 ms away (`--pop FAR=5ms`), whose
   store holds the article after its first read.
 Both stages at their stage files' sizes, seeded alike, measured back to back in one run.
 
@@ -26,8 +26,10 @@ NET = "99"
 
 def measure(stage, pop, delay_ms, rate, state):
     lab = [ARCHLAB, "--state-dir", state, "--net", NET]
+    # Stage 6 with its distances: the far PoP 80 ms from the origin (stage 5 has none to emulate).
+    distance = ["--distance"] if stage == "6" else []
     try:
-        subprocess.run(lab + ["up", stage], check=True, capture_output=True)
+        subprocess.run(lab + ["up", stage, *distance], check=True, capture_output=True)
         subprocess.run(lab + ["seed", stage, "--users", "100", "--articles", "1000", "--images", "100"],
                        check=True, capture_output=True)
         entry = f"http://{pop}"

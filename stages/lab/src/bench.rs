@@ -58,8 +58,8 @@ pub struct BenchOptions {
 /// Where the harness's clients stand, and so which PoP each talks to and how far away it is.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Clients {
-    /// Spread over the stage's edge PoPs in turn, each at its PoP's `client_ms`; at the endpoint
-    /// with no distance when the stage has no edges.
+    /// Spread over the stage's edge PoPs in turn, each at its PoP's `client_ms` when the stage
+    /// emulates distance; at the endpoint when the stage has no edges.
     #[default]
     Spread,
     /// Only the clients of the named edge PoP, at its `client_ms`.
@@ -74,7 +74,7 @@ impl Clients {
         let pop = |host: &crate::stage::Host| -> anyhow::Result<loadtest::Pop> {
             Ok(loadtest::Pop {
                 addr: format!("{}:{}", host.address, crate::stage::APP_PORT).parse()?,
-                delay: Duration::from_millis(host.distance.map_or(0, |d| d.client_ms)),
+                delay: Duration::from_millis(stage.distance_of(host).client_ms),
             })
         };
         match self {

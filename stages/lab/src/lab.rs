@@ -33,7 +33,7 @@ use crate::{
     process::PidRecord,
     replica::ReplicaServer,
     server::{AppServer, Database, Server},
-    stage::{Distance, Host, Layout, Role, Stage, APP_PORT, DATABASE_PORT},
+    stage::{Host, Layout, Role, Stage, APP_PORT, DATABASE_PORT},
     topology::{self, EdgesEndpoint, Endpoints, FilesEndpoint},
 };
 
@@ -251,10 +251,7 @@ impl Lab {
             origin: stage
                 .gateway_host()
                 .map_or_else(String::new, |g| format!("{}:{APP_PORT}", g.address)),
-            distance: host.distance.unwrap_or(Distance {
-                client_ms: 0,
-                origin_ms: 0,
-            }),
+            distance: stage.distance_of(host),
             purge_key: self.purge_key(),
             bin: self.conduit_bin.with_file_name("edge"),
             cpu_group: self.cpu_group_path(host),

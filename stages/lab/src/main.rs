@@ -72,6 +72,10 @@ enum Command_ {
         /// of its own, outside the stage's measured hosts; prints the dashboard's URL.
         #[arg(long)]
         monitor: bool,
+        /// Emulate the distances of the stage file (stage 6's PoPs: each waits its `origin_ms`
+        /// before a request to the origin). Off by default.
+        #[arg(long)]
+        distance: bool,
     },
     /// Serve every host's CPU used and budget as Prometheus metrics (the monitoring host runs
     /// this; see `up --monitor`).
@@ -150,6 +154,11 @@ enum Command_ {
         /// Set an app setting on every app host: `database.consistency=none`; repeatable.
         #[arg(long, value_parser = parse_setting)]
         app_setting: Vec<(String, String)>,
+        /// Emulate the stage file's distances (stage 6: the PoPs' way to the origin, and the
+        /// harness's clients' way to their PoP). Off by default, so capacities compare with the
+        /// stages before.
+        #[arg(long)]
+        distance: bool,
     },
     /// Every implemented stage in order, each compared with the one before; writes
     /// `index.html`, `report.md` and one JSON per stage.
@@ -347,12 +356,23 @@ async fn main() -> anyhow::Result<()> {
             replicas,
             app_setting,
             monitor,
+            distance,
         } => {
             let layout = Layout {
                 app_hosts,
                 replicas,
             };
-            up(&state, net, &stage, fresh, layout, &app_setting, monitor).await
+            up(
+                &state,
+                net,
+                &stage,
+                fresh,
+                layout,
+                &app_setting,
+                monitor,
+                distance,
+            )
+            .await
         }
         Command_::HostMetrics { stage, listen } => host_metrics(&state, net, &stage, &listen).await,
         Command_::Down { stage } => down(&state, net, stage),
@@ -384,6 +404,7 @@ async fn main() -> anyhow::Result<()> {
             budget,
             gateway_selection,
             app_setting,
+            distance,
         } => {
             let variant = Variant {
                 app_settings: app_setting,
@@ -394,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
                 without,
                 budget,
                 gateway_selection,
+                distance,
             };
             bench_stage(&state, net, &stage, &bench, out.as_deref(), variant).await
         }
@@ -497,6 +519,7 @@ async fn up(
     layout: Layout,
     app_settings: &[(String, String)],
     monitor: bool,
+    distance: bool,
 ) -> anyhow::Result<()> {
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     let mut stage = if layout == Layout::default() {
@@ -506,6 +529,9 @@ async fn up(
     };
     for (key, value) in app_settings {
         stage = stage.with_app_setting(key, value)?;
+    }
+    if distance {
+        stage = stage.with_distance()?;
     }
     if !fresh && lab.has_state(&stage) {
         // A stage that has run keeps its layout; changing a host count needs a fresh start.
@@ -674,6 +700,7 @@ struct Variant {
     without: Vec<archlab::stage::Role>,
     budget: Vec<(String, f64)>,
     gateway_selection: Option<String>,
+    distance: bool,
 }
 
 /// `archlab bench`.
@@ -698,6 +725,9 @@ async fn bench_stage(
     }
     for (host, cores) in variant.budget {
         stage = stage.with_budget(&host, cores)?;
+    }
+    if variant.distance {
+        stage = stage.with_distance()?;
     }
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     let workload = args.workload.as_deref().unwrap_or("read-heavy");

@@ -46,6 +46,11 @@ pub struct Stage {
     /// guard prevents, say.
     #[serde(skip)]
     pub app_settings: Vec<(String, String)>,
+    /// Whether the hosts' `distance` is emulated ([`Stage::with_distance`]). Off by default:
+    /// the ladder measures every stage with its clients beside it, so capacities compare; the
+    /// distance is shown on its own (`up --distance`, `bench --distance`).
+    #[serde(skip)]
+    pub emulate_distance: bool,
     /// The roles whose hosts the stage file buys as copies (`copies = n`): the host counts a
     /// [`Layout`] may change, and the only ones it records.
     #[serde(skip)]
@@ -304,6 +309,29 @@ impl Stage {
         }
         self.hosts.retain(|h| !h.roles.contains(&role));
         Ok(self)
+    }
+
+    /// The stage with its hosts' distances emulated: the edge PoPs wait their `origin_ms`
+    /// before each request to the origin, and the harness waits `client_ms` before each request
+    /// of their clients.
+    pub fn with_distance(mut self) -> anyhow::Result<Stage> {
+        if self.hosts.iter().all(|h| h.distance.is_none()) {
+            bail!("stage {} has no host at a distance (edges come in stage 6)", self.number);
+        }
+        self.emulate_distance = true;
+        Ok(self)
+    }
+
+    /// How far `host` is, as this stage emulates it: its stage file's `distance` when distance
+    /// is emulated, else none.
+    pub fn distance_of(&self, host: &Host) -> Distance {
+        match host.distance {
+            Some(d) if self.emulate_distance => d,
+            _ => Distance {
+                client_ms: 0,
+                origin_ms: 0,
+            },
+        }
     }
 
     /// The stage with its gateway choosing app hosts by `selection` (a measurement variant:
