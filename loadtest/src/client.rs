@@ -98,8 +98,12 @@ impl Request {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// The `x-cache` header (`hit`, `miss`, `bypass`), when the server sends one.
+    /// The app cache's answer (`hit`, `miss`, `bypass`): its `x-cache` header, or behind an edge
+    /// PoP (stage 6 on), its `x-origin-cache`.
     pub cache: Option<String>,
+    /// An edge PoP's `x-cache` (`HIT`, `MISS`, `STALE`, `UPDATING`, `REVALIDATED`, `PASS`: the
+    /// edge answers in upper case, the app in lower case).
+    pub edge: Option<String>,
     /// The body.
     pub body: Vec<u8>,
     /// The server will close the connection after this response (`Connection: close`).
@@ -180,14 +184,14 @@ impl Connection {
 
     async fn read_response(&mut self) -> Result<Response, ClientError> {
         // Headers.
-        let (status, cache, header_len, length, chunked, close) = loop {
+        let (status, (cache, edge), header_len, length, chunked, close) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut parsed = httparse::Response::new(&mut headers);
             match parsed.parse(&self.buf) {
                 Ok(httparse::Status::Complete(n)) => {
                     let mut length = None;
                     let mut chunked = false;
-                    let mut cache = None;
+                    let (mut cache, mut edge) = (None, None);
                     let mut close = false;
                     for h in parsed.headers.iter() {
                         if h.name.eq_ignore_ascii_case("content-length") {
@@ -199,10 +203,24 @@ impl Connection {
                         } else if h.name.eq_ignore_ascii_case("connection") {
                             close = h.value.eq_ignore_ascii_case(b"close");
                         } else if h.name.eq_ignore_ascii_case("x-cache") {
-                            cache = Some(String::from_utf8_lossy(h.value).to_ascii_lowercase());
+                            let value = String::from_utf8_lossy(h.value).into_owned();
+                            if value.bytes().any(|b| b.is_ascii_lowercase()) {
+                                cache = Some(value);
+                            } else {
+                                edge = Some(value);
+                            }
+                        } else if h.name.eq_ignore_ascii_case("x-origin-cache") {
+                            cache = Some(String::from_utf8_lossy(h.value).into_owned());
                         }
                     }
-                    break (parsed.code.unwrap_or(0), cache, n, length, chunked, close);
+                    break (
+                        parsed.code.unwrap_or(0),
+                        (cache, edge),
+                        n,
+                        length,
+                        chunked,
+                        close,
+                    );
                 }
                 Ok(httparse::Status::Partial) => {
                     if self.buf.len() > MAX_HEADER_BYTES {
@@ -234,6 +252,7 @@ impl Connection {
         Ok(Response {
             status,
             cache,
+            edge,
             body,
             close,
         })

@@ -542,6 +542,20 @@ impl Report {
         if let Some(ratio) = self.cache.hit_ratio {
             s.push_str(&format!("Cache hit ratio {:.1} %.\n", ratio * 100.0));
         }
+        if let Some(edge) = &self.cache.edge {
+            let outcomes: Vec<String> = edge
+                .outcomes
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            s.push_str(&format!(
+                "Edge answers: {}; origin offload (answered at a PoP, of what a PoP may share) {}; clients that moved PoP {}.\n",
+                outcomes.join(", "),
+                edge.offload
+                    .map_or("n/a".to_owned(), |o| format!("{:.1} %", o * 100.0)),
+                edge.failovers
+            ));
+        }
         if let Some(r) = &self.replication {
             let l = &r.lag_ms;
             s.push_str(&format!(

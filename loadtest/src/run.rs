@@ -454,6 +454,7 @@ async fn one_request(
         r.record(t, op.kind.name(), outcome, done - scheduled, done - sent);
         if let Ok(response) = &result {
             r.record_cache(response.cache.as_deref());
+            r.record_edge(response.edge.as_deref());
         }
     }
     // Acknowledged writes: remember them, and read them back at once as the writer.

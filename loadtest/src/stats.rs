@@ -246,10 +246,17 @@ impl Recorder {
                 self.current_cache.misses += 1;
             }
             Some("bypass") => self.current_cache.bypasses += 1,
-            Some(edge) if edge.bytes().all(|b| b.is_ascii_uppercase()) && edge.len() <= 16 => {
-                *self.edge.entry(edge.to_owned()).or_default() += 1;
-            }
             _ => {}
+        }
+    }
+
+    /// Counts a successful response's edge `x-cache` value (stage 6 on). Only the short
+    /// upper-case words an edge sends are kept, so a stray header cannot grow the map.
+    pub fn record_edge(&mut self, header: Option<&str>) {
+        if let Some(edge) =
+            header.filter(|e| e.len() <= 16 && e.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            *self.edge.entry(edge.to_owned()).or_default() += 1;
         }
     }
 

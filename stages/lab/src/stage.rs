@@ -316,7 +316,10 @@ impl Stage {
     /// of their clients.
     pub fn with_distance(mut self) -> anyhow::Result<Stage> {
         if self.hosts.iter().all(|h| h.distance.is_none()) {
-            bail!("stage {} has no host at a distance (edges come in stage 6)", self.number);
+            bail!(
+                "stage {} has no host at a distance (edges come in stage 6)",
+                self.number
+            );
         }
         self.emulate_distance = true;
         Ok(self)

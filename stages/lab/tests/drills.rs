@@ -178,9 +178,16 @@ fn stage_6_origin_down_the_pops_keep_answering_what_they_hold_and_lose_nothing()
         .filter(|p| (injected..restored).contains(&p["t"].as_u64().unwrap()))
         .collect();
     assert!(!during.is_empty(), "{d}");
-    assert!(during.iter().all(|p| p["ok"].as_u64().unwrap() > 0), "{during:?}");
+    assert!(
+        during.iter().all(|p| p["ok"].as_u64().unwrap() > 0),
+        "{during:?}"
+    );
     // and what they do not hold fails, with a clear 502/504, not a hang
-    assert!(report["counts"]["failed_5xx"].as_u64().unwrap() > 0, "{}", report["counts"]);
+    assert!(
+        report["counts"]["failed_5xx"].as_u64().unwrap() > 0,
+        "{}",
+        report["counts"]
+    );
     let edge = &report["cache"]["edge"]["outcomes"];
     assert!(edge["HIT"].as_u64().unwrap_or(0) > 0, "{edge}");
 }
