@@ -362,17 +362,14 @@ async fn main() -> anyhow::Result<()> {
                 app_hosts,
                 replicas,
             };
-            up(
-                &state,
-                net,
-                &stage,
+            let options = UpOptions {
                 fresh,
                 layout,
-                &app_setting,
+                app_settings: app_setting,
                 monitor,
                 distance,
-            )
-            .await
+            };
+            up(&state, net, &stage, options).await
         }
         Command_::HostMetrics { stage, listen } => host_metrics(&state, net, &stage, &listen).await,
         Command_::Down { stage } => down(&state, net, stage),
@@ -510,24 +507,31 @@ fn progress(line: &str) {
     println!("  {line}");
 }
 
-/// `archlab up`.
-async fn up(
-    state: &Path,
-    net: u8,
-    key: &str,
+/// How `archlab up` was asked to bring a stage up.
+struct UpOptions {
     fresh: bool,
     layout: Layout,
-    app_settings: &[(String, String)],
+    app_settings: Vec<(String, String)>,
     monitor: bool,
     distance: bool,
-) -> anyhow::Result<()> {
+}
+
+/// `archlab up`.
+async fn up(state: &Path, net: u8, key: &str, options: UpOptions) -> anyhow::Result<()> {
+    let UpOptions {
+        fresh,
+        layout,
+        app_settings,
+        monitor,
+        distance,
+    } = options;
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     let mut stage = if layout == Layout::default() {
         lab.as_brought_up(Stage::find(key)?.on_network(net), net)?
     } else {
         Stage::find_with(key, layout)?.on_network(net)
     };
-    for (key, value) in app_settings {
+    for (key, value) in &app_settings {
         stage = stage.with_app_setting(key, value)?;
     }
     if distance {
