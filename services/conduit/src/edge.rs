@@ -192,10 +192,12 @@ pub fn surrogate_keys(route: &str, path: &str, query: Option<&str>, body: &[u8])
         "/api/articles" => {
             let params: Vec<(String, String)> =
                 serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
-            // every create and delete purges the global list; a tag's list also by its tag
-            add(Key::list(None));
-            if let Some((_, tag)) = params.iter().find(|(k, _)| k == "tag") {
-                add(Key::list(Some(tag)));
+            // A tag's list changes when an article with that tag comes or goes, which purges
+            // the tag's list key; any other list (the global one, an author's) with every new
+            // or deleted article, which purges the global key.
+            match params.iter().find(|(k, _)| k == "tag") {
+                Some((_, tag)) => add(Key::list(Some(tag))),
+                None => add(Key::list(None)),
             }
             for a in json["articles"].as_array().into_iter().flatten() {
                 article(a, &mut add);
@@ -273,9 +275,17 @@ impl EdgePurger {
     /// follows its purge, so a client that wrote sees its write at the edge), then once more
     /// in the background after `repurge_after`. A failed purge is logged and counted, and never
     /// fails the write: the entry's `max-age` bounds how long it stays stale.
+    ///
+    /// Lists are refreshed rather than dropped (keys of kind `list`): every new article changes
+    /// every list page, so a dropped list would be a miss for every reader after each new
+    /// article; a refreshed one is answered at once, old, while one background request fetches
+    /// the new version. Everything else is dropped, so the next read shows the write.
     pub async fn purge(&self, keys: &[Key]) {
-        let body =
-            serde_json::json!({ "keys": keys.iter().map(Key::surrogate).collect::<Vec<_>>() });
+        let (lists, others): (Vec<&Key>, Vec<&Key>) = keys.iter().partition(|k| k.kind == "list");
+        let names = |keys: Vec<&Key>| -> Vec<String> {
+            keys.into_iter().map(|k| k.surrogate().to_owned()).collect()
+        };
+        let body = serde_json::json!({ "keys": names(others), "refresh": names(lists) });
         self.inner.send(&body).await;
         if !self.inner.repurge_after.is_zero() {
             let inner = self.inner.clone();
@@ -362,7 +372,6 @@ mod tests {
             Key::article(7),
             Key::article(9),
             Key::article(11),
-            Key::list(None),
             Key::list(Some("dragons")),
             Key::profile("jake"),
             Key::profile("jane"),
@@ -370,6 +379,25 @@ mod tests {
         let mut want: Vec<String> = want.iter().map(|k| k.surrogate().to_owned()).collect();
         want.sort_unstable();
         assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn a_list_without_a_tag_is_purged_with_every_new_article_a_tag_list_with_its_tag() {
+        let body = serde_json::json!({"articles": [], "articlesCount": 0}).to_string();
+        let global = surrogate_keys(
+            "/api/articles",
+            "/api/articles",
+            Some("author=jake"),
+            body.as_bytes(),
+        );
+        assert_eq!(global, vec![Key::list(None).surrogate().to_owned()]);
+        let tagged = surrogate_keys(
+            "/api/articles",
+            "/api/articles",
+            Some("tag=a%20b"),
+            body.as_bytes(),
+        );
+        assert_eq!(tagged, vec![Key::list(Some("a b")).surrogate().to_owned()]);
     }
 
     #[test]

@@ -59,12 +59,18 @@ const PURGE_KEY: &str = "x-purge-key";
 /// The largest purge request body: a write changes a few dozen keys at most.
 pub const MAX_PURGE_BODY: usize = 64 * 1024;
 
-/// What a purge request asks for: `POST /edge/purge` with `{"keys": [...], "soft": false}`.
+/// What a purge request asks for: `POST /edge/purge` with
+/// `{"keys": [...], "refresh": [...], "soft": false}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeRequest {
     /// Surrogate keys; every entry naming one of them is purged.
+    #[serde(default)]
     pub keys: Vec<String>,
+    /// Surrogate keys whose entries are expired but may still be served while one background
+    /// request refreshes them ([`PurgeMode::Refresh`]).
+    #[serde(default)]
+    pub refresh: Vec<String>,
     /// Expire instead of remove: the entries still cover an origin outage (stale-if-error) but
     /// are not served again without asking the origin.
     #[serde(default)]
@@ -162,8 +168,14 @@ impl Edge {
             (PurgeMode::Hard, "hard")
         };
         let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
-        let purged = self.cache.store.purge_tags(&keys, mode);
+        let mut purged = self.cache.store.purge_tags(&keys, mode);
         self.metrics.purge(label, purged);
+        if !request.refresh.is_empty() {
+            let keys: Vec<&str> = request.refresh.iter().map(String::as_str).collect();
+            let refreshed = self.cache.store.purge_tags(&keys, PurgeMode::Refresh);
+            self.metrics.purge("refresh", refreshed);
+            purged += refreshed;
+        }
         respond(session, 200, format!(r#"{{"purged":{purged}}}"#), JSON).await
     }
 }

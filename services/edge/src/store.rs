@@ -166,14 +166,19 @@ impl TagIndex {
     }
 }
 
-/// A soft purge keeps the entry for `stale-if-error` (an origin outage is still covered) but
-/// serves it no longer without asking the origin; a hard purge drops it.
+/// How a purge treats the entries it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PurgeMode {
-    /// Remove the entries.
+    /// Remove the entries: the next request fetches, and waits for it.
     Hard,
-    /// Mark them stale: the next request revalidates, and waits for it.
+    /// Mark them stale and stop serving them while they revalidate: the next request
+    /// revalidates, and waits for it; `stale-if-error` still covers an origin outage.
     Soft,
+    /// Mark them stale but keep `stale-while-revalidate`: the next request is answered with the
+    /// old copy at once while one background request refreshes it. For answers that change
+    /// often and where a reader may see the previous version for one refresh (lists: every new
+    /// article changes every list page).
+    Refresh,
 }
 
 /// The edge's shared cache. `'static`: pingora holds storage by static reference, so the
@@ -354,10 +359,12 @@ impl EdgeStore {
         keys.iter()
             .filter(|key| match mode {
                 PurgeMode::Hard => self.remove(key),
-                PurgeMode::Soft => self.refresh(key, |entry| {
+                PurgeMode::Soft | PurgeMode::Refresh => self.refresh(key, |entry| {
                     let mut f = entry.freshness;
                     f.fresh_until = f.fresh_until.min(now);
-                    f.stale_while_revalidate_sec = 0;
+                    if mode == PurgeMode::Soft {
+                        f.stale_while_revalidate_sec = 0;
+                    }
                     (entry.header.clone(), f)
                 }),
             })
@@ -631,6 +638,18 @@ mod tests {
         assert!(!meta.is_fresh(now));
         assert!(!meta.serve_stale_while_revalidate(now));
         assert!(meta.serve_stale_if_error(now));
+    }
+
+    #[test]
+    fn a_refresh_purge_keeps_the_copy_servable_while_it_is_refreshed() {
+        let store = EdgeStore::new(&settings(1_000_000, 100_000));
+        put(&store, 1, "list:all", 10);
+        assert_eq!(store.purge_tags(&["list:all"], PurgeMode::Refresh), 1);
+        let entry = store.shard(&key(1)).lock().entries.get(&key(1)).cloned();
+        let meta = entry.map(|e| e.meta()).unwrap_or_else(|| panic!("kept"));
+        let now = SystemTime::now();
+        assert!(!meta.is_fresh(now));
+        assert!(meta.serve_stale_while_revalidate(now));
     }
 
     #[test]

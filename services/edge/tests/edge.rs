@@ -340,7 +340,7 @@ async fn a_purge_by_surrogate_key_drops_every_page_that_shows_it_and_only_the_ap
     let edge = start_edge(origin.addr, |_| {}).await;
     let (a, b, c) = (
         "/a?sk=article:1%20list:all",
-        "/b?sk=article:2%20list:all",
+        "/b?sk=article:2%20list:all&cc=public,max-age=60,stale-while-revalidate=60",
         "/c?sk=article:1",
     );
     for t in [a, b, c] {
@@ -361,6 +361,28 @@ async fn a_purge_by_surrogate_key_drops_every_page_that_shows_it_and_only_the_ap
     assert_eq!(x_cache(&edge.get(a).await), "MISS");
     assert_eq!(x_cache(&edge.get(b).await), "HIT");
     assert_eq!(x_cache(&edge.get(c).await), "MISS");
+    // A refresh purge: the old copy is answered at once while one background request
+    // fetches the new one.
+    let refresh = edge
+        .client
+        .post(format!("{}/edge/purge", edge.url))
+        .header("x-purge-key", PURGE_KEY)
+        .json(&serde_json::json!({ "refresh": ["list:all"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refresh.text().await.unwrap(),
+        r#"{"purged":2}"#,
+        "a and b show list:all"
+    );
+    let stale = edge.get(b).await;
+    assert!(
+        matches!(x_cache(&stale).as_str(), "UPDATING" | "STALE"),
+        "{}",
+        x_cache(&stale)
+    );
+    until(&edge, b, |cache, _| cache == "HIT").await;
     let bad = edge
         .client
         .post(format!("{}/edge/purge", edge.url))

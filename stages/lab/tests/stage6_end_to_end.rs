@@ -83,7 +83,9 @@ fn kill(pid: i32) {
 async fn the_edges_share_only_anonymous_answers_and_every_write_is_visible_at_both_pops() {
     let net = common::net(130, 20);
     let lab = TestLab::new("archlab-stage6", net);
-    let near = lab.up("6");
+    // Without the second purge (1.5 s after each write): it would drop, at a moment this test
+    // does not control, the copy the origin-down step below relies on.
+    let near = lab.up_with("6", &["--app-setting", "edge.repurge_after_ms=0"]);
     let far = near.replace(".31:", ".32:");
     let http = reqwest::Client::new();
     let alice = common::register(&http, &near, "alice").await;
