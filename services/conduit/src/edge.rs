@@ -6,7 +6,7 @@
 //!
 //! | route (GET, anonymous, 200)        | `Cache-Control`                                            | why |
 //! |------------------------------------|------------------------------------------------------------|-----|
-//! | `/api/articles` (lists)            | `public, max-age=5, stale-while-revalidate=30, stale-if-error=300` | every create and delete purges lists, but a list changes with any article in it: a few seconds bound the damage of a lost purge, and a reader may see a list a refresh behind while it is refreshed |
+//! | `/api/articles` (lists)            | `public, max-age=5, stale-while-revalidate=30, stale-if-error=300` | a create or delete refreshes the global list, its tags' and its author's lists; an update the pages showing the article (`listed:{id}`); a favorite does not, so a list's counts lag by up to these 5 s (the article's page is exact); a reader may see a list one refresh behind while it is refreshed |
 //! | `/api/articles/{slug}`             | `public, max-age=60, stale-while-revalidate=60, stale-if-error=600` | changes only when written, and every write purges it: a minute is safe, and ten minutes of an origin outage are covered |
 //! | `/api/articles/{slug}/comments`    | `public, max-age=10, stale-while-revalidate=30, stale-if-error=300` | purged on every comment write; read from replicas, so short |
 //! | `/api/profiles/{username}`         | `public, max-age=60, stale-while-revalidate=60, stale-if-error=600` | purged on profile update |
@@ -174,16 +174,15 @@ fn hex16(digest: &[u8]) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The keys of what a shared answer shows: every article in it (by id, from its slug) and its
-/// author, the list it is, the comments of the article in the path and their authors.
+/// The keys of what a shared answer shows: an article's page names the article (`article:{id}`,
+/// from its slug) and its author; a list page names the list it is and, for each article in it,
+/// `listed:{id}` and its author (a favorite purges `article:{id}` only, so a list page's counts
+/// may lag by its `max-age`); a comments page names the comments and their authors.
 pub fn surrogate_keys(route: &str, path: &str, query: Option<&str>, body: &[u8]) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
     let mut add = |key: Key| keys.push(key.surrogate().to_owned());
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let article = |a: &Value, add: &mut dyn FnMut(Key)| {
-        if let Some(id) = a["slug"].as_str().and_then(id_from_slug) {
-            add(Key::article(id));
-        }
+    let author = |a: &Value, add: &mut dyn FnMut(Key)| {
         if let Some(author) = a["author"]["username"].as_str() {
             add(Key::profile(author));
         }
@@ -192,18 +191,40 @@ pub fn surrogate_keys(route: &str, path: &str, query: Option<&str>, body: &[u8])
         "/api/articles" => {
             let params: Vec<(String, String)> =
                 serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+            let param = |name: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
             // A tag's list changes when an article with that tag comes or goes, which purges
-            // the tag's list key; any other list (the global one, an author's) with every new
-            // or deleted article, which purges the global key.
-            match params.iter().find(|(k, _)| k == "tag") {
-                Some((_, tag)) => add(Key::list(Some(tag))),
-                None => add(Key::list(None)),
+            // the tag's list key; an author's list when that author's articles do; the global
+            // list with every new or deleted article. A list filtered both ways names both.
+            match (param("tag"), param("author")) {
+                (None, None) => add(Key::list(None)),
+                (tag, author) => {
+                    if let Some(tag) = tag {
+                        add(Key::list(Some(tag)));
+                    }
+                    if let Some(author) = author {
+                        add(Key::author_list(author));
+                    }
+                }
             }
             for a in json["articles"].as_array().into_iter().flatten() {
-                article(a, &mut add);
+                if let Some(id) = a["slug"].as_str().and_then(id_from_slug) {
+                    add(Key::listed(id));
+                }
+                author(a, &mut add);
             }
         }
-        "/api/articles/{slug}" => article(&json["article"], &mut add),
+        "/api/articles/{slug}" => {
+            let a = &json["article"];
+            if let Some(id) = a["slug"].as_str().and_then(id_from_slug) {
+                add(Key::article(id));
+            }
+            author(a, &mut add);
+        }
         "/api/articles/{slug}/comments" => {
             let slug = path
                 .trim_start_matches("/api/articles/")
@@ -276,12 +297,14 @@ impl EdgePurger {
     /// in the background after `repurge_after`. A failed purge is logged and counted, and never
     /// fails the write: the entry's `max-age` bounds how long it stays stale.
     ///
-    /// Lists are refreshed rather than dropped (keys of kind `list`): every new article changes
+    /// Lists are refreshed rather than dropped (keys of kind `list` and `listed`): every new article changes
     /// every list page, so a dropped list would be a miss for every reader after each new
     /// article; a refreshed one is answered at once, old, while one background request fetches
     /// the new version. Everything else is dropped, so the next read shows the write.
     pub async fn purge(&self, keys: &[Key]) {
-        let (lists, others): (Vec<&Key>, Vec<&Key>) = keys.iter().partition(|k| k.kind == "list");
+        let (lists, others): (Vec<&Key>, Vec<&Key>) = keys
+            .iter()
+            .partition(|k| matches!(k.kind, "list" | "listed"));
         let names = |keys: Vec<&Key>| -> Vec<String> {
             keys.into_iter().map(|k| k.surrogate().to_owned()).collect()
         };
@@ -353,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn the_keys_name_every_article_and_author_shown_and_the_list() {
+    fn a_list_names_its_articles_as_listed_so_a_favorite_leaves_it() {
         let body = serde_json::json!({
             "articles": [
                 {"slug": "how-to-train-your-dragon-7", "author": {"username": "jake"}},
@@ -369,9 +392,9 @@ mod tests {
             body.to_string().as_bytes(),
         );
         let want = [
-            Key::article(7),
-            Key::article(9),
-            Key::article(11),
+            Key::listed(7),
+            Key::listed(9),
+            Key::listed(11),
             Key::list(Some("dragons")),
             Key::profile("jake"),
             Key::profile("jane"),
@@ -382,15 +405,20 @@ mod tests {
     }
 
     #[test]
-    fn a_list_without_a_tag_is_purged_with_every_new_article_a_tag_list_with_its_tag() {
+    fn the_global_list_is_purged_with_every_new_article_others_by_their_tag_or_author() {
         let body = serde_json::json!({"articles": [], "articlesCount": 0}).to_string();
-        let global = surrogate_keys(
+        let by_author = surrogate_keys(
             "/api/articles",
             "/api/articles",
             Some("author=jake"),
             body.as_bytes(),
         );
-        assert_eq!(global, vec![Key::list(None).surrogate().to_owned()]);
+        assert_eq!(
+            by_author,
+            vec![Key::author_list("jake").surrogate().to_owned()]
+        );
+        let all = surrogate_keys("/api/articles", "/api/articles", None, body.as_bytes());
+        assert_eq!(all, vec![Key::list(None).surrogate().to_owned()]);
         let tagged = surrogate_keys(
             "/api/articles",
             "/api/articles",

@@ -625,7 +625,12 @@ async fn create_article(
     let tag_list_too = brings_new_tag(&state, &tags).await;
     state
         .cache
-        .invalidate(&keys::for_article_set_change(id, &tags, tag_list_too))
+        .invalidate(&keys::for_article_set_change(
+            id,
+            &article.author.username,
+            &tags,
+            tag_list_too,
+        ))
         .await;
     Ok((StatusCode::CREATED, Json(ArticleBody { article })))
 }
@@ -650,10 +655,12 @@ async fn owned_article(
     tx: &mut sqlx::PgConnection,
     slug: &str,
     user: AuthUser,
-) -> ApiResult<(i64, Vec<String>)> {
+) -> ApiResult<Owned> {
     let id = article_id(slug)?;
-    let found: Option<(i64, Vec<String>)> = sqlx::query_as(
-        "SELECT author_id, tag_list FROM articles WHERE id = $1 AND slug = $2 FOR UPDATE",
+    let found: Option<(i64, Vec<String>, String)> = sqlx::query_as(
+        "SELECT a.author_id, a.tag_list, u.username
+         FROM articles a JOIN users u ON u.id = a.author_id
+         WHERE a.id = $1 AND a.slug = $2 FOR UPDATE OF a",
     )
     .bind(id)
     .bind(slug)
@@ -661,9 +668,17 @@ async fn owned_article(
     .await?;
     match found {
         None => Err(ApiError::NotFound("article")),
-        Some((author, _)) if author != user.id => Err(ApiError::Forbidden("article")),
-        Some((_, tags)) => Ok((id, tags)),
+        Some((author, _, _)) if author != user.id => Err(ApiError::Forbidden("article")),
+        Some((_, tags, author)) => Ok(Owned { id, tags, author }),
     }
+}
+
+/// The caller's own article, locked for a change: its id, its tags and its author's username
+/// (what the caches need to know what the change makes stale).
+struct Owned {
+    id: i64,
+    tags: Vec<String>,
+    author: String,
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -689,7 +704,9 @@ async fn update_article(
     v.finish()?;
 
     let mut tx = state.db.write().begin().await?;
-    let (id, old_tags) = owned_article(&mut tx, &slug, user).await?;
+    let Owned {
+        id, tags: old_tags, ..
+    } = owned_article(&mut tx, &slug, user).await?;
     sqlx::query(
         "UPDATE articles SET
             title = COALESCE($2, title),
@@ -711,9 +728,10 @@ async fn update_article(
     }
     let article = load_article(&mut *tx, id, user.id).await?;
     tx.commit().await?;
-    // The article's entry; with new tags also the lists of every tag it left or joined, and the
-    // tag list. Title and body changes leave lists alone: they hold ids.
-    let mut stale = vec![Key::article(id)];
+    // The article's entry and, at the edge, the list pages showing it; with new tags also the
+    // lists of every tag it left or joined, and the tag list. Title and body changes leave the
+    // app's lists alone: they hold ids.
+    let mut stale = vec![Key::article(id), Key::listed(id)];
     if let Some(tags) = tags.filter(|t| *t != old_tags) {
         stale.push(Key::tags());
         stale.extend(old_tags.iter().chain(&tags).map(|t| Key::list(Some(t))));
@@ -730,7 +748,7 @@ async fn delete_article(
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let mut tx = state.db.write().begin().await?;
-    let (id, tags) = owned_article(&mut tx, &slug, user).await?;
+    let Owned { id, tags, author } = owned_article(&mut tx, &slug, user).await?;
     // Its tag rows go with it (`ON DELETE CASCADE`); the counts are ours to change.
     sqlx::query("DELETE FROM articles WHERE id = $1")
         .bind(id)
@@ -742,7 +760,7 @@ async fn delete_article(
     // A deleted article may take a tag's last use with it.
     state
         .cache
-        .invalidate(&keys::for_article_set_change(id, &tags, true))
+        .invalidate(&keys::for_article_set_change(id, &author, &tags, true))
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
