@@ -49,18 +49,39 @@ else
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "setup: everything archlab needs is installed"
-  exit 0
+  echo "setup: every system package archlab needs is installed"
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    SUDO="sudo"
+  fi
+  echo "setup: installing ${missing[*]}"
+  for p in "${missing[@]}"; do echo "  - $p: ${WHY[$p]}"; done
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-  SUDO="sudo"
+# Garage, the object store of stage 7: no Debian package, so built from its crate once and kept
+# (about 7 minutes on 2 cores). AGPL: archlab runs its binary and never links it. The lab looks
+# for it in the same place (stages/lab/src/objects.rs, `garage_bin`), or at $ARCHLAB_GARAGE_BIN.
+GARAGE_VERSION=2.5.0
+if [ "$(id -u)" -eq 0 ]; then
+  GARAGE_ROOT="/opt/archlab/garage-$GARAGE_VERSION"
+else
+  GARAGE_ROOT="${XDG_DATA_HOME:-$HOME/.local/share}/archlab/garage-$GARAGE_VERSION"
 fi
-echo "setup: installing ${missing[*]}"
-for p in "${missing[@]}"; do echo "  - $p: ${WHY[$p]}"; done
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ -n "${ARCHLAB_GARAGE_BIN:-}" ] && [ -x "$ARCHLAB_GARAGE_BIN" ]; then
+  echo "setup: garage is $ARCHLAB_GARAGE_BIN"
+elif [ -x "$GARAGE_ROOT/bin/garage" ]; then
+  echo "setup: garage $GARAGE_VERSION is installed ($GARAGE_ROOT/bin/garage)"
+else
+  command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is needed to build garage (https://rustup.rs)" >&2; exit 1; }
+  echo "setup: building garage $GARAGE_VERSION into $GARAGE_ROOT (the object store of stage 7; once, about 7 minutes)"
+  # Its own target folder, so a failed build leaves nothing half-installed in $GARAGE_ROOT.
+  cargo install garage --locked --quiet --version "$GARAGE_VERSION" --root "$GARAGE_ROOT" \
+    --target-dir "${TMPDIR:-/tmp}/archlab-garage-build"
+  rm -rf "${TMPDIR:-/tmp}/archlab-garage-build"
+fi
 echo "setup: done"

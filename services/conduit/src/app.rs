@@ -50,7 +50,12 @@ impl Application {
         let db = Database::connect_lazy(&settings.database, &settings.cache, metrics.db.clone())?;
         db.migrate().await?;
         db.start_polling();
-        let media = api::media::store(&settings.media)?;
+        // Each app host starts at its own object-store node: the last byte of its address.
+        let first_node = match settings.server.listen.ip() {
+            std::net::IpAddr::V4(ip) => usize::from(ip.octets()[3]),
+            std::net::IpAddr::V6(_) => 0,
+        };
+        let media = api::media::store(&settings.media, first_node)?;
         let edges =
             crate::edge::EdgePurger::new(&settings.edge, metrics.edge_purge_failures.clone())?;
         let cache = Cache::new(&settings.cache, metrics.cache.clone())?

@@ -53,6 +53,10 @@ pub enum ApiError {
     /// this host out of rotation for it (it would only move the load, then take them all out).
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(&'static str),
+    /// 503: the media store cannot take or give bytes now (stage 7: no object-store node has a
+    /// quorum). Shared by every app host, like [`ApiError::DatabaseUnavailable`].
+    #[error("media store unavailable")]
+    MediaStoreUnavailable,
     /// 500: our fault. Logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -76,7 +80,9 @@ impl ApiError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DatabaseUnavailable(_) | Self::MediaStoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +101,7 @@ impl ApiError {
             }
             Self::Unavailable(what) => one("server", (*what).to_owned()),
             Self::DatabaseUnavailable(what) => one("database", (*what).to_owned()),
+            Self::MediaStoreUnavailable => one("media", "store unavailable, try again".to_owned()),
             Self::Internal(_) => one("server", "internal error".to_owned()),
         }
     }
@@ -129,6 +136,12 @@ impl From<object_store::Error> for ApiError {
     fn from(error: object_store::Error) -> Self {
         match error {
             object_store::Error::NotFound { .. } => Self::NotFound("media"),
+            // The store did not answer (every node tried: see `object_cluster`), or answered
+            // 5xx: its state, not a bug here; a retry may work.
+            object_store::Error::Generic { .. } => {
+                tracing::warn!(error = %error, "media store unavailable");
+                Self::MediaStoreUnavailable
+            }
             other => Self::Internal(anyhow::Error::new(other).context("object store")),
         }
     }
@@ -142,10 +155,14 @@ impl IntoResponse for ApiError {
             Self::Unavailable(what) | Self::DatabaseUnavailable(what) => {
                 tracing::warn!(what, "request refused")
             }
+            Self::MediaStoreUnavailable => tracing::warn!("request refused: media store"),
             _ => {}
         }
         let mut response = (self.status(), Json(self.body())).into_response();
-        if matches!(self, Self::DatabaseUnavailable(_)) {
+        if matches!(
+            self,
+            Self::DatabaseUnavailable(_) | Self::MediaStoreUnavailable
+        ) {
             response
                 .headers_mut()
                 .insert(FAULT_SCOPE, axum::http::HeaderValue::from_static("shared"));

@@ -8,6 +8,7 @@
 //! - [`app`]: start-up, the router and its limits (body size, timeout, load shedding);
 //! - [`api`]: one module per resource, each with its `router()` and its SQL;
 //! - [`db`]: the database seam (one pool now; replicas and shards in later stages);
+//! - [`object_cluster`]: the object store cluster as the app sees it (stage 7: S3 nodes, failover);
 //! - [`cache`]: the cache seam (cache-aside with Redis from stage 3: keys, single-flight, breaker);
 //! - [`auth`], [`extract`], [`error`], [`model`]: tokens, input parsing, error bodies, JSON shapes;
 //! - [`slug`]: slugs that end in the article id, so a slug finds its row (and later its shard);
@@ -31,6 +32,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod model;
+pub mod object_cluster;
 pub mod seed;
 pub mod seed_images;
 pub mod settings;

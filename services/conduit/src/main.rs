@@ -97,14 +97,9 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 ..SeedSpec::default()
             };
-            let media = conduit::api::media::store(&settings.media)?;
-            let report = conduit::seed::seed(
-                db.write(),
-                media.as_ref(),
-                &settings.media.public_base_url,
-                spec,
-            )
-            .await?;
+            let media = conduit::api::media::store(&settings.media, 0)?;
+            let report =
+                conduit::seed::seed(db.write(), media.as_ref(), &settings.media, spec).await?;
             if !report.already_seeded {
                 // The rows were written straight into the database: nothing cached is current.
                 let cache = conduit::cache::Cache::new(&settings.cache, Default::default())?;

@@ -183,9 +183,10 @@ fn sentence(rng: &mut StdRng, words: usize) -> String {
 pub async fn seed(
     pool: &PgPool,
     media: &dyn ObjectStore,
-    public_base_url: &str,
+    media_settings: &crate::settings::MediaSettings,
     spec: SeedSpec,
 ) -> anyhow::Result<SeedReport> {
+    let public_base_url = &media_settings.public_base_url;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE username = 'user1')")
             .fetch_one(pool)
@@ -392,9 +393,10 @@ pub async fn seed(
         sizes.push(png.len() as i64);
         owners.push(user_ids[i % user_ids.len()]);
         media
-            .put(
+            .put_opts(
                 &object_path(&file_name(*id, "image/png")),
                 PutPayload::from(png),
+                crate::api::media::put_options(media_settings, "image/png"),
             )
             .await
             .context("storing a seeded image")?;

@@ -221,6 +221,46 @@ pub enum MediaStoreKind {
     Local,
     /// A WebDAV file server at `url` (stage 2: nginx on the file host).
     Http,
+    /// An S3 object store cluster, any of whose nodes answers for all (stage 7: Garage).
+    S3,
+}
+
+/// The S3 object store (`media.store = "s3"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// Every node's S3 URL. Each app host starts with its own node (spreading the load) and
+    /// moves to the next when one fails: any node answers for the whole cluster.
+    pub endpoints: Vec<String>,
+    /// The bucket media live in.
+    pub bucket: String,
+    /// The region requests are signed for (the store names it).
+    pub region: String,
+    /// The app's key id.
+    pub access_key_id: String,
+    /// The app's secret key.
+    pub secret_access_key: Secret,
+    /// Longest wait for a connection to a node. Loopback and a LAN connect in well under a
+    /// millisecond; 250 ms moves on from a node that cannot accept, as the gateway does.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a node's whole answer. An upload is at most `max_bytes` (5 MiB), which a
+    /// node stores in tens of milliseconds; 5 s, the app's own request bound, only trips on a
+    /// node that hangs (two nodes down: it waits for a quorum it cannot get).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            bucket: "media".into(),
+            region: "garage".into(),
+            access_key_id: String::new(),
+            secret_access_key: Secret::from(""),
+            connect_timeout_ms: 250,
+            request_timeout_ms: 5_000,
+        }
+    }
 }
 
 /// Media uploads.
@@ -242,6 +282,8 @@ pub struct MediaSettings {
     /// Prefix of the `url` returned for an upload. Empty: a path on this app (`/media/<id>.<ext>`);
     /// stage 2 sets the file host's URL, so clients fetch images from it directly.
     pub public_base_url: String,
+    /// The object store, when `store = "s3"`.
+    pub s3: S3Settings,
 }
 
 impl Default for MediaSettings {
@@ -253,6 +295,7 @@ impl Default for MediaSettings {
             write_key: Secret::from(""),
             max_bytes: 5 * 1024 * 1024,
             public_base_url: String::new(),
+            s3: S3Settings::default(),
         }
     }
 }

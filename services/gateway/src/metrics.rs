@@ -155,9 +155,12 @@ impl Metrics {
         inc(&self.marked_down, upstream, reason);
     }
 
-    /// The text exposition, with the per-upstream gauges read from `pool` now.
-    pub fn render(&self, pool: &Pool) -> String {
-        for u in pool.upstreams() {
+    /// The text exposition, with the per-upstream gauges read from `pools` now.
+    pub fn render(&self, pools: &[&Pool]) -> String {
+        for (pool, u) in pools
+            .iter()
+            .flat_map(|pool| pool.upstreams().iter().map(move |u| (pool, u)))
+        {
             let labels = UpstreamLabels {
                 upstream: u.name.clone(),
             };

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! request_filter     the client's idle timeout, the request id, admin routes, the in-flight
-//!                    bound, the body-size bound
+//!                    bound, the body-size bound; `GET /media/…` to the media pool, if any
 //! upstream_peer      choose a host (round robin or least loaded), skipping hosts already tried
+//! upstream_request   the request id; for the media pool, the bucket's `Host`
 //! fail_to_connect    nothing was sent: mark the host down, try another (once)
 //! error_while_proxy  the request may have reached the host: retry only GET/HEAD after a reset
 //! upstream_response  a 5xx marks the host down (passive health), unless the app says its cause
@@ -42,10 +43,18 @@ const UPSTREAM: &str = "x-upstream";
 /// database is down): no reason to skip this host. The app's name for it is the same.
 const FAULT_SCOPE: &str = "x-fault-scope";
 
+/// Where media are read from when the gateway has a media pool.
+const MEDIA_PREFIX: &str = "/media/";
+/// A media file's caching when its store sends none: the app's own for media (`conduit::edge::
+/// IMMUTABLE`), since a media name (its id) is never reused.
+const MEDIA_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+
 /// The gateway's proxy logic.
 pub struct Gateway {
     /// The app hosts.
     pub pool: Arc<Pool>,
+    /// The object store's web endpoints (stage 7 on): media reads go there.
+    pub media: Option<Arc<Pool>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Bounds and switches.
@@ -62,6 +71,8 @@ pub struct RequestCtx {
     current: Option<InFlight>,
     /// Holds one of the gateway's `max_in_flight` places.
     _admitted: Option<Place>,
+    /// Sent to the media pool rather than the app hosts.
+    to_media: bool,
     started: Instant,
 }
 
@@ -70,8 +81,23 @@ impl Gateway {
     pub fn new(pool: Arc<Pool>, metrics: Arc<Metrics>, settings: Arc<GatewaySettings>) -> Self {
         Self {
             pool,
+            media: None,
             metrics,
             settings,
+        }
+    }
+
+    /// The same gateway with a media pool: `GET`/`HEAD /media/…` go to it.
+    pub fn with_media(mut self, media: Option<Arc<Pool>>) -> Self {
+        self.media = media;
+        self
+    }
+
+    /// The pool this request goes to.
+    fn pool_of(&self, ctx: &RequestCtx) -> &Pool {
+        match (&self.media, ctx.to_media) {
+            (Some(media), true) => media,
+            _ => &self.pool,
         }
     }
 
@@ -129,6 +155,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::with_capacity(MAX_ATTEMPTS),
             current: None,
             _admitted: None,
+            to_media: false,
             started: Instant::now(),
         }
     }
@@ -142,7 +169,10 @@ impl ProxyHttp for Gateway {
         ctx.request_id = request_id(session.req_header());
         match session.req_header().uri.path() {
             "/gateway/metrics" => {
-                let text = self.metrics.render(&self.pool);
+                let pools: Vec<&Pool> = std::iter::once(&*self.pool)
+                    .chain(self.media.as_deref())
+                    .collect();
+                let text = self.metrics.render(&pools);
                 respond(session, 200, text, "text/plain; version=0.0.4").await?;
                 return Ok(true);
             }
@@ -173,6 +203,10 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         ctx._admitted = admitted;
+        let header = session.req_header();
+        ctx.to_media = self.media.is_some()
+            && matches!(header.method, Method::GET | Method::HEAD)
+            && header.uri.path().starts_with(MEDIA_PREFIX);
         let length = session
             .req_header()
             .headers
@@ -199,9 +233,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         // On a retry the previous host's guard is replaced (and its count goes down).
         let chosen = self
-            .pool
+            .pool_of(ctx)
             .choose(&ctx.tried)
-            .ok_or_else(|| Error::explain(HTTPStatus(503), "no app host available"))?;
+            .ok_or_else(|| Error::explain(HTTPStatus(503), "no host available"))?;
         let addr = chosen.upstream().addr;
         ctx.tried.push(addr);
         ctx.current = Some(chosen);
@@ -220,6 +254,13 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.to_media {
+            // The store's web endpoint finds the bucket by the host name; the client's
+            // credentials are none of its business (media are public).
+            upstream_request.insert_header("host", self.settings.media.host.as_str())?;
+            upstream_request.remove_header("authorization");
+            upstream_request.remove_header("cookie");
+        }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.clone())
     }
 
@@ -237,7 +278,7 @@ impl ProxyHttp for Gateway {
             .is_some_and(|v| v.as_bytes() == b"shared");
         if upstream_response.status.is_server_error() && !shared {
             if let Some(current) = &ctx.current {
-                self.pool.mark_down(current.upstream());
+                self.pool_of(ctx).mark_down(current.upstream());
                 self.metrics.marked_down(&current.upstream().name, "5xx");
             }
         }
@@ -251,6 +292,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        if ctx.to_media {
+            // As the app's own media route answers: never sniffed into another type; and a
+            // media name is never reused, so a year of caching if the store said nothing.
+            response.insert_header("x-content-type-options", "nosniff")?;
+            if response.status.is_success() && response.headers.get("cache-control").is_none() {
+                response.insert_header("cache-control", MEDIA_CACHE_CONTROL)?;
+            }
+        }
         if let Some(current) = &ctx.current {
             response.insert_header(UPSTREAM, current.upstream().header_value.clone())?;
         }
@@ -268,7 +317,7 @@ impl ProxyHttp for Gateway {
         let again = ctx.tried.len() < MAX_ATTEMPTS;
         if let Some(current) = &ctx.current {
             let upstream = current.upstream();
-            self.pool.mark_down(upstream);
+            self.pool_of(ctx).mark_down(upstream);
             self.metrics.marked_down(&upstream.name, "connect");
             if again {
                 self.metrics.retry(&upstream.name, "connect");
@@ -309,12 +358,17 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let (none, failed) = if ctx.to_media {
+            ("no object-store node available", "object-store node failed")
+        } else {
+            ("no app host available", "app host failed")
+        };
         let (code, message) = match e.etype() {
-            HTTPStatus(code) => (*code, "no app host available"),
+            HTTPStatus(code) => (*code, none),
             _ => match e.esource() {
-                ErrorSource::Upstream => (502, "app host failed"),
+                ErrorSource::Upstream => (502, failed),
                 ErrorSource::Downstream => (0, ""),
                 _ => (500, "gateway error"),
             },

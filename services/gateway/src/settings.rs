@@ -52,6 +52,23 @@ impl Default for HealthSettings {
     }
 }
 
+/// The media pool (stage 7 on): `GET /media/…` goes to the object store's web endpoints instead
+/// of the app hosts, balanced and health-checked the same way. The app stores media there and
+/// names them `/media/<id>.<ext>`; the store serves them to anyone, so this pool takes reads only.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Every object-store node's web endpoint, `address:port`. Empty: no media pool, and
+    /// `/media/…` goes to the app hosts like everything else (stages 1 to 6).
+    pub upstreams: Vec<String>,
+    /// The `Host` the store's web endpoint knows the media bucket by (Garage: the bucket's name
+    /// and its web root domain).
+    pub host: String,
+    /// The port of each node's health route (Garage's admin API: `GET /health`, 200 once the
+    /// node sees a quorum). Its web port has no health route of its own.
+    pub health_port: u16,
+}
+
 /// Everything the gateway needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,6 +79,8 @@ pub struct GatewaySettings {
     pub upstreams: Vec<String>,
     /// `round_robin` or `least_loaded`.
     pub selection: Selection,
+    /// The media pool, if any.
+    pub media: MediaSettings,
     /// Active health checks.
     pub health: HealthSettings,
     /// After a connect failure or a 5xx, the host is skipped for this long without waiting for
@@ -111,6 +130,7 @@ impl Default for GatewaySettings {
             listen: "127.0.0.1:8080".into(),
             upstreams: Vec::new(),
             selection: Selection::RoundRobin,
+            media: MediaSettings::default(),
             health: HealthSettings::default(),
             passive_down_ms: 2_000,
             connect_timeout_ms: 250,

@@ -25,6 +25,11 @@ pub struct GatewayServer {
     pub address: String,
     /// `address:port` of every app host.
     pub upstreams: Vec<String>,
+    /// `address:port` of every object-store node's web endpoint (stage 7 on): `GET /media/…`
+    /// goes to them instead of the app hosts. Empty: media are not the gateway's business.
+    pub media_upstreams: Vec<String>,
+    /// The `Host` the object store's web endpoint knows the media bucket by.
+    pub media_host: String,
     /// The `gateway` binary.
     pub bin: PathBuf,
     /// The CPU group (host budget) it runs in, if budgets are enforced.
@@ -59,14 +64,11 @@ impl GatewayServer {
             return Ok(record);
         }
         fs::create_dir_all(&self.dir)?;
-        let upstreams = format!(
-            "[{}]",
-            self.upstreams
-                .iter()
-                .map(|u| format!("\"{u}\""))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let list = |addresses: &[String]| {
+            let quoted: Vec<String> = addresses.iter().map(|u| format!("\"{u}\"")).collect();
+            format!("[{}]", quoted.join(","))
+        };
+        let upstreams = list(&self.upstreams);
         let mut env = vec![
             (
                 "GATEWAY_LISTEN".to_owned(),
@@ -78,6 +80,19 @@ impl GatewayServer {
                 DRAIN_SECS.to_string(),
             ),
         ];
+        if !self.media_upstreams.is_empty() {
+            env.extend([
+                (
+                    "GATEWAY_MEDIA__UPSTREAMS".to_owned(),
+                    list(&self.media_upstreams),
+                ),
+                ("GATEWAY_MEDIA__HOST".to_owned(), self.media_host.clone()),
+                (
+                    "GATEWAY_MEDIA__HEALTH_PORT".to_owned(),
+                    crate::objects::ADMIN_PORT.to_string(),
+                ),
+            ]);
+        }
         if let Some(selection) = &self.selection {
             env.push(("GATEWAY_SELECTION".to_owned(), selection.clone()));
         }

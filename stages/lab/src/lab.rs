@@ -29,12 +29,13 @@ use crate::{
     files::FileServer,
     gateway::GatewayServer,
     monitor::MonitorServer,
+    objects::{ObjectCluster, ObjectNode, ObjectSecrets},
     postgres::PostgresServer,
     process::PidRecord,
     replica::ReplicaServer,
     server::{AppServer, Database, Server},
     stage::{Host, Layout, Role, Stage, APP_PORT, DATABASE_PORT},
-    topology::{self, EdgesEndpoint, Endpoints, FilesEndpoint},
+    topology::{self, EdgesEndpoint, Endpoints, FilesEndpoint, ObjectStoreEndpoint},
 };
 
 /// How long the lab waits for the gateway to take a draining app host out of rotation, or to take
@@ -217,6 +218,39 @@ impl Lab {
         }
     }
 
+    /// The object-store node on `host` (stage 7 on).
+    pub fn object_node(&self, stage: &Stage, host: &Host) -> anyhow::Result<ObjectNode> {
+        Ok(ObjectNode {
+            dir: self.stage_dir(stage).join(&host.name).join("garage"),
+            address: host.address.clone(),
+            secrets: self.object_secrets()?,
+            cpu_group: self.cpu_group_path(host),
+        })
+    }
+
+    /// The stage's object-store nodes as one cluster.
+    pub fn object_cluster(&self, stage: &Stage) -> anyhow::Result<ObjectCluster> {
+        Ok(ObjectCluster {
+            nodes: stage
+                .object_store_hosts()
+                .iter()
+                .map(|host| self.object_node(stage, host))
+                .collect::<anyhow::Result<_>>()?,
+            formed_marker: self.stage_dir(stage).join("object-store-formed"),
+        })
+    }
+
+    /// The object store's secrets, made from the lab's own secret files (one each, 0600, kept in
+    /// the state folder), in the formats Garage asks for.
+    fn object_secrets(&self) -> anyhow::Result<ObjectSecrets> {
+        Ok(ObjectSecrets {
+            rpc_secret: self.secret_named("garage-rpc-secret")?,
+            admin_token: self.secret_named("garage-admin-token")?,
+            access_key_id: format!("GK{}", &self.secret_named("garage-key-id")?[..24]),
+            secret_access_key: self.secret_named("garage-key-secret")?,
+        })
+    }
+
     fn cache_server(&self, stage: &Stage, host: &Host) -> CacheServer {
         let mut server = CacheServer::new(
             self.stage_dir(stage).join(&host.name).join("redis"),
@@ -236,6 +270,16 @@ impl Lab {
                 .iter()
                 .map(|h| format!("{}:{APP_PORT}", h.address))
                 .collect(),
+            media_upstreams: stage
+                .object_store_hosts()
+                .iter()
+                .map(|h| format!("{}:{}", h.address, crate::objects::WEB_PORT))
+                .collect(),
+            media_host: format!(
+                "{}{}",
+                crate::objects::BUCKET,
+                crate::objects::WEB_ROOT_DOMAIN
+            ),
             bin: self.conduit_bin.with_file_name("gateway"),
             cpu_group: self.cpu_group_path(host),
             selection: stage.gateway_selection.clone(),
@@ -354,6 +398,7 @@ impl Lab {
             Role::Gateway => Box::new(self.gateway_server(stage, host)),
             Role::Edge => Box::new(self.edge_server(stage, host)),
             Role::App => Box::new(self.app_server(stage, host)?),
+            Role::ObjectStore => Box::new(self.object_node(stage, host)?),
         })
     }
 
@@ -377,6 +422,18 @@ impl Lab {
                     .collect(),
                 purge_key: self.purge_key(),
             }),
+            object_store: if stage.object_store_hosts().is_empty() {
+                None
+            } else {
+                let cluster = self.object_cluster(stage)?;
+                let secrets = self.object_secrets()?;
+                Some(ObjectStoreEndpoint {
+                    s3_urls: cluster.nodes.iter().map(ObjectNode::s3_url).collect(),
+                    access_key_id: secrets.access_key_id,
+                    secret_access_key: secrets.secret_access_key,
+                    public_base_url: stage.endpoint(),
+                })
+            },
             files: stage.files_host().map(|host| {
                 let files = self.file_server(stage, host);
                 FilesEndpoint {
@@ -479,6 +536,13 @@ impl Lab {
                     .start()
                     .await
                     .with_context(|| format!("starting {} on {}", server.what(), host.name))?;
+            }
+            if role == Role::ObjectStore && !stage.object_store_hosts().is_empty() {
+                progress("object store: forming the cluster (layout, bucket, key)");
+                self.object_cluster(stage)?
+                    .form()
+                    .await
+                    .context("forming the object store cluster")?;
             }
         }
         Ok(())
@@ -693,7 +757,12 @@ impl Lab {
 
     /// The JWT key shared by the lab's app hosts: made once, kept in the state folder (0600).
     fn secret(&self) -> anyhow::Result<String> {
-        let path = self.state_dir.join("secret");
+        self.secret_named("secret")
+    }
+
+    /// A secret of 64 random hex digits, made once and kept in the state folder as `name` (0600).
+    fn secret_named(&self, name: &str) -> anyhow::Result<String> {
+        let path = self.state_dir.join(name);
         if let Ok(secret) = fs::read_to_string(&path) {
             return Ok(secret.trim().to_owned());
         }

@@ -13,6 +13,7 @@
 //! - [`files`]: the file host (nginx with WebDAV) of stage 2;
 //! - [`cache`]: the cache host (Redis) of stage 3 on (also [`cache::TestRedis`] for tests);
 //! - [`gateway`]: the gateway host (archlab's pingora load balancer) of stage 4 on;
+//! - [`objects`]: the object store cluster (Garage nodes) of stage 7 on;
 //! - [`monitor`]: the monitoring host of `up --monitor` (Prometheus, exporters, live dashboard);
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
@@ -29,6 +30,7 @@ pub mod files;
 pub mod gateway;
 pub mod lab;
 pub mod monitor;
+pub mod objects;
 pub mod postgres;
 pub mod process;
 pub mod replica;

@@ -15,6 +15,7 @@ use crate::{
     files::{FileServer, FILES_PORT},
     gateway::GatewayServer,
     lab::APP_DATABASE,
+    objects::{ObjectNode, S3_PORT},
     postgres::PostgresServer,
     process::{self, PidRecord},
     replica::ReplicaServer,
@@ -159,6 +160,30 @@ impl Server for CacheServer {
     }
     fn stop(&self) -> anyhow::Result<()> {
         CacheServer::stop(self)
+    }
+}
+
+impl Server for ObjectNode {
+    fn what(&self) -> &'static str {
+        "an object-store node"
+    }
+    fn port(&self) -> u16 {
+        S3_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.log_path()
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.pid_path()
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { ObjectNode::start(self).await.map(|_| ()) })
+    }
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.healthy())
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        ObjectNode::stop(self)
     }
 }
 

@@ -48,6 +48,24 @@ pub struct Endpoints {
     pub files: Option<FilesEndpoint>,
     /// The edge PoPs, if the stage has them (stage 6 on).
     pub edges: Option<EdgesEndpoint>,
+    /// The object store cluster, if the stage has one (stage 7 on): media go there, not to a
+    /// file host.
+    pub object_store: Option<ObjectStoreEndpoint>,
+}
+
+/// The object store as the app sees it: every node's S3 API and the app's key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStoreEndpoint {
+    /// Every node's S3 URL: any node answers for the whole cluster, so the app tries the next
+    /// when one does not answer.
+    pub s3_urls: Vec<String>,
+    /// The app's key id.
+    pub access_key_id: String,
+    /// The app's secret.
+    pub secret_access_key: String,
+    /// Where clients read media: the stage's entry point, whose gateway sends `/media/…` to the
+    /// object store's web endpoint.
+    pub public_base_url: String,
 }
 
 /// The edge PoPs as the app sees them: where to send purges, and the key.
@@ -94,6 +112,26 @@ pub fn app_env(
             var("APP_MEDIA__URL", files.url.clone()),
             var("APP_MEDIA__PUBLIC_BASE_URL", files.url.clone()),
             var("APP_MEDIA__WRITE_KEY", files.write_key.clone()),
+        ]);
+    }
+    // With an object store, media go to its S3 API, and clients read them through the stage's
+    // entry point (the edge, then the gateway's media pool).
+    if let Some(store) = &endpoints.object_store {
+        let quoted: Vec<String> = store.s3_urls.iter().map(|url| format!("{url:?}")).collect();
+        env.extend([
+            var("APP_MEDIA__STORE", "s3".into()),
+            var(
+                "APP_MEDIA__S3__ENDPOINTS",
+                format!("[{}]", quoted.join(", ")),
+            ),
+            var("APP_MEDIA__S3__BUCKET", crate::objects::BUCKET.into()),
+            var("APP_MEDIA__S3__REGION", crate::objects::REGION.into()),
+            var("APP_MEDIA__S3__ACCESS_KEY_ID", store.access_key_id.clone()),
+            var(
+                "APP_MEDIA__S3__SECRET_ACCESS_KEY",
+                store.secret_access_key.clone(),
+            ),
+            var("APP_MEDIA__PUBLIC_BASE_URL", store.public_base_url.clone()),
         ]);
     }
     // With a cache host, the app reads through it (cache-aside).
@@ -184,6 +222,7 @@ mod tests {
                 write_key: "files-k".into(),
             }),
             edges: None,
+            object_store: None,
         }
     }
 

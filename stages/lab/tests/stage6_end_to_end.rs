@@ -82,26 +82,6 @@ async fn list_refreshed(http: &reqwest::Client, url: &str, title: &str) -> Answe
     }
 }
 
-/// The PID of the service with `role` on the host named `host`, from `status --json`.
-fn pid_of(lab: &TestLab, host: &str) -> i32 {
-    let status = lab.status();
-    status["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["host"] == host)
-        .and_then(|s| s["pid"].as_i64())
-        .unwrap_or_else(|| panic!("no pid for {host}: {status}")) as i32
-}
-
-fn kill(pid: i32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_edges_share_only_anonymous_answers_and_every_write_is_visible_at_both_pops() {
     let net = common::net(130, 20);
@@ -239,7 +219,7 @@ async fn the_edges_share_only_anonymous_answers_and_every_write_is_visible_at_bo
     // hold is a clear 502; with the gateway back, everything is answered again.
     let held = get(&http, &article(&near, &new_slug), None).await;
     assert_eq!(held.status, 200);
-    kill(pid_of(&lab, "gateway"));
+    lab.kill_host("gateway");
     let during = get(&http, &article(&near, &new_slug), None).await;
     assert_eq!(during.status, 200, "a held answer survives the origin");
     assert_eq!(during.body, held.body);
@@ -259,7 +239,7 @@ async fn the_edges_share_only_anonymous_answers_and_every_write_is_visible_at_bo
     );
 
     // A PoP down: the other still answers (clients switch PoPs; see the harness).
-    kill(pid_of(&lab, "edge-near"));
+    lab.kill_host("edge-near");
     assert!(http.get(article(&near, &new_slug)).send().await.is_err());
     assert_eq!(
         get(&http, &article(&far, &new_slug), None).await.status,

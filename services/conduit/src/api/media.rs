@@ -17,7 +17,7 @@ use axum::{
     Json, Router,
 };
 use bytes::Bytes;
-use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use object_store::{path::Path as StorePath, Attribute, ObjectStore, PutOptions, PutPayload};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -147,9 +147,10 @@ async fn upload(
     // object is orphaned; a real system would sweep objects that have no row.
     state
         .media
-        .put(
+        .put_opts(
             &object_path(&file_name(id, content_type)),
             PutPayload::from_bytes(bytes),
+            put_options(&state.settings.media, content_type),
         )
         .await?;
     sqlx::query(
@@ -239,10 +240,13 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Builds the media store the settings name: the local disk (stage 1) or a WebDAV file server
-/// over HTTP (stage 2: nginx on the file host). Later stages add S3 here, and only here.
+/// Builds the media store the settings name: the local disk (stage 1), a WebDAV file server
+/// over HTTP (stage 2: nginx on the file host) or an S3 object store cluster (stage 7: Garage).
+/// This is the one switch between them. `first_node`: where an app host starts in a cluster of
+/// nodes (each host its own, so they spread; see [`crate::object_cluster`]).
 pub fn store(
     settings: &crate::settings::MediaSettings,
+    first_node: usize,
 ) -> anyhow::Result<std::sync::Arc<dyn ObjectStore>> {
     use anyhow::Context;
     match settings.store {
@@ -256,7 +260,26 @@ pub fn store(
                 .with_context(|| format!("opening the file server at {:?}", settings.url))?;
             Ok(std::sync::Arc::new(store))
         }
+        crate::settings::MediaStoreKind::S3 => {
+            crate::object_cluster::s3_cluster(&settings.s3, first_node)
+        }
     }
+}
+
+/// What a store is told about an object besides its bytes. The file host and the local disk
+/// take none (nginx types a file by its name); an S3 store keeps these and its web endpoint sends
+/// them back, so clients reading media from it get the same headers as from the app.
+pub fn put_options(settings: &crate::settings::MediaSettings, content_type: &str) -> PutOptions {
+    let mut options = PutOptions::default();
+    if settings.store == crate::settings::MediaStoreKind::S3 {
+        options
+            .attributes
+            .insert(Attribute::ContentType, content_type.to_owned().into());
+        options
+            .attributes
+            .insert(Attribute::CacheControl, crate::edge::IMMUTABLE.into());
+    }
+    options
 }
 
 /// HTTP client options for the file server: plain HTTP on loopback (a real deployment would use

@@ -129,6 +129,24 @@ impl TestLab {
         assert!(ok, "{out}");
         serde_json::from_str(&out).unwrap()
     }
+
+    /// Kills (SIGKILL, no goodbye) the service on the host named `host`, found by its PID in
+    /// `status --json`: a machine that loses power.
+    pub fn kill_host(&self, host: &str) {
+        let status = self.status();
+        let pid = status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["host"] == host)
+            .and_then(|s| s["pid"].as_i64())
+            .unwrap_or_else(|| panic!("no pid for {host}: {status}"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
 }
 
 impl Drop for TestLab {
