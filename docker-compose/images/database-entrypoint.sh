@@ -79,4 +79,5 @@ exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDAT
     -c listen_addresses='*' \
     -c shared_preload_libraries=pg_stat_statements \
     -c pg_stat_statements.track=top \
+    -c max_prepared_transactions=64 \
     "$@"

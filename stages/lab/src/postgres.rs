@@ -36,9 +36,19 @@ const STOP_PATIENCE: Duration = Duration::from_secs(30);
 /// inside functions they call (`next_id()`), so each row's time is the whole of one app
 /// statement and the shares add up. Loading it needs a server start; the view itself needs
 /// `CREATE EXTENSION`, which [`PostgresServer::ensure_database`] does.
-const BASE_SETTINGS: [(&str, &str); 2] = [
+///
+/// `max_prepared_transactions` allows stage 7's two-phase commit (PostgreSQL's default, 0,
+/// refuses `PREPARE TRANSACTION`). A branch is prepared for the few milliseconds between its
+/// PREPARE and its COMMIT PREPARED, one per app connection at most, and stays prepared longer
+/// only when its coordinator died: 64 is past the app's connections to one shard (8 per app
+/// process, two or three processes) with room for orphans awaiting recovery; the 65th gets a
+/// clear error and its transaction is rolled back. Each slot costs some shared memory (it widens
+/// the lock table), which is why the default is 0. Every server gets it, because a replica must
+/// allow at least as many as its primary.
+const BASE_SETTINGS: [(&str, &str); 3] = [
     ("shared_preload_libraries", "pg_stat_statements"),
     ("pg_stat_statements.track", "top"),
+    ("max_prepared_transactions", "64"),
 ];
 
 /// Where the PostgreSQL server binaries are.

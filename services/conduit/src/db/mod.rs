@@ -11,11 +11,13 @@
 //!
 //! - [`lsn`]: WAL positions, the clock replication runs on;
 //! - [`replicas`]: polling the replicas' lag, rotation, and choosing one;
-//! - [`session`]: read-your-writes and monotonic reads per user, across app hosts.
+//! - [`session`]: read-your-writes and monotonic reads per user, across app hosts;
+//! - [`two_phase`]: one write across shards, committed on all or none (stage 7).
 
 pub mod lsn;
 pub mod replicas;
 pub mod session;
+pub mod two_phase;
 
 use std::{sync::Arc, time::Duration};
 
