@@ -22,7 +22,7 @@ use crate::{
     api,
     auth::Auth,
     cache::Cache,
-    db::Database,
+    db::{Database, Shards},
     error::ApiError,
     metrics::{self, Metrics},
     settings::Settings,
@@ -50,6 +50,15 @@ impl Application {
         let db = Database::connect_lazy(&settings.database, &settings.cache, metrics.db.clone())?;
         db.migrate().await?;
         db.start_polling();
+        let mut dbs = vec![db.clone()];
+        for url in &settings.database.shards {
+            let shard = Database::shard(url.expose(), &settings.database, metrics.db.clone())?;
+            shard.migrate().await?;
+            dbs.push(shard);
+        }
+        let shards = Arc::new(Shards::new(dbs));
+        shards.prepare().await?;
+        shards.start_recovery();
         // Each app host starts at its own object-store node: the last byte of its address.
         let first_node = match settings.server.listen.ip() {
             std::net::IpAddr::V4(ip) => usize::from(ip.octets()[3]),
@@ -63,6 +72,7 @@ impl Application {
             .with_edges(edges);
         let state = AppState {
             db,
+            shards,
             auth: Arc::new(Auth::new(&settings.auth)),
             media,
             cache: Arc::new(cache),

@@ -44,8 +44,12 @@ pub use settings::Settings;
 /// What every handler can reach. Cheap to clone: everything is shared.
 #[derive(Clone)]
 pub struct AppState {
-    /// Which pool a query goes to.
+    /// Which pool a query goes to: shard 0's (the only database before stage 7), whose replicas
+    /// the read routing and the cache know about.
     pub db: db::Database,
+    /// Every shard, shard 0 (`db`) first, and the map from ids to them: which database holds a
+    /// given user's or article's rows. One shard before stage 7.
+    pub shards: Arc<db::Shards>,
     /// Tokens and password hashes.
     pub auth: Arc<auth::Auth>,
     /// The read cache in front of the database (the cache seam; off before stage 3).

@@ -114,6 +114,9 @@ pub struct DatabaseSettings {
     /// `postgres://` URLs of streaming replicas that take reads (stage 5 on). Empty: every read
     /// goes to the primary at `url`.
     pub replicas: Vec<Secret>,
+    /// Stage 7: `postgres://` URLs of the primaries of shards 1, 2, ...; `url` is shard 0, which
+    /// also holds the user directory. Empty: one database (see `db::shards`).
+    pub shards: Vec<Secret>,
     /// Connections per app process to each replica, as `max_connections` is to the primary (the
     /// lab sizes both from the hosts' budgets).
     pub replica_max_connections: u32,
@@ -175,6 +178,7 @@ impl Default for DatabaseSettings {
             acquire_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,
             replicas: Vec::new(),
+            shards: Vec::new(),
             replica_max_connections: 8,
             replica_poll_ms: 50,
             replica_poll_timeout_ms: 250,

@@ -23,12 +23,13 @@ use sqlx::{postgres::PgRow, PgExecutor, PgPool, Row};
 
 use super::{
     counts::ListCounts,
+    scatter::{merge_newest, ListKey},
     shared::{self, ViewerFlags},
 };
 use crate::{
     auth::{AuthUser, MaybeAuthUser},
     cache::{keys, CacheStatus, Key},
-    db::Reader,
+    db::{bucket_of, Reader},
     error::{ApiError, ApiResult},
     extract::{ApiJson, ApiPath, ApiQuery},
     model::{
@@ -138,8 +139,9 @@ async fn load_article<'e>(
     Ok(row.map(|r| article_from_row(&r, true)).transpose()?)
 }
 
-/// The id in `slug`, or 404. Only slugs we issued parse, so anything else is not found.
-fn article_id(slug: &str) -> ApiResult<i64> {
+/// The id in `slug`, or 404. Only slugs we issued parse, so anything else is not found. The id
+/// also names the article's shard (stage 7): `state.shards.of(id)`.
+pub(crate) fn article_id(slug: &str) -> ApiResult<i64> {
     id_from_slug(slug).ok_or(ApiError::NotFound("article"))
 }
 
@@ -177,17 +179,22 @@ fn page(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
 }
 
 /// A value bound to a list filter's placeholder.
+#[derive(Clone, Copy)]
 enum Bind<'a> {
     Text(&'a str),
+    Ids(&'a [i64]),
 }
 
 /// Which articles a list shows. Every condition is a constant SQL fragment; only the values are
 /// bound as parameters.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct ListFilter<'a> {
     tag: Option<&'a str>,
     author: Option<&'a str>,
     favorited_by: Option<&'a str>,
+    /// Stage 7, in place of `favorited_by`: the ids the reader favorited, read on their shard
+    /// first (their favorites live there, the articles on their authors' shards).
+    favorited_ids: Option<&'a [i64]>,
 }
 
 /// Where a list's ids come from: the rows walked, the article id among them, and the order that
@@ -195,6 +202,8 @@ struct ListFilter<'a> {
 struct Source {
     from: &'static str,
     id: &'static str,
+    /// The article's creation time among the rows walked: the list's sort key with the id.
+    created: &'static str,
     order: &'static str,
 }
 
@@ -205,23 +214,52 @@ impl<'a> ListFilter<'a> {
     /// `articles_author_recent_idx`).
     fn source(&self) -> Source {
         let tag_order = "t.created_at DESC, t.article_id DESC";
+        let needs_article =
+            self.author.is_some() || self.favorited_by.is_some() || self.favorited_ids.is_some();
         match self.tag {
-            Some(_) if self.author.is_none() && self.favorited_by.is_none() => Source {
+            Some(_) if !needs_article => Source {
                 from: "article_tags t",
                 id: "t.article_id",
+                created: "t.created_at",
                 order: tag_order,
             },
             Some(_) => Source {
                 from: "article_tags t JOIN articles a ON a.id = t.article_id",
                 id: "t.article_id",
+                created: "t.created_at",
                 order: tag_order,
             },
             None => Source {
                 from: "articles a",
                 id: "a.id",
+                created: "a.created_at",
                 order: "a.created_at DESC, a.id DESC",
             },
         }
+    }
+
+    /// Whether the count is kept as data (the global list, a tag's list), not counted.
+    fn count_is_kept(&self) -> bool {
+        self.author.is_none() && self.favorited_by.is_none() && self.favorited_ids.is_none()
+    }
+
+    /// Like [`ListFilter::page_ids`], with each id's creation time: one shard's share of a page
+    /// in stage 7, merged by `scatter::merge_newest`.
+    fn page_keys(&self, first: usize) -> (String, Vec<Bind<'a>>) {
+        let (conditions, binds) = self.conditions(first);
+        let Source {
+            from,
+            id,
+            created,
+            order,
+        } = self.source();
+        let n = first + binds.len();
+        let sql = format!(
+            "SELECT {id}, {created} FROM {from} WHERE true {conditions} ORDER BY {order} \
+             LIMIT ${n} OFFSET ${}",
+            n + 1
+        );
+        (sql, binds)
     }
 
     /// The ids of one page, newest first, as a query with placeholders numbered from `first`
@@ -230,7 +268,9 @@ impl<'a> ListFilter<'a> {
     /// `offset` ones included; the articles themselves are read for the page's ids alone.
     fn page_ids(&self, first: usize) -> (String, Vec<Bind<'a>>) {
         let (conditions, binds) = self.conditions(first);
-        let Source { from, id, order } = self.source();
+        let Source {
+            from, id, order, ..
+        } = self.source();
         let n = first + binds.len();
         let sql = format!(
             "SELECT {id} FROM {from} WHERE true {conditions} ORDER BY {order} LIMIT ${n} OFFSET ${}",
@@ -257,10 +297,14 @@ impl<'a> ListFilter<'a> {
             next(&mut sql, c, Bind::Text(author));
         }
         if let Some(user) = self.favorited_by {
-            // Crosses shards from stage 7: one user's favorites point at many authors' articles.
+            // Crosses shards from stage 7, where `favorited_ids` takes its place: one user's
+            // favorites point at many authors' articles.
             let c = " AND a.id IN (SELECT f.article_id FROM favorites f
                        WHERE f.user_id = (SELECT id FROM users WHERE username = $?))";
             next(&mut sql, c, Bind::Text(user));
+        }
+        if let Some(ids) = self.favorited_ids {
+            next(&mut sql, " AND a.id = ANY($?)", Bind::Ids(ids));
         }
         (sql, binds)
     }
@@ -273,6 +317,7 @@ fn bind_all<'q>(mut query: PgQuery<'q>, binds: Vec<Bind<'q>>) -> PgQuery<'q> {
     for bind in binds {
         query = match bind {
             Bind::Text(text) => query.bind(text),
+            Bind::Ids(ids) => query.bind(ids),
         };
     }
     query
@@ -315,7 +360,7 @@ async fn list(
 /// other filter (author, `favorited=`, or a tag together with one of them) matches few articles
 /// and is counted from its index.
 async fn count_articles(pool: &PgPool, filter: &ListFilter<'_>) -> ApiResult<i64> {
-    let kept = filter.author.is_none() && filter.favorited_by.is_none();
+    let kept = filter.count_is_kept();
     match filter.tag {
         None if kept => return ListCounts::all(pool).await,
         Some(tag) if kept => return ListCounts::tag(pool, tag).await,
@@ -344,6 +389,7 @@ async fn list_articles(
         tag: q.tag.as_deref(),
         author: q.author.as_deref(),
         favorited_by: q.favorited.as_deref(),
+        favorited_ids: None,
     };
     let viewer = viewer.viewer_id();
     let cached = filter.author.is_none()
@@ -355,8 +401,119 @@ async fn list_articles(
             cached_list(&state, &reader, filter.tag, viewer, limit, offset).await?;
         return Ok((status, Json(body)));
     }
+    if state.shards.sharded() {
+        let (ids, count) = sharded_list_ids(&reader, filter, limit, offset).await?;
+        let (body, _) = page_of(&state, &reader, viewer, &ids, count).await?;
+        return Ok((state.cache.bypass(), Json(body)));
+    }
     let body = list(reader.pool().await?, filter, viewer, limit, offset).await?;
     Ok((state.cache.bypass(), Json(body)))
+}
+
+/// Stage 7: the ids of one page of `filter`'s list and its count, from every shard that may
+/// hold its rows, merged (see [`scatter`]): an author's list from the author's shard alone, a
+/// reader's favorites from the shards holding them, any other list from all.
+async fn sharded_list_ids(
+    reader: &Reader,
+    filter: ListFilter<'_>,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<(Vec<i64>, i64)> {
+    let shards = reader.shards();
+    let mut filter = filter;
+    let mut targets: Vec<u8> = shards.all().map(|(n, _)| n).collect();
+    if let Some(author) = filter.author {
+        match directory_id(reader, author).await? {
+            // The filter's own subquery finds the author on their shard.
+            Some(id) => targets = vec![shards.shard_of(id)],
+            None => return Ok((Vec::new(), 0)),
+        }
+    }
+    let favorites: Vec<i64>;
+    if let Some(user) = filter.favorited_by {
+        let Some(id) = directory_id(reader, user).await? else {
+            return Ok((Vec::new(), 0));
+        };
+        // Bounded by `MAX_FAVORITES_LISTED`: see there.
+        favorites = sqlx::query_scalar(
+            "SELECT article_id FROM favorites WHERE user_id = $1 ORDER BY article_id DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(MAX_FAVORITES_LISTED)
+        .fetch_all(reader.for_id(id).pool().await?)
+        .await?;
+        targets = shared::by_shard(shards, &favorites)
+            .into_iter()
+            .map(|(shard, _)| shard)
+            .collect();
+        filter.favorited_by = None;
+        filter.favorited_ids = Some(&favorites);
+    }
+    let (sql, binds) = filter.page_keys(1);
+    let per_shard = futures::future::try_join_all(targets.into_iter().map(|shard| {
+        let reader = reader.on(shard);
+        let (sql, binds) = (&sql, binds.clone());
+        async move {
+            let pool = reader.pool().await?;
+            let keys: Vec<ListKey> = bind_all(sqlx::query(sql), binds)
+                .bind(offset + limit)
+                .bind(0_i64)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(1)?, row.try_get(0)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            let count = count_articles(pool, &filter).await?;
+            ApiResult::Ok((keys, count))
+        }
+    }))
+    .await?;
+    let count = per_shard.iter().map(|(_, count)| count).sum();
+    let lists = per_shard.into_iter().map(|(keys, _)| keys).collect();
+    // Both are at most MAX_PAGE.
+    let ids = merge_newest(lists, offset as usize, limit as usize);
+    Ok((ids, count))
+}
+
+/// Stage 7: favorites of one reader considered by `favorited=`: their newest this many by
+/// article id (ids grow with time, so roughly the newest articles). A reader's favorites live on
+/// their shard and the articles on their authors', so the list first reads the favorites, then
+/// asks the shards holding them; a reader with more favorites sees a list (and a count) of these
+/// only. On one database the filter is a join and has no such bound.
+pub const MAX_FAVORITES_LISTED: i64 = 10_000;
+
+/// The user id of `username`, from the directory (shard 0).
+async fn directory_id(reader: &Reader, username: &str) -> ApiResult<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
+            .bind(username)
+            .fetch_optional(reader.on(0).pool().await?)
+            .await?,
+    )
+}
+
+/// The page of articles with these ids, in this order, as `viewer` sees them: the shared parts
+/// (from the cache where it holds them) and the viewer's flags.
+async fn page_of(
+    state: &AppState,
+    reader: &Reader,
+    viewer: i64,
+    ids: &[i64],
+    count: i64,
+) -> ApiResult<(ArticlesBody, CacheStatus)> {
+    let (articles, status) = shared::articles_by_id(state, reader, ids).await?;
+    let flags = ViewerFlags::load(reader, viewer, &articles).await?;
+    let articles = articles
+        .into_iter()
+        .map(|a| a.view(&flags, false))
+        .collect();
+    Ok((
+        ArticlesBody {
+            articles,
+            articles_count: count,
+        },
+        status,
+    ))
 }
 
 /// The newest ids of a list and its total count: what `conduit:v1:list:…` holds.
@@ -384,6 +541,10 @@ async fn cached_list(
                 tag,
                 ..ListFilter::default()
             };
+            if reader.shards().sharded() {
+                let (ids, count) = sharded_list_ids(reader, filter, LIST_HEAD, 0).await?;
+                return Ok(Some(ListHead { count, ids }));
+            }
             let (ids_sql, binds) = filter.page_ids(1);
             let ids: Vec<i64> = bind_all(sqlx::query(&ids_sql), binds)
                 .bind(LIST_HEAD)
@@ -408,19 +569,8 @@ async fn cached_list(
         .take(limit as usize)
         .copied()
         .collect();
-    let (articles, articles_status) = shared::articles_by_id(state, reader, &page).await?;
-    let flags = ViewerFlags::load(reader, viewer, &articles).await?;
-    let articles = articles
-        .into_iter()
-        .map(|a| a.view(&flags, false))
-        .collect();
-    Ok((
-        ArticlesBody {
-            articles,
-            articles_count: head.count,
-        },
-        head_status.and(articles_status),
-    ))
+    let (body, articles_status) = page_of(state, reader, viewer, &page, head.count).await?;
+    Ok((body, head_status.and(articles_status)))
 }
 
 #[derive(Deserialize)]
@@ -438,8 +588,62 @@ async fn feed(
 ) -> ApiResult<(CacheStatus, Json<ArticlesBody>)> {
     let (limit, offset) = page(q.limit, q.offset)?;
     // Every reader's feed is different: not cached.
+    if state.shards.sharded() {
+        let (ids, count) = sharded_feed_ids(&reader, user.id, limit, offset).await?;
+        let (body, _) = page_of(&state, &reader, user.id, &ids, count).await?;
+        return Ok((state.cache.bypass(), Json(body)));
+    }
     let body = feed_page(reader.pool().await?, user.id, limit, offset).await?;
     Ok((state.cache.bypass(), Json(body)))
+}
+
+/// Stage 7: the feed's page of ids and its count. The reader's follows are on their shard; each
+/// shard holding followed authors gives its newest `offset + limit` of theirs (the same
+/// per-author walk as [`feed_page`]), and the pages are merged.
+async fn sharded_feed_ids(
+    reader: &Reader,
+    follower: i64,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<(Vec<i64>, i64)> {
+    let followees: Vec<i64> =
+        sqlx::query_scalar("SELECT followee_id FROM follows WHERE follower_id = $1")
+            .bind(follower)
+            .fetch_all(reader.for_id(follower).pool().await?)
+            .await?;
+    let groups = shared::by_shard(reader.shards(), &followees);
+    let per_shard = futures::future::try_join_all(groups.into_iter().map(|(shard, authors)| {
+        let reader = reader.on(shard);
+        async move {
+            let pool = reader.pool().await?;
+            let keys: Vec<ListKey> = sqlx::query_as(
+                "SELECT r.id, r.created_at FROM UNNEST($1::bigint[]) AS f(author)
+                 CROSS JOIN LATERAL (
+                     SELECT p.id, p.created_at FROM articles p WHERE p.author_id = f.author
+                     ORDER BY p.created_at DESC, p.id DESC LIMIT $2
+                 ) r
+                 ORDER BY r.created_at DESC, r.id DESC LIMIT $2",
+            )
+            .bind(&authors)
+            .bind(offset + limit)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|(id, created): (i64, time::OffsetDateTime)| (created, id))
+            .collect();
+            let count: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM articles WHERE author_id = ANY($1)")
+                    .bind(&authors)
+                    .fetch_one(pool)
+                    .await?;
+            ApiResult::Ok((keys, count))
+        }
+    }))
+    .await?;
+    let count = per_shard.iter().map(|(_, count)| count).sum();
+    let lists = per_shard.into_iter().map(|(keys, _)| keys).collect();
+    // Both are at most MAX_PAGE.
+    Ok((merge_newest(lists, offset as usize, limit as usize), count))
 }
 
 /// Articles by the authors `follower` follows, newest first: two statements, both served by
@@ -500,16 +704,17 @@ async fn get_article(
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Response> {
     let viewer = viewer.viewer_id();
-    if !state.cache.enabled() {
+    if !state.cache.enabled() && !state.shards.sharded() {
         // Stages 1 and 2: one statement, the viewer's flags included.
         let article = article_by_slug(reader.pool().await?, &slug, viewer).await?;
         return Ok(Json(ArticleBody { article }).into_response());
     }
-    // Stage 3 on: the shared part from the cache, the viewer's flags from the database.
+    // Stage 3 on: the shared part from the cache, the viewer's flags from the database (stage
+    // 7: the article from its author's shard, the flags from the viewer's).
     let id = article_id(&slug)?;
     let (found, status) = state
         .cache
-        .get_or_load(&Key::article(id), &reader, |pool| async move {
+        .get_or_load(&Key::article(id), &reader.for_id(id), |pool| async move {
             Ok(shared::load_articles(&pool, &[id]).await?.pop())
         })
         .await?;
@@ -599,9 +804,11 @@ async fn create_article(
     let tags = v.tags(new.tag_list.unwrap_or_default());
     v.finish()?;
 
-    let mut tx = state.db.write().begin().await?;
+    // On the author's shard, with the author's bucket in its id (stage 7).
+    let mut tx = state.shards.of(user.id).write().begin().await?;
     // The id first: the slug ends with it.
-    let (id,): (i64,) = sqlx::query_as("SELECT next_id()")
+    let (id,): (i64,) = sqlx::query_as("SELECT next_id_in($1)")
+        .bind(i32::from(bucket_of(user.id)))
         .fetch_one(&mut *tx)
         .await?;
     sqlx::query(
@@ -703,7 +910,7 @@ async fn update_article(
     };
     v.finish()?;
 
-    let mut tx = state.db.write().begin().await?;
+    let mut tx = state.shards.of(article_id(&slug)?).write().begin().await?;
     let Owned {
         id, tags: old_tags, ..
     } = owned_article(&mut tx, &slug, user).await?;
@@ -747,16 +954,35 @@ async fn delete_article(
     user: AuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.db.write().begin().await?;
-    let Owned { id, tags, author } = owned_article(&mut tx, &slug, user).await?;
-    // Its tag rows go with it (`ON DELETE CASCADE`); the counts are ours to change.
-    sqlx::query("DELETE FROM articles WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    ListCounts::articles_changed(&mut tx, -1).await?;
-    ListCounts::retag(&mut tx, &tags, &[]).await?;
-    tx.commit().await?;
+    // The article, its tags and counts on its shard; its favorites wherever its readers live:
+    // on every shard in stage 7, one global transaction (the article's shard decides).
+    let shards = &state.shards;
+    let home = shards.shard_of(article_id(&slug)?);
+    let participants: Vec<u8> = std::iter::once(home)
+        .chain(shards.all().map(|(n, _)| n))
+        .collect();
+    let mut tx = shards.coordinator().begin(&participants).await?;
+    let deleted = async {
+        let owned = owned_article(tx.on(home)?, &slug, user).await?;
+        // Its tag rows and comments go with it (`ON DELETE CASCADE`); the counts are ours to
+        // change, and so are its favorites (their foreign key went with sharding, migration 0004).
+        let on_home = tx.on(home)?;
+        sqlx::query("DELETE FROM articles WHERE id = $1")
+            .bind(owned.id)
+            .execute(&mut *on_home)
+            .await?;
+        ListCounts::articles_changed(on_home, -1).await?;
+        ListCounts::retag(on_home, &owned.tags, &[]).await?;
+        for (shard, _) in shards.all() {
+            sqlx::query("DELETE FROM favorites WHERE article_id = $1")
+                .bind(owned.id)
+                .execute(tx.on(shard)?)
+                .await?;
+        }
+        ApiResult::Ok(owned)
+    }
+    .await;
+    let Owned { id, tags, author } = tx.settle(deleted).await?;
     // A deleted article may take a tag's last use with it.
     state
         .cache
@@ -777,37 +1003,110 @@ pub(crate) async fn existing_article(pool: &PgPool, slug: &str) -> ApiResult<i64
     found.ok_or(ApiError::NotFound("article"))
 }
 
+/// The article `slug` names as `viewer` sees it now, on the primaries: the answer to a favorite
+/// or an unfavorite, which must show it. One statement on one database; in stage 7 the article
+/// from its shard and the flags from the viewer's.
+async fn current_article(state: &AppState, slug: &str, viewer: i64) -> ApiResult<Article> {
+    let shards = &state.shards;
+    if !shards.sharded() {
+        return article_by_slug(state.db.write(), slug, viewer).await;
+    }
+    let id = article_id(slug)?;
+    let found = shared::load_articles(shards.of(id).write(), &[id])
+        .await?
+        .pop();
+    let Some(article) = found.filter(|a| a.slug == slug) else {
+        return Err(ApiError::NotFound("article"));
+    };
+    let flags = ViewerFlags::load_from(
+        shards.of(viewer).write(),
+        viewer,
+        std::slice::from_ref(&article),
+    )
+    .await?;
+    Ok(article.view(&flags, true))
+}
+
+/// A favorite added or removed: the reader's row (on the reader's shard) and the article's count
+/// (on the author's) change together. On one shard, one statement; across shards, a global
+/// transaction (the article's shard decides), so a count never disagrees with its rows.
+async fn change_favorite(state: &AppState, slug: &str, reader: i64, add: bool) -> ApiResult<i64> {
+    let shards = &state.shards;
+    let id = article_id(slug)?;
+    let (home, readers) = (shards.shard_of(id), shards.shard_of(reader));
+    // On the primary: the write that follows must find the article as this check did.
+    existing_article(shards.shard(home).write(), slug).await?;
+    if home == readers {
+        // One statement: the row and, only if it changed (favoriting twice is not an error and
+        // counts once), the count. The article's row is locked first, so an article deleted
+        // meanwhile gets no favorite (no foreign key says so since migration 0004).
+        let sql = if add {
+            "WITH article AS (SELECT id FROM articles WHERE id = $1 FOR SHARE),
+             changed AS (
+                INSERT INTO favorites (article_id, user_id) SELECT id, $2 FROM article
+                ON CONFLICT DO NOTHING RETURNING article_id
+             )
+             UPDATE articles SET favorites_count = favorites_count + 1
+             WHERE id IN (SELECT article_id FROM changed)"
+        } else {
+            "WITH changed AS (
+                DELETE FROM favorites WHERE article_id = $1 AND user_id = $2 RETURNING article_id
+             )
+             UPDATE articles SET favorites_count = favorites_count - 1
+             WHERE id IN (SELECT article_id FROM changed)"
+        };
+        sqlx::query(sql)
+            .bind(id)
+            .bind(reader)
+            .execute(shards.shard(home).write())
+            .await?;
+        return Ok(id);
+    }
+    let mut tx = shards.coordinator().begin(&[home, readers]).await?;
+    let changed = async {
+        let sql = if add {
+            "INSERT INTO favorites (article_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM favorites WHERE article_id = $1 AND user_id = $2"
+        };
+        let rows = sqlx::query(sql)
+            .bind(id)
+            .bind(reader)
+            .execute(tx.on(readers)?)
+            .await?
+            .rows_affected();
+        if rows == 1 {
+            let delta: i64 = if add { 1 } else { -1 };
+            let counted = sqlx::query(
+                "UPDATE articles SET favorites_count = favorites_count + $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(delta)
+            .execute(tx.on(home)?)
+            .await?
+            .rows_affected();
+            if counted == 0 {
+                // Deleted since the check above: the row goes back with the transaction.
+                return Err(ApiError::NotFound("article"));
+            }
+        }
+        ApiResult::Ok(id)
+    }
+    .await;
+    tx.settle(changed).await
+}
+
 #[tracing::instrument(level = "debug", skip_all)]
 async fn favorite(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<ArticleBody>> {
-    // On the primary: the write that follows must find the article as this check did.
-    let id = existing_article(state.db.write(), &slug).await?;
-    // One statement: the favorite and, only if it is new (favoriting twice is not an error and
-    // counts once), the article's counter.
-    sqlx::query(
-        "WITH added AS (
-            INSERT INTO favorites (article_id, user_id) VALUES ($1, $2)
-            ON CONFLICT DO NOTHING RETURNING article_id
-         )
-         UPDATE articles SET favorites_count = favorites_count + 1
-         WHERE id IN (SELECT article_id FROM added)",
-    )
-    .bind(id)
-    .bind(user.id)
-    .execute(state.db.write())
-    .await
-    // The article was deleted between the two statements.
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
-        _ => e.into(),
-    })?;
+    let id = change_favorite(&state, &slug, user.id, true).await?;
     // The favorite count changed.
     state.cache.invalidate(&[Key::article(id)]).await;
     // The answer to a write shows that write: read where it was written.
-    let article = article_by_slug(state.db.write(), &slug, user.id).await?;
+    let article = current_article(&state, &slug, user.id).await?;
     Ok(Json(ArticleBody { article }))
 }
 
@@ -817,21 +1116,9 @@ async fn unfavorite(
     user: AuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<ArticleBody>> {
-    // On the primary: the write that follows must find the article as this check did.
-    let id = existing_article(state.db.write(), &slug).await?;
-    sqlx::query(
-        "WITH removed AS (
-            DELETE FROM favorites WHERE article_id = $1 AND user_id = $2 RETURNING article_id
-         )
-         UPDATE articles SET favorites_count = favorites_count - 1
-         WHERE id IN (SELECT article_id FROM removed)",
-    )
-    .bind(id)
-    .bind(user.id)
-    .execute(state.db.write())
-    .await?;
+    let id = change_favorite(&state, &slug, user.id, false).await?;
     state.cache.invalidate(&[Key::article(id)]).await;
     // The answer to a write shows that write: read where it was written.
-    let article = article_by_slug(state.db.write(), &slug, user.id).await?;
+    let article = current_article(&state, &slug, user.id).await?;
     Ok(Json(ArticleBody { article }))
 }

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use sqlx::{postgres::PgRow, Row};
 
 use crate::{
-    api::articles::existing_article,
+    api::{
+        articles::{article_id, existing_article},
+        shared::by_shard,
+    },
     auth::{AuthUser, MaybeAuthUser},
     cache::keys::Key,
     db::Reader,
@@ -33,6 +36,15 @@ pub fn router() -> Router<AppState> {
             get(list_comments).post(add_comment),
         )
         .route("/api/articles/{slug}/comments/{id}", delete(delete_comment))
+}
+
+/// A comment's insert failed on the article's foreign key: the article was deleted between the
+/// check and the insert.
+fn not_found_if_article_gone(error: sqlx::Error) -> ApiError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
+        _ => error.into(),
+    }
 }
 
 /// A comment with its author as viewer `$1` sees them. The author join crosses shards from
@@ -63,8 +75,14 @@ async fn list_comments(
     viewer: MaybeAuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<CommentsBody>> {
+    // On the article's shard (stage 7), with the comments.
+    let reader = reader.for_id(article_id(&slug)?);
     let pool = reader.pool().await?;
     let article = existing_article(pool, &slug).await?;
+    if reader.shards().sharded() {
+        let comments = sharded_comments(&reader, pool, article, viewer.viewer_id()).await?;
+        return Ok(Json(CommentsBody { comments }));
+    }
     // The newest MAX_COMMENTS, shown oldest first: a long thread drops its oldest comments from
     // the page, never the one just written.
     let rows = sqlx::query(&format!(
@@ -84,6 +102,73 @@ async fn list_comments(
         .map(comment_from_row)
         .collect::<Result<_, _>>()?;
     Ok(Json(CommentsBody { comments }))
+}
+
+/// Stage 7: the newest [`MAX_COMMENTS`] of `article`'s comments (from `pool`, the article's
+/// shard), their authors' profiles batched per author shard, and whom of them the viewer follows
+/// (from the viewer's shard): one statement per shard involved, not per comment.
+async fn sharded_comments(
+    reader: &Reader,
+    pool: &sqlx::PgPool,
+    article: i64,
+    viewer: i64,
+) -> ApiResult<Vec<Comment>> {
+    let rows: Vec<(i64, i64, String, time::OffsetDateTime, time::OffsetDateTime)> = sqlx::query_as(
+        "SELECT * FROM (
+                SELECT c.id, c.author_id, c.body, c.created_at, c.updated_at FROM comments c
+                WHERE c.article_id = $1 ORDER BY c.created_at DESC, c.id DESC LIMIT $2
+             ) newest ORDER BY created_at, id",
+    )
+    .bind(article)
+    .bind(MAX_COMMENTS)
+    .fetch_all(pool)
+    .await?;
+    let mut authors: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    authors.sort_unstable();
+    authors.dedup();
+    let mut profiles = std::collections::HashMap::new();
+    for (shard, ids) in by_shard(reader.shards(), &authors) {
+        let found: Vec<(i64, String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT id, username, bio, image FROM users WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(reader.on(shard).pool().await?)
+                .await?;
+        profiles.extend(
+            found
+                .into_iter()
+                .map(|(id, name, bio, image)| (id, (name, bio, image))),
+        );
+    }
+    let followed: Vec<i64> = if viewer == 0 {
+        Vec::new()
+    } else {
+        sqlx::query_scalar(
+            "SELECT followee_id FROM follows WHERE follower_id = $1 AND followee_id = ANY($2)",
+        )
+        .bind(viewer)
+        .bind(&authors)
+        .fetch_all(reader.for_id(viewer).pool().await?)
+        .await?
+    };
+    Ok(rows
+        .into_iter()
+        // A comment whose author is missing (none can be: no API deletes users) is left out.
+        .filter_map(|(id, author, body, created_at, updated_at)| {
+            let (username, bio, image) = profiles.get(&author)?.clone();
+            Some(Comment {
+                id,
+                body,
+                created_at: Timestamp(created_at),
+                updated_at: Timestamp(updated_at),
+                author: Profile {
+                    username,
+                    bio,
+                    image,
+                    following: followed.contains(&author),
+                },
+            })
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -110,8 +195,40 @@ async fn add_comment(
     let body = v.required("body", new.body, MAX_COMMENT);
     v.finish()?;
 
-    // On the primary: the write that follows must find the article as this check did.
-    let article = existing_article(state.db.write(), &slug).await?;
+    // On the primary of the article's shard: the write that follows must find the article as
+    // this check did. The comment lives with the article.
+    let db = state.shards.of(article_id(&slug)?);
+    let article = existing_article(db.write(), &slug).await?;
+    if state.shards.sharded() {
+        // Its author's profile is on the author's shard; the author does not follow themselves.
+        let (id, created_at, updated_at): (i64, time::OffsetDateTime, time::OffsetDateTime) =
+            sqlx::query_as(
+                "INSERT INTO comments (article_id, author_id, body) VALUES ($1, $2, $3)
+                 RETURNING id, created_at, updated_at",
+            )
+            .bind(article)
+            .bind(user.id)
+            .bind(&body)
+            .fetch_one(db.write())
+            .await
+            .map_err(not_found_if_article_gone)?;
+        let author =
+            crate::api::shared::load_profile_by_id(state.shards.of(user.id).write(), user.id)
+                .await?
+                .ok_or(ApiError::Unauthorized {
+                    field: "token",
+                    message: "is invalid",
+                })?;
+        let comment = Comment {
+            id,
+            body,
+            created_at: Timestamp(created_at),
+            updated_at: Timestamp(updated_at),
+            author: author.view(false),
+        };
+        state.cache.invalidate(&[Key::comments(article)]).await;
+        return Ok((StatusCode::CREATED, Json(CommentBody { comment })));
+    }
     let row = sqlx::query(&format!(
         "WITH c AS (
             INSERT INTO comments (article_id, author_id, body) VALUES ($2, $1, $3)
@@ -122,13 +239,9 @@ async fn add_comment(
     .bind(user.id)
     .bind(article)
     .bind(&body)
-    .fetch_one(state.db.write())
+    .fetch_one(db.write())
     .await
-    .map_err(|e| match &e {
-        // The article was deleted between the two statements.
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
-        _ => e.into(),
-    })?;
+    .map_err(not_found_if_article_gone)?;
     let comment = comment_from_row(&row)?;
     // Only the edge caches comments (stage 6): this purges them there.
     state.cache.invalidate(&[Key::comments(article)]).await;
@@ -141,15 +254,17 @@ async fn delete_comment(
     user: AuthUser,
     ApiPath((slug, id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    // On the primary: the write that follows must find the article as this check did.
-    let article = existing_article(state.db.write(), &slug).await?;
+    // On the primary of the article's shard: the write that follows must find the article as
+    // this check did.
+    let db = state.shards.of(article_id(&slug)?);
+    let article = existing_article(db.write(), &slug).await?;
     // An id that is not a number names no comment.
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound("comment"))?;
     let author: Option<i64> =
         sqlx::query_scalar("SELECT author_id FROM comments WHERE id = $1 AND article_id = $2")
             .bind(id)
             .bind(article)
-            .fetch_optional(state.db.write())
+            .fetch_optional(db.write())
             .await?;
     match author {
         None => Err(ApiError::NotFound("comment")),
@@ -158,7 +273,7 @@ async fn delete_comment(
             sqlx::query("DELETE FROM comments WHERE id = $1 AND author_id = $2")
                 .bind(id)
                 .bind(user.id)
-                .execute(state.db.write())
+                .execute(db.write())
                 .await?;
             state.cache.invalidate(&[Key::comments(article)]).await;
             Ok(StatusCode::NO_CONTENT)

@@ -140,8 +140,11 @@ async fn upload(
     let sha256 = hex(&Sha256::digest(&bytes));
     let size = bytes.len() as i64;
 
-    let (id,): (i64,) = sqlx::query_as("SELECT next_id()")
-        .fetch_one(state.db.write())
+    // The owner's bucket, so the row lives on the owner's shard (stage 7).
+    let owner_db = state.shards.of(user.id);
+    let (id,): (i64,) = sqlx::query_as("SELECT next_id_in($1)")
+        .bind(i32::from(crate::db::bucket_of(user.id)))
+        .fetch_one(owner_db.write())
         .await?;
     // Bytes first, row second: a row never points at missing bytes. If the insert fails, the
     // object is orphaned; a real system would sweep objects that have no row.
@@ -162,7 +165,7 @@ async fn upload(
     .bind(content_type)
     .bind(size)
     .bind(&sha256)
-    .execute(state.db.write())
+    .execute(owner_db.write())
     .await?;
     let media = Media {
         url: format!(
@@ -193,7 +196,7 @@ async fn download(
     let row: Option<(String, i64, String)> =
         sqlx::query_as("SELECT content_type, size_bytes, sha256 FROM media WHERE id = $1")
             .bind(id)
-            .fetch_optional(reader.pool().await?)
+            .fetch_optional(reader.for_id(id).pool().await?)
             .await?;
     let (content_type, size, sha256) = row.ok_or(ApiError::NotFound("media"))?;
     let etag = format!("\"{sha256}\"");

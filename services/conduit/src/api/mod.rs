@@ -6,6 +6,7 @@ pub mod counts;
 pub mod media;
 pub mod ops;
 pub mod profiles;
+pub mod scatter;
 pub mod shared;
 pub mod tags;
 pub mod users;

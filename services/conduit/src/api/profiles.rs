@@ -49,11 +49,26 @@ async fn profile(pool: &PgPool, username: &str, viewer: i64) -> ApiResult<Profil
 }
 
 async fn user_id(state: &AppState, username: &str) -> ApiResult<i64> {
-    sqlx::query_scalar("SELECT id FROM users WHERE username = $1")
+    sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
         .bind(username)
-        .fetch_optional(state.db.write())
+        .fetch_optional(state.shards.directory().write())
         .await?
         .ok_or(ApiError::NotFound("profile"))
+}
+
+/// `username`'s profile as `viewer` sees it now, on the primaries: the answer to a follow or an
+/// unfollow, which must show it. One statement on one database; in stage 7 the user's row from
+/// their shard and the `following` flag from the viewer's.
+async fn current_profile(state: &AppState, username: &str, viewer: i64) -> ApiResult<Profile> {
+    let shards = &state.shards;
+    if !shards.sharded() {
+        return profile(state.db.write(), username, viewer).await;
+    }
+    let shared = shared::load_profile(shards.directory().write(), shards, username)
+        .await?
+        .ok_or(ApiError::NotFound("profile"))?;
+    let following = ViewerFlags::follows_on(shards.of(viewer).write(), viewer, shared.id).await?;
+    Ok(shared.view(following))
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -64,15 +79,17 @@ async fn get_profile(
     ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Response> {
     let viewer = viewer.viewer_id();
-    if !state.cache.enabled() {
+    if !state.cache.enabled() && !state.shards.sharded() {
         let profile = profile(reader.pool().await?, &username, viewer).await?;
         return Ok(Json(ProfileBody { profile }).into_response());
     }
-    // Stage 3 on: name, bio and image from the cache; `following` for this viewer.
+    // Stage 3 on: name, bio and image from the cache; `following` for this viewer (stage 7:
+    // the profile from the user's shard, the flag from the viewer's).
+    let shards = state.shards.clone();
     let (found, status) = state
         .cache
         .get_or_load(&Key::profile(&username), &reader, |pool| async move {
-            shared::load_profile(&pool, &username).await
+            shared::load_profile(&pool, &shards, &username).await
         })
         .await?;
     let Some(shared) = found else {
@@ -99,10 +116,11 @@ async fn follow(
     )
     .bind(followee)
     .bind(user.id)
-    .execute(state.db.write())
+    // On the follower's shard (stage 7), where their feed and flags look.
+    .execute(state.shards.of(user.id).write())
     .await?;
     // The answer to a write shows that write: read where it was written.
-    let profile = profile(state.db.write(), &username, user.id).await?;
+    let profile = current_profile(&state, &username, user.id).await?;
     Ok(Json(ProfileBody { profile }))
 }
 
@@ -116,9 +134,9 @@ async fn unfollow(
     sqlx::query("DELETE FROM follows WHERE followee_id = $1 AND follower_id = $2")
         .bind(followee)
         .bind(user.id)
-        .execute(state.db.write())
+        .execute(state.shards.of(user.id).write())
         .await?;
     // The answer to a write shows that write: read where it was written.
-    let profile = profile(state.db.write(), &username, user.id).await?;
+    let profile = current_profile(&state, &username, user.id).await?;
     Ok(Json(ProfileBody { profile }))
 }

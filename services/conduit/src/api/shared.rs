@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::{
     cache::{CacheStatus, Key},
-    db::Reader,
+    db::{Reader, Shards},
     error::ApiResult,
     model::{Article, Profile, Timestamp},
     AppState,
@@ -131,18 +131,51 @@ pub async fn load_articles(pool: &PgPool, ids: &[i64]) -> ApiResult<Vec<SharedAr
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Loads one profile's shared part by username.
-pub async fn load_profile(pool: &PgPool, username: &str) -> ApiResult<Option<SharedProfile>> {
-    let row = sqlx::query("SELECT id, username, bio, image FROM users WHERE username = $1")
-        .bind(username)
-        .fetch_optional(pool)
-        .await?;
+/// Loads one profile's shared part by username, from `pool` (shard 0's, which holds the user
+/// directory in stage 7; there, the user's own row is read on their shard's primary).
+pub async fn load_profile(
+    pool: &PgPool,
+    shards: &Shards,
+    username: &str,
+) -> ApiResult<Option<SharedProfile>> {
+    let row = if shards.sharded() {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
+                .bind(username)
+                .fetch_optional(pool)
+                .await?;
+        let Some(id) = id else { return Ok(None) };
+        sqlx::query("SELECT id, username, bio, image FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(shards.of(id).write())
+            .await?
+    } else {
+        sqlx::query("SELECT id, username, bio, image FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(pool)
+            .await?
+    };
     let Some(row) = row else { return Ok(None) };
     Ok(Some(SharedProfile {
         id: row.try_get("id")?,
         username: row.try_get("username")?,
         bio: row.try_get("bio")?,
         image: row.try_get("image")?,
+    }))
+}
+
+/// Loads one profile's shared part by user id (on the user's shard).
+pub async fn load_profile_by_id(pool: &PgPool, id: i64) -> ApiResult<Option<SharedProfile>> {
+    let row: Option<(i64, String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT id, username, bio, image FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(id, username, bio, image)| SharedProfile {
+        id,
+        username,
+        bio,
+        image,
     }))
 }
 
@@ -164,12 +197,17 @@ pub async fn articles_by_id(
     let mut loaded: HashMap<i64, SharedArticle> = HashMap::new();
     if !missing.is_empty() {
         let fill = state.cache.fill_for_misses(reader, &found).await?;
-        loaded = fill
-            .read(load_articles(fill.pool(), &missing))
-            .await?
-            .into_iter()
-            .map(|a| (a.id, a))
-            .collect();
+        let rows = if state.shards.sharded() {
+            // Stage 7: each shard's articles from that shard (its primary: see `Reader::on`).
+            let mut rows = Vec::with_capacity(missing.len());
+            for (shard, ids) in by_shard(&state.shards, &missing) {
+                rows.extend(load_articles(reader.on(shard).pool().await?, &ids).await?);
+            }
+            rows
+        } else {
+            fill.read(load_articles(fill.pool(), &missing)).await?
+        };
+        loaded = rows.into_iter().map(|a| (a.id, a)).collect();
         let entries: Vec<(Key, Option<SharedArticle>)> = missing
             .iter()
             .map(|id| (Key::article(*id), loaded.get(id).cloned()))
@@ -198,8 +236,22 @@ pub struct ViewerFlags {
 
 impl ViewerFlags {
     /// One statement for the whole response (two index lookups per article at most); nothing
-    /// for an anonymous viewer (`viewer == 0`).
+    /// for an anonymous viewer (`viewer == 0`). Both the viewer's favorites and their follows
+    /// live on the viewer's shard (stage 7), so it is one shard's question there too.
     pub async fn load(reader: &Reader, viewer: i64, articles: &[SharedArticle]) -> ApiResult<Self> {
+        if viewer == 0 || articles.is_empty() {
+            return Ok(Self::default());
+        }
+        Self::load_from(reader.for_id(viewer).pool().await?, viewer, articles).await
+    }
+
+    /// [`ViewerFlags::load`] on a given pool: the viewer's shard's primary, for the answer to a
+    /// write, which must show it.
+    pub async fn load_from(
+        pool: &PgPool,
+        viewer: i64,
+        articles: &[SharedArticle],
+    ) -> ApiResult<Self> {
         if viewer == 0 || articles.is_empty() {
             return Ok(Self::default());
         }
@@ -213,7 +265,7 @@ impl ViewerFlags {
         .bind(viewer)
         .bind(&ids)
         .bind(&authors)
-        .fetch_one(reader.pool().await?)
+        .fetch_one(pool)
         .await?;
         Ok(Self {
             favorited: favorited.into_iter().collect(),
@@ -226,12 +278,29 @@ impl ViewerFlags {
         if viewer == 0 {
             return Ok(false);
         }
+        Self::follows_on(reader.for_id(viewer).pool().await?, viewer, user).await
+    }
+
+    /// [`ViewerFlags::follows`] on a given pool (the viewer's shard's).
+    pub async fn follows_on(pool: &PgPool, viewer: i64, user: i64) -> ApiResult<bool> {
+        if viewer == 0 {
+            return Ok(false);
+        }
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM follows WHERE followee_id = $2 AND follower_id = $1)",
         )
         .bind(viewer)
         .bind(user)
-        .fetch_one(reader.pool().await?)
+        .fetch_one(pool)
         .await?)
     }
+}
+
+/// `ids` grouped by the shard that holds each, in shard order.
+pub fn by_shard(shards: &Shards, ids: &[i64]) -> Vec<(u8, Vec<i64>)> {
+    let mut groups: std::collections::BTreeMap<u8, Vec<i64>> = std::collections::BTreeMap::new();
+    for id in ids {
+        groups.entry(shards.shard_of(*id)).or_default().push(*id);
+    }
+    groups.into_iter().collect()
 }

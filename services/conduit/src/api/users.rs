@@ -93,6 +93,8 @@ impl UserRow {
 const UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("users_username_key", "username"),
     ("users_email_key", "email"),
+    ("user_directory_username_key", "username"),
+    ("user_directory_email_key", "email"),
 ];
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -110,16 +112,40 @@ async fn register(
     v.finish()?;
 
     let hash = state.auth.hash_password(password).await?;
-    let row: UserRow = sqlx::query_as(
-        "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
-         RETURNING id, username, email, bio, image",
-    )
-    .bind(&username)
-    .bind(&email)
-    .bind(&hash)
-    .fetch_one(state.db.write())
-    .await
-    .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
+    // The user's row on their home shard (their bucket's), their name and email in the directory
+    // on shard 0: one global transaction, so a name is never taken without a user behind it.
+    let shards = &state.shards;
+    let bucket = shards.new_user_bucket();
+    let home = shards.shard_of_bucket(bucket);
+    let mut tx = shards.coordinator().begin(&[home, 0]).await?;
+    let inserted = async {
+        let row: UserRow = sqlx::query_as(
+            "INSERT INTO users (id, username, email, password_hash)
+             VALUES (next_id_in($4), $1, $2, $3)
+             RETURNING id, username, email, bio, image",
+        )
+        .bind(&username)
+        .bind(&email)
+        .bind(&hash)
+        .bind(i32::from(bucket))
+        .fetch_one(tx.on(home)?)
+        .await
+        .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
+        if shards.sharded() {
+            sqlx::query(
+                "INSERT INTO user_directory (user_id, username, email) VALUES ($1, $2, $3)",
+            )
+            .bind(row.id)
+            .bind(&row.username)
+            .bind(&row.email)
+            .execute(tx.on(0)?)
+            .await
+            .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
+        }
+        ApiResult::Ok(row)
+    }
+    .await;
+    let row = tx.settle(inserted).await?;
     // A cached "no such profile" for this name is now wrong.
     state.cache.invalidate(&[Key::profile(&row.username)]).await;
     // The new user had no token to name them by: their position starts at this write.
@@ -148,11 +174,15 @@ async fn login(
 
     // On the primary: someone who has just registered (or changed their password) must be able
     // to log in at once, and has no position yet to find a replica by.
-    let found: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
-            .bind(&email)
-            .fetch_optional(state.db.write())
-            .await?;
+    let found = match user_by_email(&state, &email).await? {
+        Some(id) => {
+            sqlx::query_as::<_, (i64, String)>("SELECT id, password_hash FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(state.shards.of(id).write())
+                .await?
+        }
+        None => None,
+    };
     let invalid = ApiError::Unauthorized {
         field: "credentials",
         message: "invalid",
@@ -166,11 +196,21 @@ async fn login(
     Ok(axum::Json(load(&state, id).await?.into_body(&state)?))
 }
 
+/// The id of the user with `email`, from the directory (on the primary, as for `login`).
+async fn user_by_email(state: &AppState, email: &str) -> ApiResult<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM user_directory WHERE email = $1")
+            .bind(email)
+            .fetch_optional(state.shards.directory().write())
+            .await?,
+    )
+}
+
 async fn load(state: &AppState, id: i64) -> ApiResult<UserRow> {
     // From the write pool: the current user must see their own latest update.
     sqlx::query_as("SELECT id, username, email, bio, image FROM users WHERE id = $1")
         .bind(id)
-        .fetch_optional(state.db.write())
+        .fetch_optional(state.shards.of(id).write())
         .await?
         // A valid token for a user that no longer exists.
         .ok_or(ApiError::Unauthorized {
@@ -213,34 +253,58 @@ async fn update_user(
     };
     let bio_given = update.bio.is_some();
     let image_given = update.image.is_some();
-    let row = sqlx::query(
-        "WITH before AS (SELECT username FROM users WHERE id = $1)
-         UPDATE users SET
-            username = COALESCE($2, username),
-            email = COALESCE($3, email),
-            password_hash = COALESCE($4, password_hash),
-            bio = CASE WHEN $5 THEN $6 ELSE bio END,
-            image = CASE WHEN $7 THEN $8 ELSE image END,
-            updated_at = now()
-         WHERE id = $1
-         RETURNING id, username, email, bio, image,
-                   (SELECT username FROM before) AS old_username",
-    )
-    .bind(user.id)
-    .bind(username)
-    .bind(email)
-    .bind(hash)
-    .bind(bio_given)
-    .bind(empty_as_null(update.bio.flatten()))
-    .bind(image_given)
-    .bind(empty_as_null(update.image.flatten()))
-    .fetch_optional(state.db.write())
-    .await
-    .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?
-    .ok_or(ApiError::Unauthorized {
-        field: "token",
-        message: "is invalid",
-    })?;
+    // A new name or email changes the directory too (shard 0): one global transaction.
+    let shards = &state.shards;
+    let home = shards.shard_of(user.id);
+    let renamed = shards.sharded() && (username.is_some() || email.is_some());
+    let participants = if renamed { vec![home, 0] } else { vec![home] };
+    let mut tx = shards.coordinator().begin(&participants).await?;
+    let updated = async {
+        let row = sqlx::query(
+            "WITH before AS (SELECT username FROM users WHERE id = $1)
+             UPDATE users SET
+                username = COALESCE($2, username),
+                email = COALESCE($3, email),
+                password_hash = COALESCE($4, password_hash),
+                bio = CASE WHEN $5 THEN $6 ELSE bio END,
+                image = CASE WHEN $7 THEN $8 ELSE image END,
+                updated_at = now()
+             WHERE id = $1
+             RETURNING id, username, email, bio, image,
+                       (SELECT username FROM before) AS old_username",
+        )
+        .bind(user.id)
+        .bind(&username)
+        .bind(&email)
+        .bind(hash)
+        .bind(bio_given)
+        .bind(empty_as_null(update.bio.flatten()))
+        .bind(image_given)
+        .bind(empty_as_null(update.image.flatten()))
+        .fetch_optional(tx.on(home)?)
+        .await
+        .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?
+        .ok_or(ApiError::Unauthorized {
+            field: "token",
+            message: "is invalid",
+        })?;
+        if renamed {
+            sqlx::query(
+                "UPDATE user_directory SET username = COALESCE($2, username),
+                                           email = COALESCE($3, email)
+                 WHERE user_id = $1",
+            )
+            .bind(user.id)
+            .bind(&username)
+            .bind(&email)
+            .execute(tx.on(0)?)
+            .await
+            .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
+        }
+        ApiResult::Ok(row)
+    }
+    .await;
+    let row = tx.settle(updated).await?;
     let old_username: String = row.try_get("old_username")?;
     let row = UserRow::from_row(&row)?;
     invalidate_profile(&state, row.id, &old_username, &row.username).await?;
@@ -263,7 +327,7 @@ async fn invalidate_profile(
     // On the primary: every article of the author, the one written a moment ago included.
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM articles WHERE author_id = $1")
         .bind(user)
-        .fetch_all(state.db.write())
+        .fetch_all(state.shards.of(user).write())
         .await?;
     let mut stale = vec![Key::profile(old_username), Key::profile(username)];
     stale.extend(ids.into_iter().map(Key::article));

@@ -6,17 +6,19 @@
 //! needs, or the primary when none can ([`session`] says how). Before stage 5 there are no
 //! replicas and a `Reader` is the primary too, so stages 1 to 4 run the same handlers unchanged.
 //!
-//! Stage 7 widens the seam once more: one `Database` per shard behind a map from key to shard
-//! ([`shard_of`]); the handlers already say which kind of access each query is.
+//! Stage 7 widens the seam once more: one `Database` per shard behind a map from id to shard
+//! ([`Shards`]); the handlers already say which kind of access each query is.
 //!
 //! - [`lsn`]: WAL positions, the clock replication runs on;
 //! - [`replicas`]: polling the replicas' lag, rotation, and choosing one;
+//! - [`shards`]: ids to buckets to shards, the user directory, recovery (stage 7);
 //! - [`session`]: read-your-writes and monotonic reads per user, across app hosts;
 //! - [`two_phase`]: one write across shards, committed on all or none (stage 7).
 
 pub mod lsn;
 pub mod replicas;
 pub mod session;
+pub mod shards;
 pub mod two_phase;
 
 use std::{sync::Arc, time::Duration};
@@ -28,7 +30,12 @@ use sqlx::{
 };
 
 use self::session::Positions;
-pub use self::{lsn::Lsn, replicas::ReplicaSet, session::Reader};
+pub use self::{
+    lsn::Lsn,
+    replicas::ReplicaSet,
+    session::Reader,
+    shards::{bucket_of, Shards},
+};
 use crate::{
     metrics::DbMetrics,
     settings::{CacheSettings, Consistency, DatabaseSettings},
@@ -36,18 +43,6 @@ use crate::{
 
 /// Embedded migrations (`services/conduit/migrations`), applied at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// Bits at the bottom of every id that name the shard which made it, so holds its row
-/// (migrations/0001_schema.sql, `next_id()`: a per-shard sequence shifted left by these bits, or'ed
-/// with the shard's number). 8 bits: up to 256 shards, far more than a stage runs.
-pub const SHARD_BITS: u32 = 8;
-
-/// The shard that holds the row with this `id`: its low [`SHARD_BITS`] bits. Shard 0 until stage
-/// 7 runs several; an article's slug ends in its id, so a slug alone names its shard.
-pub fn shard_of(id: i64) -> u8 {
-    // The mask keeps 8 bits: the cast cannot truncate anything.
-    (id & ((1 << SHARD_BITS) - 1)) as u8
-}
 
 /// Routes queries to a server: the primary, or (through a [`Reader`]) a replica.
 #[derive(Clone)]
@@ -152,6 +147,25 @@ impl Database {
         })
     }
 
+    /// A further shard's primary at `url` (stage 7), with the pool settings of `settings`; no
+    /// replicas (each shard reads its primary).
+    pub fn shard(
+        url: &str,
+        settings: &DatabaseSettings,
+        metrics: DbMetrics,
+    ) -> anyhow::Result<Self> {
+        let (_, primary) =
+            lazy_pool(url, settings.max_connections, settings).context("database.shards")?;
+        Ok(Self {
+            primary,
+            replicas: None,
+            positions: None,
+            primary_takes_reads: true,
+            session_guard: false,
+            metrics,
+        })
+    }
+
     /// Wraps an existing pool (tests): a primary, no replicas.
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
@@ -240,16 +254,4 @@ pub async fn replay_position(pool: &PgPool) -> Result<Lsn, sqlx::Error> {
     .fetch_one(pool)
     .await?;
     Ok(Lsn::from_sql(offset))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shard_is_the_low_byte_whatever_the_sequence() {
-        for (sequence, shard) in [(1_i64, 0_u8), (2, 3), ((1 << 45) - 1, 255)] {
-            assert_eq!(shard_of((sequence << SHARD_BITS) | i64::from(shard)), shard);
-        }
-    }
 }

@@ -212,6 +212,7 @@ impl ReadSession {
 pub struct Reader {
     db: Database,
     session: Arc<ReadSession>,
+    shards: Arc<super::Shards>,
 }
 
 impl FromRequestParts<AppState> for Reader {
@@ -230,11 +231,38 @@ impl FromRequestParts<AppState> for Reader {
         Ok(Reader {
             db: state.db.clone(),
             session,
+            shards: state.shards.clone(),
         })
     }
 }
 
 impl Reader {
+    /// The reader for shard `shard`'s data (stage 7). Unsharded, this reader itself. Shard 0 is
+    /// the database the request's session routes (replicas, positions); any other shard is read
+    /// on its primary, which is always current, so it needs no session of its own.
+    pub fn on(&self, shard: u8) -> Reader {
+        let session = if shard == 0 {
+            self.session.clone()
+        } else {
+            Arc::new(ReadSession::new(self.session.user, None))
+        };
+        Reader {
+            db: self.shards.shard(shard).clone(),
+            session,
+            shards: self.shards.clone(),
+        }
+    }
+
+    /// The reader for the shard holding the row with `id`.
+    pub fn for_id(&self, id: i64) -> Reader {
+        self.on(self.shards.shard_of(id))
+    }
+
+    /// The shards, for reads that span them.
+    pub fn shards(&self) -> &super::Shards {
+        &self.shards
+    }
+
     /// The pool for this request's reads: chosen at the first call, the same after. A 503 when
     /// no server can show what this user must see (the primary down, and no replica has
     /// replayed their position): failing at once beats waiting on a dead primary.

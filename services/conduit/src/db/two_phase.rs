@@ -58,13 +58,19 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres};
+use sqlx::{pool::PoolConnection, Executor, PgConnection, PgPool, Postgres};
 
-use super::shard_of;
+use super::bucket_of;
 
 /// The start of every global transaction id this app prepares: recovery touches only these,
 /// never a prepared transaction someone else made on the same server.
 pub const GID_PREFIX: &str = "conduit-2pc";
+
+/// The shard that decides transaction `txid`: its id came from that shard's `next_id()`, whose
+/// bucket is the shard's own number (`shard_identity`, set by `Shards::prepare`).
+fn decider_of(txid: i64) -> u8 {
+    bucket_of(txid)
+}
 
 /// The global id of the branch on `shard` of transaction `txid`.
 pub fn gid(txid: i64, shard: u8) -> String {
@@ -236,19 +242,37 @@ impl Coordinator {
 
     /// Opens a global transaction over `shards` (the first decides; repeats are ignored). With a
     /// single shard it is an ordinary local transaction: no record, no prepare.
-    pub async fn begin(&self, shards: &[u8]) -> Result<GlobalTransaction<'_>, TwoPhaseError> {
+    ///
+    /// Takes the shards by value before anything is awaited, and the transaction holds the
+    /// coordinator by `Arc`: a handler's future then borrows nothing across its awaits, which
+    /// axum needs (a borrowed slice held over an await makes the future's `Send` depend on a
+    /// lifetime the compiler cannot name).
+    pub fn begin(
+        self: &Arc<Self>,
+        shards: &[u8],
+    ) -> impl std::future::Future<Output = Result<GlobalTransaction, TwoPhaseError>> + Send + 'static
+    {
         let mut participants: Vec<u8> = Vec::with_capacity(shards.len());
         for shard in shards {
             if !participants.contains(shard) {
                 participants.push(*shard);
             }
         }
+        let coordinator = self.clone();
+        async move { coordinator.open(participants).await }
+    }
+
+    async fn open(
+        self: Arc<Self>,
+        participants: Vec<u8>,
+    ) -> Result<GlobalTransaction, TwoPhaseError> {
         let Some(&decider) = participants.first() else {
             return Err(TwoPhaseError::NotAParticipant(0));
         };
         let mut branches = Vec::with_capacity(participants.len());
         let mut decider_conn = self
             .pool(decider)?
+            .clone()
             .acquire()
             .await
             .map_err(TwoPhaseError::Aborted)?;
@@ -269,6 +293,7 @@ impl Coordinator {
         for &shard in &participants[1..] {
             let conn = self
                 .pool(shard)?
+                .clone()
                 .acquire()
                 .await
                 .map_err(TwoPhaseError::Aborted)?;
@@ -303,8 +328,7 @@ struct Branch {
 
 impl Branch {
     async fn open(shard: u8, mut conn: PoolConnection<Postgres>) -> Result<Self, TwoPhaseError> {
-        sqlx::raw_sql("BEGIN")
-            .execute(&mut *conn)
+        conn.execute("BEGIN")
             .await
             .map_err(TwoPhaseError::Aborted)?;
         Ok(Self {
@@ -319,8 +343,10 @@ impl Branch {
         self.conn.as_deref_mut().unwrap_or_else(|| unreachable!())
     }
 
+    /// Runs `sql`, without parameters (the simple query protocol, as `BEGIN`, `PREPARE
+    /// TRANSACTION` and friends need no plan).
     async fn run(&mut self, sql: &str) -> Result<(), sqlx::Error> {
-        sqlx::raw_sql(sql).execute(self.conn()).await.map(|_| ())
+        self.conn().execute(sql).await.map(|_| ())
     }
 }
 
@@ -338,15 +364,15 @@ impl Drop for Branch {
 }
 
 /// A transaction over several shards; see the module's documentation for its protocol.
-pub struct GlobalTransaction<'c> {
-    coordinator: &'c Coordinator,
+pub struct GlobalTransaction {
+    coordinator: Arc<Coordinator>,
     /// 0 for a single-shard transaction (no record).
     txid: i64,
     /// The decider first.
     branches: Vec<Branch>,
 }
 
-impl GlobalTransaction<'_> {
+impl GlobalTransaction {
     /// The connection of the branch on `shard`, for the handler's statements there.
     pub fn on(&mut self, shard: u8) -> Result<&mut PgConnection, TwoPhaseError> {
         self.branches
@@ -364,7 +390,7 @@ impl GlobalTransaction<'_> {
     /// Commits on every shard, or on none. `Ok` means the decision is durable: every branch is
     /// committed, or will be by recovery (a shard that failed to answer its COMMIT PREPARED).
     pub async fn commit(mut self) -> Result<(), TwoPhaseError> {
-        let coordinator = self.coordinator;
+        let coordinator = self.coordinator.clone();
         let txid = self.txid;
         if self.branches.len() == 1 {
             let decider = &mut self.branches[0];
@@ -446,6 +472,21 @@ impl GlobalTransaction<'_> {
             self.forget().await;
         }
         Ok(())
+    }
+
+    /// Commits if `outcome` (the handler's work on the branches) is `Ok`, else rolls back and
+    /// hands the error on: the one way a handler ends a global transaction.
+    pub async fn settle<T, E: From<TwoPhaseError>>(self, outcome: Result<T, E>) -> Result<T, E> {
+        match outcome {
+            Ok(value) => {
+                self.commit().await?;
+                Ok(value)
+            }
+            Err(error) => {
+                self.rollback().await;
+                Err(error)
+            }
+        }
     }
 
     /// Rolls back every branch (the handler changed its mind, or a step failed): open ones with
@@ -614,7 +655,7 @@ impl Coordinator {
                     .iter()
                     .filter_map(|(_, gid, _)| parse_gid(gid))
                     .map(|(txid, _)| txid)
-                    .filter(|txid| usize::from(shard_of(*txid)) == decider)
+                    .filter(|txid| usize::from(decider_of(*txid)) == decider)
                     .collect();
                 report.pruned += sqlx::query(
                     "DELETE FROM two_phase_transactions \
@@ -649,7 +690,7 @@ impl Coordinator {
     /// waits for the row lock of a coordinator that is deciding at this very moment, so it sees
     /// that decision, or makes its own that the coordinator will then see.
     async fn outcome_of(&self, txid: i64) -> anyhow::Result<Outcome> {
-        let decider = self.pool(shard_of(txid))?;
+        let decider = self.pool(decider_of(txid))?;
         sqlx::query(
             "UPDATE two_phase_transactions SET outcome = 'abort', decided_at = clock_timestamp() \
              WHERE txid = $1 AND outcome IS NULL",
@@ -752,8 +793,16 @@ mod tests {
         }
 
         /// A coordinator whose recovery finishes any prepared branch at once (grace 0).
-        fn coordinator(&self) -> Coordinator {
-            Coordinator::new(self.pools.clone(), Duration::ZERO)
+        fn coordinator(&self) -> Arc<Coordinator> {
+            Arc::new(Coordinator::new(self.pools.clone(), Duration::ZERO))
+        }
+
+        /// One that crashes, as `crash` says, at `point`.
+        fn crashing(&self, point: FaultPoint) -> Arc<Coordinator> {
+            Arc::new(
+                Coordinator::new(self.pools.clone(), Duration::ZERO)
+                    .crash_at(point, Crash::Abandon),
+            )
         }
 
         /// Which shards hold ledger entry `entry`.
@@ -791,7 +840,7 @@ mod tests {
     }
 
     /// Writes ledger entry `entry` on every shard of `tx`.
-    async fn write_everywhere(tx: &mut GlobalTransaction<'_>, shards: &[u8], entry: &str) {
+    async fn write_everywhere(tx: &mut GlobalTransaction, shards: &[u8], entry: &str) {
         for shard in shards {
             sqlx::query("INSERT INTO ledger (entry) VALUES ($1)")
                 .bind(entry)
@@ -807,7 +856,7 @@ mod tests {
         let coordinator = shards.coordinator();
 
         let mut tx = coordinator.begin(&[1, 0]).await.unwrap();
-        assert_eq!(shard_of(tx.txid()), 1, "the first shard named decides");
+        assert_eq!(decider_of(tx.txid()), 1, "the first shard named decides");
         write_everywhere(&mut tx, &[0, 1], "both").await;
         tx.commit().await.unwrap();
         assert_eq!(shards.holding("both").await, [0, 1]);
@@ -864,7 +913,7 @@ mod tests {
         let shards = Shards::start(3).await;
         for point in FaultPoint::ALL {
             let entry = format!("{point:?}");
-            let crashing = shards.coordinator().crash_at(point, Crash::Abandon);
+            let crashing = shards.crashing(point);
             let mut tx = crashing.begin(&[0, 1, 2]).await.unwrap();
             write_everywhere(&mut tx, &[0, 1, 2], &entry).await;
             assert!(matches!(tx.commit().await, Err(TwoPhaseError::Crashed(p)) if p == point));
@@ -899,9 +948,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_prepared_branch_survives_its_server_restarting_and_recovery_commits_it() {
         let mut shards = Shards::start(2).await;
-        let crashing = shards
-            .coordinator()
-            .crash_at(FaultPoint::AfterDecision, Crash::Abandon);
+        let crashing = shards.crashing(FaultPoint::AfterDecision);
         let mut tx = crashing.begin(&[0, 1]).await.unwrap();
         write_everywhere(&mut tx, &[0, 1], "restarted").await;
         assert!(tx.commit().await.is_err());
