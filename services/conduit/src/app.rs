@@ -22,7 +22,7 @@ use crate::{
     api,
     auth::Auth,
     cache::Cache,
-    db::{Database, Shards},
+    db::Shards,
     error::ApiError,
     metrics::{self, Metrics},
     settings::Settings,
@@ -47,17 +47,11 @@ impl Application {
     /// Connects to the database, migrates it, prepares the media store and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
-        let db = Database::connect_lazy(&settings.database, &settings.cache, metrics.db.clone())?;
-        db.migrate().await?;
+        let shards = Arc::new(
+            Shards::connect(&settings.database, &settings.cache, metrics.db.clone()).await?,
+        );
+        let db = shards.shard(0).clone();
         db.start_polling();
-        let mut dbs = vec![db.clone()];
-        for url in &settings.database.shards {
-            let shard = Database::shard(url.expose(), &settings.database, metrics.db.clone())?;
-            shard.migrate().await?;
-            dbs.push(shard);
-        }
-        let shards = Arc::new(Shards::new(dbs));
-        shards.prepare().await?;
         shards.start_recovery();
         // Each app host starts at its own object-store node: the last byte of its address.
         let first_node = match settings.server.listen.ip() {

@@ -84,12 +84,12 @@ async fn main() -> anyhow::Result<()> {
             // longer than any request may on a small database host (0.1 core: over the 5 s
             // bound), so its connections have no statement timeout.
             settings.database.statement_timeout_ms = 0;
-            let db = conduit::db::Database::connect_lazy(
+            let shards = conduit::db::Shards::connect(
                 &settings.database,
                 &settings.cache,
                 conduit::metrics::DbMetrics::default(),
-            )?;
-            db.migrate().await?;
+            )
+            .await?;
             let spec = SeedSpec {
                 users,
                 articles,
@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let media = conduit::api::media::store(&settings.media, 0)?;
             let report =
-                conduit::seed::seed(db.write(), media.as_ref(), &settings.media, spec).await?;
+                conduit::seed::seed(&shards, media.as_ref(), &settings.media, spec).await?;
             if !report.already_seeded {
                 // The rows were written straight into the database: nothing cached is current.
                 let cache = conduit::cache::Cache::new(&settings.cache, Default::default())?;

@@ -3,7 +3,7 @@
 //! same data.
 //!
 //! Rows are written in bulk (`UNNEST` of arrays, a few thousand rows per statement) but are what
-//! the API would have written: ids from `next_id()`, slugs from [`crate::slug::slug_for`],
+//! the API would have written: ids in their owners' buckets (as `next_id_in()` gives), slugs from [`crate::slug::slug_for`],
 //! lower-cased e-mails, real argon2 password hashes (one per user, computed on every core).
 //!
 //! Seeded users are `user<N>` with e-mail `user<N>@seed.archlab.test` and the password
@@ -13,11 +13,15 @@ use std::time::Instant;
 
 use anyhow::Context;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
-use sqlx::PgPool;
 use time::{Duration, OffsetDateTime};
 
 use crate::api::media::{file_name, object_path};
-use crate::{auth::hash_password_blocking, seed_images::noise_png, slug::slug_for};
+use crate::{
+    auth::hash_password_blocking,
+    db::{bucket_of, Shards},
+    seed_images::noise_png,
+    slug::slug_for,
+};
 use object_store::{ObjectStore, PutPayload};
 use sha2::{Digest, Sha256};
 
@@ -178,18 +182,23 @@ fn sentence(rng: &mut StdRng, words: usize) -> String {
     text
 }
 
-/// Writes the data set described by `spec` into the database and the media store, unless a
-/// seeded data set is already there.
+/// Writes the data set described by `spec` into the database (every shard of it, stage 7) and
+/// the media store, unless a seeded data set is already there.
+///
+/// The same data on any number of shards: the generator draws the same numbers in the same
+/// order, and placement (a bucket per user) comes from a generator of its own, so only the ids
+/// (and the slugs, which end in them) differ between one database and several.
 pub async fn seed(
-    pool: &PgPool,
+    shards: &Shards,
     media: &dyn ObjectStore,
     media_settings: &crate::settings::MediaSettings,
     spec: SeedSpec,
 ) -> anyhow::Result<SeedReport> {
     let public_base_url = &media_settings.public_base_url;
+    let directory = shards.directory().write();
     let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE username = 'user1')")
-            .fetch_one(pool)
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM user_directory WHERE username = 'user1')")
+            .fetch_one(directory)
             .await
             .context("checking for an existing data set")?;
     if exists {
@@ -200,9 +209,11 @@ pub async fn seed(
     }
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(spec.seed);
+    let mut placement = StdRng::seed_from_u64(spec.seed ^ PLACEMENT_SEED);
     let mut report = SeedReport::default();
 
-    // Users: real argon2 hashes, one per user, on every core.
+    // Users: real argon2 hashes, one per user, on every core; each in a bucket (at random when
+    // sharded, as registration does), written on the bucket's shard.
     let hashes = hash_many(spec.users).await?;
     let usernames: Vec<String> = (1..=spec.users).map(|i| format!("user{i}")).collect();
     let emails: Vec<String> = (1..=spec.users)
@@ -211,29 +222,52 @@ pub async fn seed(
     let bios: Vec<Option<String>> = (0..spec.users)
         .map(|_| rng.gen_bool(0.5).then(|| sentence(&mut rng, 8)))
         .collect();
-    let mut user_ids: Vec<i64> = Vec::with_capacity(spec.users);
-    for start in (0..spec.users).step_by(CHUNK) {
-        let end = (start + CHUNK).min(spec.users);
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO users (username, email, password_hash, bio)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
-             RETURNING id",
-        )
-        .bind(&usernames[start..end])
-        .bind(&emails[start..end])
-        .bind(&hashes[start..end])
-        .bind(&bios[start..end])
-        .fetch_all(pool)
-        .await
-        .context("inserting users")?;
-        user_ids.extend(ids);
+    let buckets: Vec<u8> = (0..spec.users)
+        .map(|_| if shards.sharded() { placement.gen() } else { 0 })
+        .collect();
+    let ids = ids_in(shards, &buckets).await?;
+    for (shard, rows) in group(shards, &ids) {
+        for chunk in rows.chunks(CHUNK) {
+            let pick = |column: &[String]| -> Vec<String> {
+                chunk.iter().map(|&i| column[i].clone()).collect()
+            };
+            sqlx::query(
+                "INSERT INTO users (id, username, email, password_hash, bio)
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])",
+            )
+            .bind(chunk.iter().map(|&i| ids[i]).collect::<Vec<_>>())
+            .bind(pick(&usernames))
+            .bind(pick(&emails))
+            .bind(pick(&hashes))
+            .bind(chunk.iter().map(|&i| bios[i].clone()).collect::<Vec<_>>())
+            .execute(shards.shard(shard).write())
+            .await
+            .context("inserting users")?;
+        }
     }
+    if shards.sharded() {
+        for start in (0..ids.len()).step_by(CHUNK) {
+            let end = (start + CHUNK).min(ids.len());
+            sqlx::query(
+                "INSERT INTO user_directory (user_id, username, email)
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])",
+            )
+            .bind(&ids[start..end])
+            .bind(&usernames[start..end])
+            .bind(&emails[start..end])
+            .execute(directory)
+            .await
+            .context("filling the user directory")?;
+        }
+    }
+    let user_ids = ids;
     report.users = user_ids.len();
     if user_ids.is_empty() {
         return Ok(report);
     }
 
-    // Follows: each user follows a few others, popular users more often (squared skew).
+    // Follows: each user follows a few others, popular users more often (squared skew). Each on
+    // the follower's shard.
     let mut followees = Vec::new();
     let mut followers = Vec::new();
     for (i, &follower) in user_ids.iter().enumerate() {
@@ -248,150 +282,198 @@ pub async fn seed(
         }
     }
     report.follows = insert_pairs(
-        pool,
+        shards,
         "INSERT INTO follows (followee_id, follower_id) SELECT * FROM UNNEST($1::bigint[], $2::bigint[])",
         &followees,
+        &followers,
         &followers,
     )
     .await
     .context("inserting follows")?;
 
-    // Articles: ids first (the slug ends with the id), oldest first so ids grow with time.
-    let article_ids: Vec<i64> =
-        sqlx::query_scalar("SELECT next_id() FROM generate_series(1, $1::int)")
-            .bind(spec.articles as i32)
-            .fetch_all(pool)
-            .await
-            .context("allocating article ids")?;
+    // Articles: drawn first, oldest first; then ids in their authors' buckets (ids grow with
+    // time within each shard), then written on their authors' shards.
     let now = OffsetDateTime::now_utc();
     let year = Duration::days(365);
     let step = year / (spec.articles.max(1) as f64);
-    for start in (0..spec.articles).step_by(CHUNK) {
-        let end = (start + CHUNK).min(spec.articles);
-        let mut slugs = Vec::new();
-        let mut authors = Vec::new();
-        let mut titles = Vec::new();
-        let mut descriptions = Vec::new();
-        let mut bodies = Vec::new();
-        let mut created = Vec::new();
-        let mut tag_articles = Vec::new();
-        let mut tag_positions: Vec<i16> = Vec::new();
-        let mut tag_names = Vec::new();
-        let mut tag_created = Vec::new();
-        for (i, &id) in article_ids.iter().enumerate().take(end).skip(start) {
-            let words = rng.gen_range(3..9);
-            let title = sentence(&mut rng, words);
-            slugs.push(slug_for(&title, id));
-            titles.push(title);
-            authors.push(user_ids[skewed(&mut rng, user_ids.len())]);
-            descriptions.push(sentence(&mut rng, 12));
-            let paragraphs: Vec<String> = (0..rng.gen_range(2..6))
-                .map(|_| sentence(&mut rng, 60))
-                .collect();
-            bodies.push(paragraphs.join("\n\n"));
-            let created_at = now - year + step * (i as f64);
-            created.push(created_at);
-            let n_tags = rng.gen_range(0..=4);
-            let tags: Vec<&str> = TAGS.choose_multiple(&mut rng, n_tags).copied().collect();
-            for (position, tag) in tags.into_iter().enumerate() {
-                tag_articles.push(id);
-                tag_positions.push(position as i16);
-                tag_names.push(tag.to_owned());
-                tag_created.push(created_at);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO articles (id, slug, author_id, title, description, body, created_at, updated_at)
-             SELECT id, slug, author_id, title, description, body, created_at, created_at
-             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[])
-                  AS t(id, slug, author_id, title, description, body, created_at)",
-        )
-        .bind(&article_ids[start..end])
-        .bind(&slugs)
-        .bind(&authors)
-        .bind(&titles)
-        .bind(&descriptions)
-        .bind(&bodies)
-        .bind(&created)
-        .execute(pool)
-        .await
-        .context("inserting articles")?;
-        sqlx::query(
-            "INSERT INTO article_tags (article_id, position, tag, created_at)
-             SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::text[], $4::timestamptz[])",
-        )
-        .bind(&tag_articles)
-        .bind(&tag_positions)
-        .bind(&tag_names)
-        .bind(&tag_created)
-        .execute(pool)
-        .await
-        .context("inserting tags")?;
+    let mut drawn = Vec::with_capacity(spec.articles);
+    for i in 0..spec.articles {
+        let words = rng.gen_range(3..9);
+        let title = sentence(&mut rng, words);
+        let author = user_ids[skewed(&mut rng, user_ids.len())];
+        let description = sentence(&mut rng, 12);
+        let paragraphs: Vec<String> = (0..rng.gen_range(2..6))
+            .map(|_| sentence(&mut rng, 60))
+            .collect();
+        let created_at = now - year + step * (i as f64);
+        let n_tags = rng.gen_range(0..=4);
+        let tags: Vec<String> = TAGS
+            .choose_multiple(&mut rng, n_tags)
+            .map(|t| (*t).to_owned())
+            .collect();
+        drawn.push(DrawnArticle {
+            title,
+            author,
+            description,
+            body: paragraphs.join("\n\n"),
+            created_at,
+            tags,
+        });
     }
-    report.articles = article_ids.len();
+    let article_buckets: Vec<u8> = drawn.iter().map(|a| bucket_of(a.author)).collect();
+    let article_ids = ids_in(shards, &article_buckets).await?;
 
-    // Favorites: popular articles (by a skew over the newest) get more.
+    // Favorites: popular articles (by a skew over the newest) get more. Each row on the reader's
+    // shard; the counts, kept on the articles, computed here.
     let mut fav_articles = Vec::new();
     let mut fav_users = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut favorites_count = vec![0_i64; article_ids.len()];
     for _ in 0..spec.articles * spec.favorites_per_article {
-        let a = article_ids[article_ids.len() - 1 - skewed(&mut rng, article_ids.len())];
+        let index = article_ids.len() - 1 - skewed(&mut rng, article_ids.len());
         let u = user_ids[rng.gen_range(0..user_ids.len())];
-        if seen.insert((a, u)) {
-            fav_articles.push(a);
+        if seen.insert((index, u)) {
+            fav_articles.push(article_ids[index]);
             fav_users.push(u);
+            favorites_count[index] += 1;
         }
     }
+
+    for (shard, rows) in group(shards, &article_ids) {
+        let pool = shards.shard(shard).write();
+        for chunk in rows.chunks(CHUNK) {
+            let mut tag_articles = Vec::new();
+            let mut tag_positions: Vec<i16> = Vec::new();
+            let mut tag_names = Vec::new();
+            let mut tag_created = Vec::new();
+            for &i in chunk {
+                for (position, tag) in drawn[i].tags.iter().enumerate() {
+                    tag_articles.push(article_ids[i]);
+                    tag_positions.push(position as i16);
+                    tag_names.push(tag.clone());
+                    tag_created.push(drawn[i].created_at);
+                }
+            }
+            let column = |f: fn(&DrawnArticle) -> String| -> Vec<String> {
+                chunk.iter().map(|&i| f(&drawn[i])).collect()
+            };
+            sqlx::query(
+                "INSERT INTO articles (id, slug, author_id, title, description, body, created_at,
+                                       updated_at, tag_list, favorites_count)
+                 SELECT id, slug, author_id, title, description, body, created_at, created_at,
+                        string_to_array(tags, ' '), favorites
+                 FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                             $6::text[], $7::timestamptz[], $8::text[], $9::bigint[])
+                      AS t(id, slug, author_id, title, description, body, created_at, tags,
+                           favorites)",
+            )
+            .bind(chunk.iter().map(|&i| article_ids[i]).collect::<Vec<_>>())
+            .bind(
+                chunk
+                    .iter()
+                    .map(|&i| slug_for(&drawn[i].title, article_ids[i]))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(chunk.iter().map(|&i| drawn[i].author).collect::<Vec<_>>())
+            .bind(column(|a| a.title.clone()))
+            .bind(column(|a| a.description.clone()))
+            .bind(column(|a| a.body.clone()))
+            .bind(
+                chunk
+                    .iter()
+                    .map(|&i| drawn[i].created_at)
+                    .collect::<Vec<_>>(),
+            )
+            // Tags hold no spaces (the list above), so a space joins them losslessly.
+            .bind(column(|a| a.tags.join(" ")))
+            .bind(
+                chunk
+                    .iter()
+                    .map(|&i| favorites_count[i])
+                    .collect::<Vec<_>>(),
+            )
+            .execute(pool)
+            .await
+            .context("inserting articles")?;
+            sqlx::query(
+                "INSERT INTO article_tags (article_id, position, tag, created_at)
+                 SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::text[], $4::timestamptz[])",
+            )
+            .bind(&tag_articles)
+            .bind(&tag_positions)
+            .bind(&tag_names)
+            .bind(&tag_created)
+            .execute(pool)
+            .await
+            .context("inserting tags")?;
+        }
+    }
+    report.articles = article_ids.len();
     report.favorites = insert_pairs(
-        pool,
+        shards,
         "INSERT INTO favorites (article_id, user_id) SELECT * FROM UNNEST($1::bigint[], $2::bigint[])",
         &fav_articles,
+        &fav_users,
         &fav_users,
     )
     .await
     .context("inserting favorites")?;
 
-    // Comments.
+    // Comments, on their articles' shards.
     let n_comments = spec.articles * spec.comments_per_article;
-    for start in (0..n_comments).step_by(CHUNK) {
-        let end = (start + CHUNK).min(n_comments);
-        let mut articles = Vec::new();
-        let mut authors = Vec::new();
-        let mut bodies = Vec::new();
-        for _ in start..end {
-            articles.push(article_ids[rng.gen_range(0..article_ids.len())]);
-            authors.push(user_ids[rng.gen_range(0..user_ids.len())]);
-            bodies.push(sentence(&mut rng, 20));
-        }
-        sqlx::query(
-            "INSERT INTO comments (article_id, author_id, body)
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[])",
-        )
-        .bind(&articles)
-        .bind(&authors)
-        .bind(&bodies)
-        .execute(pool)
-        .await
-        .context("inserting comments")?;
-        report.comments += end - start;
+    let mut comment_articles = Vec::with_capacity(n_comments);
+    let mut comment_authors = Vec::with_capacity(n_comments);
+    let mut comment_bodies = Vec::with_capacity(n_comments);
+    for _ in 0..n_comments {
+        comment_articles.push(article_ids[rng.gen_range(0..article_ids.len())]);
+        comment_authors.push(user_ids[rng.gen_range(0..user_ids.len())]);
+        comment_bodies.push(sentence(&mut rng, 20));
     }
-    // Images: bytes into the store, rows into `media`; user N's profile image is image N.
-    let image_ids: Vec<i64> =
-        sqlx::query_scalar("SELECT next_id() FROM generate_series(1, $1::int)")
-            .bind(spec.images as i32)
-            .fetch_all(pool)
+    for (shard, rows) in group(shards, &comment_articles) {
+        for chunk in rows.chunks(CHUNK) {
+            sqlx::query(
+                "INSERT INTO comments (article_id, author_id, body)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[])",
+            )
+            .bind(
+                chunk
+                    .iter()
+                    .map(|&i| comment_articles[i])
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                chunk
+                    .iter()
+                    .map(|&i| comment_authors[i])
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                chunk
+                    .iter()
+                    .map(|&i| comment_bodies[i].clone())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(shards.shard(shard).write())
             .await
-            .context("allocating media ids")?;
-    let mut owners = Vec::with_capacity(image_ids.len());
+            .context("inserting comments")?;
+        }
+    }
+    report.comments = n_comments;
+
+    // Images: bytes into the store, rows into `media` on the owner's shard; user N's profile
+    // image is image N.
+    let owners: Vec<i64> = (0..spec.images)
+        .map(|i| user_ids[i % user_ids.len()])
+        .collect();
+    let image_buckets: Vec<u8> = owners.iter().map(|o| bucket_of(*o)).collect();
+    let image_ids = ids_in(shards, &image_buckets).await?;
     let mut sizes = Vec::with_capacity(image_ids.len());
     let mut hashes = Vec::with_capacity(image_ids.len());
-    for (i, id) in image_ids.iter().enumerate() {
+    for id in &image_ids {
         let size = rng.gen_range(20_000..=200_000);
         let png = noise_png(size, || rng.gen());
         hashes.push(crate::api::media::hex(&Sha256::digest(&png)));
         sizes.push(png.len() as i64);
-        owners.push(user_ids[i % user_ids.len()]);
         media
             .put_opts(
                 &object_path(&file_name(*id, "image/png")),
@@ -401,54 +483,108 @@ pub async fn seed(
             .await
             .context("storing a seeded image")?;
     }
-    sqlx::query(
-        "INSERT INTO media (id, owner_id, content_type, size_bytes, sha256)
-         SELECT id, owner, 'image/png', size, sha FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])
-              AS t(id, owner, size, sha)",
-    )
-    .bind(&image_ids)
-    .bind(&owners)
-    .bind(&sizes)
-    .bind(&hashes)
-    .execute(pool)
-    .await
-    .context("inserting media rows")?;
-    let avatars: Vec<String> = image_ids
-        .iter()
-        .take(user_ids.len())
-        .map(|id| format!("{public_base_url}/media/{}", file_name(*id, "image/png")))
-        .collect();
-    sqlx::query("UPDATE users u SET image = t.image FROM UNNEST($1::bigint[], $2::text[]) AS t(id, image) WHERE u.id = t.id")
-        .bind(&user_ids[..avatars.len()])
-        .bind(&avatars)
+    for (shard, rows) in group(shards, &image_ids) {
+        let pool = shards.shard(shard).write();
+        sqlx::query(
+            "INSERT INTO media (id, owner_id, content_type, size_bytes, sha256)
+             SELECT id, owner, 'image/png', size, sha
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) AS t(id, owner, size, sha)",
+        )
+        .bind(rows.iter().map(|&i| image_ids[i]).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| owners[i]).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| sizes[i]).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| hashes[i].clone()).collect::<Vec<_>>())
+        .execute(pool)
+        .await
+        .context("inserting media rows")?;
+        // The first image of each user is their avatar; image `i` belongs to user `i mod users`,
+        // so images below the user count are the avatars.
+        let avatars: Vec<usize> = rows
+            .iter()
+            .copied()
+            .filter(|&i| i < user_ids.len())
+            .collect();
+        sqlx::query(
+            "UPDATE users u SET image = t.image FROM UNNEST($1::bigint[], $2::text[]) AS t(id, image)
+             WHERE u.id = t.id",
+        )
+        .bind(avatars.iter().map(|&i| owners[i]).collect::<Vec<_>>())
+        .bind(
+            avatars
+                .iter()
+                .map(|&i| format!("{public_base_url}/media/{}", file_name(image_ids[i], "image/png")))
+                .collect::<Vec<_>>(),
+        )
         .execute(pool)
         .await
         .context("setting profile images")?;
+    }
     report.images = image_ids.len();
 
-    // The denormalised copies on the article rows (see the migration), computed once in bulk.
-    sqlx::query(
-        "UPDATE articles a SET
-            tag_list = COALESCE((SELECT array_agg(t.tag ORDER BY t.position)
-                                 FROM article_tags t WHERE t.article_id = a.id), '{}'),
-            favorites_count = (SELECT count(*) FROM favorites f WHERE f.article_id = a.id)",
-    )
-    .execute(pool)
-    .await
-    .context("filling tag lists and favorite counts")?;
-    // The list counts (migration 0002), from the rows just written.
-    sqlx::query("SELECT recount_lists()")
-        .execute(pool)
-        .await
-        .context("counting the lists")?;
-    // Statistics for the planner, and the visibility map so counts can use index-only scans: what
-    // autovacuum would reach on its own a little later.
-    sqlx::query("VACUUM ANALYZE")
-        .execute(pool)
-        .await
-        .context("vacuuming")?;
-    tracing::info!(?report, elapsed = ?started.elapsed(), "seeded");
+    for (_, db) in shards.all() {
+        let pool = db.write();
+        // The list counts (migration 0002), from the rows just written.
+        sqlx::query("SELECT recount_lists()")
+            .execute(pool)
+            .await
+            .context("counting the lists")?;
+        // Statistics for the planner, and the visibility map so counts can use index-only
+        // scans: what autovacuum would reach on its own a little later.
+        sqlx::query("VACUUM ANALYZE")
+            .execute(pool)
+            .await
+            .context("vacuuming")?;
+    }
+    tracing::info!(?report, shards = shards.len(), elapsed = ?started.elapsed(), "seeded");
     Ok(report)
+}
+
+/// Seeds placement's own generator (`spec.seed` xor this), so drawing buckets leaves the data's
+/// draws as they are.
+const PLACEMENT_SEED: u64 = 0x5eed_b0c4;
+
+/// An article as drawn, before it has an id.
+struct DrawnArticle {
+    title: String,
+    author: i64,
+    description: String,
+    body: String,
+    created_at: OffsetDateTime,
+    tags: Vec<String>,
+}
+
+/// One id per bucket in `buckets`, each from the sequence of the bucket's shard, in order: what
+/// `next_id_in(bucket)` gives, taken in bulk (one `nextval` per row of a series, which numbers
+/// the rows in order; then shifted and or'ed with the bucket here).
+async fn ids_in(shards: &Shards, buckets: &[u8]) -> anyhow::Result<Vec<i64>> {
+    let mut ids = vec![0_i64; buckets.len()];
+    let by_shard = group_by(buckets.len(), |i| shards.shard_of_bucket(buckets[i]));
+    for (shard, rows) in by_shard {
+        let sequence: Vec<i64> =
+            sqlx::query_scalar("SELECT nextval('id_sequence') FROM generate_series(1, $1::int)")
+                .bind(rows.len() as i32)
+                .fetch_all(shards.shard(shard).write())
+                .await
+                .context("allocating ids")?;
+        for (&i, value) in rows.iter().zip(sequence) {
+            ids[i] = (value << crate::db::shards::BUCKET_BITS) | i64::from(buckets[i]);
+        }
+    }
+    Ok(ids)
+}
+
+/// The indexes of `ids` grouped by the shard holding each id, in shard order.
+fn group(shards: &Shards, ids: &[i64]) -> Vec<(u8, Vec<usize>)> {
+    group_by(ids.len(), |i| shards.shard_of(ids[i]))
+}
+
+/// `0..n` grouped by `shard_of`, in shard order, each group in index order.
+fn group_by(n: usize, shard_of: impl Fn(usize) -> u8) -> Vec<(u8, Vec<usize>)> {
+    let mut groups: std::collections::BTreeMap<u8, Vec<usize>> = std::collections::BTreeMap::new();
+    for i in 0..n {
+        groups.entry(shard_of(i)).or_default().push(i);
+    }
+    groups.into_iter().collect()
 }
 
 /// An index in `0..n` where low indexes are much more likely (a squared uniform: the first tenth
@@ -458,14 +594,22 @@ fn skewed(rng: &mut StdRng, n: usize) -> usize {
     ((x * x) * n as f64) as usize % n
 }
 
-async fn insert_pairs(pool: &PgPool, sql: &str, a: &[i64], b: &[i64]) -> anyhow::Result<usize> {
-    for start in (0..a.len()).step_by(CHUNK * 5) {
-        let end = (start + CHUNK * 5).min(a.len());
-        sqlx::query(sql)
-            .bind(&a[start..end])
-            .bind(&b[start..end])
-            .execute(pool)
-            .await?;
+/// Inserts the pairs `(a[i], b[i])` with `sql`, each on the shard holding `placed_by[i]`.
+async fn insert_pairs(
+    shards: &Shards,
+    sql: &str,
+    a: &[i64],
+    b: &[i64],
+    placed_by: &[i64],
+) -> anyhow::Result<usize> {
+    for (shard, rows) in group(shards, placed_by) {
+        for chunk in rows.chunks(CHUNK * 5) {
+            sqlx::query(sql)
+                .bind(chunk.iter().map(|&i| a[i]).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|&i| b[i]).collect::<Vec<_>>())
+                .execute(shards.shard(shard).write())
+                .await?;
+        }
     }
     Ok(a.len())
 }

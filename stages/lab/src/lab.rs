@@ -411,6 +411,12 @@ impl Lab {
                 .iter()
                 .map(|host| self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
                 .collect(),
+            shard_urls: stage
+                .database_hosts()
+                .iter()
+                .skip(1)
+                .map(|host| self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
+                .collect(),
             cache_url: stage
                 .cache_host()
                 .map(|host| self.cache_server(stage, host).url()),

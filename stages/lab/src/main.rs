@@ -64,6 +64,10 @@ enum Command_ {
         /// stage file's number).
         #[arg(long)]
         replicas: Option<u8>,
+        /// Database shards, 1 to 4 (stage 7 on: the data split by author; default: the stage
+        /// file's number).
+        #[arg(long)]
+        shards: Option<u8>,
         /// Set an app setting on every app host for this run (`database.consistency=none`, to
         /// try what the session guard prevents); repeatable. Not remembered by `restart`.
         #[arg(long, value_parser = parse_setting)]
@@ -141,6 +145,9 @@ enum Command_ {
         /// Database replicas, 0 to 4 (stages with replicas).
         #[arg(long)]
         replicas: Option<u8>,
+        /// Database shards, 1 to 4 (stage 7 on).
+        #[arg(long)]
+        shards: Option<u8>,
         /// Measure the stage without its hosts of this role (e.g. `cache`); repeatable.
         #[arg(long, value_enum)]
         without: Vec<archlab::stage::Role>,
@@ -354,6 +361,7 @@ async fn main() -> anyhow::Result<()> {
             fresh,
             app_hosts,
             replicas,
+            shards,
             app_setting,
             monitor,
             distance,
@@ -361,6 +369,7 @@ async fn main() -> anyhow::Result<()> {
             let layout = Layout {
                 app_hosts,
                 replicas,
+                shards,
             };
             let options = UpOptions {
                 fresh,
@@ -397,6 +406,7 @@ async fn main() -> anyhow::Result<()> {
             out,
             app_hosts,
             replicas,
+            shards,
             without,
             budget,
             gateway_selection,
@@ -408,6 +418,7 @@ async fn main() -> anyhow::Result<()> {
                 layout: Layout {
                     app_hosts,
                     replicas,
+                    shards,
                 },
                 without,
                 budget,
@@ -544,11 +555,12 @@ async fn up(state: &Path, net: u8, key: &str, options: UpOptions) -> anyhow::Res
         let running = lab.as_brought_up(stage.clone(), net)?;
         if running.layout() != stage.layout() {
             anyhow::bail!(
-                "stage {} was brought up with {} app hosts and {} replicas: `archlab up {} --fresh` \
-                 to change that",
+                "stage {} was brought up with {} app hosts, {} replicas and {} database hosts: \
+                 `archlab up {} --fresh` to change that",
                 stage.number,
                 running.app_host_count(),
                 running.replica_hosts().len(),
+                running.database_hosts().len(),
                 stage.number
             );
         }

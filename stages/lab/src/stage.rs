@@ -199,6 +199,7 @@ impl Stage {
                 "--replicas",
                 Layout::REPLICAS,
             ),
+            (Role::Database, layout.shards, "--shards", Layout::SHARDS),
         ] {
             let Some(n) = wanted else { continue };
             let copied = stage
@@ -258,6 +259,7 @@ impl Stage {
         Layout {
             app_hosts: count(Role::App),
             replicas: count(Role::Replica),
+            shards: count(Role::Database),
         }
     }
 
@@ -434,8 +436,8 @@ impl Stage {
             .collect()
     }
 
-    /// The hosts with the database role. Stages 1 to 4 have one; later stages add replicas and
-    /// shards as more database hosts.
+    /// The hosts with the database role: one primary before stage 7; from stage 7 each is a
+    /// shard's primary, shard 0 first (it also holds the user directory).
     pub fn database_hosts(&self) -> Vec<&Host> {
         self.hosts_with(Role::Database)
     }
@@ -501,6 +503,10 @@ pub struct Layout {
     pub app_hosts: Option<u8>,
     /// Database replicas (stage 5 on).
     pub replicas: Option<u8>,
+    /// Database shards, each its own primary (stage 7 on). Absent in layouts recorded before
+    /// stage 7 existed.
+    #[serde(default)]
+    pub shards: Option<u8>,
 }
 
 impl Layout {
@@ -510,6 +516,10 @@ impl Layout {
     /// Replicas: none (the primary alone, to compare with) to four; four large replicas beside
     /// stage 5's other hosts and the harness use 1.95 of the machine's 2 cores.
     pub const REPLICAS: std::ops::RangeInclusive<u8> = 0..=4;
+    /// Shards: one (to compare with, all data on one primary) to four; four large primaries
+    /// beside stage 7's other hosts and the harness still fit the machine's 2 cores
+    /// (`crate::size`).
+    pub const SHARDS: std::ops::RangeInclusive<u8> = 1..=4;
 
     /// Only the app host count.
     pub fn app_hosts(n: u8) -> Self {
@@ -569,12 +579,30 @@ mod tests {
         let five = Stage::find_with(
             "5",
             Layout {
-                app_hosts: None,
                 replicas: Some(0),
+                ..Layout::default()
             },
         )
         .unwrap();
         assert_eq!(five.layout().replicas, Some(0));
+        let seven = Stage::find_with(
+            "7",
+            Layout {
+                shards: Some(4),
+                ..Layout::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(seven.database_hosts().len(), 4);
+        assert_eq!(seven.layout().shards, Some(4));
+        assert!(Stage::find_with(
+            "5",
+            Layout {
+                shards: Some(2),
+                ..Layout::default()
+            }
+        )
+        .is_err());
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Endpoints {
     pub database_url: String,
     /// The replicas reads may go to (stage 5 on).
     pub replica_urls: Vec<String>,
+    /// The primaries of shards 1, 2, ... (stage 7; `database_url` is shard 0).
+    pub shard_urls: Vec<String>,
     /// The cache host's `redis://` URL, if the stage has one.
     pub cache_url: Option<String>,
     /// The file host, if the stage has one.
@@ -141,6 +143,18 @@ pub fn app_env(
             var("APP_CACHE__URL", url.clone()),
         ]);
     }
+    // With shards, the app splits the data by author over them (stage 7).
+    if !endpoints.shard_urls.is_empty() {
+        let quoted: Vec<String> = endpoints
+            .shard_urls
+            .iter()
+            .map(|url| format!("{url:?}"))
+            .collect();
+        env.push(var(
+            "APP_DATABASE__SHARDS",
+            format!("[{}]", quoted.join(", ")),
+        ));
+    }
     // With replicas, reads go to them; users' positions (read-your-writes) live in the cache
     // host's database 1, apart from the cache itself.
     if !endpoints.replica_urls.is_empty() {
@@ -216,6 +230,7 @@ mod tests {
         Endpoints {
             database_url: "postgres://conduit@127.10.9.2:5432/conduit".into(),
             replica_urls: Vec::new(),
+            shard_urls: Vec::new(),
             cache_url: cache.then(|| "redis://127.10.9.4:6379".into()),
             files: files.then(|| FilesEndpoint {
                 url: "http://127.10.9.3:8081".into(),

@@ -38,8 +38,9 @@ async fn upload(
 /// Uploads `bytes` and returns the media URL the app answered with.
 async fn upload_ok(http: &reqwest::Client, endpoint: &str, token: &str, bytes: Vec<u8>) -> String {
     let response = upload(http, endpoint, token, bytes).await;
-    assert_eq!(response.status().as_u16(), 201);
+    let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
     body["media"]["url"].as_str().unwrap().to_owned()
 }
 
@@ -116,4 +117,102 @@ async fn media_live_on_the_cluster_and_survive_one_lost_node_but_not_two() {
             "{direct}"
         );
     }
+}
+
+/// Users on each of the stage's shards (`db-1`, `db-2`), counted on the servers themselves.
+async fn users_per_shard(net: &str) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for host in [51, 52] {
+        let url = format!("postgres://conduit@127.{net}.7.{host}:5432/conduit");
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        counts.push(
+            sqlx::query_scalar("SELECT count(*) FROM users")
+                .fetch_one(&pool)
+                .await
+                .unwrap(),
+        );
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_is_split_by_author_and_favorites_across_shards_count_exactly() {
+    let net = common::net(160, 10);
+    let lab = TestLab::new("archlab-stage7-shards", net.clone());
+    let near = lab.up("7");
+    let status = lab.status();
+    let databases: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["role"] == "database")
+        .filter_map(|s| s["host"].as_str())
+        .collect();
+    assert_eq!(databases, ["db-1", "db-2"], "{status}");
+
+    // Users until both shards hold some (buckets are drawn at random), each with an article.
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    let mut slugs = Vec::new();
+    for n in 0..40 {
+        let token = common::register(&http, &near, &format!("writer{n}")).await;
+        let created: serde_json::Value = http
+            .post(format!("{near}/api/articles"))
+            .header("authorization", format!("Token {token}"))
+            .json(
+                &serde_json::json!({"article": {"title": format!("sharded {n}"),
+                "description": "d", "body": "b", "tagList": ["shards"]}}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        slugs.push(created["article"]["slug"].as_str().unwrap().to_owned());
+        tokens.push(token);
+        let per_shard = users_per_shard(&net).await;
+        if tokens.len() >= 4 && per_shard.iter().all(|n| *n >= 2) {
+            break;
+        }
+    }
+    // Everyone favorites every article: same-shard and cross-shard favorites alike.
+    for token in &tokens {
+        for slug in &slugs {
+            let response = http
+                .post(format!("{near}/api/articles/{slug}/favorite"))
+                .header("authorization", format!("Token {token}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+        }
+    }
+    // The list merged from both shards, read as a logged-in user (past the edge's cache).
+    let list: serde_json::Value = http
+        .get(format!("{near}/api/articles?tag=shards&limit=100"))
+        .header("authorization", format!("Token {}", tokens[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["articlesCount"], slugs.len(), "{list}");
+    let articles = list["articles"].as_array().unwrap();
+    assert_eq!(articles.len(), slugs.len());
+    for article in articles {
+        assert_eq!(article["favoritesCount"], tokens.len(), "{article}");
+        assert_eq!(article["favorited"], true, "{article}");
+    }
+    // Newest first across shards: the titles come back in the reverse order of writing.
+    let titles: Vec<&str> = articles
+        .iter()
+        .map(|a| a["title"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..slugs.len())
+        .rev()
+        .map(|n| format!("sharded {n}"))
+        .collect();
+    assert_eq!(titles, expected);
 }

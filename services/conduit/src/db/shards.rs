@@ -36,6 +36,10 @@ use anyhow::Context;
 use rand::Rng;
 
 use super::{two_phase::Coordinator, Database};
+use crate::{
+    metrics::DbMetrics,
+    settings::{CacheSettings, DatabaseSettings},
+};
 
 /// Bits at the bottom of every id that hold its bucket: 256 buckets, so even 16 shards get 16
 /// each, and a bucket (a 256th of the users) is small enough to move.
@@ -115,6 +119,27 @@ impl Shards {
             buckets,
             coordinator: Arc::new(coordinator),
         }
+    }
+
+    /// Every shard `settings` name (`url` as shard 0, then `shards`), connected lazily, migrated
+    /// and prepared ([`Shards::prepare`]). Shard 0 keeps its replicas; polling them and recovery
+    /// start separately.
+    pub async fn connect(
+        settings: &DatabaseSettings,
+        cache: &CacheSettings,
+        metrics: DbMetrics,
+    ) -> anyhow::Result<Self> {
+        let first = Database::connect_lazy(settings, cache, metrics.clone())?;
+        first.migrate().await?;
+        let mut dbs = vec![first];
+        for url in &settings.shards {
+            let shard = Database::shard(url.expose(), settings, metrics.clone())?;
+            shard.migrate().await?;
+            dbs.push(shard);
+        }
+        let shards = Self::new(dbs);
+        shards.prepare().await?;
+        Ok(shards)
     }
 
     /// More than one shard: the stage 7 paths apply.
