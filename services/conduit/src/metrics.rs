@@ -23,7 +23,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::db::Database;
+use crate::db::Shards;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -202,6 +202,94 @@ pub struct Metrics {
     pub db: DbMetrics,
     /// Purges an edge did not acknowledge (stage 6 on).
     pub edge_purge_failures: Counter,
+    two_phase: TwoPhaseMetrics,
+}
+
+/// Two-phase commit across shards (stage 7): mirrors of the coordinator's own counts
+/// (`db::two_phase::TwoPhaseStats`, plain atomics: the coordinator needs no registry), read at
+/// each scrape.
+#[derive(Default)]
+struct TwoPhaseMetrics {
+    transactions: Family<OutcomeLabels, Counter>,
+    recovered: Family<OutcomeLabels, Counter>,
+    left_to_recovery: Counter,
+    in_doubt: Gauge,
+    oldest_in_doubt_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+impl TwoPhaseMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "two_phase_transactions",
+            "Global transactions across shards, by how their coordinator ended them",
+            self.transactions.clone(),
+        );
+        registry.register(
+            "two_phase_recovered_branches",
+            "Prepared branches recovery finished, by outcome (a coordinator died or failed)",
+            self.recovered.clone(),
+        );
+        registry.register(
+            "two_phase_left_to_recovery",
+            "Branches a coordinator could not commit after its decision, left to recovery",
+            self.left_to_recovery.clone(),
+        );
+        registry.register(
+            "two_phase_in_doubt",
+            "Prepared branches on all shards at the last recovery pass",
+            self.in_doubt.clone(),
+        );
+        registry.register(
+            "two_phase_oldest_in_doubt_seconds",
+            "Age of the oldest prepared branch at the last recovery pass",
+            self.oldest_in_doubt_seconds.clone(),
+        );
+    }
+
+    /// Brings the mirrors up to the coordinator's counts (which only grow).
+    fn mirror(&self, stats: &crate::db::two_phase::TwoPhaseStats) {
+        let catch_up = |counter: &Counter, now: &std::sync::atomic::AtomicU64| {
+            let now = now.load(std::sync::atomic::Ordering::Relaxed);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        };
+        catch_up(
+            &self
+                .transactions
+                .get_or_create(&OutcomeLabels { outcome: "commit" }),
+            &stats.committed,
+        );
+        catch_up(
+            &self
+                .transactions
+                .get_or_create(&OutcomeLabels { outcome: "abort" }),
+            &stats.aborted,
+        );
+        catch_up(
+            &self
+                .recovered
+                .get_or_create(&OutcomeLabels { outcome: "commit" }),
+            &stats.recovered_commits,
+        );
+        catch_up(
+            &self.recovered.get_or_create(&OutcomeLabels {
+                outcome: "rollback",
+            }),
+            &stats.recovered_rollbacks,
+        );
+        catch_up(&self.left_to_recovery, &stats.left_to_recovery);
+        let in_doubt = stats.in_doubt.load(std::sync::atomic::Ordering::Relaxed);
+        self.in_doubt
+            .set(i64::try_from(in_doubt).unwrap_or(i64::MAX));
+        let oldest_ms = stats
+            .oldest_in_doubt_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.oldest_in_doubt_seconds.set(oldest_ms as f64 / 1000.0);
+    }
 }
 
 impl Metrics {
@@ -238,6 +326,8 @@ impl Metrics {
             "Purges an edge did not acknowledge (timed out, refused, or down)",
             edge_purge_failures.clone(),
         );
+        let two_phase = TwoPhaseMetrics::default();
+        two_phase.register(&mut registry);
         Self {
             registry,
             requests,
@@ -246,13 +336,28 @@ impl Metrics {
             cache,
             db,
             edge_purge_failures,
+            two_phase,
         }
     }
 
     /// The text exposition, with pool gauges read now.
-    pub fn render(&self, db: &Database) -> String {
+    pub fn render(&self, shards: &Shards) -> String {
+        let db = shards.shard(0);
         db.refresh_gauges();
-        for (pool, p) in db.pools() {
+        // Shard 0's pools by their stage 5 names (`primary`, `replica-N`); stage 7's further
+        // shards as `shard-N`.
+        let mut pools: Vec<(String, &sqlx::PgPool)> = db
+            .pools()
+            .into_iter()
+            .map(|(name, pool)| (name.to_owned(), pool))
+            .collect();
+        pools.extend(
+            shards
+                .all()
+                .skip(1)
+                .map(|(n, shard)| (format!("shard-{n}"), shard.write())),
+        );
+        for (pool, p) in pools {
             let size = i64::from(p.size());
             let idle = p.num_idle() as i64;
             for (state, value) in [
@@ -262,11 +367,14 @@ impl Metrics {
             ] {
                 self.pool_connections
                     .get_or_create(&PoolLabels {
-                        pool: pool.to_owned(),
+                        pool: pool.clone(),
                         state: state.to_owned(),
                     })
                     .set(value);
             }
+        }
+        if shards.sharded() {
+            self.two_phase.mirror(&shards.coordinator().stats);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

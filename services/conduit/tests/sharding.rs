@@ -406,6 +406,16 @@ async fn scenario(mut pair: Pair) {
             "article {article}"
         );
     }
+    // The coordinator's work, as `/metrics` shows it.
+    let committed = pair
+        .sharded
+        .metric("two_phase_transactions_total{outcome=\"commit\"}")
+        .await;
+    assert!(
+        committed >= 2.0,
+        "global transactions committed: {committed}"
+    );
+    assert_eq!(pair.sharded.metric("two_phase_in_doubt").await, 0.0);
     assert!(
         rows_per_article.is_empty(),
         "favorites of deleted articles: {rows_per_article:?}"

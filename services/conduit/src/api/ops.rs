@@ -77,7 +77,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.cache.refresh_gauges();
-    let text = state.metrics.render(&state.db);
+    let text = state.metrics.render(&state.shards);
     (
         [(
             header::CONTENT_TYPE,
