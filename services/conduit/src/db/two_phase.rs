@@ -269,13 +269,28 @@ impl Coordinator {
         let Some(&decider) = participants.first() else {
             return Err(TwoPhaseError::NotAParticipant(0));
         };
-        let mut branches = Vec::with_capacity(participants.len());
-        let mut decider_conn = self
-            .pool(decider)?
-            .clone()
-            .acquire()
-            .await
-            .map_err(TwoPhaseError::Aborted)?;
+        // Connections are taken in shard order, whichever shard decides: two transactions
+        // over the same shards, one deciding on each, would otherwise each hold one shard's
+        // connection and wait for the other's, and with small pools (two per app host per
+        // shard in the lab) enough of them stall every request until the acquire timeout.
+        let mut in_shard_order = participants.clone();
+        in_shard_order.sort_unstable();
+        let mut conns = Vec::with_capacity(participants.len());
+        for &shard in &in_shard_order {
+            let conn = self
+                .pool(shard)?
+                .clone()
+                .acquire()
+                .await
+                .map_err(TwoPhaseError::Aborted)?;
+            conns.push((shard, conn));
+        }
+        let mut take = |shard: u8| {
+            let at = conns.iter().position(|(s, _)| *s == shard);
+            at.map(|at| conns.swap_remove(at).1)
+                .ok_or(TwoPhaseError::NotAParticipant(shard))
+        };
+        let mut decider_conn = take(decider)?;
         // The record, committed on its own before anything else happens (autocommit).
         let txid = if participants.len() > 1 {
             let as_smallints: Vec<i16> = participants.iter().map(|s| i16::from(*s)).collect();
@@ -289,15 +304,10 @@ impl Coordinator {
         } else {
             0
         };
+        let mut branches = Vec::with_capacity(participants.len());
         branches.push(Branch::open(decider, decider_conn).await?);
         for &shard in &participants[1..] {
-            let conn = self
-                .pool(shard)?
-                .clone()
-                .acquire()
-                .await
-                .map_err(TwoPhaseError::Aborted)?;
-            branches.push(Branch::open(shard, conn).await?);
+            branches.push(Branch::open(shard, take(shard)?).await?);
         }
         Ok(GlobalTransaction {
             coordinator: self,
