@@ -423,7 +423,7 @@ async fn sharded_list_ids(
     let mut filter = filter;
     let mut targets: Vec<u8> = shards.all().map(|(n, _)| n).collect();
     if let Some(author) = filter.author {
-        match directory_id(reader, author).await? {
+        match shared::user_id_by_name(reader.on(0).pool().await?, author).await? {
             // The filter's own subquery finds the author on their shard.
             Some(id) => targets = vec![shards.shard_of(id)],
             None => return Ok((Vec::new(), 0)),
@@ -431,7 +431,7 @@ async fn sharded_list_ids(
     }
     let favorites: Vec<i64>;
     if let Some(user) = filter.favorited_by {
-        let Some(id) = directory_id(reader, user).await? else {
+        let Some(id) = shared::user_id_by_name(reader.on(0).pool().await?, user).await? else {
             return Ok((Vec::new(), 0));
         };
         // Bounded by `MAX_FAVORITES_LISTED`: see there.
@@ -481,16 +481,6 @@ async fn sharded_list_ids(
 /// asks the shards holding them; a reader with more favorites sees a list (and a count) of these
 /// only. On one database the filter is a join and has no such bound.
 pub const MAX_FAVORITES_LISTED: i64 = 10_000;
-
-/// The user id of `username`, from the directory (shard 0).
-async fn directory_id(reader: &Reader, username: &str) -> ApiResult<Option<i64>> {
-    Ok(
-        sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
-            .bind(username)
-            .fetch_optional(reader.on(0).pool().await?)
-            .await?,
-    )
-}
 
 /// The page of articles with these ids, in this order, as `viewer` sees them: the shared parts
 /// (from the cache where it holds them) and the viewer's flags.

@@ -49,9 +49,7 @@ async fn profile(pool: &PgPool, username: &str, viewer: i64) -> ApiResult<Profil
 }
 
 async fn user_id(state: &AppState, username: &str) -> ApiResult<i64> {
-    sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
-        .bind(username)
-        .fetch_optional(state.shards.directory().write())
+    shared::user_id_by_name(state.shards.directory().write(), username)
         .await?
         .ok_or(ApiError::NotFound("profile"))
 }

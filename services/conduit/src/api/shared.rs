@@ -139,12 +139,9 @@ pub async fn load_profile(
     username: &str,
 ) -> ApiResult<Option<SharedProfile>> {
     let row = if shards.sharded() {
-        let id: Option<i64> =
-            sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
-                .bind(username)
-                .fetch_optional(pool)
-                .await?;
-        let Some(id) = id else { return Ok(None) };
+        let Some(id) = user_id_by_name(pool, username).await? else {
+            return Ok(None);
+        };
         sqlx::query("SELECT id, username, bio, image FROM users WHERE id = $1")
             .bind(id)
             .fetch_optional(shards.of(id).write())
@@ -162,6 +159,18 @@ pub async fn load_profile(
         bio: row.try_get("bio")?,
         image: row.try_get("image")?,
     }))
+}
+
+/// The id of the user named `username`, from the user directory on `pool` (shard 0's: a view
+/// over `users` on one database, a table of its own when sharded). The one place names are
+/// looked up.
+pub async fn user_id_by_name(pool: &PgPool, username: &str) -> ApiResult<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
+            .bind(username)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Loads one profile's shared part by user id (on the user's shard).
