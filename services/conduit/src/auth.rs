@@ -43,6 +43,17 @@ struct Claims {
     exp: i64,
 }
 
+/// What a client's position cookie carries (see [`crate::db::session`]): a WAL position, signed
+/// with the tokens' key so a client cannot send its reads to the primary by inventing one. It has
+/// no `sub`, so it can never pass as a login token, nor a token as it.
+#[derive(Debug, Serialize, Deserialize)]
+struct PositionClaims {
+    /// The position, as sixteen hex digits.
+    pos: String,
+    /// Expiry, seconds since the epoch.
+    exp: i64,
+}
+
 impl Auth {
     /// Builds the signer and checker from settings.
     pub fn new(settings: &AuthSettings) -> Self {
@@ -92,6 +103,25 @@ impl Auth {
                 message: "is invalid",
             }),
         }
+    }
+
+    /// A signed statement that its holder may have seen the database at `position`, valid for
+    /// `ttl_secs`.
+    pub fn sign_position(&self, position: u64, ttl_secs: u64) -> ApiResult<String> {
+        let claims = PositionClaims {
+            pos: format!("{position:016x}"),
+            exp: OffsetDateTime::now_utc().unix_timestamp() + ttl_secs as i64,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing a position")))
+    }
+
+    /// The position in a valid, unexpired statement made by [`Auth::sign_position`]; `None` for
+    /// anything else.
+    pub fn position_in(&self, signed: &str) -> Option<u64> {
+        let data = jsonwebtoken::decode::<PositionClaims>(signed, &self.decoding, &self.validation)
+            .ok()?;
+        u64::from_str_radix(&data.claims.pos, 16).ok()
     }
 
     /// Hashes a password with argon2id and a random salt, off the async threads.
@@ -213,6 +243,30 @@ mod tests {
         let auth = auth();
         let token = auth.issue(42)?;
         assert_eq!(auth.verify(&token)?, 42);
+        Ok(())
+    }
+
+    #[test]
+    fn a_position_statement_is_neither_a_token_nor_forgeable() -> TestResult {
+        let auth = auth();
+        let signed = auth.sign_position(0x1_6B37_4D48, 60)?;
+        assert_eq!(auth.position_in(&signed), Some(0x1_6B37_4D48));
+        // Neither passes as the other.
+        assert!(auth.verify(&signed).is_err());
+        assert_eq!(auth.position_in(&auth.issue(7)?), None);
+        // Signed by another key, or expired: nothing.
+        let other = Auth::new(&AuthSettings {
+            jwt_secret: crate::settings::Secret::from("another secret, long enough to be accepted"),
+            ..AuthSettings::default()
+        });
+        assert_eq!(auth.position_in(&other.sign_position(5, 60)?), None);
+        let claims = PositionClaims {
+            pos: format!("{:016x}", 5),
+            exp: OffsetDateTime::now_utc().unix_timestamp() - 10,
+        };
+        let expired =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding)?;
+        assert_eq!(auth.position_in(&expired), None);
         Ok(())
     }
 

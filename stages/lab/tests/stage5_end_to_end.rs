@@ -144,6 +144,15 @@ async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_f
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    let position_cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("archlab-position="))
+        .and_then(|v| v.split(';').next())
+        .expect("a write gives the client its position in a cookie")
+        .to_owned();
     for _ in 0..5 {
         let (status, body, _) = get(&http, &comments, Some(&ann)).await;
         assert_eq!(status, 200);
@@ -154,6 +163,28 @@ async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_f
         body["comments"].as_array().unwrap().len(),
         0,
         "the paused replica serves anonymous readers: {body}"
+    );
+    // The writer's client reading without its token, but with the cookie its write gave it,
+    // sees the comment (its reads go past its own position); a cookie the app did not sign is
+    // ignored, and such a reader is served by the paused replica again.
+    let anonymous_with = |cookie: String| {
+        let (http, comments) = (&http, &comments);
+        async move {
+            let response = http
+                .get(comments)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
+            body["comments"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(anonymous_with(position_cookie.clone()).await, 1);
+    assert_eq!(
+        anonymous_with("archlab-position=ffffffffffffffff".to_owned()).await,
+        0
     );
 
     // A favorite changes the cached article. Its next fill must come from the primary: the

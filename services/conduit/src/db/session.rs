@@ -20,6 +20,15 @@
 //! which is never behind: safe first. Anonymous readers have no position; they read any replica in
 //! rotation, which is at most `database.replica_max_lag_ms` behind (plus one poll).
 //!
+//! A client that writes with its token and then reads without one (a page rendered for anyone,
+//! the RealWorld test suite) is nobody's session on its reads. So every acknowledged write also
+//! gives the client its position in a cookie ([`POSITION_COOKIE`], signed with the tokens' key,
+//! expiring with the Redis position), and a read carrying it goes to a replica past it: the
+//! client's own floor, whoever it is logged in as. This is the classic "cookie after a POST" of
+//! replica routing and CDNs (Rails' database selector keeps the time of the last write in the
+//! session for the same reason); at stage 6 the edge passes requests with cookies to the origin,
+//! so the same cookie also keeps a client that just wrote from being served the edge's copy.
+//!
 //! A read that fails on a replica (the replica died between two polls) takes it out of rotation
 //! at once and is run again on the primary, once: it was a read, so running it twice is safe.
 //!
@@ -55,6 +64,9 @@ use crate::{
 /// in rotation may still be behind it, and a replica in rotation is at most
 /// `replica_max_lag_ms` (a second by default) behind: a minute is far past that.
 pub const POSITION_TTL_SECS: u64 = 60;
+
+/// The cookie a client's own position rides in (see the module's documentation).
+pub const POSITION_COOKIE: &str = "archlab-position";
 
 /// Where users' positions live: Redis, with the cache's timeouts and breaker.
 pub struct Positions {
@@ -160,6 +172,8 @@ impl Route {
 pub struct ReadSession {
     /// The logged-in user, if any.
     user: Option<i64>,
+    /// The position the client's cookie carries, if any: its reads go past it.
+    client: Option<Lsn>,
     /// Set for the second try of a read that failed: where the first went.
     retry_of: Option<Tried>,
     /// Where its reads go; `None` inside: nowhere can serve them.
@@ -180,9 +194,10 @@ enum Tried {
 }
 
 impl ReadSession {
-    fn new(user: Option<i64>, retry_of: Option<Tried>) -> Self {
+    fn new(user: Option<i64>, client: Option<Lsn>, retry_of: Option<Tried>) -> Self {
         Self {
             user,
+            client,
             retry_of,
             chosen: OnceCell::new(),
             read_primary: AtomicBool::new(false),
@@ -227,7 +242,7 @@ impl FromRequestParts<AppState> for Reader {
             .extensions
             .get::<Arc<ReadSession>>()
             .cloned()
-            .unwrap_or_else(|| Arc::new(ReadSession::new(None, None)));
+            .unwrap_or_else(|| Arc::new(ReadSession::new(None, None, None)));
         Ok(Reader {
             db: state.db.clone(),
             session,
@@ -244,7 +259,7 @@ impl Reader {
         let session = if shard == 0 {
             self.session.clone()
         } else {
-            Arc::new(ReadSession::new(self.session.user, None))
+            Arc::new(ReadSession::new(self.session.user, None, None))
         };
         Reader {
             db: self.shards.shard(shard).clone(),
@@ -357,6 +372,11 @@ impl Reader {
             }
             _ => None,
         };
+        // The client's own floor (its cookie), with or without a user.
+        let needed = match (needed, self.session.client) {
+            (Some(user), Some(client)) => Some(user.max(client)),
+            (user, client) => user.or(client),
+        };
         match self.session.retry_of {
             Some(Tried::Replica) => return primary_if_up(Route::Retry),
             Some(Tried::Primary) => {
@@ -422,8 +442,12 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         return ApiError::DatabaseUnavailable("primary down: writes refused, reads served")
             .into_response();
     }
+    let client = db
+        .session_guard
+        .then(|| client_position(request.headers(), &state.auth))
+        .flatten();
     let retry = reads_only.then(|| copy_of(&request));
-    let session = Arc::new(ReadSession::new(user, None));
+    let session = Arc::new(ReadSession::new(user, client, None));
     let mut request = request;
     request.extensions_mut().insert(session.clone());
     let mut response = next.clone().run(request).await;
@@ -443,26 +467,35 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
             if let Some(replica) = replica {
                 replica.suspend();
             }
-            let fresh = Arc::new(ReadSession::new(user, Some(tried)));
+            let fresh = Arc::new(ReadSession::new(user, client, Some(tried)));
             again.extensions_mut().insert(fresh.clone());
             response = next.run(again).await;
             session = fresh;
         }
     }
     let user = user.or_else(|| response.extensions().get::<Registered>().map(|r| r.0));
-    if let (Some(user), Some(positions)) = (user, &db.positions) {
-        let wrote = !reads_only && response.status().is_success();
-        if let Some(seen) = seen_position(db, &session, wrote).await {
-            // Tried twice: a position not recorded is the one way this guard can fail (the
-            // user's next read may find the old one and a replica behind the new one).
-            let mut result = positions.raise(user, seen).await;
-            if result.is_err() {
-                result = positions.raise(user, seen).await;
-            }
-            if let Err(e) = result {
-                db.metrics.position_not_recorded();
-                tracing::warn!(user, error = %e, "the user's position could not be recorded");
-            }
+    let wrote = !reads_only && response.status().is_success();
+    let tracked_user = user.zip(db.positions.as_ref());
+    let gives_cookie = wrote && db.session_guard;
+    if tracked_user.is_none() && !gives_cookie {
+        return response;
+    }
+    let Some(seen) = seen_position(db, &session, wrote).await else {
+        return response;
+    };
+    if gives_cookie {
+        give_position_cookie(&mut response, &state.auth, seen);
+    }
+    if let Some((user, positions)) = tracked_user {
+        // Tried twice: a position not recorded is the one way this guard can fail (the user's
+        // next read may find the old one and a replica behind the new one).
+        let mut result = positions.raise(user, seen).await;
+        if result.is_err() {
+            result = positions.raise(user, seen).await;
+        }
+        if let Err(e) = result {
+            db.metrics.position_not_recorded();
+            tracing::warn!(user, error = %e, "the user's position could not be recorded");
         }
     }
     response
@@ -488,6 +521,36 @@ async fn seen_position(db: &Database, session: &ReadSession, wrote: bool) -> Opt
             tracing::warn!(error = %ApiError::from(e), "the user's position could not be measured");
             cached
         }
+    }
+}
+
+/// The position in the request's [`POSITION_COOKIE`], if it carries a valid one.
+fn client_position(headers: &axum::http::HeaderMap, auth: &crate::auth::Auth) -> Option<Lsn> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| *name == POSITION_COOKIE)
+        .find_map(|(_, value)| auth.position_in(value))
+        .map(Lsn)
+}
+
+/// Hands the client its position after a write: it lives as long as a user's position in Redis,
+/// for the same reason ([`POSITION_TTL_SECS`]). Not readable by scripts (`HttpOnly`), sent on
+/// same-site requests and top-level navigation (`SameSite=Lax`), for every path of the API.
+fn give_position_cookie(response: &mut Response, auth: &crate::auth::Auth, seen: Lsn) {
+    let Ok(signed) = auth.sign_position(seen.0, POSITION_TTL_SECS) else {
+        return;
+    };
+    let cookie = format!(
+        "{POSITION_COOKIE}={signed}; Max-Age={POSITION_TTL_SECS}; Path=/; HttpOnly; SameSite=Lax"
+    );
+    if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
+        response
+            .headers_mut()
+            .append(axum::http::header::SET_COOKIE, value);
     }
 }
 
