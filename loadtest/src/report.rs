@@ -404,6 +404,44 @@ pub struct Drill {
     /// App settings the drill's variant changed (`APP_DATABASE__CONSISTENCY=none`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_settings: Vec<String>,
+    /// Second of measurement when the app host's process died at its armed fault point
+    /// (`coordinator-crash` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashed_at_s: Option<f64>,
+    /// A sharded stage's state after the drill (stage 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardCheck>,
+}
+
+/// What a sharded stage looks like once a drill is over and recovery has had its time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardCheck {
+    /// Shards checked.
+    pub shards: usize,
+    /// Prepared branches found on the shards just after an app host crashed at its fault point
+    /// (`coordinator-crash`): what the crash left in doubt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_doubt_after_crash: Option<u64>,
+    /// Seconds from the crash until recovery had settled them: the window in which their rows
+    /// stayed locked (2PC's blocking window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_doubt_after_crash_cleared_s: Option<f64>,
+    /// Prepared branches of the app's global transactions found on the shards just after the
+    /// load ended (what the fault left in doubt, unless recovery had already finished it).
+    pub in_doubt_at_end: u64,
+    /// Seconds from the end of the load until no shard held one (null: some still did when the
+    /// check gave up).
+    pub in_doubt_cleared_after_s: Option<f64>,
+    /// Prepared branches left when the check ended (must be 0).
+    pub in_doubt_left: u64,
+    /// Articles checked, on all shards together.
+    pub articles: u64,
+    /// Articles whose `favorites_count` differs from their favorite rows on all shards
+    /// together (must be 0: a half-committed favorite shows up here).
+    pub favorite_count_mismatches: u64,
+    /// The app hosts' two-phase commit counters at the end (`/metrics`, summed over the hosts
+    /// still running: a crashed host's counts died with it).
+    pub two_phase: std::collections::BTreeMap<String, f64>,
 }
 
 /// One second of the series.

@@ -12,8 +12,15 @@
 //! - `apply-delay` (a replica): it applies each commit [`APPLY_DELAY`] late
 //!   (`recovery_min_apply_delay`), a replica that lags yet stays within the app's lag bound.
 //!
+//! - `coordinator-crash` (an app host, stage 7): the host's two-phase commit coordinator is armed
+//!   to abort its process at a fault point (`--point`) of its next global transaction; the lab
+//!   starts it again after the outage. Needs the app built with its fault injection points
+//!   (`scripts/build-drills.sh`), which every other run leaves out.
+//!
 //! On a stage with replicas the harness also reads each acknowledged write twice as its writer
-//! (read-your-writes, then monotonic reads), so the report counts both kinds of violation.
+//! (read-your-writes, then monotonic reads), so the report counts both kinds of violation. On a
+//! sharded stage the drill then waits for recovery to leave no prepared branch on any shard and
+//! checks that every article's `favoritesCount` equals its favorite rows on all shards together.
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -46,7 +53,51 @@ pub enum Fault {
     PauseReplay,
     /// Delay every commit's apply on a replica by [`APPLY_DELAY`] for the outage.
     ApplyDelay,
+    /// Make an app host's two-phase commit coordinator abort its process at `--point`; start it
+    /// again after the outage.
+    CoordinatorCrash,
 }
+
+/// Where `coordinator-crash` aborts the coordinator: the app's `FaultPoint`s, by the names its
+/// drills endpoint takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TwoPhasePoint {
+    /// One branch prepared, the others not: recovery rolls the prepared one back.
+    AfterFirstPrepare,
+    /// Every branch prepared, no decision: recovery rolls them all back.
+    AfterAllPrepares,
+    /// The decision committed, no branch finished: recovery commits them all.
+    AfterDecision,
+    /// One branch committed, the others prepared: recovery commits the rest.
+    AfterFirstCommitPrepared,
+}
+
+impl TwoPhasePoint {
+    /// The name in the app's drills endpoint.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TwoPhasePoint::AfterFirstPrepare => "after-first-prepare",
+            TwoPhasePoint::AfterAllPrepares => "after-all-prepares",
+            TwoPhasePoint::AfterDecision => "after-decision",
+            TwoPhasePoint::AfterFirstCommitPrepared => "after-first-commit-prepared",
+        }
+    }
+}
+
+/// How long a `coordinator-crash` drill waits for the armed host to reach its fault point. Under
+/// the write-heavy mix a host starts a cross-shard write every few hundred milliseconds; a
+/// minute without one means the load is not crossing shards at all.
+const CRASH_WAIT: Duration = Duration::from_secs(60);
+
+/// How old a prepared branch must be to count as left by a crash: a live coordinator holds its
+/// branches prepared for milliseconds (a few hundred under a small CPU budget), a crashed one's
+/// stay until recovery's grace period (10 s) is over.
+const CRASH_SETTLE: Duration = Duration::from_secs(1);
+
+/// How long the drill waits, after the load, for recovery to finish every prepared branch: the
+/// app's grace period (10 s, `RECOVERY_GRACE`) plus its pass interval (2 s), with room for a
+/// restarted host's first pass and a busy machine.
+const RECOVERY_WAIT: Duration = Duration::from_secs(90);
 
 /// The apply delay of `apply-delay`: half the app's default lag bound (`replica_max_lag_ms`,
 /// 1 s), so the replica lags visibly on every commit yet stays in rotation; only the session
@@ -60,6 +111,10 @@ pub struct DrillOptions {
     pub fault: Fault,
     /// The service it hits (`database`, `app`, `files`).
     pub service: Role,
+    /// The host, by name (`db-2`: shard 1's primary); the first host of the service if `None`.
+    pub host: Option<String>,
+    /// Where `coordinator-crash` aborts the coordinator.
+    pub point: Option<TwoPhasePoint>,
     /// Workload name or file.
     pub workload: String,
     /// Fixed offered rate (requests per second).
@@ -98,15 +153,25 @@ pub async fn drill(
     let host = stage
         .hosts
         .iter()
+        .filter(|h| options.host.as_ref().is_none_or(|name| &h.name == name))
         .find(|h| h.roles.contains(&options.service))
         .with_context(|| {
             format!(
-                "stage {} has no {} service",
+                "stage {} has no {} service{}",
                 stage.number,
-                options.service.as_str()
+                options.service.as_str(),
+                options
+                    .host
+                    .as_ref()
+                    .map_or(String::new(), |name| format!(" on a host named {name}"))
             )
         })?
         .clone();
+    if options.fault == Fault::CoordinatorCrash
+        && (options.service != Role::App || options.point.is_none())
+    {
+        anyhow::bail!("coordinator-crash hits an app host (--service app) at a --point");
+    }
     progress(&format!(
         "stage {}: bringing it up (fresh) and seeding",
         stage.number
@@ -154,6 +219,11 @@ async fn run(
         pops: crate::bench::Clients::Spread.pops(stage)?,
     };
     let replication = crate::replication::ReplicationWatch::start(lab, stage).await;
+    let probe = if stage.database_hosts().len() > 1 {
+        Some(ShardProbe::connect(lab, stage).await?)
+    } else {
+        None
+    };
     let load =
         tokio::spawn(
             async move { loadtest::execute(&harness, &|line| eprintln!("  {line}")).await },
@@ -185,6 +255,8 @@ async fn run(
         _ => None,
     };
     let injected_at = measure_start.elapsed().as_secs_f64();
+    let mut crashed_at = None;
+    let mut after_crash = None;
     match options.fault {
         Fault::Kill | Fault::Freeze => {
             let signal = if options.fault == Fault::Kill {
@@ -218,9 +290,48 @@ async fn run(
             progress(&format!("{injected_at:.1} s: {sql} on {}", host.name));
             replica_sql(&replica, &sql).await?;
         }
+        Fault::CoordinatorCrash => {
+            let point = options.point.context("coordinator-crash needs a --point")?;
+            progress(&format!(
+                "{injected_at:.1} s: arming {}'s coordinator to crash {}",
+                host.name,
+                point.as_str()
+            ));
+            arm_coordinator(&host.address, point).await?;
+            let deadline = Instant::now() + CRASH_WAIT;
+            while alive(pid) {
+                if Instant::now() > deadline {
+                    anyhow::bail!(
+                        "{} reached no {} within {CRASH_WAIT:?}: is the load crossing shards?",
+                        host.name,
+                        point.as_str()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let at = measure_start.elapsed().as_secs_f64();
+            progress(&format!(
+                "{at:.1} s: {} crashed {}",
+                host.name,
+                point.as_str()
+            ));
+            crashed_at = Some((at * 10.0).round() / 10.0);
+            // What the crash left in doubt, and how long until recovery (on the other app
+            // hosts, or this one restarted) had settled it: 2PC's blocking window. Counted once
+            // the crash is a second old, and only branches at least that old: the other hosts'
+            // transactions hold theirs prepared for milliseconds, and are not the crash's.
+            if let Some(probe) = probe.clone() {
+                let crashed = Instant::now();
+                after_crash = Some(tokio::spawn(async move {
+                    tokio::time::sleep(CRASH_SETTLE).await;
+                    let (found, _, took) = probe.until_settled(crashed, CRASH_SETTLE).await?;
+                    Ok::<_, sqlx::Error>((found, took))
+                }));
+            }
+        }
     }
     let restore = match options.fault {
-        Fault::Kill => {
+        Fault::Kill | Fault::CoordinatorCrash => {
             tokio::time::sleep(options.outage).await;
             lab.up(stage, false, &|_| {}).await
         }
@@ -254,6 +365,17 @@ async fn run(
         report.replication = Some(watch.finish().await);
     }
     restore.context("restoring the service")?;
+    let after_crash = match after_crash {
+        Some(watch) => Some(watch.await.context("the in-doubt watch")??),
+        None => None,
+    };
+    let shards = match &probe {
+        Some(probe) => {
+            progress("waiting for recovery to finish every prepared branch on the shards");
+            Some(probe.check(stage, after_crash, progress).await?)
+        }
+        None => None,
+    };
 
     // Recovered: the first second after the restore from which no second has errors.
     let from = restored_at.floor() as u64;
@@ -271,7 +393,12 @@ async fn run(
         });
     report.stage = Some(stage.number);
     report.drill = Some(Drill {
-        fault: format!("{:?}", options.fault).to_lowercase(),
+        fault: match (options.fault, options.point) {
+            (Fault::CoordinatorCrash, Some(point)) => {
+                format!("coordinator-crash {}", point.as_str())
+            }
+            (fault, _) => format!("{fault:?}").to_lowercase(),
+        },
         host: format!("{} ({})", host.name, options.service.as_str()),
         injected_at_s: (injected_at * 10.0).round() / 10.0,
         restored_at_s: (restored_at * 10.0).round() / 10.0,
@@ -284,9 +411,162 @@ async fn run(
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
+        crashed_at_s: crashed_at,
+        shards,
     });
     report.provenance.stage = Some(stage.number);
     Ok(report)
+}
+
+/// Whether process `pid` still runs (a zombie, dead but not yet reaped by its parent, does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
+}
+
+/// Arms the coordinator of the app on `address` to crash at `point` (its drills endpoint).
+async fn arm_coordinator(address: &str, point: TwoPhasePoint) -> anyhow::Result<()> {
+    let url = format!(
+        "http://{address}:{APP_PORT}/drills/two-phase-crash/{}",
+        point.as_str()
+    );
+    let response = reqwest::Client::new()
+        .post(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    match response.status().as_u16() {
+        200 => Ok(()),
+        404 | 405 => anyhow::bail!(
+            "the app on {address} has no drills endpoint: it is not the `conduit-drills` build"
+        ),
+        status => anyhow::bail!("POST {url}: {status} {}", response.text().await?),
+    }
+}
+
+/// The shards of a sharded stage, as the drill inspects them.
+#[derive(Clone)]
+struct ShardProbe {
+    pools: Vec<sqlx::PgPool>,
+}
+
+impl ShardProbe {
+    async fn connect(lab: &Lab, stage: &Stage) -> anyhow::Result<Self> {
+        let mut pools = Vec::new();
+        for url in lab.shard_urls(stage) {
+            pools.push(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .with_context(|| format!("connecting to shard {}", pools.len()))?,
+            );
+        }
+        Ok(Self { pools })
+    }
+
+    /// Prepared branches of the app's global transactions on all shards now, prepared at least
+    /// `older_than` ago.
+    async fn in_doubt(&self, older_than: Duration) -> Result<u64, sqlx::Error> {
+        let mut n = 0u64;
+        for pool in &self.pools {
+            let here: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'conduit-2pc:%'
+                 AND prepared <= now() - make_interval(secs => $1)",
+            )
+            .bind(older_than.as_secs_f64())
+            .fetch_one(pool)
+            .await?;
+            n += here as u64;
+        }
+        Ok(n)
+    }
+
+    /// Polls until no branch prepared `older_than` ago or earlier is in doubt (at most
+    /// [`RECOVERY_WAIT`]): the count found first, the count left and the seconds it took from
+    /// `started` (`None`: some still were when the wait ended).
+    async fn until_settled(
+        &self,
+        started: Instant,
+        older_than: Duration,
+    ) -> Result<(u64, u64, Option<f64>), sqlx::Error> {
+        let first = self.in_doubt(older_than).await?;
+        let mut left = first;
+        while left > 0 && started.elapsed() < RECOVERY_WAIT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = self.in_doubt(older_than).await?;
+        }
+        let took = (left == 0).then(|| (started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+        Ok((first, left, took))
+    }
+
+    /// Waits for recovery to settle every branch, then checks every article's `favorites_count`
+    /// against its favorite rows on all shards together and reads the app hosts' two-phase
+    /// commit counters.
+    async fn check(
+        &self,
+        stage: &Stage,
+        after_crash: Option<(u64, Option<f64>)>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<loadtest::report::ShardCheck> {
+        let (in_doubt_at_end, left, cleared) =
+            self.until_settled(Instant::now(), Duration::ZERO).await?;
+        progress(&format!(
+            "in doubt when the load ended: {in_doubt_at_end}; left: {left}{}",
+            cleared.map_or(String::new(), |t| format!(" ({t} s later)"))
+        ));
+        let mut rows = std::collections::HashMap::<i64, i64>::new();
+        let mut counts = Vec::new();
+        for pool in &self.pools {
+            let favorites: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT article_id, count(*) FROM favorites GROUP BY article_id")
+                    .fetch_all(pool)
+                    .await?;
+            for (article, n) in favorites {
+                *rows.entry(article).or_default() += n;
+            }
+            counts.extend(
+                sqlx::query_as::<_, (i64, i64)>("SELECT id, favorites_count FROM articles")
+                    .fetch_all(pool)
+                    .await?,
+            );
+        }
+        let mismatches = counts
+            .iter()
+            .filter(|(id, count)| rows.get(id).copied().unwrap_or(0) != *count)
+            .count() as u64;
+        let mut two_phase = std::collections::BTreeMap::new();
+        for host in stage.app_hosts() {
+            let url = format!("http://{}:{APP_PORT}/metrics", host.address);
+            let Ok(response) = reqwest::get(&url).await else {
+                continue;
+            };
+            let text = response.text().await.unwrap_or_default();
+            for line in text.lines().filter(|l| l.starts_with("two_phase_")) {
+                if let Some((name, value)) = line.rsplit_once(' ') {
+                    if let Ok(value) = value.parse::<f64>() {
+                        *two_phase.entry(name.to_owned()).or_insert(0.0) += value;
+                    }
+                }
+            }
+        }
+        Ok(loadtest::report::ShardCheck {
+            shards: self.pools.len(),
+            in_doubt_after_crash: after_crash.map(|(n, _)| n),
+            in_doubt_after_crash_cleared_s: after_crash.and_then(|(_, t)| t),
+            in_doubt_at_end,
+            in_doubt_cleared_after_s: cleared,
+            in_doubt_left: left,
+            articles: counts.len() as u64,
+            favorite_count_mismatches: mismatches,
+            two_phase,
+        })
+    }
 }
 
 /// Runs `sql` on a replica as the superuser, then reloads its configuration (for `ALTER SYSTEM`).
@@ -346,6 +626,32 @@ pub fn markdown(report: &Report) -> String {
                 "| {name} | {} | {} | {} |\n",
                 c.ok, c.failed, c.unknown
             ));
+        }
+        if let Some(at) = d.crashed_at_s {
+            s.push_str(&format!("\nThe app host crashed at {at} s.\n"));
+        }
+        if let Some(c) = &d.shards {
+            if let Some(n) = c.in_doubt_after_crash {
+                s.push_str(&format!(
+                    "\nThe crash left {n} prepared branches in doubt; recovery settled them {}.\n",
+                    c.in_doubt_after_crash_cleared_s
+                        .map_or("not within the wait".to_owned(), |t| format!("in {t} s"))
+                ));
+            }
+            s.push_str(&format!(
+                "\nShards ({}): {} prepared branches in doubt when the load ended, {} left{}; \
+                 {} of {} articles with a `favoritesCount` different from their favorite rows.\n",
+                c.shards,
+                c.in_doubt_at_end,
+                c.in_doubt_left,
+                c.in_doubt_cleared_after_s
+                    .map_or(String::new(), |t| format!(" ({t} s later)")),
+                c.favorite_count_mismatches,
+                c.articles,
+            ));
+            for (name, value) in &c.two_phase {
+                s.push_str(&format!("- `{name}` {value}\n"));
+            }
         }
         s.push_str("\n| second | ok | errors | p99 ms |\n|---:|---:|---:|---:|\n");
         for p in &report.series {

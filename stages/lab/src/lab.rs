@@ -169,6 +169,31 @@ impl Lab {
         )
     }
 
+    /// The app built with its fault injection points (`scripts/build-drills.sh` makes it as
+    /// `conduit-drills`, next to `conduit`), for the drills that crash the two-phase commit
+    /// coordinator. Every other run uses the plain build, which cannot be made to crash.
+    pub fn drills_conduit_bin() -> anyhow::Result<PathBuf> {
+        let plain = Self::default_conduit_bin()?;
+        let drills = plain.with_file_name("conduit-drills");
+        if !drills.exists() {
+            bail!(
+                "{} is missing: this drill needs the app built with its fault injection points \
+                 (`bash scripts/build-drills.sh`, or `--release` for a release build)",
+                drills.display()
+            );
+        }
+        Ok(drills)
+    }
+
+    /// The URLs of the stage's shards (its database hosts, shard 0 first), as the app connects.
+    pub fn shard_urls(&self, stage: &Stage) -> Vec<String> {
+        stage
+            .database_hosts()
+            .iter()
+            .map(|host| self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
+            .collect()
+    }
+
     /// The app binary this lab starts.
     pub fn conduit_bin(&self) -> &Path {
         &self.conduit_bin

@@ -191,12 +191,19 @@ enum Command_ {
     Drill {
         /// Stage number or name.
         stage: String,
-        /// kill (SIGKILL, then start again) or freeze (SIGSTOP, then SIGCONT).
+        /// What to break (each value is explained below).
         #[arg(value_enum)]
         fault: archlab::drill::Fault,
         /// The service to break.
         #[arg(long, value_enum, default_value = "database")]
         service: archlab::stage::Role,
+        /// The host to break, by name (`db-2`: stage 7's shard 1); the service's first host if
+        /// not given.
+        #[arg(long)]
+        host: Option<String>,
+        /// Where `coordinator-crash` makes the app's two-phase commit coordinator abort.
+        #[arg(long, value_enum)]
+        point: Option<archlab::drill::TwoPhasePoint>,
         /// Built-in workload or a workload file.
         #[arg(long, default_value = "read-heavy")]
         workload: String,
@@ -449,6 +456,8 @@ async fn main() -> anyhow::Result<()> {
             stage,
             fault,
             service,
+            host,
+            point,
             workload,
             rate,
             duration,
@@ -462,6 +471,8 @@ async fn main() -> anyhow::Result<()> {
             let options = DrillOptions {
                 fault,
                 service,
+                host,
+                point,
                 workload,
                 rate,
                 // A rolling restart takes a few seconds per app host (drain until the gateway
@@ -848,7 +859,12 @@ async fn drill_stage(
     for (key, value) in app_settings {
         stage = stage.with_app_setting(key, value)?;
     }
-    let lab = Lab::new(state, Lab::default_conduit_bin()?);
+    let conduit = if options.fault == archlab::drill::Fault::CoordinatorCrash {
+        Lab::drills_conduit_bin()?
+    } else {
+        Lab::default_conduit_bin()?
+    };
+    let lab = Lab::new(state, conduit);
     let report = archlab::drill::drill(&lab, &stage, options, &|l| eprintln!("{l}")).await?;
     println!("{}", archlab::drill::markdown(&report));
     if let Some(out) = out {

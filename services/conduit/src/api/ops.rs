@@ -24,10 +24,46 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    #[cfg(feature = "drills")]
+    let router = router.route(
+        "/drills/two-phase-crash/{point}",
+        axum::routing::post(arm_two_phase_crash),
+    );
+    router
+}
+
+/// `POST /drills/two-phase-crash/{point}` (builds with the `drills` feature only, which the lab
+/// makes as `conduit-drills` for `archlab drill --fault coordinator-crash`): this process aborts
+/// when its coordinator next reaches `point` (`after-first-prepare`, `after-all-prepares`,
+/// `after-decision`, `after-first-commit-prepared`).
+#[cfg(feature = "drills")]
+async fn arm_two_phase_crash(
+    State(state): State<AppState>,
+    axum::extract::Path(point): axum::extract::Path<String>,
+) -> impl IntoResponse {
+    use crate::db::two_phase::FaultPoint;
+    let Ok(point) = serde_json::from_value::<FaultPoint>(serde_json::Value::String(point)) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "errors": { "point": ["is not a fault point"] } })),
+        );
+    };
+    if state.shards.coordinator().arm(point) {
+        tracing::warn!(
+            ?point,
+            "drill: the coordinator will crash at its next global transaction"
+        );
+        (StatusCode::OK, Json(json!({ "armed": point })))
+    } else {
+        (
+            StatusCode::CONFLICT,
+            Json(json!({ "errors": { "point": ["already armed"] } })),
+        )
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -197,7 +197,8 @@ pub struct Coordinator {
     /// Prepared branches younger than this are left alone by recovery: their coordinator may
     /// still be working on them.
     grace: Duration,
-    crash_at: Option<(FaultPoint, Crash)>,
+    /// Where a drill made this coordinator crash, once armed (never, outside drills and tests).
+    crash_at: std::sync::OnceLock<(FaultPoint, Crash)>,
     /// Exported in `/metrics`.
     pub stats: Arc<TwoPhaseStats>,
 }
@@ -209,7 +210,7 @@ impl Coordinator {
         Self {
             shards,
             grace,
-            crash_at: None,
+            crash_at: std::sync::OnceLock::new(),
             stats: Arc::default(),
         }
     }
@@ -217,9 +218,17 @@ impl Coordinator {
     /// Drills: crash in the way `crash` says when reaching `point`. Compiled into tests and into
     /// builds with the `drills` feature only; a production build has no way to arm it.
     #[cfg(any(test, feature = "drills"))]
-    pub fn crash_at(mut self, point: FaultPoint, crash: Crash) -> Self {
-        self.crash_at = Some((point, crash));
+    pub fn crash_at(self, point: FaultPoint, crash: Crash) -> Self {
+        let _ = self.crash_at.set((point, crash));
         self
+    }
+
+    /// Drills against a running stage: the process aborts when it next reaches `point`, as a
+    /// crashed host would (no destructor runs, no connection is closed politely). Armed once;
+    /// `false` if it already was.
+    #[cfg(any(test, feature = "drills"))]
+    pub fn arm(&self, point: FaultPoint) -> bool {
+        self.crash_at.set((point, Crash::Process)).is_ok()
     }
 
     fn pool(&self, shard: u8) -> Result<&PgPool, TwoPhaseError> {
@@ -230,7 +239,7 @@ impl Coordinator {
 
     /// Reaching `point`: carries on, or crashes if a drill armed it.
     fn reached(&self, point: FaultPoint) -> Result<(), TwoPhaseError> {
-        match self.crash_at {
+        match self.crash_at.get().copied() {
             Some((at, Crash::Process)) if at == point => {
                 tracing::error!(?point, "drill: the coordinator crashes here");
                 std::process::abort()
