@@ -104,6 +104,8 @@ pub struct Response {
     /// An edge PoP's `x-cache` (`HIT`, `MISS`, `STALE`, `UPDATING`, `REVALIDATED`, `PASS`: the
     /// edge answers in upper case, the app in lower case).
     pub edge: Option<String>,
+    /// How many shards a write's transaction spanned (the app's `x-shards`, stage 7 on).
+    pub shards: Option<u8>,
     /// The body.
     pub body: Vec<u8>,
     /// The server will close the connection after this response (`Connection: close`).
@@ -184,14 +186,14 @@ impl Connection {
 
     async fn read_response(&mut self) -> Result<Response, ClientError> {
         // Headers.
-        let (status, (cache, edge), header_len, length, chunked, close) = loop {
+        let (status, (cache, edge, shards), header_len, length, chunked, close) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut parsed = httparse::Response::new(&mut headers);
             match parsed.parse(&self.buf) {
                 Ok(httparse::Status::Complete(n)) => {
                     let mut length = None;
                     let mut chunked = false;
-                    let (mut cache, mut edge) = (None, None);
+                    let (mut cache, mut edge, mut shards) = (None, None, None);
                     let mut close = false;
                     for h in parsed.headers.iter() {
                         if h.name.eq_ignore_ascii_case("content-length") {
@@ -211,11 +213,15 @@ impl Connection {
                             }
                         } else if h.name.eq_ignore_ascii_case("x-origin-cache") {
                             cache = Some(String::from_utf8_lossy(h.value).into_owned());
+                        } else if h.name.eq_ignore_ascii_case("x-shards") {
+                            shards = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<u8>().ok());
                         }
                     }
                     break (
                         parsed.code.unwrap_or(0),
-                        (cache, edge),
+                        (cache, edge, shards),
                         n,
                         length,
                         chunked,
@@ -253,6 +259,7 @@ impl Connection {
             status,
             cache,
             edge,
+            shards,
             body,
             close,
         })

@@ -428,6 +428,7 @@ async fn finish(
         capacity: None,
         replication: None,
         operations: s.operations.clone(),
+        operation_latency: s.operation_latency.clone(),
         drill: None,
         hosts: Vec::new(),
         series: s

@@ -310,6 +310,9 @@ pub struct Report {
     /// Outcomes per operation kind.
     #[serde(default)]
     pub operations: std::collections::BTreeMap<String, crate::stats::OpCounts>,
+    /// Latency per operation kind, and of writes per shards spanned (stage 7 on).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub operation_latency: std::collections::BTreeMap<String, crate::stats::OpLatency>,
     /// A fault drill's timeline, for `archlab drill`.
     #[serde(default)]
     pub drill: Option<Drill>,
@@ -605,6 +608,20 @@ impl Report {
                 "Reads by server and route: {}.\n",
                 reads.join(", ")
             ));
+        }
+        let spanned: Vec<_> = self
+            .operation_latency
+            .iter()
+            .filter(|(name, _)| name.contains(" shard"))
+            .collect();
+        if !spanned.is_empty() {
+            s.push_str("\n| write, by shards spanned | requests | p50 ms | p99 ms |\n|---|---:|---:|---:|\n");
+            for (name, l) in spanned {
+                s.push_str(&format!(
+                    "| {name} | {} | {} | {} |\n",
+                    l.n, l.p50_ms, l.p99_ms
+                ));
+            }
         }
         if let Some(sweep) = &self.sweep {
             s.push_str(&format!(

@@ -455,6 +455,9 @@ async fn one_request(
         if let Ok(response) = &result {
             r.record_cache(response.cache.as_deref());
             r.record_edge(response.edge.as_deref());
+            if outcome == Outcome::Ok {
+                r.record_latency(op.kind.name(), response.shards, done - scheduled);
+            }
         }
     }
     // Acknowledged writes: remember them, and read them back at once as the writer.

@@ -156,6 +156,9 @@ pub struct Recorder {
     /// PASS), counted apart from the app cache's lower-case ones.
     pub edge: std::collections::BTreeMap<String, u64>,
     operations: std::collections::BTreeMap<&'static str, OpCounts>,
+    /// Corrected latency of each operation's successful requests, and of a write's by how many
+    /// shards it spanned (`favorite, 2 shards`; see [`Recorder::record_latency`]).
+    latency: std::collections::BTreeMap<String, Histogram<u64>>,
 }
 
 impl Default for Recorder {
@@ -175,6 +178,7 @@ impl Default for Recorder {
             cache_misses: 0,
             edge: Default::default(),
             operations: std::collections::BTreeMap::new(),
+            latency: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -231,6 +235,27 @@ impl Recorder {
         let _ = self.corrected.record(c);
         let _ = self.uncorrected.record(micros(uncorrected));
         let _ = self.current.record(c);
+    }
+
+    /// Records a successful request's corrected latency under its operation, and, when the
+    /// answer said how many shards the write spanned (`x-shards`), under `<operation>, <n>
+    /// shard(s)` as well: the price of a two-phase commit against a local one, same load.
+    pub fn record_latency(
+        &mut self,
+        operation: &'static str,
+        shards: Option<u8>,
+        corrected: std::time::Duration,
+    ) {
+        let c = micros(corrected);
+        let _ = self
+            .latency
+            .entry(operation.to_owned())
+            .or_insert_with(histogram)
+            .record(c);
+        if let Some(n) = shards {
+            let key = format!("{operation}, {n} shard{}", if n == 1 { "" } else { "s" });
+            let _ = self.latency.entry(key).or_insert_with(histogram).record(c);
+        }
     }
 
     /// Counts a successful response's `x-cache` header (in the totals and in its second; call
@@ -307,8 +332,33 @@ impl Recorder {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            operation_latency: self
+                .latency
+                .iter()
+                .map(|(k, h)| {
+                    (
+                        k.clone(),
+                        OpLatency {
+                            n: h.len(),
+                            p50_ms: ms(h.value_at_quantile(0.50)),
+                            p99_ms: ms(h.value_at_quantile(0.99)),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
+}
+
+/// Latency of one operation's successful requests (corrected, from the scheduled send).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct OpLatency {
+    /// Requests.
+    pub n: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
 }
 
 /// A finished run's measurements.
@@ -334,6 +384,8 @@ pub struct Summary {
     pub edge: std::collections::BTreeMap<String, u64>,
     /// Outcomes per operation kind (`read_article`, `fetch_media`, ...).
     pub operations: std::collections::BTreeMap<String, OpCounts>,
+    /// Latency per operation kind, and per shards spanned (see [`Recorder::record_latency`]).
+    pub operation_latency: std::collections::BTreeMap<String, OpLatency>,
 }
 
 fn ms(micros: u64) -> f64 {

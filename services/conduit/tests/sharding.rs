@@ -279,6 +279,25 @@ async fn scenario(mut pair: Pair) {
         )
         .await;
     }
+    // A favorite's answer says how many shards it spanned (the harness splits latency by it):
+    // two across shards, one on the reader's own shard, nothing on one database. Favoriting
+    // again changes nothing, so both apps stay alike.
+    for (reader, article, spanned) in [(on_0, on_1, Some("2")), (on_0, on_0, Some("1"))] {
+        for sharded in [false, true] {
+            let app = if sharded { &pair.sharded } else { &pair.one };
+            let path = format!("/api/articles/{}/favorite", pair.slug(article, sharded));
+            let response = app
+                .client
+                .post(app.url(&path))
+                .header("authorization", format!("Token {}", pair.token(reader, sharded)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let header = response.headers().get("x-shards").map(|v| v.to_str().unwrap());
+            assert_eq!(header, spanned.filter(|_| sharded), "{path}, sharded: {sharded}");
+        }
+    }
     // A rename (the directory and the user's row together), an article's tags changed, and an
     // article with favorites from both shards deleted.
     pair.same(

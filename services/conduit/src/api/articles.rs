@@ -24,7 +24,7 @@ use sqlx::{postgres::PgRow, PgExecutor, PgPool, Row};
 use super::{
     counts::ListCounts,
     scatter::{merge_newest, ListKey},
-    shared::{self, ViewerFlags},
+    shared::{self, SpannedShards, ViewerFlags},
 };
 use crate::{
     auth::{AuthUser, MaybeAuthUser},
@@ -1020,7 +1020,12 @@ async fn current_article(state: &AppState, slug: &str, viewer: i64) -> ApiResult
 /// A favorite added or removed: the reader's row (on the reader's shard) and the article's count
 /// (on the author's) change together. On one shard, one statement; across shards, a global
 /// transaction (the article's shard decides), so a count never disagrees with its rows.
-async fn change_favorite(state: &AppState, slug: &str, reader: i64, add: bool) -> ApiResult<i64> {
+async fn change_favorite(
+    state: &AppState,
+    slug: &str,
+    reader: i64,
+    add: bool,
+) -> ApiResult<(i64, SpannedShards)> {
     let shards = &state.shards;
     let id = article_id(slug)?;
     let (home, readers) = (shards.shard_of(id), shards.shard_of(reader));
@@ -1050,7 +1055,7 @@ async fn change_favorite(state: &AppState, slug: &str, reader: i64, add: bool) -
             .bind(reader)
             .execute(shards.shard(home).write())
             .await?;
-        return Ok(id);
+        return Ok((id, SpannedShards::of(shards, 1)));
     }
     let mut tx = shards.coordinator().begin(&[home, readers]).await?;
     let changed = async {
@@ -1083,7 +1088,8 @@ async fn change_favorite(state: &AppState, slug: &str, reader: i64, add: bool) -
         ApiResult::Ok(id)
     }
     .await;
-    tx.settle(changed).await
+    let id = tx.settle(changed).await?;
+    Ok((id, SpannedShards::of(shards, 2)))
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -1091,13 +1097,13 @@ async fn favorite(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(slug): ApiPath<String>,
-) -> ApiResult<Json<ArticleBody>> {
-    let id = change_favorite(&state, &slug, user.id, true).await?;
+) -> ApiResult<(SpannedShards, Json<ArticleBody>)> {
+    let (id, spanned) = change_favorite(&state, &slug, user.id, true).await?;
     // The favorite count changed.
     state.cache.invalidate(&[Key::article(id)]).await;
     // The answer to a write shows that write: read where it was written.
     let article = current_article(&state, &slug, user.id).await?;
-    Ok(Json(ArticleBody { article }))
+    Ok((spanned, Json(ArticleBody { article })))
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -1105,10 +1111,10 @@ async fn unfavorite(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(slug): ApiPath<String>,
-) -> ApiResult<Json<ArticleBody>> {
-    let id = change_favorite(&state, &slug, user.id, false).await?;
+) -> ApiResult<(SpannedShards, Json<ArticleBody>)> {
+    let (id, spanned) = change_favorite(&state, &slug, user.id, false).await?;
     state.cache.invalidate(&[Key::article(id)]).await;
     // The answer to a write shows that write: read where it was written.
     let article = current_article(&state, &slug, user.id).await?;
-    Ok(Json(ArticleBody { article }))
+    Ok((spanned, Json(ArticleBody { article })))
 }

@@ -313,3 +313,33 @@ pub fn by_shard(shards: &Shards, ids: &[i64]) -> Vec<(u8, Vec<i64>)> {
     }
     groups.into_iter().collect()
 }
+
+/// The `x-shards` header of a write's answer on a sharded stage: how many shards its transaction
+/// spanned (1: a local transaction; 2 or more: two-phase commit), so the harness can show the
+/// price of crossing shards per operation. Absent on one database.
+#[derive(Debug, Clone, Copy)]
+pub struct SpannedShards(Option<usize>);
+
+impl SpannedShards {
+    /// `n` shards spanned, said only when the stage has more than one.
+    pub fn of(shards: &crate::db::Shards, n: usize) -> Self {
+        Self(shards.sharded().then_some(n))
+    }
+}
+
+impl axum::response::IntoResponseParts for SpannedShards {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        mut res: axum::response::ResponseParts,
+    ) -> Result<axum::response::ResponseParts, Self::Error> {
+        if let Some(n) = self.0 {
+            res.headers_mut().insert(
+                axum::http::HeaderName::from_static("x-shards"),
+                axum::http::HeaderValue::from(n),
+            );
+        }
+        Ok(res)
+    }
+}
