@@ -289,13 +289,23 @@ async fn scenario(mut pair: Pair) {
             let response = app
                 .client
                 .post(app.url(&path))
-                .header("authorization", format!("Token {}", pair.token(reader, sharded)))
+                .header(
+                    "authorization",
+                    format!("Token {}", pair.token(reader, sharded)),
+                )
                 .send()
                 .await
                 .unwrap();
             assert_eq!(response.status(), 200);
-            let header = response.headers().get("x-shards").map(|v| v.to_str().unwrap());
-            assert_eq!(header, spanned.filter(|_| sharded), "{path}, sharded: {sharded}");
+            let header = response
+                .headers()
+                .get("x-shards")
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(
+                header,
+                spanned.filter(|_| sharded),
+                "{path}, sharded: {sharded}"
+            );
         }
     }
     // A rename (the directory and the user's row together), an article's tags changed, and an
