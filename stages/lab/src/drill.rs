@@ -434,9 +434,8 @@ async fn arm_coordinator(address: &str, point: TwoPhasePoint) -> anyhow::Result<
         "http://{address}:{APP_PORT}/drills/two-phase-crash/{}",
         point.as_str()
     );
-    let response = reqwest::Client::new()
+    let response = crate::lab::http_client()?
         .post(&url)
-        .timeout(Duration::from_secs(5))
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;
@@ -540,21 +539,21 @@ impl ShardProbe {
             .iter()
             .filter(|(id, count)| rows.get(id).copied().unwrap_or(0) != *count)
             .count() as u64;
-        let mut two_phase = std::collections::BTreeMap::new();
-        for host in stage.app_hosts() {
-            let url = format!("http://{}:{APP_PORT}/metrics", host.address);
-            let Ok(response) = reqwest::get(&url).await else {
-                continue;
-            };
-            let text = response.text().await.unwrap_or_default();
-            for line in text.lines().filter(|l| l.starts_with("two_phase_")) {
-                if let Some((name, value)) = line.rsplit_once(' ') {
-                    if let Ok(value) = value.parse::<f64>() {
-                        *two_phase.entry(name.to_owned()).or_insert(0.0) += value;
-                    }
-                }
-            }
-        }
+        let apps: Vec<String> = stage
+            .app_hosts()
+            .iter()
+            .map(|host| format!("http://{}:{APP_PORT}/metrics", host.address))
+            .collect();
+        let two_phase = crate::lab::summed_metrics(&apps, |text| {
+            text.lines()
+                .filter(|line| line.starts_with("two_phase_"))
+                .filter_map(|line| {
+                    let (series, value) = line.rsplit_once(' ')?;
+                    Some((series.to_owned(), value.parse::<f64>().ok()?))
+                })
+                .collect()
+        })
+        .await;
         Ok(loadtest::report::ShardCheck {
             shards: self.pools.len(),
             in_doubt_after_crash: after_crash.map(|(n, _)| n),

@@ -869,6 +869,30 @@ async fn wait_for_rotation(
     }
 }
 
+/// The samples `samples` finds in each metrics text at `urls` (one per app host), summed by key
+/// over the hosts; a host that does not answer adds nothing.
+pub async fn summed_metrics<V: Copy + Default + std::ops::AddAssign>(
+    urls: &[String],
+    samples: impl Fn(&str) -> Vec<(String, V)>,
+) -> std::collections::BTreeMap<String, V> {
+    let mut total = std::collections::BTreeMap::new();
+    let Ok(client) = http_client() else {
+        return total;
+    };
+    for url in urls {
+        let Ok(response) = client.get(url).send().await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        for (key, value) in samples(&text) {
+            *total.entry(key).or_default() += value;
+        }
+    }
+    total
+}
+
 /// An HTTP client for health checks: short timeouts, no proxies (loopback only).
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()

@@ -122,22 +122,7 @@ impl ReplicationWatch {
 /// `db_reads_total` of every app host, summed, keyed `"<target> <reason>"`. An app host that does
 /// not answer adds nothing.
 async fn reads(apps: &[String]) -> BTreeMap<String, u64> {
-    let mut total = BTreeMap::new();
-    let Ok(client) = crate::lab::http_client() else {
-        return total;
-    };
-    for url in apps {
-        let Ok(response) = client.get(url).send().await else {
-            continue;
-        };
-        let Ok(text) = response.text().await else {
-            continue;
-        };
-        for (key, value) in parse_reads(&text) {
-            *total.entry(key).or_insert(0) += value;
-        }
-    }
-    total
+    crate::lab::summed_metrics(apps, parse_reads).await
 }
 
 /// The `db_reads_total{target="…",reason="…"} N` samples of a metrics text.
