@@ -31,6 +31,7 @@ fi
 env_file="$(mktemp)"
 trap 'rm -f "$env_file"' EXIT
 printf 'JWT_SECRET=placeholder\nFILE_WRITE_KEY=placeholder\nDB_PASSWORD=placeholder\nPURGE_KEY=placeholder\n' >"$env_file"
+printf 'GARAGE_RPC_SECRET=placeholder\nGARAGE_ADMIN_TOKEN=placeholder\nS3_KEY_ID=placeholder\nS3_KEY_SECRET=placeholder\n' >>"$env_file"
 
 shopt -s nullglob
 files=(docker-compose/[0-9][0-9]-*.yml)
