@@ -1,22 +1,27 @@
 #!/usr/bin/env python3
-"""Database cost per operation: what PostgreSQL spends on each request of the read-heavy mix,
-statement by statement, from `pg_stat_statements`.
+"""Database cost per operation: what PostgreSQL spends on each request of a mix, statement by
+statement and database host by database host, from `pg_stat_statements`.
 
     scripts/bench/db_cost.py [--rate 100] [--duration 60] [--net 240] [--out FILE]
     ARCHLAB_CONDUIT_BIN=/tmp/before/conduit scripts/bench/db_cost.py --out stages/02-split/results/db-cost-before.json
     scripts/bench/db_cost.py --out stages/02-split/results/db-cost-after.json
+    scripts/bench/db_cost.py --stage 7 --up-arg=--shards=2 --workload write-heavy --rate 60 \
+        --out stages/07-distributed/results/db-cost-2-shards.json     # per shard
 
 What it does, in order, on a fresh lab (own state folder, own loopback network):
-  1. `archlab up 2 --fresh` with the release binaries (stage 2: app host and database host, no
-     cache, so every read reaches the database), then `archlab seed 2` (1,000 users, 10,000 articles);
+  1. `archlab up STAGE --fresh` with the release binaries (by default stage 2: app host and
+     database host, no cache, so every read reaches the database; `--up-arg` adds options such as
+     stage 7's `--shards`), then `archlab seed` (1,000 users, 10,000 articles);
   2. a warm-up run of the harness (`loadtest`, open loop, read-heavy, same rate; writes verified),
      so the pool, prepared statements and PostgreSQL's buffers are warm;
-  3. `pg_stat_statements_reset()`, then the measured run (open loop at a fixed rate, so the
+  3. `pg_stat_statements_reset()` on every database host (a primary, or each shard's), then the
+     measured run (open loop at a fixed rate, so the
      "before" and "after" apps get the same requests; no warm-up and no read-back inside it, so
      every statement counted was caused by a request counted);
-  4. reads `pg_stat_statements` for the app's database and role, and writes a JSON result:
-     database execution time per request served, and the top statements with their calls per
-     request, mean and total execution time, and share of the total.
+  4. reads `pg_stat_statements` for the app's database and role on each database host, and
+     writes a JSON result: database execution time per request served (in all, and per host),
+     and the top statements with their host, calls per request, mean and total execution time,
+     and share of the total.
 
 `ARCHLAB_CONDUIT_BIN` picks the app binary (the lab's default: `target/release/conduit`), so a
 "before" run can measure an older build; `--app-commit` records which commit that build is.
@@ -38,7 +43,6 @@ import tempfile
 
 from common import ROOT, git_state, run, version, write_result, pg_bin
 
-STAGE = "2"
 TOP = 15  # statements listed: the read-heavy mix runs about 25 distinct ones
 
 
@@ -53,6 +57,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=10, help="warm-up seconds before the reset (default 10)")
     ap.add_argument("--net", default="240", help="second octet of the lab's loopback network (default 240)")
     ap.add_argument("--workload", default="read-heavy", help="harness workload (default read-heavy)")
+    ap.add_argument("--stage", default="2", help="stage to measure (default 2: no cache, every read reaches the database)")
+    ap.add_argument("--up-arg", action="append", default=[],
+                    help="an option for `archlab up`, repeatable (`--up-arg=--shards=4`, `--up-arg=--budget=db=0.1`)")
     ap.add_argument("--app-commit", default=None,
                     help="commit the app binary was built from (default: this checkout's, when ARCHLAB_CONDUIT_BIN is unset)")
     ap.add_argument("--out", default=os.path.join(ROOT, "report/02-split-db-cost.json"), help="result file")
@@ -89,42 +96,50 @@ def main():
             return json.load(f)
 
     try:
-        print(f"bringing stage {STAGE} up (fresh) with {app_bin} ...", flush=True)
-        up = archlab("up", STAGE, "--fresh")
+        print(f"bringing stage {args.stage} up (fresh) with {app_bin} ...", flush=True)
+        up = archlab("up", args.stage, "--fresh", *args.up_arg)
         endpoint = up.strip().splitlines()[-1].removeprefix("endpoint: ")
         print("seeding ...", flush=True)
-        archlab("seed", STAGE)
+        archlab("seed", args.stage)
         status = json.loads(archlab("status", "--json"))
-        db = next(s for s in status["services"] if s["role"] == "database")
-        psql = [pg_bin("psql"), "-h", db["address"], "-p", str(db["port"]), "-U", "postgres", "-d", "conduit",
-                "-At", "-v", "ON_ERROR_STOP=1"]
+        databases = [s for s in status["services"] if s["role"] == "database"]
 
-        def sql(text):
+        def sql(db, text):
+            psql = [pg_bin("psql"), "-h", db["address"], "-p", str(db["port"]), "-U", "postgres", "-d", "conduit",
+                    "-At", "-v", "ON_ERROR_STOP=1"]
             return run(psql + ["-c", text])
 
-        # The lab creates the extension with the database; this covers a lab from before that.
-        sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        if "pg_stat_statements" not in sql("SHOW shared_preload_libraries"):
-            sys.exit("pg_stat_statements is not loaded: the lab's PostgreSQL must preload it")
-        counts = sql("SELECT (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM articles)").split()
+        for db in databases:
+            # The lab creates the extension with the database; this covers a lab from before that.
+            sql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            if "pg_stat_statements" not in sql(db, "SHOW shared_preload_libraries"):
+                sys.exit("pg_stat_statements is not loaded: the lab's PostgreSQL must preload it")
+        counts = [0, 0]
+        for db in databases:
+            on_host = sql(db, "SELECT (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM articles)").split()
+            counts = [c + int(n) for c, n in zip(counts, on_host)]
 
         print(f"warm-up: {args.workload} at {args.rate:g}/s for {args.warmup} s ...", flush=True)
         warm = harness(endpoint, args.warmup, os.path.join(state, "warmup.json"), verify=True)
         if warm["checks"]["lost_writes"]:
             sys.exit(f"the warm-up lost writes: {warm['checks']}")
 
-        sql("SELECT pg_stat_statements_reset()")
+        for db in databases:
+            sql(db, "SELECT pg_stat_statements_reset()")
         print(f"measuring: {args.workload} at {args.rate:g}/s for {args.duration} s ...", flush=True)
         measured = harness(endpoint, args.duration, os.path.join(state, "measured.json"), verify=False)
-        rows = sql("""
-            SELECT json_agg(s ORDER BY s.total_exec_time DESC) FROM (
-                SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, rows,
-                       total_exec_time, mean_exec_time, shared_blks_hit, shared_blks_read
-                FROM pg_stat_statements
-                WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'conduit')
-                  AND userid = (SELECT oid FROM pg_roles WHERE rolname = 'conduit')
-            ) s""")
-        statements = json.loads(rows) or []
+        statements = []
+        for db in databases:
+            rows = sql(db, """
+                SELECT json_agg(s ORDER BY s.total_exec_time DESC) FROM (
+                    SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, rows,
+                           total_exec_time, mean_exec_time, shared_blks_hit, shared_blks_read
+                    FROM pg_stat_statements
+                    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'conduit')
+                      AND userid = (SELECT oid FROM pg_roles WHERE rolname = 'conduit')
+                ) s""")
+            statements += [{**s, "host": db["host"]} for s in json.loads(rows) or []]
+        statements.sort(key=lambda s: s["total_exec_time"], reverse=True)
     finally:
         subprocess.run([archlab_bin, "--state-dir", state, "--net", args.net, "down"], capture_output=True)
         subprocess.run(["rm", "-rf", state])
@@ -136,7 +151,16 @@ def main():
         print(f"warning: served {measured['throughput_rps']:.0f}/s of {args.rate:g}/s offered: the stage was "
               "overloaded, so execution times include waiting for the database host's CPU", file=sys.stderr)
     total_ms = sum(s["total_exec_time"] for s in statements)
+    per_database = {
+        db["host"]: {
+            "db_calls_per_request": round(sum(s["calls"] for s in statements if s["host"] == db["host"]) / served, 3),
+            "db_exec_ms_per_request": round(
+                sum(s["total_exec_time"] for s in statements if s["host"] == db["host"]) / served, 4),
+        }
+        for db in databases
+    }
     top = [{
+        "host": s["host"],
         "query": s["query"].strip(),
         "calls": s["calls"],
         "calls_per_request": round(s["calls"] / served, 4),
@@ -151,8 +175,8 @@ def main():
 
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
     result = {
-        "benchmark": "database cost per request (pg_stat_statements), stage 2, read-heavy mix, open loop",
-        "stage": int(STAGE),
+        "benchmark": f"database cost per request (pg_stat_statements), stage {args.stage}, {args.workload} mix, open loop",
+        "stage": int(args.stage),
         "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(
             ([f"ARCHLAB_CONDUIT_BIN={os.environ['ARCHLAB_CONDUIT_BIN']}"] if "ARCHLAB_CONDUIT_BIN" in os.environ else [])
@@ -163,7 +187,8 @@ def main():
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "load_generator": "loadtest (open loop, coordinated-omission corrected), 64 connections",
-            "data_set": {"users": int(counts[0]), "articles": int(counts[1]), "seed": 42},
+            "data_set": {"users": counts[0], "articles": counts[1], "seed": 42},
+            "up_options": args.up_arg,
             "pg_stat_statements": "track = top; reset after seeding and warm-up; execution time only (no planning)",
         },
         "results": {
@@ -179,6 +204,7 @@ def main():
             "db_calls_per_request": round(sum(s["calls"] for s in statements) / served, 3),
             "db_exec_ms_total": round(total_ms, 1),
             "db_exec_ms_per_request": round(total_ms / served, 4),
+            "per_database": per_database,
             "top_statements": top,
         },
         "provenance": {
@@ -200,10 +226,12 @@ def main():
     print()
     print(f"{r['requests_served']} requests served, {r['db_exec_ms_per_request']:.3f} ms of database execution per request, "
           f"{r['db_calls_per_request']:.2f} statements per request")
-    print("| share | calls/req | mean ms | statement |")
-    print("|---:|---:|---:|---|")
+    for host, cost in per_database.items():
+        print(f"  {host}: {cost['db_exec_ms_per_request']:.3f} ms, {cost['db_calls_per_request']:.2f} statements per request")
+    print("| share | host | calls/req | mean ms | statement |")
+    print("|---:|---|---:|---:|---|")
     for s in top[:8]:
-        print(f"| {s['share_of_total']:.1%} | {s['calls_per_request']:.3f} | {s['mean_exec_ms']:.3f} | {s['query'][:110]} |")
+        print(f"| {s['share_of_total']:.1%} | {s['host']} | {s['calls_per_request']:.3f} | {s['mean_exec_ms']:.3f} | {s['query'][:100]} |")
 
 
 if __name__ == "__main__":

@@ -46,12 +46,13 @@ pub struct Application {
 impl Application {
     /// Connects to the database, migrates it, prepares the media store and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.auth.check_key()?;
         let metrics = Arc::new(Metrics::new());
         let shards = Arc::new(
             Shards::connect(&settings.database, &settings.cache, metrics.db.clone()).await?,
         );
         let db = shards.shard(0).clone();
-        db.start_polling();
+        shards.start_polling();
         shards.start_recovery();
         // Each app host starts at its own object-store node: the last byte of its address.
         let first_node = match settings.server.listen.ip() {
@@ -61,9 +62,14 @@ impl Application {
         let media = api::media::store(&settings.media, first_node)?;
         let edges =
             crate::edge::EdgePurger::new(&settings.edge, metrics.edge_purge_failures.clone())?;
-        let cache = Cache::new(&settings.cache, metrics.cache.clone())?
-            .in_front_of(&db)
-            .with_edges(edges);
+        let cache = Cache::new(&settings.cache, metrics.cache.clone())?.with_edges(edges);
+        // Stamps name a place in one server's WAL: in front of one database only. Sharded, the
+        // cache fills from the primaries instead (`Reader::for_cache_fill`).
+        let cache = if shards.sharded() {
+            cache
+        } else {
+            cache.in_front_of(&db)
+        };
         let state = AppState {
             db,
             shards,

@@ -43,12 +43,13 @@ struct Claims {
     exp: i64,
 }
 
-/// What a client's position cookie carries (see [`crate::db::session`]): a WAL position, signed
-/// with the tokens' key so a client cannot send its reads to the primary by inventing one. It has
-/// no `sub`, so it can never pass as a login token, nor a token as it.
+/// What a client's position cookie carries (see [`crate::db::session`]): a WAL position per
+/// shard, signed with the tokens' key so a client cannot send its reads to the primary by
+/// inventing one. It has no `sub`, so it can never pass as a login token, nor a token as it.
 #[derive(Debug, Serialize, Deserialize)]
 struct PositionClaims {
-    /// The position, as sixteen hex digits.
+    /// The positions, shard 0's first, each as sixteen hex digits, separated by commas; an
+    /// empty one for a shard the holder has no position on. One shard: one position, no comma.
     pos: String,
     /// Expiry, seconds since the epoch.
     exp: i64,
@@ -62,6 +63,8 @@ impl Auth {
         // Tokens are issued and checked by the same clock here; no leeway needed.
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp"]);
+        // This app never issues `nbf`, but a token that carries one is not valid before it.
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -105,23 +108,34 @@ impl Auth {
         }
     }
 
-    /// A signed statement that its holder may have seen the database at `position`, valid for
-    /// `ttl_secs`.
-    pub fn sign_position(&self, position: u64, ttl_secs: u64) -> ApiResult<String> {
+    /// A signed statement that its holder may have seen shard `n` at `positions[n]` (anywhere,
+    /// for `None`), valid for `ttl_secs`.
+    pub fn sign_positions(&self, positions: &[Option<u64>], ttl_secs: u64) -> ApiResult<String> {
+        let pos: Vec<String> = positions
+            .iter()
+            .map(|p| p.map(|p| format!("{p:016x}")).unwrap_or_default())
+            .collect();
         let claims = PositionClaims {
-            pos: format!("{position:016x}"),
+            pos: pos.join(","),
             exp: OffsetDateTime::now_utc().unix_timestamp() + ttl_secs as i64,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing a position")))
     }
 
-    /// The position in a valid, unexpired statement made by [`Auth::sign_position`]; `None` for
-    /// anything else.
-    pub fn position_in(&self, signed: &str) -> Option<u64> {
+    /// The positions in a valid, unexpired statement made by [`Auth::sign_positions`], shard 0's
+    /// first; `None` for anything else (a position that does not parse spoils the statement).
+    pub fn positions_in(&self, signed: &str) -> Option<Vec<Option<u64>>> {
         let data = jsonwebtoken::decode::<PositionClaims>(signed, &self.decoding, &self.validation)
             .ok()?;
-        u64::from_str_radix(&data.claims.pos, 16).ok()
+        data.claims
+            .pos
+            .split(',')
+            .map(|p| match p {
+                "" => Some(None),
+                p => u64::from_str_radix(p, 16).ok().map(Some),
+            })
+            .collect()
     }
 
     /// Hashes a password with argon2id and a random salt, off the async threads.
@@ -235,7 +249,65 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     fn auth() -> Auth {
-        Auth::new(&AuthSettings::default())
+        Auth::new(&AuthSettings {
+            jwt_secret: "a test key of thirty-two bytes or more".into(),
+            ..AuthSettings::default()
+        })
+    }
+
+    /// `claims` signed as `header` says, with the test key.
+    fn signed(
+        header: &Header,
+        claims: &serde_json::Value,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(
+            header,
+            claims,
+            &EncodingKey::from_secret(b"a test key of thirty-two bytes or more"),
+        )
+    }
+
+    fn refused_as_invalid(result: ApiResult<i64>) -> bool {
+        matches!(
+            result,
+            Err(ApiError::Unauthorized {
+                field: "token",
+                message: "is invalid"
+            })
+        )
+    }
+
+    /// The classic attacks on a JWT checker: an unsigned token (`alg: none`), the right key under
+    /// another algorithm, a token not valid yet, a token with no expiry. The key is right in
+    /// every case; only HS256 tokens with a future `exp` pass.
+    #[test]
+    fn unsigned_other_algorithm_not_yet_valid_and_endless_tokens_are_refused() -> TestResult {
+        let auth = auth();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = serde_json::json!({"sub": 1, "iat": now, "exp": now + 600});
+        // `{"alg":"none","typ":"JWT"}` in base64url, the claims of a good token, no signature.
+        let good = signed(&Header::new(Algorithm::HS256), &claims)?;
+        let payload = good.split('.').nth(1).ok_or("no payload")?;
+        let unsigned = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+        assert!(refused_as_invalid(auth.verify(&unsigned)));
+        for algorithm in [Algorithm::HS384, Algorithm::HS512] {
+            let token = signed(&Header::new(algorithm), &claims)?;
+            assert!(refused_as_invalid(auth.verify(&token)), "{algorithm:?}");
+        }
+        let not_yet = serde_json::json!({"sub": 1, "iat": now, "nbf": now + 300, "exp": now + 600});
+        assert!(refused_as_invalid(
+            auth.verify(&signed(&Header::new(Algorithm::HS256), &not_yet)?)
+        ));
+        let endless = serde_json::json!({"sub": 1, "iat": now});
+        assert!(refused_as_invalid(
+            auth.verify(&signed(&Header::new(Algorithm::HS256), &endless)?)
+        ));
+        // The same claims, properly signed, pass: the refusals above are about the token's form.
+        assert_eq!(
+            auth.verify(&signed(&Header::new(Algorithm::HS256), &claims)?)?,
+            1
+        );
+        Ok(())
     }
 
     #[test]
@@ -249,24 +321,30 @@ mod tests {
     #[test]
     fn a_position_statement_is_neither_a_token_nor_forgeable() -> TestResult {
         let auth = auth();
-        let signed = auth.sign_position(0x1_6B37_4D48, 60)?;
-        assert_eq!(auth.position_in(&signed), Some(0x1_6B37_4D48));
+        let signed = auth.sign_positions(&[Some(0x1_6B37_4D48)], 60)?;
+        assert_eq!(auth.positions_in(&signed), Some(vec![Some(0x1_6B37_4D48)]));
+        // One per shard, a shard without one kept in its place.
+        let signed_2 = auth.sign_positions(&[None, Some(5)], 60)?;
+        assert_eq!(auth.positions_in(&signed_2), Some(vec![None, Some(5)]));
         // Neither passes as the other.
         assert!(auth.verify(&signed).is_err());
-        assert_eq!(auth.position_in(&auth.issue(7)?), None);
+        assert_eq!(auth.positions_in(&auth.issue(7)?), None);
         // Signed by another key, or expired: nothing.
         let other = Auth::new(&AuthSettings {
             jwt_secret: crate::settings::Secret::from("another secret, long enough to be accepted"),
             ..AuthSettings::default()
         });
-        assert_eq!(auth.position_in(&other.sign_position(5, 60)?), None);
+        assert_eq!(
+            auth.positions_in(&other.sign_positions(&[Some(5)], 60)?),
+            None
+        );
         let claims = PositionClaims {
             pos: format!("{:016x}", 5),
             exp: OffsetDateTime::now_utc().unix_timestamp() - 10,
         };
         let expired =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding)?;
-        assert_eq!(auth.position_in(&expired), None);
+        assert_eq!(auth.positions_in(&expired), None);
         Ok(())
     }
 

@@ -53,6 +53,11 @@ pub enum ApiError {
     /// this host out of rotation for it (it would only move the load, then take them all out).
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(&'static str),
+    /// 503: shard `n`'s primary is down (stage 7; its watch or its replicas' poller says so): the
+    /// request needed it, and other shards' requests are served. Shared, as
+    /// [`ApiError::DatabaseUnavailable`].
+    #[error("shard {0} unavailable")]
+    ShardDown(u8),
     /// 503: the media store cannot take or give bytes now (stage 7: no object-store node has a
     /// quorum). Shared by every app host, like [`ApiError::DatabaseUnavailable`].
     #[error("media store unavailable")]
@@ -80,9 +85,10 @@ impl ApiError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) | Self::DatabaseUnavailable(_) | Self::MediaStoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::DatabaseUnavailable(_)
+            | Self::ShardDown(_)
+            | Self::MediaStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,6 +107,10 @@ impl ApiError {
             }
             Self::Unavailable(what) => one("server", (*what).to_owned()),
             Self::DatabaseUnavailable(what) => one("database", (*what).to_owned()),
+            Self::ShardDown(shard) => one(
+                "database",
+                format!("shard {shard} is down: its authors' data cannot be changed or read now, try again"),
+            ),
             Self::MediaStoreUnavailable => one("media", "store unavailable, try again".to_owned()),
             Self::Internal(_) => one("server", "internal error".to_owned()),
         }
@@ -155,13 +165,14 @@ impl IntoResponse for ApiError {
             Self::Unavailable(what) | Self::DatabaseUnavailable(what) => {
                 tracing::warn!(what, "request refused")
             }
+            Self::ShardDown(shard) => tracing::warn!(shard, "request refused: shard down"),
             Self::MediaStoreUnavailable => tracing::warn!("request refused: media store"),
             _ => {}
         }
         let mut response = (self.status(), Json(self.body())).into_response();
         if matches!(
             self,
-            Self::DatabaseUnavailable(_) | Self::MediaStoreUnavailable
+            Self::DatabaseUnavailable(_) | Self::ShardDown(_) | Self::MediaStoreUnavailable
         ) {
             response
                 .headers_mut()

@@ -355,7 +355,7 @@ impl Metrics {
             shards
                 .all()
                 .skip(1)
-                .map(|(n, shard)| (format!("shard-{n}"), shard.write())),
+                .map(|(n, shard)| (format!("shard-{n}"), shard.primary())),
         );
         for (pool, p) in pools {
             let size = i64::from(p.size());

@@ -195,7 +195,7 @@ pub async fn seed(
     spec: SeedSpec,
 ) -> anyhow::Result<SeedReport> {
     let public_base_url = &media_settings.public_base_url;
-    let directory = shards.directory().write();
+    let directory = shards.directory().primary();
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM user_directory WHERE username = 'user1')")
             .fetch_one(directory)
@@ -240,7 +240,7 @@ pub async fn seed(
             .bind(pick(&emails))
             .bind(pick(&hashes))
             .bind(chunk.iter().map(|&i| bios[i].clone()).collect::<Vec<_>>())
-            .execute(shards.shard(shard).write())
+            .execute(shards.shard(shard).primary())
             .await
             .context("inserting users")?;
         }
@@ -340,7 +340,7 @@ pub async fn seed(
     }
 
     for (shard, rows) in group(shards, &article_ids) {
-        let pool = shards.shard(shard).write();
+        let pool = shards.shard(shard).primary();
         for chunk in rows.chunks(CHUNK) {
             let mut tag_articles = Vec::new();
             let mut tag_positions: Vec<i16> = Vec::new();
@@ -453,7 +453,7 @@ pub async fn seed(
                     .map(|&i| comment_bodies[i].clone())
                     .collect::<Vec<_>>(),
             )
-            .execute(shards.shard(shard).write())
+            .execute(shards.shard(shard).primary())
             .await
             .context("inserting comments")?;
         }
@@ -494,7 +494,7 @@ pub async fn seed(
         .context("storing a seeded image")?;
     }
     for (shard, rows) in group(shards, &image_ids) {
-        let pool = shards.shard(shard).write();
+        let pool = shards.shard(shard).primary();
         sqlx::query(
             "INSERT INTO media (id, owner_id, content_type, size_bytes, sha256)
              SELECT id, owner, 'image/png', size, sha
@@ -532,7 +532,7 @@ pub async fn seed(
     report.images = image_ids.len();
 
     for (_, db) in shards.all() {
-        let pool = db.write();
+        let pool = db.primary();
         // The list counts (migration 0002), from the rows just written.
         sqlx::query("SELECT recount_lists()")
             .execute(pool)
@@ -578,7 +578,7 @@ async fn ids_in(shards: &Shards, buckets: &[u8]) -> anyhow::Result<Vec<i64>> {
         let sequence: Vec<i64> =
             sqlx::query_scalar("SELECT nextval('id_sequence') FROM generate_series(1, $1::int)")
                 .bind(rows.len() as i32)
-                .fetch_all(shards.shard(shard).write())
+                .fetch_all(shards.shard(shard).primary())
                 .await
                 .context("allocating ids")?;
         for (&i, value) in rows.iter().zip(sequence) {
@@ -622,7 +622,7 @@ async fn insert_pairs(
             sqlx::query(sql)
                 .bind(chunk.iter().map(|&i| a[i]).collect::<Vec<_>>())
                 .bind(chunk.iter().map(|&i| b[i]).collect::<Vec<_>>())
-                .execute(shards.shard(shard).write())
+                .execute(shards.shard(shard).primary())
                 .await?;
         }
     }

@@ -117,6 +117,10 @@ pub struct DatabaseSettings {
     /// Stage 7: `postgres://` URLs of the primaries of shards 1, 2, ...; `url` is shard 0, which
     /// also holds the user directory. Empty: one database (see `db::shards`).
     pub shards: Vec<Secret>,
+    /// Stage 7: the replicas of shards 1, 2, ...: `shard_replicas[n - 1]` are shard `n`'s, as
+    /// `replicas` are shard 0's. A shard past the end of the list, or with an empty one, has
+    /// none, and its reads go to its primary.
+    pub shard_replicas: Vec<Vec<Secret>>,
     /// Connections per app process to each replica, as `max_connections` is to the primary (the
     /// lab sizes both from the hosts' budgets).
     pub replica_max_connections: u32,
@@ -124,6 +128,11 @@ pub struct DatabaseSettings {
     /// 50 ms: a user's own write shows on a replica within a poll of its replay, and polling
     /// costs each server one trivial query per app host per poll (20 a second).
     pub replica_poll_ms: u64,
+    /// Stage 7: how often each app host asks a shard's primary that has no replicas whether it
+    /// answers (`db::watch`), so a dead shard's requests are refused within this (plus the poll
+    /// timeout) instead of each waiting out `acquire_timeout_ms`. 250 ms: a quarter of a second
+    /// of slow refusals after a crash, for four trivial queries a second per app host per shard.
+    pub primary_poll_ms: u64,
     /// A poll that takes longer than this counts as failed and takes the replica out of
     /// rotation. A loopback answer takes well under a millisecond; a small host's CPU quota can
     /// hold it up for a scheduling period or two (20 ms each); 250 ms is past both.
@@ -179,8 +188,10 @@ impl Default for DatabaseSettings {
             statement_timeout_ms: 5_000,
             replicas: Vec::new(),
             shards: Vec::new(),
+            shard_replicas: Vec::new(),
             replica_max_connections: 8,
             replica_poll_ms: 50,
+            primary_poll_ms: 250,
             replica_poll_timeout_ms: 250,
             replica_max_lag_ms: 1_000,
             replica_max_lag_bytes: 16 * 1024 * 1024,
@@ -198,7 +209,9 @@ impl Default for DatabaseSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// HMAC key for HS256 tokens. Every app host of a stage shares it, which is what makes the app
-    /// stateless: any host can check any token. The default is for local labs only.
+    /// stateless: any host can check any token. No default: `serve` refuses to start without one
+    /// of at least [`MIN_JWT_SECRET_BYTES`] (the lab and the compose files generate one per
+    /// machine; by hand, `head -c 32 /dev/urandom | base64`).
     pub jwt_secret: Secret,
     /// Token lifetime. A day, as most RealWorld back ends do; a real system would add refresh tokens.
     pub token_ttl_secs: u64,
@@ -207,10 +220,29 @@ pub struct AuthSettings {
     pub max_concurrent_hashes: usize,
 }
 
+/// The shortest token key `serve` accepts: 32 bytes, the size of HS256's hash, which RFC 7518
+/// (section 3.2) requires of an HMAC key. A shorter one can be guessed offline from any token.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl AuthSettings {
+    /// Whether the key is fit to sign tokens with: an error naming the setting if it is missing
+    /// or shorter than [`MIN_JWT_SECRET_BYTES`].
+    pub fn check_key(&self) -> anyhow::Result<()> {
+        let len = self.jwt_secret.expose().len();
+        anyhow::ensure!(
+            len >= MIN_JWT_SECRET_BYTES,
+            "auth.jwt_secret (APP_AUTH__JWT_SECRET) is {}: tokens need a key of at least {MIN_JWT_SECRET_BYTES} \
+             bytes (make one with `head -c 32 /dev/urandom | base64`)",
+            if len == 0 { "missing".to_owned() } else { format!("{len} bytes") }
+        );
+        Ok(())
+    }
+}
+
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
-            jwt_secret: Secret::from("archlab-local-lab-secret-not-for-production"),
+            jwt_secret: Secret::from(""),
             token_ttl_secs: 24 * 3600,
             max_concurrent_hashes: 2,
         }

@@ -218,12 +218,13 @@ impl Lab {
         server
     }
 
-    /// The replica on `host`: a copy of the stage's database (its first database host), with
-    /// its replication slot named after the host (`replica-1` -> `replica_1`).
+    /// The replica on `host`: a copy of the database host it follows ([`Stage::primary_of`]:
+    /// the stage's one primary, or in stage 7 its shard's), with its replication slot named
+    /// after the host (`replica-1` -> `replica_1`).
     pub fn replica_server(&self, stage: &Stage, host: &Host) -> anyhow::Result<ReplicaServer> {
         let primary = stage
-            .database_host()
-            .context("a replica needs the stage's database host")?;
+            .primary_of(host)
+            .context("a replica needs a database host to follow")?;
         Ok(ReplicaServer {
             server: self.database(stage, host),
             primary: self.database(stage, primary),
@@ -432,9 +433,18 @@ impl Lab {
         Ok(Endpoints {
             database_url: self.database_url(stage)?,
             replica_urls: stage
-                .replica_hosts()
+                .replicas_of(0)
                 .iter()
                 .map(|host| self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
+                .collect(),
+            shard_replica_urls: (1..stage.database_hosts().len())
+                .map(|shard| {
+                    stage
+                        .replicas_of(shard)
+                        .iter()
+                        .map(|host| self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
+                        .collect()
+                })
                 .collect(),
             shard_urls: stage
                 .database_hosts()

@@ -29,8 +29,9 @@
 //! The edge PoPs were planned small (0.05 each) and are large: like the gateway they carry every
 //! request, and pingora's cost per request at these rates is mostly waking up for it (stage 6's
 //! stage file gives the figures). The plan gave each shard a medium replica too (0.2 more), which
-//! no longer fits: stage 7 has two shard primaries and no replicas, the 0.4 core that stage 6's
-//! primary and its two replicas had. A replica per shard needs a smaller PoP or smaller shards.
+//! no longer fits: stage 7 has two shard primaries and, by default, no replicas, the 0.4 core
+//! that stage 6's primary and its two replicas had; `--replicas 2` adds the medium replicas and
+//! runs past the machine with the harness (stage 7's stage file says why it is not the default).
 //! `--shards 4` (for the comparison of 1, 2 and 4 shards) runs past the machine unless the
 //! shards are given small budgets (`--budget db=0.05`), which is how that comparison is made.
 //!

@@ -409,6 +409,31 @@ impl Stage {
         self.hosts_with(Role::Replica)
     }
 
+    /// The database host `replica` follows: replicas are dealt to the database hosts in turn,
+    /// the first to shard 0, the next to shard 1, and so on round (stage 7: `--replicas 2` with
+    /// two shards gives each shard one); before stage 7 there is one database host, so every
+    /// replica follows it. `None` for a host that is not a replica, or a stage without a
+    /// database host.
+    pub fn primary_of(&self, replica: &Host) -> Option<&Host> {
+        let index = self
+            .replica_hosts()
+            .iter()
+            .position(|h| h.name == replica.name)?;
+        let databases = self.database_hosts();
+        databases.get(index % databases.len().max(1)).copied()
+    }
+
+    /// The replicas that follow shard `shard`'s database host (the only one before stage 7).
+    pub fn replicas_of(&self, shard: usize) -> Vec<&Host> {
+        let databases = self.database_hosts();
+        self.replica_hosts()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !databases.is_empty() && i % databases.len() == shard)
+            .map(|(_, h)| h)
+            .collect()
+    }
+
     /// The host with the gateway role, if the stage has one.
     pub fn gateway_host(&self) -> Option<&Host> {
         self.hosts.iter().find(|h| h.roles.contains(&Role::Gateway))

@@ -40,8 +40,10 @@ pub const DRAIN_BOUND_MS: u64 = 30_000;
 pub struct Endpoints {
     /// The primary database: every write, and reads when there are no replicas.
     pub database_url: String,
-    /// The replicas reads may go to (stage 5 on).
+    /// The replicas reads may go to (stage 5 on; shard 0's in stage 7).
     pub replica_urls: Vec<String>,
+    /// Stage 7: the replicas of shards 1, 2, ... (`shard_replica_urls[n - 1]` are shard `n`'s).
+    pub shard_replica_urls: Vec<Vec<String>>,
     /// The primaries of shards 1, 2, ... (stage 7; `database_url` is shard 0).
     pub shard_urls: Vec<String>,
     /// The cache host's `redis://` URL, if the stage has one.
@@ -143,33 +145,41 @@ pub fn app_env(
             var("APP_CACHE__URL", url.clone()),
         ]);
     }
+    // A list of URLs as the app's settings read it (TOML's array of strings).
+    let quoted = |urls: &[String]| {
+        let quoted: Vec<String> = urls.iter().map(|url| format!("{url:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
     // With shards, the app splits the data by author over them (stage 7).
     if !endpoints.shard_urls.is_empty() {
-        let quoted: Vec<String> = endpoints
-            .shard_urls
-            .iter()
-            .map(|url| format!("{url:?}"))
-            .collect();
-        env.push(var(
-            "APP_DATABASE__SHARDS",
-            format!("[{}]", quoted.join(", ")),
-        ));
+        env.push(var("APP_DATABASE__SHARDS", quoted(&endpoints.shard_urls)));
     }
     // With replicas, reads go to them; users' positions (read-your-writes) live in the cache
-    // host's database 1, apart from the cache itself.
-    if !endpoints.replica_urls.is_empty() {
-        let quoted: Vec<String> = endpoints
-            .replica_urls
+    // host's database 1, apart from the cache itself. Stage 7: shard 0's replicas as stage 5's,
+    // the other shards' in a list of lists.
+    let shards_replicated = endpoints.shard_replica_urls.iter().any(|r| !r.is_empty());
+    if shards_replicated {
+        let lists: Vec<String> = endpoints
+            .shard_replica_urls
             .iter()
-            .map(|url| format!("{url:?}"))
+            .map(|urls| quoted(urls))
             .collect();
-        env.extend([
-            var("APP_DATABASE__REPLICAS", format!("[{}]", quoted.join(", "))),
-            var(
-                "APP_DATABASE__REPLICA_MAX_CONNECTIONS",
-                replica_pool_size(stage).to_string(),
-            ),
-        ]);
+        env.push(var(
+            "APP_DATABASE__SHARD_REPLICAS",
+            format!("[{}]", lists.join(", ")),
+        ));
+    }
+    if !endpoints.replica_urls.is_empty() || shards_replicated {
+        if !endpoints.replica_urls.is_empty() {
+            env.push(var(
+                "APP_DATABASE__REPLICAS",
+                quoted(&endpoints.replica_urls),
+            ));
+        }
+        env.push(var(
+            "APP_DATABASE__REPLICA_MAX_CONNECTIONS",
+            replica_pool_size(stage).to_string(),
+        ));
         if let Some(url) = &endpoints.cache_url {
             env.push(var("APP_DATABASE__POSITIONS_URL", format!("{url}/1")));
         }
@@ -230,6 +240,7 @@ mod tests {
         Endpoints {
             database_url: "postgres://conduit@127.10.9.2:5432/conduit".into(),
             replica_urls: Vec::new(),
+            shard_replica_urls: Vec::new(),
             shard_urls: Vec::new(),
             cache_url: cache.then(|| "redis://127.10.9.4:6379".into()),
             files: files.then(|| FilesEndpoint {

@@ -12,25 +12,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::TestLab;
+use common::{as_superuser, reads_matching, reads_on, wait_until, TestLab};
 use serde_json::{json, Value};
-use sqlx::Connection;
-
-/// Bounds every wait on a condition: never reached on a healthy stage, however busy the machine.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Runs `sql` on the stage's replica at `address` as the superuser.
-async fn on_replica(address: &str, sql: &str) {
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host(address)
-        .port(5432)
-        .username("postgres")
-        .database("postgres");
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-}
 
 /// GET `url` (with `token`, if any): status and JSON body.
 async fn get(http: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Value, String) {
@@ -45,41 +28,6 @@ async fn get(http: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Va
         .get("x-cache")
         .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
     (status, response.json().await.unwrap_or(Value::Null), cache)
-}
-
-/// Waits until `check` holds, polling every 50 ms.
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < PATIENCE, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The sum of `db_reads_total` samples for `target` in an app host's metrics.
-async fn reads_on(http: &reqwest::Client, app: &str, target: &str) -> u64 {
-    reads_matching(http, app, &format!("target=\"{target}\"")).await
-}
-
-/// The sum of `db_reads_total` samples whose labels start with `labels` in an app host's metrics.
-async fn reads_matching(http: &reqwest::Client, app: &str, labels: &str) -> u64 {
-    let text = http
-        .get(format!("{app}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("db_reads_total{{{labels}");
-    text.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,7 +80,7 @@ async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_f
         "anonymous reads go to the replica"
     );
 
-    on_replica(&replica, "SELECT pg_wal_replay_pause()").await;
+    as_superuser(&replica, "SELECT pg_wal_replay_pause()").await;
 
     // A comment: its writer sees it at once; an anonymous reader, served by the paused replica,
     // does not (which shows the replica is behind and in use).
@@ -211,7 +159,7 @@ async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_f
     assert_eq!(mine["article"]["favorited"], true, "{mine}");
 
     // Replay resumes: the replica catches up and shows the comment to everyone.
-    on_replica(&replica, "SELECT pg_wal_replay_resume()").await;
+    as_superuser(&replica, "SELECT pg_wal_replay_resume()").await;
     wait_until("the replica catches up", || async {
         let (_, body, _) = get(&http, &comments, None).await;
         body["comments"].as_array().is_some_and(|c| c.len() == 1)

@@ -8,7 +8,9 @@
 //!   every node.
 //!
 //! And the database split by author over two shards, with two-phase commit across them: the
-//! same answers as one database, exact counts, and the drills (an app host's coordinator crashed
+//! same answers as one database, exact counts, one shard's primary down refusing only its
+//! authors' requests (by name, at once), a replica per shard serving its reads with each
+//! writer still seeing their own writes, and the drills (an app host's coordinator crashed
 //! at each fault point, a participant killed) under load, which lose nothing and leave nothing
 //! in doubt.
 
@@ -16,7 +18,7 @@
 
 mod common;
 
-use common::TestLab;
+use common::{as_superuser, reads_on, wait_until, TestLab};
 use serde_json::Value;
 
 /// A PNG the app accepts (its signature, then anything).
@@ -221,6 +223,264 @@ async fn the_database_is_split_by_author_and_favorites_across_shards_count_exact
         .map(|n| format!("sharded {n}"))
         .collect();
     assert_eq!(titles, expected);
+
+    // Shard 1's primary down: its authors' requests are refused with a 503 that names it (the
+    // shard's watch, not a pool's timeout, which would say "busy"); shard 0's go on.
+    let on_shard_1 = usernames_on(&net, 52).await;
+    let writer = |n: usize| format!("writer{n}");
+    let (home_1, home_0): (Vec<usize>, Vec<usize>) =
+        (0..tokens.len()).partition(|n| on_shard_1.contains(&writer(*n)));
+    let (one, zero) = (home_1[0], home_0[0]);
+    lab.kill_host("db-2");
+    let create = |token: &str, title: String| {
+        http.post(format!("{near}/api/articles"))
+            .header("authorization", format!("Token {token}"))
+            .json(
+                &serde_json::json!({"article": {"title": title, "description": "d", "body": "b"}}),
+            )
+            .send()
+    };
+    // Until every app host's watch has seen it (polls every 250 ms; each request goes to either
+    // host): bounded, so a watch that never notices fails the test.
+    let mut refused = Vec::new();
+    for attempt in 0..200 {
+        let response = create(&tokens[one], format!("refused {attempt}"))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        if status == 503 && body.to_string().contains("shard 1 is down") {
+            refused.push(body);
+            if refused.len() == 4 {
+                break;
+            }
+        } else {
+            refused.clear();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        refused.len(),
+        4,
+        "shard 1's author never refused by name: {refused:?}"
+    );
+    assert_eq!(
+        refused[0]["errors"]["database"][0],
+        "shard 1 is down: its authors' data cannot be changed or read now, try again"
+    );
+    // Shard 0's author writes and favorites their own article as before.
+    let response = create(&tokens[zero], "still written".into()).await.unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{:?}",
+        response.text().await
+    );
+    let response = http
+        .delete(format!("{near}/api/articles/{}/favorite", slugs[zero]))
+        .header("authorization", format!("Token {}", tokens[zero]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "{:?}",
+        response.text().await
+    );
+    // A favorite that needs shard 1 (its author lives there) is refused before anything is
+    // prepared, by name.
+    let response = http
+        .delete(format!("{near}/api/articles/{}/favorite", slugs[one]))
+        .header("authorization", format!("Token {}", tokens[zero]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.text().await.unwrap().contains("shard 1 is down"));
+}
+
+/// GET `url` with `token` (if any): the status and the JSON body.
+async fn get(http: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Token {token}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The comment bodies of `comments` (a comments URL) as `token` (anonymous: `None`) sees them.
+async fn comment_bodies(
+    http: &reqwest::Client,
+    comments: &str,
+    token: Option<&str>,
+) -> Vec<String> {
+    let (status, body) = get(http, comments, token).await;
+    assert_eq!(status, 200, "{comments}: {body}");
+    body["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Each shard with a replica of its own (`--replicas 2`), stage 5's routing on each: anonymous
+/// reads of a shard's rows come from its replica; with that replica's replay paused, a writer
+/// still sees their own comment whichever shard is their home (the position is kept per user
+/// *and shard*, and a write raises it on the shard it touched), while an anonymous reader is
+/// served the paused replica's older state; and with the shard's primary killed, its rows are
+/// still read from its replica while its authors' writes are refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_shard_reads_from_its_own_replica_and_writers_still_see_their_writes() {
+    let net = common::net(160, 10);
+    let lab = TestLab::new("archlab-stage7-replicas", net.clone());
+    // One app host (its metrics are the stage's), and a lag bound so loose that a paused replica
+    // stays in rotation: the positions, not the bound, must keep the writers' reads right.
+    // Every request below goes to the gateway, past the edge: the endpoint is not needed.
+    lab.up_with(
+        "7",
+        &[
+            "--replicas",
+            "2",
+            "--app-hosts",
+            "1",
+            "--app-setting",
+            "database.replica_max_lag_ms=600000",
+            "--app-setting",
+            "database.replica_max_lag_bytes=1000000000000",
+        ],
+    );
+    let status = lab.status();
+    let replicas: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["role"] == "replica")
+        .filter_map(|s| s["host"].as_str())
+        .collect();
+    assert_eq!(replicas, ["replica-1", "replica-2"], "{status}");
+    // Past the edge, whose copies would hide where a read went.
+    let gateway = format!("http://127.{net}.7.1:8080");
+    let app = format!("http://127.{net}.7.11:8080");
+    let shard_1_replica = format!("127.{net}.7.62");
+    let http = reqwest::Client::new();
+
+    // A writer on each shard (homes are drawn at random), each with an article.
+    let mut writers: [Option<(String, String)>; 2] = [None, None];
+    for n in 0..40 {
+        let name = format!("reader{n}");
+        let token = common::register(&http, &gateway, &name).await;
+        let home = usize::from(usernames_on(&net, 52).await.contains(&name));
+        if writers[home].is_none() {
+            let created: Value = http
+                .post(format!("{gateway}/api/articles"))
+                .header("authorization", format!("Token {token}"))
+                .json(
+                    &serde_json::json!({"article": {"title": format!("on shard {home}"),
+                    "description": "d", "body": "b"}}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let slug = created["article"]["slug"].as_str().unwrap().to_owned();
+            writers[home] = Some((token, slug));
+        }
+        if writers.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [Some((zero, _)), Some((one, slug_1))] = writers else {
+        panic!("no writer on one of the shards after 40 registrations")
+    };
+    let comments = format!("{gateway}/api/articles/{slug_1}/comments");
+
+    // Anonymous reads of shard 1's rows come from shard 1's replica once it has the article.
+    wait_until("shard 1's replica shows the article", || async {
+        get(&http, &comments, None).await.0 == 200
+    })
+    .await;
+    assert!(
+        reads_on(&http, &app, "shard-1-replica-1").await > 0,
+        "anonymous reads of shard 1 go to its replica"
+    );
+
+    as_superuser(&shard_1_replica, "SELECT pg_wal_replay_pause()").await;
+    // A comment by shard 1's author, and one by shard 0's (its row on shard 1, the article's
+    // shard): each writer sees their own at once, though shard 1's replica has neither.
+    for (token, text) in [(&one, "from the author"), (&zero, "from the other shard")] {
+        let response = http
+            .post(&comments)
+            .header("authorization", format!("Token {token}"))
+            .json(&serde_json::json!({"comment": {"body": text}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        assert!(
+            comment_bodies(&http, &comments, Some(token))
+                .await
+                .contains(&text.to_owned()),
+            "{text}: its writer sees it"
+        );
+    }
+    // An anonymous reader is served the paused replica: neither comment yet.
+    assert!(
+        comment_bodies(&http, &comments, None).await.is_empty(),
+        "the replica is behind and in use"
+    );
+    as_superuser(&shard_1_replica, "SELECT pg_wal_replay_resume()").await;
+    wait_until("the replica catches up", || async {
+        comment_bodies(&http, &comments, None).await.len() == 2
+    })
+    .await;
+
+    // Shard 1's primary down: its rows are read from its replica; its authors' writes are
+    // refused by name once the replicas' poller has seen it.
+    lab.kill_host("db-2");
+    wait_until("shard 1's author refused by name", || async {
+        let response = http
+            .post(format!("{gateway}/api/articles"))
+            .header("authorization", format!("Token {one}"))
+            .json(&serde_json::json!({"article": {"title": "refused", "description": "d", "body": "b"}}))
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16() == 503
+            && response.text().await.unwrap().contains("shard 1 is down")
+    })
+    .await;
+    assert_eq!(comment_bodies(&http, &comments, None).await.len(), 2);
+    assert_eq!(comment_bodies(&http, &comments, Some(&zero)).await.len(), 2);
+    let response = http
+        .post(format!("{gateway}/api/articles"))
+        .header("authorization", format!("Token {zero}"))
+        .json(
+            &serde_json::json!({"article": {"title": "written", "description": "d", "body": "b"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "shard 0's author still writes"
+    );
+}
+
+/// The usernames of the users whose home is the shard on host `host` (51: shard 0, 52: shard 1).
+async fn usernames_on(net: &str, host: u8) -> Vec<String> {
+    let url = format!("postgres://conduit@127.{net}.7.{host}:5432/conduit");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query_scalar("SELECT username FROM users")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
 }
 
 /// A short drill on stage 7 (fresh, and down at the end): the drill's report.

@@ -532,7 +532,9 @@ async fn cached_list(
                 ..ListFilter::default()
             };
             if reader.shards().sharded() {
-                let (ids, count) = sharded_list_ids(reader, filter, LIST_HEAD, 0).await?;
+                // From the primaries: the head is kept for everyone (`Reader::for_cache_fill`).
+                let fill_reader = reader.for_cache_fill();
+                let (ids, count) = sharded_list_ids(&fill_reader, filter, LIST_HEAD, 0).await?;
                 return Ok(Some(ListHead { count, ids }));
             }
             let (ids_sql, binds) = filter.page_ids(1);
@@ -795,7 +797,7 @@ async fn create_article(
     v.finish()?;
 
     // On the author's shard, with the author's bucket in its id (stage 7).
-    let mut tx = state.shards.of(user.id).write().begin().await?;
+    let mut tx = state.shards.of(user.id).write()?.begin().await?;
     // The id first: the slug ends with it.
     let (id,): (i64,) = sqlx::query_as("SELECT next_id_in($1)")
         .bind(i32::from(bucket_of(user.id)))
@@ -900,7 +902,7 @@ async fn update_article(
     };
     v.finish()?;
 
-    let mut tx = state.shards.of(article_id(&slug)?).write().begin().await?;
+    let mut tx = state.shards.of(article_id(&slug)?).write()?.begin().await?;
     let Owned {
         id, tags: old_tags, ..
     } = owned_article(&mut tx, &slug, user).await?;
@@ -951,7 +953,7 @@ async fn delete_article(
     let participants: Vec<u8> = std::iter::once(home)
         .chain(shards.all().map(|(n, _)| n))
         .collect();
-    let mut tx = shards.coordinator().begin(&participants).await?;
+    let mut tx = shards.begin(&participants)?.await?;
     let deleted = async {
         let owned = owned_article(tx.on(home)?, &slug, user).await?;
         // Its tag rows and comments go with it (`ON DELETE CASCADE`); the counts are ours to
@@ -999,17 +1001,17 @@ pub(crate) async fn existing_article(pool: &PgPool, slug: &str) -> ApiResult<i64
 async fn current_article(state: &AppState, slug: &str, viewer: i64) -> ApiResult<Article> {
     let shards = &state.shards;
     if !shards.sharded() {
-        return article_by_slug(state.db.write(), slug, viewer).await;
+        return article_by_slug(state.db.write()?, slug, viewer).await;
     }
     let id = article_id(slug)?;
-    let found = shared::load_articles(shards.of(id).write(), &[id])
+    let found = shared::load_articles(shards.of(id).write()?, &[id])
         .await?
         .pop();
     let Some(article) = found.filter(|a| a.slug == slug) else {
         return Err(ApiError::NotFound("article"));
     };
     let flags = ViewerFlags::load_from(
-        shards.of(viewer).write(),
+        shards.of(viewer).write()?,
         viewer,
         std::slice::from_ref(&article),
     )
@@ -1030,7 +1032,7 @@ async fn change_favorite(
     let id = article_id(slug)?;
     let (home, readers) = (shards.shard_of(id), shards.shard_of(reader));
     // On the primary: the write that follows must find the article as this check did.
-    existing_article(shards.shard(home).write(), slug).await?;
+    existing_article(shards.shard(home).write()?, slug).await?;
     if home == readers {
         // One statement: the row and, only if it changed (favoriting twice is not an error and
         // counts once), the count. The article's row is locked first, so an article deleted
@@ -1053,11 +1055,11 @@ async fn change_favorite(
         sqlx::query(sql)
             .bind(id)
             .bind(reader)
-            .execute(shards.shard(home).write())
+            .execute(shards.shard(home).write()?)
             .await?;
         return Ok((id, SpannedShards::of(shards, 1)));
     }
-    let mut tx = shards.coordinator().begin(&[home, readers]).await?;
+    let mut tx = shards.begin(&[home, readers])?.await?;
     let changed = async {
         let sql = if add {
             "INSERT INTO favorites (article_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"

@@ -198,7 +198,7 @@ async fn add_comment(
     // On the primary of the article's shard: the write that follows must find the article as
     // this check did. The comment lives with the article.
     let db = state.shards.of(article_id(&slug)?);
-    let article = existing_article(db.write(), &slug).await?;
+    let article = existing_article(db.write()?, &slug).await?;
     if state.shards.sharded() {
         // Its author's profile is on the author's shard; the author does not follow themselves.
         let (id, created_at, updated_at): (i64, time::OffsetDateTime, time::OffsetDateTime) =
@@ -209,11 +209,11 @@ async fn add_comment(
             .bind(article)
             .bind(user.id)
             .bind(&body)
-            .fetch_one(db.write())
+            .fetch_one(db.write()?)
             .await
             .map_err(not_found_if_article_gone)?;
         let author =
-            crate::api::shared::load_profile_by_id(state.shards.of(user.id).write(), user.id)
+            crate::api::shared::load_profile_by_id(state.shards.of(user.id).write()?, user.id)
                 .await?
                 .ok_or(ApiError::Unauthorized {
                     field: "token",
@@ -239,7 +239,7 @@ async fn add_comment(
     .bind(user.id)
     .bind(article)
     .bind(&body)
-    .fetch_one(db.write())
+    .fetch_one(db.write()?)
     .await
     .map_err(not_found_if_article_gone)?;
     let comment = comment_from_row(&row)?;
@@ -257,14 +257,14 @@ async fn delete_comment(
     // On the primary of the article's shard: the write that follows must find the article as
     // this check did.
     let db = state.shards.of(article_id(&slug)?);
-    let article = existing_article(db.write(), &slug).await?;
+    let article = existing_article(db.write()?, &slug).await?;
     // An id that is not a number names no comment.
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound("comment"))?;
     let author: Option<i64> =
         sqlx::query_scalar("SELECT author_id FROM comments WHERE id = $1 AND article_id = $2")
             .bind(id)
             .bind(article)
-            .fetch_optional(db.write())
+            .fetch_optional(db.write()?)
             .await?;
     match author {
         None => Err(ApiError::NotFound("comment")),
@@ -273,7 +273,7 @@ async fn delete_comment(
             sqlx::query("DELETE FROM comments WHERE id = $1 AND author_id = $2")
                 .bind(id)
                 .bind(user.id)
-                .execute(db.write())
+                .execute(db.write()?)
                 .await?;
             state.cache.invalidate(&[Key::comments(article)]).await;
             Ok(StatusCode::NO_CONTENT)

@@ -144,7 +144,7 @@ async fn upload(
     let owner_db = state.shards.of(user.id);
     let (id,): (i64,) = sqlx::query_as("SELECT next_id_in($1)")
         .bind(i32::from(crate::db::bucket_of(user.id)))
-        .fetch_one(owner_db.write())
+        .fetch_one(owner_db.write()?)
         .await?;
     // Bytes first, row second: a row never points at missing bytes. If the insert fails, the
     // object is orphaned; a real system would sweep objects that have no row.
@@ -165,7 +165,7 @@ async fn upload(
     .bind(content_type)
     .bind(size)
     .bind(&sha256)
-    .execute(owner_db.write())
+    .execute(owner_db.write()?)
     .await?;
     let media = Media {
         url: format!(

@@ -94,7 +94,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             ),
         };
     }
-    let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.db.write());
+    let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.db.primary());
     match tokio::time::timeout(READY_TIMEOUT, check).await {
         Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Ok(Err(e)) => {

@@ -49,7 +49,7 @@ async fn profile(pool: &PgPool, username: &str, viewer: i64) -> ApiResult<Profil
 }
 
 async fn user_id(state: &AppState, username: &str) -> ApiResult<i64> {
-    shared::user_id_by_name(state.shards.directory().write(), username)
+    shared::user_id_by_name(state.shards.directory().write()?, username)
         .await?
         .ok_or(ApiError::NotFound("profile"))
 }
@@ -60,12 +60,12 @@ async fn user_id(state: &AppState, username: &str) -> ApiResult<i64> {
 async fn current_profile(state: &AppState, username: &str, viewer: i64) -> ApiResult<Profile> {
     let shards = &state.shards;
     if !shards.sharded() {
-        return profile(state.db.write(), username, viewer).await;
+        return profile(state.db.write()?, username, viewer).await;
     }
-    let shared = shared::load_profile(shards.directory().write(), shards, username)
+    let shared = shared::load_profile(shards.directory().write()?, shards, username)
         .await?
         .ok_or(ApiError::NotFound("profile"))?;
-    let following = ViewerFlags::follows_on(shards.of(viewer).write(), viewer, shared.id).await?;
+    let following = ViewerFlags::follows_on(shards.of(viewer).write()?, viewer, shared.id).await?;
     Ok(shared.view(following))
 }
 
@@ -115,7 +115,7 @@ async fn follow(
     .bind(followee)
     .bind(user.id)
     // On the follower's shard (stage 7), where their feed and flags look.
-    .execute(state.shards.of(user.id).write())
+    .execute(state.shards.of(user.id).write()?)
     .await?;
     // The answer to a write shows that write: read where it was written.
     let profile = current_profile(&state, &username, user.id).await?;
@@ -132,7 +132,7 @@ async fn unfollow(
     sqlx::query("DELETE FROM follows WHERE followee_id = $1 AND follower_id = $2")
         .bind(followee)
         .bind(user.id)
-        .execute(state.shards.of(user.id).write())
+        .execute(state.shards.of(user.id).write()?)
         .await?;
     // The answer to a write shows that write: read where it was written.
     let profile = current_profile(&state, &username, user.id).await?;

@@ -65,7 +65,7 @@ pub async fn tags(shards: &Shards, limit: i64) -> ApiResult<Vec<String>> {
                      ORDER BY t.created_at DESC, t.article_id DESC LIMIT 1)
              FROM tag_counts c WHERE c.articles > 0",
         )
-        .fetch_all(db.write())
+        .fetch_all(db.write()?)
         .await?;
         ApiResult::Ok(rows)
     }))

@@ -144,7 +144,7 @@ pub async fn load_profile(
         };
         sqlx::query("SELECT id, username, bio, image FROM users WHERE id = $1")
             .bind(id)
-            .fetch_optional(shards.of(id).write())
+            .fetch_optional(shards.of(id).write()?)
             .await?
     } else {
         sqlx::query("SELECT id, username, bio, image FROM users WHERE username = $1")
@@ -207,10 +207,12 @@ pub async fn articles_by_id(
     if !missing.is_empty() {
         let fill = state.cache.fill_for_misses(reader, &found).await?;
         let rows = if state.shards.sharded() {
-            // Stage 7: each shard's articles from that shard (its primary: see `Reader::on`).
+            // Stage 7: each shard's articles from that shard's primary (`Reader::for_cache_fill`
+            // says why: the entries are kept for everyone, without a stamp).
+            let fill_reader = reader.for_cache_fill();
             let mut rows = Vec::with_capacity(missing.len());
             for (shard, ids) in by_shard(&state.shards, &missing) {
-                rows.extend(load_articles(reader.on(shard).pool().await?, &ids).await?);
+                rows.extend(load_articles(fill_reader.on(shard).pool().await?, &ids).await?);
             }
             rows
         } else {

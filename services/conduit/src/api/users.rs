@@ -117,7 +117,7 @@ async fn register(
     let shards = &state.shards;
     let bucket = shards.new_user_bucket();
     let home = shards.shard_of_bucket(bucket);
-    let mut tx = shards.coordinator().begin(&[home, 0]).await?;
+    let mut tx = shards.begin(&[home, 0])?.await?;
     let inserted = async {
         let row: UserRow = sqlx::query_as(
             "INSERT INTO users (id, username, email, password_hash)
@@ -178,7 +178,7 @@ async fn login(
         Some(id) => {
             sqlx::query_as::<_, (i64, String)>("SELECT id, password_hash FROM users WHERE id = $1")
                 .bind(id)
-                .fetch_optional(state.shards.of(id).write())
+                .fetch_optional(state.shards.of(id).write()?)
                 .await?
         }
         None => None,
@@ -201,7 +201,7 @@ async fn user_by_email(state: &AppState, email: &str) -> ApiResult<Option<i64>> 
     Ok(
         sqlx::query_scalar("SELECT user_id FROM user_directory WHERE email = $1")
             .bind(email)
-            .fetch_optional(state.shards.directory().write())
+            .fetch_optional(state.shards.directory().write()?)
             .await?,
     )
 }
@@ -210,7 +210,7 @@ async fn load(state: &AppState, id: i64) -> ApiResult<UserRow> {
     // From the write pool: the current user must see their own latest update.
     sqlx::query_as("SELECT id, username, email, bio, image FROM users WHERE id = $1")
         .bind(id)
-        .fetch_optional(state.shards.of(id).write())
+        .fetch_optional(state.shards.of(id).write()?)
         .await?
         // A valid token for a user that no longer exists.
         .ok_or(ApiError::Unauthorized {
@@ -258,7 +258,7 @@ async fn update_user(
     let home = shards.shard_of(user.id);
     let renamed = shards.sharded() && (username.is_some() || email.is_some());
     let participants = if renamed { vec![home, 0] } else { vec![home] };
-    let mut tx = shards.coordinator().begin(&participants).await?;
+    let mut tx = shards.begin(&participants)?.await?;
     let updated = async {
         let row = sqlx::query(
             "WITH before AS (SELECT username FROM users WHERE id = $1)
@@ -327,7 +327,7 @@ async fn invalidate_profile(
     // On the primary: every article of the author, the one written a moment ago included.
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM articles WHERE author_id = $1")
         .bind(user)
-        .fetch_all(state.shards.of(user).write())
+        .fetch_all(state.shards.of(user).write()?)
         .await?;
     let mut stale = vec![Key::profile(old_username), Key::profile(username)];
     stale.extend(ids.into_iter().map(Key::article));

@@ -250,14 +250,19 @@ impl Cache {
     /// Where to load a miss from, given what the missing keys' `floor` asks: see
     /// [`Cache::in_front_of`].
     async fn fill_for(&self, reader: &Reader, floor: Floor) -> ApiResult<Fill> {
-        let own = |source| async move {
-            Ok(Fill {
-                pool: reader.pool().await?.clone(),
-                source,
-            })
+        let own = |source: FillSource| async move {
+            // An entry kept without a stamp must show everything committed: it is read on the
+            // primaries (`Reader::for_cache_fill`); what will not be kept is read as the
+            // request reads.
+            let pool = if matches!(source, FillSource::Unreplicated) {
+                reader.for_cache_fill().pool().await?.clone()
+            } else {
+                reader.pool().await?.clone()
+            };
+            Ok(Fill { pool, source })
         };
         let (Some(db), Some(_)) = (&self.replicated, &self.store) else {
-            let source = if self.store.is_some() {
+            let source = if self.store.is_some() && !self.fills_paused(reader) {
                 FillSource::Unreplicated
             } else {
                 FillSource::Uncached
@@ -290,7 +295,7 @@ impl Cache {
         // Not what the floor *needs*: that may be "only the primary will do" (`u64::MAX`), which
         // as a claim would let this fill overwrite any newer tombstone.
         Ok(Fill {
-            pool: db.write().clone(),
+            pool: db.write()?.clone(),
             source: FillSource::Primary {
                 from: replicas.primary_polled().max(floor.seen),
             },
@@ -301,10 +306,17 @@ impl Cache {
     /// (or this request is a second try after a read on the primary failed). Its reads are then
     /// served by replicas, which may lack the primary's last writes, and no tombstone says which:
     /// an entry filled from one could outlive the outage, so misses are served uncached (`bypass`).
+    ///
+    /// Sharded (stage 7), entries are filled from the primaries (`Reader::for_cache_fill`), so
+    /// while any shard's primary is down, misses are served uncached from its replicas.
     fn fills_paused(&self, reader: &Reader) -> bool {
-        self.replicated
-            .as_ref()
-            .is_some_and(|db| !db.primary_up() || reader.avoids_primary())
+        let shards = reader.shards();
+        let a_shard_down = shards.sharded() && shards.all().any(|(_, db)| !db.primary_up());
+        a_shard_down
+            || self
+                .replicated
+                .as_ref()
+                .is_some_and(|db| !db.primary_up() || reader.avoids_primary())
     }
 
     /// Stores `entries` loaded by `fill`: as they are without replicas, else each only over an

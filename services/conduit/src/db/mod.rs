@@ -13,13 +13,16 @@
 //! - [`replicas`]: polling the replicas' lag, rotation, and choosing one;
 //! - [`shards`]: ids to buckets to shards, the user directory, recovery (stage 7);
 //! - [`session`]: read-your-writes and monotonic reads per user, across app hosts;
-//! - [`two_phase`]: one write across shards, committed on all or none (stage 7).
+//! - [`two_phase`]: one write across shards, committed on all or none (stage 7);
+//! - [`watch`]: whether a shard's primary answers, so its requests are refused at once when it
+//!   does not (stage 7).
 
 pub mod lsn;
 pub mod replicas;
 pub mod session;
 pub mod shards;
 pub mod two_phase;
+pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,16 +32,17 @@ use sqlx::{
     ConnectOptions, PgPool,
 };
 
-use self::session::Positions;
 pub use self::{
     lsn::Lsn,
     replicas::ReplicaSet,
     session::Reader,
     shards::{bucket_of, Shards},
 };
+use self::{session::Positions, watch::PrimaryWatch};
 use crate::{
+    error::{ApiError, ApiResult},
     metrics::DbMetrics,
-    settings::{CacheSettings, Consistency, DatabaseSettings},
+    settings::{Consistency, DatabaseSettings, Secret},
 };
 
 /// Embedded migrations (`services/conduit/migrations`), applied at start-up.
@@ -48,6 +52,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub struct Database {
     primary: PgPool,
+    /// Which shard this is, in a sharded stage (stage 7); `None` with one database.
+    shard: Option<u8>,
+    /// Stage 7: whether this shard's primary answers, for a shard without replicas.
+    watch: Option<Arc<PrimaryWatch>>,
     /// Stage 5's replicas, if any.
     replicas: Option<Arc<ReplicaSet>>,
     /// Users' positions, if the stage has replicas and keeps session consistency.
@@ -106,70 +114,118 @@ fn lazy_pool(
 }
 
 impl Database {
-    /// The primary and any replicas `settings` name, all connected lazily; replica polling starts
-    /// with [`Database::start_polling`]. `cache` lends the Redis timeouts for users' positions.
+    /// The primary and any replicas `settings` name (shard 0's, in a sharded stage), all
+    /// connected lazily; replica polling starts with [`Database::start_polling`]. `positions`:
+    /// where users' positions live ([`Positions::from_settings`]), shared by every shard.
     pub fn connect_lazy(
         settings: &DatabaseSettings,
-        cache: &CacheSettings,
+        positions: Option<Arc<Positions>>,
         metrics: DbMetrics,
     ) -> anyhow::Result<Self> {
-        let (primary_options, primary) =
-            lazy_pool(settings.url.expose(), settings.max_connections, settings)
-                .context("database.url")?;
-        let replicas = if settings.replicas.is_empty() {
+        Self::connect_lazy_at(
+            settings.url.expose(),
+            &settings.replicas,
+            "replica",
+            settings,
+            positions,
+            metrics,
+        )
+        .context("database.url, database.replicas")
+    }
+
+    /// Shard `shard`'s primary and replicas (stage 7; shard 0 is [`Database::connect_lazy`]'s),
+    /// from `database.shards` and `database.shard_replicas`. Its replicas are named
+    /// `shard-N-replica-M` in metrics, shard 0's `replica-M` as in stage 5.
+    pub fn shard(
+        shard: u8,
+        settings: &DatabaseSettings,
+        positions: Option<Arc<Positions>>,
+        metrics: DbMetrics,
+    ) -> anyhow::Result<Self> {
+        let n = usize::from(shard)
+            .checked_sub(1)
+            .context("shard 0 is connect_lazy's")?;
+        let url = settings
+            .shards
+            .get(n)
+            .context("no URL for this shard in database.shards")?;
+        let replicas = settings
+            .shard_replicas
+            .get(n)
+            .map_or(&[][..], Vec::as_slice);
+        Self::connect_lazy_at(
+            url.expose(),
+            replicas,
+            &format!("shard-{shard}-replica"),
+            settings,
+            positions,
+            metrics,
+        )
+        .with_context(|| format!("shard {shard} (database.shards, database.shard_replicas)"))
+    }
+
+    fn connect_lazy_at(
+        url: &str,
+        replica_urls: &[Secret],
+        replica_names: &str,
+        settings: &DatabaseSettings,
+        positions: Option<Arc<Positions>>,
+        metrics: DbMetrics,
+    ) -> anyhow::Result<Self> {
+        let (primary_options, primary) = lazy_pool(url, settings.max_connections, settings)?;
+        let replicas = if replica_urls.is_empty() {
             None
         } else {
-            let set = ReplicaSet::new(settings, primary_options, |url, max| {
-                lazy_pool(url, max, settings).context("database.replicas")
-            })?;
+            let set = ReplicaSet::new(
+                settings,
+                replica_urls,
+                replica_names,
+                primary_options,
+                |url, max| lazy_pool(url, max, settings),
+            )?;
             Some(Arc::new(set))
-        };
-        let positions = match (&replicas, settings.consistency) {
-            (Some(_), Consistency::Session) if !settings.positions_url.is_empty() => {
-                Some(Arc::new(
-                    Positions::new(
-                        &settings.positions_url,
-                        settings.positions_timeout_ms,
-                        cache,
-                    )
-                    .context("database.positions_url")?,
-                ))
-            }
-            _ => None,
         };
         Ok(Self {
             primary,
+            shard: None,
+            watch: None,
+            // Positions matter only where reads may go to replicas.
+            positions: replicas.as_ref().and(positions),
             replicas,
-            positions,
             primary_takes_reads: settings.primary_takes_reads,
             session_guard: settings.consistency == Consistency::Session,
             metrics,
         })
     }
 
-    /// A further shard's primary at `url` (stage 7), with the pool settings of `settings`; no
-    /// replicas (each shard reads its primary).
-    pub fn shard(
+    /// This database as shard `shard` of a sharded stage, its primary at `url`: its refusals
+    /// name it, and without replicas its primary gets a [`PrimaryWatch`] (polled every
+    /// `database.primary_poll_ms` once [`Database::start_polling`] runs), so a dead primary's
+    /// requests are refused at once.
+    pub fn as_shard(
+        mut self,
+        shard: u8,
         url: &str,
         settings: &DatabaseSettings,
-        metrics: DbMetrics,
     ) -> anyhow::Result<Self> {
-        let (_, primary) =
-            lazy_pool(url, settings.max_connections, settings).context("database.shards")?;
-        Ok(Self {
-            primary,
-            replicas: None,
-            positions: None,
-            primary_takes_reads: true,
-            session_guard: false,
-            metrics,
-        })
+        self.shard = Some(shard);
+        if self.replicas.is_none() {
+            let options: PgConnectOptions = url.parse().context("parsing a shard's URL")?;
+            self.watch = Some(Arc::new(PrimaryWatch::new(
+                options,
+                Duration::from_millis(settings.primary_poll_ms),
+                Duration::from_millis(settings.replica_poll_timeout_ms),
+            )));
+        }
+        Ok(self)
     }
 
     /// Wraps an existing pool (tests): a primary, no replicas.
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
             primary: pool,
+            shard: None,
+            watch: None,
             replicas: None,
             positions: None,
             primary_takes_reads: true,
@@ -178,16 +234,43 @@ impl Database {
         }
     }
 
-    /// Starts polling the replicas (no-op without replicas).
+    /// Starts polling the replicas, or watching a shard's primary (no-op with neither).
     pub fn start_polling(&self) {
         if let Some(replicas) = &self.replicas {
             replicas.start_polling();
         }
+        if let Some(watch) = &self.watch {
+            watch.start();
+        }
     }
 
     /// The primary's pool: for writes, transactions, and reads that must see the latest write.
-    pub fn write(&self) -> &PgPool {
+    /// The request's positions on this shard then follow the primary's (`session::touched`).
+    /// A 503 at once when the primary is known to be down (its poller's last poll failed), so a
+    /// request does not wait out the pool's acquire timeout first; the pool decides otherwise.
+    pub fn write(&self) -> ApiResult<&PgPool> {
+        if self.primary_up() {
+            session::touched(self.shard.unwrap_or(0));
+            Ok(&self.primary)
+        } else {
+            Err(self.primary_down())
+        }
+    }
+
+    /// The primary's pool whether or not it answers: for start-up (migrations, seeding), the
+    /// pollers, the two-phase coordinator's own connections and `/readyz`, which wait for it or
+    /// report it themselves.
+    pub fn primary(&self) -> &PgPool {
         &self.primary
+    }
+
+    /// What a request that needs the primary is told while it is down: the shard, in a sharded
+    /// stage (only its authors' requests fail); stage 5's words otherwise.
+    pub fn primary_down(&self) -> ApiError {
+        match self.shard {
+            Some(shard) => ApiError::ShardDown(shard),
+            None => ApiError::DatabaseUnavailable("primary down: writes refused, reads served"),
+        }
     }
 
     /// The replicas, if the stage has any.
@@ -195,10 +278,20 @@ impl Database {
         self.replicas.as_deref()
     }
 
-    /// Whether the primary answers, as far as this host knows: always true without replicas
-    /// (nothing polls it, and nothing else could serve its reads).
+    /// Where users' positions are kept, if this database's reads may go to replicas.
+    pub fn positions(&self) -> Option<&Arc<Positions>> {
+        self.positions.as_ref()
+    }
+
+    /// Whether the primary answers, as far as this host knows: its replicas' poller says, or a
+    /// shard's watch; always true with neither (stages 1 to 4: nothing polls it, and nothing
+    /// else could serve its requests).
     pub fn primary_up(&self) -> bool {
-        self.replicas.as_ref().is_none_or(|r| r.primary_up())
+        match (&self.replicas, &self.watch) {
+            (Some(replicas), _) => replicas.primary_up(),
+            (None, Some(watch)) => watch.up(),
+            (None, None) => true,
+        }
     }
 
     /// The primary's position now: at or past every commit acknowledged so far.
@@ -213,7 +306,7 @@ impl Database {
     /// sqlx takes an advisory lock around it.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         MIGRATOR
-            .run(self.write())
+            .run(self.primary())
             .await
             .context("applying database migrations")
     }

@@ -226,21 +226,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ReplicaSet {
-    /// The replicas `settings.replicas` name, each with a lazy pool (as the primary's: the app
-    /// starts while they come up). Nothing is in rotation before its first good poll.
+    /// The replicas at `urls` of the primary `primary` connects to, named `<names>-1`, ...,
+    /// each with a lazy pool (as the primary's: the app starts while they come up), polled as
+    /// `settings` say. Nothing is in rotation before its first good poll.
     pub fn new(
         settings: &DatabaseSettings,
+        urls: &[crate::settings::Secret],
+        names: &str,
         primary: PgConnectOptions,
         connect: impl Fn(&str, u32) -> anyhow::Result<(PgConnectOptions, PgPool)>,
     ) -> anyhow::Result<Self> {
-        let replicas = settings
-            .replicas
+        let replicas = urls
             .iter()
             .enumerate()
             .map(|(i, url)| {
                 let (options, pool) = connect(url.expose(), settings.replica_max_connections)?;
                 Ok(Arc::new(Replica {
-                    name: format!("replica-{}", i + 1),
+                    name: format!("{names}-{}", i + 1),
                     pool,
                     options,
                     replayed: AtomicU64::new(0),
@@ -411,44 +413,54 @@ impl ReplicaSet {
         }
     }
 
-    /// One position query on `connection`, reconnecting first if there is none, all within
-    /// `poll_timeout`; a failure drops the connection, so the next poll starts afresh.
     async fn poll(
         &self,
         options: &PgConnectOptions,
         connection: &mut Option<PgConnection>,
         sql: &'static str,
     ) -> anyhow::Result<Lsn> {
-        let attempt = async {
-            if connection.is_none() {
-                *connection = Some(
-                    options
-                        .clone()
-                        .application_name("conduit-lag-poller")
-                        .connect()
-                        .await?,
-                );
-            }
-            let Some(conn) = connection.as_mut() else {
-                anyhow::bail!("no connection");
-            };
-            let offset: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
-            offset
-                .map(Lsn::from_sql)
-                .ok_or_else(|| anyhow::anyhow!("not a replica (not in recovery)"))
+        poll_position(options, connection, sql, self.poll_timeout).await
+    }
+}
+
+/// One position query on `connection`, reconnecting first if there is none, all within
+/// `timeout`; a failure drops the connection, so the next poll starts afresh. Shared by the
+/// replicas' pollers and a shard's [`super::watch::PrimaryWatch`].
+pub(super) async fn poll_position(
+    options: &PgConnectOptions,
+    connection: &mut Option<PgConnection>,
+    sql: &'static str,
+    timeout: Duration,
+) -> anyhow::Result<Lsn> {
+    let attempt = async {
+        if connection.is_none() {
+            *connection = Some(
+                options
+                    .clone()
+                    .application_name("conduit-lag-poller")
+                    .connect()
+                    .await?,
+            );
+        }
+        let Some(conn) = connection.as_mut() else {
+            anyhow::bail!("no connection");
         };
-        match tokio::time::timeout(self.poll_timeout, attempt).await {
-            Ok(Ok(lsn)) => Ok(lsn),
-            Ok(Err(e)) => {
-                if let Some(conn) = connection.take() {
-                    let _ = conn.close_hard().await;
-                }
-                Err(e)
+        let offset: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
+        offset
+            .map(Lsn::from_sql)
+            .ok_or_else(|| anyhow::anyhow!("not a replica (not in recovery)"))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(lsn)) => Ok(lsn),
+        Ok(Err(e)) => {
+            if let Some(conn) = connection.take() {
+                let _ = conn.close_hard().await;
             }
-            Err(_) => {
-                connection.take();
-                anyhow::bail!("no answer within {:?}", self.poll_timeout)
-            }
+            Err(e)
+        }
+        Err(_) => {
+            connection.take();
+            anyhow::bail!("no answer within {timeout:?}")
         }
     }
 }

@@ -29,15 +29,25 @@
 //! session for the same reason); at stage 6 the edge passes requests with cookies to the origin,
 //! so the same cookie also keeps a client that just wrote from being served the edge's copy.
 //!
+//! Stage 7 splits the data over shards, each a primary with its own replicas and its own WAL, so
+//! a position is one shard's: a user has one per shard (`pos:U` on shard 0, `pos:U:S` on shard
+//! S), a request one [`ReadSession`] per shard (a `Reader` for shard S routes by S's), and the
+//! cookie one position per shard. "What the request may have seen" is measured per shard too:
+//! the primaries it used ([`touched`]: its writes, and its reads that had to be current) at their
+//! positions now, the replicas it read at theirs.
+//!
 //! A read that fails on a replica (the replica died between two polls) takes it out of rotation
 //! at once and is run again on the primary, once: it was a read, so running it twice is safe.
 //!
 //! `database.consistency = "none"` turns positions off, to show what they prevent: every read then
 //! goes to any replica, and the harness counts a user's own writes they could not see.
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc,
+use std::{
+    cell::Cell,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use axum::{
@@ -74,6 +84,31 @@ pub struct Positions {
 }
 
 impl Positions {
+    /// The store `settings` ask for: some when reads may go to replicas (any shard's), users
+    /// are promised session consistency, and a store is named (`database.positions_url`).
+    pub fn from_settings(
+        settings: &crate::settings::DatabaseSettings,
+        cache: &crate::settings::CacheSettings,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
+        let any_replicas =
+            !settings.replicas.is_empty() || settings.shard_replicas.iter().any(|r| !r.is_empty());
+        if !any_replicas
+            || settings.consistency != crate::settings::Consistency::Session
+            || settings.positions_url.is_empty()
+        {
+            return Ok(None);
+        }
+        let store = Self::new(
+            &settings.positions_url,
+            settings.positions_timeout_ms,
+            cache,
+        );
+        Ok(Some(Arc::new(anyhow::Context::context(
+            store,
+            "database.positions_url",
+        )?)))
+    }
+
     /// Positions kept in the Redis at `url` (the cache host's database 1), waiting at most
     /// `timeout_ms` for an answer; the cache's other bounds (breaker, connect timeout) apply.
     pub fn new(
@@ -91,15 +126,21 @@ impl Positions {
         })
     }
 
-    fn key(user: i64) -> String {
-        format!("pos:{user}")
+    /// `pos:U` for shard 0 (stage 5's one database), `pos:U:S` for shard S: a position is a
+    /// place in one server's WAL, so each shard's is a number of its own.
+    fn key(user: i64, shard: u8) -> String {
+        if shard == 0 {
+            format!("pos:{user}")
+        } else {
+            format!("pos:{user}:{shard}")
+        }
     }
 
-    /// The user's position, `None` if they have none; an error if Redis cannot say.
-    pub async fn get(&self, user: i64) -> anyhow::Result<Option<Lsn>> {
+    /// The user's position on `shard`, `None` if they have none; an error if Redis cannot say.
+    pub async fn get(&self, user: i64, shard: u8) -> anyhow::Result<Option<Lsn>> {
         let bytes = self
             .store
-            .get(&Self::key(user))
+            .get(&Self::key(user, shard))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(bytes.and_then(|b| {
@@ -108,12 +149,12 @@ impl Positions {
         }))
     }
 
-    /// Moves the user's position forward to `seen` (never back).
-    pub async fn raise(&self, user: i64, seen: Lsn) -> anyhow::Result<()> {
+    /// Moves the user's position on `shard` forward to `seen` (never back).
+    pub async fn raise(&self, user: i64, shard: u8, seen: Lsn) -> anyhow::Result<()> {
         // Sixteen hex digits: byte order is number order, which the store's compare relies on.
         let value = format!("{:016x}", seen.0);
         self.store
-            .raise(&Self::key(user), &value, POSITION_TTL_SECS)
+            .raise(&Self::key(user, shard), &value, POSITION_TTL_SECS)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
@@ -221,13 +262,55 @@ impl ReadSession {
     }
 }
 
+/// Every shard's [`ReadSession`] for one request, shard `n`'s at `n` (one, unsharded): a
+/// position is a place in one server's WAL, so each shard's reads are routed and recorded on
+/// their own.
+type Sessions = Arc<[Arc<ReadSession>]>;
+
+fn new_sessions(
+    user: Option<i64>,
+    clients: &[Option<Lsn>],
+    retry_of: &[Option<Tried>],
+) -> Sessions {
+    clients
+        .iter()
+        .zip(retry_of)
+        .map(|(client, retry)| Arc::new(ReadSession::new(user, *client, *retry)))
+        .collect()
+}
+
+tokio::task_local! {
+    /// The shards whose primaries the request running in this task used (bit `n`: shard `n`),
+    /// set by [`touched`] and read by [`track`]: a write, or a read that had to be current,
+    /// leaves the user's position on those shards at the primary's.
+    static TOUCHED: Cell<u64>;
+}
+
+/// Records that the current request used shard `shard`'s primary ([`Database::write`], a
+/// global transaction's participants). Nothing outside a request (recovery, seeding).
+pub fn touched(shard: u8) {
+    let _ = TOUCHED.try_with(|t| t.set(t.get() | bit(shard)));
+}
+
+/// Shard `shard`'s bit in [`TOUCHED`]: at most 64 shards (`Shards::connect` checks).
+fn bit(shard: u8) -> u64 {
+    1u64.checked_shl(u32::from(shard)).unwrap_or(0)
+}
+
 /// The extractor handlers read through: [`Reader::pool`] for reads that may be as stale as the
 /// request allows, [`Reader::primary`] for reads that must be current. The choice is made once
-/// per request, at its first read, so all of a request's reads see one replica's state.
+/// per request and shard, at its first read there, so all of a request's reads on a shard see
+/// one server's state.
+#[derive(Clone)]
 pub struct Reader {
     db: Database,
-    session: Arc<ReadSession>,
+    /// Which shard `db` is (0 unsharded): its session is `sessions[shard]`.
+    shard: u8,
+    sessions: Sessions,
     shards: Arc<super::Shards>,
+    /// Reads for what the app's cache keeps, in a sharded stage: primaries only (see
+    /// [`Reader::for_cache_fill`]).
+    for_cache: bool,
 }
 
 impl FromRequestParts<AppState> for Reader {
@@ -237,34 +320,33 @@ impl FromRequestParts<AppState> for Reader {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        // Without the middleware (no replicas configured): a session that reads the primary.
-        let session = parts
+        // Without the middleware (no replicas configured): sessions that read the primaries.
+        let sessions = parts
             .extensions
-            .get::<Arc<ReadSession>>()
+            .get::<Sessions>()
             .cloned()
-            .unwrap_or_else(|| Arc::new(ReadSession::new(None, None, None)));
+            .unwrap_or_else(|| {
+                let none = vec![None; state.shards.len()];
+                new_sessions(None, &none, &vec![None; none.len()])
+            });
         Ok(Reader {
             db: state.db.clone(),
-            session,
+            shard: 0,
+            sessions,
             shards: state.shards.clone(),
+            for_cache: false,
         })
     }
 }
 
 impl Reader {
-    /// The reader for shard `shard`'s data (stage 7). Unsharded, this reader itself. Shard 0 is
-    /// the database the request's session routes (replicas, positions); any other shard is read
-    /// on its primary, which is always current, so it needs no session of its own.
+    /// The reader for shard `shard`'s data (stage 7): its replicas and its primary, with this
+    /// request's session on that shard. Unsharded, this reader itself.
     pub fn on(&self, shard: u8) -> Reader {
-        let session = if shard == 0 {
-            self.session.clone()
-        } else {
-            Arc::new(ReadSession::new(self.session.user, None, None))
-        };
         Reader {
             db: self.shards.shard(shard).clone(),
-            session,
-            shards: self.shards.clone(),
+            shard,
+            ..self.clone()
         }
     }
 
@@ -278,12 +360,37 @@ impl Reader {
         &self.shards
     }
 
-    /// The pool for this request's reads: chosen at the first call, the same after. A 503 when
-    /// no server can show what this user must see (the primary down, and no replica has
-    /// replayed their position): failing at once beats waiting on a dead primary.
+    /// A reader for what the app's cache will keep and share: every read on a primary. An entry
+    /// shared by everyone must not miss a write that a replica has not replayed yet, which
+    /// stage 5 ensures with stamps that let a fill read a replica known to be far enough; a stamp
+    /// names one server's WAL, and in a sharded stage an entry may come from several shards (a
+    /// list head) or from a shard its key does not name (a profile, by username), so fills there
+    /// read primaries and entries carry no stamp. The reads still count as this request's, so
+    /// the user's positions on those shards rise to what the primaries showed. While any
+    /// shard's primary is down the cache keeps nothing (`Cache::fills_paused`) and this reader
+    /// reads as the request does, replicas included, so that shard's data stays readable.
+    pub fn for_cache_fill(&self) -> Reader {
+        let any_down = self.shards.all().any(|(_, db)| !db.primary_up());
+        Reader {
+            for_cache: !any_down,
+            ..self.clone()
+        }
+    }
+
+    fn session(&self) -> &ReadSession {
+        &self.sessions[usize::from(self.shard)]
+    }
+
+    /// The pool for this request's reads on this shard: chosen at the first call, the same
+    /// after. A 503 when no server can show what this user must see (the primary down, and no
+    /// replica has replayed their position): failing at once beats waiting on a dead primary.
     pub async fn pool(&self) -> ApiResult<&PgPool> {
+        if self.for_cache {
+            self.session().read_primary.store(true, Ordering::Relaxed);
+            return self.db.write();
+        }
         let target = self
-            .session
+            .session()
             .chosen
             .get_or_init(|| async {
                 let (target, route) = self.choose().await;
@@ -297,8 +404,10 @@ impl Reader {
             })
             .await;
         match target {
-            Some(ReadTarget::Primary) => Ok(self.db.write()),
+            Some(ReadTarget::Primary) => self.db.write(),
             Some(ReadTarget::Replica(replica)) => Ok(&replica.pool),
+            // No replicas: the primary is all there is, and it is down (a shard's watch says).
+            None if self.db.replicas.is_none() => Err(self.db.primary_down()),
             None => Err(ApiError::DatabaseUnavailable(
                 "no server can show your latest changes now, try again",
             )),
@@ -308,20 +417,20 @@ impl Reader {
     /// Whether this request is a second try after its read on the primary failed: the primary is
     /// probably down, though its poller may not know yet.
     pub fn avoids_primary(&self) -> bool {
-        self.session.retry_of == Some(Tried::Primary)
+        self.session().retry_of == Some(Tried::Primary)
     }
 
     /// Whether this request is a second try after its read on a replica failed: its cache
     /// fills read the primary too.
     pub fn avoids_replicas(&self) -> bool {
-        self.session.retry_of == Some(Tried::Replica)
+        self.session().retry_of == Some(Tried::Replica)
     }
 
     /// A cache fill for this request reads the primary: if the request fails, its second try
     /// keeps off the primary. (No position is measured for it: the entry's stamp says what it
     /// showed, see [`Reader::saw`].)
     pub fn fill_reads_primary(&self) {
-        self.session
+        self.session()
             .filled_on_primary
             .store(true, Ordering::Relaxed);
     }
@@ -329,7 +438,7 @@ impl Reader {
     /// A cache fill for this request reads a replica: if the request fails, its second try reads
     /// the primary.
     pub fn fill_reads_replica(&self) {
-        self.session
+        self.session()
             .filled_on_replica
             .store(true, Ordering::Relaxed);
     }
@@ -337,28 +446,31 @@ impl Reader {
     /// The primary, for a read that must show the latest committed state whatever the user's
     /// position (each caller says why).
     pub fn primary(&self) -> &PgPool {
-        self.session.read_primary.store(true, Ordering::Relaxed);
-        self.db.write()
+        self.session().read_primary.store(true, Ordering::Relaxed);
+        self.db.primary()
     }
 
     /// The request served a cache entry stamped `stamp` (see `Cache::in_front_of`): the user has
     /// seen the database as of that position.
     pub fn saw(&self, stamp: Option<Lsn>) {
         if let Some(lsn) = stamp {
-            self.session.cached.fetch_max(lsn.0, Ordering::Relaxed);
+            self.session().cached.fetch_max(lsn.0, Ordering::Relaxed);
         }
     }
 
     async fn choose(&self) -> (Option<ReadTarget>, Route) {
         let Some(replicas) = &self.db.replicas else {
-            return (Some(ReadTarget::Primary), Route::PrimaryNoReplica);
+            // Nowhere else to read: the primary, unless a shard's watch knows it is down.
+            let primary = self.db.primary_up().then_some(ReadTarget::Primary);
+            return (primary, Route::PrimaryNoReplica);
         };
+        let session = self.session();
         let primary_up = replicas.primary_up();
         // Where a read goes when the choice below leaves only the primary: nowhere if it is
         // known to be down.
         let primary_if_up = |route| (primary_up.then_some(ReadTarget::Primary), route);
-        let needed = match (self.session.user, &self.db.positions) {
-            (Some(user), Some(positions)) => match positions.get(user).await {
+        let needed = match (session.user, &self.db.positions) {
+            (Some(user), Some(positions)) => match positions.get(user, self.shard).await {
                 Ok(position) => position,
                 Err(e) => {
                     tracing::debug!(error = %e, "position unknown: reading the primary");
@@ -373,11 +485,11 @@ impl Reader {
             _ => None,
         };
         // The client's own floor (its cookie), with or without a user.
-        let needed = match (needed, self.session.client) {
+        let needed = match (needed, session.client) {
             (Some(user), Some(client)) => Some(user.max(client)),
             (user, client) => user.or(client),
         };
-        match self.session.retry_of {
+        match session.retry_of {
             Some(Tried::Replica) => return primary_if_up(Route::Retry),
             Some(Tried::Primary) => {
                 return match replicas.choose(needed, None) {
@@ -404,7 +516,7 @@ impl Reader {
         }
         // The primary takes reads only while its poller reaches it: a dead primary would fail
         // every read drawn to it until then.
-        let primary = (self.db.primary_takes_reads && primary_up).then(|| self.db.write());
+        let primary = (self.db.primary_takes_reads && primary_up).then(|| self.db.primary());
         match replicas.choose(needed, primary) {
             Some(ReadTarget::Replica(replica)) if needed.is_some() => {
                 (Some(ReadTarget::Replica(replica)), Route::CaughtUpReplica)
@@ -424,88 +536,136 @@ impl Reader {
     }
 }
 
-/// Middleware, in front of every route when the stage has replicas: gives the request its
-/// [`ReadSession`], runs a read again on the primary if it failed on a replica, and afterwards
-/// moves the user's position past whatever the request may have seen.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let db = &state.db;
-    if db.replicas.is_none() {
-        return next.run(request).await;
-    }
-    // The token is checked again by the handler's own extractor, which answers 401 if it is bad;
-    // here a bad one simply means "no position".
-    let user = crate::auth::bearer_user(request.headers(), &state.auth);
-    let reads_only = matches!(*request.method(), Method::GET | Method::HEAD);
-    if !reads_only && !db.primary_up() {
-        // Fail fast: a write would otherwise wait out the pool's acquire timeout against a
-        // primary that its poller already knows to be down. Reads are still served.
-        return ApiError::DatabaseUnavailable("primary down: writes refused, reads served")
-            .into_response();
-    }
-    let client = db
-        .session_guard
-        .then(|| client_position(request.headers(), &state.auth))
-        .flatten();
-    let retry = reads_only.then(|| copy_of(&request));
-    let session = Arc::new(ReadSession::new(user, client, None));
-    let mut request = request;
-    request.extensions_mut().insert(session.clone());
-    let mut response = next.clone().run(request).await;
-    let mut session = session;
-    // Where the failed try read: the primary if it read there at all (its chosen server, or a
-    // cache fill), else its replica (or a fill's, which took itself out of rotation).
-    let tried = match session.chosen.get() {
+/// Where a session's failed first try read: the primary if it read there at all (its chosen
+/// server, or a cache fill), else its replica (or a fill's, which took itself out of rotation);
+/// `None` if it read nowhere.
+fn tried_by(session: &ReadSession) -> Option<(Tried, Option<Arc<Replica>>)> {
+    match session.chosen.get() {
         _ if session.read_primary() || session.filled_on_primary.load(Ordering::Relaxed) => {
             Some((Tried::Primary, None))
         }
         Some(Some(ReadTarget::Replica(replica))) => Some((Tried::Replica, Some(replica.clone()))),
         _ if session.filled_on_replica.load(Ordering::Relaxed) => Some((Tried::Replica, None)),
         _ => None,
+    }
+}
+
+/// Runs the rest of the stack for `request` with its sessions, and says which shards' primaries
+/// it used ([`touched`]).
+async fn run_tracked(next: Next, request: Request) -> (Response, u64) {
+    TOUCHED
+        .scope(Cell::new(0), async move {
+            let response = next.run(request).await;
+            (response, TOUCHED.with(Cell::get))
+        })
+        .await
+}
+
+/// Middleware, in front of every route when any shard has replicas: gives the request its
+/// [`ReadSession`]s, runs a read again if it failed (on the primary if it failed on a replica),
+/// and afterwards moves the user's position on each shard past whatever the request may have
+/// seen there.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let shards = state.shards.clone();
+    if !shards.has_replicas() {
+        return next.run(request).await;
+    }
+    let db = &state.db;
+    // The token is checked again by the handler's own extractor, which answers 401 if it is bad;
+    // here a bad one simply means "no position".
+    let user = crate::auth::bearer_user(request.headers(), &state.auth);
+    let reads_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !reads_only && !shards.sharded() && !db.primary_up() {
+        // Fail fast: a write would otherwise wait out the pool's acquire timeout against a
+        // primary that its poller already knows to be down. Reads are still served. (Sharded,
+        // which shard a write needs is known only inside it: `Database::write` refuses there.)
+        return db.primary_down().into_response();
+    }
+    let n = shards.len();
+    let clients = if db.session_guard {
+        client_positions(request.headers(), &state.auth, n)
+    } else {
+        vec![None; n]
     };
-    if let (Some(mut again), Some((tried, replica))) = (retry, tried) {
-        if response.status().is_server_error() {
-            if let Some(replica) = replica {
-                replica.suspend();
+    let retry = reads_only.then(|| copy_of(&request));
+    let mut sessions = new_sessions(user, &clients, &vec![None; n]);
+    let mut request = request;
+    request.extensions_mut().insert(sessions.clone());
+    let (mut response, mut touched) = run_tracked(next.clone(), request).await;
+    let tried: Vec<_> = sessions.iter().map(|s| tried_by(s)).collect();
+    if let Some(mut again) = retry {
+        if response.status().is_server_error() && tried.iter().any(Option::is_some) {
+            for (_, replica) in tried.iter().flatten() {
+                if let Some(replica) = replica {
+                    replica.suspend();
+                }
             }
-            let fresh = Arc::new(ReadSession::new(user, client, Some(tried)));
+            let retry_of: Vec<Option<Tried>> =
+                tried.iter().map(|t| t.as_ref().map(|t| t.0)).collect();
+            let fresh = new_sessions(user, &clients, &retry_of);
             again.extensions_mut().insert(fresh.clone());
-            response = next.run(again).await;
-            session = fresh;
+            (response, touched) = run_tracked(next, again).await;
+            sessions = fresh;
         }
     }
     let user = user.or_else(|| response.extensions().get::<Registered>().map(|r| r.0));
     let wrote = !reads_only && response.status().is_success();
-    let tracked_user = user.zip(db.positions.as_ref());
+    let tracked_user = user.zip(shards.positions());
     let gives_cookie = wrote && db.session_guard;
     if tracked_user.is_none() && !gives_cookie {
         return response;
     }
-    let Some(seen) = seen_position(db, &session, wrote).await else {
-        return response;
-    };
+    let seen: Vec<Option<Lsn>> = futures::future::join_all(shards.all().map(|(shard, db)| {
+        let session = sessions[usize::from(shard)].clone();
+        // Unsharded, a write always measures the primary (as before shards had their own
+        // positions); sharded, only the primaries it used.
+        let primary = touched & bit(shard) != 0 || (wrote && !shards.sharded());
+        async move {
+            // A shard without replicas is read only on its primary: no position to keep.
+            match db.replicas() {
+                Some(_) => seen_position(db, &session, primary).await,
+                None => None,
+            }
+        }
+    }))
+    .await;
     if gives_cookie {
-        give_position_cookie(&mut response, &state.auth, seen);
+        let floors: Vec<Option<Lsn>> = clients
+            .iter()
+            .zip(&seen)
+            .map(|(client, seen)| (*client).max(*seen))
+            .collect();
+        if floors.iter().any(Option::is_some) {
+            give_position_cookie(&mut response, &state.auth, &floors);
+        }
     }
     if let Some((user, positions)) = tracked_user {
-        // Tried twice: a position not recorded is the one way this guard can fail (the user's
-        // next read may find the old one and a replica behind the new one).
-        let mut result = positions.raise(user, seen).await;
-        if result.is_err() {
-            result = positions.raise(user, seen).await;
-        }
-        if let Err(e) = result {
-            db.metrics.position_not_recorded();
-            tracing::warn!(user, error = %e, "the user's position could not be recorded");
-        }
+        let raises = seen.iter().zip(0u8..).filter_map(|(seen, shard)| {
+            let seen = (*seen)?;
+            Some(async move {
+                // Tried twice: a position not recorded is the one way this guard can fail (the
+                // user's next read may find the old one and a replica behind the new one).
+                let mut result = positions.raise(user, shard, seen).await;
+                if result.is_err() {
+                    result = positions.raise(user, shard, seen).await;
+                }
+                if let Err(e) = result {
+                    db.metrics.position_not_recorded();
+                    tracing::warn!(user, shard, error = %e, "the user's position could not be recorded");
+                }
+            })
+        });
+        futures::future::join_all(raises).await;
     }
     response
 }
 
-/// A position at or past everything the request may have read or written, measured now: the
-/// newest of what it read or wrote in the database and the stamps of the cache entries it served.
-async fn seen_position(db: &Database, session: &ReadSession, wrote: bool) -> Option<Lsn> {
+/// A position at or past everything the request may have read or written on `db`, measured
+/// now: the newest of what it read or wrote there (`primary`: it used the primary) and the
+/// stamps of the cache entries it served.
+async fn seen_position(db: &Database, session: &ReadSession, primary: bool) -> Option<Lsn> {
     let cached = Some(Lsn(session.cached.load(Ordering::Relaxed))).filter(|lsn| lsn.0 > 0);
-    let measured = if wrote || session.read_primary() {
+    let measured = if primary || session.read_primary() {
         db.primary_position().await
     } else if let Some(replica) = session.replica() {
         replica.replayed_now().await
@@ -524,24 +684,33 @@ async fn seen_position(db: &Database, session: &ReadSession, wrote: bool) -> Opt
     }
 }
 
-/// The position in the request's [`POSITION_COOKIE`], if it carries a valid one.
-fn client_position(headers: &axum::http::HeaderMap, auth: &crate::auth::Auth) -> Option<Lsn> {
-    headers
+/// The positions in the request's [`POSITION_COOKIE`], one per shard (`shards` of them), if it
+/// carries a valid one; `None` for each shard otherwise.
+fn client_positions(
+    headers: &axum::http::HeaderMap,
+    auth: &crate::auth::Auth,
+    shards: usize,
+) -> Vec<Option<Lsn>> {
+    let mut positions = headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .filter(|(name, _)| *name == POSITION_COOKIE)
-        .find_map(|(_, value)| auth.position_in(value))
-        .map(Lsn)
+        .find_map(|(_, value)| auth.positions_in(value))
+        .unwrap_or_default();
+    positions.resize(shards, None);
+    positions.into_iter().map(|p| p.map(Lsn)).collect()
 }
 
-/// Hands the client its position after a write: it lives as long as a user's position in Redis,
-/// for the same reason ([`POSITION_TTL_SECS`]). Not readable by scripts (`HttpOnly`), sent on
-/// same-site requests and top-level navigation (`SameSite=Lax`), for every path of the API.
-fn give_position_cookie(response: &mut Response, auth: &crate::auth::Auth, seen: Lsn) {
-    let Ok(signed) = auth.sign_position(seen.0, POSITION_TTL_SECS) else {
+/// Hands the client its positions after a write, one per shard: they live as long as a user's
+/// position in Redis, for the same reason ([`POSITION_TTL_SECS`]). Not readable by scripts
+/// (`HttpOnly`), sent on same-site requests and top-level navigation (`SameSite=Lax`), for
+/// every path of the API.
+fn give_position_cookie(response: &mut Response, auth: &crate::auth::Auth, floors: &[Option<Lsn>]) {
+    let floors: Vec<Option<u64>> = floors.iter().map(|f| f.map(|lsn| lsn.0)).collect();
+    let Ok(signed) = auth.sign_positions(&floors, POSITION_TTL_SECS) else {
         return;
     };
     let cookie = format!(

@@ -35,8 +35,12 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use rand::Rng;
 
-use super::{two_phase::Coordinator, Database};
+use super::{
+    two_phase::{Coordinator, GlobalTransaction, TwoPhaseError},
+    Database,
+};
 use crate::{
+    error::ApiResult,
     metrics::DbMetrics,
     settings::{CacheSettings, DatabaseSettings},
 };
@@ -111,7 +115,7 @@ impl Shards {
     pub fn new(dbs: Vec<Database>) -> Self {
         let buckets = BucketMap::even(dbs.len());
         let coordinator = Coordinator::new(
-            dbs.iter().map(|db| db.write().clone()).collect(),
+            dbs.iter().map(|db| db.primary().clone()).collect(),
             RECOVERY_GRACE,
         );
         Self {
@@ -121,25 +125,50 @@ impl Shards {
         }
     }
 
-    /// Every shard `settings` name (`url` as shard 0, then `shards`), connected lazily, migrated
-    /// and prepared ([`Shards::prepare`]). Shard 0 keeps its replicas; polling them and recovery
-    /// start separately.
+    /// Every shard `settings` name (`url` as shard 0, then `shards`), each with its replicas
+    /// (`replicas`, then `shard_replicas`), connected lazily, migrated and prepared
+    /// ([`Shards::prepare`]). Polling and recovery start separately.
     pub async fn connect(
         settings: &DatabaseSettings,
         cache: &CacheSettings,
         metrics: DbMetrics,
     ) -> anyhow::Result<Self> {
-        let first = Database::connect_lazy(settings, cache, metrics.clone())?;
+        let positions = super::session::Positions::from_settings(settings, cache)?;
+        let first = Database::connect_lazy(settings, positions.clone(), metrics.clone())?;
         first.migrate().await?;
         let mut dbs = vec![first];
-        for url in &settings.shards {
-            let shard = Database::shard(url.expose(), settings, metrics.clone())?;
-            shard.migrate().await?;
-            dbs.push(shard);
+        for shard in 1..=settings.shards.len() {
+            let shard = u8::try_from(shard).context("at most 255 shards")?;
+            let db = Database::shard(shard, settings, positions.clone(), metrics.clone())?;
+            db.migrate().await?;
+            dbs.push(db);
         }
+        if dbs.len() > 1 {
+            let urls = std::iter::once(&settings.url).chain(&settings.shards);
+            dbs = dbs
+                .into_iter()
+                .zip(urls)
+                .zip(0u8..)
+                .map(|((db, url), n)| db.as_shard(n, url.expose(), settings))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        // A request records the shards it used as bits of a u64 (`session::touched`).
+        anyhow::ensure!(dbs.len() <= 64, "at most 64 shards");
         let shards = Self::new(dbs);
         shards.prepare().await?;
         Ok(shards)
+    }
+
+    /// Whether any shard has replicas (stage 5 on): requests then need read sessions
+    /// ([`super::session::track`]).
+    pub fn has_replicas(&self) -> bool {
+        self.dbs.iter().any(|db| db.replicas().is_some())
+    }
+
+    /// Where users' positions are kept, if reads go to replicas and users are promised session
+    /// consistency (one store, shared by every shard's database).
+    pub fn positions(&self) -> Option<&Arc<super::session::Positions>> {
+        self.dbs.iter().find_map(Database::positions)
     }
 
     /// More than one shard: the stage 7 paths apply.
@@ -194,6 +223,28 @@ impl Shards {
         &self.coordinator
     }
 
+    /// Opens a global transaction over `participants` ([`Coordinator::begin`]), or refuses it at
+    /// once with the first participant whose primary is known to be down: nothing is taken or
+    /// prepared for a transaction that could not commit.
+    pub fn begin(
+        &self,
+        participants: &[u8],
+    ) -> ApiResult<
+        impl std::future::Future<Output = Result<GlobalTransaction, TwoPhaseError>> + Send + 'static,
+    > {
+        if let Some(down) = participants
+            .iter()
+            .map(|&shard| self.shard(shard))
+            .find(|db| !db.primary_up())
+        {
+            return Err(down.primary_down());
+        }
+        for &shard in participants {
+            super::session::touched(shard);
+        }
+        Ok(self.coordinator.begin(participants))
+    }
+
     /// A bucket for a new user: at random, so users (and with them authors' data) spread evenly
     /// over the shards. Unsharded: bucket 0, as `next_id()` always gave.
     pub fn new_user_bucket(&self) -> u8 {
@@ -215,11 +266,11 @@ impl Shards {
         for (shard, db) in self.all() {
             sqlx::query("UPDATE shard_identity SET shard_id = $1 WHERE shard_id <> $1")
                 .bind(i32::from(shard))
-                .execute(db.write())
+                .execute(db.primary())
                 .await
                 .with_context(|| format!("setting shard {shard}'s number"))?;
         }
-        let mut tx = self.directory().write().begin().await?;
+        let mut tx = self.directory().primary().begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(7007)")
             .execute(&mut *tx)
             .await?;
@@ -241,6 +292,14 @@ impl Shards {
         .context("creating the user directory on shard 0")?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Starts every shard's pollers: its replicas', or its primary's watch (see
+    /// [`Database::start_polling`]).
+    pub fn start_polling(&self) {
+        for db in &self.dbs {
+            db.start_polling();
+        }
     }
 
     /// Runs recovery of cross-shard transactions now and then every [`RECOVERY_EVERY`], for as

@@ -29,6 +29,7 @@ impl TestApp {
         settings.server.listen = "127.0.0.1:0".parse().unwrap();
         settings.database.url = pg.url().into();
         settings.media.root = media_dir.path().to_path_buf();
+        settings.auth.jwt_secret = "a test key of thirty-two bytes or more".into();
         tweak(&mut settings);
         let app = Application::build(settings.clone())
             .await

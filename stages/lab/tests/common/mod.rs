@@ -213,3 +213,54 @@ pub fn chromium(url: &str, wait_ms: u32, screenshot: Option<&Path>) -> String {
     }
     run(&["--dump-dom".into()])
 }
+
+/// Bounds every wait on a condition: never reached on a healthy stage, however busy the machine.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until `check` holds, polling every 50 ms, at most [`PATIENCE`].
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < PATIENCE, "never happened: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `sql` as the superuser on the lab PostgreSQL server at `address` (a replica: pausing
+/// and resuming its replay).
+pub async fn as_superuser(address: &str, sql: &str) {
+    use sqlx::Connection;
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host(address)
+        .port(5432)
+        .username("postgres")
+        .database("postgres");
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+}
+
+/// The sum of `db_reads_total` samples for `target` in an app host's metrics.
+pub async fn reads_on(http: &reqwest::Client, app: &str, target: &str) -> u64 {
+    reads_matching(http, app, &format!("target=\"{target}\"")).await
+}
+
+/// The sum of `db_reads_total` samples whose labels start with `labels` in an app host's metrics.
+pub async fn reads_matching(http: &reqwest::Client, app: &str, labels: &str) -> u64 {
+    let text = http
+        .get(format!("{app}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("db_reads_total{{{labels}");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
