@@ -1036,9 +1036,13 @@ async fn change_favorite(
     if home == readers {
         // One statement: the row and, only if it changed (favoriting twice is not an error and
         // counts once), the count. The article's row is locked first, so an article deleted
-        // meanwhile gets no favorite (no foreign key says so since migration 0004).
+        // meanwhile gets no favorite (no foreign key says so since migration 0004). Locked in
+        // the mode the count's UPDATE needs anyway (NO KEY UPDATE), not FOR SHARE: two readers
+        // favoriting at once would each hold a share lock and wait for the other's to update
+        // the count, a deadlock PostgreSQL breaks by failing one (a 500, found by
+        // tests/access_and_races.rs).
         let sql = if add {
-            "WITH article AS (SELECT id FROM articles WHERE id = $1 FOR SHARE),
+            "WITH article AS (SELECT id FROM articles WHERE id = $1 FOR NO KEY UPDATE),
              changed AS (
                 INSERT INTO favorites (article_id, user_id) SELECT id, $2 FROM article
                 ON CONFLICT DO NOTHING RETURNING article_id

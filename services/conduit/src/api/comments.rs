@@ -270,11 +270,17 @@ async fn delete_comment(
         None => Err(ApiError::NotFound("comment")),
         Some(author) if author != user.id => Err(ApiError::Forbidden("comment")),
         Some(_) => {
-            sqlx::query("DELETE FROM comments WHERE id = $1 AND author_id = $2")
+            let deleted = sqlx::query("DELETE FROM comments WHERE id = $1 AND author_id = $2")
                 .bind(id)
                 .bind(user.id)
                 .execute(db.write()?)
-                .await?;
+                .await?
+                .rows_affected();
+            // Two deletions of one comment at once both pass the check above; only the one whose
+            // DELETE removed the row deleted it, and the other is told it is gone.
+            if deleted == 0 {
+                return Err(ApiError::NotFound("comment"));
+            }
             state.cache.invalidate(&[Key::comments(article)]).await;
             Ok(StatusCode::NO_CONTENT)
         }

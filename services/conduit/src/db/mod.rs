@@ -11,6 +11,7 @@
 //!
 //! - [`lsn`]: WAL positions, the clock replication runs on;
 //! - [`replicas`]: polling the replicas' lag, rotation, and choosing one;
+//! - [`reader`]: the `Reader` extractor handlers read through, one session per shard;
 //! - [`shards`]: ids to buckets to shards, the user directory, recovery (stage 7);
 //! - [`session`]: read-your-writes and monotonic reads per user, across app hosts;
 //! - [`two_phase`]: one write across shards, committed on all or none (stage 7);
@@ -18,6 +19,7 @@
 //!   does not (stage 7).
 
 pub mod lsn;
+pub mod reader;
 pub mod replicas;
 pub mod session;
 pub mod shards;
@@ -34,8 +36,8 @@ use sqlx::{
 
 pub use self::{
     lsn::Lsn,
+    reader::Reader,
     replicas::ReplicaSet,
-    session::Reader,
     shards::{bucket_of, Shards},
 };
 use self::{session::Positions, watch::PrimaryWatch};

@@ -1,0 +1,254 @@
+//! `consensus`: model-check one protocol and print each property's verdict, with the runs that
+//! show them.
+//!
+//! A shim over the library: the command line becomes a scenario, [`consensus::run`] explores it,
+//! and the report and traces are printed. `consensus check --help` lists the models, and each
+//! model's `--help` its sizes, faults and seeded bugs.
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use consensus::commit::{paxos_commit, three_phase, two_phase};
+use consensus::{paxos, run_until, Scenario, Stop};
+
+#[derive(Parser)]
+#[command(
+    name = "consensus",
+    version,
+    about = "Model-check Paxos, two-phase, three-phase and Paxos Commit with stateright",
+    long_about = "Model-check Paxos, two-phase commit, three-phase commit and Paxos Commit.\n\n\
+        Each model is a set of actors exchanging messages; the checker explores every \
+        interleaving of their steps (deliveries, votes, crashes, timeouts) and reports, for \
+        each property, whether it holds (always) or is reached (sometimes). Counterexamples are \
+        printed as numbered steps.\n\n\
+        Examples:\n  \
+        consensus check 2pc --trace blocked                  2PC blocks: the run\n  \
+        consensus check 3pc --rms 2 --no-crash --partitions  3PC commits one RM, aborts another\n  \
+        consensus check paxos-commit --crash acceptor        neither blocks nor breaks\n  \
+        consensus check paxos --bug acceptor-forgets-accepted  two values chosen: the run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Explore every reachable state of a model and report each property's verdict.
+    Check {
+        #[command(subcommand)]
+        model: Model,
+    },
+}
+
+// The size caps keep a typo from starting a search that does not end in any reasonable time:
+// every actor multiplies the state space. Larger sizes are a one-line change here.
+#[derive(Subcommand)]
+enum Model {
+    /// Single-decree Paxos behind a write-once register: agreement, validity, linearizability.
+    Paxos {
+        /// Proposers, each with one client that writes through it.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
+        proposers: u8,
+        /// Acceptors; a majority of them chooses a value.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+        acceptors: u8,
+        /// The most ballots each proposer starts (2: a stalled ballot is retried once).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3))]
+        rounds: u32,
+        /// How many clients read (through another proposer) after their write is answered.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=3))]
+        readers: u8,
+        /// Seed a mistake the checker must catch.
+        #[arg(long, value_enum)]
+        bug: Option<paxos::Bug>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Two-phase commit: atomic, and blocks when the coordinator crashes.
+    #[command(name = "2pc")]
+    TwoPhase {
+        /// Resource managers.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=4))]
+        rms: u8,
+        /// The coordinator never crashes (then nothing blocks).
+        #[arg(long)]
+        no_crash: bool,
+        /// Seed a mistake the checker must catch.
+        #[arg(long, value_enum)]
+        bug: Option<two_phase::Bug>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Three-phase commit: non-blocking on a reliable network, inconsistent under partitions.
+    #[command(name = "3pc")]
+    ThreePhase {
+        /// Resource managers (2 suffice for the partition counterexample).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=4))]
+        rms: u8,
+        /// The coordinator never crashes.
+        #[arg(long)]
+        no_crash: bool,
+        /// Partitions: messages may be delayed past timeouts, so actors act on timeouts that can
+        /// fire while peers are alive. Atomicity fails.
+        #[arg(long)]
+        partitions: bool,
+        /// Seed a mistake the checker must catch.
+        #[arg(long, value_enum)]
+        bug: Option<three_phase::Bug>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Paxos Commit: each vote decided by Paxos; neither blocks nor decides inconsistently.
+    PaxosCommit {
+        /// Resource managers (each is one Paxos instance).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
+        rms: u8,
+        /// Acceptors; three survive one crash.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+        acceptors: u8,
+        /// Which actor may crash (once, for good).
+        #[arg(long, value_enum, default_value = "leader")]
+        crash: paxos_commit::Crash,
+        /// Partitions: the backup takes over whenever it suspects the leader, even a live one.
+        #[arg(long)]
+        partitions: bool,
+        /// Seed a mistake the checker must catch.
+        #[arg(long, value_enum)]
+        bug: Option<paxos_commit::Bug>,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Args)]
+struct Output {
+    /// Explore until every property is decided. Without it the run stops at the first
+    /// counterexample, and reports the properties it had not decided by then as undecided.
+    #[arg(long)]
+    exhaustive: bool,
+    /// Also print the run found for this property (an example for a `sometimes` property);
+    /// repeatable. Counterexamples are always printed.
+    #[arg(long = "trace", value_name = "PROPERTY")]
+    traces: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let Command::Check { model } = Cli::parse().command;
+    match model {
+        Model::Paxos {
+            proposers,
+            acceptors,
+            rounds,
+            readers,
+            bug,
+            output,
+        } => check(
+            paxos::Paxos {
+                proposers: proposers.into(),
+                acceptors: acceptors.into(),
+                rounds,
+                readers: readers.into(),
+                bug,
+            },
+            &output,
+        ),
+        Model::TwoPhase {
+            rms,
+            no_crash,
+            bug,
+            output,
+        } => check(
+            two_phase::TwoPhaseCommit {
+                resource_managers: rms.into(),
+                coordinator_crash: !no_crash,
+                bug,
+            },
+            &output,
+        ),
+        Model::ThreePhase {
+            rms,
+            no_crash,
+            partitions,
+            bug,
+            output,
+        } => check(
+            three_phase::ThreePhaseCommit {
+                resource_managers: rms.into(),
+                coordinator_crash: !no_crash,
+                partitions,
+                bug,
+            },
+            &output,
+        ),
+        Model::PaxosCommit {
+            rms,
+            acceptors,
+            crash,
+            partitions,
+            bug,
+            output,
+        } => check(
+            paxos_commit::PaxosCommit {
+                resource_managers: rms.into(),
+                acceptors: acceptors.into(),
+                crash,
+                partitions,
+                bug,
+            },
+            &output,
+        ),
+    }
+}
+
+/// Checks the scenario, prints the report, every counterexample and the requested traces.
+fn check<S: Scenario>(scenario: S, output: &Output) -> Result<()> {
+    let known: Vec<&str> = scenario
+        .model()
+        .properties
+        .iter()
+        .map(|property| property.name)
+        .collect();
+    if let Some(unknown) = output
+        .traces
+        .iter()
+        .find(|property| !known.contains(&property.as_str()))
+    {
+        bail!(
+            "this model has no property {unknown:?}; it has: {}",
+            known.join(", ")
+        );
+    }
+    let stop = if output.exhaustive {
+        Stop::WhenAllDecided
+    } else {
+        Stop::AtFirstViolation
+    };
+    let report = run_until(scenario, stop);
+    print!("{report}");
+    let mut shown: Vec<&str> = report.violations().collect();
+    for property in &output.traces {
+        if !shown.contains(&property.as_str()) {
+            shown.push(property.as_str());
+        }
+    }
+    for property in shown {
+        let Some(finding) = report.finding(property) else {
+            continue;
+        };
+        match report.trace(property) {
+            Some(trace) => {
+                let kind = if finding.verdict == consensus::Verdict::Violated {
+                    "counterexample to"
+                } else {
+                    "example of"
+                };
+                println!("\n{kind} \"{property}\":\n{trace}");
+            }
+            None => println!(
+                "\n\"{property}\": {}, so there is no run to show",
+                finding.verdict
+            ),
+        }
+    }
+    Ok(())
+}
