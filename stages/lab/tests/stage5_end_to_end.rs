@@ -12,23 +12,8 @@
 
 mod common;
 
-use common::{as_superuser, reads_matching, reads_on, wait_until, TestLab};
+use common::{as_superuser, get, reads_matching, reads_on, wait_until, TestLab};
 use serde_json::{json, Value};
-
-/// GET `url` (with `token`, if any): status and JSON body.
-async fn get(http: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Value, String) {
-    let mut request = http.get(url);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Token {token}"));
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
-    (status, response.json().await.unwrap_or(Value::Null), cache)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_serve_reads_yet_writers_see_their_writes_and_the_cache_stays_fresh() {

@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{as_superuser, reads_on, wait_until, TestLab};
+use common::{as_superuser, get, reads_on, wait_until, TestLab};
 use serde_json::Value;
 
 /// A PNG the app accepts (its signature, then anything).
@@ -276,12 +276,12 @@ async fn the_database_is_split_by_author_and_favorites_across_shards_count_exact
         "{:?}",
         response.text().await
     );
-    let response = http
-        .delete(format!("{near}/api/articles/{}/favorite", slugs[zero]))
-        .header("authorization", format!("Token {}", tokens[zero]))
-        .send()
-        .await
-        .unwrap();
+    let unfavorite = |slug: &str, token: &str| {
+        http.delete(format!("{near}/api/articles/{slug}/favorite"))
+            .header("authorization", format!("Token {token}"))
+            .send()
+    };
+    let response = unfavorite(&slugs[zero], &tokens[zero]).await.unwrap();
     assert_eq!(
         response.status().as_u16(),
         200,
@@ -290,25 +290,9 @@ async fn the_database_is_split_by_author_and_favorites_across_shards_count_exact
     );
     // A favorite that needs shard 1 (its author lives there) is refused before anything is
     // prepared, by name.
-    let response = http
-        .delete(format!("{near}/api/articles/{}/favorite", slugs[one]))
-        .header("authorization", format!("Token {}", tokens[zero]))
-        .send()
-        .await
-        .unwrap();
+    let response = unfavorite(&slugs[one], &tokens[zero]).await.unwrap();
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.text().await.unwrap().contains("shard 1 is down"));
-}
-
-/// GET `url` with `token` (if any): the status and the JSON body.
-async fn get(http: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Value) {
-    let mut request = http.get(url);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Token {token}"));
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// The comment bodies of `comments` (a comments URL) as `token` (anonymous: `None`) sees them.
@@ -317,7 +301,7 @@ async fn comment_bodies(
     comments: &str,
     token: Option<&str>,
 ) -> Vec<String> {
-    let (status, body) = get(http, comments, token).await;
+    let (status, body, _) = get(http, comments, token).await;
     assert_eq!(status, 200, "{comments}: {body}");
     body["comments"]
         .as_array()

@@ -311,8 +311,7 @@ impl Cache {
     /// while any shard's primary is down, misses are served uncached from its replicas.
     fn fills_paused(&self, reader: &Reader) -> bool {
         let shards = reader.shards();
-        let a_shard_down = shards.sharded() && shards.all().any(|(_, db)| !db.primary_up());
-        a_shard_down
+        (shards.sharded() && shards.any_primary_down())
             || self
                 .replicated
                 .as_ref()

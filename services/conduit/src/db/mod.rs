@@ -200,26 +200,20 @@ impl Database {
         })
     }
 
-    /// This database as shard `shard` of a sharded stage, its primary at `url`: its refusals
-    /// name it, and without replicas its primary gets a [`PrimaryWatch`] (polled every
-    /// `database.primary_poll_ms` once [`Database::start_polling`] runs), so a dead primary's
-    /// requests are refused at once.
-    pub fn as_shard(
-        mut self,
-        shard: u8,
-        url: &str,
-        settings: &DatabaseSettings,
-    ) -> anyhow::Result<Self> {
+    /// This database as shard `shard` of a sharded stage: its refusals name it, and without
+    /// replicas its primary gets a [`PrimaryWatch`] (polled every `database.primary_poll_ms`
+    /// once [`Database::start_polling`] runs, on the primary pool's own connect options), so a
+    /// dead primary's requests are refused at once.
+    pub fn as_shard(mut self, shard: u8, settings: &DatabaseSettings) -> Self {
         self.shard = Some(shard);
         if self.replicas.is_none() {
-            let options: PgConnectOptions = url.parse().context("parsing a shard's URL")?;
             self.watch = Some(Arc::new(PrimaryWatch::new(
-                options,
+                (*self.primary.connect_options()).clone(),
                 Duration::from_millis(settings.primary_poll_ms),
                 Duration::from_millis(settings.replica_poll_timeout_ms),
             )));
         }
-        Ok(self)
+        self
     }
 
     /// Wraps an existing pool (tests): a primary, no replicas.

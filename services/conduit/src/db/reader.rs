@@ -96,9 +96,8 @@ impl Reader {
     /// shard's primary is down the cache keeps nothing (`Cache::fills_paused`) and this reader
     /// reads as the request does, replicas included, so that shard's data stays readable.
     pub fn for_cache_fill(&self) -> Reader {
-        let any_down = self.shards.all().any(|(_, db)| !db.primary_up());
         Reader {
-            for_cache: !any_down,
+            for_cache: !self.shards.any_primary_down(),
             ..self.clone()
         }
     }

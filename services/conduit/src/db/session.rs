@@ -50,6 +50,7 @@ use std::{
     },
 };
 
+use anyhow::Context;
 use axum::{
     extract::{Request, State},
     http::Method,
@@ -97,11 +98,9 @@ impl Positions {
             &settings.positions_url,
             settings.positions_timeout_ms,
             cache,
-        );
-        Ok(Some(Arc::new(anyhow::Context::context(
-            store,
-            "database.positions_url",
-        )?)))
+        )
+        .context("database.positions_url")?;
+        Ok(Some(Arc::new(store)))
     }
 
     /// Positions kept in the Redis at `url` (the cache host's database 1), waiting at most

@@ -144,13 +144,11 @@ impl Shards {
             dbs.push(db);
         }
         if dbs.len() > 1 {
-            let urls = std::iter::once(&settings.url).chain(&settings.shards);
             dbs = dbs
                 .into_iter()
-                .zip(urls)
                 .zip(0u8..)
-                .map(|((db, url), n)| db.as_shard(n, url.expose(), settings))
-                .collect::<anyhow::Result<_>>()?;
+                .map(|(db, n)| db.as_shard(n, settings))
+                .collect();
         }
         // A request records the shards it used as bits of a u64 (`session::touched`).
         anyhow::ensure!(dbs.len() <= 64, "at most 64 shards");
@@ -169,6 +167,12 @@ impl Shards {
     /// consistency (one store, shared by every shard's database).
     pub fn positions(&self) -> Option<&Arc<super::session::Positions>> {
         self.dbs.iter().find_map(Database::positions)
+    }
+
+    /// Whether some shard's primary is known to be down (its watch's or its replicas' poll
+    /// failed): while it is, the app cache fills nothing (see `Reader::for_cache_fill`).
+    pub fn any_primary_down(&self) -> bool {
+        self.dbs.iter().any(|db| !db.primary_up())
     }
 
     /// More than one shard: the stage 7 paths apply.

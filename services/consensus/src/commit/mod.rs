@@ -144,6 +144,25 @@ pub fn withdraw_vote<A: Actor<Random = Vote>>(o: &mut Out<A>) {
     o.remove_random(VOTE);
 }
 
+/// The coordinator's id in 2PC and 3PC: the RMs follow it, `RM1` first.
+pub const COORDINATOR: usize = 0;
+
+/// An actor's name in a trace of 2PC or 3PC: `TM` for the coordinator, `RMn` for the others.
+pub fn tm_or_rm(id: Id) -> String {
+    match usize::from(id) {
+        COORDINATOR => "TM".to_owned(),
+        index => format!("RM{index}"),
+    }
+}
+
+/// A vote as a message in a trace.
+pub fn vote_message(vote: &Vote) -> String {
+    match vote {
+        Vote::Yes => "vote yes".to_owned(),
+        Vote::No => "vote no".to_owned(),
+    }
+}
+
 /// A vote choice in words, after the RM's name.
 pub fn describe_vote(vote: &Vote) -> String {
     match vote {

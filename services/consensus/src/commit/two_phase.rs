@@ -21,8 +21,8 @@
 //! Seeded bugs ([`Bug`]) each break a property, and the tests check that the checker says so.
 
 use super::{
-    describe_vote, ids, offer_vote, with_commit_properties, withdraw_vote, CommitScenario, Outcome,
-    RmRecord, Vote,
+    describe_vote, ids, offer_vote, tm_or_rm, vote_message, with_commit_properties, withdraw_vote,
+    CommitScenario, Outcome, RmRecord, Vote, COORDINATOR,
 };
 use crate::fail_stop::{self, role_state, FailStop, Role};
 use crate::scenario::{bug_suffix, ModelOf, MsgOf, Scenario, StateOf, TimerOf};
@@ -224,9 +224,6 @@ impl Role for Node {
     }
 }
 
-/// The TM is actor 0; the RMs follow.
-const COORDINATOR: usize = 0;
-
 impl Scenario for TwoPhaseCommit {
     type Actor = FailStop<Node>;
     type History = ();
@@ -269,16 +266,12 @@ impl Scenario for TwoPhaseCommit {
     }
 
     fn actor_name(&self, id: Id) -> String {
-        match usize::from(id) {
-            COORDINATOR => "TM".to_owned(),
-            index => format!("RM{index}"),
-        }
+        tm_or_rm(id)
     }
 
     fn describe_message(&self, msg: &MsgOf<Self>) -> String {
         match msg {
-            Msg::Vote(Vote::Yes) => "vote yes".to_owned(),
-            Msg::Vote(Vote::No) => "vote no".to_owned(),
+            Msg::Vote(vote) => vote_message(vote),
             Msg::Decision(outcome) => outcome.word().to_owned(),
         }
     }

@@ -264,3 +264,19 @@ pub async fn reads_matching(http: &reqwest::Client, app: &str, labels: &str) -> 
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// GET `url` (with `token`, if any): the status, the JSON body (`null` if none) and the
+/// `x-cache` header (empty if none).
+pub async fn get(http: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Value, String) {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Token {token}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let cache = response
+        .headers()
+        .get("x-cache")
+        .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+    (status, response.json().await.unwrap_or(Value::Null), cache)
+}

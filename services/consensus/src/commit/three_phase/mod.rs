@@ -38,7 +38,10 @@ pub use node::{
     termination_rule, CoordinatorPhase, Msg, Node, NodeState, RmState, Standing, Termination, Timer,
 };
 
-use super::{describe_vote, ids, with_commit_properties, CommitScenario, RmRecord, Vote};
+use super::{
+    describe_vote, ids, tm_or_rm, vote_message, with_commit_properties, CommitScenario, RmRecord,
+    Vote, COORDINATOR,
+};
 use crate::fail_stop::{self, role_state, FailStop};
 use crate::scenario::{bug_suffix, ModelOf, MsgOf, Scenario, StateOf, TimerOf};
 use stateright::actor::{ActorModel, Id, Network};
@@ -78,9 +81,8 @@ pub enum Bug {
     BackupCommitsUnlessAborted,
 }
 
-/// The TM is actor 0; the RMs follow, the first of them the backup.
-const COORDINATOR: usize = 0;
-/// The RM that runs the termination protocol when the TM's crash is announced.
+/// The first RM (after the TM, actor `COORDINATOR`) is the backup:
+/// it runs the termination protocol when the TM's crash is announced.
 const BACKUP: usize = 1;
 
 impl Scenario for ThreePhaseCommit {
@@ -137,16 +139,12 @@ impl Scenario for ThreePhaseCommit {
     }
 
     fn actor_name(&self, id: Id) -> String {
-        match usize::from(id) {
-            COORDINATOR => "TM".to_owned(),
-            index => format!("RM{index}"),
-        }
+        tm_or_rm(id)
     }
 
     fn describe_message(&self, msg: &MsgOf<Self>) -> String {
         match msg {
-            Msg::Vote(Vote::Yes) => "vote yes".to_owned(),
-            Msg::Vote(Vote::No) => "vote no".to_owned(),
+            Msg::Vote(vote) => vote_message(vote),
             Msg::PreCommit => "pre-commit".to_owned(),
             Msg::Ack => "ack".to_owned(),
             Msg::Decision(outcome) => outcome.word().to_owned(),
