@@ -421,6 +421,12 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 async fn seen_position(db: &Database, session: &ReadSession, primary: bool) -> Option<Lsn> {
     let cached = Some(Lsn(session.cached.load(Ordering::Relaxed))).filter(|lsn| lsn.0 > 0);
     let measured = if primary || session.read_primary() {
+        if !db.primary_up() {
+            // Not a primary its poller knows to be down: asking would wait out the pool's
+            // acquire timeout, after the request itself may have waited it out once (a drill's
+            // harness, with a 3 s timeout, saw such a 503 as "unknown"). As when the query fails.
+            return cached;
+        }
         db.primary_position().await
     } else if let Some(replica) = session.replica() {
         replica.replayed_now().await
