@@ -215,6 +215,58 @@ async fn get_json(conn: &mut Connection, request: &Request) -> anyhow::Result<Va
     serde_json::from_slice(&response.body).context("setup response is not JSON")
 }
 
+/// Logins in flight at once while the harness logs its users in: each costs the app a password
+/// hash (tens of milliseconds of a small host's budget), so a thousand one after another would
+/// take a minute; eight at once keep both app hosts of a cluster busy without queueing hashes
+/// behind each other's timeouts.
+const LOGINS_AT_ONCE: usize = 8;
+
+/// Logs in seeded users `user1` to `user<users>`, [`LOGINS_AT_ONCE`] at a time; returns them in
+/// order, up to the first that could not log in (the data set has fewer users).
+async fn log_in(
+    target: SocketAddr,
+    users: usize,
+    email_domain: &str,
+    password: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for first in 1..=LOGINS_AT_ONCE.min(users) {
+        let (email_domain, password) = (email_domain.to_owned(), password.to_owned());
+        tasks.spawn(async move {
+            let mut conn = Connection::connect(target, Duration::from_secs(5)).await?;
+            let mut logged_in = Vec::new();
+            for i in (first..=users).step_by(LOGINS_AT_ONCE) {
+                let body = json!({"user": {"email": format!("user{i}@{email_domain}"), "password": password}});
+                let response = conn
+                    .send(&Request::json("POST", "/api/users/login", &body))
+                    .await?;
+                if response.status != 200 {
+                    break;
+                }
+                let v: Value = serde_json::from_slice(&response.body)?;
+                if let (Some(name), Some(token)) =
+                    (v["user"]["username"].as_str(), v["user"]["token"].as_str())
+                {
+                    logged_in.push((i, name.to_owned(), token.to_owned()));
+                }
+            }
+            anyhow::Ok(logged_in)
+        });
+    }
+    let mut all = Vec::with_capacity(users);
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.context("a login task failed")??);
+    }
+    all.sort_by_key(|(i, _, _)| *i);
+    // Up to the first gap: user N+1 exists only if user N does.
+    Ok(all
+        .into_iter()
+        .zip(1..)
+        .take_while(|((i, _, _), expected)| i == expected)
+        .map(|((_, name, token), _)| (name, token))
+        .collect())
+}
+
 impl DataSet {
     /// Reads slugs, authors, tags and media through the API and logs in `users` seeded users
     /// (e-mail `user<N>@<email_domain>`, `password`).
@@ -265,22 +317,7 @@ impl DataSet {
                 }
             }
         }
-        for i in 1..=users {
-            let body =
-                json!({"user": {"email": format!("user{i}@{email_domain}"), "password": password}});
-            let response = conn
-                .send(&Request::json("POST", "/api/users/login", &body))
-                .await?;
-            if response.status != 200 {
-                break;
-            }
-            let v: Value = serde_json::from_slice(&response.body)?;
-            if let (Some(name), Some(token)) =
-                (v["user"]["username"].as_str(), v["user"]["token"].as_str())
-            {
-                data.users.push((name.to_owned(), token.to_owned()));
-            }
-        }
+        data.users = log_in(target, users, email_domain, password).await?;
         Ok(data)
     }
 }

@@ -41,6 +41,8 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// Connections.
     pub connections: usize,
+    /// Seeded users the harness logs in as (the first N).
+    pub users: usize,
     /// Data set.
     pub data: SeedSpec,
     /// Start from an empty stage (a fresh `initdb`, a fresh seed).
@@ -154,7 +156,7 @@ async fn measure(
         connections: options.connections,
         timeout: Duration::from_secs(10),
         seed: 1,
-        users: loadtest::workload::DEFAULT_USERS,
+        users: options.users,
         email_domain: "seed.archlab.test".into(),
         password: "archlab-seed-password".into(),
         verify: true,

@@ -282,6 +282,10 @@ struct BenchArgs {
     /// Connections of the harness.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Seeded users the harness logs in as and writes for (the first N; at most the data set's
+    /// users). More users spread a sharded stage's writes more evenly over its shards.
+    #[arg(long, default_value_t = loadtest::workload::DEFAULT_USERS)]
+    users: usize,
     /// Leave the stage up afterwards.
     #[arg(long)]
     keep_up: bool,
@@ -324,6 +328,7 @@ impl BenchArgs {
             duration,
             warmup,
             connections: self.connections,
+            users: self.users.min(data.users),
             data,
             fresh: true,
             keep_up: self.keep_up,

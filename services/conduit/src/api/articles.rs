@@ -244,7 +244,9 @@ impl<'a> ListFilter<'a> {
     }
 
     /// Like [`ListFilter::page_ids`], with each id's creation time: one shard's share of a page
-    /// in stage 7, merged by `scatter::merge_newest`.
+    /// in stage 7, merged by `scatter::merge_newest`. Where the list's count is kept, each row
+    /// carries it too (a third column, read once per statement), so a shard answers its share
+    /// and its count in one round trip; a shard with no rows in the list is asked for the count.
     fn page_keys(&self, first: usize) -> (String, Vec<Bind<'a>>) {
         let (conditions, binds) = self.conditions(first);
         let Source {
@@ -254,8 +256,14 @@ impl<'a> ListFilter<'a> {
             order,
         } = self.source();
         let n = first + binds.len();
+        let count = match (self.count_is_kept(), self.tag) {
+            (false, _) => String::new(),
+            // The tag's value is the first placeholder (`conditions` binds it first).
+            (true, Some(_)) => format!(", (SELECT articles FROM tag_counts WHERE tag = ${first})"),
+            (true, None) => ", (SELECT articles FROM article_count)".to_owned(),
+        };
         let sql = format!(
-            "SELECT {id}, {created} FROM {from} WHERE true {conditions} ORDER BY {order} \
+            "SELECT {id}, {created}{count} FROM {from} WHERE true {conditions} ORDER BY {order} \
              LIMIT ${n} OFFSET ${}",
             n + 1
         );
@@ -455,15 +463,22 @@ async fn sharded_list_ids(
         let (sql, binds) = (&sql, binds.clone());
         async move {
             let pool = reader.pool().await?;
-            let keys: Vec<ListKey> = bind_all(sqlx::query(sql), binds)
+            let rows = bind_all(sqlx::query(sql), binds)
                 .bind(offset + limit)
                 .bind(0_i64)
                 .fetch_all(pool)
-                .await?
+                .await?;
+            let keys: Vec<ListKey> = rows
                 .iter()
                 .map(|row| Ok((row.try_get(1)?, row.try_get(0)?)))
                 .collect::<Result<_, sqlx::Error>>()?;
-            let count = count_articles(pool, &filter).await?;
+            let count = match rows.first() {
+                // The kept count, carried by every row (see `page_keys`).
+                Some(row) if filter.count_is_kept() => {
+                    row.try_get::<Option<i64>, _>(2)?.unwrap_or(0)
+                }
+                _ => count_articles(pool, &filter).await?,
+            };
             ApiResult::Ok((keys, count))
         }
     }))

@@ -105,43 +105,83 @@ async fn list_comments(
 }
 
 /// Stage 7: the newest [`MAX_COMMENTS`] of `article`'s comments (from `pool`, the article's
-/// shard), their authors' profiles batched per author shard, and whom of them the viewer follows
-/// (from the viewer's shard): one statement per shard involved, not per comment.
+/// shard) with the profiles of the authors who live on that shard too, joined as on one
+/// database; the other authors' profiles batched per shard, those queries at once; and whom of
+/// the authors the viewer follows, in the same statement when the viewer lives on the article's
+/// shard, else from the viewer's. So one statement when everyone involved shares a shard, and
+/// one more per other shard involved, never one per comment.
 async fn sharded_comments(
     reader: &Reader,
     pool: &sqlx::PgPool,
     article: i64,
     viewer: i64,
 ) -> ApiResult<Vec<Comment>> {
-    let rows: Vec<(i64, i64, String, time::OffsetDateTime, time::OffsetDateTime)> = sqlx::query_as(
+    let shards = reader.shards();
+    let here = shards.shard_of(article);
+    let viewer_here = viewer != 0 && shards.shard_of(viewer) == here;
+    type Row = (
+        i64,
+        i64,
+        String,
+        time::OffsetDateTime,
+        time::OffsetDateTime,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT * FROM (
-                SELECT c.id, c.author_id, c.body, c.created_at, c.updated_at FROM comments c
-                WHERE c.article_id = $1 ORDER BY c.created_at DESC, c.id DESC LIMIT $2
-             ) newest ORDER BY created_at, id",
+            SELECT c.id, c.author_id, c.body, c.created_at, c.updated_at,
+                   u.username, u.bio, u.image,
+                   $3 AND EXISTS (SELECT 1 FROM follows fo
+                                  WHERE fo.followee_id = c.author_id AND fo.follower_id = $4)
+                       AS following
+            FROM comments c LEFT JOIN users u ON u.id = c.author_id
+            WHERE c.article_id = $1 ORDER BY c.created_at DESC, c.id DESC LIMIT $2
+         ) newest ORDER BY created_at, id",
     )
     .bind(article)
     .bind(MAX_COMMENTS)
+    .bind(viewer_here)
+    .bind(viewer)
     .fetch_all(pool)
     .await?;
-    let mut authors: Vec<i64> = rows.iter().map(|r| r.1).collect();
-    authors.sort_unstable();
-    authors.dedup();
     let mut profiles = std::collections::HashMap::new();
-    for (shard, ids) in by_shard(reader.shards(), &authors) {
-        let found: Vec<(i64, String, Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT id, username, bio, image FROM users WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(reader.on(shard).pool().await?)
-                .await?;
-        profiles.extend(
-            found
-                .into_iter()
-                .map(|(id, name, bio, image)| (id, (name, bio, image))),
-        );
+    let mut elsewhere: Vec<i64> = Vec::new();
+    for row in &rows {
+        match &row.5 {
+            Some(name) => {
+                profiles.insert(row.1, (name.clone(), row.6.clone(), row.7.clone()));
+            }
+            None => elsewhere.push(row.1),
+        }
     }
-    let followed: Vec<i64> = if viewer == 0 {
+    elsewhere.sort_unstable();
+    elsewhere.dedup();
+    let found = futures::future::try_join_all(by_shard(shards, &elsewhere).into_iter().map(
+        |(shard, ids)| async move {
+            let found: Vec<(i64, String, Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT id, username, bio, image FROM users WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(reader.on(shard).pool().await?)
+                    .await?;
+            ApiResult::Ok(found)
+        },
+    ))
+    .await?;
+    profiles.extend(
+        found
+            .into_iter()
+            .flatten()
+            .map(|(id, name, bio, image)| (id, (name, bio, image))),
+    );
+    let followed: Vec<i64> = if viewer == 0 || viewer_here {
         Vec::new()
     } else {
+        let mut authors: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        authors.sort_unstable();
+        authors.dedup();
         sqlx::query_scalar(
             "SELECT followee_id FROM follows WHERE follower_id = $1 AND followee_id = ANY($2)",
         )
@@ -153,21 +193,23 @@ async fn sharded_comments(
     Ok(rows
         .into_iter()
         // A comment whose author is missing (none can be: no API deletes users) is left out.
-        .filter_map(|(id, author, body, created_at, updated_at)| {
-            let (username, bio, image) = profiles.get(&author)?.clone();
-            Some(Comment {
-                id,
-                body,
-                created_at: Timestamp(created_at),
-                updated_at: Timestamp(updated_at),
-                author: Profile {
-                    username,
-                    bio,
-                    image,
-                    following: followed.contains(&author),
-                },
-            })
-        })
+        .filter_map(
+            |(id, author, body, created_at, updated_at, _, _, _, following_here)| {
+                let (username, bio, image) = profiles.get(&author)?.clone();
+                Some(Comment {
+                    id,
+                    body,
+                    created_at: Timestamp(created_at),
+                    updated_at: Timestamp(updated_at),
+                    author: Profile {
+                        username,
+                        bio,
+                        image,
+                        following: following_here || followed.contains(&author),
+                    },
+                })
+            },
+        )
         .collect())
 }
 
@@ -199,8 +241,10 @@ async fn add_comment(
     // this check did. The comment lives with the article.
     let db = state.shards.of(article_id(&slug)?);
     let article = existing_article(db.write()?, &slug).await?;
-    if state.shards.sharded() {
-        // Its author's profile is on the author's shard; the author does not follow themselves.
+    let shards = &state.shards;
+    if shards.shard_of(user.id) != shards.shard_of(article) {
+        // Its author's profile is on the author's shard (another than the article's): a second
+        // statement there. The author does not follow themselves.
         let (id, created_at, updated_at): (i64, time::OffsetDateTime, time::OffsetDateTime) =
             sqlx::query_as(
                 "INSERT INTO comments (article_id, author_id, body) VALUES ($1, $2, $3)
