@@ -79,5 +79,6 @@ exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDAT
     -c listen_addresses='*' \
     -c shared_preload_libraries=pg_stat_statements \
     -c pg_stat_statements.track=top \
+    -c pg_stat_statements.track_utility=off \
     -c max_prepared_transactions=64 \
     "$@"

@@ -27,7 +27,8 @@ What it does, in order, on a fresh lab (own state folder, own loopback network):
 "before" run can measure an older build; `--app-commit` records which commit that build is.
 
 What is left out, and why it is small: the measured run's harness logs its users in at the start
-(one indexed lookup each), and `pg_stat_statements` counts execution time only (not planning,
+(a few indexed lookups each: small with the default 32 users, not with `--users 1000`, whose
+4,000 login statements are in the figures, so compare runs with the same `--users`), and `pg_stat_statements` counts execution time only (not planning,
 parsing or network time). Requests served counts every answered request, errors included; the
 result also records the failures, which should be none.
 """
@@ -61,6 +62,9 @@ def main():
                     help="an option for `archlab up`, repeatable (`--up-arg=--shards=4`, `--up-arg=--budget=db=0.1`)")
     ap.add_argument("--app-commit", default=None,
                     help="commit the app binary was built from (default: this checkout's, when ARCHLAB_CONDUIT_BIN is unset)")
+    ap.add_argument("--users", type=int, default=32,
+                    help="seeded users the harness logs in as and writes for (default 32, the harness's own "
+                         "default; more spread a sharded stage's writes more evenly)")
     ap.add_argument("--top", type=int, default=15,
                     help="statements listed in the result (default 15: the read-heavy mix runs about 25 distinct "
                          "ones; a sharded stage runs each on every shard)")
@@ -89,7 +93,7 @@ def main():
         return run([archlab_bin, "--state-dir", state, "--net", args.net, *a])
 
     def harness(endpoint, seconds, out, verify):
-        cmd = [loadtest_bin, "--target", endpoint, "--workload", args.workload, "--rate", str(args.rate),
+        cmd = [loadtest_bin, "--target", endpoint, "--workload", args.workload, "--rate", str(args.rate), "--users", str(args.users),
                "--duration", f"{seconds}s", "--warmup", "0s", "--out", out]
         if not verify:
             cmd.append("--no-verify")
@@ -185,6 +189,7 @@ def main():
             + ["scripts/bench/db_cost.py"] + sys.argv[1:]),
         "settings": {
             "workload": args.workload,
+            "harness_users": args.users,
             "rate_rps": args.rate,
             "duration_s": args.duration,
             "warmup_s": args.warmup,

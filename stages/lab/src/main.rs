@@ -204,6 +204,13 @@ enum Command_ {
         /// Where `coordinator-crash` makes the app's two-phase commit coordinator abort.
         #[arg(long, value_enum)]
         point: Option<archlab::drill::TwoPhasePoint>,
+        /// Database replicas, 0 to 4 (stages with replicas; stage 7: dealt to the shards in
+        /// turn, so `--replicas 2` gives each of two shards one).
+        #[arg(long)]
+        replicas: Option<u8>,
+        /// Database shards, 1 to 4 (stage 7 on).
+        #[arg(long)]
+        shards: Option<u8>,
         /// Built-in workload or a workload file.
         #[arg(long, default_value = "read-heavy")]
         workload: String,
@@ -463,6 +470,8 @@ async fn main() -> anyhow::Result<()> {
             service,
             host,
             point,
+            replicas,
+            shards,
             workload,
             rate,
             duration,
@@ -473,6 +482,11 @@ async fn main() -> anyhow::Result<()> {
             monitor,
             out,
         } => {
+            let layout = Layout {
+                app_hosts: None,
+                replicas,
+                shards,
+            };
             let options = DrillOptions {
                 fault,
                 service,
@@ -506,7 +520,16 @@ async fn main() -> anyhow::Result<()> {
                 timeout: secs(3),
                 monitor,
             };
-            drill_stage(&state, net, &stage, &app_setting, &options, out.as_deref()).await
+            drill_stage(
+                &state,
+                net,
+                &stage,
+                layout,
+                &app_setting,
+                &options,
+                out.as_deref(),
+            )
+            .await
         }
         Command_::Report { files, out, strict } => report(&files, &out, strict),
         Command_::Compare { a, b } => {
@@ -855,12 +878,13 @@ async fn drill_stage(
     state: &Path,
     net: u8,
     key: &str,
+    layout: Layout,
     app_settings: &[(String, String)],
     options: &DrillOptions,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     loadtest::record_checkout_state();
-    let mut stage = Stage::find(key)?.on_network(net);
+    let mut stage = Stage::find_with(key, layout)?.on_network(net);
     for (key, value) in app_settings {
         stage = stage.with_app_setting(key, value)?;
     }
