@@ -133,12 +133,41 @@ impl From<sqlx::Error> for ApiError {
                     "contains a value that cannot be stored (e.g. a NUL character)",
                 )
             }
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                match db.constraint().and_then(foreign_key_error) {
+                    Some(answer) => answer,
+                    None => Self::Internal(anyhow::Error::new(error).context("database query")),
+                }
+            }
             sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(error = %error, "database unreachable");
                 Self::DatabaseUnavailable("unavailable, try again")
             }
             _ => Self::Internal(anyhow::Error::new(error).context("database query")),
         }
+    }
+}
+
+/// What a write that failed on a foreign key means to the client, by constraint (PostgreSQL's
+/// default names, from `migrations/0001_schema.sql`). The acting user's own row missing means a
+/// valid token for a user who no longer exists: 401, as for any token that names nobody. Any
+/// other row missing was deleted between the handler's check and its write: 404 for it. A
+/// sharded stage drops the keys that would cross shards (`0004_sharding.sql`).
+fn foreign_key_error(constraint: &str) -> Option<ApiError> {
+    match constraint {
+        "articles_author_id_fkey"
+        | "comments_author_id_fkey"
+        | "favorites_user_id_fkey"
+        | "follows_follower_id_fkey"
+        | "media_owner_id_fkey" => Some(ApiError::Unauthorized {
+            field: "token",
+            message: "is invalid",
+        }),
+        "comments_article_id_fkey"
+        | "favorites_article_id_fkey"
+        | "article_tags_article_id_fkey" => Some(ApiError::NotFound("article")),
+        "follows_followee_id_fkey" => Some(ApiError::NotFound("profile")),
+        _ => None,
     }
 }
 

@@ -11,6 +11,11 @@
 //!   its rows; the same username registered by many clients at once gives exactly one account
 //!   and 409s, not 500s; the same comment deleted by many requests at once is deleted once, the
 //!   others told 404.
+//! - A valid token for a user who no longer exists (deleted by an operator: no API deletes
+//!   users) is refused with a 401 on every write that adds a row and on the current user, not a
+//!   500 from the foreign key its writes break. (Not yet: an unfavorite or unfollow with it
+//!   answers as for a user who had none, and reads serve it as a viewer who follows nobody; a
+//!   401 there needs the user looked up on every request.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -304,4 +309,45 @@ async fn racing_favorites_registrations_and_deletions_keep_every_invariant() {
         5,
         "{statuses:?}"
     );
+}
+
+#[tokio::test]
+async fn a_deleted_users_token_is_refused_with_401_everywhere_it_acts() {
+    let app = TestApp::start().await;
+    let gone = app.register("gone").await;
+    let other = app.register("other").await;
+    let slug = app.article(&other, "someone else's", &["t"]).await;
+    let own = app.article(&gone, "written before", &["t"]).await;
+    let pool = sqlx::PgPool::connect(&app.pg.url()).await.unwrap();
+    sqlx::query("DELETE FROM users WHERE username = 'gone'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let article = json!({"article": {"title": "after", "description": "d", "body": "b"}});
+    let comment = json!({"comment": {"body": "after"}});
+    let user = json!({"user": {"bio": "after"}});
+    let tries = [
+        (Method::POST, "/api/articles".to_owned(), Some(article)),
+        (
+            Method::POST,
+            format!("/api/articles/{slug}/comments"),
+            Some(comment),
+        ),
+        (Method::POST, format!("/api/articles/{slug}/favorite"), None),
+        (Method::POST, "/api/profiles/other/follow".to_owned(), None),
+        (Method::GET, "/api/user".to_owned(), None),
+        (Method::PUT, "/api/user".to_owned(), Some(user)),
+    ];
+    for (method, path, body) in tries {
+        let (status, answer) = app.call(method.clone(), &path, Some(&gone), body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}: {answer}"
+        );
+        assert_error(&answer, "token");
+    }
+    // Their article went with them (ON DELETE CASCADE): a 404, not a 500.
+    let (status, _) = app.get(&format!("/api/articles/{own}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -38,15 +38,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/articles/{slug}/comments/{id}", delete(delete_comment))
 }
 
-/// A comment's insert failed on the article's foreign key: the article was deleted between the
-/// check and the insert.
-fn not_found_if_article_gone(error: sqlx::Error) -> ApiError {
-    match &error {
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => ApiError::NotFound("article"),
-        _ => error.into(),
-    }
-}
-
 /// A comment with its author as viewer `$1` sees them. The author join crosses shards from
 /// stage 7 (commenters are not the article's author); there it becomes a second lookup.
 const COMMENT_COLUMNS: &str = "
@@ -254,8 +245,7 @@ async fn add_comment(
             .bind(user.id)
             .bind(&body)
             .fetch_one(db.write()?)
-            .await
-            .map_err(not_found_if_article_gone)?;
+            .await?;
         let author =
             crate::api::shared::load_profile_by_id(state.shards.of(user.id).write()?, user.id)
                 .await?
@@ -283,9 +273,13 @@ async fn add_comment(
     .bind(user.id)
     .bind(article)
     .bind(&body)
-    .fetch_one(db.write()?)
-    .await
-    .map_err(not_found_if_article_gone)?;
+    .fetch_optional(db.write()?)
+    .await?
+    // No row: the join found no author, so the token's user no longer exists.
+    .ok_or(ApiError::Unauthorized {
+        field: "token",
+        message: "is invalid",
+    })?;
     let comment = comment_from_row(&row)?;
     // Only the edge caches comments (stage 6): this purges them there.
     state.cache.invalidate(&[Key::comments(article)]).await;
