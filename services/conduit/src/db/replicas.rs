@@ -460,10 +460,16 @@ pub(super) async fn poll_position(
         }
         Err(_) => {
             connection.take();
-            anyhow::bail!("no answer within {timeout:?}")
+            Err(NoAnswer(timeout).into())
         }
     }
 }
+
+/// A poll that got no answer in time: the server may be gone, or only slow (a small host's CPU
+/// quota, a checkpoint), unlike a refused or broken connection, which says it is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {0:?}")]
+pub(super) struct NoAnswer(pub Duration);
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,16 @@ use std::{
 
 use sqlx::postgres::PgConnectOptions;
 
-use super::{lsn::Lsn, replicas::poll_position};
+use super::{
+    lsn::Lsn,
+    replicas::{poll_position, NoAnswer},
+};
+
+/// Polls in a row that must get no answer in time before the watch calls the primary down: one
+/// slow poll on a busy machine is not a dead server, and calling it one refuses every request
+/// of the shard until the next poll; two (half a second at the default period) still come well
+/// before the pool's 2 s acquire timeout. A refused or broken connection needs no second poll.
+const SLOW_POLLS_FOR_DOWN: u32 = 2;
 
 /// One primary's liveness, as its last poll found it.
 #[derive(Debug)]
@@ -66,6 +75,7 @@ impl PrimaryWatch {
 
     async fn poll(self: Arc<Self>) {
         let mut connection = None;
+        let mut slow_in_a_row = 0;
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -77,7 +87,14 @@ impl PrimaryWatch {
                 self.timeout,
             )
             .await;
+            slow_in_a_row = match &polled {
+                Err(e) if e.is::<NoAnswer>() => slow_in_a_row + 1,
+                _ => 0,
+            };
             match polled {
+                Err(e) if e.is::<NoAnswer>() && slow_in_a_row < SLOW_POLLS_FOR_DOWN => {
+                    tracing::debug!(error = %e, "shard primary slow to answer one poll");
+                }
                 Ok(_) => {
                     if !self.up.swap(true, Ordering::AcqRel) {
                         tracing::info!("shard primary answering again: its requests are served");
