@@ -95,6 +95,21 @@ async fn list_comments(
     Ok(Json(CommentsBody { comments }))
 }
 
+/// One comment as its article's shard holds it: the author's profile only if the author lives
+/// on that shard too (`username` is `None` otherwise), `following` only if the viewer does.
+#[derive(sqlx::FromRow)]
+struct ShardedCommentRow {
+    id: i64,
+    author_id: i64,
+    body: String,
+    created_at: time::OffsetDateTime,
+    updated_at: time::OffsetDateTime,
+    username: Option<String>,
+    bio: Option<String>,
+    image: Option<String>,
+    following: bool,
+}
+
 /// Stage 7: the newest [`MAX_COMMENTS`] of `article`'s comments (from `pool`, the article's
 /// shard) with the profiles of the authors who live on that shard too, joined as on one
 /// database; the other authors' profiles batched per shard, those queries at once; and whom of
@@ -110,18 +125,7 @@ async fn sharded_comments(
     let shards = reader.shards();
     let here = shards.shard_of(article);
     let viewer_here = viewer != 0 && shards.shard_of(viewer) == here;
-    type Row = (
-        i64,
-        i64,
-        String,
-        time::OffsetDateTime,
-        time::OffsetDateTime,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        bool,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<ShardedCommentRow> = sqlx::query_as(
         "SELECT * FROM (
             SELECT c.id, c.author_id, c.body, c.created_at, c.updated_at,
                    u.username, u.bio, u.image,
@@ -141,11 +145,14 @@ async fn sharded_comments(
     let mut profiles = std::collections::HashMap::new();
     let mut elsewhere: Vec<i64> = Vec::new();
     for row in &rows {
-        match &row.5 {
+        match &row.username {
             Some(name) => {
-                profiles.insert(row.1, (name.clone(), row.6.clone(), row.7.clone()));
+                profiles.insert(
+                    row.author_id,
+                    (name.clone(), row.bio.clone(), row.image.clone()),
+                );
             }
-            None => elsewhere.push(row.1),
+            None => elsewhere.push(row.author_id),
         }
     }
     elsewhere.sort_unstable();
@@ -170,7 +177,7 @@ async fn sharded_comments(
     let followed: Vec<i64> = if viewer == 0 || viewer_here {
         Vec::new()
     } else {
-        let mut authors: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let mut authors: Vec<i64> = rows.iter().map(|r| r.author_id).collect();
         authors.sort_unstable();
         authors.dedup();
         sqlx::query_scalar(
@@ -183,24 +190,23 @@ async fn sharded_comments(
     };
     Ok(rows
         .into_iter()
-        // A comment whose author is missing (none can be: no API deletes users) is left out.
-        .filter_map(
-            |(id, author, body, created_at, updated_at, _, _, _, following_here)| {
-                let (username, bio, image) = profiles.get(&author)?.clone();
-                Some(Comment {
-                    id,
-                    body,
-                    created_at: Timestamp(created_at),
-                    updated_at: Timestamp(updated_at),
-                    author: Profile {
-                        username,
-                        bio,
-                        image,
-                        following: following_here || followed.contains(&author),
-                    },
-                })
-            },
-        )
+        // A comment whose author is missing (a user deleted by an operator: no API deletes
+        // users) is left out.
+        .filter_map(|row| {
+            let (username, bio, image) = profiles.get(&row.author_id)?.clone();
+            Some(Comment {
+                id: row.id,
+                body: row.body,
+                created_at: Timestamp(row.created_at),
+                updated_at: Timestamp(row.updated_at),
+                author: Profile {
+                    username,
+                    bio,
+                    image,
+                    following: row.following || followed.contains(&row.author_id),
+                },
+            })
+        })
         .collect())
 }
 
