@@ -155,7 +155,9 @@ out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 set +e
 # Same options as upstream specs/api/run-api-tests-hurl.sh: test mode, one file at a time.
-"$HURL_BIN" --test --jobs 1 \
+# Plus --error-format long: a failed assertion shows the response's headers and body (the error
+# body says which limit or fault answered).
+"$HURL_BIN" --test --jobs 1 --error-format long \
   --variable "host=$BASE" \
   --variable "uid=$UID_VAL" \
   ${REPORT_ARGS[@]+"${REPORT_ARGS[@]}"} \

@@ -19,4 +19,14 @@ up_output="$(archlab up "$stage")"
 printf '%s\n' "$up_output" >&2
 endpoint="$(printf '%s\n' "$up_output" | sed -n 's/^endpoint: //p' | tail -n1)"
 [ -n "$endpoint" ] || { echo "stage $stage did not come up" >&2; exit 1; }
-bash scripts/realworld-api-tests.sh "$endpoint"
+# On a failure, what the hosts said about it: every warning and error the app hosts and the
+# gateway logged (colours stripped), so a CI log shows why a request got, say, a 503.
+if ! bash scripts/realworld-api-tests.sh "$endpoint"; then
+  echo "--- warnings and errors logged by the stage's hosts ---" >&2
+  find "$state" \( -name app.log -o -name gateway.log -o -name edge.log \) -print0 |
+    while IFS= read -r -d '' log; do
+      sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E ' (WARN|ERROR) ' | tail -n 40 |
+        sed "s|^|${log#"$state"/}: |" >&2 || true
+    done
+  exit 1
+fi

@@ -663,10 +663,12 @@ impl Coordinator {
         // Forget records whose transactions are over. A record decided (commit or abort) before
         // the scan started, with no branch seen prepared, has none left anywhere: its branches
         // were all prepared before its decision, hence before the scan, and the scan saw none.
-        // A record never decided and begun before the scan is deleted too, which is the same as
-        // deciding abort: a branch prepared after the scan finds no record, and its coordinator's
-        // decision finds no row to update. Only when every shard was scanned: a branch on a shard
-        // that did not answer could still need its record.
+        // A record never decided, begun a grace period before the scan, is deleted too, which is
+        // the same as deciding abort: a branch prepared after the scan finds no record, and its
+        // coordinator's decision finds no row to update. Not a younger one: its coordinator may
+        // be doing the handler's work right now, and deleting its record would abort a healthy
+        // write (it did: one registration in a RealWorld run got a 503 that way). Only when every
+        // shard was scanned: a branch on a shard that did not answer could still need its record.
         if every_shard_scanned {
             for (decider, (pool, started)) in self.shards.iter().zip(&scan_started).enumerate() {
                 let Some(started) = started else { continue };
@@ -678,10 +680,12 @@ impl Coordinator {
                     .collect();
                 report.pruned += sqlx::query(
                     "DELETE FROM two_phase_transactions \
-                     WHERE coalesce(decided_at, begun_at) < $1 AND txid <> ALL($2)",
+                     WHERE txid <> ALL($2) AND (decided_at < $1 OR \
+                           (decided_at IS NULL AND begun_at < $1 - make_interval(secs => $3)))",
                 )
                 .bind(started)
                 .bind(&still)
+                .bind(self.grace.as_secs_f64())
                 .execute(pool)
                 .await?
                 .rows_affected();
@@ -925,6 +929,27 @@ mod tests {
             .unwrap();
             assert_eq!(in_tx, 0);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_recovery_pass_leaves_a_transaction_at_work_within_its_grace_period_alone() {
+        let shards = Shards::start(2).await;
+        // Two app hosts: one coordinating a write, the other's periodic recovery passing by
+        // while the write's handler is still at work (record begun, nothing prepared yet).
+        let grace = Duration::from_secs(60);
+        let coordinating = Arc::new(Coordinator::new(shards.pools.clone(), grace));
+        let other_host = Arc::new(Coordinator::new(shards.pools.clone(), grace));
+
+        let mut tx = coordinating.begin(&[0, 1]).await.unwrap();
+        write_everywhere(&mut tx, &[0, 1], "at-work").await;
+        let report = other_host.recover().await.unwrap();
+        assert_eq!(
+            report.pruned, 0,
+            "a record within its grace period is kept: {report:?}"
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(shards.holding("at-work").await, [0, 1]);
+        assert_eq!(shards.leftovers().await, (0, 0));
     }
 
     #[tokio::test(flavor = "multi_thread")]
