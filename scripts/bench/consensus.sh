@@ -42,5 +42,12 @@ out=services/consensus/results/checks.txt
     run release paxos-commit --crash any-one
     run release paxos-commit --bug backup-ignores-accepted-votes
     run debug paxos-commit --acceptors 1 --bug backup-ignores-accepted-votes
+    run debug zab --exhaustive --trace "commit carried by a follower"
+    run debug zab --no-suspicions --exhaustive
+    run debug zab --no-crash --exhaustive
+    run release zab --writes 2 --exhaustive
+    run release zab --candidates 3 --epochs 3 --exhaustive
+    run debug zab --bug new-leader-skips-synchronisation
+    run debug zab --bug leader-commits-without-quorum
 } >"$out"
 echo "written: $out"

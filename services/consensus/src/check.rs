@@ -1,9 +1,13 @@
 //! Running the model checker on a scenario and reading its verdicts.
 //!
-//! The checker explores every state reachable from the initial one, breadth first, on one thread:
-//! breadth first so that each counterexample it reports is a shortest one (the easiest to read),
-//! one thread because parallel breadth-first search loses that guarantee and because the models
-//! here are small enough that a second thread would not pay for its coordination.
+//! The checker explores every state reachable from the initial one, breadth first, on one thread
+//! (the models here are small enough that a second thread would not pay for its coordination).
+//! A run printed for a reader should be a shortest one, the easiest to read; breadth first alone
+//! does not give it, because stateright keeps the *last* state it found for a property, not the
+//! first, so the run it returns can be a long one found in passing (a commit reached 34 steps into
+//! a ZAB run, after a crash that had nothing to do with it). [`Report::trace`] therefore searches
+//! again for the property alone with a bound on the depth, halving the bound until the shortest
+//! run is found: a few bounded re-runs, made only for the runs that are printed.
 //!
 //! How far it goes is the caller's choice ([`Stop`]): until every property is decided (the whole
 //! state space, unless every property has a discovery sooner), or until the first counterexample,
@@ -160,10 +164,14 @@ impl<S: Scenario> Report<S> {
             .find(|finding| finding.property == property)
     }
 
-    /// The property's discovery told as numbered steps, or `None` if it has none.
+    /// The property's discovery told as numbered steps, or `None` if it has none. The run told is
+    /// a shortest one (see the module docs).
     pub fn trace(&self, property: &str) -> Option<String> {
-        let path = self.finding(property)?.path.as_ref()?;
-        Some(trace::narrate(&self.scenario, &self.model, path))
+        let finding = self.finding(property)?;
+        let found = finding.path.as_ref()?;
+        let path = shortest_discovery(&self.scenario, finding.property, found)
+            .unwrap_or_else(|| found.clone());
+        Some(trace::narrate(&self.scenario, &self.model, &path))
     }
 
     /// The names of the properties whose discovery is a counterexample.
@@ -173,6 +181,42 @@ impl<S: Scenario> Report<S> {
             .filter(|finding| finding.verdict == Verdict::Violated)
             .map(|finding| finding.property)
     }
+}
+
+/// A shortest run to a state where `property` has its discovery, given one run `found` that gets
+/// there: the smallest depth bound under which the checker, looking for that property alone, still
+/// finds one. (A bound of `d` explores states of fewer than `d` steps' depth, counting the initial
+/// state as depth 1; whether a run exists within a bound only grows with the bound.) `None` if no
+/// bounded run finds it, which would be a checker bug; the caller then keeps `found`.
+fn shortest_discovery<S: Scenario>(
+    scenario: &S,
+    property: &'static str,
+    found: &Path<StateOf<S>, StepOf<S>>,
+) -> Option<Path<StateOf<S>, StepOf<S>>> {
+    let within = |bound: usize| {
+        scenario
+            .model()
+            .checker()
+            .target_max_depth(bound)
+            .finish_when(HasDiscoveries::AnyOf([property].into()))
+            .spawn_bfs()
+            .join()
+            .discovery(property)
+    };
+    // `found` has this many steps, so a bound one past its last state finds it.
+    let (mut low, mut high) = (1, found.clone().into_actions().len() + 2);
+    let mut shortest = None;
+    while low < high {
+        let bound = low + (high - low) / 2;
+        match within(bound) {
+            Some(path) => {
+                shortest = Some(path);
+                high = bound;
+            }
+            None => low = bound + 1,
+        }
+    }
+    shortest
 }
 
 impl<S: Scenario> fmt::Display for Report<S> {
@@ -197,13 +241,10 @@ impl<S: Scenario> fmt::Display for Report<S> {
                 Expectation::Eventually => "eventually",
                 Expectation::Sometimes => "sometimes",
             };
-            let steps = match &finding.path {
-                Some(path) => format!(" (in {} steps)", path.clone().into_actions().len()),
-                None => String::new(),
-            };
+            // No step count: the run found here need not be a shortest one; the traces are.
             writeln!(
                 f,
-                "  {kind:<9}  {:<28}  {}{steps}",
+                "  {kind:<9}  {:<30}  {}",
                 finding.property, finding.verdict
             )?;
         }

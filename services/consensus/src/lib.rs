@@ -13,6 +13,7 @@
 //! cargo run -p consensus -- check 3pc --rms 2 --no-crash --partitions   # 3PC: commits and aborts
 //! cargo run --release -p consensus -- check paxos-commit    # Paxos Commit: neither
 //! cargo run -p consensus -- check paxos --bug acceptor-forgets-accepted
+//! cargo run -p consensus -- check zab --bug new-leader-skips-synchronisation
 //! ```
 //!
 //! ## What each model shows
@@ -20,6 +21,7 @@
 //! | model | holds | fails (the checker finds the run) |
 //! |---|---|---|
 //! | [single-decree Paxos](paxos) | agreement, validity, linearizability of the register it implements | each seeded bug: two values chosen |
+//! | [ZAB](zab) | one leader per epoch, commits survive leader changes (a crash, or followers giving up on a live leader), one delivery order, zxids unique and increasing | each seeded bug: a commit lost |
 //! | [two-phase commit](commit::two_phase) | atomicity, validity | it *blocks*: the coordinator crashes and an RM that voted yes can never decide |
 //! | [three-phase commit](commit::three_phase) | atomicity, validity, and no blocking, on a reliable network | under partitions, *atomicity*: one RM commits, another aborts |
 //! | [Paxos Commit](commit::paxos_commit) | atomicity, validity, no blocking with one crash (leader or acceptor); atomicity even under partitions | only its seeded bug |
@@ -41,6 +43,8 @@
 //! - [`fail_stop`]: crashes as a modelled action, including a crash in the middle of a broadcast.
 //! - [`paxos`]: proposers ([`paxos::Proposer`]) and acceptors ([`paxos::Acceptor`]) behind a
 //!   write-once register, with stateright's linearizability tester inside the model.
+//! - [`zab`]: ZooKeeper's atomic broadcast: servers LOOKING, FOLLOWING and LEADING through
+//!   discovery, synchronisation and broadcast, with a crash and followers that give up.
 //! - [`commit`]: the atomic-commit vocabulary and properties, then one file per protocol.
 //!
 //! ## What a model is, and is not
@@ -58,6 +62,7 @@ pub mod fail_stop;
 pub mod paxos;
 pub mod scenario;
 pub mod trace;
+pub mod zab;
 
 pub use check::{run, run_until, Report, Stop, Verdict};
 pub use scenario::Scenario;

@@ -8,14 +8,14 @@
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use consensus::commit::{paxos_commit, three_phase, two_phase};
-use consensus::{paxos, run_until, Scenario, Stop};
+use consensus::{paxos, run_until, zab, Scenario, Stop};
 
 #[derive(Parser)]
 #[command(
     name = "consensus",
     version,
-    about = "Model-check Paxos, two-phase, three-phase and Paxos Commit with stateright",
-    long_about = "Model-check Paxos, two-phase commit, three-phase commit and Paxos Commit.\n\n\
+    about = "Model-check Paxos, ZAB, two-phase, three-phase and Paxos Commit with stateright",
+    long_about = "Model-check Paxos, ZAB, two-phase commit, three-phase commit and Paxos Commit.\n\n\
         Each model is a set of actors exchanging messages; the checker explores every \
         interleaving of their steps (deliveries, votes, crashes, timeouts) and reports, for \
         each property, whether it holds (always) or is reached (sometimes). Counterexamples are \
@@ -24,7 +24,8 @@ use consensus::{paxos, run_until, Scenario, Stop};
         consensus check 2pc --trace blocked                  2PC blocks: the run\n  \
         consensus check 3pc --rms 2 --no-crash --partitions  3PC commits one RM, aborts another\n  \
         consensus check paxos-commit --crash acceptor        neither blocks nor breaks\n  \
-        consensus check paxos --bug acceptor-forgets-accepted  two values chosen: the run"
+        consensus check paxos --bug acceptor-forgets-accepted  two values chosen: the run\n  \
+        consensus check zab --bug new-leader-skips-synchronisation  a commit lost: the run"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -61,6 +62,33 @@ enum Model {
         /// Seed a mistake the checker must catch.
         #[arg(long, value_enum)]
         bug: Option<paxos::Bug>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// ZAB, ZooKeeper's atomic broadcast: one leader per epoch, commits survive leader changes.
+    Zab {
+        /// Servers in the ensemble.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+        servers: u8,
+        /// How many servers (the first ones) may stand for leader.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
+        candidates: u8,
+        /// The highest epoch a leader may start (2: one leader change). A leader never stands
+        /// again in the model, so a third epoch needs a third candidate.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
+        epochs: u8,
+        /// Transactions each leader proposes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=3))]
+        writes: u8,
+        /// S1 never crashes.
+        #[arg(long)]
+        no_crash: bool,
+        /// Followers never give up on a live leader (only a crash makes them look).
+        #[arg(long)]
+        no_suspicions: bool,
+        /// Seed a mistake the checker must catch.
+        #[arg(long, value_enum)]
+        bug: Option<zab::Bug>,
         #[command(flatten)]
         output: Output,
     },
@@ -148,6 +176,27 @@ fn main() -> Result<()> {
                 acceptors: acceptors.into(),
                 rounds,
                 readers: readers.into(),
+                bug,
+            },
+            &output,
+        ),
+        Model::Zab {
+            servers,
+            candidates,
+            epochs,
+            writes,
+            no_crash,
+            no_suspicions,
+            bug,
+            output,
+        } => check(
+            zab::Zab {
+                servers: servers.into(),
+                candidates: candidates.into(),
+                epochs,
+                writes,
+                crash: !no_crash,
+                suspicions: !no_suspicions,
                 bug,
             },
             &output,
