@@ -483,13 +483,11 @@ pub async fn seed(
                 PutPayload::from(png),
             ));
         }
-        futures::future::try_join_all(batch.iter().map(|(path, png)| {
-            media.put_opts(
-                path,
-                png.clone(),
-                crate::api::media::put_options(media_settings, "image/png"),
-            )
-        }))
+        futures::future::try_join_all(
+            batch
+                .iter()
+                .map(|(path, png)| store_seeded_image(media, media_settings, path, png)),
+        )
         .await
         .context("storing a seeded image")?;
     }
@@ -547,6 +545,35 @@ pub async fn seed(
     }
     tracing::info!(?report, shards = shards.len(), elapsed = ?started.elapsed(), "seeded");
     Ok(report)
+}
+
+/// Times a seeded image is offered to the store before seeding gives up. Seeding is a bulk load
+/// against small hosts, not a measurement: stage 7's three 0.05-core Garage nodes, taking 16
+/// uploads at once, once let one PUT run past the store client's 5 s timeout on every node, and
+/// that one upload ended a whole tour. A PUT of the same bytes to the same name is idempotent, so
+/// trying again is safe; three tries still end a seeding whose store is really down.
+const SEED_PUT_ATTEMPTS: u32 = 3;
+
+/// Stores one seeded image, trying again (up to [`SEED_PUT_ATTEMPTS`] times) when the store did
+/// not answer.
+async fn store_seeded_image(
+    media: &dyn ObjectStore,
+    settings: &crate::settings::MediaSettings,
+    path: &object_store::path::Path,
+    png: &PutPayload,
+) -> object_store::Result<()> {
+    let mut attempt = 1;
+    loop {
+        let options = crate::api::media::put_options(settings, "image/png");
+        match media.put_opts(path, png.clone(), options).await {
+            Ok(_) => return Ok(()),
+            Err(error) if attempt < SEED_PUT_ATTEMPTS => {
+                tracing::warn!(%path, attempt, %error, "seeded image not stored; trying again");
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Images stored at once while seeding: one at a time, 2,000 images took about five minutes
