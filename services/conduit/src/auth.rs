@@ -248,6 +248,77 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+    /// The request parts of a request carrying `value` as its Authorization header.
+    fn parts_with_authorization(value: axum::http::HeaderValue) -> Parts {
+        let mut request = axum::http::Request::new(());
+        request
+            .headers_mut()
+            .insert(axum::http::header::AUTHORIZATION, value);
+        request.into_parts().0
+    }
+
+    /// The edge case of [`a_token_with_any_character_changed_is_refused`], every time: the last
+    /// character of the signature carries two bits that base64 does not use, so a lenient
+    /// decoder would accept some changes to it.
+    #[test]
+    fn every_change_to_the_signatures_last_character_is_refused() -> TestResult {
+        let auth = auth();
+        let token = auth.issue(42)?;
+        let last = token.len() - 1;
+        for replacement in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" {
+            let mut edited = token.clone().into_bytes();
+            edited[last] = *replacement;
+            let edited = String::from_utf8(edited)?;
+            if edited != token {
+                assert!(auth.verify(&edited).is_err(), "{edited}");
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a client sends as its Authorization header: a token to check, or a
+        /// 401, never a panic; and garbage never verifies as a user.
+        #[test]
+        fn any_authorization_header_is_a_token_or_a_401(
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            // Bytes a header cannot hold (control characters) never reach the app.
+            let Ok(header) = axum::http::HeaderValue::from_bytes(&value) else {
+                return Ok(());
+            };
+            match token_from(&parts_with_authorization(header)) {
+                Ok(Some(token)) => {
+                    proptest::prop_assert!(value.starts_with(b"Token "));
+                    proptest::prop_assert!(!token.is_empty() && token == token.trim());
+                    proptest::prop_assert!(auth().verify(token).is_err());
+                }
+                Ok(None) => proptest::prop_assert!(false, "a header was sent"),
+                Err(error) => {
+                    proptest::prop_assert_eq!(error.status(), axum::http::StatusCode::UNAUTHORIZED)
+                }
+            }
+        }
+
+        /// A valid token with any one character changed is refused (its signature no longer
+        /// matches, or it no longer parses): a token cannot be edited into another user's.
+        #[test]
+        fn a_token_with_any_character_changed_is_refused(
+            user in 1..i64::MAX,
+            at in proptest::num::usize::ANY,
+            replacement in "[A-Za-z0-9_.=-]",
+        ) {
+            let auth = auth();
+            let token = auth.issue(user).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let at = at % token.len();
+            let mut edited = token.clone();
+            edited.replace_range(at..=at, &replacement);
+            if edited != token {
+                proptest::prop_assert!(auth.verify(&edited).is_err(), "{edited}");
+            }
+        }
+    }
+
     fn auth() -> Auth {
         Auth::new(&AuthSettings {
             jwt_secret: "a test key of thirty-two bytes or more".into(),

@@ -13,18 +13,21 @@ pub fn slug_for(title: &str, id: i64) -> String {
     let mut slug = String::with_capacity(title.len().min(MAX_TITLE_PART) + 12);
     let mut pending_dash = false;
     for c in title.chars() {
-        if c.is_ascii_alphanumeric() {
-            if pending_dash && !slug.is_empty() {
-                slug.push('-');
-            }
-            pending_dash = false;
-            if slug.len() >= MAX_TITLE_PART {
-                break;
-            }
-            slug.push(c.to_ascii_lowercase());
-        } else {
+        if !c.is_ascii_alphanumeric() {
             pending_dash = true;
+            continue;
         }
+        let dash = pending_dash && !slug.is_empty();
+        // Cut before a word's dash as well as before a letter: a title cut right after a dash
+        // once made `...-word--1x` (found by the property test below).
+        if slug.len() + usize::from(dash) >= MAX_TITLE_PART {
+            break;
+        }
+        if dash {
+            slug.push('-');
+        }
+        pending_dash = false;
+        slug.push(c.to_ascii_lowercase());
     }
     if !slug.is_empty() {
         slug.push('-');
@@ -55,9 +58,11 @@ fn to_base36(id: i64) -> String {
 }
 
 fn from_base36(s: &str) -> Option<i64> {
-    // 13 base-36 digits hold any i64; longer input is not one of our slugs.
+    // 13 base-36 digits hold any i64; longer input is not one of our slugs, and neither is a
+    // leading zero (`to_base36` writes none): one article, one slug per title.
     if s.is_empty()
         || s.len() > 13
+        || s.starts_with('0')
         || !s
             .bytes()
             .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
@@ -90,6 +95,59 @@ mod tests {
         assert_eq!(id_from_slug("UPPER-1A"), None);
         assert_eq!(id_from_slug("../../etc/passwd"), None);
         assert_eq!(id_from_slug("x-zzzzzzzzzzzzzzzzzz"), None);
+        assert_eq!(
+            id_from_slug("title-0a"),
+            None,
+            "a leading zero is not our spelling"
+        );
+    }
+
+    /// The longest slug: the title part, a dash, and an id of 13 base-36 digits.
+    const MAX_SLUG: usize = MAX_TITLE_PART + 1 + 13;
+
+    proptest::proptest! {
+        /// Any title, any id: the slug is made of `a-z`, `0-9` and single dashes inside, is
+        /// bounded, and gives its id back.
+        #[test]
+        fn any_title_and_id_make_a_bounded_url_safe_slug_that_gives_its_id_back(
+            title in "\\PC{0,300}",
+            id in 1..=i64::MAX,
+        ) {
+            let slug = slug_for(&title, id);
+            proptest::prop_assert!(slug.len() <= MAX_SLUG, "{slug}");
+            proptest::prop_assert!(
+                slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{slug}"
+            );
+            proptest::prop_assert!(
+                !slug.starts_with('-') && !slug.ends_with('-') && !slug.contains("--"),
+                "{slug}"
+            );
+            proptest::prop_assert_eq!(id_from_slug(&slug), Some(id));
+        }
+
+        /// Whatever a client puts in the URL: no panic, and an id only when the slug ends in the
+        /// one spelling of a positive id that `slug_for` writes (no sign, no leading zeros), so
+        /// one article has one slug per title.
+        #[test]
+        fn any_path_segment_gives_an_id_only_for_its_canonical_spelling(segment in "\\PC{0,40}") {
+            if let Some(id) = id_from_slug(&segment) {
+                proptest::prop_assert!(id > 0);
+                let suffix = segment.rsplit('-').next().unwrap_or_default();
+                proptest::prop_assert_eq!(suffix, to_base36(id));
+            }
+        }
+
+        /// The same, for segments built to look like slugs (digits and letters after a dash).
+        #[test]
+        fn slug_like_segments_give_an_id_only_for_its_canonical_spelling(
+            segment in "[a-z]{0,5}-[0-9a-z]{0,3}[0-9a-zA-Z+]{0,12}",
+        ) {
+            if let Some(id) = id_from_slug(&segment) {
+                let suffix = segment.rsplit('-').next().unwrap_or_default();
+                proptest::prop_assert_eq!(suffix, to_base36(id));
+            }
+        }
     }
 
     #[test]
