@@ -15,7 +15,7 @@ use axum::{
     BoxError, Router,
 };
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
+use tower::{limit::GlobalConcurrencyLimitLayer, ServiceBuilder};
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
 use crate::{
@@ -203,6 +203,11 @@ pub fn router(state: AppState) -> Router {
     // a span (errors are logged inside it); past that, the limits: refuse at once when
     // `max_in_flight_requests` are already being served (load shedding), and give up on a request
     // after `request_timeout_ms`. Both answer 503 with a RealWorld error body.
+    //
+    // `Router::layer` wraps every route on its own, so a plain concurrency limit would be one
+    // limit per route (the host's bound then many times `max_in_flight_requests`); the global
+    // limit's places are one semaphore shared by every route's copy of the layer. Test:
+    // `media_and_limits::beyond_the_in_flight_limit_requests_get_503_at_once_and_a_stalled_one_times_out`.
     let limits = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
@@ -210,7 +215,9 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .layer(HandleErrorLayer::new(overload_response))
         .load_shed()
-        .concurrency_limit(server.max_in_flight_requests)
+        .layer(GlobalConcurrencyLimitLayer::new(
+            server.max_in_flight_requests,
+        ))
         .timeout(server.request_timeout());
     api.layer(limits).with_state(state)
 }

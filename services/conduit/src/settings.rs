@@ -468,6 +468,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_missing_or_short_signing_key_is_refused_with_the_setting_named() {
+        let with_key = |key: &str| AuthSettings {
+            jwt_secret: Secret::from(key),
+            ..AuthSettings::default()
+        };
+        let missing = with_key("").check_key().unwrap_err().to_string();
+        assert!(
+            missing.contains("APP_AUTH__JWT_SECRET") && missing.contains("missing"),
+            "{missing}"
+        );
+        let short = with_key(&"k".repeat(MIN_JWT_SECRET_BYTES - 1))
+            .check_key()
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("31 bytes"), "{short}");
+        assert!(with_key(&"k".repeat(MIN_JWT_SECRET_BYTES))
+            .check_key()
+            .is_ok());
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_output() {
         let settings = Settings::default();
         let shown = format!("{settings:?}");

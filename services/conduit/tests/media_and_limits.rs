@@ -67,6 +67,8 @@ async fn media_upload_and_download() {
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "image/png");
+    // A browser must not second-guess the type the bytes were checked for.
+    assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(
         headers["cache-control"],
         "public, max-age=31536000, immutable"
@@ -224,5 +226,74 @@ async fn a_stopped_database_means_not_ready_and_503s_not_500s() {
     let (status, _) = app.get("/readyz", None).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = app.get("/api/tags", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// The in-flight limit and the request timeout, each reached on purpose: a request whose body
+/// never comes holds the only place, so the next request is refused at once (load shedding,
+/// 503), and the stalled one is answered 503 when its time is up; then the place is free again.
+#[tokio::test]
+async fn beyond_the_in_flight_limit_requests_get_503_at_once_and_a_stalled_one_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::start_with(|s| {
+        s.server.max_in_flight_requests = 1;
+        s.server.request_timeout_ms = 5_000;
+    })
+    .await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /api/users HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+
+    // Until the stalled request has taken the place, another may still get it first; so ask
+    // until one is refused (a bounded number of times: the stalled one holds it for 5 s).
+    let mut refused = None;
+    for _ in 0..500 {
+        let (status, body) = app.get("/api/tags", None).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(body);
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let refused = refused.expect("a request beyond the limit is refused");
+    assert_eq!(
+        refused["errors"]["server"][0], "server overloaded, try again",
+        "{refused}"
+    );
+
+    // The stalled request's own answer: 503, the request timed out. (The bound on the read is
+    // only there so that a broken server fails the test instead of hanging it.)
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&answer).contains("timed out") {
+            let n = stalled.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the stalled request is answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("request timed out"), "{answer}");
+
+    // The place is free again.
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..500 {
+        status = app.get("/api/tags", None).await.0;
+        if status == StatusCode::OK {
+            break;
+        }
+    }
     assert_eq!(status, StatusCode::OK);
 }
