@@ -32,6 +32,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "read-articles",
         include_str!("../workloads/read-articles.toml"),
     ),
+    ("logins", include_str!("../workloads/logins.toml")),
 ];
 
 /// Users the harness logs in as (the first N seeded users). Enough that writes spread over many
@@ -98,6 +99,8 @@ pub enum OpKind {
     Favorite,
     Follow,
     UploadMedia,
+    /// A seeded user logs in: one password check (argon2) on the app, what a login flood costs.
+    Login,
     Url,
 }
 
@@ -119,6 +122,7 @@ impl OpKind {
             OpKind::Favorite => "favorite",
             OpKind::Follow => "follow",
             OpKind::UploadMedia => "upload_media",
+            OpKind::Login => "login",
             OpKind::Url => "url",
         }
     }
@@ -198,8 +202,10 @@ pub struct DataSet {
     pub tags: Vec<String>,
     /// Media URLs found on profiles: paths on the app, or absolute URLs on a file host.
     pub media: Vec<String>,
-    /// Logged-in users: (username, token).
+    /// Logged-in users: (username, token); user `i` (from 0) is `user<i+1>@<email_domain>`.
     pub users: Vec<(String, String)>,
+    /// The seeded users' e-mail domain and password, for the `login` operation.
+    pub credentials: (String, String),
 }
 
 async fn get_json(conn: &mut Connection, request: &Request) -> anyhow::Result<Value> {
@@ -318,6 +324,7 @@ impl DataSet {
             }
         }
         data.users = log_in(target, users, email_domain, password).await?;
+        data.credentials = (email_domain.to_owned(), password.to_owned());
         Ok(data)
     }
 }
@@ -362,6 +369,7 @@ impl ConduitWorkload {
                     | OpKind::Favorite
                     | OpKind::Follow
                     | OpKind::UploadMedia
+                    | OpKind::Login
             );
             if needs_articles && data.slugs.is_empty() {
                 bail!("operation {kind:?} needs articles: seed the target first (`archlab seed`)");
@@ -478,6 +486,14 @@ impl Workload for ConduitWorkload {
                 Self::any(&self.data.authors, rng)
             )),
             OpKind::Tags => Request::get("/api/tags"),
+            OpKind::Login => {
+                let (domain, password) = &self.data.credentials;
+                let body = json!({"user": {
+                    "email": format!("user{}@{domain}", self.user(rng) + 1),
+                    "password": password,
+                }});
+                Request::json("POST", "/api/users/login", &body)
+            }
             OpKind::Comments => {
                 Request::get(format!("/api/articles/{}/comments", self.popular_slug(rng)))
             }

@@ -263,7 +263,7 @@ enum Command_ {
 
 #[derive(clap::Args, Clone)]
 struct BenchArgs {
-    /// Built-in workload (read-heavy, read-articles, write-heavy, media, url) or a workload .toml
+    /// Built-in workload (read-heavy, read-articles, write-heavy, media, url, logins) or a workload .toml
     /// file. Default: read-heavy for `bench`, both read-heavy and write-heavy for `tour`.
     #[arg(long)]
     workload: Option<String>,
