@@ -280,8 +280,11 @@ pub struct S3Settings {
     /// millisecond; 250 ms moves on from a node that cannot accept, as the gateway does.
     pub connect_timeout_ms: u64,
     /// Longest wait for a node's whole answer. An upload is at most `max_bytes` (5 MiB), which a
-    /// node stores in tens of milliseconds; 5 s, the app's own request bound, only trips on a
-    /// node that hangs (two nodes down: it waits for a quorum it cannot get).
+    /// node stores in tens of milliseconds, so this only trips on a node that hangs (two nodes
+    /// down: it waits for a quorum it cannot get). 4 s: under the app's own request bound (5 s),
+    /// so that such an upload is answered with the store's own 503 ("media: store unavailable")
+    /// and not raced by the app's generic "request timed out" (at 5 s both, the stage 7 test of
+    /// two lost nodes got either).
     pub request_timeout_ms: u64,
 }
 
@@ -294,7 +297,7 @@ impl Default for S3Settings {
             access_key_id: String::new(),
             secret_access_key: Secret::from(""),
             connect_timeout_ms: 250,
-            request_timeout_ms: 5_000,
+            request_timeout_ms: 4_000,
         }
     }
 }
