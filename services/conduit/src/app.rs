@@ -47,6 +47,7 @@ impl Application {
     /// Connects to the database, migrates it, prepares the media store and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.auth.check_key()?;
+        settings.media.check_bounds(&settings.server)?;
         let metrics = Arc::new(Metrics::new());
         let shards = Arc::new(
             Shards::connect(&settings.database, &settings.cache, metrics.db.clone()).await?,

@@ -284,8 +284,27 @@ pub struct S3Settings {
     /// down: it waits for a quorum it cannot get). 4 s: under the app's own request bound (5 s),
     /// so that such an upload is answered with the store's own 503 ("media: store unavailable")
     /// and not raced by the app's generic "request timed out" (at 5 s both, the stage 7 test of
-    /// two lost nodes got either).
+    /// two lost nodes got either). Start-up refuses a value not under the request bound
+    /// ([`MediaSettings::check_bounds`]).
     pub request_timeout_ms: u64,
+}
+
+impl MediaSettings {
+    /// With an object store, whether a node that hangs is answered by the store's own timeout
+    /// (503 "media: store unavailable") before the app's request bound cuts the request off with
+    /// a generic "request timed out": the store's bound must be the shorter.
+    pub fn check_bounds(&self, server: &ServerSettings) -> anyhow::Result<()> {
+        if self.store == MediaStoreKind::S3 {
+            anyhow::ensure!(
+                self.s3.request_timeout_ms < server.request_timeout_ms,
+                "media.s3.request_timeout_ms ({}) must be below server.request_timeout_ms ({}): \
+                 a hanging store node would otherwise be answered as a generic timeout",
+                self.s3.request_timeout_ms,
+                server.request_timeout_ms
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for S3Settings {
@@ -469,6 +488,19 @@ impl fmt::Debug for Secret {
 #[allow(clippy::result_large_err)] // figment's test jail returns its own error type
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_store_bound_not_under_the_request_bound_is_refused() {
+        let server = ServerSettings::default();
+        let mut media = MediaSettings {
+            store: MediaStoreKind::S3,
+            ..MediaSettings::default()
+        };
+        assert!(media.check_bounds(&server).is_ok(), "the defaults hold");
+        media.s3.request_timeout_ms = server.request_timeout_ms;
+        let refused = media.check_bounds(&server).unwrap_err().to_string();
+        assert!(refused.contains("media.s3.request_timeout_ms"), "{refused}");
+    }
 
     #[test]
     fn a_missing_or_short_signing_key_is_refused_with_the_setting_named() {
