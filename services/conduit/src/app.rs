@@ -26,6 +26,7 @@ use crate::{
     error::ApiError,
     metrics::{self, Metrics},
     settings::Settings,
+    throttle::Throttles,
     AppState,
 };
 
@@ -75,6 +76,7 @@ impl Application {
             db,
             shards,
             auth: Arc::new(Auth::new(&settings.auth)),
+            throttles: Arc::new(Throttles::new(&settings.auth)),
             media,
             cache: Arc::new(cache),
             metrics,
@@ -141,7 +143,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         let grace = self.shutdown_grace;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        // With each connection's peer address: the throttles key on it (`ClientAddress`).
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
             stop.await;
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = stopping_tx.send(());

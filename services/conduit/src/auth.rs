@@ -4,7 +4,10 @@
 //! can check any token without asking anyone: this is what keeps the app tier stateless when
 //! stage 4 puts several app hosts behind a load balancer.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
@@ -31,6 +34,10 @@ pub struct Auth {
     ttl_secs: u64,
     /// Bounds concurrent argon2 work (see [`AuthSettings::max_concurrent_hashes`]).
     hashing: Arc<Semaphore>,
+    /// Hashes running or waiting for a place, and the most there may be
+    /// ([`AuthSettings::max_waiting_hashes`] more than the places).
+    admitted: Arc<AtomicUsize>,
+    max_admitted: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +78,8 @@ impl Auth {
             validation,
             ttl_secs: settings.token_ttl_secs,
             hashing: Arc::new(Semaphore::new(settings.max_concurrent_hashes.max(1))),
+            admitted: Arc::default(),
+            max_admitted: settings.max_concurrent_hashes.max(1) + settings.max_waiting_hashes,
         }
     }
 
@@ -140,16 +149,13 @@ impl Auth {
 
     /// Hashes a password with argon2id and a random salt, off the async threads.
     pub async fn hash_password(&self, password: String) -> ApiResult<String> {
-        let _permit = self.hashing.acquire().await.map_err(anyhow::Error::new)?;
-        tokio::task::spawn_blocking(move || hash_password_blocking(&password))
+        self.run_hash(move || hash_password_blocking(&password))
             .await
-            .map_err(anyhow::Error::new)?
     }
 
     /// Checks a password against a stored hash, off the async threads.
     pub async fn verify_password(&self, password: String, hash: String) -> ApiResult<bool> {
-        let _permit = self.hashing.acquire().await.map_err(anyhow::Error::new)?;
-        tokio::task::spawn_blocking(move || {
+        self.run_hash(move || {
             let parsed = PasswordHash::new(&hash)
                 .map_err(|e| anyhow::anyhow!("stored password hash is malformed: {e}"))?;
             Ok(Argon2::default()
@@ -157,7 +163,59 @@ impl Auth {
                 .is_ok())
         })
         .await
+    }
+
+    /// Runs one argon2 computation on the blocking pool, at most `max_concurrent_hashes` at once
+    /// and `max_waiting_hashes` waiting: past that, 503 at once.
+    ///
+    /// The place is held by the computation, not by the request: a request that times out while
+    /// its hash runs drops its future, but the blocking thread runs the hash to the end, and a
+    /// place given back then would let one more hash start beside it. Held to the end, the host
+    /// never computes more than its bound, however many requests gave up.
+    async fn run_hash<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let admission = Admission::new(self.admitted.clone(), self.max_admitted)
+            .ok_or(ApiError::Unavailable("busy checking passwords, try again"))?;
+        let place = self
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(anyhow::Error::new)?;
+        tokio::task::spawn_blocking(move || {
+            let _held = (place, admission);
+            work()
+        })
+        .await
         .map_err(anyhow::Error::new)?
+    }
+
+    /// Hashes running or waiting now (tests watch it).
+    pub fn hashes_admitted(&self) -> usize {
+        self.admitted.load(Ordering::SeqCst)
+    }
+}
+
+/// One hash counted among those admitted, until dropped.
+struct Admission(Arc<AtomicUsize>);
+
+impl Admission {
+    /// Counts one more hash, unless `max` are already counted.
+    fn new(admitted: Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(admitted))
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -317,6 +375,69 @@ mod tests {
                 proptest::prop_assert!(auth.verify(&edited).is_err(), "{edited}");
             }
         }
+    }
+
+    /// Runs until `done` holds, or fails the test after 30 s (a broken bound would hang it).
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hash_holds_its_place_until_it_ends_and_one_more_than_may_wait_is_refused_at_once(
+    ) -> TestResult {
+        let auth = Auth::new(&AuthSettings {
+            jwt_secret: "a test key of thirty-two bytes or more".into(),
+            max_concurrent_hashes: 1,
+            max_waiting_hashes: 1,
+            ..AuthSettings::default()
+        });
+        // A "hash" that runs until the test lets it end.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let auth = auth.clone();
+            async move {
+                auth.run_hash(move || {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                    Ok(1)
+                })
+                .await
+            }
+        });
+        has_started.await?;
+        // The request gives up (a timeout drops its future); its hash runs on, and keeps its place.
+        first.abort();
+        assert!(first.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(auth.hashes_admitted(), 1);
+
+        // One more may wait for the place...
+        let second = tokio::spawn({
+            let auth = auth.clone();
+            async move { auth.run_hash(|| Ok(2)).await }
+        });
+        until("the second hash waits", || auth.hashes_admitted() == 2).await;
+        // ...and the next is refused at once, without waiting for anything.
+        match auth.run_hash(|| Ok(3)).await {
+            Err(ApiError::Unavailable(what)) => {
+                assert_eq!(what, "busy checking passwords, try again")
+            }
+            other => panic!("expected a 503, got {:?}", other.map(|_| ())),
+        }
+        assert!(
+            !second.is_finished(),
+            "the second may not start while the first hash runs"
+        );
+
+        release.send(())?;
+        assert_eq!(second.await??, 2);
+        until("every place is given back", || auth.hashes_admitted() == 0).await;
+        assert_eq!(auth.run_hash(|| Ok(4)).await?, 4);
+        Ok(())
     }
 
     fn auth() -> Auth {

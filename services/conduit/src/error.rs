@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    http::StatusCode,
+    http::{header::RETRY_AFTER, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -45,6 +45,16 @@ pub enum ApiError {
     /// 415: an upload that is not one of the accepted image types.
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// 429: a client or an account has used its allowance of password attempts (see
+    /// [`crate::throttle`]); sent with `Retry-After`.
+    #[error("too many attempts: {field}")]
+    TooManyAttempts {
+        /// The error key: `client` (too many attempts from one address) or `credentials` (too
+        /// many failed logins at one account).
+        field: &'static str,
+        /// Whole seconds until one more attempt is allowed.
+        retry_after_secs: u64,
+    },
     /// 503: overloaded or timed out; retrying later may work.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
@@ -85,6 +95,7 @@ impl ApiError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_)
             | Self::DatabaseUnavailable(_)
             | Self::ShardDown(_)
@@ -104,6 +115,9 @@ impl ApiError {
             Self::PayloadTooLarge => one("body", "is too large".to_owned()),
             Self::UnsupportedMediaType => {
                 one("media", "must be a PNG, JPEG, GIF or WebP image".to_owned())
+            }
+            Self::TooManyAttempts { field, .. } => {
+                one(field, "too many attempts, try again later".to_owned())
             }
             Self::Unavailable(what) => one("server", (*what).to_owned()),
             Self::DatabaseUnavailable(what) => one("database", (*what).to_owned()),
@@ -207,6 +221,23 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(FAULT_SCOPE, axum::http::HeaderValue::from_static("shared"));
         }
+        match self {
+            Self::TooManyAttempts {
+                retry_after_secs, ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, retry_after_secs.into());
+            }
+            // This host is full (the request limit, the hash queue) or was too slow: a second
+            // later it may not be. Said so a client backs off instead of retrying at once.
+            Self::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
         response
     }
 }
@@ -233,3 +264,25 @@ pub const FAULT_SCOPE: &str = "x-fault-scope";
 
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_a_client_should_retry_later_say_when() {
+        let throttled = ApiError::TooManyAttempts {
+            field: "credentials",
+            retry_after_secs: 12,
+        }
+        .into_response();
+        assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(throttled.headers()[RETRY_AFTER], "12");
+        let busy = ApiError::Unavailable("busy checking passwords, try again").into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
+        // The database's outage is not this host's to time: no promise made.
+        let shared = ApiError::DatabaseUnavailable("unavailable, try again").into_response();
+        assert!(!shared.headers().contains_key(RETRY_AFTER));
+    }
+}

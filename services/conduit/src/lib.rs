@@ -37,6 +37,7 @@ pub mod seed;
 pub mod seed_images;
 pub mod settings;
 pub mod slug;
+pub mod throttle;
 
 pub use app::Application;
 pub use settings::Settings;
@@ -52,6 +53,9 @@ pub struct AppState {
     pub shards: Arc<db::Shards>,
     /// Tokens and password hashes.
     pub auth: Arc<auth::Auth>,
+    /// How many login and registration attempts a client, and failed logins an account, may
+    /// make (this host's count).
+    pub throttles: Arc<throttle::Throttles>,
     /// The read cache in front of the database (the cache seam; off before stage 3).
     pub cache: Arc<cache::Cache>,
     /// Where media bytes live (the `object_store` seam).

@@ -72,6 +72,11 @@ pub struct ServerSettings {
     /// SIGINT as soon as the gateway reports the host out of rotation: a condition, not a window
     /// that a slow machine could outrun.
     pub drain_ms: u64,
+    /// The proxies in front of this app (the stage's gateway and edges) whose `X-Forwarded-For`
+    /// is believed when they are a request's peer: the client a throttle counts is then the
+    /// address they forwarded for (`throttle::ClientAddress`). Empty when clients connect
+    /// directly (stages 1 to 3), so no client can choose its own address by sending the header.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerSettings {
@@ -83,6 +88,7 @@ impl Default for ServerSettings {
             max_in_flight_requests: 1024,
             shutdown_grace_ms: 10_000,
             drain_ms: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -218,6 +224,25 @@ pub struct AuthSettings {
     /// Concurrent password hashes. Argon2 is made to be slow (~20 ms of CPU each); more hashes at
     /// once than cores only queues work on the blocking pool, so the rest wait their turn.
     pub max_concurrent_hashes: usize,
+    /// Hashes that may wait for one of those places; one more is refused at once with 503 and
+    /// `Retry-After`. A hash costs about 26 ms of CPU, 130 ms of wall time on the lab's 0.2-core
+    /// app host, so 8 waiting are about half a second of queue (two run at once), well inside
+    /// the 5 s request timeout: a login admitted finishes, and a flood is told at once instead of
+    /// timing out after 5 s, which it did, lowering the logins served (docs/security.md).
+    pub max_waiting_hashes: usize,
+    /// Login and registration attempts one client (see `server.trusted_proxies`) may make at
+    /// once, then [`Self::client_attempts_per_minute`]. Ten covers a person mistyping a
+    /// password a few times or a family behind one address; a script gets 429.
+    pub client_attempt_burst: u32,
+    /// The steady rate of attempts per client: one every 2 s. The lab raises both client
+    /// bounds, since its harness sends every simulated user from one address.
+    pub client_attempts_per_minute: u32,
+    /// Failed logins one account may take at once, from any number of clients, then
+    /// [`Self::account_failures_per_minute`].
+    pub account_failure_burst: u32,
+    /// The steady rate of failed logins per account: 5 a minute is 7,200 guesses a day at the
+    /// most, against a password of at least 8 characters; a correct password never counts.
+    pub account_failures_per_minute: u32,
 }
 
 /// The shortest token key `serve` accepts: 32 bytes, the size of HS256's hash, which RFC 7518
@@ -245,6 +270,11 @@ impl Default for AuthSettings {
             jwt_secret: Secret::from(""),
             token_ttl_secs: 24 * 3600,
             max_concurrent_hashes: 2,
+            max_waiting_hashes: 8,
+            client_attempt_burst: 10,
+            client_attempts_per_minute: 30,
+            account_failure_burst: 10,
+            account_failures_per_minute: 5,
         }
     }
 }

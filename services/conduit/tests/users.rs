@@ -306,3 +306,138 @@ async fn updating_the_current_user() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// A login from `client` (sent as forwarded by the trusted proxy 127.0.0.1): status, body and
+/// `Retry-After`.
+async fn login_from(
+    app: &TestApp,
+    client: &str,
+    email: &str,
+    password: &str,
+) -> (StatusCode, serde_json::Value, Option<u64>) {
+    let response = app
+        .client
+        .post(app.url("/api/users/login"))
+        .header("x-forwarded-for", client)
+        .json(&json!({"user": {"email": email, "password": password}}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (status, response.json().await.unwrap(), retry_after)
+}
+
+#[tokio::test]
+async fn logins_and_registrations_are_throttled_per_client_and_failed_logins_per_account() {
+    let app = TestApp::start_with(|s| {
+        // The test plays the proxy: its X-Forwarded-For names the client.
+        s.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.auth.client_attempt_burst = 5;
+        s.auth.client_attempts_per_minute = 1;
+        s.auth.account_failure_burst = 3;
+        s.auth.account_failures_per_minute = 1;
+    })
+    .await;
+    for name in ["victim", "bystander"] {
+        let response = app
+            .client
+            .post(app.url("/api/users"))
+            .header("x-forwarded-for", format!("10.0.0.{}", name.len()))
+            .json(&json!({"user": {"username": name, "email": format!("{name}@example.com"), "password": format!("password-{name}")}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    // Guesses at one account from many clients: its allowance of failures, then 429 for
+    // everyone, even with the right password (the lock-out is the price of the bound).
+    for n in 1..=3 {
+        let (status, body, _) =
+            login_from(&app, &format!("10.0.1.{n}"), "victim@example.com", "guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    for password in ["guess", "password-victim"] {
+        let (status, body, retry_after) =
+            login_from(&app, "10.0.1.9", "victim@example.com", password).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(
+            body,
+            json!({"errors": {"credentials": ["too many attempts, try again later"]}})
+        );
+        // One failure back a minute: at most 60 s to wait, at least 1.
+        assert!(
+            retry_after.is_some_and(|s| (1..=60).contains(&s)),
+            "{retry_after:?}"
+        );
+    }
+    // Unknown e-mails count as failures too (no hint that the account does not exist).
+    for _ in 0..3 {
+        let (status, _, _) = login_from(&app, "10.0.1.10", "nobody@example.com", "x").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, _, _) = login_from(&app, "10.0.1.11", "nobody@example.com", "x").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Another account is not affected, and its right password never counts as a failure.
+    for _ in 0..4 {
+        let (status, body, _) = login_from(
+            &app,
+            "10.0.2.1",
+            "bystander@example.com",
+            "password-bystander",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // One client: its fifth attempt is the last (registrations count as well).
+    let (status, _, _) = login_from(
+        &app,
+        "10.0.2.1",
+        "bystander@example.com",
+        "password-bystander",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body, retry_after) = login_from(
+        &app,
+        "10.0.2.1",
+        "bystander@example.com",
+        "password-bystander",
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_error(&body, "client");
+    assert!(retry_after.is_some_and(|s| (1..=60).contains(&s)));
+    let response = app
+        .client
+        .post(app.url("/api/users"))
+        .header("x-forwarded-for", "10.0.2.1")
+        .json(&json!({"user": {"username": "third", "email": "third@example.com", "password": "password-third"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A client that claims another address in front of it is still known by the last hop.
+    let (status, _, _) = login_from(
+        &app,
+        "10.0.3.3, 10.0.2.1",
+        "bystander@example.com",
+        "password-bystander",
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Another client is served.
+    let (status, _, _) = login_from(
+        &app,
+        "10.0.2.2",
+        "bystander@example.com",
+        "password-bystander",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}

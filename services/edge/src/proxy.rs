@@ -25,7 +25,7 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gateway::proxy::{request_id, respond, REQUEST_ID};
+use gateway::proxy::{forward_for, request_id, respond, REQUEST_ID};
 use http::HeaderValue;
 use pingora::{
     cache::{
@@ -368,10 +368,13 @@ impl ProxyHttp for Edge {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Who asked, for the app's login throttle (a shared answer is stored whoever fetched it:
+        // the header is not part of the cache key).
+        forward_for(upstream_request, client_ip(session))?;
         if let Some(target) = &ctx.target {
             let uri = target
                 .parse::<http::Uri>()

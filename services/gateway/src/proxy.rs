@@ -13,7 +13,7 @@
 //! ```
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -126,6 +126,32 @@ pub async fn respond(
 
 fn error_body(message: &str) -> String {
     format!(r#"{{"errors":{{"gateway":["{message}"]}}}}"#)
+}
+
+/// The header a proxy appends its client's address to, so the app behind can tell clients
+/// apart (its login throttle counts per client; it believes the header only from the proxies it
+/// is told to trust, reading from the right).
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// `upstream_request` with `peer` appended to its `X-Forwarded-For`: the entries already there
+/// (what the client or an earlier proxy said), then this proxy's own peer, in one header line.
+/// Without a peer address (a Unix socket) the header is left as it came.
+pub fn forward_for(upstream_request: &mut RequestHeader, peer: Option<IpAddr>) -> Result<()> {
+    let Some(peer) = peer else {
+        return Ok(());
+    };
+    let earlier: Vec<&str> = upstream_request
+        .headers
+        .get_all(FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if earlier.is_empty() {
+        peer.to_string()
+    } else {
+        format!("{}, {peer}", earlier.join(", "))
+    };
+    upstream_request.insert_header(FORWARDED_FOR, value)
 }
 
 /// A client's request id if it is a sensible one (bounded, printable), else a new random one:
@@ -250,7 +276,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -261,6 +287,11 @@ impl ProxyHttp for Gateway {
             upstream_request.remove_header("authorization");
             upstream_request.remove_header("cookie");
         }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        forward_for(upstream_request, peer)?;
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.clone())
     }
 
@@ -422,6 +453,34 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         request_id(&header)
+    }
+
+    #[test]
+    fn the_peer_is_appended_to_what_was_forwarded_before_in_one_line() {
+        let forwarded = |earlier: &[&str], peer: Option<&str>| {
+            let mut header = RequestHeader::build("GET", b"/", None)
+                .unwrap_or_else(|e| panic!("request header: {e}"));
+            for value in earlier {
+                header
+                    .append_header(FORWARDED_FOR, *value)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            let peer = peer.map(|p| p.parse().unwrap_or_else(|e| panic!("{e}")));
+            forward_for(&mut header, peer).unwrap_or_else(|e| panic!("{e}"));
+            let values: Vec<_> = header
+                .headers
+                .get_all(FORWARDED_FOR)
+                .iter()
+                .cloned()
+                .collect();
+            values
+        };
+        assert_eq!(forwarded(&[], Some("10.0.0.9")), ["10.0.0.9"]);
+        assert_eq!(
+            forwarded(&["1.2.3.4", "127.10.6.31"], Some("127.10.6.31")),
+            ["1.2.3.4, 127.10.6.31, 127.10.6.31"]
+        );
+        assert_eq!(forwarded(&["1.2.3.4"], None), ["1.2.3.4"]);
     }
 
     #[test]

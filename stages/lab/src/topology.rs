@@ -35,6 +35,14 @@ pub const MIN_POOL_PER_APP_HOST: u32 = 2;
 /// from something else (a user's `kill`, a container runtime).
 pub const DRAIN_BOUND_MS: u64 = 30_000;
 
+/// Login and registration attempts one client address may make at an app host, in the lab, at
+/// once and per minute. Every simulated user of the harness sends from the same loopback address,
+/// so the app's own per-client throttle (10 at once, 30 a minute) would refuse the benchmark's
+/// registrations and logins as one client's; the lab raises it far above any stage's capacity,
+/// as it does the edge's limit. The per-account throttle on failed logins keeps its default (the
+/// harness's logins succeed). The app's tests check the 429 at the default.
+pub const LAB_ATTEMPTS_PER_CLIENT: u32 = 1_000_000;
+
 /// Where the stage's shared services answer, as the app hosts reach them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoints {
@@ -192,9 +200,30 @@ pub fn app_env(
             var("APP_EDGE__PURGE_KEY", edges.purge_key.clone()),
         ]);
     }
-    // Behind a gateway, SIGTERM drains first (see [`DRAIN_BOUND_MS`]).
+    env.extend([
+        var(
+            "APP_AUTH__CLIENT_ATTEMPT_BURST",
+            LAB_ATTEMPTS_PER_CLIENT.to_string(),
+        ),
+        var(
+            "APP_AUTH__CLIENT_ATTEMPTS_PER_MINUTE",
+            LAB_ATTEMPTS_PER_CLIENT.to_string(),
+        ),
+    ]);
+    // Behind a gateway, SIGTERM drains first (see [`DRAIN_BOUND_MS`]), and the client a throttle
+    // counts is the one the gateway (and the edges before it) forwarded for.
     if !stage.hosts_with(Role::Gateway).is_empty() {
         env.push(var("APP_SERVER__DRAIN_MS", DRAIN_BOUND_MS.to_string()));
+        let proxies: Vec<String> = stage
+            .hosts_with(Role::Gateway)
+            .into_iter()
+            .chain(stage.hosts_with(Role::Edge))
+            .map(|h| format!("{:?}", h.address))
+            .collect();
+        env.push(var(
+            "APP_SERVER__TRUSTED_PROXIES",
+            format!("[{}]", proxies.join(", ")),
+        ));
     }
     // A measurement variant's own settings, last, so they win.
     env.extend(stage.app_settings.iter().cloned());
@@ -275,6 +304,11 @@ mod tests {
         assert_eq!(get(&env, "APP_MEDIA__STORE"), None);
         assert_eq!(get(&env, "APP_CACHE__BACKEND"), None);
         assert_eq!(get(&env, "APP_SERVER__DRAIN_MS"), None);
+        assert_eq!(
+            get(&env, "APP_SERVER__TRUSTED_PROXIES"),
+            None,
+            "clients connect directly: no forwarded address is believed"
+        );
     }
 
     #[test]
@@ -303,6 +337,16 @@ mod tests {
             Some(DRAIN_BOUND_MS.to_string().as_str())
         );
         assert_eq!(get(&env, "APP_SERVER__LISTEN"), Some("127.10.4.11:8080"));
+        assert_eq!(
+            get(&env, "APP_SERVER__TRUSTED_PROXIES"),
+            Some(r#"["127.10.4.1"]"#)
+        );
+        let behind_edges = env_of("6", true, true);
+        assert_eq!(
+            get(&behind_edges, "APP_SERVER__TRUSTED_PROXIES"),
+            Some(r#"["127.10.6.1", "127.10.6.31", "127.10.6.32"]"#),
+            "the gateway and both edges forward for clients"
+        );
     }
 
     #[test]

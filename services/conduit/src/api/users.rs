@@ -15,6 +15,7 @@ use crate::{
         empty_as_null, present_or_null, User, UserBody, Validator, MAX_EMAIL, MAX_PASSWORD,
         MAX_USERNAME,
     },
+    throttle::ClientAddress,
     AppState,
 };
 
@@ -100,6 +101,7 @@ const UNIQUE_FIELDS: &[(&str, &str)] = &[
 #[tracing::instrument(level = "debug", skip_all)]
 async fn register(
     State(state): State<AppState>,
+    client: ClientAddress,
     ApiJson(body): ApiJson<Envelope<NewUser>>,
 ) -> ApiResult<(StatusCode, Extension<Registered>, axum::Json<UserBody>)> {
     let new = body.into_inner()?;
@@ -111,6 +113,7 @@ async fn register(
     let password = v.password(new.password);
     v.finish()?;
 
+    state.throttles.attempt_from(client)?;
     let hash = state.auth.hash_password(password).await?;
     // The user's row on their home shard (their bucket's), their name and email in the directory
     // on shard 0: one global transaction, so a name is never taken without a user behind it.
@@ -160,6 +163,7 @@ async fn register(
 #[tracing::instrument(level = "debug", skip_all)]
 async fn login(
     State(state): State<AppState>,
+    client: ClientAddress,
     ApiJson(body): ApiJson<Envelope<LoginUser>>,
 ) -> ApiResult<axum::Json<UserBody>> {
     let login = body.into_inner()?;
@@ -171,6 +175,9 @@ async fn login(
         v.fail("password", "can't be blank");
     }
     v.finish()?;
+    // Before any hash: a client or an account past its allowance costs a map lookup, no more.
+    state.throttles.attempt_from(client)?;
+    state.throttles.account_may_try(&email)?;
 
     // On the primary: someone who has just registered (or changed their password) must be able
     // to log in at once, and has no position yet to find a replica by.
@@ -187,10 +194,14 @@ async fn login(
         field: "credentials",
         message: "invalid",
     };
+    // An unknown e-mail counts against it as a wrong password does: guessing which accounts
+    // exist is throttled like guessing their passwords.
     let Some((id, hash)) = found else {
+        state.throttles.failed_login(&email);
         return Err(invalid);
     };
     if password.len() > MAX_PASSWORD || !state.auth.verify_password(password, hash).await? {
+        state.throttles.failed_login(&email);
         return Err(invalid);
     }
     Ok(axum::Json(load(&state, id).await?.into_body(&state)?))
