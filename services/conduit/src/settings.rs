@@ -225,10 +225,11 @@ pub struct AuthSettings {
     /// once than cores only queues work on the blocking pool, so the rest wait their turn.
     pub max_concurrent_hashes: usize,
     /// Hashes that may wait for one of those places; one more is refused at once with 503 and
-    /// `Retry-After`. A hash costs about 26 ms of CPU, 130 ms of wall time on the lab's 0.2-core
-    /// app host, so 8 waiting are about half a second of queue (two run at once), well inside
-    /// the 5 s request timeout: a login admitted finishes, and a flood is told at once instead of
-    /// timing out after 5 s, which it did, lowering the logins served (docs/security.md).
+    /// `Retry-After`. Measured on stage 1's 0.2-core box under a flood of logins (about 7 served
+    /// a second): 10 admitted wait about 1.4 s at the median, well inside the 5 s request
+    /// timeout even on a machine twice as slow, so a login admitted finishes, and the rest of a
+    /// flood is told at once instead of timing out after 5 s, which it did before this bound,
+    /// lowering the logins served (docs/security.md).
     pub max_waiting_hashes: usize,
     /// Login and registration attempts one client (see `server.trusted_proxies`) may make at
     /// once, then [`Self::client_attempts_per_minute`]. Ten covers a person mistyping a
