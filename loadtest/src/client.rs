@@ -119,7 +119,16 @@ pub struct Connection {
     /// Bytes read but not yet consumed (the start of the next response, rarely).
     buf: Vec<u8>,
     out: Vec<u8>,
+    /// When its last answer was read (or it was opened).
+    idle_since: std::time::Instant,
 }
+
+/// A kept-alive connection idle longer than this is closed and a fresh one opened for the next
+/// request, as HTTP clients do: servers close idle connections (the app after 30 s, the gateway
+/// and the edges after 60 s), and a request written into a connection the server is closing is
+/// lost in flight (for a write: an unknown outcome). 10 s is well under every server's bound;
+/// it only matters at low rates, where a connection waits that long for its next request.
+pub const MAX_IDLE: Duration = Duration::from_secs(10);
 
 impl Connection {
     /// Opens a connection (Nagle off: requests are small and latency matters).
@@ -134,7 +143,13 @@ impl Connection {
             host: addr.to_string(),
             buf: Vec::with_capacity(16 * 1024),
             out: Vec::with_capacity(1024),
+            idle_since: std::time::Instant::now(),
         })
+    }
+
+    /// Whether it has been idle longer than [`MAX_IDLE`]: time to open a fresh one.
+    pub fn stale(&self) -> bool {
+        self.idle_since.elapsed() > MAX_IDLE
     }
 
     /// Sends `request` and reads the whole response.
@@ -163,7 +178,9 @@ impl Connection {
             self.out.extend_from_slice(b"\r\n");
         }
         self.stream.write_all(&self.out).await?;
-        self.read_response().await
+        let response = self.read_response().await;
+        self.idle_since = std::time::Instant::now();
+        response
     }
 
     async fn fill(&mut self) -> Result<(), ClientError> {

@@ -369,6 +369,9 @@ async fn exchange_at(
         .or(pop.map(|p| p.addr))
         .unwrap_or(config.target);
     let conn = conns.slot(addr);
+    if conn.as_ref().is_some_and(Connection::stale) {
+        *conn = None;
+    }
     let reused = conn.is_some();
     match exchange_once(config, addr, conn, request).await {
         // A kept-alive connection the server closed while idle (it restarted, say) fails on its

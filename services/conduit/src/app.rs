@@ -4,7 +4,7 @@
 //! Tests build an `Application` on port 0 and talk to it over real HTTP; `main.rs` only parses
 //! the command line and calls this.
 
-use std::{future::IntoFuture, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
@@ -38,6 +38,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     shutdown_grace: Duration,
+    /// The connection bounds (`server.header_read_timeout_ms`, `server.max_connections`).
+    server: crate::settings::ServerSettings,
     /// Longest SIGTERM drain (`server.drain_ms`).
     drain: Duration,
     /// Set while draining: `/readyz` answers 503.
@@ -89,6 +91,7 @@ impl Application {
         Ok(Self {
             listener,
             shutdown_grace: Duration::from_millis(state.settings.server.shutdown_grace_ms),
+            server: state.settings.server.clone(),
             drain: Duration::from_millis(state.settings.server.drain_ms),
             draining: state.draining.clone(),
             router: router(state),
@@ -141,30 +144,14 @@ impl Application {
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let grace = self.shutdown_grace;
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        // With each connection's peer address: the throttles key on it (`ClientAddress`).
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
-            stop.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stopping_tx.send(());
-        });
-        let server = server.into_future();
-        tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => return result.context("serving HTTP"),
-            _ = stopping_rx => {}
-        }
-        match tokio::time::timeout(grace, server).await {
-            Ok(result) => result.context("serving HTTP"),
-            Err(_) => {
-                tracing::warn!(?grace, "grace period over; dropping remaining connections");
-                Ok(())
-            }
-        }
+        crate::serve::serve(
+            self.listener,
+            self.router,
+            &self.server,
+            stop,
+            self.shutdown_grace,
+        )
+        .await
     }
 }
 
@@ -181,6 +168,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(server.max_json_body_bytes))
         .merge(api::media::router().layer(DefaultBodyLimit::max(media_limit)))
         .merge(api::ops::router())
+        .merge(api::contract::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             (

@@ -12,6 +12,7 @@
 //! | `/api/profiles/{username}`         | `public, max-age=60, stale-while-revalidate=60, stale-if-error=600` | purged on profile update |
 //! | `/api/tags`                        | `public, max-age=30, stale-while-revalidate=60, stale-if-error=600` | purged when a tag appears or goes |
 //! | `/media/{id}`                      | `public, max-age=31536000, immutable`                      | an id names one upload's bytes forever |
+//! | `/api/openapi.yml`                 | `public, max-age=300, stale-while-revalidate=300, stale-if-error=3600` | changes only with a new build, which no purge announces: five minutes bounds how long a cache shows the previous build's document |
 //!
 //! Everything else, and every answer to a request with `Authorization` (a logged-in reader's
 //! articles carry `favorited` and `following`), is `private, no-store`. Lists filtered by
@@ -72,6 +73,10 @@ pub const POLICIES: &[Policy] = &[
     Policy {
         route: "/media/{id}",
         cache_control: IMMUTABLE,
+    },
+    Policy {
+        route: "/api/openapi.yml",
+        cache_control: "public, max-age=300, stale-while-revalidate=300, stale-if-error=3600",
     },
 ];
 

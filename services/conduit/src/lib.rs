@@ -35,6 +35,7 @@ pub mod model;
 pub mod object_cluster;
 pub mod seed;
 pub mod seed_images;
+pub mod serve;
 pub mod settings;
 pub mod slug;
 pub mod throttle;

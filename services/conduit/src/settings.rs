@@ -77,6 +77,20 @@ pub struct ServerSettings {
     /// address they forwarded for (`throttle::ClientAddress`). Empty when clients connect
     /// directly (stages 1 to 3), so no client can choose its own address by sending the header.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How long a connection may take to send a request's head (start line and headers), counted
+    /// from when the server starts waiting for it: at the connection's start and after each
+    /// answer, so it also closes idle keep-alive connections (hyper has one timer for both). A
+    /// real client sends its headers at once; 30 s (hyper's own default, which `axum::serve`
+    /// never switched on) bounds how long a client that sends nothing, or a byte now and then,
+    /// holds a connection, and is long enough that clients which keep connections open, the
+    /// gateway's pool (idle 20 s) and the harness (10 s), always give them up first: a request
+    /// written into a connection the server is closing is lost in flight.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once; one more is closed as soon as it is accepted. 4,096 is four
+    /// times [`Self::max_in_flight_requests`], room for idle keep-alive connections beside the
+    /// busy ones (a gateway keeps a pool open), and at hyper's 8 KiB read buffer plus a task per
+    /// connection, tens of megabytes at the bound: what a connection flood can cost.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -89,11 +103,18 @@ impl Default for ServerSettings {
             shutdown_grace_ms: 10_000,
             drain_ms: 0,
             trusted_proxies: Vec::new(),
+            header_read_timeout_ms: 30_000,
+            max_connections: 4_096,
         }
     }
 }
 
 impl ServerSettings {
+    /// [`Self::header_read_timeout_ms`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
     /// [`Self::request_timeout_ms`] as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)

@@ -97,7 +97,10 @@ pub struct GatewaySettings {
     /// Longest wait to write a request to an app host.
     pub write_timeout_ms: u64,
     /// An idle pooled connection to an app host is closed after this. Keep-alive saves a TCP
-    /// handshake per request; a minute covers any pause in traffic worth keeping a socket for.
+    /// handshake per request; 20 s covers any pause in traffic worth keeping a socket for, and
+    /// is under the app's own idle bound (its 30 s header-read timeout), so the gateway, which
+    /// reuses the connection, always gives it up first: reused just as the app closed it, a
+    /// request would be lost in flight.
     pub idle_timeout_ms: u64,
     /// Largest request body. Above the app's 5 MiB media limit plus the multipart envelope, so
     /// the app's own limit is the one clients meet; anything larger is refused here (413).
@@ -136,7 +139,7 @@ impl Default for GatewaySettings {
             connect_timeout_ms: 250,
             read_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
+            idle_timeout_ms: 20_000,
             max_body_bytes: 8 * 1024 * 1024,
             max_in_flight: 8_192,
             max_connections: 8_192,

@@ -45,6 +45,11 @@ use crate::{
 pub const MAX_PAGE: i64 = 100;
 /// Page size when the client gives no `limit` (the spec's default).
 pub const DEFAULT_PAGE: i64 = 20;
+/// Largest `offset`: any offset up to it plus the largest page still fits in an `i64`, the type
+/// every list computes `offset + limit` in (the cache's head check, the limit pushed down to each
+/// shard, the feed's per-author `LIMIT` in SQL). A larger offset could only ever show an empty
+/// page.
+pub const MAX_OFFSET: i64 = i64::MAX - MAX_PAGE;
 /// Newest ids kept in a cached list. Most readers look at the first pages; 100 covers the first
 /// five pages of 20 (the workloads' deepest page is offset 80) and is still a small entry (about
 /// a kilobyte). Pages past it go to the database.
@@ -171,8 +176,8 @@ fn page(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
         v.fail("limit", format!("must be between 1 and {MAX_PAGE}"));
     }
     let offset = offset.unwrap_or(0);
-    if offset < 0 {
-        v.fail("offset", "must be 0 or more");
+    if !(0..=MAX_OFFSET).contains(&offset) {
+        v.fail("offset", format!("must be between 0 and {MAX_OFFSET}"));
     }
     v.finish()?;
     Ok((limit, offset))

@@ -2,6 +2,7 @@
 
 pub mod articles;
 pub mod comments;
+pub mod contract;
 pub mod counts;
 pub mod media;
 pub mod ops;

@@ -200,7 +200,11 @@ async fn login(
         state.throttles.failed_login(&email);
         return Err(invalid);
     };
-    if password.len() > MAX_PASSWORD || !state.auth.verify_password(password, hash).await? {
+    // Longer than any password registration takes (counted in characters, as it counts them):
+    // it matches no account, and is refused without hashing it.
+    if password.chars().count() > MAX_PASSWORD
+        || !state.auth.verify_password(password, hash).await?
+    {
         state.throttles.failed_login(&email);
         return Err(invalid);
     }
