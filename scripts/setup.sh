@@ -27,10 +27,11 @@ declare -A WHY=(
   [ca-certificates]="HTTPS for package downloads"
   [nginx]="a trivial fixed-response server for calibrating the harness (and the file host of stage 2)"
   [chromium]="headless check that the HTML report renders (tests)"
-  [python3]="the benchmark script until the harness replaces it (scripts/bench/stage1.py)"
+  [python3]="the benchmark scripts (scripts/bench/*.py) and the hostile-client runs"
+  [python3-venv]="a private Python environment for schemathesis, the API fuzzer (scripts/schemathesis-stage.sh)"
 )
 PACKAGES=(postgresql redis-server cmake haproxy varnish nginx wrk strace docker-compose docker.io debootstrap
-  prometheus prometheus-postgres-exporter prometheus-redis-exporter curl ca-certificates python3 chromium)
+  prometheus prometheus-postgres-exporter prometheus-redis-exporter curl ca-certificates python3 python3-venv chromium)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

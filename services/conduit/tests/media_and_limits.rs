@@ -53,6 +53,29 @@ async fn media_upload_and_download() {
     let id = media["id"].as_str().unwrap().to_owned();
     assert_eq!(media["url"], format!("/media/{id}.png"));
 
+    // A form is one part, named `file`: another name, or a second part, is refused.
+    for form in [
+        multipart::Form::new().part("image", multipart::Part::bytes(PNG.to_vec())),
+        multipart::Form::new()
+            .part("file", multipart::Part::bytes(PNG.to_vec()))
+            .text("caption", "x"),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/api/media"))
+            .header("Authorization", format!("Token {token}"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["errors"]["media"][0],
+            "the form must have one part, named file"
+        );
+    }
+
     // The bytes are on this host's disk, under the store's folder.
     let on_disk =
         std::fs::read(app.media_dir.path().join("media").join(format!("{id}.png"))).unwrap();

@@ -25,6 +25,16 @@ async fn registration_login_and_current_user() {
         .as_str()
         .is_some_and(|t| t.split('.').count() == 3));
 
+    // White space around a username is refused as white space inside it is (never trimmed off,
+    // unlike an e-mail's).
+    for name in [" jake2", "jake2\t", "ja ke"] {
+        let (status, body) = app
+            .post("/api/users", None, json!({"user": {"username": name, "email": "jake2@jake.jake", "password": "jakejake"}}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name:?}: {body}");
+        assert_error(&body, "username");
+    }
+
     // Duplicates: 409 on the field that is taken.
     let (status, body) = app
         .post(

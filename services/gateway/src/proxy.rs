@@ -73,8 +73,16 @@ pub struct RequestCtx {
     _admitted: Option<Place>,
     /// Sent to the media pool rather than the app hosts.
     to_media: bool,
+    /// The store said the media do not exist: its own page (HTML, from Garage) is replaced by
+    /// [`MEDIA_NOT_FOUND`], as the app's media route answers (`true` once the header is rewritten;
+    /// the body filter then drops the store's bytes and sends this instead).
+    media_not_found: bool,
     started: Instant,
 }
+
+/// The app's answer for media that do not exist (`GET /media/{id}` in its OpenAPI document),
+/// sent in place of the object store's own 404 page, so a client sees one API at every stage.
+pub const MEDIA_NOT_FOUND: &str = r#"{"errors":{"media":["not found"]}}"#;
 
 impl Gateway {
     /// A gateway over `pool`.
@@ -182,6 +190,7 @@ impl ProxyHttp for Gateway {
             current: None,
             _admitted: None,
             to_media: false,
+            media_not_found: false,
             started: Instant::now(),
         }
     }
@@ -330,11 +339,34 @@ impl ProxyHttp for Gateway {
             if response.status.is_success() && response.headers.get("cache-control").is_none() {
                 response.insert_header("cache-control", MEDIA_CACHE_CONTROL)?;
             }
+            if response.status == http::StatusCode::NOT_FOUND {
+                ctx.media_not_found = true;
+                response.remove_header("transfer-encoding");
+                response.insert_header("content-type", "application/json")?;
+                response.insert_header("content-length", MEDIA_NOT_FOUND.len().to_string())?;
+                response.insert_header("cache-control", "no-store")?;
+            }
         }
         if let Some(current) = &ctx.current {
             response.insert_header(UPSTREAM, current.upstream().header_value.clone())?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.media_not_found {
+            // The store's page is dropped as it arrives; the app's answer goes out at its end
+            // (none for HEAD, whose answer has the headers only).
+            *body = (end_of_stream && session.req_header().method != Method::HEAD)
+                .then(|| bytes::Bytes::from_static(MEDIA_NOT_FOUND.as_bytes()));
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(

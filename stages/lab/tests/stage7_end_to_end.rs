@@ -84,6 +84,20 @@ async fn media_live_on_the_cluster_and_survive_one_lost_node_but_not_two() {
     assert!(url.starts_with(&format!("{near}/media/")), "{url}");
     read_back(&http, &url, &first).await;
     read_back(&http, &url.replace(".31:", ".32:"), &first).await;
+    // Media that do not exist: the app's answer (JSON, as its own route gives at stages 1 to 6),
+    // not the store's HTML page; through the edge, and for HEAD without a body.
+    let missing = format!("{near}/media/999999999.png");
+    let response = http.get(&missing).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"errors": {"media": ["not found"]}})
+    );
+    let head = http.head(&missing).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 404);
+    assert!(head.bytes().await.unwrap().is_empty());
 
     // One node down: nothing fails. Reads go to the gateway itself, past the edge's copies,
     // several times so every node of the media pool is asked.

@@ -83,8 +83,10 @@ struct Media {
     size: i64,
 }
 
-/// Reads the upload from a `multipart/form-data` body (the first part with a file name, or the
-/// part named `file`) or, for any other content type, the raw body.
+/// Reads the upload from a `multipart/form-data` body, whose one part must be named `file` (any
+/// other part, or a second one, is refused rather than skipped: a form that carries more than
+/// the document describes is a client mistake worth saying), or, for any other content type,
+/// the raw body.
 async fn upload_bytes(request: Request, state: &AppState) -> ApiResult<Bytes> {
     let is_multipart = request
         .headers()
@@ -99,19 +101,26 @@ async fn upload_bytes(request: Request, state: &AppState) -> ApiResult<Bytes> {
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| body_error(e.status(), e.body_text()))?;
+    let mut file = None;
     while let Some(field) = multipart
         .next_field()
         .await
         .map_err(|e| body_error(e.status(), e.body_text()))?
     {
-        if field.file_name().is_some() || field.name() == Some("file") {
-            return field
+        if field.name() != Some("file") || file.is_some() {
+            return Err(ApiError::invalid(
+                "media",
+                "the form must have one part, named file",
+            ));
+        }
+        file = Some(
+            field
                 .bytes()
                 .await
-                .map_err(|e| body_error(e.status(), e.body_text()));
-        }
+                .map_err(|e| body_error(e.status(), e.body_text()))?,
+        );
     }
-    Err(ApiError::invalid("media", "no file part in the form"))
+    file.ok_or_else(|| ApiError::invalid("media", "no file part in the form"))
 }
 
 /// 413 when the body limit tripped (the limit layer's status), 422 for any other unreadable body.

@@ -249,8 +249,13 @@ impl RedisStore {
         self.record(result).map(|v| v.map(Bytes::from))
     }
 
-    /// `MGET keys`: each entry's bytes or `None`, in order.
+    /// `MGET keys`: each entry's bytes or `None`, in order. No keys, no round trip: Redis
+    /// refuses an `MGET` without arguments, and counted as the cache host failing, an empty page
+    /// (a feed of someone who follows nobody) used to trip the breaker for every request.
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut connection = self.connection().await?;
         let result = redis::cmd("MGET")
             .arg(keys)
@@ -405,6 +410,11 @@ mod tests {
         };
         let store = RedisStore::new(&settings).unwrap();
         let key = |name: &str| name.to_owned();
+        // Asking for nothing is an answer, not a failure of the cache host.
+        assert_eq!(
+            store.get_many(&[]).await.unwrap(),
+            Vec::<Option<Bytes>>::new()
+        );
         store
             .invalidate(&[key("old"), key("new")], Some((tomb(100), 60)))
             .await;
