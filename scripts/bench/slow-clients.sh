@@ -15,8 +15,9 @@ front_door="${2:?front door host:port, on --net 63}"
 rate="${3:?rate}"
 connections="${SLOW_CONNECTIONS:-1000}"
 results="$(ls -d stages/0"$stage"-*/results)"
-# 1,000 sockets on each side of the loopback, plus the stage's own: past the usual 1,024.
-ulimit -n 65536
+# 1,000 sockets on each side of the loopback, plus the stage's own: past the usual 1,024. As
+# many as the hard limit allows (it must allow a few thousand).
+ulimit -n "$(ulimit -Hn)"
 
 bench() {
   target/release/archlab bench "$stage" --workload read-heavy --rate "$rate" --duration 60s \
