@@ -19,7 +19,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 stage="${1:?usage: scripts/schemathesis-stage.sh STAGE}"
-profile="${ARCHLAB_PROFILE:-debug}"
 
 # Pinned: a newer schemathesis may add checks, which should be a decision, not a surprise in CI.
 version="4.32.5"
@@ -35,16 +34,8 @@ fi
 examples="${SCHEMATHESIS_EXAMPLES:-30}"
 seeds="${SCHEMATHESIS_SEEDS:-1 $(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
 
-state="$(mktemp -d /tmp/archlab-schemathesis.XXXXXX)"
-chmod 755 "$state"   # PostgreSQL runs as the postgres user when we are root
-archlab() { "target/$profile/archlab" --state-dir "$state" --net 241 "$@"; }
-cleanup() { archlab down >/dev/null 2>&1 || true; rm -rf "$state"; }
-trap cleanup EXIT
-
-up_output="$(archlab up "$stage")"
-printf '%s\n' "$up_output" >&2
-endpoint="$(printf '%s\n' "$up_output" | sed -n 's/^endpoint: //p' | tail -n1)"
-[ -n "$endpoint" ] || { echo "stage $stage did not come up" >&2; exit 1; }
+. scripts/lib/throwaway-lab.sh
+throwaway_lab_up "$stage" 241
 
 token="$(curl -sf -X POST "$endpoint/api/users" -H 'Content-Type: application/json' \
   -d '{"user":{"username":"fuzzer","email":"fuzzer@example.com","password":"fuzzer-password"}}' |
@@ -54,8 +45,9 @@ status=0
 for seed in $seeds; do
   echo "== schemathesis against stage $stage, seed $seed ($examples cases per operation and phase)"
   # Every check is on (schemathesis 4's default; `--checks all` here would also switch back on
-  # the one the config turns off for one operation). -w 1: one request at a time, so a stage on a small budget is fuzzed, not overloaded (a 503
-  # from overload would be a true answer, and a failure of the not_a_server_error check).
+  # the one the config turns off for one operation). One worker, one request at a time, so a
+  # stage on a small budget is fuzzed, not overloaded (a 503 from overload would be a true
+  # answer, and a failure of the not_a_server_error check).
   if ! "$venv/bin/st" --config-file scripts/schemathesis.toml run "$endpoint/api/openapi.yml" \
     --url "$endpoint" \
     --header "Authorization: Token $token" \
@@ -68,12 +60,5 @@ for seed in $seeds; do
     status=1
   fi
 done
-if [ "$status" -ne 0 ]; then
-  echo "--- warnings and errors logged by the stage's hosts ---" >&2
-  find "$state" \( -name app.log -o -name gateway.log -o -name edge.log \) -print0 |
-    while IFS= read -r -d '' log; do
-      sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E ' (WARN|ERROR) ' | tail -n 40 |
-        sed "s|^|${log#"$state"/}: |" >&2 || true
-    done
-fi
+[ "$status" -eq 0 ] || print_host_warnings
 exit "$status"
