@@ -28,11 +28,15 @@ echo "== without slow clients"
 bench "$results/slow-clients-without-${rate}rps.json"
 
 echo "== with $connections slow clients"
-bench "$results/slow-clients-with-${rate}rps.json" &
+progress="$(mktemp)"
+bench "$results/slow-clients-with-${rate}rps.json" > >(tee "$progress") 2>&1 &
 bench_pid=$!
-# The slow clients start once the front door answers, and stop (by their PID) when the run ends.
-until curl -sf -o /dev/null "http://$front_door/api/tags"; do
-  kill -0 "$bench_pid" 2>/dev/null || { echo "the bench ended before the stage came up" >&2; exit 1; }
+# The slow clients start when the harness starts sending (its first progress line), once the
+# stage is seeded: asking the front door earlier would have an edge keep an empty page of the
+# stage before its seed (the harness then read no tags from it), and stop (by their PID) when
+# the run ends.
+until grep -q "req/s" "$progress"; do
+  kill -0 "$bench_pid" 2>/dev/null || { echo "the bench ended before it sent anything" >&2; exit 1; }
   sleep 1
 done
 python3 scripts/bench/slow_clients.py "$front_door" --connections "$connections" \
