@@ -400,6 +400,13 @@ pub struct Drill {
     pub recovered_at_s: Option<u64>,
     /// Seconds from restore to recovery.
     pub time_to_recover_s: Option<f64>,
+    /// Successes per second before the fault (the whole seconds before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_before: Option<f64>,
+    /// First second after the restore whose successes reached 99 % of `throughput_before`
+    /// (null: never within the run): "throughput back", where `recovered_at_s` is "no errors".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_back_at_s: Option<u64>,
     /// Requests the gateway had in flight to the host just before a kill (stage 4 on): the most
     /// a kill can fail or leave unknown, since everything else is retried or not yet sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
