@@ -46,6 +46,26 @@ fn stage_1_database_kill_fails_requests_during_the_outage_and_loses_nothing() {
 }
 
 #[test]
+fn stage_1_clean_database_restart_gets_its_throughput_back_and_loses_nothing() {
+    let report = drill(
+        common::net(165, 20),
+        &["1", "restart", "--service", "database"],
+    );
+    assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
+    let d = &report["drill"];
+    assert_eq!(d["fault"], "restart");
+    assert_eq!(d["host"], "box (database)");
+    // Back within the run: no errors, and the throughput of before (99 % of it) once more.
+    assert!(d["recovered_at_s"].is_u64(), "the stage must recover: {d}");
+    assert!(d["throughput_before"].as_f64().unwrap() > 0.0, "{d}");
+    assert!(
+        d["throughput_back_at_s"].as_u64().unwrap()
+            >= d["restored_at_s"].as_f64().unwrap().floor() as u64,
+        "{d}"
+    );
+}
+
+#[test]
 fn stage_2_file_host_kill_fails_only_media() {
     let report = drill(common::net(185, 20), &["2", "kill", "--service", "files"]);
     assert_eq!(report["checks"]["lost_writes"], 0, "{}", report["checks"]);
