@@ -138,7 +138,7 @@ impl Edge {
                 .req_header()
                 .headers
                 .get(PURGE_KEY)
-                .is_some_and(|k| k.as_bytes() == self.settings.purge_key.as_bytes());
+                .is_some_and(|k| same_key(k.as_bytes(), self.settings.purge_key.as_bytes()));
         if !key_ok {
             return respond(
                 session,
@@ -191,6 +191,14 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// Whether a purge request's key is the app's, compared in constant time (`subtle`): `==` on
+/// bytes answers sooner the earlier they differ, and timing many guesses would tell a client how
+/// much of the key it has right. Only the length may show, and a key's length is no secret.
+fn same_key(given: &[u8], key: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    given.ct_eq(key).into()
 }
 
 /// The `x-cache` value of a finished request.
@@ -452,6 +460,25 @@ impl ProxyHttp for Edge {
                 request_id = ctx.request_id.to_str().unwrap_or("-"),
                 error = e.map(|e| e.to_string()).unwrap_or_default(),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_key_is_the_same_key() {
+        assert!(same_key(b"app-key-123", b"app-key-123"));
+        for other in [
+            &b""[..],
+            b"app-key-12",
+            b"app-key-1234",
+            b"app-key-124",
+            b"App-key-123",
+        ] {
+            assert!(!same_key(other, b"app-key-123"), "{other:?}");
         }
     }
 }
