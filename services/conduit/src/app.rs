@@ -37,11 +37,8 @@ const MULTIPART_OVERHEAD: usize = 64 * 1024;
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    shutdown_grace: Duration,
-    /// The connection bounds (`server.header_read_timeout_ms`, `server.max_connections`).
+    /// The server's settings: its connection bounds, shutdown grace and drain.
     server: crate::settings::ServerSettings,
-    /// Longest SIGTERM drain (`server.drain_ms`).
-    drain: Duration,
     /// Set while draining: `/readyz` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -90,9 +87,7 @@ impl Application {
             .with_context(|| format!("binding {}", state.settings.server.listen))?;
         Ok(Self {
             listener,
-            shutdown_grace: Duration::from_millis(state.settings.server.shutdown_grace_ms),
             server: state.settings.server.clone(),
-            drain: Duration::from_millis(state.settings.server.drain_ms),
             draining: state.draining.clone(),
             router: router(state),
         })
@@ -121,7 +116,7 @@ impl Application {
     /// failing that, after `drain_ms` at most.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let draining = self.draining.clone();
-        let drain = self.drain;
+        let drain = Duration::from_millis(self.server.drain_ms);
         self.run_until(async move {
             match next_signal().await {
                 StopSignal::Interrupt => {}
@@ -144,14 +139,7 @@ impl Application {
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        crate::serve::serve(
-            self.listener,
-            self.router,
-            &self.server,
-            stop,
-            self.shutdown_grace,
-        )
-        .await
+        crate::serve::serve(self.listener, self.router, &self.server, stop).await
     }
 }
 

@@ -34,14 +34,14 @@ use tower::ServiceExt;
 use crate::settings::ServerSettings;
 
 /// Serves `router` on `listener` until `stop` completes, then waits for the connections to
-/// finish their requests for at most `grace`.
+/// finish their requests for at most `settings.shutdown_grace_ms`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: &ServerSettings,
     stop: impl std::future::Future<Output = ()>,
-    grace: Duration,
 ) -> anyhow::Result<()> {
+    let grace = Duration::from_millis(settings.shutdown_grace_ms);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -18,14 +18,14 @@
 //! ```
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gateway::proxy::{forward_for, request_id, respond, REQUEST_ID};
+use gateway::proxy::{client_ip, forward_for, request_id, respond, REQUEST_ID};
 use http::HeaderValue;
 use pingora::{
     cache::{
@@ -184,13 +184,6 @@ const JSON: &str = "application/json";
 
 fn error_body(message: &str) -> String {
     format!(r#"{{"errors":{{"edge":["{message}"]}}}}"#)
-}
-
-fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
 }
 
 /// Whether a purge request's key is the app's, compared in constant time (`subtle`): `==` on

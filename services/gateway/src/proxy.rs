@@ -141,6 +141,14 @@ fn error_body(message: &str) -> String {
 /// is told to trust, reading from the right).
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
 
+/// The address of a session's client (the connection's peer); `None` over a Unix socket.
+pub fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
 /// `upstream_request` with `peer` appended to its `X-Forwarded-For`: the entries already there
 /// (what the client or an earlier proxy said), then this proxy's own peer, in one header line.
 /// Without a peer address (a Unix socket) the header is left as it came.
@@ -296,11 +304,7 @@ impl ProxyHttp for Gateway {
             upstream_request.remove_header("authorization");
             upstream_request.remove_header("cookie");
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        forward_for(upstream_request, peer)?;
+        forward_for(upstream_request, client_ip(session))?;
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.clone())
     }
 

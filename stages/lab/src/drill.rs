@@ -416,6 +416,7 @@ async fn run(
                 .filter(|q| q.t >= *t)
                 .all(|q| q.errors == 0)
         });
+    let before = throughput_before(&report.series, injected_at);
     report.stage = Some(stage.number);
     report.drill = Some(Drill {
         fault: match (options.fault, options.point) {
@@ -430,8 +431,9 @@ async fn run(
         recovered_at_s: recovered_at,
         time_to_recover_s: recovered_at
             .map(|t| ((t as f64 - restored_at).max(0.0) * 10.0).round() / 10.0),
-        throughput_before: throughput_before(&report.series, injected_at),
-        throughput_back_at_s: throughput_back_at(&report.series, injected_at, restored_at),
+        throughput_before: before,
+        throughput_back_at_s: before
+            .and_then(|before| throughput_back_at(&report.series, before, restored_at)),
         in_flight_at_fault,
         app_settings: stage
             .app_settings
@@ -710,10 +712,9 @@ fn throughput_before(series: &[SeriesPoint], injected_at: f64) -> Option<f64> {
     (!before.is_empty()).then(|| before.iter().sum::<u64>() as f64 / before.len() as f64)
 }
 
-/// The first whole second after the restore whose successes reached [`THROUGHPUT_BACK`] of the
-/// throughput before the fault (None: never within the run).
-fn throughput_back_at(series: &[SeriesPoint], injected_at: f64, restored_at: f64) -> Option<u64> {
-    let before = throughput_before(series, injected_at)?;
+/// The first whole second after the restore whose successes reached [`THROUGHPUT_BACK`] of
+/// `before`, the throughput before the fault (None: never within the run).
+fn throughput_back_at(series: &[SeriesPoint], before: f64, restored_at: f64) -> Option<u64> {
     series
         .iter()
         .filter(|p| p.t as f64 >= restored_at.floor())
@@ -748,9 +749,9 @@ mod tests {
             .map(|(t, ok)| second(t as u64, *ok))
             .collect();
         assert_eq!(throughput_before(&series, 3.5), Some(100.0));
-        assert_eq!(throughput_back_at(&series, 3.5, 7.2), Some(9));
+        assert_eq!(throughput_back_at(&series, 100.0, 7.2), Some(9));
         // Never back within the run; and no second before a fault in the first second.
-        assert_eq!(throughput_back_at(&series[..9], 3.5, 7.2), None);
+        assert_eq!(throughput_back_at(&series[..9], 100.0, 7.2), None);
         assert_eq!(throughput_before(&series, 0.5), None);
     }
 }
