@@ -181,11 +181,11 @@ impl Validator {
             .push(message.into());
     }
 
-    /// A required string: present, not blank after trimming, at most `max` characters.
-    /// Returns the trimmed value.
+    /// A required string: present, at most `max` characters as sent, not blank after
+    /// trimming. Returns the trimmed value.
     pub fn required(&mut self, field: &str, value: Option<String>, max: usize) -> String {
-        match value.map(|v| v.trim().to_owned()) {
-            Some(v) if !v.is_empty() => self.bounded(field, v, max),
+        match value.map(|v| self.bounded_then_trimmed(field, v, max)) {
+            Some(v) if !v.is_empty() => v,
             _ => {
                 self.fail(field, "can't be blank");
                 String::new()
@@ -196,19 +196,22 @@ impl Validator {
     /// An optional string that, when given, must not be blank (an update of `title`, say).
     pub fn optional(&mut self, field: &str, value: Option<String>, max: usize) -> Option<String> {
         value.map(|v| {
-            let v = v.trim().to_owned();
+            let v = self.bounded_then_trimmed(field, v, max);
             if v.is_empty() {
                 self.fail(field, "can't be blank");
             }
-            self.bounded(field, v, max)
+            v
         })
     }
 
-    fn bounded(&mut self, field: &str, value: String, max: usize) -> String {
+    /// The length bound counts characters as sent, white space around the value included, so
+    /// the rule a client reads in the OpenAPI document (`maxLength`, which counts every
+    /// character of the string) is exactly the rule applied; then the value is trimmed.
+    fn bounded_then_trimmed(&mut self, field: &str, value: String, max: usize) -> String {
         if value.chars().count() > max {
             self.fail(field, format!("is too long (maximum is {max} characters)"));
         }
-        value
+        value.trim().to_owned()
     }
 
     /// A new password: present, not trimmed (it is compared exactly as typed), 8 to 256
@@ -269,10 +272,11 @@ impl Validator {
         }
         let mut out: Vec<String> = Vec::with_capacity(tags.len());
         for tag in tags {
+            let too_long = tag.chars().count() > MAX_TAG_LEN;
             let tag = tag.trim().to_owned();
             if tag.is_empty() {
                 self.fail("tagList", "can't contain blank tags");
-            } else if tag.chars().count() > MAX_TAG_LEN {
+            } else if too_long {
                 self.fail(
                     "tagList",
                     format!("has a tag over {MAX_TAG_LEN} characters"),
@@ -339,6 +343,28 @@ mod tests {
         assert_eq!(errors["title"], vec!["can't be blank"]);
         assert_eq!(errors["body"], vec!["can't be blank"]);
         assert!(errors["description"][0].contains("too long"));
+    }
+
+    #[test]
+    fn lengths_count_characters_as_sent_white_space_around_included() {
+        let mut v = Validator::default();
+        assert_eq!(v.required("title", Some(" abc ".into()), 5), "abc");
+        assert_eq!(
+            v.tags(vec![format!(" {} ", "t".repeat(MAX_TAG_LEN - 2))])
+                .len(),
+            1
+        );
+        assert!(v.finish().is_ok());
+        let mut v = Validator::default();
+        v.required("title", Some("  abcd ".into()), 5);
+        v.optional("body", Some(format!(" {}", "b".repeat(5))), 5);
+        v.tags(vec![format!(" {}", "t".repeat(MAX_TAG_LEN))]);
+        let Err(ApiError::Unprocessable(errors)) = v.finish() else {
+            panic!("expected 422")
+        };
+        assert!(errors["title"][0].contains("too long"));
+        assert!(errors["body"][0].contains("too long"));
+        assert!(errors["tagList"][0].contains("over"));
     }
 
     #[test]
