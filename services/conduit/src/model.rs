@@ -309,6 +309,45 @@ where
     <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
+/// A `T` that was sent as a JSON object, never as an array. serde's derived structs take an
+/// array too, field by field in declaration order, so without this `{"user": ["a@b.org"]}`
+/// changed an e-mail and `[{"user": {}}]` was an empty update: neither is in the contract.
+/// Every request body is one ([`crate::extract::ApiJson`]), and so is every envelope's content
+/// ([`object_or_null`]).
+pub struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectOnly<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        d.deserialize_map(ObjectOnly(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+/// For `#[serde(default, deserialize_with = "object_or_null")]` on the `Option<T>` a request's
+/// envelope holds (`{"user": {...}}`): an [`Object`], or `null` (then `None`, answered "can't
+/// be blank").
+pub fn object_or_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<Object<T>> as serde::Deserialize>::deserialize(d).map(|o| o.map(|Object(t)| t))
+}
+
 /// Nullable profile fields: an empty string is stored as null.
 pub fn empty_as_null(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
@@ -365,6 +404,38 @@ mod tests {
         assert!(errors["title"][0].contains("too long"));
         assert!(errors["body"][0].contains("too long"));
         assert!(errors["tagList"][0].contains("over"));
+    }
+
+    #[test]
+    fn a_body_and_its_envelope_take_objects_never_arrays() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Update {
+            #[serde(default)]
+            email: Option<String>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        struct Envelope {
+            #[serde(default, deserialize_with = "object_or_null")]
+            user: Option<Update>,
+        }
+        let parse = |json: &str| serde_json::from_str::<Envelope>(json);
+        let given =
+            parse(r#"{"user": {"email": "a@b.org"}}"#).map(|e| e.user.and_then(|u| u.email));
+        assert_eq!(given.ok().flatten().as_deref(), Some("a@b.org"));
+        assert!(parse(r#"{"user": null}"#).is_ok_and(|e| e.user.is_none()));
+        assert!(parse("{}").is_ok_and(|e| e.user.is_none()));
+        for refused in [
+            r#"{"user": []}"#,
+            r#"{"user": ["a@b.org"]}"#,
+            r#"{"user": "x"}"#,
+        ] {
+            assert!(parse(refused).is_err(), "{refused} should be refused");
+        }
+        let whole = |json: &str| serde_json::from_str::<Object<Envelope>>(json).map(|o| o.0);
+        assert!(whole(r#"{"user": {}}"#).is_ok_and(|e| e.user.is_some()));
+        for refused in [r#"[{"user": {}}]"#, "[]", "null", "1"] {
+            assert!(whole(refused).is_err(), "{refused} should be refused");
+        }
     }
 
     #[test]

@@ -599,6 +599,9 @@ async fn feed(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<(CacheStatus, Json<ArticlesBody>)> {
     let (limit, offset) = page(q.limit, q.offset)?;
+    // A deleted user's token would get an empty feed, as if they followed no one.
+    super::users::refuse_a_deleted_users_token(reader.for_id(user.id).pool().await?, user.id)
+        .await?;
     // Every reader's feed is different: not cached.
     if state.shards.sharded() {
         let (ids, count) = sharded_feed_ids(&reader, user.id, limit, offset).await?;
@@ -739,7 +742,9 @@ async fn get_article(
 }
 
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
 struct Envelope<T> {
+    #[serde(default, deserialize_with = "crate::model::object_or_null")]
     article: Option<T>,
 }
 
@@ -1138,6 +1143,8 @@ async fn unfavorite(
     user: AuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<(SpannedShards, Json<ArticleBody>)> {
+    // Deleting no row cannot break a foreign key: a deleted user's token is caught here.
+    super::users::refuse_a_deleted_users_token(state.shards.of(user.id).write()?, user.id).await?;
     let (id, spanned) = change_favorite(&state, &slug, user.id, false).await?;
     state.cache.invalidate(&[Key::article(id)]).await;
     // The answer to a write shows that write: read where it was written.

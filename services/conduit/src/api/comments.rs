@@ -212,6 +212,7 @@ async fn sharded_comments(
 
 #[derive(Deserialize)]
 struct Envelope {
+    #[serde(default, deserialize_with = "crate::model::object_or_null")]
     comment: Option<NewComment>,
 }
 

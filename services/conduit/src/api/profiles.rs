@@ -134,6 +134,8 @@ async fn unfollow(
     user: AuthUser,
     ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Json<ProfileBody>> {
+    // Deleting no row cannot break a foreign key: a deleted user's token is caught here.
+    super::users::refuse_a_deleted_users_token(state.shards.of(user.id).write()?, user.id).await?;
     let followee = user_id(&state, &username).await?;
     sqlx::query("DELETE FROM follows WHERE followee_id = $1 AND follower_id = $2")
         .bind(followee)

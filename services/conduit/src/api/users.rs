@@ -28,7 +28,9 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
 struct Envelope<T> {
+    #[serde(default, deserialize_with = "crate::model::object_or_null")]
     user: Option<T>,
 }
 
@@ -234,6 +236,28 @@ async fn load(state: &AppState, id: i64) -> ApiResult<UserRow> {
             field: "token",
             message: "is invalid",
         })
+}
+
+/// A valid token whose user no longer exists (deleted by an operator: no API deletes users) is
+/// refused as a forged one is. The writes that add a row learn it from the foreign key they
+/// break (`error::foreign_key_error`); the ones that only remove rows (unfavorite, unfollow)
+/// and the feed ask here first, one primary-key lookup on `pool`. Reads that merely take an
+/// optional token do not ask: they serve such a token as a viewer who follows and favorites
+/// nothing, since asking would add a database round trip to every logged-in read, cache hits
+/// included.
+pub(crate) async fn refuse_a_deleted_users_token(pool: &sqlx::PgPool, id: i64) -> ApiResult<()> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized {
+            field: "token",
+            message: "is invalid",
+        })
+    }
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
