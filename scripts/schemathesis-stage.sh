@@ -42,9 +42,9 @@ token="$(curl -sf -X POST "$endpoint/api/users" -H 'Content-Type: application/js
   -d '{"user":{"username":"fuzzer","email":"fuzzer@example.com","password":"fuzzer-password"}}' |
   "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["user"]["token"])')"
 
-# Every request and answer of each run, as HAR, for the check below.
-har_dir="$(mktemp -d)"
-trap 'rm -rf "$har_dir"' EXIT
+# Every request and answer of each run, as HAR, for the check below; removed with the lab's
+# state folder (its exit trap).
+har_dir="$lab_state/har"
 
 status=0
 for seed in $seeds; do
