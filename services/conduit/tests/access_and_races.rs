@@ -8,14 +8,15 @@
 //!   `token`) are ignored, never applied, in every writable resource: articles (create, update),
 //!   comments, users (register, update).
 //! - Races: many users favoriting and unfavoriting one article at once leave its count equal to
-//!   its rows; the same username registered by many clients at once gives exactly one account
-//!   and 409s, not 500s; the same comment deleted by many requests at once is deleted once, the
-//!   others told 404.
+//!   its rows; the same username, or the same e-mail, registered by many clients at once gives
+//!   exactly one account and 409s, not 500s; the same comment, or the same article, deleted by
+//!   many requests at once is deleted once, the others told 404; many users following and
+//!   unfollowing one profile at once leave each of them where their last request put them.
 //! - A valid token for a user who no longer exists (deleted by an operator: no API deletes
-//!   users) is refused with a 401 on every write that adds a row and on the current user, not a
-//!   500 from the foreign key its writes break. (Not yet: an unfavorite or unfollow with it
-//!   answers as for a user who had none, and reads serve it as a viewer who follows nobody; a
-//!   401 there needs the user looked up on every request.)
+//!   users) is refused with a 401 on every write and on the current user and the feed, not a
+//!   500 from the foreign key its writes break. Reads that merely take an optional token serve
+//!   it as a viewer who follows and favorites nothing (`users::refuse_a_deleted_users_token`
+//!   says why).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -335,6 +336,18 @@ async fn a_deleted_users_token_is_refused_with_401_everywhere_it_acts() {
         ),
         (Method::POST, format!("/api/articles/{slug}/favorite"), None),
         (Method::POST, "/api/profiles/other/follow".to_owned(), None),
+        // These delete no row, so no foreign key catches them: the user is looked up.
+        (
+            Method::DELETE,
+            format!("/api/articles/{slug}/favorite"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            "/api/profiles/other/follow".to_owned(),
+            None,
+        ),
+        (Method::GET, "/api/articles/feed".to_owned(), None),
         (Method::GET, "/api/user".to_owned(), None),
         (Method::PUT, "/api/user".to_owned(), Some(user)),
     ];
@@ -350,4 +363,119 @@ async fn a_deleted_users_token_is_refused_with_401_everywhere_it_acts() {
     // Their article went with them (ON DELETE CASCADE): a 404, not a 500.
     let (status, _) = app.get(&format!("/api/articles/{own}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// The same e-mail registered by many clients at once, under different usernames: one account,
+/// the others a 409 naming `email` (the unique index decides, not the check before it).
+#[tokio::test]
+async fn racing_registrations_of_one_email_and_deletions_of_one_article_each_happen_once() {
+    let app = TestApp::start().await;
+    let registrations = (0..8).map(|n| {
+        app.post(
+            "/api/users",
+            None,
+            json!({"user": {"username": format!("claimant{n}"), "email": "Shared@Example.com",
+                "password": "password-shared"}}),
+        )
+    });
+    let answers = futures::future::join_all(registrations).await;
+    let created = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
+        assert_eq!(*status, StatusCode::CONFLICT, "{body}");
+        assert_error(body, "email");
+    }
+
+    // One article with a comment and a favorite, deleted by six requests of its owner at once:
+    // one 204, five 404s, and nothing of it left behind.
+    let owner = app.register("owner").await;
+    let reader = app.register("reader").await;
+    let slug = app.article(&owner, "Deleted at once", &["gone"]).await;
+    let (status, _) = app
+        .post(
+            &format!("/api/articles/{slug}/comments"),
+            Some(&reader),
+            json!({"comment": {"body": "soon gone"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/articles/{slug}/favorite"),
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let path = format!("/api/articles/{slug}");
+    let deletions = (0..6).map(|_| app.delete(&path, Some(&owner)));
+    let answers = futures::future::join_all(deletions).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(|(s, _)| *s).collect();
+    let count = |wanted: StatusCode| statuses.iter().filter(|s| **s == wanted).count();
+    assert_eq!(count(StatusCode::NO_CONTENT), 1, "{statuses:?}");
+    assert_eq!(count(StatusCode::NOT_FOUND), 5, "{statuses:?}");
+    for (_, body) in answers.iter().filter(|(s, _)| *s == StatusCode::NOT_FOUND) {
+        assert_error(body, "article");
+    }
+    let pool = sqlx::PgPool::connect(&app.pg.url()).await.unwrap();
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM articles WHERE slug = $1),
+                (SELECT count(*) FROM comments),
+                (SELECT count(*) FROM favorites)",
+    )
+    .bind(&slug)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0, 0));
+}
+
+/// Twelve followers follow and unfollow one profile at once, each its own sequence: the even
+/// ones end following, the odd ones not. Afterwards each sees `following` as their own last
+/// request left it, and the rows agree.
+#[tokio::test]
+async fn racing_follows_and_unfollows_leave_each_follower_where_their_last_request_put_them() {
+    let app = TestApp::start().await;
+    app.register("famous").await;
+    let mut followers = Vec::new();
+    for n in 0..12 {
+        followers.push(app.register(&format!("fan{n}")).await);
+    }
+    let runs = followers.iter().enumerate().map(|(n, token)| {
+        let app = &app;
+        async move {
+            let steps = if n % 2 == 0 { 3 } else { 2 };
+            for step in 0..steps {
+                let method = if step % 2 == 0 {
+                    Method::POST
+                } else {
+                    Method::DELETE
+                };
+                let (status, body) = app
+                    .call(method, "/api/profiles/famous/follow", Some(token), None)
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                assert_eq!(body["profile"]["following"], step % 2 == 0, "{body}");
+            }
+        }
+    });
+    futures::future::join_all(runs).await;
+    for (n, token) in followers.iter().enumerate() {
+        let (status, body) = app.get("/api/profiles/famous", Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["profile"]["following"], n % 2 == 0, "fan{n}: {body}");
+    }
+    let pool = sqlx::PgPool::connect(&app.pg.url()).await.unwrap();
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM follows f JOIN users u ON u.id = f.followee_id
+         WHERE u.username = 'famous'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 6);
 }
