@@ -192,9 +192,7 @@ pub fn router(state: AppState) -> Router {
     // limit's places are one semaphore shared by every route's copy of the layer. Test:
     // `media_and_limits::beyond_the_in_flight_limit_requests_get_503_at_once_and_a_stalled_one_times_out`.
     let limits = ServiceBuilder::new()
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
+        .layer(catch_panics())
         .layer(TraceLayer::new_for_http())
         .layer(HandleErrorLayer::new(overload_response))
         .load_shed()
@@ -203,6 +201,15 @@ pub fn router(state: AppState) -> Router {
         ))
         .timeout(server.request_timeout());
     api.layer(limits).with_state(state)
+}
+
+/// A handler that panics gets the RealWorld 500 (`server: internal error`) instead of a
+/// connection closed without an answer; the panic's message stays in the log, not the answer.
+fn catch_panics() -> CatchPanicLayer<fn(Box<dyn std::any::Any + Send + 'static>) -> Response> {
+    fn answer(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+        ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+    }
+    CatchPanicLayer::custom(answer)
 }
 
 async fn overload_response(error: BoxError) -> Response {
@@ -241,5 +248,41 @@ async fn next_signal() -> StopSignal {
     tokio::select! {
         () = wait(SignalKind::interrupt(), "SIGINT") => StopSignal::Interrupt,
         () = wait(SignalKind::terminate(), "SIGTERM") => StopSignal::Terminate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request, routing::get, Router};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handler_that_panics_gets_the_realworld_500_not_a_dropped_connection() {
+        let router: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("a bug");
+                    }
+                    "never"
+                }),
+            )
+            .layer(catch_panics());
+        let request = Request::get("/boom")
+            .body(Body::empty())
+            .expect("a request");
+        let response = router.oneshot(request).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("a body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            body,
+            serde_json::json!({"errors": {"server": ["internal error"]}})
+        );
     }
 }
