@@ -225,10 +225,64 @@ impl FromRequestParts<AppState> for ClientAddress {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// An address no proxy of the test trusts: 10.x.y.z.
+    fn untrusted() -> impl Strategy<Value = IpAddr> {
+        any::<[u8; 3]>().prop_map(|[a, b, c]| IpAddr::from([10, a, b, c]))
+    }
+
+    proptest! {
+        /// Whatever a client writes into `X-Forwarded-For` (addresses it wants to be, garbage,
+        /// commas, a trusted proxy's own address), the throttle sees the address the first
+        /// trusted proxy saw it come from: the edge appends it, the gateway appends the edge.
+        #[test]
+        fn a_client_cannot_choose_its_address_through_the_trusted_proxies(
+            client in untrusted(),
+            forged in prop::collection::vec(
+                prop_oneof![
+                    "[0-9.,: a-f]{0,20}",
+                    untrusted().prop_map(|a| a.to_string()),
+                    Just("127.10.6.31".to_owned()),
+                ],
+                0..4,
+            ),
+            same_line in any::<bool>(),
+        ) {
+            let (edge, gateway) = (ip("127.10.6.31"), ip("127.10.6.1"));
+            let trusted = [edge, gateway];
+            // The edge appends the client to what it was sent, the gateway the edge; they may
+            // arrive as one line or as several.
+            let mut lines: Vec<String> = forged.clone();
+            if same_line {
+                let mut all = forged.clone();
+                all.push(client.to_string());
+                all.push(edge.to_string());
+                lines = vec![all.join(", ")];
+            } else {
+                lines.push(client.to_string());
+                lines.push(edge.to_string());
+            }
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            prop_assert_eq!(ClientAddress::behind(gateway, &lines, &trusted).0, client);
+        }
+
+        /// A peer that is not a trusted proxy is the client, whatever it forwards.
+        #[test]
+        fn an_untrusted_peer_is_the_client_whatever_it_forwards(
+            peer in untrusted(),
+            forwarded in prop::collection::vec("[ -~]{0,30}", 0..4),
+        ) {
+            let forwarded: Vec<&str> = forwarded.iter().map(String::as_str).collect();
+            let trusted = [ip("127.10.6.1")];
+            prop_assert_eq!(ClientAddress::behind(peer, &forwarded, &trusted).0, peer);
+        }
     }
 
     #[test]

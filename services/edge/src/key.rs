@@ -81,6 +81,109 @@ mod tests {
         );
     }
 
+    use proptest::prelude::*;
+
+    /// A parameter the app reads: a name that is not a tracking one, and a value.
+    fn parameter() -> impl Strategy<Value = (String, String)> {
+        ("[a-z][a-z_]{0,7}", "[a-zA-Z0-9%._-]{0,6}")
+            .prop_filter("not tracking", |(n, _)| !is_tracking(n))
+    }
+
+    /// A tracking parameter, in any case.
+    fn tracking() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![
+                Just("utm_source".to_owned()),
+                Just("UTM_Medium".to_owned()),
+                Just("utm_x".to_owned()),
+                Just("GCLID".to_owned()),
+                Just("fbclid".to_owned()),
+                Just("_ga".to_owned()),
+            ],
+            "[a-z0-9]{0,6}",
+        )
+            .prop_map(|(n, v)| format!("{n}={v}"))
+    }
+
+    fn query(params: &[(String, String)]) -> String {
+        params
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    proptest! {
+        #[test]
+        fn normalising_twice_changes_nothing(params in prop::collection::vec(parameter(), 0..6)) {
+            let once = normalised_target("/api/articles", Some(&query(&params)));
+            let (path, rest) = once.split_once('?').unwrap_or((once.as_str(), ""));
+            prop_assert_eq!(normalised_target(path, Some(rest)), once.clone());
+        }
+
+        #[test]
+        fn the_order_of_distinct_parameters_does_not_change_the_key(
+            params in prop::collection::btree_map("[a-z]{1,6}", "[a-z0-9]{0,4}", 0..6),
+            seed in any::<u64>(),
+        ) {
+            let params: Vec<(String, String)> = params
+                .into_iter()
+                .filter(|(n, _)| !is_tracking(n))
+                .collect();
+            let mut shuffled = params.clone();
+            // A deterministic shuffle from the seed: rotate, then reverse on odd seeds.
+            if !shuffled.is_empty() {
+                let by = usize::try_from(seed % 64).unwrap_or(0) % shuffled.len();
+                shuffled.rotate_left(by);
+            }
+            if seed % 2 == 1 {
+                shuffled.reverse();
+            }
+            prop_assert_eq!(
+                normalised_target("/api/articles", Some(&query(&params))),
+                normalised_target("/api/articles", Some(&query(&shuffled)))
+            );
+        }
+
+        #[test]
+        fn tracking_parameters_anywhere_never_change_the_key(
+            params in prop::collection::vec(parameter(), 0..5),
+            tags in prop::collection::vec((tracking(), any::<prop::sample::Index>()), 1..4),
+        ) {
+            let mut with: Vec<String> = params.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            for (tag, at) in tags {
+                let at = at.index(with.len() + 1);
+                with.insert(at, tag);
+            }
+            prop_assert_eq!(
+                normalised_target("/api/tags", Some(&query(&params))),
+                normalised_target("/api/tags", Some(&with.join("&")))
+            );
+        }
+
+        #[test]
+        fn a_parameter_the_app_reads_always_changes_the_key(
+            params in prop::collection::vec(parameter(), 0..5),
+            extra in parameter(),
+        ) {
+            let mut more = params.clone();
+            more.push(extra);
+            prop_assert_ne!(
+                normalised_target("/api/articles", Some(&query(&params))),
+                normalised_target("/api/articles", Some(&query(&more)))
+            );
+        }
+
+        #[test]
+        fn different_hosts_or_targets_never_share_a_key(
+            a in ("[a-z0-9.:-]{1,12}", "/[a-z/?=&]{0,12}"),
+            b in ("[a-z0-9.:-]{1,12}", "/[a-z/?=&]{0,12}"),
+        ) {
+            prop_assume!(a != b);
+            prop_assert_ne!(primary_key(&a.0, &a.1), primary_key(&b.0, &b.1));
+        }
+    }
+
     #[test]
     fn host_case_does_not_matter_and_hosts_cannot_collide_with_paths() {
         assert_eq!(

@@ -346,4 +346,33 @@ mod tests {
         assert_eq!(sniff_image_type(b"<html>"), None);
         assert_eq!(sniff_image_type(b""), None);
     }
+
+    proptest::proptest! {
+        /// Any bytes: no panic (a short file included), and a type only when the file starts
+        /// with that type's signature, so text, SVG, HTML or script is never stored as an image
+        /// whatever it is called and whatever header came with it.
+        #[test]
+        fn a_type_is_given_only_to_bytes_that_start_with_its_signature(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+            text in "[ -~]{0,40}",
+        ) {
+            for candidate in [bytes.as_slice(), text.as_bytes()] {
+                let starts = |sig: &[u8]| candidate.starts_with(sig);
+                let expected = match sniff_image_type(candidate) {
+                    Some("image/png") => starts(b"\x89PNG\r\n\x1a\n"),
+                    Some("image/jpeg") => starts(&[0xFF, 0xD8, 0xFF]),
+                    Some("image/gif") => starts(b"GIF87a") || starts(b"GIF89a"),
+                    Some("image/webp") => {
+                        starts(b"RIFF") && candidate.get(8..12) == Some(&b"WEBP"[..])
+                    }
+                    Some(_) => false,
+                    None => true,
+                };
+                proptest::prop_assert!(expected, "{candidate:?}");
+            }
+            // Markup (SVG, HTML, XML: anything starting with `<`) never gets an image type.
+            let svg_or_html = format!("<{text}");
+            proptest::prop_assert_eq!(sniff_image_type(svg_or_html.as_bytes()), None);
+        }
+    }
 }
