@@ -522,3 +522,76 @@ async fn ranges_compression_and_the_bounds() {
     assert!(limited.headers().contains_key("retry-after"));
     assert!(limited.text().await.unwrap().contains("too many requests"));
 }
+
+/// Sends `bytes` on a new connection to `addr` and reads until it is closed (a 30 s read
+/// timeout only guards against a hang); what came back.
+fn send_raw(addr: &str, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // The edge may close before reading everything (a head over its bound).
+    let _ = stream.write_all(bytes);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no answer and no close: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Heads that are not HTTP or are over pingora's bounds (1 MiB less one byte of head, 256
+/// header lines: pingora-core's `MAX_HEADER_SIZE`, `MAX_HEADERS`) get 400 and a close from the
+/// edge, as from the gateway (`services/gateway/tests/hostile_heads.rs`), and never reach the
+/// origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_that_are_not_http_or_too_big_get_400_and_never_reach_the_origin() {
+    let origin = start_origin().await;
+    let edge = start_edge(origin.addr, |_| {}).await;
+    let addr = edge.url.trim_start_matches("http://").to_owned();
+    let seen_before: u32 = origin.origin.seen.lock().unwrap().values().sum();
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nhost: test\r\nx-big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let huge_url = format!(
+        "GET /{} HTTP/1.1\r\nhost: test\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nhost: test\r\n{}\r\n",
+        (0..300)
+            .map(|n| format!("x-{n}: v\r\n"))
+            .collect::<String>()
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not HTTP", b"\x00\x01\x02 hello\r\n\r\n".to_vec()),
+        ("a bad request line", b"GET\r\n\r\n".to_vec()),
+        (
+            "a bad header line",
+            b"GET / HTTP/1.1\r\nno colon here\r\n\r\n".to_vec(),
+        ),
+        ("a 1 MiB header", huge_header.into_bytes()),
+        ("a 1 MiB URL", huge_url.into_bytes()),
+        ("300 header lines", many_headers.into_bytes()),
+    ];
+    for (what, bytes) in cases {
+        let addr = addr.clone();
+        let answer = tokio::task::spawn_blocking(move || send_raw(&addr, &bytes))
+            .await
+            .unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "{what}: {:?}",
+            answer.lines().next()
+        );
+    }
+    let seen_after: u32 = origin.origin.seen.lock().unwrap().values().sum();
+    assert_eq!(seen_after, seen_before);
+}
