@@ -48,6 +48,7 @@ pub fn build(settings: EdgeSettings) -> anyhow::Result<(Server, &'static EdgeSto
     let listen = settings.listen.clone();
     let write_buffer = settings.client_write_buffer_bytes;
     let max_connections = settings.max_connections;
+    let request_send_time = Duration::from_secs(settings.request_send_secs);
     let metrics = Arc::new(Metrics::new());
     let edge = Edge::new(
         Arc::new(settings),
@@ -64,6 +65,7 @@ pub fn build(settings: EdgeSettings) -> anyhow::Result<(Server, &'static EdgeSto
         ConnectionLimit::new(
             proxy,
             max_connections,
+            request_send_time,
             metrics.client_connections.clone(),
             metrics.client_connections_refused.clone(),
         ),

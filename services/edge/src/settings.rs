@@ -91,6 +91,9 @@ pub struct EdgeSettings {
     pub max_connections: usize,
     /// A client's keep-alive connection idle this long is closed.
     pub client_idle_secs: u64,
+    /// A client must send each request whole within this long of its first byte (see
+    /// `gateway`'s setting of the same name).
+    pub request_send_secs: u64,
     /// Worker threads (one per core of the PoP's budget is plenty).
     pub threads: usize,
     /// On SIGTERM, keep serving requests in flight for up to this long.
@@ -121,6 +124,7 @@ impl Default for EdgeSettings {
             client_write_buffer_bytes: 16 * 1024,
             max_connections: 8_192,
             client_idle_secs: 60,
+            request_send_secs: 30,
             threads: 1,
             shutdown_grace_secs: 10,
             access_log: true,

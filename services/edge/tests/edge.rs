@@ -595,3 +595,39 @@ async fn heads_that_are_not_http_or_too_big_get_400_and_never_reach_the_origin()
     let seen_after: u32 = origin.origin.seen.lock().unwrap().values().sum();
     assert_eq!(seen_after, seen_before);
 }
+
+/// The edge shares the gateway's send deadline (`gateway::connections::SendDeadline`): a head
+/// sent a line every 200 ms is cut off once `request_send_secs` (1 s here) have passed since its
+/// first byte, and never reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_sent_a_line_at_a_time_is_cut_off_at_the_send_deadline() {
+    use std::io::{Read, Write};
+    let origin = start_origin().await;
+    let edge = start_edge(origin.addr, |s| s.request_send_secs = 1).await;
+    let addr = edge.url.trim_start_matches("http://").to_owned();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nhost: test\r\n")
+            .unwrap();
+        // Bounded: 150 lines would take 30 s; the edge must close long before.
+        for n in 0..150 {
+            std::thread::sleep(Duration::from_millis(200));
+            if slow.write_all(format!("x-{n}: v\r\n").as_bytes()).is_err() {
+                return true;
+            }
+        }
+        slow.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        match slow.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the slow head was not cut off");
+    assert_eq!(origin.origin.count("/slow"), 0);
+    assert_eq!(edge.get("/edge/healthz").await.status(), 200);
+}

@@ -61,6 +61,7 @@ pub fn build(settings: GatewaySettings) -> anyhow::Result<Server> {
     };
     let listen = settings.listen.clone();
     let max_connections = settings.max_connections;
+    let request_send_time = Duration::from_secs(settings.request_send_secs);
     let metrics = Arc::new(Metrics::new());
     let gateway = Gateway::new(pool, metrics.clone(), Arc::new(settings)).with_media(media_pool);
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
@@ -69,6 +70,7 @@ pub fn build(settings: GatewaySettings) -> anyhow::Result<Server> {
         ConnectionLimit::new(
             proxy,
             max_connections,
+            request_send_time,
             metrics.client_connections.clone(),
             metrics.client_connections_refused.clone(),
         ),

@@ -118,6 +118,12 @@ pub struct GatewaySettings {
     /// clients give their places back. The same minute pingora allows a new connection for its
     /// first request.
     pub client_idle_secs: u64,
+    /// A client must send each request whole (head and body) within this long of its first
+    /// byte, or its connection is closed: pingora's own timeout is per read, so without this a
+    /// client sending a byte every few seconds holds its place for ever. 30 s, as the app's
+    /// header-read timeout; a body slower than that would miss the app's 5 s request timeout
+    /// anyway.
+    pub request_send_secs: u64,
     /// Worker threads. One: the gateway shares a small CPU budget, and one thread avoids
     /// cross-thread wake-ups; raise it with the budget.
     pub threads: usize,
@@ -144,6 +150,7 @@ impl Default for GatewaySettings {
             max_in_flight: 8_192,
             max_connections: 8_192,
             client_idle_secs: 60,
+            request_send_secs: 30,
             threads: 1,
             shutdown_grace_secs: 10,
             access_log: true,

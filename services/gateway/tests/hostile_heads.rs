@@ -12,7 +12,8 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     sync::atomic::Ordering,
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use common::{free_listen_address, slow_upstream_counted, Gateway};
@@ -80,4 +81,77 @@ fn heads_that_are_not_http_or_too_big_get_400_and_never_reach_an_app_host() {
         );
     }
     assert_eq!(requests.load(Ordering::SeqCst), before);
+}
+
+/// A client that sends its request head one line at a time, a line every 200 ms, never
+/// finishing: pingora's per-read timeout never fires, but `request_send_secs` (1 s here) counts
+/// from the head's first byte, so the connection is closed without the request reaching an app
+/// host. A keep-alive connection idle between its requests for longer than the deadline is
+/// served as usual: each request's clock starts at its own first byte.
+#[test]
+fn a_request_head_sent_a_line_at_a_time_is_cut_off_at_the_send_deadline() {
+    let (upstream, requests) = slow_upstream_counted(Duration::ZERO);
+    let listen = free_listen_address();
+    let _gateway = Gateway::start(&listen, &upstream, &[("GATEWAY_REQUEST_SEND_SECS", "1")]);
+    let before = requests.load(Ordering::SeqCst);
+
+    let mut slow = TcpStream::connect(&listen).unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nhost: test\r\n")
+        .unwrap();
+    let began = Instant::now();
+    // Bounded: 150 lines would take 30 s; the gateway must close long before.
+    let mut closed = false;
+    for n in 0..150 {
+        thread::sleep(Duration::from_millis(200));
+        if slow.write_all(format!("x-{n}: v\r\n").as_bytes()).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    let elapsed = began.elapsed();
+    if !closed {
+        // The writes may all have gone into the socket's buffer: the read tells.
+        slow.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        closed = match slow.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            // An answer, or a read timeout (WouldBlock): not closed.
+            Ok(_) => false,
+        };
+    }
+    assert!(closed, "the slow head was not cut off in {elapsed:?}");
+    // Not before the deadline: it counts from the first byte.
+    assert!(
+        elapsed >= Duration::from_secs(1),
+        "cut off after {elapsed:?}"
+    );
+
+    // The deadline is per request: a keep-alive connection that outlives it, served a request
+    // before and a request after, is not cut off.
+    let mut kept = TcpStream::connect(&listen).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    for n in 0..2 {
+        if n > 0 {
+            // Idle longer than the deadline, less than `client_idle_secs`.
+            thread::sleep(Duration::from_millis(1500));
+        }
+        kept.write_all(b"GET /kept HTTP/1.1\r\nhost: test\r\n\r\n")
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.ends_with(b"\r\n\r\nok") {
+            let got = kept.read(&mut buf).unwrap();
+            assert!(
+                got > 0,
+                "request {n}: closed: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..got]);
+        }
+        assert!(seen.starts_with(b"HTTP/1.1 200"), "request {n}");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), before + 2);
 }
