@@ -26,6 +26,20 @@ use common::{assert_error, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+/// Registrations sent at once for one contested value: exactly one account, every other
+/// answer a 409 naming `field` (the unique index decides, not the check before it).
+fn one_created_the_rest_conflict_on(answers: Vec<(StatusCode, Value)>, field: &str) {
+    let created = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
+        assert_eq!(*status, StatusCode::CONFLICT, "{body}");
+        assert_error(body, field);
+    }
+}
+
 #[tokio::test]
 async fn no_one_but_the_owner_changes_or_deletes_what_they_own() {
     let app = TestApp::start().await;
@@ -268,16 +282,7 @@ async fn racing_favorites_registrations_and_deletions_keep_every_invariant() {
                 "password": "password-contested"}}),
         )
     });
-    let answers = futures::future::join_all(registrations).await;
-    let created = answers
-        .iter()
-        .filter(|(status, _)| *status == StatusCode::CREATED)
-        .count();
-    assert_eq!(created, 1, "{answers:?}");
-    for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
-        assert_eq!(*status, StatusCode::CONFLICT, "{body}");
-        assert_error(body, "username");
-    }
+    one_created_the_rest_conflict_on(futures::future::join_all(registrations).await, "username");
 
     // One comment, six deletions at once: one 204, five 404s.
     let (_, body) = app
@@ -366,7 +371,7 @@ async fn a_deleted_users_token_is_refused_with_401_everywhere_it_acts() {
 }
 
 /// The same e-mail registered by many clients at once, under different usernames: one account,
-/// the others a 409 naming `email` (the unique index decides, not the check before it).
+/// the others a 409 naming `email`; then one article deleted by many requests at once.
 #[tokio::test]
 async fn racing_registrations_of_one_email_and_deletions_of_one_article_each_happen_once() {
     let app = TestApp::start().await;
@@ -378,16 +383,7 @@ async fn racing_registrations_of_one_email_and_deletions_of_one_article_each_hap
                 "password": "password-shared"}}),
         )
     });
-    let answers = futures::future::join_all(registrations).await;
-    let created = answers
-        .iter()
-        .filter(|(status, _)| *status == StatusCode::CREATED)
-        .count();
-    assert_eq!(created, 1, "{answers:?}");
-    for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
-        assert_eq!(*status, StatusCode::CONFLICT, "{body}");
-        assert_error(body, "email");
-    }
+    one_created_the_rest_conflict_on(futures::future::join_all(registrations).await, "email");
 
     // One article with a comment and a favorite, deleted by six requests of its owner at once:
     // one 204, five 404s, and nothing of it left behind.
