@@ -320,3 +320,111 @@ async fn beyond_the_in_flight_limit_requests_get_503_at_once_and_a_stalled_one_t
     }
     assert_eq!(status, StatusCode::OK);
 }
+
+/// One part of a hand-made multipart body: its field name and its bytes.
+type Part = (String, Vec<u8>);
+
+/// A multipart body with `boundary` around `parts`, cut after `keep` bytes (a client that
+/// stopped mid-way, or lied about its length, is one of the cases).
+fn multipart_body(boundary: &str, parts: &[Part], keep: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, bytes) in parts {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"; \
+                 filename=\"x.bin\"\r\ncontent-type: image/png\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body.truncate(keep);
+    body
+}
+
+/// Any multipart body (any part names, any bytes, a boundary in the header that the body may
+/// not use, a body cut anywhere): 201 for exactly one `file` part that is an image, otherwise a
+/// 4xx with the RealWorld error body; never a 5xx. One app for every case, so the cases are
+/// many and the test is quick.
+#[test]
+fn any_multipart_body_is_stored_or_refused_with_a_realworld_error() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (app, token) = runtime.block_on(async {
+        let app = TestApp::start().await;
+        let token = app.register("uploader").await;
+        (app, token)
+    });
+    let part = (
+        prop_oneof![
+            Just("file".to_owned()),
+            Just("image".to_owned()),
+            "[a-z\"; ]{0,6}"
+        ],
+        prop_oneof![
+            Just(PNG.to_vec()),
+            prop::collection::vec(any::<u8>(), 0..40)
+        ],
+    );
+    let case = (
+        "[a-zA-Z0-9'()+_,./:=?-]{1,40}",
+        any::<bool>(),
+        prop::collection::vec(part, 0..3),
+        any::<prop::sample::Index>(),
+        any::<bool>(),
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
+    runner
+        .run(&case, |(boundary, same_boundary, parts, cut, whole)| {
+            let header_boundary = if same_boundary {
+                boundary.clone()
+            } else {
+                format!("{boundary}x")
+            };
+            let full = multipart_body(&boundary, &parts, usize::MAX);
+            let keep = if whole {
+                full.len()
+            } else {
+                cut.index(full.len() + 1)
+            };
+            let body = full[..keep].to_vec();
+            let (status, answer) = runtime.block_on(async {
+                let response = app
+                    .client
+                    .post(app.url("/api/media"))
+                    .header("Authorization", format!("Token {token}"))
+                    .header(
+                        "content-type",
+                        format!("multipart/form-data; boundary={header_boundary}"),
+                    )
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                (
+                    status,
+                    response.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            });
+            prop_assert!(!status.is_server_error(), "{status} {answer}");
+            let one_image_named_file = same_boundary
+                && keep == full.len()
+                && parts.len() == 1
+                && parts[0].0 == "file"
+                && parts[0].1.starts_with(b"\x89PNG");
+            if status == StatusCode::CREATED {
+                prop_assert!(one_image_named_file, "stored: {parts:?}");
+            } else {
+                prop_assert!(status.is_client_error(), "{status} {answer}");
+                prop_assert!(
+                    answer["errors"].as_object().is_some_and(|e| !e.is_empty()),
+                    "{status} {answer}"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}
