@@ -97,6 +97,141 @@ where
     }
 }
 
+/// What the property tests of request parsing share (`api::users`, `api::articles`,
+/// `api::comments`): the real extractors driven without a router or a database, the RealWorld
+/// refusal they must give, and strategies for what a client may send.
+#[cfg(test)]
+pub(crate) mod properties {
+    use axum::{
+        body::Body,
+        extract::{FromRequest, FromRequestParts},
+        http::{header::CONTENT_TYPE, Request, StatusCode},
+        response::IntoResponse,
+    };
+    use proptest::{prelude::*, test_runner::TestCaseError};
+    use serde::de::DeserializeOwned;
+    use serde_json::Value;
+
+    use super::{ApiJson, ApiQuery};
+    use crate::error::ApiError;
+
+    /// `bytes` sent as a JSON body (`Content-Type: application/json`), through [`ApiJson`].
+    pub fn json_body<T: DeserializeOwned>(bytes: Vec<u8>) -> Result<T, ApiError> {
+        let request = Request::post("/")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(bytes))
+            .expect("a request");
+        futures::executor::block_on(ApiJson::<T>::from_request(request, &())).map(|body| body.0)
+    }
+
+    /// `query` as a request's query string, through [`ApiQuery`].
+    pub fn query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+        let request = Request::get(format!("/?{query}"))
+            .body(())
+            .expect("the query is made of characters a URI may hold");
+        let (mut parts, ()) = request.into_parts();
+        futures::executor::block_on(ApiQuery::<T>::from_request_parts(&mut parts, &()))
+            .map(|query| query.0)
+    }
+
+    /// Passes when `error` is answered as a client reads a refusal: 422 with the RealWorld
+    /// body, `{"errors": {field: [message, ...]}}`, every field one of `fields`.
+    pub fn is_a_realworld_422(error: ApiError, fields: &[&str]) -> Result<(), TestCaseError> {
+        let response = error.into_response();
+        prop_assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let bytes =
+            futures::executor::block_on(axum::body::to_bytes(response.into_body(), 1 << 20))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let body: Value =
+            serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let errors = body["errors"].as_object();
+        prop_assert!(errors.is_some_and(|e| !e.is_empty()), "{}", body);
+        for (field, messages) in errors.into_iter().flatten() {
+            prop_assert!(fields.contains(&field.as_str()), "{} in {}", field, body);
+            let messages = messages.as_array();
+            prop_assert!(
+                messages.is_some_and(|m| !m.is_empty()
+                    && m.iter().all(|m| m.as_str().is_some_and(|s| !s.is_empty()))),
+                "{}",
+                body
+            );
+        }
+        Ok(())
+    }
+
+    /// Any JSON value, nested a few levels.
+    pub fn any_json() -> BoxedStrategy<Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| {
+                serde_json::Number::from_f64(f).map(Value::Number)
+            }),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+        .boxed()
+    }
+
+    /// Text a client may put in a field: blank, padded, control characters and NUL, non-ASCII,
+    /// and lengths either side of `max` characters.
+    pub fn text(max: usize) -> BoxedStrategy<String> {
+        prop_oneof![
+            "\\PC{0,12}",
+            "[ \t\n]{0,3}[a-zA-Z0-9 ._@/-]{0,12}[ \t\n]{0,3}",
+            "[\\x00-\\x1f]{1,3}",
+            (max.saturating_sub(2)..=max.saturating_add(2), any::<char>())
+                .prop_map(|(n, c)| c.to_string().repeat(n)),
+        ]
+        .boxed()
+    }
+
+    /// A field's value: usually one from `value` (a string, a list of them), else null or any
+    /// JSON at all; `None` leaves the field out.
+    pub fn field<T: Into<Value>>(
+        value: impl Strategy<Value = T>,
+    ) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            12 => value.prop_map(|v| Some(v.into())),
+            1 => Just(None),
+            1 => Just(Some(Value::Null)),
+            1 => any_json().prop_map(Some),
+        ]
+    }
+
+    /// A JSON object of the fields given (`None` ones left out).
+    pub fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+        Value::Object(
+            fields
+                .into_iter()
+                .filter_map(|(name, value)| value.map(|v| (name.to_owned(), v)))
+                .collect(),
+        )
+    }
+
+    /// A request body for the envelope `name` (`{"user": {...}}`): mostly the envelope around
+    /// `content`, else the envelope around any JSON, any JSON as the whole body, or any bytes.
+    pub fn body(
+        name: &'static str,
+        content: impl Strategy<Value = Value>,
+    ) -> impl Strategy<Value = Vec<u8>> {
+        let envelope = move |content: Value| serde_json::json!({ name: content }).to_string();
+        prop_oneof![
+            12 => content.prop_map(move |c| envelope(c).into_bytes()),
+            1 => any_json().prop_map(move |c| envelope(c).into_bytes()),
+            1 => any_json().prop_map(|v| v.to_string().into_bytes()),
+            1 => prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::{

@@ -138,6 +138,33 @@ mod tests {
             }
         }
 
+        /// Strictness: a slug with any one character of its id replaced, removed or doubled
+        /// (a typo, or a client probing neighbouring ids) never gives the same id back, so it
+        /// never reaches the article the slug was made for.
+        #[test]
+        fn a_slug_with_its_id_edited_never_gives_that_id(
+            title in "\\PC{0,40}",
+            id in 1..=i64::MAX,
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            replacement in proptest::char::any(),
+            edit in 0..3_u8,
+        ) {
+            let slug = slug_for(&title, id);
+            let digits = to_base36(id);
+            let start = slug.len() - digits.len();
+            let at = start + at.index(digits.len());
+            let original = slug[at..].chars().next().unwrap_or_default();
+            let edited = match edit {
+                0 => {
+                    proptest::prop_assume!(replacement != original);
+                    format!("{}{replacement}{}", &slug[..at], &slug[at + 1..])
+                }
+                1 => format!("{}{}", &slug[..at], &slug[at + 1..]),
+                _ => format!("{}{original}{}", &slug[..=at], &slug[at + 1..]),
+            };
+            proptest::prop_assert_ne!(id_from_slug(&edited), Some(id), "{} -> {}", slug, edited);
+        }
+
         /// The same, for segments built to look like slugs (digits and letters after a dash).
         #[test]
         fn slug_like_segments_give_an_id_only_for_its_canonical_spelling(

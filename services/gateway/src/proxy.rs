@@ -519,6 +519,113 @@ mod tests {
         assert_eq!(forwarded(&["1.2.3.4"], None), ["1.2.3.4"]);
     }
 
+    use proptest::prelude::*;
+
+    /// What a client may put in one `X-Forwarded-For` line: any bytes a header value can hold
+    /// (tabs, visible ASCII, bytes above 0x7f), or something shaped like a list of addresses.
+    fn forged_line() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            prop::collection::vec(
+                prop_oneof![Just(b'\t'), 0x20_u8..0x7f, 0x80_u8..=0xff],
+                0..40
+            ),
+            "[0-9a-f.:, ]{0,30}".prop_map(String::into_bytes),
+        ]
+        .prop_map(|bytes| HeaderValue::from_bytes(&bytes).expect("only bytes a value may hold"))
+    }
+
+    /// Any address, IPv4 or IPv6.
+    fn address() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ]
+    }
+
+    /// A request header carrying `lines` as its `X-Forwarded-For` lines.
+    fn request_with(lines: &[HeaderValue]) -> RequestHeader {
+        let mut header = RequestHeader::build("GET", b"/", None).expect("a request header");
+        for line in lines {
+            header
+                .append_header(FORWARDED_FOR, line.clone())
+                .expect("a valid header value");
+        }
+        header
+    }
+
+    /// The request's `X-Forwarded-For` lines.
+    fn lines_of(header: &RequestHeader) -> Vec<HeaderValue> {
+        header
+            .headers
+            .get_all(FORWARDED_FOR)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever the client sent (several lines, garbage, commas, bytes that are not ASCII):
+        /// appending never fails or panics, leaves one line, keeps every line that is text in
+        /// its order, and ends with the peer. The app reads that line from the right (conduit's
+        /// `throttle::ClientAddress::behind`), so the peer is the entry it reads first.
+        #[test]
+        fn the_peer_always_ends_the_one_forwarded_line_whatever_the_client_sent(
+            sent in prop::collection::vec(forged_line(), 0..4),
+            peer in address(),
+        ) {
+            let mut header = request_with(&sent);
+            prop_assert!(forward_for(&mut header, Some(peer)).is_ok());
+            let lines = lines_of(&header);
+            prop_assert_eq!(lines.len(), 1);
+            let line = lines[0].to_str().expect("the line written is text");
+            let kept: Vec<&str> = sent.iter().filter_map(|v| v.to_str().ok()).collect();
+            let expected = kept
+                .iter()
+                .copied()
+                .chain(std::iter::once(peer.to_string().as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            prop_assert_eq!(line, expected);
+            let last = line.rsplit(',').next().map(str::trim).map(str::parse::<IpAddr>);
+            prop_assert_eq!(last, Some(Ok(peer)));
+        }
+
+        /// A chain of proxies, each appending its own peer (the edge appends the client, the
+        /// gateway the edge): the rightmost entries are the chain's, in order, whatever the
+        /// client forged to their left, so reading from the right and trusting only the chain's
+        /// addresses finds the client.
+        #[test]
+        fn a_chain_of_proxies_appends_its_hops_rightmost_in_order(
+            sent in prop::collection::vec(forged_line(), 0..3),
+            hops in prop::collection::vec(address(), 1..4),
+        ) {
+            let mut header = request_with(&sent);
+            for hop in &hops {
+                prop_assert!(forward_for(&mut header, Some(*hop)).is_ok());
+            }
+            let lines = lines_of(&header);
+            prop_assert_eq!(lines.len(), 1);
+            let line = lines[0].to_str().expect("the line written is text");
+            let rightmost: Vec<Result<IpAddr, _>> = line
+                .rsplit(',')
+                .take(hops.len())
+                .map(|entry| entry.trim().parse::<IpAddr>())
+                .collect();
+            let expected: Vec<Result<IpAddr, _>> = hops.iter().rev().copied().map(Ok).collect();
+            prop_assert_eq!(rightmost, expected);
+        }
+
+        /// Without a peer address (a Unix socket) nothing is added and nothing is taken away.
+        #[test]
+        fn without_a_peer_the_forwarded_lines_are_left_as_they_came(
+            sent in prop::collection::vec(forged_line(), 0..4),
+        ) {
+            let mut header = request_with(&sent);
+            prop_assert!(forward_for(&mut header, None).is_ok());
+            prop_assert_eq!(lines_of(&header), sent);
+        }
+    }
+
     #[test]
     fn a_sensible_client_id_passes_through_anything_else_is_replaced() {
         assert_eq!(id_for(Some(b"client-id-42")), "client-id-42");

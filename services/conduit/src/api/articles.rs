@@ -775,6 +775,68 @@ struct UpdateArticle {
     tag_list: Option<Option<Vec<String>>>,
 }
 
+/// A new article that passed every rule: what `create_article` stores.
+#[derive(Debug)]
+struct ArticleDraft {
+    title: String,
+    description: String,
+    body: String,
+    tags: Vec<String>,
+}
+
+impl NewArticle {
+    /// The article asked for, or a 422 naming every field that is wrong.
+    fn checked(self) -> ApiResult<ArticleDraft> {
+        let mut v = Validator::default();
+        let title = v.required("title", self.title, MAX_TITLE);
+        let description = v.required("description", self.description, MAX_TITLE);
+        // The body is bounded by the JSON body limit.
+        let body = v.required("body", self.body, usize::MAX);
+        let tags = v.tags(self.tag_list.unwrap_or_default());
+        v.finish()?;
+        Ok(ArticleDraft {
+            title,
+            description,
+            body,
+            tags,
+        })
+    }
+}
+
+/// A change to an article that passed every rule: `None` keeps a field.
+#[derive(Debug)]
+struct ArticleChanges {
+    title: Option<String>,
+    description: Option<String>,
+    body: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+impl UpdateArticle {
+    /// The change asked for, or a 422 naming every field that is wrong.
+    fn checked(self) -> ApiResult<ArticleChanges> {
+        let mut v = Validator::default();
+        let title = v.optional("title", self.title, MAX_TITLE);
+        let description = v.optional("description", self.description, MAX_TITLE);
+        let body = v.optional("body", self.body, usize::MAX);
+        let tags = match self.tag_list {
+            None => None,
+            Some(None) => {
+                v.fail("tagList", "can't be null");
+                None
+            }
+            Some(Some(tags)) => Some(v.tags(tags)),
+        };
+        v.finish()?;
+        Ok(ArticleChanges {
+            title,
+            description,
+            body,
+            tags,
+        })
+    }
+}
+
 /// Replaces an article's tags, `old` (`[]` for a new article) with `tags`: the `article_tags` rows
 /// (order kept in `position`, the article's creation time copied for the newest-first index), the
 /// copy in `articles.tag_list`, and the tags' counts, in the caller's transaction.
@@ -812,14 +874,12 @@ async fn create_article(
     user: AuthUser,
     ApiJson(body): ApiJson<Envelope<NewArticle>>,
 ) -> ApiResult<(StatusCode, Json<ArticleBody>)> {
-    let new = body.into_inner()?;
-    let mut v = Validator::default();
-    let title = v.required("title", new.title, MAX_TITLE);
-    let description = v.required("description", new.description, MAX_TITLE);
-    // The body is bounded by the JSON body limit.
-    let body = v.required("body", new.body, usize::MAX);
-    let tags = v.tags(new.tag_list.unwrap_or_default());
-    v.finish()?;
+    let ArticleDraft {
+        title,
+        description,
+        body,
+        tags,
+    } = body.into_inner()?.checked()?;
 
     // On the author's shard, with the author's bucket in its id (stage 7).
     let mut tx = state.shards.of(user.id).write()?.begin().await?;
@@ -912,20 +972,12 @@ async fn update_article(
     ApiPath(slug): ApiPath<String>,
     ApiJson(body): ApiJson<Envelope<UpdateArticle>>,
 ) -> ApiResult<Json<ArticleBody>> {
-    let update = body.into_inner()?;
-    let mut v = Validator::default();
-    let title = v.optional("title", update.title, MAX_TITLE);
-    let description = v.optional("description", update.description, MAX_TITLE);
-    let body = v.optional("body", update.body, usize::MAX);
-    let tags = match update.tag_list {
-        None => None,
-        Some(None) => {
-            v.fail("tagList", "can't be null");
-            None
-        }
-        Some(Some(tags)) => Some(v.tags(tags)),
-    };
-    v.finish()?;
+    let ArticleChanges {
+        title,
+        description,
+        body,
+        tags,
+    } = body.into_inner()?.checked()?;
 
     let mut tx = state.shards.of(article_id(&slug)?).write()?.begin().await?;
     let Owned {
@@ -1150,4 +1202,257 @@ async fn unfavorite(
     // The answer to a write shows that write: read where it was written.
     let article = current_article(&state, &slug, user.id).await?;
     Ok((spanned, Json(ArticleBody { article })))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{
+        extract::properties::{self, body, field, is_a_realworld_422, json_body, object, text},
+        model::MAX_TAGS,
+    };
+
+    /// A query parameter's value: numbers either side of every bound and of `i64`, signs,
+    /// blanks, words, and arbitrary bytes percent-encoded.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (-2..=MAX_PAGE + 2).prop_map(|n| n.to_string()),
+            (MAX_OFFSET - 2..=i64::MAX).prop_map(|n| n.to_string()),
+            any::<i128>().prop_map(|n| n.to_string()),
+            "[+-]?[0-9]{0,22}",
+            "[a-zA-Z0-9%+.~_-]{0,12}",
+            prop::collection::vec(any::<u8>(), 0..8)
+                .prop_map(|bytes| bytes.iter().map(|b| format!("%{b:02X}")).collect()),
+        ]
+    }
+
+    /// A query string: parameters the list routes read (or others), with or without `=`, in
+    /// any number, repeated or not; or any characters a URI's query may hold.
+    fn query_string() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            prop::sample::select(&["limit", "offset", "tag", "author", "favorited"][..])
+                .prop_map(str::to_owned),
+            "[a-z%0-9]{0,6}",
+        ];
+        prop_oneof![
+            4 => prop::collection::vec((name, proptest::option::of(value())), 0..5).prop_map(
+                |params| {
+                    params
+                        .into_iter()
+                        .map(|(name, value)| match value {
+                            Some(value) => format!("{name}={value}"),
+                            None => name,
+                        })
+                        .collect::<Vec<_>>()
+                        .join("&")
+                }
+            ),
+            1 => "[a-zA-Z0-9=&%+.;_~!$'()*,/:@?-]{0,40}",
+        ]
+    }
+
+    /// What a query asks for, read the way `application/x-www-form-urlencoded` is read: the
+    /// decoded values of each parameter the list routes know, in order.
+    fn asked(query: &str, name: &str) -> Vec<String> {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// The page the rule serves for a query: each page parameter at most once, an integer,
+    /// within its bounds; `None` when the query must be refused.
+    fn expected_page(query: &str) -> Option<(i64, i64)> {
+        let one = |name: &str, default: i64, bounds: std::ops::RangeInclusive<i64>| match asked(
+            query, name,
+        )
+        .as_slice()
+        {
+            [] => Some(default),
+            [value] => value.parse::<i64>().ok().filter(|n| bounds.contains(n)),
+            _ => None,
+        };
+        Some((
+            one("limit", DEFAULT_PAGE, 1..=MAX_PAGE)?,
+            one("offset", 0, 0..=MAX_OFFSET)?,
+        ))
+    }
+
+    /// Every field a refusal of a list query may name.
+    const QUERY_FIELDS: &[&str] = &["query", "limit", "offset"];
+
+    proptest! {
+        /// Any query string on the article list: the page the rule gives (limit 1 to 100,
+        /// default 20; offset 0 to `MAX_OFFSET`, default 0; `offset + limit` never overflows)
+        /// and the filters as sent, or a RealWorld 422 naming `query`, `limit` or `offset`;
+        /// never a panic.
+        #[test]
+        fn any_list_query_is_the_page_asked_for_or_a_realworld_422(query in query_string()) {
+            let served = properties::query::<ListQuery>(&query)
+                .and_then(|q| page(q.limit, q.offset).map(|page| (q, page)));
+            let repeated_filter = ["tag", "author", "favorited"]
+                .iter()
+                .any(|name| asked(&query, name).len() > 1);
+            match served {
+                Ok((q, (limit, offset))) => {
+                    prop_assert!((1..=MAX_PAGE).contains(&limit));
+                    prop_assert!((0..=MAX_OFFSET).contains(&offset));
+                    prop_assert!(offset.checked_add(limit).is_some());
+                    prop_assert_eq!(Some((limit, offset)), expected_page(&query));
+                    prop_assert!(!repeated_filter);
+                    let filters =
+                        [("tag", &q.tag), ("author", &q.author), ("favorited", &q.favorited)];
+                    for (name, given) in filters {
+                        prop_assert_eq!(given.clone(), asked(&query, name).into_iter().next());
+                    }
+                }
+                Err(refused) => {
+                    prop_assert!(expected_page(&query).is_none() || repeated_filter, "{}", query);
+                    is_a_realworld_422(refused, QUERY_FIELDS)?;
+                }
+            }
+        }
+
+        /// The same for the feed's query, which reads only the page.
+        #[test]
+        fn any_feed_query_is_the_page_asked_for_or_a_realworld_422(query in query_string()) {
+            let served =
+                properties::query::<PageQuery>(&query).and_then(|q| page(q.limit, q.offset));
+            match served {
+                Ok(page) => prop_assert_eq!(Some(page), expected_page(&query)),
+                Err(refused) => {
+                    prop_assert!(expected_page(&query).is_none(), "{}", query);
+                    is_a_realworld_422(refused, QUERY_FIELDS)?;
+                }
+            }
+        }
+    }
+
+    /// Tags as a client sends them: few and often repeated, or one past the bound.
+    fn tags() -> impl Strategy<Value = Vec<String>> {
+        let tag = prop_oneof![3 => "[a-c ]{1,3}", 1 => text(MAX_TAG_LEN)];
+        prop_oneof![
+            4 => prop::collection::vec(tag, 0..5),
+            1 => prop::collection::vec("[a-z]{1,3}", MAX_TAGS - 1..=MAX_TAGS + 1),
+        ]
+    }
+
+    /// Article text: short, or around the title's bound.
+    fn article_text() -> impl Strategy<Value = String> {
+        prop_oneof![3 => "[ ]{0,2}\\PC{1,20}", 1 => text(MAX_TITLE)]
+    }
+
+    /// The article's fields as sent (`{"article": {...}}`), if the body is JSON.
+    fn sent(bytes: &[u8]) -> Value {
+        serde_json::from_slice::<Value>(bytes)
+            .map(|b| b["article"].clone())
+            .unwrap_or_default()
+    }
+
+    /// A text field that got through: what was sent, trimmed, not blank; at most `max`
+    /// characters as sent.
+    fn kept(value: &str, sent: &Value, max: usize) -> bool {
+        sent.as_str().is_some_and(|sent| {
+            sent.chars().count() <= max && !value.is_empty() && value == sent.trim()
+        })
+    }
+
+    /// Tags that got through: each one sent trimmed, not blank, at most 64 characters as sent;
+    /// at most 32 sent; duplicates dropped, the first of each kept in order.
+    fn kept_tags(tags: &[String], sent: &Value) -> bool {
+        let Some(sent) = sent.as_array() else {
+            return tags.is_empty() && sent.is_null();
+        };
+        let mut expected: Vec<String> = Vec::new();
+        for tag in sent {
+            let Some(tag) = tag.as_str() else {
+                return false;
+            };
+            if tag.trim().is_empty() || tag.chars().count() > MAX_TAG_LEN {
+                return false;
+            }
+            if !expected.iter().any(|t| t == tag.trim()) {
+                expected.push(tag.trim().to_owned());
+            }
+        }
+        sent.len() <= MAX_TAGS && tags == expected
+    }
+
+    /// Every field a refusal of an article body may name.
+    const FIELDS: &[&str] = &["body", "article", "title", "description", "tagList"];
+
+    proptest! {
+        /// Any body for a new article (any bytes, any JSON, fields of any type or length): an
+        /// article whose every field is what was sent, trimmed, within its bounds, or a
+        /// RealWorld 422; never a panic.
+        #[test]
+        fn any_new_article_body_is_a_valid_article_or_a_realworld_422(
+            bytes in body("article", (
+                field(article_text()), field(article_text()), field(article_text()), field(tags()),
+            ).prop_map(|(t, d, b, g)| object([
+                ("title", t), ("description", d), ("body", b), ("tagList", g),
+            ]))),
+        ) {
+            let checked = json_body::<Envelope<NewArticle>>(bytes.clone())
+                .and_then(Envelope::into_inner)
+                .and_then(NewArticle::checked);
+            match checked {
+                Ok(a) => {
+                    let sent = sent(&bytes);
+                    prop_assert!(kept(&a.title, &sent["title"], MAX_TITLE), "{:?}", a);
+                    prop_assert!(kept(&a.description, &sent["description"], MAX_TITLE), "{:?}", a);
+                    prop_assert!(kept(&a.body, &sent["body"], usize::MAX), "{:?}", a);
+                    prop_assert!(kept_tags(&a.tags, &sent["tagList"]), "{:?}", a);
+                }
+                Err(refused) => is_a_realworld_422(refused, FIELDS)?,
+            }
+        }
+
+        /// Any body for an article update: each field left out (or a text field sent as null)
+        /// is kept, each one sent obeys the rules of a new article (`tagList: null` is
+        /// refused), or a RealWorld 422.
+        #[test]
+        fn any_article_update_body_is_a_valid_change_or_a_realworld_422(
+            bytes in body("article", (
+                field(article_text()), field(article_text()), field(article_text()), field(tags()),
+            ).prop_map(|(t, d, b, g)| object([
+                ("title", t), ("description", d), ("body", b), ("tagList", g),
+            ]))),
+        ) {
+            let checked = json_body::<Envelope<UpdateArticle>>(bytes.clone())
+                .and_then(Envelope::into_inner)
+                .and_then(UpdateArticle::checked);
+            match checked {
+                Ok(c) => {
+                    let sent = sent(&bytes);
+                    // `null` keeps a text field as leaving it out does (the document says so).
+                    let given = |name: &str| sent.get(name).is_some_and(|v| !v.is_null());
+                    prop_assert_eq!(c.title.is_some(), given("title"));
+                    prop_assert_eq!(c.description.is_some(), given("description"));
+                    prop_assert_eq!(c.body.is_some(), given("body"));
+                    prop_assert_eq!(c.tags.is_some(), given("tagList"));
+                    for (value, name, max) in [
+                        (&c.title, "title", MAX_TITLE),
+                        (&c.description, "description", MAX_TITLE),
+                        (&c.body, "body", usize::MAX),
+                    ] {
+                        if let Some(value) = value {
+                            prop_assert!(kept(value, &sent[name], max), "{:?}", c);
+                        }
+                    }
+                    if let Some(tags) = &c.tags {
+                        prop_assert!(sent["tagList"].is_array());
+                        prop_assert!(kept_tags(tags, &sent["tagList"]), "{:?}", c);
+                    }
+                }
+                Err(refused) => is_a_realworld_422(refused, FIELDS)?,
+            }
+        }
+    }
 }

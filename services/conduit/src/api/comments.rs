@@ -221,6 +221,16 @@ struct NewComment {
     body: Option<String>,
 }
 
+impl NewComment {
+    /// The comment's text, trimmed, or a 422 when it is blank or too long.
+    fn checked(self) -> ApiResult<String> {
+        let mut v = Validator::default();
+        let body = v.required("body", self.body, MAX_COMMENT);
+        v.finish()?;
+        Ok(body)
+    }
+}
+
 #[tracing::instrument(level = "debug", skip_all)]
 async fn add_comment(
     State(state): State<AppState>,
@@ -228,12 +238,10 @@ async fn add_comment(
     ApiPath(slug): ApiPath<String>,
     ApiJson(envelope): ApiJson<Envelope>,
 ) -> ApiResult<(StatusCode, Json<CommentBody>)> {
-    let new = envelope
+    let body = envelope
         .comment
-        .ok_or_else(|| ApiError::invalid("comment", "can't be blank"))?;
-    let mut v = Validator::default();
-    let body = v.required("body", new.body, MAX_COMMENT);
-    v.finish()?;
+        .ok_or_else(|| ApiError::invalid("comment", "can't be blank"))?
+        .checked()?;
 
     // On the primary of the article's shard: the write that follows must find the article as
     // this check did. The comment lives with the article.
@@ -328,6 +336,46 @@ async fn delete_comment(
             }
             state.cache.invalidate(&[Key::comments(article)]).await;
             Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::extract::properties::{body, field, is_a_realworld_422, json_body, object, text};
+
+    proptest! {
+        /// Any comment body (any bytes, any JSON, a `body` of any type or length): the text
+        /// sent, trimmed, not blank, at most 16 KiB characters as sent; or a RealWorld 422;
+        /// never a panic.
+        #[test]
+        fn any_comment_body_is_its_trimmed_text_or_a_realworld_422(
+            bytes in body(
+                "comment",
+                field(prop_oneof![3 => "[ ]{0,2}\\PC{0,20}", 1 => text(MAX_COMMENT)])
+                    .prop_map(|b| object([("body", b)])),
+            ),
+        ) {
+            let checked = json_body::<Envelope>(bytes.clone()).and_then(|envelope| {
+                envelope
+                    .comment
+                    .ok_or_else(|| ApiError::invalid("comment", "can't be blank"))?
+                    .checked()
+            });
+            match checked {
+                Ok(text) => {
+                    let sent = serde_json::from_slice::<Value>(&bytes).unwrap_or_default();
+                    let sent = sent["comment"]["body"].as_str().unwrap_or_default();
+                    prop_assert!(sent.chars().count() <= MAX_COMMENT);
+                    prop_assert!(!text.is_empty());
+                    prop_assert_eq!(text.as_str(), sent.trim());
+                }
+                Err(refused) => is_a_realworld_422(refused, &["body", "comment"])?,
+            }
         }
     }
 }

@@ -86,8 +86,8 @@ struct Media {
 /// Reads the upload from a `multipart/form-data` body, whose one part must be named `file` (any
 /// other part, or a second one, is refused rather than skipped: a form that carries more than
 /// the document describes is a client mistake worth saying), or, for any other content type,
-/// the raw body.
-async fn upload_bytes(request: Request, state: &AppState) -> ApiResult<Bytes> {
+/// the raw body. Needs nothing of the app's state, so its tests drive it without one.
+async fn upload_bytes<S: Send + Sync>(request: Request, state: &S) -> ApiResult<Bytes> {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -326,6 +326,7 @@ pub fn local_store(root: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::properties::is_a_realworld_422;
 
     #[test]
     fn sniffing_trusts_bytes_not_names() {
@@ -346,6 +347,15 @@ mod tests {
         assert_eq!(sniff_image_type(b"<html>"), None);
         assert_eq!(sniff_image_type(b""), None);
     }
+
+    /// Every signature [`sniff_image_type`] knows but WebP's (which has a size inside it),
+    /// with its type.
+    const SIGNATURES: &[(&[u8], &str)] = &[
+        (b"\x89PNG\r\n\x1a\n", "image/png"),
+        (&[0xFF, 0xD8, 0xFF], "image/jpeg"),
+        (b"GIF87a", "image/gif"),
+        (b"GIF89a", "image/gif"),
+    ];
 
     proptest::proptest! {
         /// Any bytes: no panic (a short file included), and a type only when the file starts
@@ -373,6 +383,124 @@ mod tests {
             // Markup (SVG, HTML, XML: anything starting with `<`) never gets an image type.
             let svg_or_html = format!("<{text}");
             proptest::prop_assert_eq!(sniff_image_type(svg_or_html.as_bytes()), None);
+        }
+
+        /// And the other way: whatever follows a signature, the file gets that signature's
+        /// type (the sniff reads the start only, so a real image is never refused for its
+        /// content).
+        #[test]
+        fn any_bytes_after_a_signature_get_its_type(
+            (signature, expected) in proptest::sample::select(SIGNATURES),
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+            webp_size in proptest::prelude::any::<[u8; 4]>(),
+        ) {
+            let file = [signature, &rest].concat();
+            proptest::prop_assert_eq!(sniff_image_type(&file), Some(expected));
+            let webp = [&b"RIFF"[..], &webp_size, b"WEBP", &rest].concat();
+            proptest::prop_assert_eq!(sniff_image_type(&webp), Some("image/webp"));
+        }
+    }
+
+    /// One part of a hand-made form: its field name and its bytes.
+    type Part = (String, Vec<u8>);
+
+    /// A `multipart/form-data` body with `boundary` around `parts`.
+    fn form(boundary: &str, parts: &[Part]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, bytes) in parts {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"; \
+                     filename=\"x.png\"\r\ncontent-type: image/png\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        body
+    }
+
+    /// A part: usually named `file`, else any name (quotes and semicolons included); any bytes.
+    fn part() -> impl proptest::strategy::Strategy<Value = Part> {
+        (
+            proptest::prop_oneof![
+                3 => proptest::strategy::Just("file".to_owned()),
+                1 => "[a-z\"; ]{0,6}",
+            ],
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        )
+    }
+
+    /// `body` sent with `content_type` through [`upload_bytes`], without an app.
+    fn upload(content_type: &str, body: Vec<u8>) -> ApiResult<Bytes> {
+        let request = Request::post("/api/media")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .expect("a request");
+        futures::executor::block_on(upload_bytes(request, &()))
+    }
+
+    proptest::proptest! {
+        /// Any form (any part names and bytes, a boundary the header may not name, a body cut
+        /// anywhere) or any bytes at all as a form: the upload is the one part named `file` of
+        /// a whole form, byte for byte, or a RealWorld 422 naming `media`; never a panic. A
+        /// form with another part, or a second `file`, is refused, not half read.
+        #[test]
+        fn any_form_gives_its_one_file_part_or_a_realworld_422(
+            boundary in "[a-zA-Z0-9'()+_,./:=?-]{1,40}",
+            same_boundary in proptest::bool::weighted(0.8),
+            quoted in proptest::prelude::any::<bool>(),
+            parts in proptest::prop_oneof![
+                2 => proptest::collection::vec(part(), 1..=1),
+                1 => proptest::collection::vec(part(), 0..=3),
+            ],
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            whole in proptest::bool::weighted(0.7),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let header_boundary =
+                if same_boundary { boundary.clone() } else { format!("{boundary}x") };
+            // A boundary with `=`, `/`, `:` and the like must be quoted in the header (RFC 2045);
+            // sent bare, the form is refused, which is the client's mistake.
+            let token = |c: char| c.is_ascii_alphanumeric() || "'+_.-".contains(c);
+            let quoted = quoted || header_boundary.chars().all(token);
+            let content_type = if quoted {
+                format!("multipart/form-data; boundary=\"{header_boundary}\"")
+            } else {
+                format!("multipart/form-data; boundary={header_boundary}")
+            };
+            let full = form(&boundary, &parts);
+            let keep = if whole { full.len() } else { cut.index(full.len() + 1) };
+            let one_file = same_boundary && quoted && parts.len() == 1 && parts[0].0 == "file";
+            match upload(&content_type, full[..keep].to_vec()) {
+                Ok(bytes) => {
+                    // Only the closing line's final CRLF may be missing from a form taken.
+                    proptest::prop_assert!(
+                        one_file && keep + 2 >= full.len(),
+                        "{parts:?} cut at {keep}"
+                    );
+                    proptest::prop_assert_eq!(&bytes[..], &parts[0].1[..]);
+                }
+                Err(refused) => {
+                    proptest::prop_assert!(!(one_file && keep == full.len()), "{refused:?}");
+                    is_a_realworld_422(refused, &["media"])?;
+                }
+            }
+            if let Err(refused) = upload(&content_type, noise) {
+                is_a_realworld_422(refused, &["media"])?;
+            }
+        }
+
+        /// Any body sent as something other than a form is the upload, byte for byte.
+        #[test]
+        fn any_body_not_sent_as_a_form_is_the_upload_as_sent(
+            content_type in "image/png|application/octet-stream|text/html|multipart/mixed",
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let taken = upload(&content_type, body.clone()).map(|b| b.to_vec());
+            proptest::prop_assert_eq!(taken.ok(), Some(body));
         }
     }
 }

@@ -70,6 +70,92 @@ struct UpdateUser {
     image: Option<Option<String>>,
 }
 
+/// A registration as `register` stores it: a username, an e-mail and a password that passed
+/// every rule. No `Debug`: it holds a password.
+struct Registration {
+    username: String,
+    email: String,
+    password: String,
+}
+
+impl NewUser {
+    /// The registration asked for, or a 422 naming every field that is wrong.
+    fn checked(self) -> ApiResult<Registration> {
+        let mut v = Validator::default();
+        // Checked as sent, before `required` trims it: a username with white space around it is
+        // refused like one with white space inside, so the rule is one rule (the document's).
+        let username = self.username.map(|name| v.username(name));
+        let username = v.required("username", username, MAX_USERNAME);
+        let email = v.required("email", self.email, MAX_EMAIL);
+        let email = v.email(email);
+        let password = v.password(self.password);
+        v.finish()?;
+        Ok(Registration {
+            username,
+            email,
+            password,
+        })
+    }
+}
+
+/// What a login tries: an e-mail, trimmed and lower-cased, and a password exactly as typed.
+/// No `Debug`: it holds a password.
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+impl LoginUser {
+    /// The credentials to try, or a 422 when either is blank.
+    fn checked(self) -> ApiResult<Credentials> {
+        let mut v = Validator::default();
+        let email = v.required("email", self.email, MAX_EMAIL).to_lowercase();
+        // Not trimmed: a password is compared exactly as typed.
+        let password = self.password.unwrap_or_default();
+        if password.is_empty() {
+            v.fail("password", "can't be blank");
+        }
+        v.finish()?;
+        Ok(Credentials { email, password })
+    }
+}
+
+/// A change to the current user that passed every rule: `None` keeps a field; `bio` and
+/// `image` as sent (`Some(None)` or `Some("")` clears them). No `Debug`: it may hold a
+/// password.
+struct UserChanges {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    bio: Option<Option<String>>,
+    image: Option<Option<String>>,
+}
+
+impl UpdateUser {
+    /// The change asked for, or a 422 naming every field that is wrong.
+    fn checked(self) -> ApiResult<UserChanges> {
+        let mut v = Validator::default();
+        // Present but null is as blank as "".
+        let username = self
+            .username
+            .map(|u| u.map(|name| v.username(name)))
+            .map(|u| v.required("username", u, MAX_USERNAME));
+        let email = self
+            .email
+            .map(|e| v.required("email", e, MAX_EMAIL))
+            .map(|e| v.email(e));
+        let password = self.password.map(|p| v.password(p));
+        v.finish()?;
+        Ok(UserChanges {
+            username,
+            email,
+            password,
+            bio: self.bio,
+            image: self.image,
+        })
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct UserRow {
     id: i64,
@@ -106,16 +192,11 @@ async fn register(
     client: ClientAddress,
     ApiJson(body): ApiJson<Envelope<NewUser>>,
 ) -> ApiResult<(StatusCode, Extension<Registered>, axum::Json<UserBody>)> {
-    let new = body.into_inner()?;
-    let mut v = Validator::default();
-    // Checked as sent, before `required` trims it: a username with white space around it is
-    // refused like one with white space inside, so the rule is one rule (the document's).
-    let username = new.username.map(|name| v.username(name));
-    let username = v.required("username", username, MAX_USERNAME);
-    let email = v.required("email", new.email, MAX_EMAIL);
-    let email = v.email(email);
-    let password = v.password(new.password);
-    v.finish()?;
+    let Registration {
+        username,
+        email,
+        password,
+    } = body.into_inner()?.checked()?;
 
     state.throttles.attempt_from(client)?;
     let hash = state.auth.hash_password(password).await?;
@@ -170,15 +251,7 @@ async fn login(
     client: ClientAddress,
     ApiJson(body): ApiJson<Envelope<LoginUser>>,
 ) -> ApiResult<axum::Json<UserBody>> {
-    let login = body.into_inner()?;
-    let mut v = Validator::default();
-    let email = v.required("email", login.email, MAX_EMAIL).to_lowercase();
-    // Not trimmed: a password is compared exactly as typed.
-    let password = login.password.unwrap_or_default();
-    if password.is_empty() {
-        v.fail("password", "can't be blank");
-    }
-    v.finish()?;
+    let Credentials { email, password } = body.into_inner()?.checked()?;
     // Before any hash: a client or an account past its allowance costs a map lookup, no more.
     state.throttles.attempt_from(client)?;
     state.throttles.account_may_try(&email)?;
@@ -274,26 +347,20 @@ async fn update_user(
     user: AuthUser,
     ApiJson(body): ApiJson<Envelope<UpdateUser>>,
 ) -> ApiResult<axum::Json<UserBody>> {
-    let update = body.into_inner()?;
-    let mut v = Validator::default();
-    // Present but null is as blank as "".
-    let username = update
-        .username
-        .map(|u| u.map(|name| v.username(name)))
-        .map(|u| v.required("username", u, MAX_USERNAME));
-    let email = update
-        .email
-        .map(|e| v.required("email", e, MAX_EMAIL))
-        .map(|e| v.email(e));
-    let password = update.password.map(|p| v.password(p));
-    v.finish()?;
+    let UserChanges {
+        username,
+        email,
+        password,
+        bio,
+        image,
+    } = body.into_inner()?.checked()?;
 
     let hash = match password {
         Some(p) => Some(state.auth.hash_password(p).await?),
         None => None,
     };
-    let bio_given = update.bio.is_some();
-    let image_given = update.image.is_some();
+    let bio_given = bio.is_some();
+    let image_given = image.is_some();
     // A new name or email changes the directory too (shard 0): one global transaction.
     let shards = &state.shards;
     let home = shards.shard_of(user.id);
@@ -319,9 +386,9 @@ async fn update_user(
         .bind(&email)
         .bind(hash)
         .bind(bio_given)
-        .bind(empty_as_null(update.bio.flatten()))
+        .bind(empty_as_null(bio.flatten()))
         .bind(image_given)
-        .bind(empty_as_null(update.image.flatten()))
+        .bind(empty_as_null(image.flatten()))
         .fetch_optional(tx.on(home)?)
         .await
         .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?
@@ -376,4 +443,165 @@ async fn invalidate_profile(
         state.cache.invalidate(chunk).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{
+        extract::properties::{body, field, is_a_realworld_422, json_body, object, text},
+        model::MIN_PASSWORD,
+    };
+
+    /// Usernames around the bound, and anything else.
+    fn username() -> impl Strategy<Value = String> {
+        prop_oneof![3 => "[a-zA-Z0-9_.-]{1,66}", 1 => text(MAX_USERNAME)]
+    }
+
+    /// Well-formed addresses (some near the bound), and anything else.
+    fn email() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[a-zA-Z0-9.]{1,8}@[a-zA-Z]{1,8}\\.[a-z]{2,3}",
+            1 => (240..=250_usize).prop_map(|n| format!("{}@x.org", "a".repeat(n))),
+            1 => text(MAX_EMAIL),
+        ]
+    }
+
+    /// Passwords either side of both bounds, and anything else.
+    fn password() -> impl Strategy<Value = String> {
+        prop_oneof![3 => "\\PC{6,12}", 1 => text(MAX_PASSWORD)]
+    }
+
+    /// The string the client sent as `{"user": {name: ...}}`, if it sent one.
+    fn sent(bytes: &[u8], name: &str) -> Option<String> {
+        let body: Value = serde_json::from_slice(bytes).ok()?;
+        body["user"][name].as_str().map(str::to_owned)
+    }
+
+    /// The rules a username that got through obeys, the document's: 1 to 64 characters, none
+    /// of them white space, a slash or a control character.
+    fn a_valid_username(name: &str) -> bool {
+        (1..=MAX_USERNAME).contains(&name.chars().count())
+            && !name
+                .chars()
+                .any(|c| c.is_whitespace() || c == '/' || c.is_control())
+    }
+
+    /// An e-mail that got through: what was sent (at most 254 characters as sent), trimmed and
+    /// lower-cased, shaped `local@domain.tld`.
+    fn a_valid_email(email: &str, sent: Option<&str>) -> bool {
+        sent.is_some_and(|sent| {
+            sent.chars().count() <= MAX_EMAIL && email == sent.trim().to_lowercase()
+        }) && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        })
+    }
+
+    /// A password that got through: exactly what was sent, 8 to 256 characters.
+    fn a_valid_password(password: &str, sent: Option<&str>) -> bool {
+        sent == Some(password) && (MIN_PASSWORD..=MAX_PASSWORD).contains(&password.chars().count())
+    }
+
+    /// Every field a refusal of a user body may name.
+    const FIELDS: &[&str] = &["body", "user", "username", "email", "password"];
+
+    proptest! {
+        /// Any registration body (any bytes, any JSON, the envelope around anything, fields of
+        /// any type or length): a registration whose every field keeps the documented rules and
+        /// is what was sent, or a RealWorld 422; never a panic.
+        #[test]
+        fn any_registration_body_is_a_valid_registration_or_a_realworld_422(
+            bytes in body("user", (field(username()), field(email()), field(password()))
+                .prop_map(|(u, e, p)| object([("username", u), ("email", e), ("password", p)]))),
+        ) {
+            let checked = json_body::<Envelope<NewUser>>(bytes.clone())
+                .and_then(Envelope::into_inner)
+                .and_then(NewUser::checked);
+            match checked {
+                Ok(r) => {
+                    prop_assert!(a_valid_username(&r.username), "{:?}", r.username);
+                    prop_assert_eq!(Some(r.username.clone()), sent(&bytes, "username"));
+                    let (email, password) = (sent(&bytes, "email"), sent(&bytes, "password"));
+                    prop_assert!(a_valid_email(&r.email, email.as_deref()), "{:?}", r.email);
+                    let password_kept = a_valid_password(&r.password, password.as_deref());
+                    prop_assert!(password_kept, "{:?}", r.password);
+                }
+                Err(refused) => is_a_realworld_422(refused, FIELDS)?,
+            }
+        }
+
+        /// Any login body: a non-blank e-mail (trimmed, lower-cased, at most 254 characters as
+        /// sent) and a non-empty password exactly as typed, or a RealWorld 422.
+        #[test]
+        fn any_login_body_is_credentials_to_try_or_a_realworld_422(
+            bytes in body("user", (field(email()), field(password()))
+                .prop_map(|(e, p)| object([("email", e), ("password", p)]))),
+        ) {
+            let checked = json_body::<Envelope<LoginUser>>(bytes.clone())
+                .and_then(Envelope::into_inner)
+                .and_then(LoginUser::checked);
+            match checked {
+                Ok(c) => {
+                    let email = sent(&bytes, "email").unwrap_or_default();
+                    prop_assert!(email.chars().count() <= MAX_EMAIL);
+                    prop_assert_eq!(&c.email, &email.trim().to_lowercase());
+                    prop_assert!(!c.email.is_empty());
+                    prop_assert!(!c.password.is_empty());
+                    prop_assert_eq!(Some(c.password), sent(&bytes, "password"));
+                }
+                Err(refused) => is_a_realworld_422(refused, FIELDS)?,
+            }
+        }
+
+        /// Any update body: each field left out is kept, each one sent keeps the rules a
+        /// registration keeps (null is blank, so refused), `bio` and `image` are passed on as
+        /// sent; or a RealWorld 422.
+        #[test]
+        fn any_user_update_body_is_a_valid_change_or_a_realworld_422(
+            bytes in body("user", (
+                field(username()),
+                field(email()),
+                field(password()),
+                field(text(64)),
+                field(text(64)),
+            ).prop_map(|(u, e, p, b, i)| object([
+                ("username", u), ("email", e), ("password", p), ("bio", b), ("image", i),
+            ]))),
+        ) {
+            let checked = json_body::<Envelope<UpdateUser>>(bytes.clone())
+                .and_then(Envelope::into_inner)
+                .and_then(UpdateUser::checked);
+            match checked {
+                Ok(c) => {
+                    let user: Value = serde_json::from_slice::<Value>(&bytes)
+                        .map(|b| b["user"].clone())
+                        .unwrap_or_default();
+                    let given = |name: &str| user.get(name).is_some();
+                    prop_assert_eq!(c.username.is_some(), given("username"));
+                    prop_assert_eq!(c.email.is_some(), given("email"));
+                    prop_assert_eq!(c.password.is_some(), given("password"));
+                    if let Some(name) = &c.username {
+                        prop_assert!(a_valid_username(name), "{:?}", name);
+                        prop_assert_eq!(Some(name.clone()), sent(&bytes, "username"));
+                    }
+                    let (email, password) = (sent(&bytes, "email"), sent(&bytes, "password"));
+                    if let Some(checked) = &c.email {
+                        prop_assert!(a_valid_email(checked, email.as_deref()), "{:?}", checked);
+                    }
+                    if let Some(checked) = &c.password {
+                        let kept = a_valid_password(checked, password.as_deref());
+                        prop_assert!(kept, "{:?}", checked);
+                    }
+                    for (name, value) in [("bio", &c.bio), ("image", &c.image)] {
+                        let expected = user.get(name).map(|v| v.as_str().map(str::to_owned));
+                        prop_assert_eq!(value, &expected);
+                    }
+                }
+                Err(refused) => is_a_realworld_422(refused, FIELDS)?,
+            }
+        }
+    }
 }
