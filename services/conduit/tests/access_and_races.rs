@@ -46,15 +46,7 @@ async fn no_one_but_the_owner_changes_or_deletes_what_they_own() {
     let jake = app.register("jake").await;
     let anna = app.register("anna").await;
     let slug = app.article(&jake, "Owned by jake", &["mine"]).await;
-    let (status, body) = app
-        .post(
-            &format!("/api/articles/{slug}/comments"),
-            Some(&jake),
-            json!({"comment": {"body": "jake's own comment"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let comment = body["comment"]["id"].as_i64().unwrap();
+    let comment = app.comment(&jake, &slug, "jake's own comment").await;
 
     let update = json!({"article": {"title": "Taken over", "body": "replaced"}});
     let attempts: Vec<(Method, String, Option<Value>, &str)> = vec![
@@ -285,17 +277,8 @@ async fn racing_favorites_registrations_and_deletions_keep_every_invariant() {
     one_created_the_rest_conflict_on(futures::future::join_all(registrations).await, "username");
 
     // One comment, six deletions at once: one 204, five 404s.
-    let (_, body) = app
-        .post(
-            &format!("/api/articles/{slug}/comments"),
-            Some(&author),
-            json!({"comment": {"body": "short-lived"}}),
-        )
-        .await;
-    let one = format!(
-        "/api/articles/{slug}/comments/{}",
-        body["comment"]["id"].as_i64().unwrap()
-    );
+    let comment = app.comment(&author, &slug, "short-lived").await;
+    let one = format!("/api/articles/{slug}/comments/{comment}");
     let deletions = (0..6).map(|_| app.delete(&one, Some(&author)));
     let answers = futures::future::join_all(deletions).await;
     let statuses: Vec<StatusCode> = answers.iter().map(|(s, _)| *s).collect();
@@ -390,14 +373,7 @@ async fn racing_registrations_of_one_email_and_deletions_of_one_article_each_hap
     let owner = app.register("owner").await;
     let reader = app.register("reader").await;
     let slug = app.article(&owner, "Deleted at once", &["gone"]).await;
-    let (status, _) = app
-        .post(
-            &format!("/api/articles/{slug}/comments"),
-            Some(&reader),
-            json!({"comment": {"body": "soon gone"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    app.comment(&reader, &slug, "soon gone").await;
     let (status, _) = app
         .call(
             Method::POST,

@@ -165,6 +165,19 @@ impl TestApp {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["article"]["slug"].as_str().unwrap().to_owned()
     }
+
+    /// Comments on the article `slug`; returns the comment's id.
+    pub async fn comment(&self, token: &str, slug: &str, text: &str) -> i64 {
+        let (status, body) = self
+            .post(
+                &format!("/api/articles/{slug}/comments"),
+                Some(token),
+                json!({"comment": {"body": text}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["comment"]["id"].as_i64().unwrap()
+    }
 }
 
 impl Drop for TestApp {
