@@ -1384,6 +1384,27 @@ mod tests {
         sent.len() <= MAX_TAGS && tags == expected
     }
 
+    /// An article body (`{"article": {...}}`) as a client may send one, new or as an update.
+    fn article_body() -> impl Strategy<Value = Vec<u8>> {
+        let fields = (
+            field(article_text()),
+            field(article_text()),
+            field(article_text()),
+            field(tags()),
+        );
+        body(
+            "article",
+            fields.prop_map(|(t, d, b, g)| {
+                object([
+                    ("title", t),
+                    ("description", d),
+                    ("body", b),
+                    ("tagList", g),
+                ])
+            }),
+        )
+    }
+
     /// Every field a refusal of an article body may name.
     const FIELDS: &[&str] = &["body", "article", "title", "description", "tagList"];
 
@@ -1393,11 +1414,7 @@ mod tests {
         /// RealWorld 422; never a panic.
         #[test]
         fn any_new_article_body_is_a_valid_article_or_a_realworld_422(
-            bytes in body("article", (
-                field(article_text()), field(article_text()), field(article_text()), field(tags()),
-            ).prop_map(|(t, d, b, g)| object([
-                ("title", t), ("description", d), ("body", b), ("tagList", g),
-            ]))),
+            bytes in article_body(),
         ) {
             let checked = json_body::<Envelope<NewArticle>>(bytes.clone())
                 .and_then(Envelope::into_inner)
@@ -1419,11 +1436,7 @@ mod tests {
         /// refused), or a RealWorld 422.
         #[test]
         fn any_article_update_body_is_a_valid_change_or_a_realworld_422(
-            bytes in body("article", (
-                field(article_text()), field(article_text()), field(article_text()), field(tags()),
-            ).prop_map(|(t, d, b, g)| object([
-                ("title", t), ("description", d), ("body", b), ("tagList", g),
-            ]))),
+            bytes in article_body(),
         ) {
             let checked = json_body::<Envelope<UpdateArticle>>(bytes.clone())
                 .and_then(Envelope::into_inner)
