@@ -357,6 +357,36 @@ fn any_multipart_body_is_stored_or_refused_with_a_realworld_error() {
         let token = app.register("uploader").await;
         (app, token)
     });
+    // The boundary quoted in the header, since it may hold characters (`=`, `/`, `:`, ...)
+    // that a bare one may not.
+    let send = |boundary: &str, body: Vec<u8>| {
+        runtime.block_on(async {
+            let response = app
+                .client
+                .post(app.url("/api/media"))
+                .header("Authorization", format!("Token {token}"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary=\"{boundary}\""),
+                )
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let answer = response.json::<Value>().await.unwrap_or(Value::Null);
+            (status, answer)
+        })
+    };
+    // The one kind of body that is stored, with such a boundary: the property below reaches it
+    // only now and then.
+    let one_image = [("file".to_owned(), PNG.to_vec())];
+    let (status, answer) = send(
+        "a=b/c:d?",
+        multipart_body("a=b/c:d?", &one_image, usize::MAX),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+
     let part = (
         prop_oneof![
             Just("file".to_owned()),
@@ -389,26 +419,7 @@ fn any_multipart_body_is_stored_or_refused_with_a_realworld_error() {
             } else {
                 cut.index(full.len() + 1)
             };
-            let body = full[..keep].to_vec();
-            let (status, answer) = runtime.block_on(async {
-                let response = app
-                    .client
-                    .post(app.url("/api/media"))
-                    .header("Authorization", format!("Token {token}"))
-                    .header(
-                        "content-type",
-                        format!("multipart/form-data; boundary={header_boundary}"),
-                    )
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = response.status();
-                (
-                    status,
-                    response.json::<Value>().await.unwrap_or(Value::Null),
-                )
-            });
+            let (status, answer) = send(&header_boundary, full[..keep].to_vec());
             prop_assert!(!status.is_server_error(), "{status} {answer}");
             let one_image_named_file = same_boundary
                 && keep == full.len()
