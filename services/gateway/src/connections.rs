@@ -114,11 +114,15 @@ impl RequestClock {
         }
     }
 
-    /// The current request has been taken (its answer is being written): the next request's
-    /// clock starts at its own first byte, so a keep-alive connection's idle time between
-    /// requests is not counted (`client_idle_secs` bounds that).
-    fn next_request(&self) {
-        self.began_ns.store(0, Ordering::Relaxed);
+    /// `written` is a write to the client: once bytes of an answer are out, the current
+    /// request has been taken, and the next one's clock starts at its own first byte, so a
+    /// keep-alive connection's idle time between requests is not counted (`client_idle_secs`
+    /// bounds that).
+    fn answered(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.began_ns.store(0, Ordering::Relaxed);
+        }
+        written
     }
 
     /// Bytes of the current request arrived now: starts its clock if this is its first, and
@@ -183,11 +187,8 @@ impl AsyncWrite for SendDeadline {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.next_request();
-        }
-        written
+        this.clock
+            .answered(Pin::new(&mut this.inner).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -204,11 +205,8 @@ impl AsyncWrite for SendDeadline {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.next_request();
-        }
-        written
+        this.clock
+            .answered(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
