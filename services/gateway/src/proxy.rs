@@ -493,23 +493,15 @@ mod tests {
 
     #[test]
     fn the_peer_is_appended_to_what_was_forwarded_before_in_one_line() {
-        let forwarded = |earlier: &[&str], peer: Option<&str>| {
-            let mut header = RequestHeader::build("GET", b"/", None)
-                .unwrap_or_else(|e| panic!("request header: {e}"));
-            for value in earlier {
-                header
-                    .append_header(FORWARDED_FOR, *value)
-                    .unwrap_or_else(|e| panic!("{e}"));
-            }
+        let forwarded = |earlier: &[&'static str], peer: Option<&str>| {
+            let earlier: Vec<HeaderValue> = earlier
+                .iter()
+                .map(|v| HeaderValue::from_static(v))
+                .collect();
+            let mut header = request_with(&earlier);
             let peer = peer.map(|p| p.parse().unwrap_or_else(|e| panic!("{e}")));
             forward_for(&mut header, peer).unwrap_or_else(|e| panic!("{e}"));
-            let values: Vec<_> = header
-                .headers
-                .get_all(FORWARDED_FOR)
-                .iter()
-                .cloned()
-                .collect();
-            values
+            lines_of(&header)
         };
         assert_eq!(forwarded(&[], Some("10.0.0.9")), ["10.0.0.9"]);
         assert_eq!(
