@@ -13,29 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_listen_address, get, slow_upstream, Gateway};
+use common::{free_listen_address, get, request_on, slow_upstream, Gateway};
 
 /// A keep-alive connection that has had one request answered.
 fn served_connection(listen: &str) -> TcpStream {
     let mut stream = TcpStream::connect(listen).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /one HTTP/1.1\r\nhost: test\r\n\r\n")
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !seen.ends_with(b"\r\n\r\nok") {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "closed before the answer: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    request_on(&mut stream, "/one");
     stream
 }
 

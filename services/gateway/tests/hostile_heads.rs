@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_listen_address, slow_upstream_counted, Gateway};
+use common::{free_listen_address, request_on, slow_upstream_counted, Gateway};
 
 /// Sends `bytes` on a new connection and reads until the gateway closes it (a 30 s read
 /// timeout only guards against a hang); what it sent back.
@@ -131,27 +131,9 @@ fn a_request_head_sent_a_line_at_a_time_is_cut_off_at_the_send_deadline() {
     // The deadline is per request: a keep-alive connection that outlives it, served a request
     // before and a request after, is not cut off.
     let mut kept = TcpStream::connect(&listen).unwrap();
-    kept.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    for n in 0..2 {
-        if n > 0 {
-            // Idle longer than the deadline, less than `client_idle_secs`.
-            thread::sleep(Duration::from_millis(1500));
-        }
-        kept.write_all(b"GET /kept HTTP/1.1\r\nhost: test\r\n\r\n")
-            .unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !seen.ends_with(b"\r\n\r\nok") {
-            let got = kept.read(&mut buf).unwrap();
-            assert!(
-                got > 0,
-                "request {n}: closed: {:?}",
-                String::from_utf8_lossy(&seen)
-            );
-            seen.extend_from_slice(&buf[..got]);
-        }
-        assert!(seen.starts_with(b"HTTP/1.1 200"), "request {n}");
-    }
+    request_on(&mut kept, "/before");
+    // Idle longer than the deadline, less than `client_idle_secs`.
+    thread::sleep(Duration::from_millis(1500));
+    request_on(&mut kept, "/after");
     assert_eq!(requests.load(Ordering::SeqCst), before + 2);
 }

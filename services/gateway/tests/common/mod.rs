@@ -113,3 +113,26 @@ impl Drop for Gateway {
         let _ = self.0.wait();
     }
 }
+
+/// Sends `GET path` on the keep-alive connection `stream` and reads the stand-in's whole
+/// answer (`200 ok`); panics if the gateway closes the connection first.
+pub fn request_on(stream: &mut TcpStream, path: &str) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"\r\n\r\nok") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "{path}: closed before the answer: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{path}");
+}
