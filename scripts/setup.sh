@@ -28,10 +28,15 @@ declare -A WHY=(
   [nginx]="a trivial fixed-response server for calibrating the harness (and the file host of stage 2)"
   [chromium]="headless check that the HTML report renders (tests)"
   [python3]="the benchmark scripts (scripts/bench/*.py) and the hostile-client runs"
+  [etcd-server]="the consensus store of stage 8 (three members, Raft), which Patroni decides failover through"
+  [etcd-client]="etcdctl: the stage 8 drills read the etcd leader and term with it; tests write keys with it"
+  [patroni]="stage 8's failover manager: runs each PostgreSQL server and elects the primary through etcd or ZooKeeper"
+  [zookeeper]="stage 8's other consensus store (ZAB), started as a plain JVM process"
   [python3-venv]="a private Python environment for schemathesis, the API fuzzer (scripts/schemathesis-stage.sh)"
 )
 PACKAGES=(postgresql redis-server cmake haproxy varnish nginx wrk strace docker-compose docker.io debootstrap
-  prometheus prometheus-postgres-exporter prometheus-redis-exporter curl ca-certificates python3 python3-venv chromium)
+  prometheus prometheus-postgres-exporter prometheus-redis-exporter curl ca-certificates python3 python3-venv chromium
+  etcd-server etcd-client patroni zookeeper)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

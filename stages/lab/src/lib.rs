@@ -14,6 +14,7 @@
 //! - [`cache`]: the cache host (Redis) of stage 3 on (also [`cache::TestRedis`] for tests);
 //! - [`gateway`]: the gateway host (archlab's pingora load balancer) of stage 4 on;
 //! - [`objects`]: the object store cluster (Garage nodes) of stage 7 on;
+//! - [`etcd`]: the consensus store (a three-member etcd cluster) of stage 8;
 //! - [`monitor`]: the monitoring host of `up --monitor` (Prometheus, exporters, live dashboard);
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
@@ -26,6 +27,7 @@ pub mod budget;
 pub mod cache;
 pub mod drill;
 pub mod edge;
+pub mod etcd;
 pub mod files;
 pub mod gateway;
 pub mod lab;
