@@ -364,3 +364,55 @@ impl EtcdCluster {
         Ok(())
     }
 }
+
+/// A three-member cluster for one test, on free ports of 127.0.0.1, in a temporary folder; its
+/// members are killed when it is dropped.
+pub struct TestEtcd {
+    /// The cluster.
+    pub cluster: EtcdCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl TestEtcd {
+    /// Three members, not started.
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("archlab-etcd-test")
+            .tempdir()
+            .context("creating a folder for the test etcd")?;
+        let members = (1..=3)
+            .map(|n| {
+                Ok(EtcdMember {
+                    name: format!("etcd-{n}"),
+                    dir: dir.path().join(format!("etcd-{n}")),
+                    address: "127.0.0.1".into(),
+                    client_port: crate::postgres::free_port()?,
+                    peer_port: crate::postgres::free_port()?,
+                    cpu_group: None,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            cluster: EtcdCluster {
+                members,
+                token: format!("archlab-test-{}", std::process::id()),
+            },
+            _dir: dir,
+        })
+    }
+
+    /// Three members, started, with a leader.
+    pub async fn start() -> anyhow::Result<Self> {
+        let test = Self::new()?;
+        test.cluster.start().await?;
+        Ok(test)
+    }
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        for member in &self.cluster.members {
+            let _ = member.stop_with(Signal::SIGKILL);
+        }
+    }
+}

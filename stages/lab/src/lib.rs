@@ -15,6 +15,7 @@
 //! - [`gateway`]: the gateway host (archlab's pingora load balancer) of stage 4 on;
 //! - [`objects`]: the object store cluster (Garage nodes) of stage 7 on;
 //! - [`etcd`]: the consensus store (a three-member etcd cluster) of stage 8;
+//! - [`patroni`]: stage 8's database hosts, PostgreSQL run by Patroni, failover by consensus;
 //! - [`monitor`]: the monitoring host of `up --monitor` (Prometheus, exporters, live dashboard);
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
@@ -33,6 +34,7 @@ pub mod gateway;
 pub mod lab;
 pub mod monitor;
 pub mod objects;
+pub mod patroni;
 pub mod postgres;
 pub mod process;
 pub mod replica;

@@ -50,7 +50,7 @@ const STOP_PATIENCE: Duration = Duration::from_secs(30);
 /// clear error and its transaction is rolled back. Each slot costs some shared memory (it widens
 /// the lock table), which is why the default is 0. Every server gets it, because a replica must
 /// allow at least as many as its primary.
-const BASE_SETTINGS: [(&str, &str); 4] = [
+pub(crate) const BASE_SETTINGS: [(&str, &str); 4] = [
     ("shared_preload_libraries", "pg_stat_statements"),
     ("pg_stat_statements.track", "top"),
     ("pg_stat_statements.track_utility", "off"),

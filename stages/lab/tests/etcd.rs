@@ -7,10 +7,7 @@
 
 use std::{process::Command, time::Duration};
 
-use archlab::{
-    etcd::{EtcdCluster, EtcdMember, Leadership},
-    postgres::free_port,
-};
+use archlab::etcd::{EtcdMember, Leadership, TestEtcd};
 use nix::sys::signal::Signal;
 
 /// Bounds every wait for an election: never reached by a healthy cluster, however busy the
@@ -38,46 +35,9 @@ fn endpoint(member: &EtcdMember) -> String {
     format!("{}:{}", member.address, member.client_port)
 }
 
-struct TestCluster {
-    cluster: EtcdCluster,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        for member in &self.cluster.members {
-            let _ = member.stop_with(Signal::SIGKILL);
-        }
-    }
-}
-
-fn three_members() -> TestCluster {
-    let dir = tempfile::Builder::new()
-        .prefix("archlab-etcd-test")
-        .tempdir()
-        .unwrap();
-    let members = (1..=3)
-        .map(|n| EtcdMember {
-            name: format!("etcd-{n}"),
-            dir: dir.path().join(format!("etcd-{n}")),
-            address: "127.0.0.1".into(),
-            client_port: free_port().unwrap(),
-            peer_port: free_port().unwrap(),
-            cpu_group: None,
-        })
-        .collect();
-    TestCluster {
-        cluster: EtcdCluster {
-            members,
-            token: format!("archlab-test-{}", std::process::id()),
-        },
-        _dir: dir,
-    }
-}
-
 #[tokio::test]
 async fn a_crashed_leader_is_replaced_by_election_and_no_acknowledged_key_is_lost() {
-    let test = three_members();
+    let test = TestEtcd::new().unwrap();
     let cluster = &test.cluster;
     let first = cluster.start().await.unwrap();
     for member in &cluster.members {

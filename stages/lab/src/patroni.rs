@@ -1,0 +1,525 @@
+//! Stage 8's database hosts: PostgreSQL run by Patroni, which decides failover through the
+//! consensus store ([`crate::etcd`]).
+//!
+//! In stage 5 the lab itself made one server the primary and the others its replicas, and that
+//! was that: when the primary died, writes stopped until a person promoted a replica. Here each
+//! database host runs Patroni, and Patroni runs PostgreSQL. The primary is whoever holds the
+//! *leader key* in the consensus store; the key has a time to live ([`LEADER_TTL_SECS`]) and the
+//! leader's Patroni renews it every cycle. If the primary host dies, the key expires, the replicas
+//! race to take it (the store lets exactly one win: a compare-and-set decided by consensus), and
+//! the winner promotes its PostgreSQL. The others follow the new primary; the old one, when it
+//! comes back, rewinds its data to the new history (`pg_rewind`) and follows too.
+//!
+//! Each host serves two ports on its own address:
+//!
+//! ```text
+//! 5432  PostgreSQL   the app's connections, as in every stage
+//! 8008  Patroni      REST API: GET /primary answers 200 on the leader only, GET /replica 200 on
+//!                    a running replica; POST /switchover moves the leadership on purpose
+//! ```
+//!
+//! Patroni runs as the `postgres` OS user (it starts PostgreSQL, which refuses root) and inside
+//! the host's CPU budget with its server.
+
+use std::{fs, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+use crate::{
+    postgres::{bin_dir, server_user, PostgresServer, BASE_SETTINGS},
+    process::{self, PidRecord, Spawn},
+};
+
+/// Patroni's standard REST port, on every database host's own address.
+pub const REST_PORT: u16 = 8008;
+/// How long the leader key lives unless its holder renews it: how long a dead primary keeps
+/// everyone else from taking over. Ten seconds is the issue's target and Patroni's own
+/// recommendation is 30; lower makes a busy primary that misses a renewal lose its leadership.
+pub const LEADER_TTL_SECS: u32 = 10;
+/// Seconds between two of Patroni's cycles (renew the key, check the server, follow the leader).
+/// Patroni requires `loop_wait + 2 * retry_timeout <= ttl`: 2 + 2 * 4 = 10.
+const LOOP_WAIT_SECS: u32 = 2;
+/// How long Patroni retries the consensus store and PostgreSQL before it gives up on a cycle
+/// (and a leader that cannot reach the store demotes itself).
+const RETRY_TIMEOUT_SECS: u32 = 4;
+/// A replica more than this many bytes of WAL behind the primary may not be promoted: it would
+/// throw away that much acknowledged history. One megabyte: a few seconds of the write-heavy mix.
+const MAXIMUM_LAG_ON_FAILOVER_BYTES: u64 = 1_048_576;
+/// Patroni's REST API listens within seconds of starting (it loads Python first); 60 s only trips
+/// on a broken start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long bootstrapping (initdb on the first node) or joining (a base backup on the others)
+/// may take: a few seconds on an idle machine here; two minutes leaves room for a busy one.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long Patroni may take to stop its PostgreSQL (a fast shutdown) and itself.
+const STOP_PATIENCE: Duration = Duration::from_secs(60);
+/// How long Patroni may take to answer a switchover, which it answers once done: 1.5 to 1.8 s on an
+/// idle machine here (stop the primary cleanly, promote the candidate); a minute for a busy one.
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one REST question may take before the node counts as not answering.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where Patroni keeps the leader key and the cluster's state.
+#[derive(Debug, Clone)]
+pub enum ConsensusStore {
+    /// An etcd cluster: its members' `address:port`, comma-separated.
+    Etcd {
+        /// As [`crate::etcd::EtcdCluster::endpoints`] gives them.
+        endpoints: String,
+    },
+}
+
+/// How the primary waits for its replicas before it acknowledges a commit: the CAP choice of
+/// stage 8, a setting of the running cluster ([`PatroniCluster::set_replication`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Replication {
+    /// Commits are acknowledged at once; a replica may be behind when the primary dies, and
+    /// what it had not received is lost with the failover.
+    Async,
+    /// One replica is synchronous: a commit waits until it has the WAL. Patroni only promotes that
+    /// replica. If it goes away, the primary carries on alone (asynchronously) rather than stop.
+    Sync,
+    /// As `Sync`, but with no synchronous replica left the primary stops acknowledging commits:
+    /// nothing acknowledged can be lost, and writes are unavailable instead.
+    SyncStrict,
+}
+
+impl Replication {
+    /// `synchronous_mode` and `synchronous_mode_strict`, as Patroni's settings.
+    fn settings(self) -> (bool, bool) {
+        match self {
+            Replication::Async => (false, false),
+            Replication::Sync => (true, false),
+            Replication::SyncStrict => (true, true),
+        }
+    }
+}
+
+/// One database host: Patroni and the PostgreSQL server it runs.
+#[derive(Debug, Clone)]
+pub struct PatroniNode {
+    /// Its name in the cluster (the host's name).
+    pub name: String,
+    /// The server Patroni runs: its folder also holds `patroni.yml`, Patroni's log and PID file.
+    pub server: PostgresServer,
+    /// Patroni's REST port ([`REST_PORT`] in the lab; tests pick free ones).
+    pub rest_port: u16,
+}
+
+/// What a node's Patroni says of itself (`GET /patroni`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NodeState {
+    /// `master` (Patroni 3.0's word for the primary), `replica`, or `uninitialized`.
+    pub role: String,
+    /// `running`, `starting`, `stopped`, `crashed`, ...
+    pub state: String,
+    /// The PostgreSQL timeline: one more after each promotion.
+    #[serde(default)]
+    pub timeline: Option<u64>,
+}
+
+impl PatroniNode {
+    /// Patroni's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.server.dir.join("patroni.log")
+    }
+
+    pub(crate) fn pid_path(&self) -> PathBuf {
+        self.server.dir.join("patroni.pid.json")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.server.dir.join("patroni.yml")
+    }
+
+    /// Patroni's REST API.
+    pub fn rest_url(&self) -> String {
+        format!("http://{}:{}", self.server.address, self.rest_port)
+    }
+
+    /// The running Patroni's record, if running.
+    pub fn running(&self) -> anyhow::Result<Option<PidRecord>> {
+        PidRecord::running(&self.pid_path())
+    }
+
+    fn config(&self, cluster: &PatroniCluster) -> anyhow::Result<String> {
+        let s = &self.server;
+        let dir = s.dir.display();
+        let (synchronous_mode, synchronous_mode_strict) = cluster.replication.settings();
+        let ConsensusStore::Etcd { endpoints } = &cluster.store;
+        let parameters: String = BASE_SETTINGS
+            .iter()
+            .map(|(k, v)| format!("    {k}: '{v}'\n"))
+            .collect();
+        let password = &cluster.password;
+        Ok(format!(
+            "# Written by archlab (stages/lab/src/patroni.rs); rewritten at every start.
+scope: {scope}
+namespace: /archlab/
+name: {name}
+log:
+  level: INFO
+restapi:
+  listen: {address}:{rest_port}
+  connect_address: {address}:{rest_port}
+etcd3:
+  hosts: {endpoints}
+bootstrap:
+  # Written to the consensus store once, when the cluster is made; PATCH /config changes them.
+  dcs:
+    ttl: {LEADER_TTL_SECS}
+    loop_wait: {LOOP_WAIT_SECS}
+    retry_timeout: {RETRY_TIMEOUT_SECS}
+    maximum_lag_on_failover: {MAXIMUM_LAG_ON_FAILOVER_BYTES}
+    synchronous_mode: {synchronous_mode}
+    synchronous_mode_strict: {synchronous_mode_strict}
+    postgresql:
+      # A crashed primary that comes back rewinds to the new primary's history and follows it.
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        # pg_rewind needs to know which pages changed since the histories split.
+        wal_log_hints: 'on'
+  initdb:
+    - encoding: UTF8
+    - locale: C
+    # Trust on loopback, as every lab server (stages/lab/src/postgres.rs says why).
+    - auth: trust
+  pg_hba:
+    - local all all trust
+    - host all all 127.0.0.0/8 trust
+    - host replication all 127.0.0.0/8 trust
+postgresql:
+  listen: {address}:{port}
+  connect_address: {address}:{port}
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {dir}/pgpass
+  authentication:
+    # Patroni requires passwords (initdb is given one); trust means they are never asked for.
+    superuser: {{username: postgres, password: '{password}'}}
+    replication: {{username: replicator, password: '{password}'}}
+    rewind: {{username: postgres, password: '{password}'}}
+  parameters:
+    unix_socket_directories: {dir}/socket
+{parameters}",
+            scope = cluster.scope,
+            name = self.name,
+            address = s.address,
+            rest_port = self.rest_port,
+            port = s.port,
+            data = s.data_dir().display(),
+            bin = bin_dir()?.display(),
+        ))
+    }
+
+    /// Starts Patroni (idempotent) and waits until its REST API answers. Whether its server is
+    /// the primary, a replica, or still copying is the cluster's question ([`PatroniCluster`]).
+    async fn start(&self, cluster: &PatroniCluster) -> anyhow::Result<PidRecord> {
+        if let Some(record) = self.running()? {
+            return Ok(record);
+        }
+        process::ensure_free("Patroni", &self.server.address, self.rest_port)?;
+        process::ensure_free("PostgreSQL", &self.server.address, self.server.port)?;
+        let user = server_user()?;
+        self.server.prepare_dirs(user)?;
+        fs::write(self.config_path(), self.config(cluster)?)
+            .with_context(|| format!("writing {}", self.config_path().display()))?;
+        let patroni = PathBuf::from("/usr/bin/patroni");
+        if !patroni.exists() {
+            anyhow::bail!(
+                "patroni not found: run scripts/setup.sh (Debian/Ubuntu: apt-get install patroni)"
+            );
+        }
+        let args = vec![self.config_path().display().to_string()];
+        let (program, args, user) =
+            crate::budget::wrap(self.server.cpu_group.as_deref(), user, &patroni, args);
+        let service = Spawn {
+            program: &program,
+            args,
+            env: vec![],
+            log: self.log_path(),
+            user,
+            cwd: Some(self.server.dir.clone()),
+        };
+        let (address, port) = (self.server.address.clone(), self.rest_port);
+        process::launch("patroni", service, &self.pid_path(), START_TIMEOUT, || {
+            let (address, port) = (address.clone(), port);
+            async move {
+                tokio::net::TcpStream::connect((address.as_str(), port))
+                    .await
+                    .is_ok()
+            }
+        })
+        .await
+    }
+
+    /// The status `GET path` answers with on the REST API, or `None` if it does not answer.
+    async fn rest_status(&self, path: &str) -> Option<u16> {
+        let client = crate::lab::http_client().ok()?;
+        let response = client
+            .get(format!("{}{path}", self.rest_url()))
+            .timeout(ASK_TIMEOUT)
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().as_u16())
+    }
+
+    /// Whether this node is the primary now: `GET /primary` answers 200 (Patroni's word: it holds
+    /// the leader key and its server runs as a primary). This is what the app and the gateway ask.
+    pub async fn is_primary(&self) -> bool {
+        self.rest_status("/primary").await == Some(200)
+    }
+
+    /// Whether this node is a running replica now (`GET /replica` answers 200).
+    pub async fn is_replica(&self) -> bool {
+        self.rest_status("/replica").await == Some(200)
+    }
+
+    /// What Patroni says of its node, or `None` if it does not answer.
+    pub async fn state(&self) -> Option<NodeState> {
+        let client = crate::lab::http_client().ok()?;
+        let response = client
+            .get(format!("{}/patroni", self.rest_url()))
+            .timeout(ASK_TIMEOUT)
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Crashes the host, for a drill: Patroni and its PostgreSQL are killed (SIGKILL) at once, with
+    /// no chance to release the leader key or to shut down cleanly; the key expires after
+    /// [`LEADER_TTL_SECS`].
+    pub fn crash(&self) -> anyhow::Result<()> {
+        // Patroni starts PostgreSQL detached (the server is not its child), so the two are found
+        // apart: Patroni by its PID file, the server by its own `postmaster.pid`. Each is killed
+        // with its descendants (the server's backends), taken in one snapshot.
+        let mut roots = Vec::new();
+        if let Some(record) = self.running()? {
+            roots.push(record);
+        }
+        if let Some(record) = self.postmaster()? {
+            roots.push(record);
+        }
+        let pids: Vec<i32> = roots.iter().map(|r| r.pid).collect();
+        for pid in crate::budget::process_tree(&pids) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        for record in roots {
+            record.stop(Signal::SIGKILL, STOP_PATIENCE)?;
+        }
+        let _ = fs::remove_file(self.pid_path());
+        Ok(())
+    }
+
+    /// The PostgreSQL server Patroni started, if it runs: the PID in the first line of its
+    /// `postmaster.pid`, taken only if that process is a `postgres` serving this data directory
+    /// (a stale file may name a PID reused since).
+    fn postmaster(&self) -> anyhow::Result<Option<PidRecord>> {
+        let data = self.server.data_dir();
+        let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
+            return Ok(None);
+        };
+        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+            return Ok(None);
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.contains("postgres") || !cmdline.contains(&*data.to_string_lossy()) {
+            return Ok(None);
+        }
+        Ok(Some(PidRecord::of(pid)?))
+    }
+
+    /// Stops the host as an operator would: SIGTERM to Patroni, which shuts PostgreSQL down and
+    /// gives up the leader key if it holds it (so a replica takes over at once, not after the TTL).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        process::stop_recorded(&self.pid_path(), Signal::SIGTERM, STOP_PATIENCE)?;
+        // Patroni stops its server before it exits; one left running (Patroni itself killed
+        // earlier) gets PostgreSQL's own fast shutdown.
+        if let Some(postmaster) = self.postmaster()? {
+            postmaster.stop(Signal::SIGINT, STOP_PATIENCE)?;
+        }
+        Ok(())
+    }
+}
+
+/// The database hosts of stage 8 as one Patroni cluster.
+#[derive(Debug, Clone)]
+pub struct PatroniCluster {
+    /// The cluster's name: its keys in the consensus store live under it.
+    pub scope: String,
+    /// Its hosts, in order: the first one bootstraps the cluster and starts as the primary.
+    pub nodes: Vec<PatroniNode>,
+    /// Where the leader key lives.
+    pub store: ConsensusStore,
+    /// How the primary waits for replicas, when the cluster is made.
+    pub replication: Replication,
+    /// The database roles' password (see `config`: required by Patroni, never checked).
+    pub password: String,
+}
+
+impl PatroniCluster {
+    /// Starts every node: the first one bootstraps a new cluster and becomes its primary, the
+    /// others join as replicas by copying it (a cluster made before takes up where it was: each
+    /// node rejoins in its old role). Returns once every node runs as the primary or a replica.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        let Some((first, rest)) = self.nodes.split_first() else {
+            anyhow::bail!("a Patroni cluster needs at least one node");
+        };
+        // The first node alone: with no cluster in the store yet, it is the one to bootstrap.
+        first.start(self).await?;
+        self.wait_for(first, "running", JOIN_TIMEOUT, |n| {
+            Box::pin(async move { n.is_primary().await || n.is_replica().await })
+        })
+        .await?;
+        for node in rest {
+            node.start(self).await?;
+        }
+        for node in rest {
+            self.wait_for(node, "running", JOIN_TIMEOUT, |n| {
+                Box::pin(async move { n.is_primary().await || n.is_replica().await })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Restarts one node (after a drill crashed or stopped it); returns once it runs as a
+    /// replica or as the primary.
+    pub async fn restart(&self, node: usize) -> anyhow::Result<()> {
+        let n = &self.nodes[node];
+        n.start(self).await?;
+        self.wait_for(n, "running again", JOIN_TIMEOUT, |n| {
+            Box::pin(async move { n.is_replica().await || n.is_primary().await })
+        })
+        .await
+    }
+
+    /// Waits until `check` holds for `node`; fails after `timeout` with its Patroni log's tail.
+    async fn wait_for(
+        &self,
+        node: &PatroniNode,
+        what: &str,
+        timeout: Duration,
+        check: impl for<'a> Fn(&'a PatroniNode) -> crate::server::BoxFuture<'a, bool>,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !check(node).await {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{} did not become {what} within {timeout:?}; Patroni's log ends:\n{}",
+                    node.name,
+                    process::tail(&node.log_path(), 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// The node that is the primary now, if exactly one says so.
+    pub async fn primary(&self) -> Option<usize> {
+        let mut found = None;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.is_primary().await {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    /// Waits until some node other than `old` is the primary (after a crash or a switchover).
+    pub async fn wait_for_new_primary(
+        &self,
+        old: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.primary().await.filter(|&i| i != old) {
+                return Ok(i);
+            }
+            if tokio::time::Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{}:\n{}", n.name, process::tail(&n.log_path(), 10)))
+                    .collect();
+                anyhow::bail!(
+                    "no new primary within {timeout:?}; Patroni's logs end:\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A planned switchover: the primary `from` hands its leadership to the replica `to`, which
+    /// Patroni does by stopping `from`'s server cleanly (so `to` has every commit), promoting
+    /// `to`, and making `from` follow it. Returns once Patroni reports it done.
+    pub async fn switchover(&self, from: usize, to: usize) -> anyhow::Result<()> {
+        let client = crate::lab::http_client()?;
+        let body = serde_json::json!({
+            "leader": self.nodes[from].name,
+            "candidate": self.nodes[to].name,
+        });
+        let response = client
+            .post(format!("{}/switchover", self.nodes[from].rest_url()))
+            .json(&body)
+            .timeout(SWITCHOVER_TIMEOUT)
+            .send()
+            .await
+            .context("asking Patroni for a switchover")?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("Patroni refused the switchover ({status}): {text}");
+        }
+        Ok(())
+    }
+
+    /// Changes how the primary waits for replicas, on the running cluster (`PATCH /config`: the
+    /// setting lives in the consensus store, and every node reads it on its next cycle).
+    pub async fn set_replication(&self, replication: Replication) -> anyhow::Result<()> {
+        let (synchronous_mode, synchronous_mode_strict) = replication.settings();
+        let client = crate::lab::http_client()?;
+        let body = serde_json::json!({
+            "synchronous_mode": synchronous_mode,
+            "synchronous_mode_strict": synchronous_mode_strict,
+        });
+        let node = &self.nodes[0];
+        let response = client
+            .patch(format!("{}/config", node.rest_url()))
+            .json(&body)
+            .send()
+            .await
+            .context("changing Patroni's settings")?;
+        if !response.status().is_success() {
+            anyhow::bail!("Patroni refused the settings: {}", response.status());
+        }
+        Ok(())
+    }
+
+    /// Stops every node, replicas first, so the primary does not fail over to a replica that is
+    /// about to stop as well.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let primary = self.primary().await;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if Some(i) != primary {
+                node.stop()?;
+            }
+        }
+        if let Some(i) = primary {
+            self.nodes[i].stop()?;
+        }
+        Ok(())
+    }
+}

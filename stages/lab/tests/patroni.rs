@@ -1,0 +1,195 @@
+//! Stage 8's database hosts end to end: two real PostgreSQL servers run by Patroni over a real
+//! three-member etcd. The first becomes the primary and the second its replica; a planned
+//! switchover moves the primary with every commit kept; the primary host crashes and the replica
+//! takes over once the leader key expires, on a new timeline, taking writes; the crashed host comes
+//! back, rewinds to the new history and follows as a replica.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use archlab::{
+    etcd::TestEtcd,
+    patroni::{ConsensusStore, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS},
+    postgres::{free_port, PostgresServer},
+};
+use sqlx::{Connection, PgConnection};
+
+/// Bounds every wait: a failover takes about the leader TTL (10 s), a rejoin a few seconds;
+/// never reached on a healthy cluster, however busy the machine.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+async fn connect(node: &PatroniNode) -> PgConnection {
+    PgConnection::connect_with(&node.server.connect_options("postgres", "postgres"))
+        .await
+        .unwrap()
+}
+
+async fn rows(node: &PatroniNode) -> Vec<i32> {
+    sqlx::query_scalar("SELECT id FROM t ORDER BY id")
+        .fetch_all(&mut connect(node).await)
+        .await
+        .unwrap()
+}
+
+/// Waits until `node` (a replica) has replayed everything up to the primary's position now.
+async fn wait_replayed(primary: &PatroniNode, replica: &PatroniNode) {
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&mut connect(primary).await)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let done: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&lsn)
+            .fetch_one(&mut connect(replica).await)
+            .await
+            .unwrap_or(false);
+        if done {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never replayed {lsn}",
+            replica.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the primary streams WAL to `replica` (its `application_name` is its node name).
+async fn wait_streaming(primary: &PatroniNode, replica: &PatroniNode) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let streaming: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
+             WHERE application_name = $1 AND state = 'streaming')",
+        )
+        .bind(&replica.name)
+        .fetch_one(&mut connect(primary).await)
+        .await
+        .unwrap();
+        if streaming {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never streamed to {}",
+            primary.name,
+            replica.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `sql` on `node`, again while its server still refuses writes as a standby finishing its
+/// promotion (SQLSTATE 25006, read-only transaction); any other error fails the test.
+async fn write_when_promoted(node: &PatroniNode, sql: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match sqlx::raw_sql(sql).execute(&mut connect(node).await).await {
+            Ok(_) => return,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25006") => {}
+            Err(e) => panic!("{}: {sql}: {e}", node.name),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never took writes",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_primary_moves_on_switchover_and_on_crash_and_the_old_one_follows() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("archlab-patroni-test")
+        .tempdir()
+        .unwrap();
+    let nodes = (1..=2)
+        .map(|n| PatroniNode {
+            name: format!("db_{n}"),
+            server: PostgresServer::new(
+                dir.path().join(format!("db-{n}")),
+                "127.0.0.1",
+                free_port().unwrap(),
+            ),
+            rest_port: free_port().unwrap(),
+        })
+        .collect();
+    let cluster = PatroniCluster {
+        scope: format!("test-{}", std::process::id()),
+        nodes,
+        store: ConsensusStore::Etcd {
+            endpoints: etcd.cluster.endpoints(),
+        },
+        replication: Replication::Async,
+        password: "test".into(),
+    };
+    let _stop = StopOnDrop(&cluster);
+    cluster.start().await.unwrap();
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    assert_eq!(
+        cluster.primary().await,
+        Some(0),
+        "the first node bootstraps and leads"
+    );
+    assert!(b.is_replica().await);
+    let first_timeline = a.state().await.unwrap().timeline.unwrap();
+
+    sqlx::raw_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .execute(&mut connect(a).await)
+        .await
+        .unwrap();
+    wait_streaming(a, b).await;
+
+    // Planned: the primary hands over; nothing committed is lost, and a writes on b.
+    cluster.switchover(0, 1).await.unwrap();
+    assert_eq!(cluster.wait_for_new_primary(0, PATIENCE).await.unwrap(), 1);
+    write_when_promoted(b, "INSERT INTO t VALUES (2)").await;
+    assert_eq!(rows(b).await, vec![1, 2]);
+    wait_streaming(b, a).await;
+    wait_replayed(b, a).await;
+
+    // Unplanned: b's host crashes. Nobody releases the leader key; a takes over once it expires.
+    let crashed_at = tokio::time::Instant::now();
+    b.crash().unwrap();
+    assert_eq!(cluster.wait_for_new_primary(1, PATIENCE).await.unwrap(), 0);
+    let took = crashed_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(u64::from(LEADER_TTL_SECS)) / 2,
+        "a took over before the leader key could expire ({took:?}): two primaries were possible"
+    );
+    let state = a.state().await.unwrap();
+    assert!(
+        state.timeline.unwrap() > first_timeline,
+        "a promotion starts a new timeline: {state:?}"
+    );
+    // Patroni answers 200 on /primary once it has asked its server to promote itself; the server
+    // may refuse writes (read-only) for a moment longer. That moment is part of the outage.
+    write_when_promoted(a, "INSERT INTO t VALUES (3)").await;
+    assert_eq!(rows(a).await, vec![1, 2, 3]);
+
+    // b comes back, rewinds to a's history, and follows it.
+    cluster.restart(1).await.unwrap();
+    assert!(
+        b.is_replica().await,
+        "the crashed primary rejoins as a replica"
+    );
+    wait_streaming(a, b).await;
+    wait_replayed(a, b).await;
+    assert_eq!(rows(b).await, vec![1, 2, 3]);
+}
+
+/// Stops the cluster at the end of the test, passed or failed (before etcd goes).
+struct StopOnDrop<'a>(&'a PatroniCluster);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        for node in &self.0.nodes {
+            let _ = node.crash();
+        }
+    }
+}
