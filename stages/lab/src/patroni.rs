@@ -324,7 +324,11 @@ postgresql:
         let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
             return Ok(None);
         };
-        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
             return Ok(None);
         };
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -346,6 +350,24 @@ postgresql:
         }
         Ok(())
     }
+}
+
+/// Whether `primary` streams WAL to `replica` now: its `pg_stat_replication` has a row in state
+/// `streaming` whose `application_name` is the replica's node name (Patroni sets it so).
+pub async fn streams_to(primary: &PatroniNode, replica: &PatroniNode) -> bool {
+    use sqlx::Connection;
+    let options = primary.server.connect_options("postgres", "postgres");
+    let Ok(mut conn) = sqlx::PgConnection::connect_with(&options).await else {
+        return false;
+    };
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
+         WHERE application_name = $1 AND state = 'streaming')",
+    )
+    .bind(&replica.name)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap_or(false)
 }
 
 /// The database hosts of stage 8 as one Patroni cluster.
@@ -389,15 +411,34 @@ impl PatroniCluster {
         Ok(())
     }
 
-    /// Restarts one node (after a drill crashed or stopped it); returns once it runs as a
-    /// replica or as the primary.
+    /// Restarts one node (after a drill crashed or stopped it); returns once it is back in the
+    /// cluster: the primary again, or a replica the primary streams to.
+    ///
+    /// `GET /replica` alone is not enough: a crashed primary first starts as a replica (200),
+    /// then Patroni finds that its history split from the new primary's, stops it and rewinds it
+    /// (`pg_rewind`), and starts it again. Only the primary's `pg_stat_replication` says it follows.
     pub async fn restart(&self, node: usize) -> anyhow::Result<()> {
         let n = &self.nodes[node];
         n.start(self).await?;
-        self.wait_for(n, "running again", JOIN_TIMEOUT, |n| {
-            Box::pin(async move { n.is_replica().await || n.is_primary().await })
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+        loop {
+            if n.is_primary().await {
+                return Ok(());
+            }
+            if let Some(primary) = self.primary().await {
+                if n.is_replica().await && streams_to(&self.nodes[primary], n).await {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{} did not rejoin within {JOIN_TIMEOUT:?}; Patroni's log ends:\n{}",
+                    n.name,
+                    process::tail(&n.log_path(), 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until `check` holds for `node`; fails after `timeout` with its Patroni log's tail.

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use archlab::{
     etcd::TestEtcd,
-    patroni::{ConsensusStore, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS},
+    patroni::{
+        streams_to, ConsensusStore, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS,
+    },
     postgres::{free_port, PostgresServer},
 };
 use sqlx::{Connection, PgConnection};
@@ -57,21 +59,10 @@ async fn wait_replayed(primary: &PatroniNode, replica: &PatroniNode) {
     }
 }
 
-/// Waits until the primary streams WAL to `replica` (its `application_name` is its node name).
+/// Waits until `primary` streams WAL to `replica`.
 async fn wait_streaming(primary: &PatroniNode, replica: &PatroniNode) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let streaming: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
-             WHERE application_name = $1 AND state = 'streaming')",
-        )
-        .bind(&replica.name)
-        .fetch_one(&mut connect(primary).await)
-        .await
-        .unwrap();
-        if streaming {
-            return;
-        }
+    while !streams_to(primary, replica).await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{} never streamed to {}",
