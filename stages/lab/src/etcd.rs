@@ -25,7 +25,10 @@ use anyhow::Context;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
-use crate::process::{self, PidRecord, Spawn};
+use crate::{
+    consensus::Leadership,
+    process::{self, PidRecord, Spawn},
+};
 
 /// etcd's standard client port, on every member's own address.
 pub const CLIENT_PORT: u16 = 2379;
@@ -241,15 +244,6 @@ pub struct EtcdCluster {
     /// `--initial-cluster-token`: members of another cluster with the same peer URLs (an old
     /// state folder) cannot join this one by mistake.
     pub token: String,
-}
-
-/// Who leads the cluster, as its members agree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Leadership {
-    /// The leading member's position in [`EtcdCluster::members`].
-    pub member: usize,
-    /// The Raft term it leads in.
-    pub term: u64,
 }
 
 impl EtcdCluster {

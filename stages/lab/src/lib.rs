@@ -14,7 +14,9 @@
 //! - [`cache`]: the cache host (Redis) of stage 3 on (also [`cache::TestRedis`] for tests);
 //! - [`gateway`]: the gateway host (archlab's pingora load balancer) of stage 4 on;
 //! - [`objects`]: the object store cluster (Garage nodes) of stage 7 on;
+//! - [`consensus`]: what stage 8's consensus stores share (leaders, terms, endpoints);
 //! - [`etcd`]: the consensus store (a three-member etcd cluster) of stage 8;
+//! - [`zookeeper`]: the other one (a three-member ZooKeeper ensemble);
 //! - [`patroni`]: stage 8's database hosts, PostgreSQL run by Patroni, failover by consensus;
 //! - [`monitor`]: the monitoring host of `up --monitor` (Prometheus, exporters, live dashboard);
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
@@ -26,6 +28,7 @@
 pub mod bench;
 pub mod budget;
 pub mod cache;
+pub mod consensus;
 pub mod drill;
 pub mod edge;
 pub mod etcd;
@@ -43,6 +46,7 @@ pub mod server;
 pub mod size;
 pub mod stage;
 pub mod topology;
+pub mod zookeeper;
 
 pub use lab::Lab;
 pub use stage::Stage;

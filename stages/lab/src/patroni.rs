@@ -28,6 +28,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::{
+    consensus::{ConsensusStore, StoreKind},
     postgres::{bin_dir, server_user, PostgresServer, BASE_SETTINGS},
     process::{self, PidRecord, Spawn},
 };
@@ -60,16 +61,6 @@ const STOP_PATIENCE: Duration = Duration::from_secs(60);
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one REST question may take before the node counts as not answering.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Where Patroni keeps the leader key and the cluster's state.
-#[derive(Debug, Clone)]
-pub enum ConsensusStore {
-    /// An etcd cluster: its members' `address:port`, comma-separated.
-    Etcd {
-        /// As [`crate::etcd::EtcdCluster::endpoints`] gives them.
-        endpoints: String,
-    },
-}
 
 /// How the primary waits for its replicas before it acknowledges a commit: the CAP choice of
 /// stage 8, a setting of the running cluster ([`PatroniCluster::set_replication`]).
@@ -148,7 +139,13 @@ impl PatroniNode {
         let s = &self.server;
         let dir = s.dir.display();
         let (synchronous_mode, synchronous_mode_strict) = cluster.replication.settings();
-        let ConsensusStore::Etcd { endpoints } = &cluster.store;
+        // Patroni's section for the store: `etcd3` speaks etcd's v3 API, `zookeeper` through
+        // the kazoo library.
+        let store_section = match cluster.store.kind {
+            StoreKind::Etcd => "etcd3",
+            StoreKind::ZooKeeper => "zookeeper",
+        };
+        let endpoints = &cluster.store.endpoints;
         let parameters: String = BASE_SETTINGS
             .iter()
             .map(|(k, v)| format!("    {k}: '{v}'\n"))
@@ -164,7 +161,7 @@ log:
 restapi:
   listen: {address}:{rest_port}
   connect_address: {address}:{rest_port}
-etcd3:
+{store_section}:
   hosts: {endpoints}
 bootstrap:
   # Written to the consensus store once, when the cluster is made; PATCH /config changes them.

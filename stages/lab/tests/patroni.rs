@@ -1,5 +1,5 @@
 //! Stage 8's database hosts end to end: two real PostgreSQL servers run by Patroni over a real
-//! three-member etcd. The first becomes the primary and the second its replica; a planned
+//! three-member etcd, and again over a real three-member ZooKeeper. The first becomes the primary and the second its replica; a planned
 //! switchover moves the primary with every commit kept; the primary host crashes and the replica
 //! takes over once the leader key expires, on a new timeline, taking writes; the crashed host comes
 //! back, rewinds to the new history and follows as a replica.
@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 use archlab::{
+    consensus::{ConsensusStore, StoreKind},
     etcd::TestEtcd,
-    patroni::{
-        streams_to, ConsensusStore, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS,
-    },
+    patroni::{streams_to, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS},
     postgres::{free_port, PostgresServer},
+    zookeeper::TestZooKeeper,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -93,8 +93,27 @@ async fn write_when_promoted(node: &PatroniNode, sql: &str) {
 }
 
 #[tokio::test]
-async fn the_primary_moves_on_switchover_and_on_crash_and_the_old_one_follows() {
+async fn over_etcd_the_primary_moves_on_switchover_and_on_crash_and_the_old_one_follows() {
     let etcd = TestEtcd::start().await.unwrap();
+    let store = ConsensusStore {
+        kind: StoreKind::Etcd,
+        endpoints: etcd.cluster.endpoints(),
+    };
+    switchover_crash_and_rejoin(store).await;
+}
+
+#[tokio::test]
+async fn over_zookeeper_the_primary_moves_on_switchover_and_on_crash_and_the_old_one_follows() {
+    let zookeeper = TestZooKeeper::start().await.unwrap();
+    let store = ConsensusStore {
+        kind: StoreKind::ZooKeeper,
+        endpoints: zookeeper.ensemble.endpoints(),
+    };
+    switchover_crash_and_rejoin(store).await;
+}
+
+/// The same story over either store: Patroni's behaviour does not depend on which one decides.
+async fn switchover_crash_and_rejoin(store: ConsensusStore) {
     let dir = tempfile::Builder::new()
         .prefix("archlab-patroni-test")
         .tempdir()
@@ -113,9 +132,7 @@ async fn the_primary_moves_on_switchover_and_on_crash_and_the_old_one_follows() 
     let cluster = PatroniCluster {
         scope: format!("test-{}", std::process::id()),
         nodes,
-        store: ConsensusStore::Etcd {
-            endpoints: etcd.cluster.endpoints(),
-        },
+        store,
         replication: Replication::Async,
         password: "test".into(),
     };
