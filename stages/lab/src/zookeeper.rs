@@ -307,7 +307,7 @@ impl ZooKeeperEnsemble {
         let m = &self.members[member];
         m.start(self).await?;
         let deadline = tokio::time::Instant::now() + FORM_TIMEOUT;
-        while !m.zab_state().await.is_some_and(|s| s.phase == "broadcast") {
+        while m.zab_state().await.is_none_or(|s| s.phase != "broadcast") {
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!(
                     "ZooKeeper member {} did not rejoin within {FORM_TIMEOUT:?}; its log ends:\n{}",
