@@ -7,7 +7,10 @@
 
 use std::{process::Command, time::Duration};
 
-use archlab::etcd::{EtcdMember, Leadership, TestEtcd};
+use archlab::{
+    consensus::Leadership,
+    etcd::{EtcdMember, TestEtcd},
+};
 use nix::sys::signal::Signal;
 
 /// Bounds every wait for an election: never reached by a healthy cluster, however busy the
