@@ -407,8 +407,10 @@ pub struct Drill {
     /// (null: never within the run): "throughput back", where `recovered_at_s` is "no errors".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput_back_at_s: Option<u64>,
-    /// Requests the gateway had in flight to the host just before a kill (stage 4 on): the most
-    /// a kill can fail or leave unknown, since everything else is retried or not yet sent.
+    /// Requests the kill can have caught at the host (stage 4 on): those the gateway had in
+    /// flight to it when the drill looked, just before the kill, plus those it sent there between
+    /// that look and the moment after the kill. The most a kill can fail or leave unknown, since
+    /// everything else is retried elsewhere or never sent there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight_at_fault: Option<u64>,
     /// App settings the drill's variant changed (`APP_DATABASE__CONSISTENCY=none`, ...).

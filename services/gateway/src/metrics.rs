@@ -66,6 +66,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     in_flight: Family<UpstreamLabels, Gauge>,
+    sent: Family<UpstreamLabels, Counter>,
     healthy: Family<UpstreamLabels, Gauge>,
     retries: Family<ReasonLabels, Counter>,
     marked_down: Family<ReasonLabels, Counter>,
@@ -86,6 +87,7 @@ impl Metrics {
             registry: Registry::default(),
             requests: Family::default(),
             in_flight: Family::default(),
+            sent: Family::default(),
             healthy: Family::default(),
             retries: Family::default(),
             marked_down: Family::default(),
@@ -108,6 +110,11 @@ impl Metrics {
             "gateway_upstream_in_flight",
             "Requests sent to an upstream and not yet finished",
             m.in_flight.clone(),
+        );
+        m.registry.register(
+            "gateway_upstream_sent",
+            "Requests sent to an upstream, each attempt (a retry elsewhere counts again)",
+            m.sent.clone(),
         );
         m.registry.register(
             "gateway_upstream_usable",
@@ -142,6 +149,16 @@ impl Metrics {
         let upstream = upstream.unwrap_or(&self.none).clone();
         self.requests
             .get_or_create(&RequestLabels { upstream, status })
+            .inc();
+    }
+
+    /// One request sent to `upstream` (with `gateway_upstream_in_flight` read before and this
+    /// read after a fault, the drills bound how many requests the fault can have caught).
+    pub fn sent(&self, upstream: &Arc<String>) {
+        self.sent
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.clone(),
+            })
             .inc();
     }
 

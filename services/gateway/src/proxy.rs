@@ -280,6 +280,7 @@ impl ProxyHttp for Gateway {
             .choose(&ctx.tried)
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no host available"))?;
         let addr = chosen.upstream().addr;
+        self.metrics.sent(&chosen.upstream().name);
         ctx.tried.push(addr);
         ctx.current = Some(chosen);
         let s = &self.settings;

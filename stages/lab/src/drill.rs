@@ -253,12 +253,16 @@ async fn run(
                 host.name
             )
         })?;
-    let in_flight_at_fault = match stage.gateway_host() {
+    // What the kill can catch at an app host behind the gateway: what is in flight to it now,
+    // plus what the gateway sends it until the kill has happened (read again just after).
+    let upstream = format!("{}:{APP_PORT}", host.address);
+    let gateway_before = match stage.gateway_host() {
         Some(_) if options.service == Role::App => {
-            gateway_in_flight(&stage.endpoint(), &format!("{}:{APP_PORT}", host.address)).await
+            gateway_upstream(&stage.endpoint(), &upstream).await
         }
         _ => None,
     };
+    let mut in_flight_at_fault = None;
     let injected_at = measure_start.elapsed().as_secs_f64();
     let mut crashed_at = None;
     let mut after_crash = None;
@@ -275,6 +279,11 @@ async fn run(
                 host.name
             ));
             signal_tree(pid, signal);
+            if let Some(before) = gateway_before {
+                let after = gateway_upstream(&stage.endpoint(), &upstream).await;
+                in_flight_at_fault =
+                    after.map(|after| before.in_flight + after.sent.saturating_sub(before.sent));
+            }
         }
         Fault::Restart if options.service == Role::Database => {
             progress(&format!(
@@ -616,8 +625,17 @@ async fn replica_sql(replica: &crate::replica::ReplicaServer, sql: &str) -> anyh
     Ok(())
 }
 
-/// `gateway_upstream_in_flight` for `upstream`, read from the gateway's metrics now.
-async fn gateway_in_flight(endpoint: &str, upstream: &str) -> Option<u64> {
+/// One upstream's requests as the gateway counts them.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamCounts {
+    /// Sent to it and not yet finished (`gateway_upstream_in_flight`).
+    in_flight: u64,
+    /// Sent to it since the gateway started (`gateway_upstream_sent_total`).
+    sent: u64,
+}
+
+/// `upstream`'s counts, read from the gateway's metrics now (one scrape, so the two agree).
+async fn gateway_upstream(endpoint: &str, upstream: &str) -> Option<UpstreamCounts> {
     let client = crate::lab::http_client().ok()?;
     let text = client
         .get(format!("{endpoint}/gateway/metrics"))
@@ -627,9 +645,16 @@ async fn gateway_in_flight(endpoint: &str, upstream: &str) -> Option<u64> {
         .text()
         .await
         .ok()?;
-    let sample = format!("gateway_upstream_in_flight{{upstream=\"{upstream}\"}}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&sample).and_then(|v| v.trim().parse().ok()))
+    let read = |name: &str| {
+        let sample = format!("{name}{{upstream=\"{upstream}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&sample).and_then(|v| v.trim().parse().ok()))
+    };
+    Some(UpstreamCounts {
+        in_flight: read("gateway_upstream_in_flight")?,
+        // Absent until the first request is sent there.
+        sent: read("gateway_upstream_sent_total").unwrap_or(0),
+    })
 }
 
 /// A Markdown summary of a drill.
