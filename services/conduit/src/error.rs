@@ -153,6 +153,13 @@ impl From<sqlx::Error> for ApiError {
                     None => Self::Internal(anyhow::Error::new(error).context("database query")),
                 }
             }
+            // SQLSTATE 25006, "read-only SQL transaction": a write reached a server that is not
+            // (or no longer) the primary, a stage 8 primary demoted or one still finishing its
+            // promotion. The write did not happen; a retry goes where the primary is now.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("25006") => {
+                tracing::warn!(error = %error, "a write reached a server that is not the primary");
+                Self::DatabaseUnavailable("the primary is moving, try again")
+            }
             sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(error = %error, "database unreachable");
                 Self::DatabaseUnavailable("unavailable, try again")

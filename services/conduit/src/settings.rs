@@ -160,8 +160,17 @@ pub struct DatabaseSettings {
     /// timeout) instead of each waiting out `acquire_timeout_ms`. 250 ms: a quarter of a second
     /// of slow refusals after a crash, for four trivial queries a second per app host per shard.
     pub primary_poll_ms: u64,
+    /// Stage 8: every database host, each as the `postgres://` URL of its server and the
+    /// `http://` URL of the Patroni beside it. Non-empty: the primary pool connects to whichever
+    /// host Patroni names the leader (`db::leader`), and `url` is only where it starts. Empty:
+    /// `url` is the primary for good, as in stages 1 to 7.
+    pub leader_candidates: Vec<LeaderCandidate>,
+    /// Stage 8: how often each app host asks every Patroni which host leads. 200 ms: a failover
+    /// takes seconds (the leader key's TTL is 10 s), so this adds at most a fifth of a second to
+    /// it, for a few trivial HTTP requests a second per app host per database host.
+    pub leader_poll_ms: u64,
     /// A poll that takes longer than this counts as failed and takes the replica out of
-    /// rotation. A loopback answer takes well under a millisecond; a small host's CPU quota can
+    /// rotation (stage 8: a Patroni that takes longer is not counted as the leader that time). A loopback answer takes well under a millisecond; a small host's CPU quota can
     /// hold it up for a scheduling period or two (20 ms each); 250 ms is past both.
     pub replica_poll_timeout_ms: u64,
     /// A replica further behind than this (in time) leaves rotation: the staleness an anonymous
@@ -196,6 +205,17 @@ pub struct DatabaseSettings {
     pub positions_timeout_ms: u64,
 }
 
+/// Stage 8: one database host the primary may move to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderCandidate {
+    /// Its PostgreSQL server, as a `postgres://` URL.
+    pub url: Secret,
+    /// Its Patroni's REST API (`http://address:8008`): `GET /primary` answers 200 there only
+    /// while this host is the leader.
+    pub patroni: String,
+}
+
 /// What a logged-in user is promised when reads go to replicas.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -219,6 +239,8 @@ impl Default for DatabaseSettings {
             replica_max_connections: 8,
             replica_poll_ms: 50,
             primary_poll_ms: 250,
+            leader_candidates: Vec::new(),
+            leader_poll_ms: 200,
             replica_poll_timeout_ms: 250,
             replica_max_lag_ms: 1_000,
             replica_max_lag_bytes: 16 * 1024 * 1024,

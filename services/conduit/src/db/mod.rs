@@ -9,6 +9,7 @@
 //! Stage 7 widens the seam once more: one `Database` per shard behind a map from id to shard
 //! ([`Shards`]); the handlers already say which kind of access each query is.
 //!
+//! - [`leader`]: the primary pool follows the host Patroni names the leader (stage 8);
 //! - [`lsn`]: WAL positions, the clock replication runs on;
 //! - [`replicas`]: polling the replicas' lag, rotation, and choosing one;
 //! - [`reader`]: the `Reader` extractor handlers read through, one session per shard;
@@ -18,6 +19,7 @@
 //! - [`watch`]: whether a shard's primary answers, so its requests are refused at once when it
 //!   does not (stage 7).
 
+pub mod leader;
 pub mod lsn;
 pub mod reader;
 pub mod replicas;
@@ -34,13 +36,17 @@ use sqlx::{
     ConnectOptions, PgPool,
 };
 
+use self::{
+    leader::{Candidate, LeaderFollower},
+    session::Positions,
+    watch::PrimaryWatch,
+};
 pub use self::{
     lsn::Lsn,
     reader::Reader,
     replicas::ReplicaSet,
     shards::{bucket_of, Shards},
 };
-use self::{session::Positions, watch::PrimaryWatch};
 use crate::{
     error::{ApiError, ApiResult},
     metrics::DbMetrics,
@@ -58,6 +64,8 @@ pub struct Database {
     shard: Option<u8>,
     /// Stage 7: whether this shard's primary answers, for a shard without replicas.
     watch: Option<Arc<PrimaryWatch>>,
+    /// Stage 8: which host the primary is on, as Patroni says, followed by the primary pool.
+    follower: Option<Arc<LeaderFollower>>,
     /// Stage 5's replicas, if any.
     replicas: Option<Arc<ReplicaSet>>,
     /// Users' positions, if the stage has replicas and keeps session consistency.
@@ -88,8 +96,15 @@ fn lazy_pool(
     max_connections: u32,
     settings: &DatabaseSettings,
 ) -> anyhow::Result<(PgConnectOptions, PgPool)> {
+    let options = connect_options(url, settings)?;
+    let pool = pool_options(max_connections, settings).connect_lazy_with(options.clone());
+    Ok((options, pool))
+}
+
+/// How the app connects to the server at `url`: the session settings every connection gets.
+fn connect_options(url: &str, settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = url.parse().context("parsing a database URL")?;
-    let options = options
+    Ok(options
         .options([
             (
                 "statement_timeout",
@@ -107,12 +122,49 @@ fn lazy_pool(
         .application_name("conduit")
         // Every query at debug level would flood the logs and skew benchmarks.
         .log_statements(tracing::log::LevelFilter::Trace)
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
-    let pool = PgPoolOptions::new()
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500)))
+}
+
+/// A pool's size and how long a request waits for one of its connections.
+fn pool_options(max_connections: u32, settings: &DatabaseSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+}
+
+/// Stage 8: a primary pool that follows the leader among `database.leader_candidates`, starting
+/// at `url`, and its follower (polling from [`Database::start_polling`]).
+fn following_pool(
+    url: &str,
+    settings: &DatabaseSettings,
+) -> anyhow::Result<(PgConnectOptions, PgPool, Arc<LeaderFollower>)> {
+    let candidates = settings
+        .leader_candidates
+        .iter()
+        .map(|c| {
+            let options = connect_options(c.url.expose(), settings)?;
+            Ok(Candidate {
+                name: format!("{}:{}", options.get_host(), options.get_port()),
+                options,
+                primary_url: format!("{}/primary", c.patroni.trim_end_matches('/')),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("database.leader_candidates")?;
+    let options = connect_options(url, settings)?;
+    let clock = LeaderFollower::clock();
+    let pool = LeaderFollower::fresh_only(pool_options(settings.max_connections, settings), &clock)
         .connect_lazy_with(options.clone());
-    Ok((options, pool))
+    let follower = LeaderFollower::new(
+        candidates,
+        pool.clone(),
+        clock,
+        Duration::from_millis(settings.leader_poll_ms),
+        // The one bound on any poll of a database host: a Patroni slower than this is not
+        // counted as the leader this time.
+        Duration::from_millis(settings.replica_poll_timeout_ms),
+    )?;
+    Ok((options, pool, Arc::new(follower)))
 }
 
 impl Database {
@@ -125,6 +177,7 @@ impl Database {
         metrics: DbMetrics,
     ) -> anyhow::Result<Self> {
         Self::connect_lazy_at(
+            true,
             settings.url.expose(),
             &settings.replicas,
             "replica",
@@ -156,6 +209,7 @@ impl Database {
             .get(n)
             .map_or(&[][..], Vec::as_slice);
         Self::connect_lazy_at(
+            false,
             url.expose(),
             replicas,
             &format!("shard-{shard}-replica"),
@@ -166,7 +220,10 @@ impl Database {
         .with_context(|| format!("shard {shard} (database.shards, database.shard_replicas)"))
     }
 
+    /// `follows_leader`: whether this database may be the Patroni cluster of
+    /// `database.leader_candidates` (the unsharded database, or shard 0; no stage shards one).
     fn connect_lazy_at(
+        follows_leader: bool,
         url: &str,
         replica_urls: &[Secret],
         replica_names: &str,
@@ -174,7 +231,15 @@ impl Database {
         positions: Option<Arc<Positions>>,
         metrics: DbMetrics,
     ) -> anyhow::Result<Self> {
-        let (primary_options, primary) = lazy_pool(url, settings.max_connections, settings)?;
+        // Stage 8's primary moves with the leader; before, it is where `url` says.
+        let (primary_options, primary, follower) =
+            if settings.leader_candidates.is_empty() || !follows_leader {
+                let (options, pool) = lazy_pool(url, settings.max_connections, settings)?;
+                (options, pool, None)
+            } else {
+                let (options, pool, follower) = following_pool(url, settings)?;
+                (options, pool, Some(follower))
+            };
         let replicas = if replica_urls.is_empty() {
             None
         } else {
@@ -191,6 +256,7 @@ impl Database {
             primary,
             shard: None,
             watch: None,
+            follower,
             // Positions matter only where reads may go to replicas.
             positions: replicas.as_ref().and(positions),
             replicas,
@@ -222,6 +288,7 @@ impl Database {
             primary: pool,
             shard: None,
             watch: None,
+            follower: None,
             replicas: None,
             positions: None,
             primary_takes_reads: true,
@@ -237,6 +304,9 @@ impl Database {
         }
         if let Some(watch) = &self.watch {
             watch.start();
+        }
+        if let Some(follower) = &self.follower {
+            follower.start();
         }
     }
 
@@ -279,10 +349,19 @@ impl Database {
         self.positions.as_ref()
     }
 
-    /// Whether the primary answers, as far as this host knows: its replicas' poller says, or a
-    /// shard's watch; always true with neither (stages 1 to 4: nothing polls it, and nothing
-    /// else could serve its requests).
+    /// Stage 8: the host the primary pool connects to now (`address:port`), as the last poll of
+    /// Patroni found it; `None` before any poll found a leader, or in earlier stages.
+    pub fn leader(&self) -> Option<&str> {
+        self.follower.as_ref().and_then(|f| f.leader())
+    }
+
+    /// Whether the primary answers, as far as this host knows: stage 8's leader follower says
+    /// (some host is the leader), or the replicas' poller, or a shard's watch; always true with
+    /// none (stages 1 to 4: nothing polls it, and nothing else could serve its requests).
     pub fn primary_up(&self) -> bool {
+        if let Some(follower) = &self.follower {
+            return follower.up();
+        }
         match (&self.replicas, &self.watch) {
             (Some(replicas), _) => replicas.primary_up(),
             (None, Some(watch)) => watch.up(),
