@@ -288,6 +288,39 @@ postgresql:
         response.json().await.ok()
     }
 
+    /// Whether this node's Patroni lists `name` as a running replica in its view of the cluster
+    /// (`GET /cluster`, which it reads from the consensus store).
+    async fn sees_replica(&self, name: &str) -> bool {
+        #[derive(Deserialize)]
+        struct Member {
+            name: String,
+            role: String,
+            state: String,
+        }
+        #[derive(Deserialize)]
+        struct Cluster {
+            members: Vec<Member>,
+        }
+        let Ok(client) = crate::lab::http_client() else {
+            return false;
+        };
+        let request = client
+            .get(format!("{}/cluster", self.rest_url()))
+            .timeout(ASK_TIMEOUT)
+            .send();
+        let Ok(response) = request.await else {
+            return false;
+        };
+        let Ok(cluster) = response.json::<Cluster>().await else {
+            return false;
+        };
+        cluster.members.iter().any(|m| {
+            m.name == name
+                && matches!(m.role.as_str(), "replica" | "sync_standby")
+                && matches!(m.state.as_str(), "running" | "streaming")
+        })
+    }
+
     /// Crashes the host, for a drill: Patroni and its PostgreSQL are killed (SIGKILL) at once, with
     /// no chance to release the leader key or to shut down cleanly; the key expires after
     /// [`LEADER_TTL_SECS`].
@@ -504,6 +537,19 @@ impl PatroniCluster {
     /// Patroni does by stopping `from`'s server cleanly (so `to` has every commit), promoting
     /// `to`, and making `from` follow it. Returns once Patroni reports it done.
     pub async fn switchover(&self, from: usize, to: usize) -> anyhow::Result<()> {
+        // The leader answers from its own view of the cluster, read from the store once a cycle:
+        // a replica that has just joined may not be in it yet ("candidate does not exist").
+        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+        while !self.nodes[from].sees_replica(&self.nodes[to].name).await {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{} never listed {} as a running replica",
+                    self.nodes[from].name,
+                    self.nodes[to].name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let client = crate::lab::http_client()?;
         let body = serde_json::json!({
             "leader": self.nodes[from].name,

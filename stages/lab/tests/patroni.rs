@@ -2,7 +2,8 @@
 //! three-member etcd, and again over a real three-member ZooKeeper. The first becomes the primary and the second its replica; a planned
 //! switchover moves the primary with every commit kept; the primary host crashes and the replica
 //! takes over once the leader key expires, on a new timeline, taking writes; the crashed host comes
-//! back, rewinds to the new history and follows as a replica.
+//! back, rewinds to the new history and follows as a replica; synchronous replication switched on
+//! in the running cluster makes it the synchronous standby.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -189,6 +190,29 @@ async fn switchover_crash_and_rejoin(store: ConsensusStore) {
     wait_streaming(a, b).await;
     wait_replayed(a, b).await;
     assert_eq!(rows(b).await, vec![1, 2, 3]);
+
+    // Synchronous replication, switched on in the running cluster: the primary now waits for b
+    // before it acknowledges a commit (PostgreSQL says b is its synchronous standby).
+    cluster.set_replication(Replication::Sync).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let sync: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
+             WHERE application_name = $1 AND sync_state = 'sync')",
+        )
+        .bind(&b.name)
+        .fetch_one(&mut connect(a).await)
+        .await
+        .unwrap();
+        if sync {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never became synchronous"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Stops the cluster at the end of the test, passed or failed (before etcd goes).
