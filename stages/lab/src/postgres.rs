@@ -215,6 +215,20 @@ impl PostgresServer {
     /// connections. Idempotent: an already running server is left as it is.
     pub async fn start(&self, extra_settings: &[(&str, String)]) -> anyhow::Result<PidRecord> {
         self.init()?;
+        // A server killed a moment ago (a drill, a crash) may still be a zombie its adoptive
+        // parent has not reaped yet; PostgreSQL takes any PID it can signal for a live postmaster
+        // and refuses to start ("lock file \"postmaster.pid\" already exists"). Seen in CI a
+        // second after a replica was killed.
+        if let Some(previous) = PidRecord::read(&self.pid_path())? {
+            if !previous.is_alive() && !previous.wait_left(STOP_PATIENCE).await {
+                bail!(
+                    "the previous PostgreSQL in {} (PID {}) has exited but its parent has not \
+                     reaped it after {STOP_PATIENCE:?}; PostgreSQL will not start over it",
+                    self.dir.display(),
+                    previous.pid
+                );
+            }
+        }
         if let Some(record) = self.running()? {
             return Ok(record);
         }

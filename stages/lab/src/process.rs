@@ -125,6 +125,27 @@ impl PidRecord {
         }
     }
 
+    /// Whether this process has left the process table: exited *and* reaped by its parent. A
+    /// zombie has exited but not left, and its PID still answers `kill(pid, 0)`, which is all
+    /// some programs (PostgreSQL's lock file check) ask before refusing to start over it.
+    pub fn has_left(&self) -> bool {
+        start_ticks(self.pid) != Some(self.start_ticks)
+    }
+
+    /// Waits up to `patience` until this process [has left](Self::has_left) the process table;
+    /// whether it has. A killed service of ours is reaped by its adoptive parent (init) once the
+    /// `archlab` that started it has exited, at that parent's pace.
+    pub async fn wait_left(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        while !self.has_left() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     fn wait_gone(&self, patience: Duration) -> bool {
         let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
