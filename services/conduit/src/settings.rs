@@ -641,6 +641,32 @@ mod tests {
         });
     }
 
+    /// The form the lab writes for stage 8 (`stages/lab/src/topology.rs`): a list of tables.
+    #[test]
+    fn leader_candidates_come_as_a_list_of_tables_in_one_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "APP_DATABASE__LEADER_CANDIDATES",
+                r#"[{url = "postgres://a@127.0.0.2:5432/c", patroni = "http://127.0.0.2:8008"}, {url = "postgres://a@127.0.0.3:5432/c", patroni = "http://127.0.0.3:8008"}]"#,
+            );
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            let candidates: Vec<(&str, &str)> = settings
+                .database
+                .leader_candidates
+                .iter()
+                .map(|c| (c.url.expose(), c.patroni.as_str()))
+                .collect();
+            assert_eq!(
+                candidates,
+                [
+                    ("postgres://a@127.0.0.2:5432/c", "http://127.0.0.2:8008"),
+                    ("postgres://a@127.0.0.3:5432/c", "http://127.0.0.3:8008")
+                ]
+            );
+            Ok(())
+        });
+    }
+
     #[test]
     fn unknown_keys_are_rejected() {
         figment::Jail::expect_with(|jail| {

@@ -5,14 +5,141 @@
 //! a leader among their members, number each leadership (Raft's *term*, ZAB's *epoch*), and
 //! acknowledge a write once a majority has it: one member may be lost, two may not.
 
-/// Which store Patroni coordinates through: `archlab up 8 --dcs etcd|zookeeper`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+use std::path::PathBuf;
+
+use crate::{
+    etcd::EtcdCluster,
+    process::PidRecord,
+    zookeeper::{ZooKeeperEnsemble, ZooKeeperMember},
+};
+
+/// Which store Patroni coordinates through: `archlab up 8 --dcs etcd|zookeeper`. etcd by
+/// default: Patroni's most used store, and the lighter of the two on a 0.05-core host (one Go
+/// process against a JVM).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// etcd: Raft.
+    #[default]
     Etcd,
     /// ZooKeeper: ZAB.
     #[value(name = "zookeeper")]
     ZooKeeper,
+}
+
+impl StoreKind {
+    /// Its name, as `--dcs` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Etcd => "etcd",
+            StoreKind::ZooKeeper => "zookeeper",
+        }
+    }
+}
+
+/// A stage's consensus hosts as one cluster of either store.
+#[derive(Debug, Clone)]
+pub enum ConsensusCluster {
+    /// Three etcd members.
+    Etcd(EtcdCluster),
+    /// Three ZooKeeper members.
+    ZooKeeper(ZooKeeperEnsemble),
+}
+
+impl ConsensusCluster {
+    /// Where Patroni finds it.
+    pub fn store(&self) -> ConsensusStore {
+        match self {
+            ConsensusCluster::Etcd(c) => ConsensusStore {
+                kind: StoreKind::Etcd,
+                endpoints: c.endpoints(),
+            },
+            ConsensusCluster::ZooKeeper(z) => ConsensusStore {
+                kind: StoreKind::ZooKeeper,
+                endpoints: z.endpoints(),
+            },
+        }
+    }
+
+    /// Starts member `member` (idempotent) and waits until it listens; it has a say in the
+    /// cluster only once a majority runs ([`ConsensusCluster::wait_for_leader`]).
+    pub async fn start_member(&self, member: usize) -> anyhow::Result<()> {
+        match self {
+            ConsensusCluster::Etcd(c) => c.start_member(member).await,
+            ConsensusCluster::ZooKeeper(z) => z.start_member(member).await,
+        }
+    }
+
+    /// Waits until the members agree on a leader (a new cluster: once a majority runs); fails
+    /// after the store's own bound for forming, with the members' logs.
+    pub async fn form(&self) -> anyhow::Result<Leadership> {
+        match self {
+            ConsensusCluster::Etcd(c) => {
+                c.wait_for_leader(|_| true, crate::etcd::FORM_TIMEOUT).await
+            }
+            ConsensusCluster::ZooKeeper(z) => {
+                z.wait_for_leader(|_| true, crate::zookeeper::FORM_TIMEOUT)
+                    .await
+            }
+        }
+    }
+
+    /// Who leads now, if the members agree.
+    pub async fn leader(&self) -> Option<Leadership> {
+        match self {
+            ConsensusCluster::Etcd(c) => c.leader().await,
+            ConsensusCluster::ZooKeeper(z) => z.leader().await,
+        }
+    }
+
+    /// Member `member`'s log and PID file.
+    pub fn member_files(&self, member: usize) -> (PathBuf, PathBuf) {
+        match self {
+            ConsensusCluster::Etcd(c) => {
+                let m = &c.members[member];
+                (m.log_path(), m.pid_path())
+            }
+            ConsensusCluster::ZooKeeper(z) => {
+                let m: &ZooKeeperMember = &z.members[member];
+                (m.log_path(), m.pid_path())
+            }
+        }
+    }
+
+    /// Stops member `member` (SIGTERM).
+    pub fn stop_member(&self, member: usize) -> anyhow::Result<()> {
+        match self {
+            ConsensusCluster::Etcd(c) => c.members[member].stop(),
+            ConsensusCluster::ZooKeeper(z) => z.members[member].stop(),
+        }
+    }
+
+    /// Member `member`'s record, if it runs.
+    pub fn member_running(&self, member: usize) -> anyhow::Result<Option<PidRecord>> {
+        match self {
+            ConsensusCluster::Etcd(c) => c.members[member].running(),
+            ConsensusCluster::ZooKeeper(z) => z.members[member].running(),
+        }
+    }
+}
+
+/// One consensus host of a stage: its member of the cluster.
+#[derive(Debug, Clone)]
+pub struct ConsensusMember {
+    /// The whole cluster (a member's start names every other member).
+    pub cluster: ConsensusCluster,
+    /// Its position in the cluster's members.
+    pub member: usize,
 }
 
 /// Where Patroni finds the store: the kind and its members' client `address:port`s,

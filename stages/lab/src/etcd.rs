@@ -41,7 +41,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a cluster may take to elect its first leader once every member runs: about 2.3 s
 /// from the first start on an idle machine here (three members, default timings); 60 s leaves
 /// room for a busy one.
-const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one status or health question may take before the member counts as not answering.
 /// A live member answers in milliseconds; a second also covers a busy host's budget.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -269,15 +269,21 @@ impl EtcdCluster {
     /// Starts every member that does not run, then waits until the cluster has a leader that
     /// every running member agrees on.
     pub async fn start(&self) -> anyhow::Result<Leadership> {
-        let cluster = self.initial_cluster();
         // All members first: a member of a new cluster waits for a majority before anything.
-        for member in &self.members {
-            member
-                .start(&cluster, &self.token)
-                .await
-                .with_context(|| format!("starting etcd member {}", member.name))?;
+        for member in 0..self.members.len() {
+            self.start_member(member).await?;
         }
         self.wait_for_leader(|_| true, FORM_TIMEOUT).await
+    }
+
+    /// Starts member `member` (idempotent) and waits until its client port listens; it serves
+    /// only once a majority of the members runs.
+    pub async fn start_member(&self, member: usize) -> anyhow::Result<()> {
+        let m = &self.members[member];
+        m.start(&self.initial_cluster(), &self.token)
+            .await
+            .with_context(|| format!("starting etcd member {}", m.name))?;
+        Ok(())
     }
 
     /// Restarts one member (after a drill stopped it) and waits until it is healthy again.

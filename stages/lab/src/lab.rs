@@ -25,17 +25,23 @@ use serde::Serialize;
 use crate::{
     budget::Controller,
     cache::{CacheServer, CACHE_PORT},
+    consensus::{ConsensusCluster, ConsensusMember, StoreKind},
     edge::EdgeServer,
+    etcd::{EtcdCluster, EtcdMember},
     files::FileServer,
     gateway::GatewayServer,
     monitor::MonitorServer,
     objects::{ObjectCluster, ObjectNode, ObjectSecrets},
+    patroni::{PatroniCluster, PatroniMember, PatroniNode, Replication},
     postgres::PostgresServer,
     process::PidRecord,
     replica::ReplicaServer,
     server::{AppServer, Database, Server},
     stage::{Host, Layout, Role, Stage, APP_PORT, DATABASE_PORT},
-    topology::{self, EdgesEndpoint, Endpoints, FilesEndpoint, ObjectStoreEndpoint},
+    topology::{
+        self, EdgesEndpoint, Endpoints, FilesEndpoint, LeaderCandidate, ObjectStoreEndpoint,
+    },
+    zookeeper::{ZooKeeperEnsemble, ZooKeeperMember, ZooKeeperPorts},
 };
 
 /// How long the lab waits for the gateway to take a draining app host out of rotation, or to take
@@ -266,6 +272,69 @@ impl Lab {
         })
     }
 
+    /// The stage's consensus hosts as one cluster of the store `up --dcs` chose (stage 8).
+    pub fn consensus_cluster(&self, stage: &Stage) -> ConsensusCluster {
+        let hosts = stage.consensus_hosts();
+        let dir = |host: &Host| {
+            self.stage_dir(stage)
+                .join(&host.name)
+                .join(stage.dcs.as_str())
+        };
+        match stage.dcs {
+            StoreKind::Etcd => ConsensusCluster::Etcd(EtcdCluster {
+                members: hosts
+                    .iter()
+                    .map(|host| EtcdMember {
+                        name: host.name.clone(),
+                        dir: dir(host),
+                        address: host.address.clone(),
+                        client_port: crate::etcd::CLIENT_PORT,
+                        peer_port: crate::etcd::PEER_PORT,
+                        cpu_group: self.cpu_group_path(host),
+                    })
+                    .collect(),
+                // Unique to this stage on this network: a member of another lab's cluster
+                // (another `--net`) can never join this one.
+                token: format!("archlab-{}-{}", stage.folder, stage.endpoint()),
+            }),
+            StoreKind::ZooKeeper => ConsensusCluster::ZooKeeper(ZooKeeperEnsemble {
+                members: hosts
+                    .iter()
+                    .zip(1u8..)
+                    .map(|(host, id)| ZooKeeperMember {
+                        id,
+                        name: host.name.clone(),
+                        dir: dir(host),
+                        address: host.address.clone(),
+                        ports: ZooKeeperPorts::STANDARD,
+                        cpu_group: self.cpu_group_path(host),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    /// The stage's Patroni hosts as one cluster, its leader key in the stage's consensus store
+    /// (stage 8). Replication is asynchronous when the cluster is made, as stage 5's;
+    /// [`PatroniCluster::set_replication`] changes it in the running cluster.
+    pub fn patroni_cluster(&self, stage: &Stage) -> anyhow::Result<PatroniCluster> {
+        Ok(PatroniCluster {
+            scope: "conduit".into(),
+            nodes: stage
+                .patroni_hosts()
+                .iter()
+                .map(|host| PatroniNode {
+                    name: host.name.clone(),
+                    server: self.database(stage, host),
+                    rest_port: crate::patroni::REST_PORT,
+                })
+                .collect(),
+            store: self.consensus_cluster(stage).store(),
+            replication: Replication::Async,
+            password: self.secret_named("patroni-password")?,
+        })
+    }
+
     /// The object store's secrets, made from the lab's own secret files (one each, 0600, kept in
     /// the state folder), in the formats Garage asks for.
     fn object_secrets(&self) -> anyhow::Result<ObjectSecrets> {
@@ -425,17 +494,37 @@ impl Lab {
             Role::Edge => Box::new(self.edge_server(stage, host)),
             Role::App => Box::new(self.app_server(stage, host)?),
             Role::ObjectStore => Box::new(self.object_node(stage, host)?),
+            Role::Consensus => Box::new(ConsensusMember {
+                cluster: self.consensus_cluster(stage),
+                member: position(&stage.consensus_hosts(), host)?,
+            }),
+            Role::Patroni => Box::new(PatroniMember {
+                cluster: self.patroni_cluster(stage)?,
+                node: position(&stage.patroni_hosts(), host)?,
+            }),
         })
     }
 
     /// Where the stage's shared services answer, for its app hosts.
     fn endpoints(&self, stage: &Stage) -> anyhow::Result<Endpoints> {
+        let patroni = stage.patroni_hosts();
+        let database_url =
+            |host: &&Host| self.database(stage, host).url(APP_DATABASE, APP_DATABASE);
         Ok(Endpoints {
             database_url: self.database_url(stage)?,
-            replica_urls: stage
-                .replicas_of(0)
+            // Stage 8: every Patroni host may take reads, the leader too; which of them is a
+            // replica changes with each failover, and the app measures each one's lag anyway.
+            replica_urls: if patroni.is_empty() {
+                stage.replicas_of(0).iter().map(database_url).collect()
+            } else {
+                patroni.iter().map(database_url).collect()
+            },
+            leader_candidates: patroni
                 .iter()
-                .map(|host| self.database(stage, host).url(APP_DATABASE, APP_DATABASE))
+                .map(|host| LeaderCandidate {
+                    url: database_url(host),
+                    patroni: format!("http://{}:{}", host.address, crate::patroni::REST_PORT),
+                })
                 .collect(),
             shard_replica_urls: (1..stage.database_hosts().len())
                 .map(|shard| {
@@ -577,6 +666,34 @@ impl Lab {
                     .start()
                     .await
                     .with_context(|| format!("starting {} on {}", server.what(), host.name))?;
+            }
+            if role == Role::Consensus && !stage.consensus_hosts().is_empty() {
+                let leadership = self
+                    .consensus_cluster(stage)
+                    .form()
+                    .await
+                    .context("forming the consensus store")?;
+                progress(&format!(
+                    "consensus: {} agrees on a leader, {} (term {})",
+                    stage.dcs.as_str(),
+                    stage.consensus_hosts()[leadership.member].name,
+                    leadership.term
+                ));
+            }
+            if role == Role::Patroni && !stage.patroni_hosts().is_empty() {
+                let cluster = self.patroni_cluster(stage)?;
+                let primary = cluster
+                    .wait_for_primary(Duration::from_secs(60))
+                    .await
+                    .context("waiting for Patroni to name a primary")?;
+                progress(&format!(
+                    "patroni: {} leads; the app's role and database on it",
+                    cluster.nodes[primary].name
+                ));
+                cluster.nodes[primary]
+                    .server
+                    .ensure_database(APP_DATABASE, APP_DATABASE)
+                    .await?;
             }
             if role == Role::ObjectStore && !stage.object_store_hosts().is_empty() {
                 progress("object store: forming the cluster (layout, bucket, key)");
@@ -909,4 +1026,12 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()?)
+}
+
+/// Where `host` stands among `hosts` (a member's place in its cluster).
+fn position(hosts: &[&Host], host: &Host) -> anyhow::Result<usize> {
+    hosts
+        .iter()
+        .position(|h| h.name == host.name)
+        .with_context(|| format!("{} is not among its cluster's hosts", host.name))
 }

@@ -68,6 +68,9 @@ enum Command_ {
         /// file's number).
         #[arg(long)]
         shards: Option<u8>,
+        /// The consensus store Patroni keeps its leader key in (stage 8 on; default: etcd).
+        #[arg(long, value_enum)]
+        dcs: Option<archlab::consensus::StoreKind>,
         /// Set an app setting on every app host for this run (`database.consistency=none`, to
         /// try what the session guard prevents); repeatable. Not remembered by `restart`.
         #[arg(long, value_parser = parse_setting)]
@@ -148,6 +151,9 @@ enum Command_ {
         /// Database shards, 1 to 4 (stage 7 on).
         #[arg(long)]
         shards: Option<u8>,
+        /// The consensus store Patroni keeps its leader key in (stage 8 on; default: etcd).
+        #[arg(long, value_enum)]
+        dcs: Option<archlab::consensus::StoreKind>,
         /// Measure the stage without its hosts of this role (e.g. `cache`); repeatable.
         #[arg(long, value_enum)]
         without: Vec<archlab::stage::Role>,
@@ -211,6 +217,9 @@ enum Command_ {
         /// Database shards, 1 to 4 (stage 7 on).
         #[arg(long)]
         shards: Option<u8>,
+        /// The consensus store Patroni keeps its leader key in (stage 8 on; default: etcd).
+        #[arg(long, value_enum)]
+        dcs: Option<archlab::consensus::StoreKind>,
         /// Built-in workload or a workload file.
         #[arg(long, default_value = "read-heavy")]
         workload: String,
@@ -381,6 +390,7 @@ async fn main() -> anyhow::Result<()> {
             app_hosts,
             replicas,
             shards,
+            dcs,
             app_setting,
             monitor,
             distance,
@@ -389,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
                 app_hosts,
                 replicas,
                 shards,
+                dcs,
             };
             let options = UpOptions {
                 fresh,
@@ -426,6 +437,7 @@ async fn main() -> anyhow::Result<()> {
             app_hosts,
             replicas,
             shards,
+            dcs,
             without,
             budget,
             gateway_selection,
@@ -438,6 +450,7 @@ async fn main() -> anyhow::Result<()> {
                     app_hosts,
                     replicas,
                     shards,
+                    dcs,
                 },
                 without,
                 budget,
@@ -472,6 +485,7 @@ async fn main() -> anyhow::Result<()> {
             point,
             replicas,
             shards,
+            dcs,
             workload,
             rate,
             duration,
@@ -486,6 +500,7 @@ async fn main() -> anyhow::Result<()> {
                 app_hosts: None,
                 replicas,
                 shards,
+                dcs,
             };
             let options = DrillOptions {
                 fault,

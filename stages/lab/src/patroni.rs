@@ -400,6 +400,22 @@ pub async fn streams_to(primary: &PatroniNode, replica: &PatroniNode) -> bool {
     .unwrap_or(false)
 }
 
+/// One database host of a stage's Patroni cluster, as the lab starts, checks and stops it.
+#[derive(Debug, Clone)]
+pub struct PatroniMember {
+    /// The whole cluster (a node's configuration names the store and the cluster's scope).
+    pub cluster: PatroniCluster,
+    /// Its position in the cluster's nodes.
+    pub node: usize,
+}
+
+impl PatroniMember {
+    /// Its node.
+    pub fn node(&self) -> &PatroniNode {
+        &self.cluster.nodes[self.node]
+    }
+}
+
 /// The database hosts of stage 8 as one Patroni cluster.
 #[derive(Debug, Clone)]
 pub struct PatroniCluster {
@@ -429,6 +445,7 @@ impl PatroniCluster {
             Box::pin(async move { n.is_primary().await || n.is_replica().await })
         })
         .await?;
+        // The others together: each copies the primary, which a small host takes a while to do.
         for node in rest {
             node.start(self).await?;
         }
@@ -439,6 +456,18 @@ impl PatroniCluster {
             .await?;
         }
         Ok(())
+    }
+
+    /// Starts node `node` (idempotent) and waits until it runs as the primary or a replica. A
+    /// lab starts its database hosts one by one, in order, so the first bootstraps a new cluster
+    /// as [`PatroniCluster::start`] has it.
+    pub async fn start_node(&self, node: usize) -> anyhow::Result<()> {
+        let n = &self.nodes[node];
+        n.start(self).await?;
+        self.wait_for(n, "running", JOIN_TIMEOUT, |n| {
+            Box::pin(async move { n.is_primary().await || n.is_replica().await })
+        })
+        .await
     }
 
     /// Restarts one node (after a drill crashed or stopped it); returns once it is back in the
@@ -505,6 +534,11 @@ impl PatroniCluster {
             }
         }
         found
+    }
+
+    /// Waits until exactly one node is the primary; returns it.
+    pub async fn wait_for_primary(&self, timeout: Duration) -> anyhow::Result<usize> {
+        self.wait_for_new_primary(usize::MAX, timeout).await
     }
 
     /// Waits until some node other than `old` is the primary (after a crash or a switchover).

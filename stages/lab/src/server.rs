@@ -11,11 +11,13 @@ use nix::sys::signal::Signal;
 
 use crate::{
     cache::{CacheServer, CACHE_PORT},
+    consensus::{ConsensusCluster, ConsensusMember},
     edge::EdgeServer,
     files::{FileServer, FILES_PORT},
     gateway::GatewayServer,
     lab::APP_DATABASE,
     objects::{ObjectNode, S3_PORT},
+    patroni::PatroniMember,
     postgres::PostgresServer,
     process::{self, PidRecord},
     replica::ReplicaServer,
@@ -107,6 +109,59 @@ impl Server for ReplicaServer {
     }
     fn stop(&self) -> anyhow::Result<()> {
         ReplicaServer::stop(self)
+    }
+}
+
+impl Server for ConsensusMember {
+    fn what(&self) -> &'static str {
+        "a consensus store member"
+    }
+    fn port(&self) -> u16 {
+        match self.cluster {
+            ConsensusCluster::Etcd(_) => crate::etcd::CLIENT_PORT,
+            ConsensusCluster::ZooKeeper(_) => crate::zookeeper::CLIENT_PORT,
+        }
+    }
+    fn log(&self) -> PathBuf {
+        self.cluster.member_files(self.member).0
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.cluster.member_files(self.member).1
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(self.cluster.start_member(self.member))
+    }
+    /// Ready when the cluster has a leader this member agrees on (a member alone serves nothing).
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.cluster.leader().await.is_some() })
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        self.cluster.stop_member(self.member)
+    }
+}
+
+impl Server for PatroniMember {
+    fn what(&self) -> &'static str {
+        "a database host (Patroni)"
+    }
+    fn port(&self) -> u16 {
+        DATABASE_PORT
+    }
+    fn log(&self) -> PathBuf {
+        self.node().log_path()
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.node().pid_path()
+    }
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(self.cluster.start_node(self.node))
+    }
+    /// Ready when it runs as the primary or as a replica.
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.node().is_primary().await || self.node().is_replica().await })
+    }
+    fn stop(&self) -> anyhow::Result<()> {
+        self.node().stop()
     }
 }
 

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::size::Size;
+use crate::{consensus::StoreKind, size::Size};
 
 /// Every stage the lab knows, in order.
 const STAGE_FILES: &[(&str, &str)] = &[
@@ -18,6 +18,10 @@ const STAGE_FILES: &[(&str, &str)] = &[
     (
         "07-distributed",
         include_str!("../../07-distributed/stage.toml"),
+    ),
+    (
+        "08-consensus",
+        include_str!("../../08-consensus/stage.toml"),
     ),
 ];
 
@@ -55,6 +59,9 @@ pub struct Stage {
     /// distance is shown on its own (`up --distance`, `bench --distance`).
     #[serde(skip)]
     pub emulate_distance: bool,
+    /// The store the consensus hosts run, if the stage has any (stage 8: `up --dcs`).
+    #[serde(skip)]
+    pub dcs: StoreKind,
     /// The roles whose hosts the stage file buys as copies (`copies = n`): the host counts a
     /// [`Layout`] may change, and the only ones it records.
     #[serde(skip)]
@@ -125,13 +132,23 @@ pub enum Role {
     #[serde(rename = "object-store")]
     #[value(name = "object-store")]
     ObjectStore,
+    /// A member of the consensus store (etcd or ZooKeeper, `up --dcs`) that decides which
+    /// database host leads (stage 8).
+    Consensus,
+    /// A database host run by Patroni: PostgreSQL as the primary or as a streaming replica, as
+    /// the leader key in the consensus store says; a replica is promoted when the primary is lost
+    /// (stage 8).
+    Patroni,
 }
 
 impl Role {
-    /// Every role, each after the ones it depends on: a replica copies the database; the app
+    /// Every role, each after the ones it depends on: Patroni keeps its leader key in the
+    /// consensus store; a replica copies the database; the app
     /// needs its database, replicas, file host or object store, and cache; the gateway needs app
     /// hosts (and object-store nodes) to send to; an edge needs the gateway (its origin).
-    pub const START_ORDER: [Role; 8] = [
+    pub const START_ORDER: [Role; 10] = [
+        Role::Consensus,
+        Role::Patroni,
         Role::Database,
         Role::Replica,
         Role::Files,
@@ -153,6 +170,8 @@ impl Role {
             Role::Replica => "replica",
             Role::Edge => "edge",
             Role::ObjectStore => "object-store",
+            Role::Consensus => "consensus",
+            Role::Patroni => "patroni",
         }
     }
 }
@@ -220,6 +239,19 @@ impl Stage {
                 ),
             }
         }
+        if let Some(kind) = layout.dcs {
+            if !stage
+                .hosts
+                .iter()
+                .any(|h| h.roles.contains(&Role::Consensus))
+            {
+                bail!(
+                    "stage {} has no consensus hosts: --dcs applies to stage 8",
+                    stage.number
+                );
+            }
+            stage.dcs = kind;
+        }
         stage.hosts = stage
             .hosts
             .into_iter()
@@ -260,6 +292,7 @@ impl Stage {
             app_hosts: count(Role::App),
             replicas: count(Role::Replica),
             shards: count(Role::Database),
+            dcs: (!self.hosts_with(Role::Consensus).is_empty()).then_some(self.dcs),
         }
     }
 
@@ -304,7 +337,7 @@ impl Stage {
                 );
             }
         }
-        if self.database_hosts().is_empty() || self.app_hosts().is_empty() {
+        if self.database_host().is_none() || self.app_hosts().is_empty() {
             bail!(
                 "stage {}: needs a database host and at least one app host",
                 self.number
@@ -316,7 +349,10 @@ impl Stage {
     /// The stage without its `role` hosts (a measurement variant, e.g. stage 4 without its cache
     /// to make the app tier the bottleneck). The database and app roles cannot go.
     pub fn without(mut self, role: Role) -> anyhow::Result<Stage> {
-        if matches!(role, Role::Database | Role::App) {
+        if matches!(
+            role,
+            Role::Database | Role::App | Role::Patroni | Role::Consensus
+        ) {
             bail!("a stage cannot run without its {} hosts", role.as_str());
         }
         self.hosts.retain(|h| !h.roles.contains(&role));
@@ -467,9 +503,22 @@ impl Stage {
         self.hosts_with(Role::Database)
     }
 
-    /// The database host every write goes to: the first one (the only one before stage 5).
+    /// The database host every write goes to: the first one (the only one before stage 5). In
+    /// stage 8, the first Patroni host: it bootstraps the cluster as its first primary, and the
+    /// app hosts then follow whichever host leads.
     pub fn database_host(&self) -> Option<&Host> {
-        self.database_hosts().first().copied()
+        let first = |role| self.hosts.iter().find(|h| h.roles.contains(&role));
+        first(Role::Database).or_else(|| first(Role::Patroni))
+    }
+
+    /// The database hosts Patroni runs (stage 8), in stage-file order: the first bootstraps.
+    pub fn patroni_hosts(&self) -> Vec<&Host> {
+        self.hosts_with(Role::Patroni)
+    }
+
+    /// The consensus store's members (stage 8).
+    pub fn consensus_hosts(&self) -> Vec<&Host> {
+        self.hosts_with(Role::Consensus)
     }
 
     /// Cores of all its hosts: what the stage costs.
@@ -532,6 +581,9 @@ pub struct Layout {
     /// stage 7 existed.
     #[serde(default)]
     pub shards: Option<u8>,
+    /// The consensus store (stage 8 on). Absent in layouts recorded before stage 8 existed.
+    #[serde(default)]
+    pub dcs: Option<StoreKind>,
 }
 
 impl Layout {

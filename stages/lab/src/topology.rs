@@ -54,6 +54,9 @@ pub struct Endpoints {
     pub shard_replica_urls: Vec<Vec<String>>,
     /// The primaries of shards 1, 2, ... (stage 7; `database_url` is shard 0).
     pub shard_urls: Vec<String>,
+    /// Stage 8: every host the primary may move to, with its Patroni; the app follows whichever
+    /// one Patroni names the leader. Empty before stage 8 (the primary is `database_url`).
+    pub leader_candidates: Vec<LeaderCandidate>,
     /// The cache host's `redis://` URL, if the stage has one.
     pub cache_url: Option<String>,
     /// The file host, if the stage has one.
@@ -63,6 +66,16 @@ pub struct Endpoints {
     /// The object store cluster, if the stage has one (stage 7 on): media go there, not to a
     /// file host.
     pub object_store: Option<ObjectStoreEndpoint>,
+}
+
+/// A database host the primary may move to (stage 8), as the app's
+/// `database.leader_candidates` names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderCandidate {
+    /// Its PostgreSQL server, as the app connects.
+    pub url: String,
+    /// Its Patroni's REST API.
+    pub patroni: String,
 }
 
 /// The object store as the app sees it: every node's S3 API and the app's key.
@@ -192,6 +205,18 @@ pub fn app_env(
             env.push(var("APP_DATABASE__POSITIONS_URL", format!("{url}/1")));
         }
     }
+    // Stage 8: the primary pool follows whichever candidate Patroni names the leader.
+    if !endpoints.leader_candidates.is_empty() {
+        let tables: Vec<String> = endpoints
+            .leader_candidates
+            .iter()
+            .map(|c| format!("{{url = {:?}, patroni = {:?}}}", c.url, c.patroni))
+            .collect();
+        env.push(var(
+            "APP_DATABASE__LEADER_CANDIDATES",
+            format!("[{}]", tables.join(", ")),
+        ));
+    }
     // Behind edges, every write purges what it changed at each PoP.
     if let Some(edges) = &endpoints.edges {
         let quoted: Vec<String> = edges.urls.iter().map(|url| format!("{url:?}")).collect();
@@ -241,8 +266,13 @@ pub fn pool_size(stage: &Stage) -> u32 {
 /// Connections per app host to each replica: the same rule as [`pool_size`], from the size of
 /// the smallest replica (they are bought alike; a `--budget` variant may make one smaller).
 pub fn replica_pool_size(stage: &Stage) -> u32 {
-    let cores = stage
-        .replica_hosts()
+    // Stage 8 reads from every Patroni host (whichever is a replica at the moment).
+    let readers = if stage.patroni_hosts().is_empty() {
+        stage.replica_hosts()
+    } else {
+        stage.patroni_hosts()
+    };
+    let cores = readers
         .iter()
         .map(|h| h.cpu_budget)
         .fold(f64::INFINITY, f64::min);
@@ -271,6 +301,7 @@ mod tests {
             replica_urls: Vec::new(),
             shard_replica_urls: Vec::new(),
             shard_urls: Vec::new(),
+            leader_candidates: Vec::new(),
             cache_url: cache.then(|| "redis://127.10.9.4:6379".into()),
             files: files.then(|| FilesEndpoint {
                 url: "http://127.10.9.3:8081".into(),
@@ -294,6 +325,40 @@ mod tests {
 
     fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
         env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Stage 8: the app is told every host the primary may move to, with its Patroni, in the
+    /// form the app's settings read (`settings.rs` parses this very form); stages before have
+    /// no such setting.
+    #[test]
+    fn stage_8_names_every_database_host_as_a_leader_candidate() {
+        let stage = Stage::find("8").unwrap();
+        let mut endpoints = endpoints(true, false);
+        endpoints.leader_candidates = stage
+            .patroni_hosts()
+            .iter()
+            .map(|h| LeaderCandidate {
+                url: format!("postgres://conduit@{}:5432/conduit", h.address),
+                patroni: format!("http://{}:8008", h.address),
+            })
+            .collect();
+        let env = app_env(
+            &stage,
+            stage.app_hosts()[0],
+            &endpoints,
+            "s",
+            Path::new("/m"),
+        );
+        assert_eq!(
+            get(&env, "APP_DATABASE__LEADER_CANDIDATES"),
+            Some(
+                r#"[{url = "postgres://conduit@127.10.8.51:5432/conduit", patroni = "http://127.10.8.51:8008"}, {url = "postgres://conduit@127.10.8.52:5432/conduit", patroni = "http://127.10.8.52:8008"}]"#
+            )
+        );
+        assert_eq!(
+            get(&env_of("7", true, false), "APP_DATABASE__LEADER_CANDIDATES"),
+            None
+        );
     }
 
     #[test]

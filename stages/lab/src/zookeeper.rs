@@ -55,7 +55,7 @@ const HEAP: &str = "-Xmx128m";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an ensemble may take to elect its first leader once every member runs: a few seconds
 /// here; 60 s leaves room for a busy machine.
-const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one admin question may take before the member counts as not answering.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 /// The jars a member runs with (Debian's paths).
@@ -293,13 +293,20 @@ impl ZooKeeperEnsemble {
     /// Starts every member that does not run, then waits until one leads and every member that
     /// answers is in ZAB's broadcast phase under it.
     pub async fn start(&self) -> anyhow::Result<Leadership> {
-        for member in &self.members {
-            member
-                .start(self)
-                .await
-                .with_context(|| format!("starting ZooKeeper member {}", member.name))?;
+        for member in 0..self.members.len() {
+            self.start_member(member).await?;
         }
         self.wait_for_leader(|_| true, FORM_TIMEOUT).await
+    }
+
+    /// Starts member `member` (idempotent) and waits until its admin server listens; it takes
+    /// part in ZAB only once a majority of the members runs.
+    pub async fn start_member(&self, member: usize) -> anyhow::Result<()> {
+        let m = &self.members[member];
+        m.start(self)
+            .await
+            .with_context(|| format!("starting ZooKeeper member {}", m.name))?;
+        Ok(())
     }
 
     /// Restarts one member (after a drill stopped it) and waits until it is back in broadcast.

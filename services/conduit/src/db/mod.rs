@@ -137,7 +137,7 @@ fn pool_options(max_connections: u32, settings: &DatabaseSettings) -> PgPoolOpti
 fn following_pool(
     url: &str,
     settings: &DatabaseSettings,
-) -> anyhow::Result<(PgConnectOptions, PgPool, Arc<LeaderFollower>)> {
+) -> anyhow::Result<(PgPool, Arc<LeaderFollower>)> {
     let candidates = settings
         .leader_candidates
         .iter()
@@ -154,7 +154,7 @@ fn following_pool(
     let options = connect_options(url, settings)?;
     let clock = LeaderFollower::clock();
     let pool = LeaderFollower::fresh_only(pool_options(settings.max_connections, settings), &clock)
-        .connect_lazy_with(options.clone());
+        .connect_lazy_with(options);
     let follower = LeaderFollower::new(
         candidates,
         pool.clone(),
@@ -164,7 +164,7 @@ fn following_pool(
         // counted as the leader this time.
         Duration::from_millis(settings.replica_poll_timeout_ms),
     )?;
-    Ok((options, pool, Arc::new(follower)))
+    Ok((pool, Arc::new(follower)))
 }
 
 impl Database {
@@ -232,14 +232,13 @@ impl Database {
         metrics: DbMetrics,
     ) -> anyhow::Result<Self> {
         // Stage 8's primary moves with the leader; before, it is where `url` says.
-        let (primary_options, primary, follower) =
-            if settings.leader_candidates.is_empty() || !follows_leader {
-                let (options, pool) = lazy_pool(url, settings.max_connections, settings)?;
-                (options, pool, None)
-            } else {
-                let (options, pool, follower) = following_pool(url, settings)?;
-                (options, pool, Some(follower))
-            };
+        let (primary, follower) = if settings.leader_candidates.is_empty() || !follows_leader {
+            let (_, pool) = lazy_pool(url, settings.max_connections, settings)?;
+            (pool, None)
+        } else {
+            let (pool, follower) = following_pool(url, settings)?;
+            (pool, Some(follower))
+        };
         let replicas = if replica_urls.is_empty() {
             None
         } else {
@@ -247,7 +246,7 @@ impl Database {
                 settings,
                 replica_urls,
                 replica_names,
-                primary_options,
+                primary.clone(),
                 |url, max| lazy_pool(url, max, settings),
             )?;
             Some(Arc::new(set))

@@ -211,7 +211,9 @@ fn busy(pool: &PgPool) -> f64 {
 #[derive(Debug)]
 pub struct ReplicaSet {
     replicas: Vec<Arc<Replica>>,
-    primary: PgConnectOptions,
+    /// The primary pool: its connect options say where the primary is now (in stage 8 they
+    /// move with the leader, [`super::leader`]). Polled on a connection of its own.
+    primary: PgPool,
     history: Mutex<PrimaryHistory>,
     bounds: LagBounds,
     poll_every: Duration,
@@ -226,14 +228,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ReplicaSet {
-    /// The replicas at `urls` of the primary `primary` connects to, named `<names>-1`, ...,
+    /// The replicas at `urls` of the primary the pool `primary` connects to, named `<names>-1`, ...,
     /// each with a lazy pool (as the primary's: the app starts while they come up), polled as
     /// `settings` say. Nothing is in rotation before its first good poll.
     pub fn new(
         settings: &DatabaseSettings,
         urls: &[crate::settings::Secret],
         names: &str,
-        primary: PgConnectOptions,
+        primary: PgPool,
         connect: impl Fn(&str, u32) -> anyhow::Result<(PgConnectOptions, PgPool)>,
     ) -> anyhow::Result<Self> {
         let replicas = urls
@@ -337,12 +339,26 @@ impl ReplicaSet {
 
     async fn poll_primary(self: Arc<Self>) {
         let mut connection = None;
+        let mut polled_at: Option<(String, u16)> = None;
         let mut tick = tokio::time::interval(self.poll_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // Stage 8: the primary moved (a failover, a switchover). Poll the new one, and
+            // forget the old one's positions: the new primary's history forked from the old one
+            // where it was promoted, and whatever the old primary wrote past that point (lost
+            // with asynchronous replication) no replica will ever replay.
+            let options = (*self.primary.connect_options()).clone();
+            let target = (options.get_host().to_owned(), options.get_port());
+            if polled_at.as_ref() != Some(&target) {
+                if polled_at.is_some() {
+                    *lock(&self.history) = PrimaryHistory::default();
+                    connection = None;
+                }
+                polled_at = Some(target);
+            }
             let polled = self
-                .poll(&self.primary, &mut connection, Lsn::PRIMARY_POSITION_SQL)
+                .poll(&options, &mut connection, Lsn::PRIMARY_POSITION_SQL)
                 .await;
             match polled {
                 // Keep the last history when the primary is unreachable: replicas are then
