@@ -423,6 +423,45 @@ pub struct Drill {
     /// A sharded stage's state after the drill (stage 7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<ShardCheck>,
+    /// The failover's timeline (stage 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+}
+
+/// What a drill saw of a failover (stage 8), in seconds of measurement. The leader is polled
+/// every 100 ms as the app polls it (`GET /primary` on every database host's Patroni, a host
+/// slower than 250 ms not counted); the first acknowledged write is the drill's own probe, one
+/// article posted through the stage's entry point every 100 ms from the fault on until one is
+/// acknowledged (the harness's series has whole seconds only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failover {
+    /// The consensus store (`etcd`, `zookeeper`).
+    pub store: String,
+    /// The database host that led before the fault.
+    pub leader_before: String,
+    /// The database host that leads at the end (null: none).
+    pub leader_after: Option<String>,
+    /// First poll after the fault at which no host answered as the leader.
+    pub leader_lost_at_s: Option<f64>,
+    /// First poll at which another host answered as the leader.
+    pub new_leader_at_s: Option<f64>,
+    /// When the probe's first write after the fault was acknowledged.
+    pub first_write_at_s: Option<f64>,
+    /// From the fault to that write: how long the stage took no writes.
+    pub writes_unavailable_s: Option<f64>,
+    /// The probe's writes refused while it waited (503 each, or what else it got, in `refusals`).
+    pub probe_refused: u64,
+    /// Refusals by status, `"503": n`; anything but 503 is a defect.
+    pub refusals: std::collections::BTreeMap<String, u64>,
+    /// PostgreSQL's timeline on the leader before and after (one more per promotion).
+    pub timeline_before: Option<u64>,
+    /// See `timeline_before`.
+    pub timeline_after: Option<u64>,
+    /// The consensus store's own leadership before the fault and at the end: its leading
+    /// member and Raft term or ZAB epoch (a new term only if its leader was lost).
+    pub store_leader_before: Option<String>,
+    /// See `store_leader_before`.
+    pub store_leader_after: Option<String>,
 }
 
 /// What a sharded stage looks like once a drill is over and recovery has had its time.

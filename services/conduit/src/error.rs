@@ -156,7 +156,13 @@ impl From<sqlx::Error> for ApiError {
             // SQLSTATE 25006, "read-only SQL transaction": a write reached a server that is not
             // (or no longer) the primary, a stage 8 primary demoted or one still finishing its
             // promotion. The write did not happen; a retry goes where the primary is now.
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("25006") => {
+            //
+            // SQLSTATE 55000, "object not in prerequisite state", is how a server still in
+            // recovery refuses the primary's WAL functions ("recovery is in progress"): the
+            // position a write's session records, asked of a primary finishing its promotion.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("25006" | "55000")) =>
+            {
                 tracing::warn!(error = %error, "a write reached a server that is not the primary");
                 Self::DatabaseUnavailable("the primary is moving, try again")
             }

@@ -169,8 +169,14 @@ pub struct DatabaseSettings {
     /// takes seconds (the leader key's TTL is 10 s), so this adds at most a fifth of a second to
     /// it, for a few trivial HTTP requests a second per app host per database host.
     pub leader_poll_ms: u64,
+    /// Stage 8: a Patroni that has not answered `GET /primary` within this is in doubt that
+    /// time (`db::leader`). Longer than a replica's poll: Patroni answers after asking its own
+    /// PostgreSQL, and on a 0.2-core host busy being the primary a drill saw it take over 250 ms
+    /// for seconds at a time. 1 s: a failover is seen at most a second later; the leader key's
+    /// TTL (10 s) dwarfs it.
+    pub leader_poll_timeout_ms: u64,
     /// A poll that takes longer than this counts as failed and takes the replica out of
-    /// rotation (stage 8: a Patroni that takes longer is not counted as the leader that time). A loopback answer takes well under a millisecond; a small host's CPU quota can
+    /// rotation. A loopback answer takes well under a millisecond; a small host's CPU quota can
     /// hold it up for a scheduling period or two (20 ms each); 250 ms is past both.
     pub replica_poll_timeout_ms: u64,
     /// A replica further behind than this (in time) leaves rotation: the staleness an anonymous
@@ -241,6 +247,7 @@ impl Default for DatabaseSettings {
             primary_poll_ms: 250,
             leader_candidates: Vec::new(),
             leader_poll_ms: 200,
+            leader_poll_timeout_ms: 1_000,
             replica_poll_timeout_ms: 250,
             replica_max_lag_ms: 1_000,
             replica_max_lag_bytes: 16 * 1024 * 1024,

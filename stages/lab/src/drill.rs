@@ -17,6 +17,11 @@
 //!   starts it again after the outage. Needs the app built with its fault injection points
 //!   (`scripts/build-drills.sh`), which every other run leaves out.
 //!
+//! Stage 8 (`--service patroni`, the primary's host unless `--host` names another): `kill`
+//! crashes the whole host (Patroni, PostgreSQL and its backends), `freeze` stops them all (a
+//! primary alive but cut off); the report's `failover` section is the timeline
+//! ([`crate::failover`]). `--service consensus` hits the store's leader member the same way.
+//!
 //! On a stage with replicas the harness also reads each acknowledged write twice as its writer
 //! (read-your-writes, then monotonic reads), so the report counts both kinds of violation. On a
 //! sharded stage the drill then waits for recovery to leave no prepared branch on any shard and
@@ -39,6 +44,7 @@ use nix::{
 
 use crate::{
     budget,
+    failover::FailoverWatch,
     lab::{Lab, SeedSpec},
     stage::{Role, Stage, APP_PORT},
 };
@@ -187,6 +193,12 @@ pub async fn drill(
             lab.watch(stage, progress).await?;
         }
         lab.seed(stage, &options.data)?;
+        let host = match options.host {
+            Some(_) => host,
+            None => leader_of(lab, stage, options.service)
+                .await?
+                .unwrap_or(host),
+        };
         run(lab, stage, &host, options, progress).await
     }
     .await;
@@ -229,6 +241,11 @@ async fn run(
     } else {
         None
     };
+    let failover = if stage.patroni_hosts().is_empty() {
+        None
+    } else {
+        Some(FailoverWatch::prepare(lab, stage).await?)
+    };
     let load =
         tokio::spawn(
             async move { loadtest::execute(&harness, &|line| eprintln!("  {line}")).await },
@@ -263,6 +280,18 @@ async fn run(
         _ => None,
     };
     let mut in_flight_at_fault = None;
+    let patroni = match options.service {
+        Role::Patroni => Some(crate::patroni::PatroniMember {
+            cluster: lab.patroni_cluster(stage)?,
+            node: stage
+                .patroni_hosts()
+                .iter()
+                .position(|h| h.name == host.name)
+                .context("the host is not a Patroni host")?,
+        }),
+        _ => None,
+    };
+    let fault = Instant::now();
     let injected_at = measure_start.elapsed().as_secs_f64();
     let mut crashed_at = None;
     let mut after_crash = None;
@@ -278,7 +307,13 @@ async fn run(
                 options.service.as_str(),
                 host.name
             ));
-            signal_tree(pid, signal);
+            match &patroni {
+                // The whole host: Patroni starts PostgreSQL detached, not as its child.
+                Some(member) => {
+                    member.node().signal_host(signal)?;
+                }
+                None => signal_tree(pid, signal),
+            }
             if let Some(before) = gateway_before {
                 let after = gateway_upstream(&stage.endpoint(), &upstream).await;
                 in_flight_at_fault =
@@ -360,6 +395,14 @@ async fn run(
             }
         }
     }
+    // Stage 8: the failover's timeline, watched while the service is down and after.
+    let watching = failover.map(|watch| {
+        let limit = options.duration.saturating_sub(options.at);
+        tokio::spawn(async move {
+            let seen = watch.watch(fault, limit).await;
+            (watch, seen)
+        })
+    });
     let restore = match options.fault {
         Fault::Kill | Fault::CoordinatorCrash => {
             tokio::time::sleep(options.outage).await;
@@ -367,8 +410,13 @@ async fn run(
         }
         Fault::Freeze => {
             tokio::time::sleep(options.outage).await;
-            signal_tree(pid, Signal::SIGCONT);
-            Ok(())
+            match &patroni {
+                Some(member) => member.node().signal_host(Signal::SIGCONT).map(|_| ()),
+                None => {
+                    signal_tree(pid, Signal::SIGCONT);
+                    Ok(())
+                }
+            }
         }
         Fault::Restart if options.service == Role::App => {
             lab.restart_apps(stage, &|line| progress(line)).await
@@ -395,6 +443,13 @@ async fn run(
         options.service.as_str()
     ));
     let mut report = load.await.context("the load task")??;
+    let failover = match watching {
+        Some(watching) => {
+            let (watch, seen) = watching.await.context("the failover watch")?;
+            Some(watch.finish(stage, seen, fault, measure_start).await)
+        }
+        None => None,
+    };
     if let Some(watch) = replication {
         report.replication = Some(watch.finish().await);
     }
@@ -451,9 +506,35 @@ async fn run(
             .collect(),
         crashed_at_s: crashed_at,
         shards,
+        failover,
     });
     report.provenance.stage = Some(stage.number);
     Ok(report)
+}
+
+/// Stage 8: the host that leads the service now (the primary's database host, the store's
+/// leading member); `None` for a service without a leader.
+async fn leader_of(
+    lab: &Lab,
+    stage: &Stage,
+    service: Role,
+) -> anyhow::Result<Option<crate::stage::Host>> {
+    let (hosts, leader) = match service {
+        Role::Patroni => (
+            stage.patroni_hosts(),
+            lab.patroni_cluster(stage)?.primary().await,
+        ),
+        Role::Consensus => (
+            stage.consensus_hosts(),
+            lab.consensus_cluster(stage)
+                .leader()
+                .await
+                .map(|l| l.member),
+        ),
+        _ => return Ok(None),
+    };
+    let leader = leader.context("no single leader to break")?;
+    Ok(hosts.get(leader).map(|h| (*h).clone()))
 }
 
 /// Whether process `pid` still runs (a zombie, dead but not yet reaped by its parent, does not).

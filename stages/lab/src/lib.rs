@@ -22,6 +22,7 @@
 //! - [`lab`]: `up`, `down`, `status` over a state folder;
 //! - [`bench`]: `bench`, `tour`, `compare`: measure stages with the harness;
 //! - [`drill`]: `drill`: break a service under load and report what clients saw;
+//! - [`failover`]: a stage 8 drill's timeline (fault, leader lost, new leader, first write);
 //! - [`budget`]: host CPU budgets as cgroups, and CPU sampling per host;
 //! - `main.rs`: the `archlab` command line.
 
@@ -32,6 +33,7 @@ pub mod consensus;
 pub mod drill;
 pub mod edge;
 pub mod etcd;
+pub mod failover;
 pub mod files;
 pub mod gateway;
 pub mod lab;

@@ -255,14 +255,25 @@ postgresql:
 
     /// The status `GET path` answers with on the REST API, or `None` if it does not answer.
     async fn rest_status(&self, path: &str) -> Option<u16> {
+        self.rest_status_within(path, ASK_TIMEOUT).await
+    }
+
+    /// [`PatroniNode::rest_status`], waiting at most `timeout` (a frozen host never answers).
+    async fn rest_status_within(&self, path: &str, timeout: Duration) -> Option<u16> {
         let client = crate::lab::http_client().ok()?;
         let response = client
             .get(format!("{}{path}", self.rest_url()))
-            .timeout(ASK_TIMEOUT)
+            .timeout(timeout)
             .send()
             .await
             .ok()?;
         Some(response.status().as_u16())
+    }
+
+    /// Whether `GET /primary` answers 200 within `timeout`: the app's own question, with its
+    /// bound (a Patroni slower than that is not counted as the leader that time).
+    pub async fn is_primary_within(&self, timeout: Duration) -> bool {
+        self.rest_status_within("/primary", timeout).await == Some(200)
     }
 
     /// Whether this node is the primary now: `GET /primary` answers 200 (Patroni's word: it holds
@@ -325,9 +336,21 @@ postgresql:
     /// no chance to release the leader key or to shut down cleanly; the key expires after
     /// [`LEADER_TTL_SECS`].
     pub fn crash(&self) -> anyhow::Result<()> {
+        let roots = self.signal_host(Signal::SIGKILL)?;
+        for record in roots {
+            record.stop(Signal::SIGKILL, STOP_PATIENCE)?;
+        }
+        let _ = fs::remove_file(self.pid_path());
+        Ok(())
+    }
+
+    /// Sends `signal` to everything on the host: Patroni, its PostgreSQL server and the server's
+    /// backends, taken in one snapshot. SIGSTOP freezes the host (alive, holding its sockets,
+    /// answering nothing: a primary cut off), SIGCONT thaws it. Returns Patroni's and the
+    /// server's records.
+    pub fn signal_host(&self, signal: Signal) -> anyhow::Result<Vec<PidRecord>> {
         // Patroni starts PostgreSQL detached (the server is not its child), so the two are found
-        // apart: Patroni by its PID file, the server by its own `postmaster.pid`. Each is killed
-        // with its descendants (the server's backends), taken in one snapshot.
+        // apart: Patroni by its PID file, the server by its own `postmaster.pid`.
         let mut roots = Vec::new();
         if let Some(record) = self.running()? {
             roots.push(record);
@@ -337,19 +360,15 @@ postgresql:
         }
         let pids: Vec<i32> = roots.iter().map(|r| r.pid).collect();
         for pid in crate::budget::process_tree(&pids) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
-        for record in roots {
-            record.stop(Signal::SIGKILL, STOP_PATIENCE)?;
-        }
-        let _ = fs::remove_file(self.pid_path());
-        Ok(())
+        Ok(roots)
     }
 
     /// The PostgreSQL server Patroni started, if it runs: the PID in the first line of its
     /// `postmaster.pid`, taken only if that process is a `postgres` serving this data directory
     /// (a stale file may name a PID reused since).
-    fn postmaster(&self) -> anyhow::Result<Option<PidRecord>> {
+    pub fn postmaster(&self) -> anyhow::Result<Option<PidRecord>> {
         let data = self.server.data_dir();
         let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
             return Ok(None);
@@ -524,16 +543,22 @@ impl PatroniCluster {
 
     /// The node that is the primary now, if exactly one says so.
     pub async fn primary(&self) -> Option<usize> {
-        let mut found = None;
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.is_primary().await {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(i);
-            }
+        match self.primaries(ASK_TIMEOUT).await[..] {
+            [one] => Some(one),
+            _ => None,
         }
-        found
+    }
+
+    /// Every node whose `GET /primary` answers 200 within `timeout`, asked all at once (so a
+    /// frozen host delays the answer by `timeout`, not by `timeout` per node).
+    pub async fn primaries(&self, timeout: Duration) -> Vec<usize> {
+        let asks = self.nodes.iter().map(|n| n.is_primary_within(timeout));
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, is)| is.then_some(i))
+            .collect()
     }
 
     /// Waits until exactly one node is the primary; returns it.

@@ -14,7 +14,9 @@
 //!    the old primary still runs (demoted, or not yet), writes there are refused or, worse, lost.
 //!
 //! While no host answers 200 (the leader key has expired and nobody has taken it yet), the primary
-//! is called down and every request that needs it gets a 503 at once, as a dead shard's primary
+//! is called down (after two polls if the old leader's Patroni is gone, after two seconds if it
+//! is only slow or unsure: see [`DOUBT_BOUND`]) and every request that needs it gets a 503 at
+//! once, as a dead shard's primary
 //! does in stage 7 ([`super::watch`]), rather than waiting out the pool's acquire timeout against a
 //! server that will not come back. A request already on a connection to the old primary when it
 //! is demoted gets PostgreSQL's "read-only transaction" error, also a 503
@@ -30,11 +32,22 @@ use std::{
 
 use sqlx::{postgres::PgConnectOptions, PgPool};
 
-/// Polls in a row that must find no leader before the primary is called down. One poll can miss
-/// on a busy machine (a Patroni slow to answer within the timeout); calling the primary down then
-/// would refuse every write until the next poll. Two polls (0.4 s by default) still come long
-/// before the pool's acquire timeout.
+/// Polls in a row that must find no leader before the primary is called down, when the leader
+/// followed so far cannot be reached at all (its Patroni refuses connections: the host is gone).
+/// Two polls (0.4 s by default) still come long before the pool's acquire timeout.
 const MISSES_FOR_DOWN: u32 = 2;
+
+/// How long the leader followed so far may stay in doubt, no other host claiming the lead,
+/// before the primary is called down: no answer within `database.leader_poll_timeout_ms`, or an
+/// answer other than 200. A Patroni on a small host that is busy being the primary answers late,
+/// or answers 503 when its own check of PostgreSQL times out (measured in a stage 8 drill: with
+/// two polls as the bound, writes were refused for a second or more several times a minute
+/// after a failover, while the key was valid and PostgreSQL took writes). Writes sent meanwhile
+/// are safe from one thing at least: a demoted PostgreSQL refuses them itself (SQLSTATE 25006, a
+/// 503). A frozen or lost leader stays in doubt: after 3 s writes are refused at once instead of
+/// waiting on it, well inside the 10 s its key takes to expire.
+const DOUBT_BOUND: Duration = Duration::from_secs(3);
+
 /// No host is the leader (yet).
 const NONE: usize = usize::MAX;
 
@@ -77,6 +90,19 @@ impl SwitchClock {
         let since_switch = self.start.elapsed().saturating_sub(last);
         age < since_switch
     }
+}
+
+/// What one candidate's Patroni answered to `GET /primary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// 200: it holds the leader key and runs as the primary.
+    Leader,
+    /// Another status: not the leader, or not sure of its own server right now.
+    NotLeader,
+    /// No connection: Patroni is not running there.
+    Unreachable,
+    /// Nothing within the timeout: slow, or frozen.
+    Silent,
 }
 
 /// Follows the leader for one primary pool.
@@ -161,27 +187,47 @@ impl LeaderFollower {
         tokio::spawn(async move { follower.poll().await });
     }
 
-    /// Which candidates answer `GET /primary` with 200 now.
-    async fn leaders(&self) -> Vec<usize> {
+    /// What every candidate's `GET /primary` answers now.
+    async fn answers(&self) -> Vec<Answer> {
         let asks = self.candidates.iter().map(|c| {
             let request = self.client.get(&c.primary_url).send();
-            async move { matches!(request.await, Ok(r) if r.status() == reqwest::StatusCode::OK) }
+            async move {
+                match request.await {
+                    Ok(r) if r.status() == reqwest::StatusCode::OK => Answer::Leader,
+                    Ok(_) => Answer::NotLeader,
+                    Err(e) if e.is_timeout() => Answer::Silent,
+                    Err(_) => Answer::Unreachable,
+                }
+            }
         });
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, is_leader)| is_leader.then_some(i))
-            .collect()
+        futures::future::join_all(asks).await
     }
 
     async fn poll(self: Arc<Self>) {
         let mut misses = 0;
+        let mut in_doubt_since: Option<Instant> = None;
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match self.leaders().await[..] {
+            let answers = self.answers().await;
+            let leaders: Vec<usize> = (0..answers.len())
+                .filter(|&i| answers[i] == Answer::Leader)
+                .collect();
+            let followed = answers.get(self.leader.load(Ordering::Acquire));
+            // No other host claims the lead and the one followed is alive but in doubt: it may
+            // only be busy. Given more patience (see DOUBT_BOUND).
+            if leaders.is_empty() && matches!(followed, Some(Answer::Silent | Answer::NotLeader)) {
+                let since = *in_doubt_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < DOUBT_BOUND {
+                    continue;
+                }
+                // In doubt for too long: called down at this poll.
+                misses = misses.max(MISSES_FOR_DOWN - 1);
+            } else {
+                in_doubt_since = None;
+            }
+            match leaders[..] {
                 [leader] => {
                     misses = 0;
                     if self.leader.load(Ordering::Acquire) != leader {
@@ -196,8 +242,12 @@ impl LeaderFollower {
                 ref leaders => {
                     misses += 1;
                     if misses >= MISSES_FOR_DOWN && self.up.swap(false, Ordering::AcqRel) {
+                        let count = |a: Answer| answers.iter().filter(|&&b| b == a).count();
                         tracing::warn!(
-                            answering = leaders.len(),
+                            leaders = leaders.len(),
+                            not_leader = count(Answer::NotLeader),
+                            unreachable = count(Answer::Unreachable),
+                            silent = count(Answer::Silent),
                             timeout_ms = self.timeout.as_millis() as u64,
                             "no single database host is the leader: writes are refused"
                         );

@@ -160,9 +160,7 @@ fn following_pool(
         pool.clone(),
         clock,
         Duration::from_millis(settings.leader_poll_ms),
-        // The one bound on any poll of a database host: a Patroni slower than this is not
-        // counted as the leader this time.
-        Duration::from_millis(settings.replica_poll_timeout_ms),
+        Duration::from_millis(settings.leader_poll_timeout_ms),
     )?;
     Ok((pool, Arc::new(follower)))
 }

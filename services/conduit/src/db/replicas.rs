@@ -380,9 +380,15 @@ impl ReplicaSet {
 
     async fn poll_replica(self: Arc<Self>, replica: &Replica) {
         // A server that is not in recovery is no replica (promoted by hand, or a mistake in the
-        // settings): its replay position is NULL, which fails the poll and keeps it out.
-        const REPLAYED: &str =
-            "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 WHERE pg_is_in_recovery()";
+        // settings): no row, which fails the poll and keeps it out. Nor is one that has received
+        // nothing by streaming since it started (`pg_last_wal_receive_lsn()` is NULL): in stage 8
+        // that is a crashed primary back as a replica before Patroni has rewound it, whose
+        // positions belong to the old primary's history and say nothing of the new one's (a
+        // drill saw reads served by it miss the reader's own writes). Patroni promotes the most
+        // advanced replica, so a replica that does stream from the new primary is never ahead
+        // of its history.
+        const REPLAYED: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 \
+             WHERE pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS NOT NULL";
         let mut connection = None;
         let mut tick = tokio::time::interval(self.poll_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -462,9 +468,9 @@ pub(super) async fn poll_position(
             anyhow::bail!("no connection");
         };
         let offset: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
-        offset
-            .map(Lsn::from_sql)
-            .ok_or_else(|| anyhow::anyhow!("not a replica (not in recovery)"))
+        offset.map(Lsn::from_sql).ok_or_else(|| {
+            anyhow::anyhow!("not a streaming replica (not in recovery, or nothing received yet)")
+        })
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(lsn)) => Ok(lsn),

@@ -1,0 +1,238 @@
+//! Stage 8 drills: a failover seen from outside, as a timeline.
+//!
+//! ```text
+//!   fault ── leader lost ── new leader ── first acknowledged write
+//!     │          │               │                 │
+//!     │   no Patroni answers     another host      the drill's probe gets
+//!     │   GET /primary 200       answers 200       a 201 for its article
+//! ```
+//!
+//! The leader is polled as the app polls it ([`ASK_WITHIN`], every [`POLL`]); the write is the
+//! drill's own probe, since the harness counts whole seconds only. Between the fault and the
+//! first write the stage takes no writes: with a crash that is the leader key's TTL plus
+//! Patroni's loop and the app's next poll; the store's election is not on that path unless the
+//! store's own leader was the one lost.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use loadtest::report::Failover;
+use serde_json::json;
+
+use crate::{
+    consensus::{ConsensusCluster, StoreKind},
+    lab::Lab,
+    patroni::PatroniCluster,
+    stage::Stage,
+};
+
+/// How often the watch asks for the leader and the probe writes: 0.1 s resolution on a timeline
+/// measured in seconds, for a few requests per poll.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// How long a Patroni may take to answer and still count as the leader at that poll: the app's
+/// own bound (`database.replica_poll_timeout_ms`, 250 ms), so the watch sees what the app sees.
+pub const ASK_WITHIN: Duration = Duration::from_millis(250);
+
+/// The probe's timeout per write: a write sent to a frozen primary hangs; past this it counts as
+/// `timeout` (an unknown outcome, not a refusal) and the probe tries again.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The database and the store as the drill finds them just before the fault, and what it needs
+/// to watch them.
+pub struct FailoverWatch {
+    cluster: PatroniCluster,
+    consensus: ConsensusCluster,
+    store: StoreKind,
+    endpoint: String,
+    token: String,
+    leader_before: Option<usize>,
+    timeline_before: Option<u64>,
+    store_before: Option<String>,
+}
+
+/// What the watch saw while it ran, as instants.
+#[derive(Debug, Default)]
+pub struct Seen {
+    lost: Option<Instant>,
+    new_leader: Option<Instant>,
+    first_write: Option<Instant>,
+    refusals: BTreeMap<String, u64>,
+}
+
+impl FailoverWatch {
+    /// Registers the probe's user and reads who leads (the database, the store): call it just
+    /// before the fault.
+    pub async fn prepare(lab: &Lab, stage: &Stage) -> anyhow::Result<Self> {
+        let cluster = lab.patroni_cluster(stage)?;
+        let consensus = lab.consensus_cluster(stage);
+        let endpoint = stage.endpoint();
+        let response = crate::lab::http_client()?
+            .post(format!("{endpoint}/api/users"))
+            .json(&json!({"user": {
+                "username": "failover-probe",
+                "email": "failover-probe@drill.archlab.test",
+                "password": "failover-probe-password",
+            }}))
+            .send()
+            .await
+            .context("registering the failover probe's user")?;
+        let body: serde_json::Value = response.json().await?;
+        let token = body["user"]["token"]
+            .as_str()
+            .with_context(|| format!("registering the failover probe's user: {body}"))?
+            .to_owned();
+        let leader_before = cluster.primary().await;
+        let timeline_before = match leader_before {
+            Some(i) => cluster.nodes[i].state().await.and_then(|s| s.timeline),
+            None => None,
+        };
+        let store_before = store_leader(&consensus, stage).await;
+        Ok(Self {
+            cluster,
+            consensus,
+            store: stage.dcs,
+            endpoint,
+            token,
+            leader_before,
+            timeline_before,
+            store_before,
+        })
+    }
+
+    /// The host that leads now, by index among the Patroni hosts.
+    pub fn leader_before(&self) -> Option<usize> {
+        self.leader_before
+    }
+
+    /// Watches from `fault` on, until another host leads and a write has been acknowledged, or
+    /// `limit` has passed: the instants seen. The leader and the probe are watched apart, so a
+    /// write left hanging by a dead primary does not delay the look at the leader.
+    pub async fn watch(&self, fault: Instant, limit: Duration) -> Seen {
+        let leaders = async {
+            let (mut lost, mut new_leader) = (None, None);
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while new_leader.is_none() && fault.elapsed() < limit {
+                tick.tick().await;
+                let leaders = self.cluster.primaries(ASK_WITHIN).await;
+                let now = Instant::now();
+                if leaders.is_empty() {
+                    lost.get_or_insert(now);
+                }
+                if leaders.iter().any(|&i| Some(i) != self.leader_before) {
+                    new_leader = Some(now);
+                    lost.get_or_insert(now);
+                }
+            }
+            (lost, new_leader)
+        };
+        let probe = async {
+            let mut refusals = BTreeMap::<String, u64>::new();
+            let Ok(client) = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(PROBE_TIMEOUT)
+                .build()
+            else {
+                return (None, refusals);
+            };
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n = 0u64;
+            while fault.elapsed() < limit {
+                tick.tick().await;
+                n += 1;
+                match self.probe_write(&client, n).await {
+                    Ok(()) => return (Some(Instant::now()), refusals),
+                    Err(refusal) => *refusals.entry(refusal).or_default() += 1,
+                }
+            }
+            (None, refusals)
+        };
+        let ((lost, new_leader), (first_write, refusals)) = tokio::join!(leaders, probe);
+        Seen {
+            lost,
+            new_leader,
+            first_write,
+            refusals,
+        }
+    }
+
+    /// Posts one article as the probe; `Err` names how it was refused (`503`, `timeout`).
+    async fn probe_write(&self, client: &reqwest::Client, n: u64) -> Result<(), String> {
+        let sent = client
+            .post(format!("{}/api/articles", self.endpoint))
+            .header("authorization", format!("Token {}", self.token))
+            .json(&json!({"article": {
+                "title": format!("failover probe {n}"),
+                "description": "written by the drill while the primary fails over",
+                "body": "probe",
+            }}))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(r.status().as_u16().to_string()),
+            Err(e) if e.is_timeout() => Err("timeout".into()),
+            Err(_) => Err("connection".into()),
+        }
+    }
+
+    /// The timeline, with who leads at the end, in seconds since `measure_start`.
+    pub async fn finish(
+        &self,
+        stage: &Stage,
+        seen: Seen,
+        fault: Instant,
+        measure_start: Instant,
+    ) -> Failover {
+        let at = |i: Option<Instant>| {
+            i.map(|i| round(i.saturating_duration_since(measure_start).as_secs_f64()))
+        };
+        let name = |i: usize| self.cluster.nodes[i].name.clone();
+        let leader_after = self.cluster.primary().await;
+        let timeline_after = match leader_after {
+            Some(i) => self.cluster.nodes[i].state().await.and_then(|s| s.timeline),
+            None => None,
+        };
+        Failover {
+            store: self.store.as_str().into(),
+            leader_before: self.leader_before.map_or_else(|| "none".into(), name),
+            leader_after: leader_after.map(name),
+            leader_lost_at_s: at(seen.lost),
+            new_leader_at_s: at(seen.new_leader),
+            first_write_at_s: at(seen.first_write),
+            writes_unavailable_s: seen
+                .first_write
+                .map(|w| round(w.saturating_duration_since(fault).as_secs_f64())),
+            probe_refused: seen.refusals.values().sum(),
+            refusals: seen.refusals,
+            timeline_before: self.timeline_before,
+            timeline_after,
+            store_leader_before: self.store_before.clone(),
+            store_leader_after: store_leader(&self.consensus, stage).await,
+        }
+    }
+}
+
+/// `member (term N)` or `member (epoch N)`: who leads the store, if its members agree.
+async fn store_leader(consensus: &ConsensusCluster, stage: &Stage) -> Option<String> {
+    let leadership = consensus.leader().await?;
+    let hosts = stage.consensus_hosts();
+    let word = match stage.dcs {
+        StoreKind::Etcd => "term",
+        StoreKind::ZooKeeper => "epoch",
+    };
+    Some(format!(
+        "{} ({word} {})",
+        hosts.get(leadership.member)?.name,
+        leadership.term
+    ))
+}
+
+fn round(seconds: f64) -> f64 {
+    (seconds * 10.0).round() / 10.0
+}
