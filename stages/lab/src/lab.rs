@@ -121,6 +121,10 @@ pub struct ServiceStatus {
     pub log: PathBuf,
     /// A replica's lag behind its primary, when both answer.
     pub replica_lag: Option<ReplicaLag>,
+    /// Stage 8: whether this host leads its cluster now (the primary among the Patroni hosts,
+    /// the store's leader among its members); `None` for a role without a leader.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leads: Option<bool>,
 }
 
 /// A replica's lag, as `status` shows it.
@@ -871,6 +875,19 @@ impl Lab {
                     }
                     _ => None,
                 };
+                let leads = match role {
+                    Role::Patroni if healthy => {
+                        let cluster = self.patroni_cluster(stage)?;
+                        let node = position(&stage.patroni_hosts(), host)?;
+                        Some(cluster.nodes[node].is_primary().await)
+                    }
+                    Role::Consensus if healthy => {
+                        let member = position(&stage.consensus_hosts(), host)?;
+                        let leader = self.consensus_cluster(stage).leader().await;
+                        Some(leader.is_some_and(|l| l.member == member))
+                    }
+                    _ => None,
+                };
                 out.push(ServiceStatus {
                     stage: stage.number,
                     host: host.name.clone(),
@@ -884,6 +901,7 @@ impl Lab {
                     healthy,
                     log: server.log(),
                     replica_lag,
+                    leads,
                 });
             }
         }
@@ -903,6 +921,7 @@ impl Lab {
                 healthy: monitor.ready().await,
                 log: monitor.log_path(),
                 replica_lag: None,
+                leads: None,
             });
         }
         Ok(out)

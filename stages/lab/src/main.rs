@@ -639,7 +639,7 @@ async fn up(state: &Path, net: u8, key: &str, options: UpOptions) -> anyhow::Res
     };
     for s in lab.status(&stage).await? {
         println!(
-            "  {:<9} {:<8} {:<7} {}:{:<5} pid {:<7} {}{}",
+            "  {:<11} {:<12} {:<7} {}:{:<5} pid {:<7} {}{}{}",
             s.host,
             s.role,
             s.size,
@@ -649,6 +649,11 @@ async fn up(state: &Path, net: u8, key: &str, options: UpOptions) -> anyhow::Res
             if s.healthy { "healthy" } else { "NOT HEALTHY" },
             s.replica_lag
                 .map_or(String::new(), |lag| format!(" ({lag})")),
+            match s.leads {
+                Some(true) => " (leader)",
+                Some(false) => " (follower)",
+                None => "",
+            },
         );
     }
     println!("state: {}", state.display());
@@ -721,21 +726,23 @@ async fn status(state: &Path, net: u8, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<6} {:<9} {:<9} {:<7} {:<17} {:<8} {:<24} {:<20} log",
+        "{:<6} {:<11} {:<12} {:<7} {:<17} {:<8} {:<24} {:<20} log",
         "stage", "host", "role", "size", "address", "pid", "health", "cpu budget"
     );
     for (_, s) in &all {
         println!(
-            "{:<6} {:<9} {:<9} {:<7} {:<17} {:<8} {:<24} {:<20} {}",
+            "{:<6} {:<11} {:<12} {:<7} {:<17} {:<8} {:<24} {:<20} {}",
             s.stage,
             s.host,
             s.role,
             s.size,
             format!("{}:{}", s.address, s.port),
             s.pid.map_or("-".into(), |p| p.to_string()),
-            match (s.healthy, s.replica_lag) {
-                (true, Some(lag)) => format!("healthy ({lag})"),
-                (true, None) => "healthy".into(),
+            match (s.healthy, s.replica_lag, s.leads) {
+                (true, Some(lag), _) => format!("healthy ({lag})"),
+                (true, None, Some(true)) => "healthy (leader)".into(),
+                (true, None, Some(false)) => "healthy (follower)".into(),
+                (true, None, None) => "healthy".into(),
                 _ if s.pid.is_some() => "unhealthy".into(),
                 _ => "stopped".into(),
             },
