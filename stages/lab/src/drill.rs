@@ -142,6 +142,9 @@ pub struct DrillOptions {
     pub data: SeedSpec,
     /// Per-request timeout of the harness (a frozen service makes requests wait this long).
     pub timeout: Duration,
+    /// Stage 8: how the primary waits for its replica, set in the running cluster before the
+    /// load (asynchronous if `None`, as the stage comes up).
+    pub replication: Option<crate::patroni::Replication>,
     /// Watch it live: start the monitoring host once the stage is up (see
     /// [`crate::bench::BenchOptions::monitor`] for what that costs the measurement).
     pub monitor: bool,
@@ -191,6 +194,12 @@ pub async fn drill(
     let result = async {
         if options.monitor {
             lab.watch(stage, progress).await?;
+        }
+        if let Some(replication) = options.replication {
+            progress(&format!("replication: {replication:?}"));
+            lab.patroni_cluster(stage)?
+                .use_replication(replication)
+                .await?;
         }
         lab.seed(stage, &options.data)?;
         let host = match options.host {

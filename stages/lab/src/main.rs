@@ -220,6 +220,10 @@ enum Command_ {
         /// The consensus store Patroni keeps its leader key in (stage 8 on; default: etcd).
         #[arg(long, value_enum)]
         dcs: Option<archlab::consensus::StoreKind>,
+        /// How the primary waits for its replica (stage 8: `async`, `sync`, `sync-strict`),
+        /// set in the running cluster before the load; asynchronous by default.
+        #[arg(long, value_enum)]
+        replication: Option<archlab::patroni::Replication>,
         /// Built-in workload or a workload file.
         #[arg(long, default_value = "read-heavy")]
         workload: String,
@@ -486,6 +490,7 @@ async fn main() -> anyhow::Result<()> {
             replicas,
             shards,
             dcs,
+            replication,
             workload,
             rate,
             duration,
@@ -533,6 +538,7 @@ async fn main() -> anyhow::Result<()> {
                 // A frozen service makes requests wait; 3 s keeps a freeze visible as "unknown"
                 // without holding every connection for the default 10 s.
                 timeout: secs(3),
+                replication,
                 monitor,
             };
             drill_stage(

@@ -419,6 +419,23 @@ pub async fn streams_to(primary: &PatroniNode, replica: &PatroniNode) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether the primary's PostgreSQL has a synchronous standby now (`pg_stat_replication` shows
+/// one with `sync_state = 'sync'`): commits wait for it.
+pub async fn has_sync_standby(primary: &PatroniNode) -> bool {
+    use sqlx::Connection;
+    let options = primary.server.connect_options("postgres", "postgres");
+    let Ok(mut conn) = sqlx::PgConnection::connect_with(&options).await else {
+        return false;
+    };
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
+         WHERE sync_state = 'sync' AND state = 'streaming')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap_or(false)
+}
+
 /// One database host of a stage's Patroni cluster, as the lab starts, checks and stops it.
 #[derive(Debug, Clone)]
 pub struct PatroniMember {
@@ -638,7 +655,8 @@ impl PatroniCluster {
             "synchronous_mode": synchronous_mode,
             "synchronous_mode_strict": synchronous_mode_strict,
         });
-        let node = &self.nodes[0];
+        // Any running node takes it: the settings live in the store, not in the node.
+        let node = &self.nodes[self.primary().await.unwrap_or(0)];
         let response = client
             .patch(format!("{}/config", node.rest_url()))
             .json(&body)
@@ -649,6 +667,27 @@ impl PatroniCluster {
             anyhow::bail!("Patroni refused the settings: {}", response.status());
         }
         Ok(())
+    }
+
+    /// [`PatroniCluster::set_replication`], then, for a synchronous mode, waits until the
+    /// primary has a synchronous standby (Patroni names one within a loop or two).
+    pub async fn use_replication(&self, replication: Replication) -> anyhow::Result<()> {
+        self.set_replication(replication).await?;
+        if replication == Replication::Async {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+        loop {
+            if let Some(primary) = self.primary().await {
+                if has_sync_standby(&self.nodes[primary]).await {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("no synchronous standby within {JOIN_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops every node, replicas first, so the primary does not fail over to a replica that is
