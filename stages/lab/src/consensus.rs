@@ -7,11 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::{
-    etcd::EtcdCluster,
-    process::PidRecord,
-    zookeeper::{ZooKeeperEnsemble, ZooKeeperMember},
-};
+use crate::{etcd::EtcdCluster, zookeeper::ZooKeeperEnsemble};
 
 /// Which store Patroni coordinates through: `archlab up 8 --dcs etcd|zookeeper`. etcd by
 /// default: Patroni's most used store, and the lighter of the two on a 0.05-core host (one Go
@@ -72,7 +68,7 @@ impl ConsensusCluster {
     }
 
     /// Starts member `member` (idempotent) and waits until it listens; it has a say in the
-    /// cluster only once a majority runs ([`ConsensusCluster::wait_for_leader`]).
+    /// cluster only once a majority runs ([`ConsensusCluster::form`]).
     pub async fn start_member(&self, member: usize) -> anyhow::Result<()> {
         match self {
             ConsensusCluster::Etcd(c) => c.start_member(member).await,
@@ -110,7 +106,7 @@ impl ConsensusCluster {
                 (m.log_path(), m.pid_path())
             }
             ConsensusCluster::ZooKeeper(z) => {
-                let m: &ZooKeeperMember = &z.members[member];
+                let m = &z.members[member];
                 (m.log_path(), m.pid_path())
             }
         }
@@ -121,14 +117,6 @@ impl ConsensusCluster {
         match self {
             ConsensusCluster::Etcd(c) => c.members[member].stop(),
             ConsensusCluster::ZooKeeper(z) => z.members[member].stop(),
-        }
-    }
-
-    /// Member `member`'s record, if it runs.
-    pub fn member_running(&self, member: usize) -> anyhow::Result<Option<PidRecord>> {
-        match self {
-            ConsensusCluster::Etcd(c) => c.members[member].running(),
-            ConsensusCluster::ZooKeeper(z) => z.members[member].running(),
         }
     }
 }

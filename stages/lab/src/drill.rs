@@ -290,14 +290,7 @@ async fn run(
     };
     let mut in_flight_at_fault = None;
     let patroni = match options.service {
-        Role::Patroni => Some(crate::patroni::PatroniMember {
-            cluster: lab.patroni_cluster(stage)?,
-            node: stage
-                .patroni_hosts()
-                .iter()
-                .position(|h| h.name == host.name)
-                .context("the host is not a Patroni host")?,
-        }),
+        Role::Patroni => Some(lab.patroni_member(stage, host)?),
         _ => None,
     };
     let fault = Instant::now();

@@ -339,6 +339,14 @@ impl Lab {
         })
     }
 
+    /// The Patroni host `host` of the stage's cluster (stage 8).
+    pub fn patroni_member(&self, stage: &Stage, host: &Host) -> anyhow::Result<PatroniMember> {
+        Ok(PatroniMember {
+            cluster: self.patroni_cluster(stage)?,
+            node: position(&stage.patroni_hosts(), host)?,
+        })
+    }
+
     /// The object store's secrets, made from the lab's own secret files (one each, 0600, kept in
     /// the state folder), in the formats Garage asks for.
     fn object_secrets(&self) -> anyhow::Result<ObjectSecrets> {
@@ -502,10 +510,7 @@ impl Lab {
                 cluster: self.consensus_cluster(stage),
                 member: position(&stage.consensus_hosts(), host)?,
             }),
-            Role::Patroni => Box::new(PatroniMember {
-                cluster: self.patroni_cluster(stage)?,
-                node: position(&stage.patroni_hosts(), host)?,
-            }),
+            Role::Patroni => Box::new(self.patroni_member(stage, host)?),
         })
     }
 
@@ -687,7 +692,7 @@ impl Lab {
             if role == Role::Patroni && !stage.patroni_hosts().is_empty() {
                 let cluster = self.patroni_cluster(stage)?;
                 let primary = cluster
-                    .wait_for_primary(Duration::from_secs(60))
+                    .wait_for_primary()
                     .await
                     .context("waiting for Patroni to name a primary")?;
                 progress(&format!(
@@ -877,9 +882,7 @@ impl Lab {
                 };
                 let leads = match role {
                     Role::Patroni if healthy => {
-                        let cluster = self.patroni_cluster(stage)?;
-                        let node = position(&stage.patroni_hosts(), host)?;
-                        Some(cluster.nodes[node].is_primary().await)
+                        Some(self.patroni_member(stage, host)?.node().is_primary().await)
                     }
                     Role::Consensus if healthy => {
                         let member = position(&stage.consensus_hosts(), host)?;

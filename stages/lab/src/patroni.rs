@@ -369,17 +369,10 @@ postgresql:
     /// `postmaster.pid`, taken only if that process is a `postgres` serving this data directory
     /// (a stale file may name a PID reused since).
     pub fn postmaster(&self) -> anyhow::Result<Option<PidRecord>> {
+        let Some(pid) = self.server.lock_file_pid() else {
+            return Ok(None);
+        };
         let data = self.server.data_dir();
-        let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
-            return Ok(None);
-        };
-        let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<i32>().ok())
-        else {
-            return Ok(None);
-        };
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
         if !cmdline.contains("postgres") || !cmdline.contains(&*data.to_string_lossy()) {
@@ -578,9 +571,10 @@ impl PatroniCluster {
             .collect()
     }
 
-    /// Waits until exactly one node is the primary; returns it.
-    pub async fn wait_for_primary(&self, timeout: Duration) -> anyhow::Result<usize> {
-        self.wait_for_new_primary(usize::MAX, timeout).await
+    /// Waits until exactly one node is the primary (a cluster just started: the bootstrap, or
+    /// an election among nodes back from a stop), at most `JOIN_TIMEOUT`; returns it.
+    pub async fn wait_for_primary(&self) -> anyhow::Result<usize> {
+        self.wait_for_new_primary(usize::MAX, JOIN_TIMEOUT).await
     }
 
     /// Waits until some node other than `old` is the primary (after a crash or a switchover).

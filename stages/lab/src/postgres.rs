@@ -206,6 +206,14 @@ impl PostgresServer {
         Ok(())
     }
 
+    /// The PID in the first line of the data directory's `postmaster.pid`: PostgreSQL's own
+    /// record of the last postmaster to start here (left behind by one that was killed). It may
+    /// name a process long gone, or one that has since taken the PID: callers check.
+    pub fn lock_file_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// The running server's record, if it is running (a stale PID file is removed).
     pub fn running(&self) -> anyhow::Result<Option<PidRecord>> {
         PidRecord::running(&self.pid_path())
@@ -218,8 +226,10 @@ impl PostgresServer {
         // A server killed a moment ago (a drill, a crash) may still be a zombie its adoptive
         // parent has not reaped yet; PostgreSQL takes any PID it can signal for a live postmaster
         // and refuses to start ("lock file \"postmaster.pid\" already exists"). Seen in CI a
-        // second after a replica was killed.
-        if let Some(previous) = PidRecord::read(&self.pid_path())? {
+        // second after a replica was killed. Found by PostgreSQL's own lock file, not the lab's
+        // PID file, which any look at a stale record (`running`) removes.
+        let previous = self.lock_file_pid().and_then(|pid| PidRecord::of(pid).ok());
+        if let Some(previous) = previous {
             if !previous.is_alive() && !previous.wait_left(STOP_PATIENCE).await {
                 bail!(
                     "the previous PostgreSQL in {} (PID {}) has exited but its parent has not \

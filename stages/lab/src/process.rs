@@ -405,4 +405,26 @@ mod tests {
             .unwrap();
         assert!(!record.is_alive());
     }
+
+    /// What PostgreSQL's start trips over: a killed process not yet reaped is no longer alive,
+    /// yet has not left the process table; once reaped, it has.
+    #[tokio::test]
+    async fn a_killed_process_leaves_only_once_it_is_reaped() {
+        let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let record = PidRecord::of(child.id() as i32).unwrap();
+        kill(Pid::from_raw(record.pid), Signal::SIGKILL).unwrap();
+        // Not reaped: a zombie, dead but still in the table.
+        let zombie = async {
+            while record.is_alive() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), zombie)
+            .await
+            .unwrap();
+        assert!(!record.has_left());
+        assert!(!record.wait_left(Duration::from_millis(100)).await);
+        child.wait().unwrap();
+        assert!(record.wait_left(Duration::from_secs(10)).await);
+    }
 }

@@ -348,14 +348,14 @@ impl ReplicaSet {
             // forget the old one's positions: the new primary's history forked from the old one
             // where it was promoted, and whatever the old primary wrote past that point (lost
             // with asynchronous replication) no replica will ever replay.
-            let options = (*self.primary.connect_options()).clone();
-            let target = (options.get_host().to_owned(), options.get_port());
-            if polled_at.as_ref() != Some(&target) {
+            let options = self.primary.connect_options();
+            let target = (options.get_host(), options.get_port());
+            if polled_at.as_ref().map(|(h, p)| (h.as_str(), *p)) != Some(target) {
                 if polled_at.is_some() {
                     *lock(&self.history) = PrimaryHistory::default();
                     connection = None;
                 }
-                polled_at = Some(target);
+                polled_at = Some((target.0.to_owned(), target.1));
             }
             let polled = self
                 .poll(&options, &mut connection, Lsn::PRIMARY_POSITION_SQL)
@@ -389,12 +389,25 @@ impl ReplicaSet {
         // of its history.
         const REPLAYED: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 \
              WHERE pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS NOT NULL";
+        // While the primary does not answer, one exception: a replica just promoted (stage 8,
+        // before the app has moved its primary pool there) shows everything it has written, and
+        // is the only server that can show a writer their latest changes; refusing it left a
+        // writer's reads without a server for that moment (a stage 8 test caught a 503).
+        const REPLAYED_OR_PROMOTED: &str = "SELECT (CASE WHEN pg_is_in_recovery() \
+             THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END \
+             - '0/0'::pg_lsn)::int8 \
+             WHERE NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() IS NOT NULL";
         let mut connection = None;
         let mut tick = tokio::time::interval(self.poll_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let polled = self.poll(&replica.options, &mut connection, REPLAYED).await;
+            let sql = if self.primary_up() {
+                REPLAYED
+            } else {
+                REPLAYED_OR_PROMOTED
+            };
+            let polled = self.poll(&replica.options, &mut connection, sql).await;
             let was_in = replica.in_rotation();
             let now_in = match polled {
                 Ok(replayed) => {
