@@ -473,6 +473,13 @@ pub struct CacheSettings {
     /// and a host budget of a fifth of a core can delay it by up to 8 ms in a 10 ms scheduling
     /// period; 50 ms is far beyond both, and a request that falls back after it is still fast.
     pub op_timeout_ms: u64,
+    /// Longest wait for Redis to take an invalidation. Longer than `op_timeout_ms` on purpose, as
+    /// `database.positions_timeout_ms` is: a read that gives up costs one database read, but an
+    /// invalidation that gives up leaves a stale entry that other app hosts, whose Redis answers,
+    /// keep serving until it is delivered (see `cache::redis`). A write waits this long at most,
+    /// once per outage. Stage 5's cache host is small (0.05 core), and its CPU quota can hold
+    /// Redis up for a few 20 ms periods under load; 500 ms is far past that.
+    pub invalidation_timeout_ms: u64,
     /// Longest wait for a new connection (a restarted or frozen Redis).
     pub connect_timeout_ms: u64,
     /// Consecutive failures that open the circuit breaker. Five tolerates a stray slow answer,
@@ -495,6 +502,7 @@ impl Default for CacheSettings {
             ttl_jitter: 0.1,
             not_found_ttl_secs: 5,
             op_timeout_ms: 50,
+            invalidation_timeout_ms: 500,
             connect_timeout_ms: 200,
             breaker_failures: 5,
             breaker_open_ms: 1_000,

@@ -293,8 +293,9 @@ async fn a_frozen_redis_costs_no_errors_and_misses_no_invalidation() {
     // until the breaker opens, then skip Redis; none fails.
     signal(&redis, "-STOP");
     all_bypass(&app, &path, 10).await;
-    // A write while the breaker is open: its delete never reaches Redis, which still holds the
-    // old entry.
+    // A write while the breaker is open: its delete is still sent (other app hosts may be
+    // reading this Redis), waits out the invalidation timeout, and is kept; Redis still holds
+    // the old entry.
     write_body(&app, &token, &path, "written while Redis was frozen").await;
     let (_, cache, body) = app.get_cached(&path, None).await;
     assert_eq!(cache.as_deref(), Some("bypass"));

@@ -1,18 +1,29 @@
 //! The app's side of the cache host: one multiplexed Redis connection, bounded by timeouts, behind
 //! a circuit breaker, with a memory of invalidations it could not deliver.
 //!
-//! Every operation either finishes within `cache.op_timeout_ms` or counts as a failure; failures
-//! open the [`Breaker`], and while it is open nobody waits on Redis. Reads that fail are harmless
+//! Every read either finishes within `cache.op_timeout_ms` or counts as a failure; failures
+//! open the [`Breaker`], and while it is open no read waits on Redis. Reads that fail are harmless
 //! (the caller loads from the database). An *invalidation* that fails is not: the entry it should
-//! have removed could be served stale once Redis is back. So a failed invalidation opens the
-//! breaker at once and its keys are kept; the probe that closes the breaker delivers them first
-//! (or, if more were lost than [`RedisStore::max_pending`] can hold, empties the cache), before
-//! any hit is served.
+//! have removed could be served stale once Redis is back, and meanwhile by every *other* app host
+//! whose Redis answers (stage 4 on runs several against one cache host). So invalidations do not
+//! go through the breaker: each is sent even while it is open (a read timing out on this host
+//! says little about Redis), waiting up to `cache.invalidation_timeout_ms`. One that still fails
+//! opens the breaker at once and its keys are kept; later invalidations join them without
+//! waiting, and the probe that closes the breaker delivers them all first (or, if more were lost
+//! than [`RedisStore::max_pending`] can hold, empties the cache), before any hit is served here.
+//! What stays open: while this host cannot reach Redis and others can, they may serve an entry
+//! a write here made stale, until the probe delivers its invalidation or the entry expires.
+//!
+//! A CI run found the gap this closes: with two app hosts, a read timing out on one opened its
+//! breaker, a write there skipped Redis, and the next read, through the other host, was a hit
+//! on the entry the write had made stale.
 //!
 //! An invalidation either deletes the entries (stages 3 and 4) or replaces each with a
 //! *tombstone* (stage 5 on, see [`super::Cache::in_front_of`]): a short value saying at which
 //! database position the entry went stale. [`RedisStore::fill_many`] then stores a fill only over
-//! an absent key or a tombstone the fill's read is known to be past.
+//! an absent key or a tombstone the fill's read is known to be past; and a tombstone never
+//! replaces a newer one ([`INVALIDATE`]: a kept invalidation delivered late must not lower the
+//! bar another host's write raised).
 
 use std::{
     collections::HashMap,
@@ -48,6 +59,8 @@ pub struct RedisStore {
     /// Most undelivered invalidations remembered one by one. Each is a short key; 10,000 is
     /// about a megabyte, far more than a few seconds of outage produce at the rates measured here.
     max_pending: usize,
+    /// Longest wait for Redis to take an invalidation (`cache.invalidation_timeout_ms`).
+    invalidation_timeout: Duration,
     /// When the connection in use was made: Redis may have lost everything before it (a restart,
     /// or the flush a recovery does), tombstones included.
     connected_at: Mutex<Option<Instant>>,
@@ -69,6 +82,22 @@ static FILL: LazyLock<Script> = LazyLock::new(|| {
            end \
          end \
          return stored",
+    )
+});
+
+/// Leaves tombstones: each key set to its tombstone unless it already holds a newer one (byte
+/// order is position order), which is then left as it is. An entry is always replaced. `KEYS`:
+/// the keys; `ARGV`: each key's tombstone and TTL in turn.
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "for i, key in ipairs(KEYS) do \
+           local tomb = ARGV[2 * i - 1] \
+           local cur = redis.call('GET', key) \
+           if not (cur and string.sub(cur, 1, 1) == '!' and cur > tomb) then \
+             redis.call('SET', key, tomb, 'EX', ARGV[2 * i]) \
+           end \
+         end \
+         return 1",
     )
 });
 
@@ -117,6 +146,7 @@ impl RedisStore {
             ),
             pending: Mutex::new(Pending::default()),
             max_pending: settings.max_pending_invalidations,
+            invalidation_timeout: Duration::from_millis(settings.invalidation_timeout_ms),
             connected_at: Mutex::new(None),
         })
     }
@@ -159,6 +189,31 @@ impl RedisStore {
         }
     }
 
+    /// The connection an invalidation goes out on, outside the breaker (see the module's
+    /// comment): the one in use, or a new one if there is none (not kept: only the probe decides
+    /// when reads use Redis again); waiting up to the invalidation timeout. Refused without a
+    /// try while invalidations are kept undelivered: one has failed since the last probe, and the
+    /// next probe delivers them all.
+    async fn invalidation_connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        {
+            let pending = lock(&self.pending);
+            if !pending.keys.is_empty() || pending.overflowed {
+                return Err(StoreError::Skipped);
+            }
+        }
+        let in_use = lock(&self.connection).clone();
+        let mut connection = match in_use {
+            Some(connection) => connection,
+            None => {
+                self.client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await?
+            }
+        };
+        connection.set_response_timeout(self.invalidation_timeout);
+        Ok(connection)
+    }
+
     /// A fresh connection, checked with PING, after delivering the invalidations that were lost.
     async fn recover(&self) -> Result<MultiplexedConnection, redis::RedisError> {
         // A new connection each time: the old one may be dead (Redis restarted) or clogged with
@@ -192,16 +247,19 @@ impl RedisStore {
                 keys = keys.len(),
                 "delivering invalidations lost while away"
             );
+            let mut patient = connection.clone();
+            patient.set_response_timeout(self.invalidation_timeout);
             for chunk in keys.chunks(500) {
-                invalidation(chunk)
-                    .query_async::<()>(&mut connection)
-                    .await?;
+                deliver(&mut patient, chunk).await?;
             }
         }
         {
             let mut pending = lock(&self.pending);
-            for (key, _) in &keys {
-                pending.keys.remove(key);
+            for (key, delivered) in &keys {
+                // One kept meanwhile with a newer tombstone waits for the next probe.
+                if pending.keys.get(key) == Some(delivered) {
+                    pending.keys.remove(key);
+                }
             }
             if overflowed {
                 *pending = Pending::default();
@@ -325,11 +383,9 @@ impl RedisStore {
             .iter()
             .map(|k| (k.clone(), tombstone.clone()))
             .collect();
-        let result = match self.connection().await {
+        let result = match self.invalidation_connection().await {
             Ok(mut connection) => {
-                let result = invalidation(&entries)
-                    .query_async::<()>(&mut connection)
-                    .await;
+                let result = deliver(&mut connection, &entries).await;
                 self.record(result)
             }
             Err(e) => Err(e),
@@ -356,24 +412,35 @@ impl RedisStore {
     }
 }
 
-/// One round trip delivering `entries`: `DEL` for those without a tombstone, `SET … EX` for the
-/// others.
-fn invalidation(entries: &[(String, Tombstone)]) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
+/// Delivers `entries`: `DEL` for those without a tombstone (stages 3 and 4), [`INVALIDATE`] for
+/// the others (stage 5 on). An app has tombstones or none, so this is one round trip.
+async fn deliver(
+    connection: &mut MultiplexedConnection,
+    entries: &[(String, Tombstone)],
+) -> Result<(), redis::RedisError> {
     let deleted: Vec<&String> = entries
         .iter()
         .filter(|(_, t)| t.is_none())
         .map(|(k, _)| k)
         .collect();
     if !deleted.is_empty() {
-        pipe.cmd("DEL").arg(deleted).ignore();
+        redis::cmd("DEL")
+            .arg(deleted)
+            .query_async::<()>(&mut *connection)
+            .await?;
     }
+    let mut tombstones = INVALIDATE.prepare_invoke();
+    let mut any = false;
     for (key, tombstone) in entries {
         if let Some((value, ttl)) = tombstone {
-            set_with_ttl(&mut pipe, key, value, *ttl);
+            tombstones.key(key).arg(value.as_ref()).arg(*ttl);
+            any = true;
         }
     }
-    pipe
+    if any {
+        tombstones.invoke_async::<()>(connection).await?;
+    }
+    Ok(())
 }
 
 /// Adds `SET key value EX ttl` to `pipe`, its answer ignored.
@@ -450,8 +517,62 @@ mod tests {
         let exact = [(key("new"), Bytes::from_static(b"@0000000000000300[]"), 60)];
         assert_eq!(store.fill_many(&exact, &tomb(300)).await.unwrap(), 1);
 
+        // A tombstone never replaces a newer one: an invalidation kept while Redis was away and
+        // delivered late must not lower the bar a later write raised.
+        store
+            .invalidate(&[key("new")], Some((tomb(0x400), 60)))
+            .await;
+        store
+            .invalidate(&[key("new")], Some((tomb(0x350), 60)))
+            .await;
+        assert_eq!(store.get("new").await.unwrap(), Some(tomb(0x400)));
+
         // Without tombstones (stages 3 and 4) an invalidation deletes.
         store.invalidate(&[key("absent")], None).await;
         assert_eq!(store.get("absent").await.unwrap(), None);
+    }
+
+    /// Two app hosts on one Redis. One has its breaker open (its reads timed out, say: it spares
+    /// them the wait) while Redis answers the other. A write on the first must still reach
+    /// Redis, or the second keeps serving the entry that write made stale.
+    #[tokio::test]
+    async fn an_invalidation_reaches_redis_while_this_hosts_reads_skip_it() {
+        let redis = archlab::cache::TestRedis::start()
+            .await
+            .expect("start Redis");
+        let settings = crate::settings::CacheSettings {
+            url: redis.url(),
+            ..crate::settings::CacheSettings::default()
+        };
+        let (writer, other) = (
+            RedisStore::new(&settings).unwrap(),
+            RedisStore::new(&settings).unwrap(),
+        );
+        let entry = Bytes::from_static(b"{\"favoritesCount\":1}");
+        let key = "article:1".to_owned();
+        other
+            .put_many(&[(key.clone(), entry.clone(), 60)])
+            .await
+            .unwrap();
+        // The writer has used Redis (a connection in use), then its breaker opened.
+        assert_eq!(writer.get(&key).await.unwrap(), Some(entry.clone()));
+        writer.breaker.trip();
+        assert!(matches!(writer.get(&key).await, Err(StoreError::Skipped)));
+
+        writer.invalidate(std::slice::from_ref(&key), None).await;
+        assert_eq!(writer.pending_invalidations(), 0, "delivered, not kept");
+        assert_eq!(other.get(&key).await.unwrap(), None, "gone for every host");
+
+        // Stage 5's kind, from a writer that never had a connection: one is made for it.
+        other
+            .put_many(&[(key.clone(), entry.clone(), 60)])
+            .await
+            .unwrap();
+        let fresh = RedisStore::new(&settings).unwrap();
+        fresh.breaker.trip();
+        fresh
+            .invalidate(std::slice::from_ref(&key), Some((tomb(7), 60)))
+            .await;
+        assert_eq!(other.get(&key).await.unwrap(), Some(tomb(7)));
     }
 }
