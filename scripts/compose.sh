@@ -332,7 +332,12 @@ PY
 # The stage under test, brought down by the EXIT trap if a step fails.
 CURRENT_STAGE=""
 cleanup_test() {
-    [ -n "$CURRENT_STAGE" ] && COMPOSE_PROFILES=$ALL_PROFILES dc "$CURRENT_STAGE" down -v --remove-orphans >/dev/null 2>&1
+    if [ -n "$CURRENT_STAGE" ]; then
+        # A failed step: each container's last lines first (CI keeps only this output).
+        log "stage $CURRENT_STAGE failed: the last log lines of each container"
+        dc "$CURRENT_STAGE" logs --no-color --tail 25 >&2 2>&1 || true
+        COMPOSE_PROFILES=$ALL_PROFILES dc "$CURRENT_STAGE" down -v --remove-orphans >/dev/null 2>&1
+    fi
     [ -n "$STARTED_DAEMON" ] && stop_daemon
     return 0
 }
