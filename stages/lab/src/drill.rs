@@ -46,6 +46,7 @@ use crate::{
     budget,
     failover::FailoverWatch,
     lab::{Lab, SeedSpec},
+    partition::{Cut, CutHost, CutKind},
     stage::{Role, Stage, APP_PORT},
 };
 
@@ -67,6 +68,17 @@ pub enum Fault {
     /// Make an app host's two-phase commit coordinator abort its process at `--point`; start it
     /// again after the outage.
     CoordinatorCrash,
+    /// Stage 8, `--service patroni`: a planned switchover from the primary's host to the other
+    /// Patroni host (Patroni's `POST /switchover`: the primary stops cleanly, so the replica has
+    /// every commit, then the replica is promoted). Nothing to restore; `--outage` is not used.
+    Switchover,
+    /// Stage 8, `--service patroni`: cut the host off the network for the outage, every process
+    /// running on (see [`crate::partition`]): nothing reaches it and nothing it sends leaves.
+    Isolate,
+    /// Stage 8, `--service patroni`: cut the host off from the consensus store and the other
+    /// database hosts for the outage, the app hosts still reaching it: the old primary keeps
+    /// taking writes until its Patroni gives up on the store (see [`crate::partition`]).
+    Partition,
 }
 
 /// Where `coordinator-crash` aborts the coordinator: the app's `FaultPoint`s, by the names its
@@ -186,6 +198,16 @@ pub async fn drill(
     {
         anyhow::bail!("coordinator-crash hits an app host (--service app) at a --point");
     }
+    if matches!(
+        options.fault,
+        Fault::Switchover | Fault::Isolate | Fault::Partition
+    ) && options.service != Role::Patroni
+    {
+        anyhow::bail!(
+            "{:?} is a fault of stage 8's database hosts: --service patroni",
+            options.fault
+        );
+    }
     progress(&format!(
         "stage {}: bringing it up (fresh) and seeding",
         stage.number
@@ -297,6 +319,8 @@ async fn run(
     let injected_at = measure_start.elapsed().as_secs_f64();
     let mut crashed_at = None;
     let mut after_crash = None;
+    let mut switching = None;
+    let mut cut = None;
     match options.fault {
         Fault::Kill | Fault::Freeze => {
             let signal = if options.fault == Fault::Kill {
@@ -396,6 +420,53 @@ async fn run(
                 }));
             }
         }
+        Fault::Switchover => {
+            let cluster = lab.patroni_cluster(stage)?;
+            let hosts = stage.patroni_hosts();
+            let from = hosts
+                .iter()
+                .position(|h| h.name == host.name)
+                .context("the switchover's host is no Patroni host")?;
+            let to = (0..hosts.len())
+                .find(|&i| i != from)
+                .context("a switchover needs a second Patroni host")?;
+            progress(&format!(
+                "{injected_at:.1} s: switchover from {} to {}",
+                hosts[from].name, hosts[to].name
+            ));
+            // Patroni answers once the switchover is done; the watch below starts meanwhile.
+            switching = Some(tokio::spawn(
+                async move { cluster.switchover(from, to).await },
+            ));
+        }
+        Fault::Isolate | Fault::Partition => {
+            let uid = |name: &str| -> anyhow::Result<u32> {
+                crate::postgres::host_user(name)?
+                    .map(|(uid, _)| uid)
+                    .context("cutting a host off needs root (iptables, an OS user per host)")
+            };
+            let peers = stage
+                .patroni_hosts()
+                .iter()
+                .filter(|h| h.name != host.name)
+                .map(|h| uid(&h.name))
+                .collect::<anyhow::Result<Vec<u32>>>()?;
+            let kind = if options.fault == Fault::Isolate {
+                CutKind::Isolated
+            } else {
+                CutKind::Partitioned
+            };
+            progress(&format!(
+                "{injected_at:.1} s: {} cut off ({kind:?})",
+                host.name
+            ));
+            let target = CutHost {
+                name: host.name.clone(),
+                address: host.address.clone(),
+                uid: uid(&host.name)?,
+            };
+            cut = Some(Cut::start(&target, kind, &peers)?);
+        }
     }
     // Stage 8: the failover's timeline, watched while the service is down and after.
     let watching = failover.map(|watch| {
@@ -428,6 +499,17 @@ async fn run(
         Fault::Restart => Err(anyhow::anyhow!(
             "a restart is for app hosts (rolling) or the database (clean stop and start)"
         )),
+        Fault::Isolate | Fault::Partition => {
+            tokio::time::sleep(options.outage).await;
+            match cut.take() {
+                Some(cut) => cut.heal(),
+                None => Ok(()),
+            }
+        }
+        Fault::Switchover => match switching.take() {
+            Some(switching) => switching.await.context("the switchover task")?,
+            None => Ok(()),
+        },
         Fault::PauseReplay | Fault::ApplyDelay => {
             tokio::time::sleep(options.outage).await;
             let replica = lab.replica_server(stage, host)?;
@@ -440,10 +522,10 @@ async fn run(
         }
     };
     let restored_at = measure_start.elapsed().as_secs_f64();
-    progress(&format!(
-        "{restored_at:.1} s: {} restored",
-        options.service.as_str()
-    ));
+    progress(&match options.fault {
+        Fault::Switchover => format!("{restored_at:.1} s: Patroni says the switchover is done"),
+        _ => format!("{restored_at:.1} s: {} restored", options.service.as_str()),
+    });
     let mut report = load.await.context("the load task")??;
     let failover = match watching {
         Some(watching) => {

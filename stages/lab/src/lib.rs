@@ -39,6 +39,7 @@ pub mod gateway;
 pub mod lab;
 pub mod monitor;
 pub mod objects;
+pub mod partition;
 pub mod patroni;
 pub mod postgres;
 pub mod process;

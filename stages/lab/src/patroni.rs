@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use crate::{
     consensus::{ConsensusStore, StoreKind},
-    postgres::{bin_dir, server_user, PostgresServer, BASE_SETTINGS},
+    postgres::{bin_dir, hand_over, host_user, PostgresServer, BASE_SETTINGS},
     process::{self, PidRecord, Spawn},
 };
 
@@ -220,8 +220,9 @@ postgresql:
         }
         process::ensure_free("Patroni", &self.server.address, self.rest_port)?;
         process::ensure_free("PostgreSQL", &self.server.address, self.server.port)?;
-        let user = server_user()?;
+        let user = host_user(&self.name)?;
         self.server.prepare_dirs(user)?;
+        hand_over(&self.server.dir, &self.server.data_dir(), user)?;
         fs::write(self.config_path(), self.config(cluster)?)
             .with_context(|| format!("writing {}", self.config_path().display()))?;
         let patroni = PathBuf::from("/usr/bin/patroni");

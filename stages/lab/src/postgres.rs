@@ -102,6 +102,66 @@ pub fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
     Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
+/// The OS user a stage 8 database host's processes (Patroni, its PostgreSQL) run as when we are
+/// root: one per host, `archlab-<host>`, made on first use. On loopback every connection a host
+/// opens leaves from 127.0.0.1, whatever its own address, so only the owner of a packet tells
+/// which host sent it: that is how a drill cuts one host off (`iptables -m owner`,
+/// [`crate::partition`]). Not root: ourselves, as for any server.
+pub fn host_user(host: &str) -> anyhow::Result<Option<(u32, u32)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let name = format!("archlab-{host}");
+    anyhow::ensure!(
+        name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{name:?} cannot be an OS user name"
+    );
+    // Two starts at once may both add it (useradd then fails for one, or finds /etc/passwd
+    // locked): looked up again after each try.
+    for _ in 0..10 {
+        if let Some(user) = nix::unistd::User::from_name(&name)? {
+            return Ok(Some((user.uid.as_raw(), user.gid.as_raw())));
+        }
+        let output = Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args(["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+            .arg(&name)
+            .output()
+            .context("running useradd")?;
+        if !output.status.success() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let user = nix::unistd::User::from_name(&name)?
+        .with_context(|| format!("could not add the OS user {name} (useradd)"))?;
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
+}
+
+/// Hands `dir` and everything in it to `user` if `owned` (a file in it) belongs to someone else:
+/// a data folder made before its host had a user of its own.
+pub(crate) fn hand_over(dir: &Path, owned: &Path, user: Option<(u32, u32)>) -> anyhow::Result<()> {
+    let Some((uid, gid)) = user else {
+        return Ok(());
+    };
+    match fs::metadata(owned) {
+        Ok(meta) if std::os::unix::fs::MetadataExt::uid(&meta) != uid => {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(dir)
+                .status()?;
+            if !status.success() {
+                bail!("chown of {} failed", dir.display());
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// One PostgreSQL server: its folders, address and process.
 #[derive(Debug, Clone)]
 pub struct PostgresServer {

@@ -12,8 +12,9 @@ use std::time::Duration;
 use archlab::{
     consensus::{ConsensusStore, StoreKind},
     etcd::TestEtcd,
+    partition::{Cut, CutHost, CutKind},
     patroni::{streams_to, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS},
-    postgres::{free_port, PostgresServer},
+    postgres::{free_port, host_user, PostgresServer},
     zookeeper::TestZooKeeper,
 };
 use sqlx::{Connection, PgConnection};
@@ -213,6 +214,94 @@ async fn switchover_crash_and_rejoin(store: ConsensusStore) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The primary's host cut off from the store and the replica, still running and still reachable
+/// by clients (`archlab::partition`): its Patroni can no longer renew the leader key, so it
+/// demotes its own server, and once the key expires the replica takes over. Healed, the old
+/// primary rewinds onto the new history and follows. Without the cut nothing here would happen:
+/// the test shows the rules cut what they claim to.
+#[tokio::test]
+async fn over_etcd_a_partitioned_primary_steps_down_and_follows_once_healed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: cutting a host off needs root (iptables)");
+        return;
+    }
+    let etcd = TestEtcd::start().await.unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("archlab-patroni-cut")
+        .tempdir()
+        .unwrap();
+    // Addresses of their own (a cut is by address and OS user), and names no other test uses (a
+    // name is a user: the cut must not catch another test's servers).
+    let block = std::process::id() % 200 + 20;
+    let nodes = (1..=2)
+        .map(|n| PatroniNode {
+            name: format!("cut_{n}"),
+            server: PostgresServer::new(
+                dir.path().join(format!("cut-{n}")),
+                &format!("127.77.{block}.{n}"),
+                free_port().unwrap(),
+            ),
+            rest_port: free_port().unwrap(),
+        })
+        .collect();
+    let cluster = PatroniCluster {
+        scope: format!("cut-{}", std::process::id()),
+        nodes,
+        store: ConsensusStore {
+            kind: StoreKind::Etcd,
+            endpoints: etcd.cluster.endpoints(),
+        },
+        replication: Replication::Async,
+        password: "test".into(),
+    };
+    let _stop = StopOnDrop(&cluster);
+    cluster.start().await.unwrap();
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    assert_eq!(cluster.primary().await, Some(0));
+    sqlx::raw_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .execute(&mut connect(a).await)
+        .await
+        .unwrap();
+    wait_streaming(a, b).await;
+    wait_replayed(a, b).await;
+
+    let uid = |name: &str| host_user(name).unwrap().unwrap().0;
+    let cut = Cut::start(
+        &CutHost {
+            name: a.name.clone(),
+            address: a.server.address.clone(),
+            uid: uid(&a.name),
+        },
+        CutKind::Partitioned,
+        &[uid(&b.name)],
+    )
+    .unwrap();
+    // a can no longer renew the key, and b takes it once it expires.
+    assert_eq!(cluster.wait_for_new_primary(0, PATIENCE).await.unwrap(), 1);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while a.is_primary().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut-off primary never stepped down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    write_when_promoted(b, "INSERT INTO t VALUES (2)").await;
+
+    cut.heal().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !a.is_replica().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old primary never rejoined as a replica"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_streaming(b, a).await;
+    wait_replayed(b, a).await;
+    assert_eq!(rows(a).await, vec![1, 2]);
 }
 
 /// Stops the cluster at the end of the test, passed or failed (before etcd goes).
