@@ -240,7 +240,7 @@ async fn over_etcd_a_partitioned_primary_steps_down_and_follows_once_healed() {
             name: format!("cut_{n}"),
             server: PostgresServer::new(
                 dir.path().join(format!("cut-{n}")),
-                &format!("127.77.{block}.{n}"),
+                format!("127.77.{block}.{n}"),
                 free_port().unwrap(),
             ),
             rest_port: free_port().unwrap(),
