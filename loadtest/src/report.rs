@@ -462,6 +462,35 @@ pub struct Failover {
     pub store_leader_before: Option<String>,
     /// See `store_leader_before`.
     pub store_leader_after: Option<String>,
+    /// The registers' history through the fault, checked for linearizability (absent in results
+    /// from before the check was built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linearizability: Option<Linearizability>,
+}
+
+/// A drill's register history and the checker's verdict on it (stage 8, `archlab::history`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Linearizability {
+    /// Registers (keys) checked.
+    pub keys: u64,
+    /// Operations recorded, all keys together.
+    pub operations: u64,
+    /// Acknowledged writes and answered reads.
+    pub ok: u64,
+    /// Writes certainly refused (the app refused them before the database saw them).
+    pub failed: u64,
+    /// Operations of unknown outcome (timeouts, errors that may have come after the commit).
+    pub unknown: u64,
+    /// Keys whose history is linearizable.
+    pub linearizable_keys: u64,
+    /// Keys whose history is not: the checker found no order that explains it.
+    pub violating_keys: u64,
+    /// Keys the checker could not decide within its bound.
+    pub undecided_keys: u64,
+    /// Reads stale beyond doubt, on the violating keys (a few per key).
+    pub stale_reads: Vec<String>,
+    /// Seconds the checker took, all keys together.
+    pub check_s: f64,
 }
 
 /// What a sharded stage looks like once a drill is over and recovery has had its time.

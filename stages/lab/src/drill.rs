@@ -45,6 +45,7 @@ use nix::{
 use crate::{
     budget,
     failover::FailoverWatch,
+    history::RegisterClients,
     lab::{Lab, SeedSpec},
     partition::{Cut, CutHost, CutKind},
     stage::{Role, Stage, APP_PORT},
@@ -272,10 +273,13 @@ async fn run(
     } else {
         None
     };
-    let failover = if stage.patroni_hosts().is_empty() {
-        None
+    let (failover, registers) = if stage.patroni_hosts().is_empty() {
+        (None, None)
     } else {
-        Some(FailoverWatch::prepare(lab, stage).await?)
+        (
+            Some(FailoverWatch::prepare(lab, stage).await?),
+            Some(RegisterClients::prepare(&stage.endpoint()).await?),
+        )
     };
     let load =
         tokio::spawn(
@@ -291,6 +295,11 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let measure_start = Instant::now();
+    // Stage 8: the registers' history, recorded over the whole measured time.
+    let recording = registers.map(|registers| {
+        let duration = options.duration;
+        tokio::spawn(async move { registers.record(duration).await })
+    });
     tokio::time::sleep(options.at).await;
     let pid = lab
         .service_pid(stage, host, options.service)
@@ -527,13 +536,21 @@ async fn run(
         _ => format!("{restored_at:.1} s: {} restored", options.service.as_str()),
     });
     let mut report = load.await.context("the load task")??;
-    let failover = match watching {
+    let mut failover = match watching {
         Some(watching) => {
             let (watch, seen) = watching.await.context("the failover watch")?;
             Some(watch.finish(stage, seen, fault, measure_start).await)
         }
         None => None,
     };
+    if let (Some(failover), Some(recording)) = (failover.as_mut(), recording) {
+        let ops = recording.await.context("the register clients")??;
+        progress(&format!(
+            "checking the registers' history ({} operations) for linearizability",
+            ops.len()
+        ));
+        failover.linearizability = Some(crate::history::check(ops).await);
+    }
     if let Some(watch) = replication {
         report.replication = Some(watch.finish().await);
     }
@@ -871,12 +888,56 @@ pub fn markdown(report: &Report) -> String {
                 s.push_str(&format!("- `{name}` {value}\n"));
             }
         }
+        if let Some(f) = &d.failover {
+            s.push_str(&failover_markdown(f));
+        }
         s.push_str("\n| second | ok | errors | p99 ms |\n|---:|---:|---:|---:|\n");
         for p in &report.series {
             s.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
                 p.t, p.ok, p.errors, p.p99_ms
             ));
+        }
+    }
+    s
+}
+
+/// Stage 8's failover timeline and the registers' verdict, as Markdown.
+fn failover_markdown(f: &loadtest::report::Failover) -> String {
+    let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t} s"));
+    let mut s = format!(
+        "\nFailover over {}: {} led; leader lost at {}, new leader at {}, first acknowledged \
+         write at {} ({} without writes, {} probe writes refused); {} leads at the end; \
+         timeline {} -> {}; the store's leader {} -> {}.\n",
+        f.store,
+        f.leader_before,
+        at(f.leader_lost_at_s),
+        at(f.new_leader_at_s),
+        at(f.first_write_at_s),
+        at(f.writes_unavailable_s),
+        f.probe_refused,
+        f.leader_after.as_deref().unwrap_or("nobody"),
+        f.timeline_before.map_or("?".into(), |t| t.to_string()),
+        f.timeline_after.map_or("?".into(), |t| t.to_string()),
+        f.store_leader_before.as_deref().unwrap_or("?"),
+        f.store_leader_after.as_deref().unwrap_or("?"),
+    );
+    if let Some(l) = &f.linearizability {
+        s.push_str(&format!(
+            "\nRegisters: {} operations on {} keys ({} ok, {} failed, {} unknown); \
+             linearizable {}, **not linearizable {}**, undecided {} (checked in {} s).\n",
+            l.operations,
+            l.keys,
+            l.ok,
+            l.failed,
+            l.unknown,
+            l.linearizable_keys,
+            l.violating_keys,
+            l.undecided_keys,
+            l.check_s
+        ));
+        for read in &l.stale_reads {
+            s.push_str(&format!("- {read}\n"));
         }
     }
     s

@@ -214,6 +214,7 @@ impl FailoverWatch {
             timeline_after,
             store_leader_before: self.store_before.clone(),
             store_leader_after: store_leader(&self.consensus, stage).await,
+            linearizability: None,
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod etcd;
 pub mod failover;
 pub mod files;
 pub mod gateway;
+pub mod history;
 pub mod lab;
 pub mod monitor;
 pub mod objects;
