@@ -78,6 +78,20 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The error of a step *after* a write committed (reading its result back for the answer):
+    /// the write stands, so the answer must not say it was refused, as "primary down: writes
+    /// refused" would. Still a 503; used only where sending the write again is harmless
+    /// (favoriting twice counts once). A stage 8 drill's register history caught a committed
+    /// write answered "writes refused" (`archlab::history`).
+    pub fn after_commit(self) -> Self {
+        match self {
+            Self::DatabaseUnavailable(_) | Self::ShardDown(_) => Self::DatabaseUnavailable(
+                "the change was made, but reading it back failed: try GET",
+            ),
+            other => other,
+        }
+    }
+
     /// A 422 for one field.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         let mut errors = FieldErrors::new();

@@ -112,6 +112,11 @@ impl FailoverWatch {
     /// `limit` has passed: the instants seen. The leader and the probe are watched apart, so a
     /// write left hanging by a dead primary does not delay the look at the leader.
     pub async fn watch(&self, fault: Instant, limit: Duration) -> Seen {
+        // When the leader was first seen lost (shared with the probe), and whether the leaders'
+        // watch is over.
+        let lost_at = std::sync::Mutex::new(None::<Instant>);
+        let leaders_done = std::sync::atomic::AtomicBool::new(false);
+        let lost_now = || *lost_at.lock().unwrap_or_else(|e| e.into_inner());
         let leaders = async {
             let (mut lost, mut new_leader) = (None, None);
             let mut tick = tokio::time::interval(POLL);
@@ -127,7 +132,11 @@ impl FailoverWatch {
                     new_leader = Some(now);
                     lost.get_or_insert(now);
                 }
+                if lost.is_some() {
+                    *lost_at.lock().unwrap_or_else(|e| e.into_inner()) = lost;
+                }
             }
+            leaders_done.store(true, std::sync::atomic::Ordering::Release);
             (lost, new_leader)
         };
         let probe = async {
@@ -142,15 +151,33 @@ impl FailoverWatch {
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n = 0u64;
+            // The first write acknowledged after the fault, and the first *sent* after the leader
+            // was lost: a planned switchover keeps taking writes on the old primary for a
+            // moment, and those say nothing of the new one.
+            let mut first_after_fault = None;
             while fault.elapsed() < limit {
                 tick.tick().await;
                 n += 1;
+                let sent = Instant::now();
                 match self.probe_write(&client, n).await {
-                    Ok(()) => return (Some(Instant::now()), refusals),
+                    Ok(()) => {
+                        let acknowledged = Instant::now();
+                        if lost_now().is_some_and(|lost| sent >= lost) {
+                            return (Some(acknowledged), refusals);
+                        }
+                        first_after_fault.get_or_insert(acknowledged);
+                        // The leader's watch ended without a loss (the store's leader lost, say):
+                        // the first write after the fault is the answer.
+                        if leaders_done.load(std::sync::atomic::Ordering::Acquire)
+                            && lost_now().is_none()
+                        {
+                            return (first_after_fault, refusals);
+                        }
+                    }
                     Err(refusal) => *refusals.entry(refusal).or_default() += 1,
                 }
             }
-            (None, refusals)
+            (lost_now().map_or(first_after_fault, |_| None), refusals)
         };
         let ((lost, new_leader), (first_write, refusals)) = tokio::join!(leaders, probe);
         Seen {

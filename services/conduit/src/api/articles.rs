@@ -1185,7 +1185,9 @@ async fn favorite(
     // The favorite count changed.
     state.cache.invalidate(&[Key::article(id)]).await;
     // The answer to a write shows that write: read where it was written.
-    let article = current_article(&state, &slug, user.id).await?;
+    let article = current_article(&state, &slug, user.id)
+        .await
+        .map_err(ApiError::after_commit)?;
     Ok((spanned, Json(ArticleBody { article })))
 }
 
@@ -1200,7 +1202,9 @@ async fn unfavorite(
     let (id, spanned) = change_favorite(&state, &slug, user.id, false).await?;
     state.cache.invalidate(&[Key::article(id)]).await;
     // The answer to a write shows that write: read where it was written.
-    let article = current_article(&state, &slug, user.id).await?;
+    let article = current_article(&state, &slug, user.id)
+        .await
+        .map_err(ApiError::after_commit)?;
     Ok((spanned, Json(ArticleBody { article })))
 }
 

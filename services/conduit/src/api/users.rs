@@ -409,40 +409,42 @@ async fn update_user(
             .await
             .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
         }
-        ApiResult::Ok(row)
+        // Every article of the author (each cached one carries the author's name, bio and
+        // image), read in the same transaction: after the commit nothing may fail the answer to
+        // a write that stands (a drill caught one answered "writes refused").
+        let articles: Vec<i64> = if state.cache.enabled() {
+            sqlx::query_scalar("SELECT id FROM articles WHERE author_id = $1")
+                .bind(user.id)
+                .fetch_all(tx.on(home)?)
+                .await?
+        } else {
+            Vec::new()
+        };
+        ApiResult::Ok((row, articles))
     }
     .await;
-    let row = tx.settle(updated).await?;
+    let (row, articles) = tx.settle(updated).await?;
     let old_username: String = row.try_get("old_username")?;
     let row = UserRow::from_row(&row)?;
-    invalidate_profile(&state, row.id, &old_username, &row.username).await?;
+    invalidate_profile(&state, &articles, &old_username, &row.username).await;
     Ok(axum::Json(row.into_body(&state)?))
 }
 
-/// After a profile update: the profile's entries under its old and new name, and every article
-/// of this author (each carries the author's name, bio and image). Proportional to the author's
-/// article count, which is fine for a rare write; an author with very many articles would call
-/// for versioned keys instead (the author's version inside each article key).
+/// After a profile update: the profile's entries under its old and new name, and the author's
+/// `articles`. Proportional to the author's article count, which is fine for a rare write; an
+/// author with very many articles would call for versioned keys instead (the author's version
+/// inside each article key).
 async fn invalidate_profile(
     state: &AppState,
-    user: i64,
+    articles: &[i64],
     old_username: &str,
     username: &str,
-) -> ApiResult<()> {
-    if !state.cache.enabled() {
-        return Ok(());
-    }
-    // On the primary: every article of the author, the one written a moment ago included.
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM articles WHERE author_id = $1")
-        .bind(user)
-        .fetch_all(state.shards.of(user).write()?)
-        .await?;
+) {
     let mut stale = vec![Key::profile(old_username), Key::profile(username)];
-    stale.extend(ids.into_iter().map(Key::article));
+    stale.extend(articles.iter().copied().map(Key::article));
     for chunk in stale.chunks(500) {
         state.cache.invalidate(chunk).await;
     }
-    Ok(())
 }
 
 #[cfg(test)]
