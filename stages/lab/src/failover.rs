@@ -4,7 +4,8 @@
 //!   fault ── leader lost ── new leader ── first acknowledged write
 //!     │          │               │                 │
 //!     │   no Patroni answers     another host      the drill's probe gets
-//!     │   GET /primary 200       answers 200       a 201 for its article
+//!     │   GET /primary 200       answers 200       a 201 for an article it
+//!     │                                            sent once another host led
 //! ```
 //!
 //! The leader is polled as the app polls it ([`ASK_WITHIN`], every [`POLL`]); the write is the
@@ -112,11 +113,11 @@ impl FailoverWatch {
     /// `limit` has passed: the instants seen. The leader and the probe are watched apart, so a
     /// write left hanging by a dead primary does not delay the look at the leader.
     pub async fn watch(&self, fault: Instant, limit: Duration) -> Seen {
-        // When the leader was first seen lost (shared with the probe), and whether the leaders'
-        // watch is over.
-        let lost_at = std::sync::Mutex::new(None::<Instant>);
+        // When another host was first seen leading (shared with the probe), and whether the
+        // leaders' watch is over.
+        let new_leader_at = std::sync::Mutex::new(None::<Instant>);
         let leaders_done = std::sync::atomic::AtomicBool::new(false);
-        let lost_now = || *lost_at.lock().unwrap_or_else(|e| e.into_inner());
+        let new_leader_now = || *new_leader_at.lock().unwrap_or_else(|e| e.into_inner());
         let leaders = async {
             let (mut lost, mut new_leader) = (None, None);
             let mut tick = tokio::time::interval(POLL);
@@ -131,9 +132,7 @@ impl FailoverWatch {
                 if leaders.iter().any(|&i| Some(i) != self.leader_before) {
                     new_leader = Some(now);
                     lost.get_or_insert(now);
-                }
-                if lost.is_some() {
-                    *lost_at.lock().unwrap_or_else(|e| e.into_inner()) = lost;
+                    *new_leader_at.lock().unwrap_or_else(|e| e.into_inner()) = new_leader;
                 }
             }
             leaders_done.store(true, std::sync::atomic::Ordering::Release);
@@ -141,45 +140,46 @@ impl FailoverWatch {
         };
         let probe = async {
             let mut refusals = BTreeMap::<String, u64>::new();
+            // Each acknowledged write: when it was sent, when acknowledged.
+            let mut acknowledged = Vec::<(Instant, Instant)>::new();
             let Ok(client) = reqwest::Client::builder()
                 .no_proxy()
                 .timeout(PROBE_TIMEOUT)
                 .build()
             else {
-                return (None, refusals);
+                return (acknowledged, refusals);
             };
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n = 0u64;
-            // The first write acknowledged after the fault, and the first *sent* after the leader
-            // was lost: a planned switchover keeps taking writes on the old primary for a
-            // moment, and those say nothing of the new one.
-            let mut first_after_fault = None;
             while fault.elapsed() < limit {
                 tick.tick().await;
                 n += 1;
                 let sent = Instant::now();
                 match self.probe_write(&client, n).await {
                     Ok(()) => {
-                        let acknowledged = Instant::now();
-                        if lost_now().is_some_and(|lost| sent >= lost) {
-                            return (Some(acknowledged), refusals);
-                        }
-                        first_after_fault.get_or_insert(acknowledged);
-                        // The leader's watch ended without a loss (the store's leader lost, say):
-                        // the first write after the fault is the answer.
-                        if leaders_done.load(std::sync::atomic::Ordering::Acquire)
-                            && lost_now().is_none()
-                        {
-                            return (first_after_fault, refusals);
+                        acknowledged.push((sent, Instant::now()));
+                        // Done once a write sent after another host led went through, or, the
+                        // leaders' watch over without one, at the first write.
+                        let after_new = new_leader_now().is_some_and(|at| sent >= at);
+                        if after_new || leaders_done.load(std::sync::atomic::Ordering::Acquire) {
+                            break;
                         }
                     }
                     Err(refusal) => *refusals.entry(refusal).or_default() += 1,
                 }
             }
-            (lost_now().map_or(first_after_fault, |_| None), refusals)
+            (acknowledged, refusals)
         };
-        let ((lost, new_leader), (first_write, refusals)) = tokio::join!(leaders, probe);
+        let ((lost, new_leader), (acknowledged, refusals)) = tokio::join!(leaders, probe);
+        // The first write *sent* once another host led: a planned switchover keeps taking writes
+        // on the old primary for a moment, and those say nothing of the new one. Without a new
+        // leader, the first sent after the leader was lost; never lost, the first of all.
+        let since = new_leader.or(lost);
+        let first_write = acknowledged
+            .iter()
+            .find(|(sent, _)| since.is_none_or(|since| *sent >= since))
+            .map(|(_, acknowledged)| *acknowledged);
         Seen {
             lost,
             new_leader,
