@@ -810,6 +810,12 @@ impl Lab {
     /// Stops the stage's processes in the reverse of [`Role::START_ORDER`]: the gateway and the
     /// app hosts first (nothing new reaches what they use), the database last.
     pub fn down(&self, stage: &Stage, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
+        // A database host a killed drill left cut off (its rules outlive it): healed first.
+        for host in stage.patroni_hosts() {
+            if crate::partition::Cut::remove_left_over(&host.name) {
+                progress(&format!("{}: a drill's network cut removed", host.name));
+            }
+        }
         // The monitoring host first: it watches the others and depends on none of them.
         let monitor = self.monitor_server(stage);
         if let Some(record) = monitor.running()? {

@@ -120,7 +120,7 @@ fn iptables(args: &[String]) -> anyhow::Result<()> {
 impl Cut {
     /// Cuts `host` off as `kind` says (`peers`: the other database hosts' user ids).
     pub fn start(host: &CutHost, kind: CutKind, peers: &[u32]) -> anyhow::Result<Cut> {
-        let chain = format!("archlab-cut-{}", host.name);
+        let chain = Cut::chain(&host.name);
         anyhow::ensure!(chain.len() <= 28, "{chain}: too long for an iptables chain");
         // A cut left behind by a drill that died is removed first.
         let _ = Cut::remove(&chain);
@@ -136,6 +136,21 @@ impl Cut {
         }
         iptables(&["-I".into(), "OUTPUT".into(), "-j".into(), chain])?;
         Ok(cut)
+    }
+
+    /// Removes the cut of the host named `host` if one was left behind (a drill killed before it
+    /// healed it); whether there was one.
+    pub fn remove_left_over(host: &str) -> bool {
+        let chain = Cut::chain(host);
+        Command::new("iptables")
+            .args(["-w", "-n", "-L", &chain])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Cut::remove(&chain).is_ok()
+    }
+
+    fn chain(host: &str) -> String {
+        format!("archlab-cut-{host}")
     }
 
     fn remove(chain: &str) -> anyhow::Result<()> {
