@@ -189,9 +189,10 @@ impl RedisStore {
         }
     }
 
-    /// The connection an invalidation goes out on, outside the breaker (see the module's
-    /// comment): the one in use, or a new one if there is none (not kept: only the probe decides
-    /// when reads use Redis again); waiting up to the invalidation timeout. Refused without a
+    /// The connection an invalidation goes out on, waiting up to the invalidation timeout: the
+    /// breaker's (the probe's, when one is due: it repairs and keeps it, as for a read), else,
+    /// the breaker open (see the module's comment), the one in use, or a new one if there is
+    /// none (not kept: only the probe decides when reads use Redis again). Refused without a
     /// try while invalidations are kept undelivered: one has failed since the last probe, and the
     /// next probe delivers them all.
     async fn invalidation_connection(&self) -> Result<MultiplexedConnection, StoreError> {
@@ -201,8 +202,11 @@ impl RedisStore {
                 return Err(StoreError::Skipped);
             }
         }
-        let in_use = lock(&self.connection).clone();
-        let mut connection = match in_use {
+        let usable = match self.connection().await {
+            Ok(connection) => Some(connection),
+            Err(_) => lock(&self.connection).clone(),
+        };
+        let mut connection = match usable {
             Some(connection) => connection,
             None => {
                 self.client
