@@ -485,9 +485,10 @@ pub struct Linearizability {
     pub linearizable_keys: u64,
     /// Keys whose history is not: the checker found no order that explains it.
     pub violating_keys: u64,
-    /// Keys the checker could not decide within its bound.
+    /// Keys the checker could not decide: too many writes of unknown outcome to search, or out of
+    /// time.
     pub undecided_keys: u64,
-    /// Reads stale beyond doubt, on the violating keys (a few per key).
+    /// Reads stale beyond doubt, on the keys not found linearizable (a few per key).
     pub stale_reads: Vec<String>,
     /// Seconds the checker took, all keys together.
     pub check_s: f64,
