@@ -447,7 +447,9 @@ pub struct Failover {
     pub new_leader_at_s: Option<f64>,
     /// When the probe's first write after the fault was acknowledged.
     pub first_write_at_s: Option<f64>,
-    /// From the fault to that write: how long the stage took no writes.
+    /// How long the stage took no writes: from the last probe write acknowledged before the
+    /// new leader (or, without one, the fault) to that first write. Results before 2026-12-05
+    /// 20:00 count from the fault (the same after a crash, which leaves no write before).
     pub writes_unavailable_s: Option<f64>,
     /// The probe's writes refused while it waited (503 each, or what else it got, in `refusals`).
     pub probe_refused: u64,

@@ -61,6 +61,9 @@ pub struct Seen {
     lost: Option<Instant>,
     new_leader: Option<Instant>,
     first_write: Option<Instant>,
+    /// The last write acknowledged before that one's stretch: one the old primary took (a
+    /// planned switchover takes writes until it stops the old primary).
+    last_write_before: Option<Instant>,
     refusals: BTreeMap<String, u64>,
 }
 
@@ -180,10 +183,16 @@ impl FailoverWatch {
             .iter()
             .find(|(sent, _)| since.is_none_or(|since| *sent >= since))
             .map(|(_, acknowledged)| *acknowledged);
+        let last_write_before = acknowledged
+            .iter()
+            .filter(|(sent, _)| since.is_some_and(|since| *sent < since))
+            .map(|(_, acknowledged)| *acknowledged)
+            .max();
         Seen {
             lost,
             new_leader,
             first_write,
+            last_write_before,
             refusals,
         }
     }
@@ -232,9 +241,12 @@ impl FailoverWatch {
             leader_lost_at_s: at(seen.lost),
             new_leader_at_s: at(seen.new_leader),
             first_write_at_s: at(seen.first_write),
-            writes_unavailable_s: seen
-                .first_write
-                .map(|w| round(w.saturating_duration_since(fault).as_secs_f64())),
+            // From the last write the old primary acknowledged (the fault, after a crash) to the
+            // first the new one did.
+            writes_unavailable_s: seen.first_write.map(|w| {
+                let from = seen.last_write_before.map_or(fault, |l| l.max(fault));
+                round(w.saturating_duration_since(from).as_secs_f64())
+            }),
             probe_refused: seen.refusals.values().sum(),
             refusals: seen.refusals,
             timeline_before: self.timeline_before,
