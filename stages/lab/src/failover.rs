@@ -164,8 +164,11 @@ impl FailoverWatch {
                         acknowledged.push((sent, Instant::now()));
                         // Done once a write sent after another host led went through, or, the
                         // leaders' watch over without one, at the first write.
-                        let after_new = new_leader_now().is_some_and(|at| sent >= at);
-                        if after_new || leaders_done.load(std::sync::atomic::Ordering::Acquire) {
+                        let new_leader = new_leader_now();
+                        let after_new = new_leader.is_some_and(|at| sent >= at);
+                        let watch_over_without_one = new_leader.is_none()
+                            && leaders_done.load(std::sync::atomic::Ordering::Acquire);
+                        if after_new || watch_over_without_one {
                             break;
                         }
                     }
