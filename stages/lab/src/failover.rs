@@ -74,21 +74,7 @@ impl FailoverWatch {
         let cluster = lab.patroni_cluster(stage)?;
         let consensus = lab.consensus_cluster(stage);
         let endpoint = stage.endpoint();
-        let response = crate::lab::http_client()?
-            .post(format!("{endpoint}/api/users"))
-            .json(&json!({"user": {
-                "username": "failover-probe",
-                "email": "failover-probe@drill.archlab.test",
-                "password": "failover-probe-password",
-            }}))
-            .send()
-            .await
-            .context("registering the failover probe's user")?;
-        let body: serde_json::Value = response.json().await?;
-        let token = body["user"]["token"]
-            .as_str()
-            .with_context(|| format!("registering the failover probe's user: {body}"))?
-            .to_owned();
+        let token = register_drill_user(&endpoint, "failover-probe").await?;
         let leader_before = cluster.primary().await;
         let timeline_before = match leader_before {
             Some(i) => cluster.nodes[i].state().await.and_then(|s| s.timeline),
@@ -259,6 +245,26 @@ impl FailoverWatch {
             linearizability: None,
         }
     }
+}
+
+/// Registers a user of a drill's own (`<name>@drill.archlab.test`) on the stage at `endpoint`,
+/// and returns its token.
+pub(crate) async fn register_drill_user(endpoint: &str, name: &str) -> anyhow::Result<String> {
+    let response = crate::lab::http_client()?
+        .post(format!("{endpoint}/api/users"))
+        .json(&json!({"user": {
+            "username": name,
+            "email": format!("{name}@drill.archlab.test"),
+            "password": format!("{name}-password"),
+        }}))
+        .send()
+        .await
+        .with_context(|| format!("registering the drill's user {name}"))?;
+    let body: serde_json::Value = response.json().await?;
+    Ok(body["user"]["token"]
+        .as_str()
+        .with_context(|| format!("registering the drill's user {name}: {body}"))?
+        .to_owned())
 }
 
 /// `member (term N)` or `member (epoch N)`: who leads the store, if its members agree.

@@ -263,25 +263,10 @@ fn certainly_refused(status: reqwest::StatusCode, body: &str) -> bool {
 impl RegisterClients {
     /// Registers the registers' users on the stage at `endpoint`.
     pub async fn prepare(endpoint: &str) -> anyhow::Result<Self> {
-        let client = crate::lab::http_client()?;
         let mut tokens = Vec::new();
         for key in 0..KEYS {
-            let response = client
-                .post(format!("{endpoint}/api/users"))
-                .json(&json!({"user": {
-                    "username": format!("register-{key}"),
-                    "email": format!("register-{key}@drill.archlab.test"),
-                    "password": "register-password",
-                }}))
-                .send()
-                .await
-                .context("registering a register's user")?;
-            let body: serde_json::Value = response.json().await?;
             tokens.push(
-                body["user"]["token"]
-                    .as_str()
-                    .with_context(|| format!("registering a register's user: {body}"))?
-                    .to_owned(),
+                crate::failover::register_drill_user(endpoint, &format!("register-{key}")).await?,
             );
         }
         Ok(Self {

@@ -147,17 +147,7 @@ pub(crate) fn hand_over(dir: &Path, owned: &Path, user: Option<(u32, u32)>) -> a
         return Ok(());
     };
     match fs::metadata(owned) {
-        Ok(meta) if std::os::unix::fs::MetadataExt::uid(&meta) != uid => {
-            let status = Command::new("chown")
-                .arg("-R")
-                .arg(format!("{uid}:{gid}"))
-                .arg(dir)
-                .status()?;
-            if !status.success() {
-                bail!("chown of {} failed", dir.display());
-            }
-            Ok(())
-        }
+        Ok(meta) if std::os::unix::fs::MetadataExt::uid(&meta) != uid => chown_tree(dir, uid, gid),
         _ => Ok(()),
     }
 }
@@ -582,15 +572,21 @@ fn copy_dir(from: &Path, to: &Path, user: Option<(u32, u32)>) -> anyhow::Result<
     if !status.success() {
         bail!("copying {} to {} failed", from.display(), to.display());
     }
-    if let Some((uid, gid)) = user {
-        let status = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{uid}:{gid}"))
-            .arg(to)
-            .status()?;
-        if !status.success() {
-            bail!("chown of {} failed", to.display());
-        }
+    match user {
+        Some((uid, gid)) => chown_tree(to, uid, gid),
+        None => Ok(()),
+    }
+}
+
+/// `chown -R uid:gid dir`.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(dir)
+        .status()?;
+    if !status.success() {
+        bail!("chown of {} failed", dir.display());
     }
     Ok(())
 }

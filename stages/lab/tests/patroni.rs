@@ -114,30 +114,41 @@ async fn over_zookeeper_the_primary_moves_on_switchover_and_on_crash_and_the_old
     switchover_crash_and_rejoin(store).await;
 }
 
+/// Two Patroni nodes, `<prefix>_1` and `<prefix>_2` (a node's name is also its OS user), in
+/// folders under `dir`, node `n` listening on `address(n)`, asynchronous, over `store`.
+fn two_node_cluster(
+    dir: &tempfile::TempDir,
+    prefix: &str,
+    address: impl Fn(u8) -> String,
+    store: ConsensusStore,
+) -> PatroniCluster {
+    let nodes = (1..=2)
+        .map(|n| PatroniNode {
+            name: format!("{prefix}_{n}"),
+            server: PostgresServer::new(
+                dir.path().join(format!("{prefix}-{n}")),
+                address(n),
+                free_port().unwrap(),
+            ),
+            rest_port: free_port().unwrap(),
+        })
+        .collect();
+    PatroniCluster {
+        scope: format!("{prefix}-{}", std::process::id()),
+        nodes,
+        store,
+        replication: Replication::Async,
+        password: "test".into(),
+    }
+}
+
 /// The same story over either store: Patroni's behaviour does not depend on which one decides.
 async fn switchover_crash_and_rejoin(store: ConsensusStore) {
     let dir = tempfile::Builder::new()
         .prefix("archlab-patroni-test")
         .tempdir()
         .unwrap();
-    let nodes = (1..=2)
-        .map(|n| PatroniNode {
-            name: format!("db_{n}"),
-            server: PostgresServer::new(
-                dir.path().join(format!("db-{n}")),
-                "127.0.0.1",
-                free_port().unwrap(),
-            ),
-            rest_port: free_port().unwrap(),
-        })
-        .collect();
-    let cluster = PatroniCluster {
-        scope: format!("test-{}", std::process::id()),
-        nodes,
-        store,
-        replication: Replication::Async,
-        password: "test".into(),
-    };
+    let cluster = two_node_cluster(&dir, "db", |_| "127.0.0.1".into(), store);
     let _stop = StopOnDrop(&cluster);
     cluster.start().await.unwrap();
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
@@ -235,27 +246,11 @@ async fn over_etcd_a_partitioned_primary_steps_down_and_follows_once_healed() {
     // Addresses of their own (a cut is by address and OS user), and names no other test uses (a
     // name is a user: the cut must not catch another test's servers).
     let block = std::process::id() % 200 + 20;
-    let nodes = (1..=2)
-        .map(|n| PatroniNode {
-            name: format!("cut_{n}"),
-            server: PostgresServer::new(
-                dir.path().join(format!("cut-{n}")),
-                format!("127.77.{block}.{n}"),
-                free_port().unwrap(),
-            ),
-            rest_port: free_port().unwrap(),
-        })
-        .collect();
-    let cluster = PatroniCluster {
-        scope: format!("cut-{}", std::process::id()),
-        nodes,
-        store: ConsensusStore {
-            kind: StoreKind::Etcd,
-            endpoints: etcd.cluster.endpoints(),
-        },
-        replication: Replication::Async,
-        password: "test".into(),
+    let store = ConsensusStore {
+        kind: StoreKind::Etcd,
+        endpoints: etcd.cluster.endpoints(),
     };
+    let cluster = two_node_cluster(&dir, "cut", |n| format!("127.77.{block}.{n}"), store);
     let _stop = StopOnDrop(&cluster);
     cluster.start().await.unwrap();
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];

@@ -463,6 +463,18 @@ mod tests {
 
     use super::*;
 
+    /// A real Redis, kept running while the first value lives, and cache settings pointing at it.
+    async fn redis() -> (archlab::cache::TestRedis, crate::settings::CacheSettings) {
+        let redis = archlab::cache::TestRedis::start()
+            .await
+            .expect("start Redis");
+        let settings = crate::settings::CacheSettings {
+            url: redis.url(),
+            ..crate::settings::CacheSettings::default()
+        };
+        (redis, settings)
+    }
+
     fn tomb(at: u64) -> Bytes {
         Bytes::from(format!("!{at:016x}"))
     }
@@ -472,13 +484,7 @@ mod tests {
     /// tombstone (a write landed while it read) nor over an entry someone filled already.
     #[tokio::test]
     async fn a_fill_never_overwrites_a_newer_invalidation_or_an_entry() {
-        let redis = archlab::cache::TestRedis::start()
-            .await
-            .expect("start Redis");
-        let settings = crate::settings::CacheSettings {
-            url: redis.url(),
-            ..crate::settings::CacheSettings::default()
-        };
+        let (_redis, settings) = redis().await;
         let store = RedisStore::new(&settings).unwrap();
         let key = |name: &str| name.to_owned();
         // Asking for nothing is an answer, not a failure of the cache host.
@@ -541,13 +547,7 @@ mod tests {
     /// Redis, or the second keeps serving the entry that write made stale.
     #[tokio::test]
     async fn an_invalidation_reaches_redis_while_this_hosts_reads_skip_it() {
-        let redis = archlab::cache::TestRedis::start()
-            .await
-            .expect("start Redis");
-        let settings = crate::settings::CacheSettings {
-            url: redis.url(),
-            ..crate::settings::CacheSettings::default()
-        };
+        let (_redis, settings) = redis().await;
         let (writer, other) = (
             RedisStore::new(&settings).unwrap(),
             RedisStore::new(&settings).unwrap(),
