@@ -1006,3 +1006,65 @@ mod tests {
         assert_eq!(throughput_before(&series, 0.5), None);
     }
 }
+
+/// One row per trial of a repeated drill (`archlab drill --trials N`), then what all of them say
+/// together: a claim such as "no acknowledged write is lost" is only as strong as the number of
+/// trials behind it, so the total is the claim and the rows are its evidence.
+pub fn trials_markdown(reports: &[Report]) -> String {
+    let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t} s"));
+    let mut s = String::from(
+        "| trial | new leader | first write | without writes | acknowledged writes | lost | \
+         registers linearizable / not / undecided | read-your-writes violations |\n\
+         |---:|---:|---:|---:|---:|---:|---|---:|\n",
+    );
+    let mut lost = 0;
+    let mut acknowledged = 0;
+    let mut trials_losing = 0;
+    let mut violating = 0;
+    let mut without_writes = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        let failover = r.drill.as_ref().and_then(|d| d.failover.as_ref());
+        let register = failover
+            .and_then(|f| f.linearizability.as_ref())
+            .map_or("not checked".to_owned(), |l| {
+                format!(
+                    "{} / {} / {}",
+                    l.linearizable_keys, l.violating_keys, l.undecided_keys
+                )
+            });
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            i + 1,
+            at(failover.and_then(|f| f.new_leader_at_s)),
+            at(failover.and_then(|f| f.first_write_at_s)),
+            at(failover.and_then(|f| f.writes_unavailable_s)),
+            r.checks.acknowledged_writes,
+            r.checks.lost_writes,
+            register,
+            r.checks.ryw_violations,
+        ));
+        lost += r.checks.lost_writes;
+        acknowledged += r.checks.acknowledged_writes;
+        trials_losing += u64::from(r.checks.lost_writes > 0);
+        violating += failover
+            .and_then(|f| f.linearizability.as_ref())
+            .map_or(0, |l| l.violating_keys);
+        if let Some(t) = failover.and_then(|f| f.writes_unavailable_s) {
+            without_writes.push(t);
+        }
+    }
+    without_writes.sort_by(f64::total_cmp);
+    let spread = match (without_writes.first(), without_writes.last()) {
+        (Some(low), Some(high)) => format!(
+            "; without writes {low} s to {high} s, median {} s",
+            without_writes[without_writes.len() / 2]
+        ),
+        _ => String::new(),
+    };
+    s.push_str(&format!(
+        "\n{} trials: {lost} of {acknowledged} acknowledged writes lost, in {trials_losing} \
+         trials; {violating} registers not linearizable{spread}.\n",
+        reports.len()
+    ));
+    s
+}

@@ -249,6 +249,12 @@ enum Command_ {
         /// Watch it live: start the monitoring host and print the dashboard's URL.
         #[arg(long)]
         monitor: bool,
+        /// Run the drill this many times, each on a fresh stage (a claim such as "sync strict
+        /// loses no acknowledged write" needs many trials, not one): with `--out x.json` each
+        /// trial is written as `x-01.json`, `x-02.json`, ..., and a table of all of them as
+        /// `x-trials.md`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+        trials: u16,
         /// Write the result JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -499,6 +505,7 @@ async fn main() -> anyhow::Result<()> {
             quick,
             app_setting,
             monitor,
+            trials,
             out,
         } => {
             let layout = Layout {
@@ -548,6 +555,7 @@ async fn main() -> anyhow::Result<()> {
                 layout,
                 &app_setting,
                 &options,
+                trials,
                 out.as_deref(),
             )
             .await
@@ -901,7 +909,8 @@ async fn tour(
     write_reports(out, &reports)
 }
 
-/// `archlab drill`.
+/// `archlab drill`: one trial, or `trials` of them, each on a fresh stage.
+#[allow(clippy::too_many_arguments)]
 async fn drill_stage(
     state: &Path,
     net: u8,
@@ -909,6 +918,7 @@ async fn drill_stage(
     layout: Layout,
     app_settings: &[(String, String)],
     options: &DrillOptions,
+    trials: u16,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     loadtest::record_checkout_state();
@@ -922,12 +932,43 @@ async fn drill_stage(
         Lab::default_conduit_bin()?
     };
     let lab = Lab::new(state, conduit);
-    let report = archlab::drill::drill(&lab, &stage, options, &|l| eprintln!("{l}")).await?;
-    println!("{}", archlab::drill::markdown(&report));
-    if let Some(out) = out {
-        write_json(out, &report)?;
+    let mut reports = Vec::new();
+    for trial in 1..=trials {
+        if trials > 1 {
+            eprintln!("trial {trial} of {trials}");
+        }
+        let report = archlab::drill::drill(&lab, &stage, options, &|l| eprintln!("{l}")).await?;
+        println!("{}", archlab::drill::markdown(&report));
+        if let Some(out) = out {
+            let path = if trials > 1 {
+                with_suffix(out, &format!("-{trial:02}"), "json")
+            } else {
+                out.to_owned()
+            };
+            write_json(&path, &report)?;
+        }
+        reports.push(report);
+    }
+    if trials > 1 {
+        let table = archlab::drill::trials_markdown(&reports);
+        println!("{table}");
+        if let Some(out) = out {
+            let path = with_suffix(out, "-trials", "md");
+            std::fs::write(&path, table)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("written: {}", path.display());
+        }
     }
     Ok(())
+}
+
+/// `dir/name.json` with `suffix` after the name and the extension `extension`:
+/// `dir/name-01.json`, `dir/name-trials.md`.
+fn with_suffix(path: &Path, suffix: &str, extension: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "drill".into(), |s| s.to_string_lossy());
+    path.with_file_name(format!("{stem}{suffix}.{extension}"))
 }
 
 /// `archlab report`.
