@@ -22,6 +22,7 @@ use anyhow::Context;
 
 pub mod client;
 pub mod html;
+pub mod linearizability;
 pub mod report;
 pub mod run;
 pub mod stats;
