@@ -59,6 +59,7 @@
 pub mod check;
 pub mod commit;
 pub mod fail_stop;
+pub mod multi_paxos;
 pub mod paxos;
 pub mod scenario;
 pub mod trace;

@@ -8,7 +8,7 @@
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use consensus::commit::{paxos_commit, three_phase, two_phase};
-use consensus::{paxos, run_until, zab, Scenario, Stop};
+use consensus::{multi_paxos, paxos, run_until, zab, Scenario, Stop};
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +25,8 @@ use consensus::{paxos, run_until, zab, Scenario, Stop};
         consensus check 3pc --rms 2 --no-crash --partitions  3PC commits one RM, aborts another\n  \
         consensus check paxos-commit --crash acceptor        neither blocks nor breaks\n  \
         consensus check paxos --bug acceptor-forgets-accepted  two values chosen: the run\n  \
-        consensus check zab --bug new-leader-skips-synchronisation  a commit lost: the run"
+        consensus check zab --bug new-leader-skips-synchronisation  a commit lost: the run\n  \
+        consensus check multi-paxos --bug leader-reads-locally  a stale read: the run"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,6 +63,32 @@ enum Model {
         /// Seed a mistake the checker must catch.
         #[arg(long, value_enum)]
         bug: Option<paxos::Bug>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Multi-Paxos: a replicated log behind read/write registers, through a leader change and a
+    /// crash.
+    MultiPaxos {
+        /// Servers; each is acceptor, leader candidate and learner.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+        servers: u8,
+        /// How many servers after S1 (which leads from the start) may campaign, once each.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=4))]
+        candidates: u8,
+        /// The last server never crashes (by default it may crash once and restart from its
+        /// saved acceptor log).
+        #[arg(long)]
+        no_crash: bool,
+        /// Clients: 1 (C1 writes, then reads) or 2 (C2 writes too; about 30 times the states).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        clients: u8,
+        /// Any message may overtake any other, also between the same two actors (about 40 times
+        /// the states).
+        #[arg(long)]
+        unordered: bool,
+        /// Seed a mistake the checker must catch.
+        #[arg(long, value_enum)]
+        bug: Option<multi_paxos::Bug>,
         #[command(flatten)]
         output: Output,
     },
@@ -176,6 +203,25 @@ fn main() -> Result<()> {
                 acceptors: acceptors.into(),
                 rounds,
                 readers: readers.into(),
+                bug,
+            },
+            &output,
+        ),
+        Model::MultiPaxos {
+            servers,
+            candidates,
+            no_crash,
+            clients,
+            unordered,
+            bug,
+            output,
+        } => check(
+            multi_paxos::MultiPaxos {
+                servers: servers.into(),
+                candidates: candidates.into(),
+                crash: !no_crash,
+                clients: clients.into(),
+                ordered: !unordered,
                 bug,
             },
             &output,
