@@ -20,6 +20,7 @@
 //!
 //! | model | holds | fails (the checker finds the run) |
 //! |---|---|---|
+//! | [Multi-Paxos](multi_paxos) | agreement per slot, a decided slot holds the chosen command, linearizability of the registers it implements (through a leader change and a crash-restart) | each seeded bug: two commands in a slot, or a stale read |
 //! | [single-decree Paxos](paxos) | agreement, validity, linearizability of the register it implements | each seeded bug: two values chosen |
 //! | [ZAB](zab) | one leader per epoch, commits survive leader changes (a crash, or followers giving up on a live leader), one delivery order, zxids unique and increasing | each seeded bug: a commit lost |
 //! | [two-phase commit](commit::two_phase) | atomicity, validity | it *blocks*: the coordinator crashes and an RM that voted yes can never decide |
@@ -46,6 +47,10 @@
 //! - [`zab`]: ZooKeeper's atomic broadcast: servers LOOKING, FOLLOWING and LEADING through
 //!   discovery, synchronisation and broadcast, with a crash and followers that give up.
 //! - [`commit`]: the atomic-commit vocabulary and properties, then one file per protocol.
+//! - [`multi_paxos`]: a replicated log behind read/write registers: one phase 1 per leadership,
+//!   a leader change at any moment, a crash and restart from the acceptor's saved log.
+//! - [`live`]: the same Multi-Paxos servers as processes over loopback UDP, killed, frozen and
+//!   partitioned, their clients' histories checked for linearizability.
 //!
 //! ## What a model is, and is not
 //!
@@ -59,6 +64,7 @@
 pub mod check;
 pub mod commit;
 pub mod fail_stop;
+pub mod live;
 pub mod multi_paxos;
 pub mod paxos;
 pub mod scenario;

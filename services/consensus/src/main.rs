@@ -40,6 +40,58 @@ enum Command {
         #[command(subcommand)]
         model: Model,
     },
+    /// Run Multi-Paxos as three server processes over loopback UDP with clients, kill, freeze
+    /// and partition the leader, and check the clients' history for linearizability.
+    Live {
+        /// How long the clients run.
+        #[arg(long, default_value = "24s", value_parser = loadtest::parse_duration)]
+        duration: std::time::Duration,
+        /// When the leader is killed (started again from its saved log after the outage).
+        #[arg(long, default_value = "4s", value_parser = loadtest::parse_duration)]
+        kill_at: std::time::Duration,
+        /// When the leader is frozen (SIGSTOP; it wakes up believing it still leads).
+        #[arg(long, default_value = "10s", value_parser = loadtest::parse_duration)]
+        freeze_at: std::time::Duration,
+        /// When the leader is cut off from the other servers (clients still reach it).
+        #[arg(long, default_value = "16s", value_parser = loadtest::parse_duration)]
+        partition_at: std::time::Duration,
+        /// How long each fault lasts.
+        #[arg(long, default_value = "3s", value_parser = loadtest::parse_duration)]
+        outage: std::time::Duration,
+        /// Only these faults (comma-separated); all three by default.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        faults: Vec<consensus::live::FaultKind>,
+        /// Seed a mistake in every server.
+        #[arg(long, value_enum)]
+        bug: Option<multi_paxos::Bug>,
+        /// The servers' addresses: NET.1 to NET.3.
+        #[arg(long, default_value = "127.0.77")]
+        net: String,
+        /// The servers' UDP port.
+        #[arg(long, default_value_t = 7000)]
+        port: u16,
+        /// Where the servers keep their logs and acceptor files.
+        #[arg(long, default_value = "target/consensus-live")]
+        dir: std::path::PathBuf,
+        /// Write the result JSON here.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// One Multi-Paxos server over UDP (what `live` starts three of).
+    Serve {
+        /// Its address.
+        #[arg(long)]
+        me: std::net::SocketAddrV4,
+        /// Every server's address, its own included, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<std::net::SocketAddrV4>,
+        /// Where it keeps its acceptor log.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Seed a mistake.
+        #[arg(long, value_enum)]
+        bug: Option<multi_paxos::Bug>,
+    },
 }
 
 // The size caps keep a typo from starting a search that does not end in any reasonable time:
@@ -188,7 +240,80 @@ struct Output {
 }
 
 fn main() -> Result<()> {
-    let Command::Check { model } = Cli::parse().command;
+    let model = match Cli::parse().command {
+        Command::Check { model } => model,
+        Command::Serve {
+            me,
+            peers,
+            dir,
+            bug,
+        } => return consensus::live::serve(me, &peers, &dir, bug),
+        Command::Live {
+            duration,
+            kill_at,
+            freeze_at,
+            partition_at,
+            outage,
+            faults,
+            bug,
+            net,
+            port,
+            dir,
+            out,
+        } => {
+            use consensus::live::{Fault, FaultKind};
+            let octets: Vec<u8> = net
+                .split('.')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("--net {net:?} is not three octets like 127.0.77"))?;
+            let [a, b, c] = octets[..] else {
+                bail!("--net {net:?} is not three octets like 127.0.77");
+            };
+            if a != 127 {
+                bail!("--net {net:?}: the servers run on loopback addresses only (127.x.y)");
+            }
+            let all = [
+                (FaultKind::Kill, kill_at),
+                (FaultKind::Freeze, freeze_at),
+                (FaultKind::Partition, partition_at),
+            ];
+            let mut chosen: Vec<Fault> = all
+                .into_iter()
+                .filter(|(kind, _)| faults.is_empty() || faults.contains(kind))
+                .map(|(kind, at)| Fault {
+                    kind,
+                    at,
+                    lasts: outage,
+                })
+                .collect();
+            chosen.sort_by_key(|f| f.at);
+            if chosen.windows(2).any(|w| w[0].at + w[0].lasts > w[1].at)
+                || chosen.last().is_some_and(|f| f.at + f.lasts > duration)
+            {
+                bail!("the faults overlap each other or the end of the run: space them (--kill-at, --freeze-at, --partition-at, --outage, --duration)");
+            }
+            let options = consensus::live::LiveOptions {
+                program: std::env::current_exe()?,
+                net: [a, b, c],
+                port,
+                duration,
+                faults: chosen,
+                bug,
+                dir,
+            };
+            let report = consensus::live::run(&options, &|line| eprintln!("{line}"))?;
+            println!("{}", consensus::live::markdown(&report));
+            if let Some(out) = out {
+                if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
+                eprintln!("written: {}", out.display());
+            }
+            return Ok(());
+        }
+    };
     match model {
         Model::Paxos {
             proposers,

@@ -973,40 +973,6 @@ fn throughput_back_at(series: &[SeriesPoint], before: f64, restored_at: f64) -> 
         .map(|p| p.t)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn second(t: u64, ok: u64) -> SeriesPoint {
-        SeriesPoint {
-            t,
-            ok,
-            errors: 0,
-            p50_ms: 1.0,
-            p99_ms: 1.0,
-            max_ms: 1.0,
-            cache_hits: 0,
-            cache_misses: 0,
-            cache_bypasses: 0,
-        }
-    }
-
-    #[test]
-    fn throughput_is_back_at_the_first_second_after_the_restore_at_99_percent_of_before() {
-        // 100 a second until the fault at 3.5 s, nothing while down, back at 7.2 s, 95 then 99.
-        let series: Vec<SeriesPoint> = [100, 100, 100, 60, 0, 0, 0, 40, 95, 99, 100]
-            .iter()
-            .enumerate()
-            .map(|(t, ok)| second(t as u64, *ok))
-            .collect();
-        assert_eq!(throughput_before(&series, 3.5), Some(100.0));
-        assert_eq!(throughput_back_at(&series, 100.0, 7.2), Some(9));
-        // Never back within the run; and no second before a fault in the first second.
-        assert_eq!(throughput_back_at(&series[..9], 100.0, 7.2), None);
-        assert_eq!(throughput_before(&series, 0.5), None);
-    }
-}
-
 /// One row per trial of a repeated drill (`archlab drill --trials N`), then what all of them say
 /// together: a claim such as "no acknowledged write is lost" is only as strong as the number of
 /// trials behind it, so the total is the claim and the rows are its evidence.
@@ -1024,14 +990,15 @@ pub fn trials_markdown(reports: &[Report]) -> String {
     let mut without_writes = Vec::new();
     for (i, r) in reports.iter().enumerate() {
         let failover = r.drill.as_ref().and_then(|d| d.failover.as_ref());
-        let register = failover
-            .and_then(|f| f.linearizability.as_ref())
-            .map_or("not checked".to_owned(), |l| {
+        let register = failover.and_then(|f| f.linearizability.as_ref()).map_or(
+            "not checked".to_owned(),
+            |l| {
                 format!(
                     "{} / {} / {}",
                     l.linearizable_keys, l.violating_keys, l.undecided_keys
                 )
-            });
+            },
+        );
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             i + 1,
@@ -1067,4 +1034,57 @@ pub fn trials_markdown(reports: &[Report]) -> String {
         reports.len()
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn second(t: u64, ok: u64) -> SeriesPoint {
+        SeriesPoint {
+            t,
+            ok,
+            errors: 0,
+            p50_ms: 1.0,
+            p99_ms: 1.0,
+            max_ms: 1.0,
+            cache_hits: 0,
+            cache_misses: 0,
+            cache_bypasses: 0,
+        }
+    }
+
+    #[test]
+    fn throughput_is_back_at_the_first_second_after_the_restore_at_99_percent_of_before() {
+        // 100 a second until the fault at 3.5 s, nothing while down, back at 7.2 s, 95 then 99.
+        let series: Vec<SeriesPoint> = [100, 100, 100, 60, 0, 0, 0, 40, 95, 99, 100]
+            .iter()
+            .enumerate()
+            .map(|(t, ok)| second(t as u64, *ok))
+            .collect();
+        assert_eq!(throughput_before(&series, 3.5), Some(100.0));
+        assert_eq!(throughput_back_at(&series, 100.0, 7.2), Some(9));
+        // Never back within the run; and no second before a fault in the first second.
+        assert_eq!(throughput_back_at(&series[..9], 100.0, 7.2), None);
+        assert_eq!(throughput_before(&series, 0.5), None);
+    }
+
+    #[test]
+    fn the_trials_table_sums_what_was_lost_over_every_trial() {
+        let trial = |acknowledged, lost| {
+            let mut report: Report = serde_json::from_str(include_str!(
+                "../../08-consensus/results/drill-primary-crash-etcd-sync-strict.json"
+            ))
+            .unwrap();
+            report.checks.acknowledged_writes = acknowledged;
+            report.checks.lost_writes = lost;
+            report
+        };
+        let table = trials_markdown(&[trial(100, 0), trial(120, 3), trial(80, 0)]);
+        assert_eq!(table.lines().filter(|l| l.starts_with("| ")).count(), 4);
+        assert!(
+            table.contains("3 trials: 3 of 300 acknowledged writes lost, in 1 trials"),
+            "{table}"
+        );
+    }
 }

@@ -954,8 +954,7 @@ async fn drill_stage(
         println!("{table}");
         if let Some(out) = out {
             let path = with_suffix(out, "-trials", "md");
-            std::fs::write(&path, table)
-                .with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
             eprintln!("written: {}", path.display());
         }
     }

@@ -268,9 +268,7 @@ impl Server {
                 else {
                     return None;
                 };
-                let Some((command, votes)) = proposals.get_mut(&slot) else {
-                    return None;
-                };
+                let (command, votes) = proposals.get_mut(&slot)?;
                 if *mine != ballot || !votes.insert(src) {
                     return None;
                 }

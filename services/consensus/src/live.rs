@@ -1,0 +1,752 @@
+//! # Multi-Paxos as processes: the checked servers over loopback UDP, under faults
+//!
+//! The model checker proves properties of [`crate::multi_paxos`] at small sizes. This module runs
+//! the *same* [`Server`] code (its `on_msg` and `on_timeout`, unchanged) as three operating-system
+//! processes that talk over loopback UDP, loads them with clients, breaks them, and checks what the
+//! clients saw with the same linearizability checker as stage 8's drills
+//! ([`loadtest::linearizability`]).
+//!
+//! ```text
+//! cargo run --release -p consensus -- live                         # kill, freeze, partition
+//! cargo run --release -p consensus -- live --bug leader-reads-locally   # the stale reads, caught
+//! ```
+//!
+//! What runs:
+//!
+//! - **three servers** (`consensus serve`), each a process on its own loopback address
+//!   (127.0.77.1 to .3 by default). [`serve`] is a small event loop around the actor: it
+//!   receives a datagram, hands it to `on_msg`, carries out what the actor asked (save its
+//!   acceptor log, send, set or cancel a timer) and fires timers when due. The acceptor log is
+//!   written to a file, synced and renamed into place *before* any message of the same step
+//!   leaves, so a promise or a vote is never sent and then forgotten by a crash. (stateright's
+//!   own UDP runner truncates and rewrites the file in place, unsynced: a kill between the two
+//!   loses the log, which is the model's seeded bug `acceptor-forgets-on-restart`.)
+//! - **eight clients** in the driver process, two per register on four registers: one that only
+//!   reads and one that reads and writes unique values in a fixed pseudo-random pattern. A client
+//!   sends to the server it believes leads; `not leader` is a certain failure (the server did
+//!   nothing with the request) and names the leader to try; no answer within [`OP_TIMEOUT`] is an
+//!   unknown outcome, and the client tries the next server. Every operation is recorded with
+//!   invocation and response order, as in the drills.
+//! - **faults**, each on the server that answered the most recent successful operation (the
+//!   leader, as the clients see it): `kill` (SIGKILL, started again after the outage from its
+//!   saved log), `freeze` (SIGSTOP, then SIGCONT: it wakes up believing it still leads), and
+//!   `partition` (it drops every datagram to and from the other servers, while clients still
+//!   reach it: the minority side of a network split, with clients on it).
+//!
+//! With the seeded bug `leader-reads-locally` the partitioned old leader keeps answering reads from
+//! its own copy while the majority elects a new leader and takes writes: the checker finds reads
+//! that returned a value already overwritten.
+
+use crate::multi_paxos::{AcceptorLog, Bug, Msg, Node, Server, Timer, Timing};
+use anyhow::{bail, Context};
+use loadtest::linearizability::{self, Outcome, Recorded, RegisterOp};
+use loadtest::report::{Linearizability, Provenance};
+use serde::{Deserialize, Serialize};
+use stateright::actor::{Actor, Command, Id, Out};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The live servers' timers. Elections: a follower waits 300 to 600 ms without a heartbeat (a
+/// random point, so two rarely campaign together; six heartbeats fit in the shortest). Heartbeats
+/// every 50 ms: cheap on loopback, and a frozen or killed leader is noticed within the timeout.
+pub const TIMING: Timing = Timing {
+    election: (Duration::from_millis(300), Duration::from_millis(600)),
+    heartbeat: Duration::from_millis(50),
+};
+
+/// Registers the clients use: as in stage 8's drills, enough that a fault catches some in the
+/// middle of a write, few enough that each key's history keeps its clients overlapping.
+pub const KEYS: usize = 4;
+
+/// Clients per register.
+pub const CLIENTS_PER_KEY: usize = 2;
+
+/// One operation's timeout: past it the outcome is unknown. A leader change takes the election
+/// timeout (up to 600 ms) and a round trip; a second lets a request sent just before a fault be
+/// answered by the new leader, yet keeps a client from waiting out an outage on one request.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pause between one client's operations: eight clients at about 20 operations a second each.
+/// That keeps the log a few thousand slots long in a run of half a minute, so a promise that
+/// carries the accepted tail, or a catch-up, fits in one datagram.
+const PAUSE: Duration = Duration::from_millis(50);
+
+/// The largest UDP payload; a message that does not fit is not sent (and said so in the log),
+/// which the protocol survives like any lost message.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// How long the checker may take, all registers together (as in the drills).
+const CHECK_BOUND: Duration = Duration::from_secs(60);
+
+/// Runs one server until it is killed: the actor's code inside a UDP event loop.
+///
+/// `peers` are all servers' addresses, `me` among them; `dir` holds its acceptor log
+/// (`acceptor.json`) across restarts. A line `partition` on standard input makes it drop every
+/// datagram to and from the other servers; `heal` ends that.
+pub fn serve(
+    me: SocketAddrV4,
+    peers: &[SocketAddrV4],
+    dir: &Path,
+    bug: Option<Bug>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let socket = UdpSocket::bind(me).with_context(|| format!("binding {me}"))?;
+    let log_path = dir.join("acceptor.json");
+    let storage: Option<AcceptorLog> = match std::fs::read(&log_path) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).context("reading the acceptor log")?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).context("reading the acceptor log"),
+    };
+    let node = Node::Server(Server {
+        peers: peers.iter().map(|p| Id::from(*p)).collect(),
+        campaigns: None,
+        timing: Some(TIMING),
+        initial_leader: None,
+        may_restart: false,
+        bug,
+    });
+    let partitioned = Arc::new(AtomicBool::new(false));
+    {
+        let partitioned = partitioned.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                partitioned.store(line.trim() == "partition", Ordering::SeqCst);
+                eprintln!(
+                    "{me}: {}",
+                    if line.trim() == "partition" {
+                        "cut off from the other servers"
+                    } else {
+                        "back in touch"
+                    }
+                );
+            }
+        });
+    }
+    let is_peer = |addr: SocketAddrV4| addr != me && peers.contains(&addr);
+    let id = Id::from(me);
+    let mut runtime = Runtime {
+        me,
+        socket: &socket,
+        log_path: &log_path,
+        dir,
+        timers: HashMap::new(),
+        random: seed(),
+        partitioned: &partitioned,
+        is_peer: &is_peer,
+    };
+    let mut out = Out::new();
+    let mut state = Cow::Owned(node.on_start(id, &storage, &mut out));
+    eprintln!(
+        "{me}: started{}",
+        if storage.is_some() {
+            " from its saved acceptor log"
+        } else {
+            ""
+        }
+    );
+    runtime.carry_out(out)?;
+    let mut role = describe(&state);
+    let mut buf = vec![0; 65_536];
+    loop {
+        let mut out = Out::new();
+        let due = runtime
+            .timers
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(t, at)| (t.clone(), *at));
+        match due {
+            Some((timer, at)) if at <= Instant::now() => {
+                runtime.timers.remove(&timer);
+                node.on_timeout(id, &mut state, &timer, &mut out);
+            }
+            _ => {
+                let wait = due.map_or(Duration::from_secs(1), |(_, at)| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                socket.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+                match socket.recv_from(&mut buf) {
+                    Ok((n, SocketAddr::V4(src))) => {
+                        if partitioned.load(Ordering::SeqCst) && is_peer(src) {
+                            continue;
+                        }
+                        // Anything that is not a message is ignored, as a lost datagram would be.
+                        let Ok(msg) = serde_json::from_slice::<Msg>(&buf[..n]) else {
+                            continue;
+                        };
+                        node.on_msg(id, &mut state, Id::from(src), msg, &mut out);
+                    }
+                    Ok(_) => continue,
+                    // A timeout, or a signal (SIGCONT after a freeze) interrupting the wait.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e).context("receiving"),
+                }
+            }
+        }
+        runtime.carry_out(out)?;
+        let now = describe(&state);
+        if now != role {
+            eprintln!("{me}: {now}");
+            role = now;
+        }
+    }
+}
+
+/// What one server's event loop needs to carry out its actor's commands.
+struct Runtime<'a> {
+    me: SocketAddrV4,
+    socket: &'a UdpSocket,
+    log_path: &'a Path,
+    dir: &'a Path,
+    timers: HashMap<Timer, Instant>,
+    random: u64,
+    partitioned: &'a AtomicBool,
+    is_peer: &'a dyn Fn(SocketAddrV4) -> bool,
+}
+
+impl Runtime<'_> {
+    /// Saves first, then sends and sets timers: nothing the acceptor promised or accepted in this
+    /// step leaves before it is on disk.
+    fn carry_out(&mut self, out: Out<Node>) -> anyhow::Result<()> {
+        let commands: Vec<_> = out.into_iter().collect();
+        if let Some(log) = commands.iter().rev().find_map(|c| match c {
+            Command::Save(log) => Some(log),
+            _ => None,
+        }) {
+            self.save(log)?;
+        }
+        for command in commands {
+            match command {
+                Command::Send(to, msg) => {
+                    let to = SocketAddrV4::from(to);
+                    if self.partitioned.load(Ordering::SeqCst) && (self.is_peer)(to) {
+                        continue;
+                    }
+                    let bytes = serde_json::to_vec(&msg)?;
+                    if bytes.len() > MAX_DATAGRAM {
+                        eprintln!(
+                            "{}: a message of {} bytes does not fit a datagram; not sent",
+                            self.me,
+                            bytes.len()
+                        );
+                        continue;
+                    }
+                    // A send that fails is a lost datagram, which the protocol survives.
+                    let _ = self.socket.send_to(&bytes, to);
+                }
+                Command::SetTimer(timer, range) => {
+                    let span = range.end.saturating_sub(range.start).as_micros() as u64;
+                    self.random ^= self.random << 13;
+                    self.random ^= self.random >> 7;
+                    self.random ^= self.random << 17;
+                    let extra = if span == 0 { 0 } else { self.random % span };
+                    self.timers.insert(
+                        timer,
+                        Instant::now() + range.start + Duration::from_micros(extra),
+                    );
+                }
+                Command::CancelTimer(timer) => {
+                    self.timers.remove(&timer);
+                }
+                Command::Save(_) | Command::ChooseRandom(..) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the log to a new file, syncs it, renames it over the old one and syncs the folder:
+    /// after a kill (or a power loss) the file is the old log or the new one, never half of one.
+    fn save(&self, log: &AcceptorLog) -> anyhow::Result<()> {
+        let next = self.log_path.with_extension("json.next");
+        let mut file = std::fs::File::create(&next)?;
+        file.write_all(&serde_json::to_vec(log)?)?;
+        file.sync_all()?;
+        std::fs::rename(&next, self.log_path)?;
+        std::fs::File::open(self.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (u64::from(nanos) << 16) ^ u64::from(std::process::id()) | 1
+}
+
+/// A server's role in words, for its log ("leads in ballot 3/127.0.77.2:7000").
+fn describe(state: &<Node as Actor>::State) -> String {
+    use crate::multi_paxos::{NodeState, Role};
+    match state {
+        NodeState::Server(s) => match &s.role {
+            Role::Leader { ballot, .. } => format!(
+                "leads in ballot {}/{}",
+                ballot.round,
+                SocketAddrV4::from(ballot.leader)
+            ),
+            Role::Candidate { ballot, .. } => format!(
+                "campaigns in ballot {}/{}",
+                ballot.round,
+                SocketAddrV4::from(ballot.leader)
+            ),
+            Role::Follower => match s.leader {
+                Some(leader) => format!("follows {}", SocketAddrV4::from(leader)),
+                None => "follows nobody yet".to_owned(),
+            },
+        },
+        NodeState::Client(_) => "a client".to_owned(),
+    }
+}
+
+/// A fault the driver injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL; started again from its saved log when the outage ends.
+    Kill,
+    /// SIGSTOP; SIGCONT when the outage ends.
+    Freeze,
+    /// Cut off from the other servers (clients still reach it); healed when the outage ends.
+    Partition,
+}
+
+/// A fault: what, when (from the start of the run), for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Fault {
+    /// What.
+    pub kind: FaultKind,
+    /// When it begins.
+    pub at: Duration,
+    /// How long it lasts.
+    pub lasts: Duration,
+}
+
+/// A live run's settings.
+#[derive(Clone, Debug)]
+pub struct LiveOptions {
+    /// The `consensus` program (its `serve` command runs each server).
+    pub program: PathBuf,
+    /// The servers' addresses are `net.1` to `net.3` (the first three octets).
+    pub net: [u8; 3],
+    /// Their UDP port.
+    pub port: u16,
+    /// How long the clients run.
+    pub duration: Duration,
+    /// The faults, in time order.
+    pub faults: Vec<Fault>,
+    /// A seeded bug in every server.
+    pub bug: Option<Bug>,
+    /// Where the servers keep their logs and acceptor files.
+    pub dir: PathBuf,
+}
+
+/// A fault as it happened.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// What.
+    pub kind: FaultKind,
+    /// The server it hit.
+    pub server: String,
+    /// Seconds from the start when it began.
+    pub at_s: f64,
+    /// Seconds from the start when it ended.
+    pub ended_s: f64,
+}
+
+/// What a live run found.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LiveReport {
+    /// The protocol run.
+    pub protocol: String,
+    /// The seeded bug, if any.
+    pub bug: Option<String>,
+    /// The servers' addresses.
+    pub servers: Vec<String>,
+    /// Seconds the clients ran.
+    pub duration_s: f64,
+    /// The faults.
+    pub faults: Vec<FaultRecord>,
+    /// Acknowledged writes and answered reads per second of the run.
+    pub ok_per_second: Vec<u64>,
+    /// The registers' history and the checker's verdict.
+    pub linearizability: Linearizability,
+    /// Where and when it ran.
+    pub provenance: Provenance,
+}
+
+/// A running server process and how to start it again.
+struct ServerProcess {
+    addr: SocketAddrV4,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Child,
+}
+
+impl ServerProcess {
+    fn start(
+        program: &Path,
+        addr: SocketAddrV4,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let child = spawn(program, &args, &log)?;
+        Ok(ServerProcess {
+            addr,
+            args,
+            log,
+            child,
+        })
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        // A process that already exited has nothing to stop or continue.
+        let _ = nix::sys::signal::kill(self.pid(), signal);
+    }
+
+    fn tell(&mut self, line: &str) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("the server's input")?;
+        writeln!(stdin, "{line}")?;
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self, program: &Path) -> anyhow::Result<()> {
+        self.child = spawn(program, &self.args, &self.log)?;
+        Ok(())
+    }
+}
+
+fn spawn(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))
+}
+
+/// Runs three servers, the clients and the faults; checks the history.
+pub fn run(options: &LiveOptions, progress: &dyn Fn(&str)) -> anyhow::Result<LiveReport> {
+    let addrs: Vec<SocketAddrV4> = (1..=3)
+        .map(|host| {
+            SocketAddrV4::new(
+                Ipv4Addr::new(options.net[0], options.net[1], options.net[2], host),
+                options.port,
+            )
+        })
+        .collect();
+    let peers = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    std::fs::create_dir_all(&options.dir)?;
+    let mut servers = Vec::new();
+    for (index, addr) in addrs.iter().enumerate() {
+        let dir = options.dir.join(format!("s{}", index + 1));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let mut args = vec![
+            "serve".to_owned(),
+            "--me".to_owned(),
+            addr.to_string(),
+            "--peers".to_owned(),
+            peers.clone(),
+            "--dir".to_owned(),
+            dir.display().to_string(),
+        ];
+        if let Some(bug) = options.bug {
+            args.push("--bug".to_owned());
+            args.push(
+                clap::ValueEnum::to_possible_value(&bug)
+                    .map_or_else(String::new, |v| v.get_name().to_owned()),
+            );
+        }
+        let log = options.dir.join(format!("s{}.log", index + 1));
+        let _ = std::fs::remove_file(&log);
+        servers.push(ServerProcess::start(&options.program, *addr, args, log)?);
+    }
+    progress(&format!(
+        "servers: {} (logs in {})",
+        peers,
+        options.dir.display()
+    ));
+    let result = drive(options, &addrs, &mut servers, progress);
+    for server in &mut servers {
+        server.signal(nix::sys::signal::Signal::SIGCONT);
+        server.kill();
+    }
+    result
+}
+
+fn drive(
+    options: &LiveOptions,
+    addrs: &[SocketAddrV4],
+    servers: &mut [ServerProcess],
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<LiveReport> {
+    let clock = Arc::new(AtomicU64::new(0));
+    let values = Arc::new(AtomicU32::new(1));
+    let last_ok = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    for client in 0..KEYS * CLIENTS_PER_KEY {
+        let shared = Shared {
+            clock: clock.clone(),
+            values: values.clone(),
+            last_ok: last_ok.clone(),
+            stop: stop.clone(),
+            ops: ops.clone(),
+            start,
+        };
+        let addrs = addrs.to_vec();
+        let bind = *addrs[0].ip();
+        clients.push(std::thread::spawn(move || {
+            run_client(client, &addrs, bind, &shared)
+        }));
+    }
+    let mut faults = Vec::new();
+    for fault in &options.faults {
+        sleep_until(start + fault.at);
+        let index = last_ok.load(Ordering::SeqCst);
+        let server = &mut servers[index];
+        let at_s = start.elapsed().as_secs_f64();
+        progress(&format!(
+            "{at_s:.1} s: {:?} {} (the last server to answer)",
+            fault.kind, server.addr
+        ));
+        match fault.kind {
+            FaultKind::Kill => server.kill(),
+            FaultKind::Freeze => server.signal(nix::sys::signal::Signal::SIGSTOP),
+            FaultKind::Partition => server.tell("partition")?,
+        }
+        sleep_until(start + fault.at + fault.lasts);
+        match fault.kind {
+            FaultKind::Kill => server.restart(&options.program)?,
+            FaultKind::Freeze => server.signal(nix::sys::signal::Signal::SIGCONT),
+            FaultKind::Partition => server.tell("heal")?,
+        }
+        let ended_s = start.elapsed().as_secs_f64();
+        progress(&format!("{ended_s:.1} s: {} back", server.addr));
+        faults.push(FaultRecord {
+            kind: fault.kind,
+            server: server.addr.to_string(),
+            at_s: round(at_s),
+            ended_s: round(ended_s),
+        });
+    }
+    sleep_until(start + options.duration);
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        if client.join().is_err() {
+            bail!("a client thread panicked");
+        }
+    }
+    let ops = std::mem::take(&mut *ops.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut ok_per_second = vec![0; options.duration.as_secs().max(1) as usize + 1];
+    for op in ops.iter().filter(|op| op.outcome == Outcome::Ok) {
+        if let Some(slot) = ok_per_second.get_mut(op.returned_s as usize) {
+            *slot += 1;
+        }
+    }
+    progress(&format!(
+        "{} operations; checking each register's history",
+        ops.len()
+    ));
+    let linearizability = linearizability::check(ops, KEYS, CHECK_BOUND);
+    Ok(LiveReport {
+        protocol: "multi-paxos".to_owned(),
+        bug: options
+            .bug
+            .and_then(|b| clap::ValueEnum::to_possible_value(&b))
+            .map(|v| v.get_name().to_owned()),
+        servers: addrs.iter().map(ToString::to_string).collect(),
+        duration_s: options.duration.as_secs_f64(),
+        faults,
+        ok_per_second,
+        linearizability,
+        provenance: loadtest::machine_provenance(),
+    })
+}
+
+/// What the clients share.
+struct Shared {
+    clock: Arc<AtomicU64>,
+    values: Arc<AtomicU32>,
+    last_ok: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    ops: Arc<Mutex<Vec<Recorded>>>,
+    start: Instant,
+}
+
+fn run_client(
+    client: usize,
+    servers: &[SocketAddrV4],
+    bind: Ipv4Addr,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind((bind, 0))?;
+    let key = client % KEYS;
+    // The first client of each register only reads; the others read and write. A reader stays
+    // with the server that answers it, as a client keeps a connection, so that a server that
+    // has lost its leadership without knowing it is asked, and a stale answer shows.
+    let reads_only = client < KEYS;
+    let mut target = client % servers.len();
+    let mut pattern = 0x9e37_79b9_u32 ^ (client as u32 + 1);
+    let mut buf = vec![0; 65_536];
+    let mut request = 0;
+    while !shared.stop.load(Ordering::SeqCst) {
+        pattern ^= pattern << 13;
+        pattern ^= pattern >> 17;
+        pattern ^= pattern << 5;
+        request += 1;
+        let (msg, mut op) = if !reads_only && pattern % 2 == 0 {
+            let value = shared.values.fetch_add(1, Ordering::SeqCst);
+            (
+                Msg::Put {
+                    request,
+                    key: key as u8,
+                    value,
+                },
+                RegisterOp::Write(value),
+            )
+        } else {
+            (
+                Msg::Get {
+                    request,
+                    key: key as u8,
+                },
+                RegisterOp::Read(None),
+            )
+        };
+        let called = shared.clock.fetch_add(1, Ordering::SeqCst);
+        let called_s = shared.start.elapsed().as_secs_f64();
+        socket.send_to(&serde_json::to_vec(&msg)?, servers[target])?;
+        let deadline = Instant::now() + OP_TIMEOUT;
+        let outcome = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                target = (target + 1) % servers.len();
+                break Outcome::Unknown;
+            }
+            socket.set_read_timeout(Some(left))?;
+            let Ok((n, _)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            match serde_json::from_slice::<Msg>(&buf[..n]) {
+                Ok(Msg::PutOk { request: r }) if r == request => break Outcome::Ok,
+                Ok(Msg::GetOk { request: r, value }) if r == request => {
+                    op = RegisterOp::Read(value);
+                    break Outcome::Ok;
+                }
+                Ok(Msg::NotLeader { request: r, leader }) if r == request => {
+                    target = leader
+                        .and_then(|l| servers.iter().position(|s| Id::from(*s) == l))
+                        .unwrap_or((target + 1) % servers.len());
+                    break Outcome::Fail;
+                }
+                _ => continue,
+            }
+        };
+        if outcome == Outcome::Ok {
+            shared.last_ok.store(target, Ordering::SeqCst);
+        }
+        let returned = shared.clock.fetch_add(1, Ordering::SeqCst);
+        let returned_s = shared.start.elapsed().as_secs_f64();
+        shared
+            .ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Recorded {
+                key,
+                client,
+                op,
+                outcome,
+                called,
+                returned,
+                called_s,
+                returned_s,
+            });
+        std::thread::sleep(PAUSE);
+    }
+    Ok(())
+}
+
+fn sleep_until(at: Instant) {
+    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+}
+
+fn round(seconds: f64) -> f64 {
+    (seconds * 10.0).round() / 10.0
+}
+
+/// The report in words.
+pub fn markdown(report: &LiveReport) -> String {
+    let l = &report.linearizability;
+    let mut s = format!(
+        "Multi-Paxos as three processes over loopback UDP ({}), {} clients on {KEYS} registers for {} s{}\n\n",
+        report.servers.join(", "),
+        KEYS * CLIENTS_PER_KEY,
+        report.duration_s,
+        report.bug.as_ref().map_or(String::new(), |b| format!(", seeded bug: {b}")),
+    );
+    for f in &report.faults {
+        s.push_str(&format!(
+            "- {:.1} s to {:.1} s: {} {}\n",
+            f.at_s,
+            f.ended_s,
+            match f.kind {
+                FaultKind::Kill => "killed",
+                FaultKind::Freeze => "frozen",
+                FaultKind::Partition => "cut off from the other servers",
+            },
+            f.server
+        ));
+    }
+    let per_second: Vec<String> = report
+        .ok_per_second
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    s.push_str(&format!(
+        "\nOperations: {} ({} ok, {} failed: not the leader, {} unknown: no answer in {} s). Answered per second: {}.\n\n\
+         Registers: linearizable {}, **not linearizable {}**, undecided {} (checked in {} s).\n",
+        l.operations, l.ok, l.failed, l.unknown, OP_TIMEOUT.as_secs(), per_second.join(" "),
+        l.linearizable_keys, l.violating_keys, l.undecided_keys, l.check_s
+    ));
+    for w in &l.stale_reads {
+        s.push_str(&format!("- {w}\n"));
+    }
+    s
+}
