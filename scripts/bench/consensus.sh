@@ -42,6 +42,13 @@ out=services/consensus/results/checks.txt
     run release paxos-commit --crash any-one
     run release paxos-commit --bug backup-ignores-accepted-votes
     run debug paxos-commit --acceptors 1 --bug backup-ignores-accepted-votes
+    run debug multi-paxos
+    run debug multi-paxos --no-crash
+    run release multi-paxos --unordered
+    run release multi-paxos --clients 2 --no-crash
+    run debug multi-paxos --bug new-leader-ignores-promises
+    run debug multi-paxos --bug acceptor-forgets-on-restart
+    run debug multi-paxos --bug leader-reads-locally
     run debug zab --exhaustive --trace "commit carried by a follower"
     run debug zab --no-suspicions --exhaustive
     run debug zab --no-crash --exhaustive

@@ -131,10 +131,10 @@ enum Model {
         /// saved acceptor log).
         #[arg(long)]
         no_crash: bool,
-        /// Clients: 1 (C1 writes, then reads) or 2 (C2 writes too; about 30 times the states).
+        /// Clients: 1 (C1 writes, then reads) or 2 (C2 writes too; about 90 times the states).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
         clients: u8,
-        /// Any message may overtake any other, also between the same two actors (about 40 times
+        /// Any message may overtake any other, also between the same two actors (about five times
         /// the states).
         #[arg(long)]
         unordered: bool,
