@@ -12,7 +12,7 @@ cargo build -q -p consensus
 cargo build -q --release -p consensus
 out=services/consensus/results/checks.txt
 {
-    echo "# consensus check runs: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- services/consensus || echo ' (dirty)'), $(date -u +%FT%TZ)"
+    echo "# consensus check runs: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- services/consensus ':!services/consensus/results' || echo ' (dirty)'), $(date -u +%FT%TZ)"
     echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, $(rustc --version)"
     run() {
         local build="$1"; shift
