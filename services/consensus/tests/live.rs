@@ -57,7 +57,8 @@ fn the_register_stays_linearizable_through_a_killed_a_frozen_and_a_partitioned_l
     );
     // Not vacuous: the servers answered, and answered again after the last fault healed.
     assert!(l.ok > 100, "{l:?}");
-    assert!(report.ok_per_second[11] > 0, "{:?}", report.ok_per_second);
+    let after_the_last_fault: u64 = report.ok_per_second[11..].iter().sum();
+    assert!(after_the_last_fault > 0, "{:?}", report.ok_per_second);
 }
 
 #[test]
