@@ -979,7 +979,8 @@ fn throughput_back_at(series: &[SeriesPoint], before: f64, restored_at: f64) -> 
 pub fn trials_markdown(reports: &[Report]) -> String {
     let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t} s"));
     let mut s = String::from(
-        "| trial | new leader | first write | without writes | acknowledged writes | lost | \
+        "Times from the start of the measurement (the fault's time is in each file).\n\n\
+         | trial | new leader | first write | without writes | acknowledged writes | lost | \
          registers linearizable / not / undecided | read-your-writes violations |\n\
          |---:|---:|---:|---:|---:|---:|---|---:|\n",
     );
@@ -1021,17 +1022,27 @@ pub fn trials_markdown(reports: &[Report]) -> String {
         }
     }
     without_writes.sort_by(f64::total_cmp);
+    let never = reports.len() - without_writes.len();
     let spread = match (without_writes.first(), without_writes.last()) {
         (Some(low), Some(high)) => format!(
-            "; without writes {low} s to {high} s, median {} s",
-            without_writes[without_writes.len() / 2]
+            "; without writes {low} s to {high} s, median {} s, in the {} trials whose writes \
+             came back within the run",
+            without_writes[without_writes.len() / 2],
+            without_writes.len()
         ),
         _ => String::new(),
     };
+    let unverified: u64 = reports.iter().map(|r| r.checks.unverified_writes).sum();
     s.push_str(&format!(
         "\n{} trials: {lost} of {acknowledged} acknowledged writes lost, in {trials_losing} \
-         trials; {violating} registers not linearizable{spread}.\n",
-        reports.len()
+         trials ({unverified} of them could not be read back at the end: neither lost nor \
+         confirmed); {violating} registers not linearizable{spread}{}.\n",
+        reports.len(),
+        if never > 0 {
+            format!("; in {never} no write was acknowledged again before the run ended")
+        } else {
+            String::new()
+        }
     ));
     s
 }
@@ -1083,7 +1094,7 @@ mod tests {
         let table = trials_markdown(&[trial(100, 0), trial(120, 3), trial(80, 0)]);
         assert_eq!(table.lines().filter(|l| l.starts_with("| ")).count(), 4);
         assert!(
-            table.contains("3 trials: 3 of 300 acknowledged writes lost, in 1 trials"),
+            table.contains("3 trials: 3 of 300 acknowledged writes lost, in 1 trials ("),
             "{table}"
         );
     }
