@@ -445,11 +445,15 @@ pub struct Failover {
     pub leader_lost_at_s: Option<f64>,
     /// First poll at which another host answered as the leader.
     pub new_leader_at_s: Option<f64>,
-    /// When the probe's first write after the fault was acknowledged.
+    /// When the probe's first write was acknowledged once another host was seen leading.
+    /// Results before 2026-12-05 23:45 take the first write *sent* after that (a write sent a
+    /// moment before and answered by the new primary was left out: up to a second later).
     pub first_write_at_s: Option<f64>,
     /// How long the stage took no writes: from the last probe write acknowledged before the
-    /// new leader (or, without one, the fault) to that first write. Results before 2026-12-05
-    /// 20:00 count from the fault (the same after a crash, which leaves no write before).
+    /// new leader was seen (or, without one, the fault) to that first write. Results before
+    /// 2026-12-05 20:00 count from the fault (the same after a crash, which leaves no write
+    /// before); between 20:00 and 23:45 a write *sent* before the new leader was seen counted
+    /// as the old primary's even when the new one answered it (one crash trial: 1.1 s).
     pub writes_unavailable_s: Option<f64>,
     /// The probe's writes refused while it waited (503 each, or what else it got, in `refusals`).
     pub probe_refused: u64,

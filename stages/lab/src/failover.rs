@@ -148,10 +148,10 @@ impl FailoverWatch {
                 match self.probe_write(&client, n).await {
                     Ok(()) => {
                         acknowledged.push((sent, Instant::now()));
-                        // Done once a write sent after another host led went through, or, the
-                        // leaders' watch over without one, at the first write.
+                        // Done once a write went through after another host was seen leading,
+                        // or, the leaders' watch over without one, at the first write.
                         let new_leader = new_leader_now();
-                        let after_new = new_leader.is_some_and(|at| sent >= at);
+                        let after_new = new_leader.is_some_and(|at| Instant::now() >= at);
                         let watch_over_without_one = new_leader.is_none()
                             && leaders_done.load(std::sync::atomic::Ordering::Acquire);
                         if after_new || watch_over_without_one {
@@ -164,18 +164,21 @@ impl FailoverWatch {
             (acknowledged, refusals)
         };
         let ((lost, new_leader), (acknowledged, refusals)) = tokio::join!(leaders, probe);
-        // The first write *sent* once another host led: a planned switchover keeps taking writes
-        // on the old primary for a moment, and those say nothing of the new one. Without a new
-        // leader, the first sent after the leader was lost; never lost, the first of all.
+        // Writes are told apart by when they were *acknowledged*: before another host was seen
+        // leading, by the old primary (a planned switchover keeps taking writes on it for a
+        // moment); from then on, by the new one, even one sent a moment earlier (after a crash
+        // such a write can only have been answered by the new primary: counting it as the old
+        // one's last write made a crash trial report 1.1 s without writes). Without a new
+        // leader, the leader's loss is the line; never lost, the first write is the first.
         let since = new_leader.or(lost);
         let first_write = acknowledged
             .iter()
-            .find(|(sent, _)| since.is_none_or(|since| *sent >= since))
-            .map(|(_, acknowledged)| *acknowledged);
+            .map(|(_, acknowledged)| *acknowledged)
+            .find(|acknowledged| since.is_none_or(|since| *acknowledged >= since));
         let last_write_before = acknowledged
             .iter()
-            .filter(|(sent, _)| since.is_some_and(|since| *sent < since))
             .map(|(_, acknowledged)| *acknowledged)
+            .filter(|acknowledged| since.is_some_and(|since| *acknowledged < since))
             .max();
         Seen {
             lost,
