@@ -95,6 +95,83 @@ pub struct Recorded {
     pub returned_s: f64,
 }
 
+/// Records operations as clients make them, from any number of threads or tasks: one counter
+/// orders every invocation and response (so their order is real time's), one clock gives the
+/// seconds for the report.
+pub struct Recorder {
+    clock: std::sync::atomic::AtomicU64,
+    start: Instant,
+    ops: std::sync::Mutex<Vec<Recorded>>,
+}
+
+/// An operation invoked and not yet returned ([`Recorder::invoke`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation {
+    called: u64,
+    called_s: f64,
+}
+
+impl Recorder {
+    /// A recorder whose seconds count from now.
+    pub fn new() -> Self {
+        Recorder {
+            clock: std::sync::atomic::AtomicU64::new(0),
+            start: Instant::now(),
+            ops: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Seconds since the recorder was made.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Marks an operation's invocation; call just before sending it.
+    pub fn invoke(&self) -> Invocation {
+        Invocation {
+            called: self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            called_s: self.start.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Records the operation's response (or its giving up), as `op` with `outcome`.
+    pub fn complete(
+        &self,
+        invocation: Invocation,
+        key: usize,
+        client: usize,
+        op: RegisterOp,
+        outcome: Outcome,
+    ) {
+        let returned = self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let returned_s = self.start.elapsed().as_secs_f64();
+        self.ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Recorded {
+                key,
+                client,
+                op,
+                outcome,
+                called: invocation.called,
+                returned,
+                called_s: invocation.called_s,
+                returned_s,
+            });
+    }
+
+    /// Every operation recorded so far (the recorder is left empty).
+    pub fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.ops.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A register's history in the checker's form: one process per client until it sees an unknown
 /// outcome (that operation may still be in flight, so the client goes on as a new process);
 /// failed operations and unanswered reads left out (they changed nothing); unknown writes

@@ -39,7 +39,7 @@
 
 use crate::multi_paxos::{AcceptorLog, Bug, Msg, Node, Server, Timer, Timing};
 use anyhow::{bail, Context};
-use loadtest::linearizability::{self, Outcome, Recorded, RegisterOp};
+use loadtest::linearizability::{self, Outcome, Recorder, RegisterOp};
 use loadtest::report::{Linearizability, Provenance};
 use serde::{Deserialize, Serialize};
 use stateright::actor::{Actor, Command, Id, Out};
@@ -49,8 +49,8 @@ use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The live servers' timers. Elections: a follower waits 300 to 600 ms without a heartbeat (a
@@ -514,21 +514,18 @@ fn drive(
     servers: &mut [ServerProcess],
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<LiveReport> {
-    let clock = Arc::new(AtomicU64::new(0));
+    let recorder = Arc::new(Recorder::new());
     let values = Arc::new(AtomicU32::new(1));
     let last_ok = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let mut clients = Vec::new();
     for client in 0..KEYS * CLIENTS_PER_KEY {
         let shared = Shared {
-            clock: clock.clone(),
+            recorder: recorder.clone(),
             values: values.clone(),
             last_ok: last_ok.clone(),
             stop: stop.clone(),
-            ops: ops.clone(),
-            start,
         };
         let addrs = addrs.to_vec();
         let bind = *addrs[0].ip();
@@ -573,7 +570,7 @@ fn drive(
             bail!("a client thread panicked");
         }
     }
-    let ops = std::mem::take(&mut *ops.lock().unwrap_or_else(|e| e.into_inner()));
+    let ops = recorder.take();
     let mut ok_per_second = vec![0; options.duration.as_secs().max(1) as usize + 1];
     for op in ops.iter().filter(|op| op.outcome == Outcome::Ok) {
         if let Some(slot) = ok_per_second.get_mut(op.returned_s as usize) {
@@ -602,12 +599,10 @@ fn drive(
 
 /// What the clients share.
 struct Shared {
-    clock: Arc<AtomicU64>,
+    recorder: Arc<Recorder>,
     values: Arc<AtomicU32>,
     last_ok: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    ops: Arc<Mutex<Vec<Recorded>>>,
-    start: Instant,
 }
 
 fn run_client(
@@ -650,8 +645,7 @@ fn run_client(
                 RegisterOp::Read(None),
             )
         };
-        let called = shared.clock.fetch_add(1, Ordering::SeqCst);
-        let called_s = shared.start.elapsed().as_secs_f64();
+        let invocation = shared.recorder.invoke();
         socket.send_to(&serde_json::to_vec(&msg)?, servers[target])?;
         let deadline = Instant::now() + OP_TIMEOUT;
         let outcome = loop {
@@ -682,22 +676,9 @@ fn run_client(
         if outcome == Outcome::Ok {
             shared.last_ok.store(target, Ordering::SeqCst);
         }
-        let returned = shared.clock.fetch_add(1, Ordering::SeqCst);
-        let returned_s = shared.start.elapsed().as_secs_f64();
         shared
-            .ops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Recorded {
-                key,
-                client,
-                op,
-                outcome,
-                called,
-                returned,
-                called_s,
-                returned_s,
-            });
+            .recorder
+            .complete(invocation, key, client, op, outcome);
         std::thread::sleep(PAUSE);
     }
     Ok(())

@@ -16,13 +16,13 @@
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context;
-use loadtest::linearizability::{self, Outcome, Recorded, RegisterOp};
+use loadtest::linearizability::{self, Outcome, Recorded, Recorder, RegisterOp};
 use loadtest::report::Linearizability;
 use serde_json::json;
 
@@ -94,27 +94,23 @@ impl RegisterClients {
             .no_proxy()
             .timeout(OP_TIMEOUT)
             .build()?;
-        let clock = Arc::new(AtomicU64::new(0));
+        let recorder = Arc::new(Recorder::new());
         let values = Arc::new(AtomicU64::new(1));
-        let ops = Arc::new(Mutex::new(Vec::new()));
-        let start = Instant::now();
         let mut tasks = Vec::new();
         for client in 0..KEYS * CLIENTS_PER_KEY {
             let key = client % KEYS;
-            let (http, clock, values, ops) =
-                (http.clone(), clock.clone(), values.clone(), ops.clone());
+            let (http, recorder, values) = (http.clone(), recorder.clone(), values.clone());
             let url = format!("{}/api/user", self.endpoint);
             let token = format!("Token {}", self.tokens[key]);
             tasks.push(tokio::spawn(async move {
                 // Reads and writes in a fixed pseudo-random pattern (a xorshift per client).
                 let mut pattern = 0x9e37_79b9_u32 ^ (client as u32 + 1);
-                while start.elapsed() < duration {
+                while recorder.elapsed() < duration {
                     pattern ^= pattern << 13;
                     pattern ^= pattern >> 17;
                     pattern ^= pattern << 5;
                     let write = pattern.is_multiple_of(2);
-                    let called = clock.fetch_add(1, Ordering::SeqCst);
-                    let called_s = start.elapsed().as_secs_f64();
+                    let invocation = recorder.invoke();
                     let (op, outcome) = if write {
                         let value = values.fetch_add(1, Ordering::SeqCst) as u32;
                         let sent = http
@@ -152,20 +148,7 @@ impl RegisterClients {
                             None => (RegisterOp::Read(None), Outcome::Unknown),
                         }
                     };
-                    let returned = clock.fetch_add(1, Ordering::SeqCst);
-                    let returned_s = start.elapsed().as_secs_f64();
-                    ops.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(Recorded {
-                            key,
-                            client,
-                            op,
-                            outcome,
-                            called,
-                            returned,
-                            called_s,
-                            returned_s,
-                        });
+                    recorder.complete(invocation, key, client, op, outcome);
                     tokio::time::sleep(PAUSE).await;
                 }
             }));
@@ -173,8 +156,7 @@ impl RegisterClients {
         for task in tasks {
             task.await.context("a register client")?;
         }
-        let ops = std::mem::take(&mut *ops.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(ops)
+        Ok(recorder.take())
     }
 }
 
