@@ -234,11 +234,43 @@ pub async fn drill(
         run(lab, stage, &host, options, progress).await
     }
     .await;
+    keep_patroni_logs(lab, stage, progress);
     progress(&format!("stage {}: bringing it down", stage.number));
     if let Err(e) = lab.down(stage, &|_| {}) {
         progress(&format!("could not bring the stage down: {e:#}"));
     }
     result
+}
+
+/// Stage 8: copies every database host's Patroni log (Patroni's decisions with their times, and
+/// PostgreSQL's own lines) to `drill-logs/` in the lab's state folder, one folder per drill,
+/// before the stage goes down: the next `up --fresh` deletes the stage's folder, and with it
+/// the only account of why a failover took as long as it did (a trial of `--trials` once lost
+/// exactly that). Nothing here fails the drill; a copy that fails is said.
+fn keep_patroni_logs(lab: &Lab, stage: &Stage, progress: &(dyn Fn(&str) + Sync)) {
+    if stage.patroni_hosts().is_empty() {
+        return;
+    }
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = lab
+        .state_dir()
+        .join("drill-logs")
+        .join(format!("{}-{seconds}", stage.folder));
+    let copied = lab.patroni_cluster(stage).and_then(|cluster| {
+        std::fs::create_dir_all(&dir)?;
+        for node in &cluster.nodes {
+            let to = dir.join(format!("{}-patroni.log", node.name));
+            std::fs::copy(node.log_path(), &to)
+                .with_context(|| format!("copying {}", node.log_path().display()))?;
+        }
+        Ok(())
+    });
+    match copied {
+        Ok(()) => progress(&format!("Patroni's logs kept in {}", dir.display())),
+        Err(e) => progress(&format!("Patroni's logs not kept: {e:#}")),
+    }
 }
 
 async fn run(
