@@ -28,6 +28,7 @@
 //! checks that every article's `favoritesCount` equals its favorite rows on all shards together.
 
 use std::{
+    path::Path,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -234,7 +235,7 @@ pub async fn drill(
         run(lab, stage, &host, options, progress).await
     }
     .await;
-    keep_patroni_logs(lab, stage, progress);
+    keep_logs(lab, stage, progress);
     progress(&format!("stage {}: bringing it down", stage.number));
     if let Err(e) = lab.down(stage, &|_| {}) {
         progress(&format!("could not bring the stage down: {e:#}"));
@@ -242,35 +243,47 @@ pub async fn drill(
     result
 }
 
-/// Stage 8: copies every database host's Patroni log (Patroni's decisions with their times, and
-/// PostgreSQL's own lines) to `drill-logs/` in the lab's state folder, one folder per drill,
-/// before the stage goes down: the next `up --fresh` deletes the stage's folder, and with it
-/// the only account of why a failover took as long as it did (a trial of `--trials` once lost
-/// exactly that). Nothing here fails the drill; a copy that fails is said.
-fn keep_patroni_logs(lab: &Lab, stage: &Stage, progress: &(dyn Fn(&str) + Sync)) {
+/// Stage 8: copies every log of the stage (Patroni's decisions and PostgreSQL's lines on the
+/// database hosts, the app hosts' "the primary moved", etcd's elections, ...) to `drill-logs/`
+/// in the lab's state folder, one folder per drill, before the stage goes down: the next
+/// `up --fresh` deletes the stage's folder, and with it the only account of why a failover took
+/// as long as it did (a trial of `--trials` once lost exactly that). A stage's logs after a
+/// drill are tens of kilobytes. Nothing here fails the drill; a copy that fails is said.
+fn keep_logs(lab: &Lab, stage: &Stage, progress: &(dyn Fn(&str) + Sync)) {
     if stage.patroni_hosts().is_empty() {
         return;
     }
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let dir = lab
+    let from = lab.state_dir().join(&stage.folder);
+    let to = lab
         .state_dir()
         .join("drill-logs")
         .join(format!("{}-{seconds}", stage.folder));
-    let copied = lab.patroni_cluster(stage).and_then(|cluster| {
-        std::fs::create_dir_all(&dir)?;
-        for node in &cluster.nodes {
-            let to = dir.join(format!("{}-patroni.log", node.name));
-            std::fs::copy(node.log_path(), &to)
-                .with_context(|| format!("copying {}", node.log_path().display()))?;
-        }
-        Ok(())
-    });
-    match copied {
-        Ok(()) => progress(&format!("Patroni's logs kept in {}", dir.display())),
-        Err(e) => progress(&format!("Patroni's logs not kept: {e:#}")),
+    match copy_logs(&from, &from, &to) {
+        Ok(n) => progress(&format!("{n} logs kept in {}", to.display())),
+        Err(e) => progress(&format!("the stage's logs not kept: {e:#}")),
     }
+}
+
+/// Copies every `*.log` under `dir` to `to`, named by its path under `root` with `-` for `/`
+/// (`db-1/postgres/patroni.log` becomes `db-1-postgres-patroni.log`); returns how many.
+fn copy_logs(root: &Path, dir: &Path, to: &Path) -> anyhow::Result<usize> {
+    let mut copied = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            copied += copy_logs(root, &path, to)?;
+        } else if path.extension().is_some_and(|e| e == "log") {
+            let relative = path.strip_prefix(root)?.to_string_lossy().replace('/', "-");
+            std::fs::create_dir_all(to)?;
+            std::fs::copy(&path, to.join(relative))
+                .with_context(|| format!("copying {}", path.display()))?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 async fn run(
