@@ -2,6 +2,7 @@
 //! real Patroni, PostgreSQL and etcd. The primary host crashes; while there is no leader, writes
 //! are refused with a 503 (never a 500, never a hang); once the replica is promoted, the same
 //! `Database`, with nothing restarted, writes there. A planned switchover back is followed too.
+//! And a primary whose Patroni alone is silent keeps its writes: the seam asks its server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -137,6 +138,35 @@ async fn writes_follow_the_primary_through_a_crash_and_a_switchover_without_a_re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The primary's Patroni alone stops answering (frozen; its PostgreSQL runs on), for longer
+    // than the seam stays patient with a silent Patroni, and less than the leader key lives (its
+    // last renewal was at most a cycle before, 2 s, and the key lives 10 s): the seam asks the
+    // server itself, finds it still the primary, and writes go on there rather than be refused.
+    let patroni = a.running().unwrap().expect("a's Patroni runs");
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", patroni.pid)).unwrap();
+    assert!(
+        cmdline.contains("patroni"),
+        "pid {} is not Patroni: {cmdline:?}",
+        patroni.pid
+    );
+    let frozen = Frozen::stop(patroni.pid);
+    tokio::time::sleep(PATRONI_SILENT).await;
+    let during = match db.write() {
+        Ok(pool) => sqlx::raw_sql("INSERT INTO t VALUES (10)")
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    drop(frozen);
+    assert!(
+        during.is_ok(),
+        "refused while the primary's server took writes: {during:?}"
+    );
+    assert_eq!(db.leader(), Some(name(a).as_str()));
+    write_through(&db, "DELETE FROM t WHERE id = 10").await;
+
     // The primary's host crashes; the seam is not told, it finds out from Patroni.
     let crash_at = cluster.primary().await.unwrap();
     assert_eq!(crash_at, 0);
@@ -157,6 +187,35 @@ async fn writes_follow_the_primary_through_a_crash_and_a_switchover_without_a_re
         Some(3),
         "the write went to the new primary"
     );
+}
+
+/// How long the primary's Patroni is kept silent: past the seam's patience with a silent Patroni
+/// (3 s, `db::leader`'s `DOUBT_BOUND`, plus a poll's 1 s timeout), within the leader key's life.
+const PATRONI_SILENT: Duration = Duration::from_secs(5);
+
+/// A process stopped with SIGSTOP, continued when dropped (passed or failed).
+struct Frozen(i32);
+
+impl Frozen {
+    fn stop(pid: i32) -> Self {
+        assert!(signal(pid, "-STOP"), "kill -STOP {pid}");
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // Not asserted: a panic in a drop while the test unwinds would abort it.
+        signal(self.0, "-CONT");
+    }
+}
+
+/// Sends `which` (`-STOP`, `-CONT`) to `pid` with kill(1); whether it was delivered.
+fn signal(pid: i32, which: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Kills the cluster at the end of the test, passed or failed (before etcd goes).
