@@ -2,7 +2,7 @@
 //! real Patroni, PostgreSQL and etcd. The primary host crashes; while there is no leader, writes
 //! are refused with a 503 (never a 500, never a hang); once the replica is promoted, the same
 //! `Database`, with nothing restarted, writes there. A planned switchover back is followed too.
-//! And a primary whose Patroni alone is silent keeps its writes: the seam asks its server.
+//! And a primary whose Patroni alone is silent has its writes refused (a 503): the fence.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -139,9 +139,10 @@ async fn writes_follow_the_primary_through_a_crash_and_a_switchover_without_a_re
     }
 
     // The primary's Patroni alone stops answering (frozen; its PostgreSQL runs on), for longer
-    // than the seam stays patient with a silent Patroni, and less than the leader key lives (its
-    // last renewal was at most a cycle before, 2 s, and the key lives 10 s): the seam asks the
-    // server itself, finds it still the primary, and writes go on there rather than be refused.
+    // than the seam stays patient with a silent Patroni and less than the leader key lives (its
+    // last renewal was at most a cycle before, 2 s; the key lives 10 s). The server would still
+    // take writes, but a Patroni that cannot answer cannot renew its key or demote its server
+    // either: the seam refuses writes (a 503) rather than risk a second primary's lost writes.
     let patroni = a.running().unwrap().expect("a's Patroni runs");
     let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", patroni.pid)).unwrap();
     assert!(
@@ -161,11 +162,21 @@ async fn writes_follow_the_primary_through_a_crash_and_a_switchover_without_a_re
     };
     drop(frozen);
     assert!(
-        during.is_ok(),
-        "refused while the primary's server took writes: {during:?}"
+        matches!(during, Err(ApiError::DatabaseUnavailable(_))),
+        "a write was not refused while the primary's Patroni was silent: {during:?}"
     );
+    // Patroni answers again: so does the seam, on the same primary.
+    write_through(&db, "INSERT INTO t VALUES (10)").await;
     assert_eq!(db.leader(), Some(name(a).as_str()));
     write_through(&db, "DELETE FROM t WHERE id = 10").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while count_on(b).await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delete never replicated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The primary's host crashes; the seam is not told, it finds out from Patroni.
     let crash_at = cluster.primary().await.unwrap();
@@ -190,7 +201,8 @@ async fn writes_follow_the_primary_through_a_crash_and_a_switchover_without_a_re
 }
 
 /// How long the primary's Patroni is kept silent: past the seam's patience with a silent Patroni
-/// (3 s, `db::leader`'s `DOUBT_BOUND`, plus a poll's 1 s timeout), within the leader key's life.
+/// (3 s, `db::leader`'s `DOUBT_BOUND`, plus a poll's 1 s timeout), within the leader key's life
+/// (so no failover happens meanwhile).
 const PATRONI_SILENT: Duration = Duration::from_secs(5);
 
 /// A process stopped with SIGSTOP, continued when dropped (passed or failed).

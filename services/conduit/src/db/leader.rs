@@ -13,16 +13,6 @@
 //!    time since the switch). A connection to the old primary would otherwise keep serving: if
 //!    the old primary still runs (demoted, or not yet), writes there are refused or, worse, lost.
 //!
-//! A Patroni that goes silent is not taken for a lost leader as long as its server still answers
-//! as a primary: after [`DOUBT_BOUND`] the follower asks the PostgreSQL server itself
-//! (`SELECT NOT pg_is_in_recovery()`, on one connection it keeps for that). A stage 8 crash drill
-//! showed why: the newly promoted primary, a 0.2-core host taking the whole backlog of writes at
-//! once, answered Patroni's `GET /primary` (a Python handler and a query of its own) later than
-//! the poll timeout for 15 s on end, while its PostgreSQL committed writes; the app refused every
-//! write meanwhile. What the question cannot tell is whether the key has just expired; neither
-//! can a `GET /primary` answered a moment before, and a host that takes the key answers 200 and
-//! is followed at once.
-//!
 //! While no host answers 200 (the leader key has expired and nobody has taken it yet), the primary
 //! is called down (after two polls if the old leader's Patroni is gone, after two seconds if it
 //! is only slow or unsure: see [`DOUBT_BOUND`]) and every request that needs it gets a 503 at
@@ -40,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{postgres::PgConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{postgres::PgConnectOptions, PgPool};
 
 /// Polls in a row that must find no leader before the primary is called down, when the leader
 /// followed so far cannot be reached at all (its Patroni refuses connections: the host is gone).
@@ -55,8 +45,15 @@ const MISSES_FOR_DOWN: u32 = 2;
 /// after a failover, while the key was valid and PostgreSQL took writes). Writes sent meanwhile
 /// are safe from one thing at least: a demoted PostgreSQL refuses them itself (SQLSTATE 25006, a
 /// 503). A frozen or lost leader stays in doubt: after 3 s writes are refused at once instead of
-/// waiting on it, well inside the 10 s its key takes to expire. A silent Patroni whose server
-/// still answers as the primary is not in doubt (see the module's documentation).
+/// waiting on it, well inside the 10 s its key takes to expire.
+///
+/// The bound is also a fence, and is kept when the leader's server itself would still take
+/// writes. A Patroni too starved to answer is too starved to renew its key or to demote its
+/// server: in a stage 8 crash trial the promoted primary's Patroni missed its cycles for 26 s, its
+/// key expired, the other host took it, and for 9 s both servers ran as primaries. A version of
+/// this follower that, past the bound, asked the server itself (`pg_is_in_recovery()`) and kept
+/// writing to it lost 10 acknowledged writes there; refusing them (503) loses none
+/// (stages/08-consensus/README.md, "A starved Patroni").
 const DOUBT_BOUND: Duration = Duration::from_secs(3);
 
 /// No host is the leader (yet).
@@ -214,44 +211,9 @@ impl LeaderFollower {
         futures::future::join_all(asks).await
     }
 
-    /// Whether the followed candidate's server answers, within the poll timeout, that it runs
-    /// as a primary (not in recovery), over `probe`: one connection kept open for the question,
-    /// so asking it every poll costs the server a trivial query, not a new backend.
-    async fn server_is_primary(&self, probe: &mut Option<(usize, PgConnection)>) -> bool {
-        let leader = self.leader.load(Ordering::Acquire);
-        let Some(candidate) = self.candidates.get(leader) else {
-            return false;
-        };
-        if probe.as_ref().is_some_and(|(to, _)| *to != leader) {
-            *probe = None;
-        }
-        let asked = tokio::time::timeout(self.timeout, async {
-            let connection = match probe {
-                Some((_, connection)) => connection,
-                None => {
-                    let connection = PgConnection::connect_with(&candidate.options).await?;
-                    &mut probe.insert((leader, connection)).1
-                }
-            };
-            sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()")
-                .fetch_one(connection)
-                .await
-        })
-        .await;
-        match asked {
-            Ok(Ok(primary)) => primary,
-            // No answer in time, or an error: the connection may be mid-query; a new one next time.
-            _ => {
-                *probe = None;
-                false
-            }
-        }
-    }
-
     async fn poll(self: Arc<Self>) {
         let mut misses = 0;
         let mut in_doubt_since: Option<Instant> = None;
-        let mut probe: Option<(usize, PgConnection)> = None;
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -266,15 +228,6 @@ impl LeaderFollower {
             if leaders.is_empty() && matches!(followed, Some(Answer::Silent | Answer::NotLeader)) {
                 let since = *in_doubt_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < DOUBT_BOUND {
-                    continue;
-                }
-                // Its Patroni silent for that long, but its server still a primary: only busy.
-                if followed == Some(&Answer::Silent) && self.server_is_primary(&mut probe).await {
-                    misses = 0;
-                    if !self.up.swap(true, Ordering::AcqRel) {
-                        tracing::info!(leader = %self.candidates[self.leader.load(Ordering::Acquire)].name,
-                            "a leader again (its Patroni silent, its server a primary): writes are served");
-                    }
                     continue;
                 }
                 // In doubt for too long: called down at this poll.
