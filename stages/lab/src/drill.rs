@@ -1058,7 +1058,7 @@ pub fn trials_markdown(reports: &[Report]) -> String {
         ));
         lost += r.checks.lost_writes;
         acknowledged += r.checks.acknowledged_writes;
-        trials_losing += u64::from(r.checks.lost_writes > 0);
+        trials_losing += usize::from(r.checks.lost_writes > 0);
         violating += failover
             .and_then(|f| f.linearizability.as_ref())
             .map_or(0, |l| l.violating_keys);
@@ -1070,19 +1070,20 @@ pub fn trials_markdown(reports: &[Report]) -> String {
     let never = reports.len() - without_writes.len();
     let spread = match (without_writes.first(), without_writes.last()) {
         (Some(low), Some(high)) => format!(
-            "; without writes {low} s to {high} s, median {} s, in the {} trials whose writes \
-             came back within the run",
+            "; without writes {low} s to {high} s, median {} s, in the {} whose writes came back \
+             within the run",
             without_writes[without_writes.len() / 2],
-            without_writes.len()
+            trials(without_writes.len())
         ),
         _ => String::new(),
     };
     let unverified: u64 = reports.iter().map(|r| r.checks.unverified_writes).sum();
     s.push_str(&format!(
-        "\n{} trials: {lost} of {acknowledged} acknowledged writes lost, in {trials_losing} \
-         trials ({unverified} of them could not be read back at the end: neither lost nor \
-         confirmed); {violating} registers not linearizable{spread}{}.\n",
-        reports.len(),
+        "\n{}: {lost} of {acknowledged} acknowledged writes lost, in {} ({unverified} of them \
+         could not be read back at the end: neither lost nor confirmed); {violating} registers \
+         not linearizable{spread}{}.\n",
+        trials(reports.len()),
+        trials(trials_losing),
         if never > 0 {
             format!("; in {never} no write was acknowledged again before the run ended")
         } else {
@@ -1090,6 +1091,14 @@ pub fn trials_markdown(reports: &[Report]) -> String {
         }
     ));
     s
+}
+
+/// "1 trial", "3 trials".
+fn trials(n: usize) -> String {
+    match n {
+        1 => "1 trial".to_owned(),
+        n => format!("{n} trials"),
+    }
 }
 
 #[cfg(test)]
@@ -1139,7 +1148,7 @@ mod tests {
         let table = trials_markdown(&[trial(100, 0), trial(120, 3), trial(80, 0)]);
         assert_eq!(table.lines().filter(|l| l.starts_with("| ")).count(), 4);
         assert!(
-            table.contains("3 trials: 3 of 300 acknowledged writes lost, in 1 trials ("),
+            table.contains("3 trials: 3 of 300 acknowledged writes lost, in 1 trial ("),
             "{table}"
         );
     }
