@@ -227,6 +227,18 @@ async fn get_json(conn: &mut Connection, request: &Request) -> anyhow::Result<Va
 /// behind each other's timeouts.
 const LOGINS_AT_ONCE: usize = 8;
 
+/// How many times one seeded user's login is tried while the app answers busy (503) or
+/// throttled (429), pausing [`LOGIN_FIRST_PAUSE`] doubling to [`LOGIN_MAX_PAUSE`] between tries:
+/// about 30 s in all. A small host checking other clients' passwords refuses at once when its
+/// queue of hashes is full (`auth.max_waiting_hashes`) or times the request out behind it; on a
+/// busy machine the first logins of a run met exactly that, and the run stopped with "needs the
+/// seeded users" though every user existed.
+const LOGIN_TRIES: u32 = 20;
+/// The first pause between two tries of one login.
+const LOGIN_FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause between two tries of one login.
+const LOGIN_MAX_PAUSE: Duration = Duration::from_secs(2);
+
 /// Logs in seeded users `user1` to `user<users>`, [`LOGINS_AT_ONCE`] at a time; returns them in
 /// order, up to the first that could not log in (the data set has fewer users).
 async fn log_in(
@@ -243,9 +255,24 @@ async fn log_in(
             let mut logged_in = Vec::new();
             for i in (first..=users).step_by(LOGINS_AT_ONCE) {
                 let body = json!({"user": {"email": format!("user{i}@{email_domain}"), "password": password}});
-                let response = conn
-                    .send(&Request::json("POST", "/api/users/login", &body))
-                    .await?;
+                let request = Request::json("POST", "/api/users/login", &body);
+                let mut pause = LOGIN_FIRST_PAUSE;
+                let mut tries = 1;
+                let response = loop {
+                    let response = conn.send(&request).await?;
+                    // Busy (503: the host's password hashing is full, or the request timed out
+                    // behind it) or throttled (429): the user exists, the host is loaded; again.
+                    if matches!(response.status, 429 | 503) && tries < LOGIN_TRIES {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(LOGIN_MAX_PAUSE);
+                        tries += 1;
+                        // A fresh connection: a server may close one it answered 503 on.
+                        conn = Connection::connect(target, Duration::from_secs(5)).await?;
+                        continue;
+                    }
+                    break response;
+                };
+                // Any other answer (401, 422: no such user) ends this task's users.
                 if response.status != 200 {
                     break;
                 }
@@ -664,5 +691,63 @@ impl Workload for ConduitWorkload {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    };
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A stand-in for the app's login route: `user1` exists but the first `busy` tries are
+    /// answered 503 (its host hashing other passwords); every other user does not exist (401).
+    async fn login_server(busy: u32) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let busy = Arc::new(AtomicU32::new(busy));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let busy = busy.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    // One small request per read: the client writes each in one piece.
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        let (status, body) = if !request.contains("user1@") {
+                            (401, "{}")
+                        } else if busy
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                            .is_ok()
+                        {
+                            (503, "{}")
+                        } else {
+                            (200, r#"{"user":{"username":"user1","token":"t1"}}"#)
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if socket.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_busy_login_is_tried_again_not_taken_for_a_missing_user() {
+        let addr = login_server(3).await;
+        let users = log_in(addr, 3, "seed.test", "pw").await.unwrap();
+        assert_eq!(users, vec![("user1".to_owned(), "t1".to_owned())]);
     }
 }
