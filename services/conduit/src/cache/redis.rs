@@ -124,6 +124,11 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Longest wait for Redis to connect and to empty itself for the seeder ([`RedisStore::clear`]):
+/// an empty or small cache answers `FLUSHDB` in milliseconds; 5 s only trips when the cache host
+/// is down, and seeding then fails with that error rather than hang.
+const CLEAR_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -292,9 +297,15 @@ impl RedisStore {
     /// Empties the cache (after writes that bypassed the app, such as seeding). Connects
     /// directly, breaker or not: the caller needs to know it happened.
     pub async fn clear(&self) -> Result<(), redis::RedisError> {
+        // Not a request's lookup: nobody waits on it but the seeder, so not the request path's
+        // 50 ms bound either, which a just-started 0.05-core cache host can miss by a few CPU
+        // periods (seeding in the lab tests failed on "timed out" on a loaded machine).
+        let patient = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(CLEAR_TIMEOUT))
+            .set_connection_timeout(Some(CLEAR_TIMEOUT));
         let mut connection = self
             .client
-            .get_multiplexed_async_connection_with_config(&self.config)
+            .get_multiplexed_async_connection_with_config(&patient)
             .await?;
         redis::cmd("FLUSHDB")
             .query_async::<()>(&mut connection)
