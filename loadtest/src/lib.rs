@@ -452,7 +452,8 @@ async fn finish(
             workload: workload.to_owned(),
             rate_rps: rate,
             seed: options.seed,
-            duration_s: options.duration.as_secs_f64(),
+            // What was measured: the duration, or less if the caller ended the run early.
+            duration_s: (out.measured_secs * 10.0).round() / 10.0,
             warmup_s: options.warmup.as_secs_f64(),
             connections: options.connections,
             ..machine_provenance()

@@ -96,6 +96,18 @@ pub struct Live {
     /// True while a measurement window is open (after warm-up, before the end): lets a sampler
     /// of server CPU count exactly the measured seconds.
     pub measuring: AtomicBool,
+    /// Set by a caller that has seen what it waited for (a drill whose stage has recovered) to
+    /// end the run before its duration: no more sends are released, those waiting for a
+    /// connection are dropped, those in flight complete, and the measured time ends here. The
+    /// duration then is the bound, the condition the end.
+    pub stop: AtomicBool,
+}
+
+impl Live {
+    fn stopped(live: &Option<Arc<Live>>) -> bool {
+        live.as_ref()
+            .is_some_and(|l| l.stop.load(Ordering::Relaxed))
+    }
 }
 
 /// What a run produced.
@@ -136,7 +148,19 @@ struct Shared {
     dropped: AtomicU64,
     failovers: AtomicU64,
     warmup_slots: AtomicU64,
-    stop: AtomicBool,
+    /// When the run was ended early ([`Live::stop`]), noted by whoever saw it first.
+    stopped_at: std::sync::OnceLock<Instant>,
+}
+
+impl Shared {
+    /// True once the run is over: its end passed, or the caller stopped it.
+    fn over(&self, live: &Option<Arc<Live>>) -> bool {
+        if Live::stopped(live) {
+            let _ = self.stopped_at.set(Instant::now());
+            return true;
+        }
+        Instant::now() > self.end
+    }
 }
 
 /// Runs the workload against the target; the caller owns the runtime (threads).
@@ -158,7 +182,7 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         dropped: AtomicU64::new(0),
         failovers: AtomicU64::new(0),
         warmup_slots: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
+        stopped_at: std::sync::OnceLock::new(),
     });
 
     let (slots, dispatcher) = match config.mode {
@@ -167,7 +191,9 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
             let total = ((config.warmup + config.duration).as_secs_f64() * rate).floor() as u64;
             let live = config.live.clone();
-            let handle = std::thread::spawn(move || dispatch(tx, start, interval, total, live));
+            let shared = shared.clone();
+            let handle =
+                std::thread::spawn(move || dispatch(tx, start, interval, total, live, &shared));
             (Some(rx), Some(handle))
         }
         Mode::Closed => (None, None),
@@ -177,7 +203,9 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_start.into()).await;
             live.measuring.store(true, Ordering::Relaxed);
-            tokio::time::sleep_until(end.into()).await;
+            while Instant::now() < end && !live.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             live.measuring.store(false, Ordering::Relaxed);
         });
     }
@@ -200,7 +228,7 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
             match slots {
                 Some(slots) => {
                     while let Ok(scheduled) = slots.recv_async().await {
-                        if Instant::now() > shared.end {
+                        if shared.over(&config.live) {
                             // Too late to send: the run is over. Counted, never sent.
                             shared.dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
@@ -214,7 +242,7 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
                 }
                 None => {
                     tokio::time::sleep_until(start.into()).await;
-                    while Instant::now() < shared.end && !shared.stop.load(Ordering::Relaxed) {
+                    while !shared.over(&config.live) {
                         let now = Instant::now();
                         one_request(&config, &shared, &*workload, &mut rng, &mut conn, now).await;
                     }
@@ -234,13 +262,22 @@ pub async fn run(config: &RunConfig, workload: Arc<dyn Workload>) -> RunOutput {
         None => 0,
     };
 
-    let measured_secs = config.duration.as_secs_f64();
+    if let Some(live) = &config.live {
+        live.measuring.store(false, Ordering::Relaxed);
+    }
+    let measured = match shared.stopped_at.get() {
+        Some(stopped) => stopped
+            .saturating_duration_since(measure_start)
+            .min(config.duration),
+        None => config.duration,
+    };
+    let measured_secs = measured.as_secs_f64();
     let shared = Arc::try_unwrap(shared).unwrap_or_else(|_| unreachable_shared());
     let recorder = shared
         .recorder
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
-    let mut summary = recorder.finish(config.duration.as_secs());
+    let mut summary = recorder.finish(measured.as_secs_f64().ceil() as u64);
     let dropped = shared.dropped.load(Ordering::Relaxed);
     summary.counts.dropped = dropped;
     summary.counts.scheduled = match config.mode {
@@ -269,7 +306,8 @@ fn unreachable_shared() -> Shared {
     panic!("run state still shared after all workers finished")
 }
 
-/// Releases slot times on schedule; returns how many it released.
+/// Releases slot times on schedule until all are out or the run is stopped ([`Live::stop`]);
+/// returns how many it released.
 ///
 /// The dispatcher asks for real-time scheduling (FIFO, possible as root): on a machine whose cores
 /// are shared with the server under test, an ordinary thread waits for its turn after each sleep,
@@ -281,6 +319,7 @@ fn dispatch(
     interval: Duration,
     total: u64,
     live: Option<Arc<Live>>,
+    shared: &Shared,
 ) -> u64 {
     let _ = thread_priority::set_thread_priority_and_policy(
         thread_priority::thread_native_id(),
@@ -291,6 +330,10 @@ fn dispatch(
     );
     let mut next = 0u64;
     while next < total {
+        if Live::stopped(&live) {
+            let _ = shared.stopped_at.set(Instant::now());
+            break;
+        }
         let now = Instant::now();
         while next < total {
             let due = start + interval.mul_f64(next as f64);
@@ -307,7 +350,7 @@ fn dispatch(
         }
         std::thread::sleep(DISPATCH_TICK);
     }
-    total
+    next
 }
 
 /// A worker's keep-alive connections: one to the target (or its PoP), and one to each other

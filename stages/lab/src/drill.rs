@@ -162,6 +162,111 @@ pub struct DrillOptions {
     /// Watch it live: start the monitoring host once the stage is up (see
     /// [`crate::bench::BenchOptions::monitor`] for what that costs the measurement).
     pub monitor: bool,
+    /// End the load once the stage has recovered (see [`LiveSeconds::recovered`]), `duration`
+    /// being only the bound: the quick drills of the tests, which run on machines fast and slow
+    /// (a CI machine took 18 s to restart a killed PostgreSQL that takes 2 s here). A full drill
+    /// runs its whole duration, so that its trials are alike.
+    pub ends_when_recovered: bool,
+}
+
+/// The harness's per-request timeout in a drill: a frozen service makes requests wait, and 3 s
+/// keeps a freeze visible as "unknown" without holding every connection for the default 10 s.
+/// A response completed this long after a fault was sent after it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the drill waits for the stage to answer its first request of the measured time
+/// before giving up: a minute is far beyond any stage's first answer, even on a loaded machine.
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
+
+/// Whole seconds without an error after the restore that make a stage "recovered" for
+/// [`DrillOptions::ends_when_recovered`]: longer than a request's timeout ([`REQUEST_TIMEOUT`]), so a
+/// request sent before them that was still to fail would have failed within them.
+pub const RECOVERED_FOR: usize = 5;
+
+/// The load's successes and errors in each whole second of the measured time, read from the
+/// harness's live counters while it runs (by completion time, as the report's series counts):
+/// what the drill waits on, instead of guessing how long a stage takes to answer or recover.
+struct LiveSeconds {
+    seconds: Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl LiveSeconds {
+    /// Starts counting from `measure_start`.
+    fn start(live: Arc<loadtest::run::Live>, measure_start: Instant) -> Self {
+        let seconds = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = seconds.clone();
+        let sampler = tokio::spawn(async move {
+            let counts = || {
+                let done = live.done.load(Ordering::Relaxed);
+                let failed = live.failed.load(Ordering::Relaxed);
+                (done.saturating_sub(failed), failed)
+            };
+            let mut last = counts();
+            for k in 1u64.. {
+                tokio::time::sleep_until((measure_start + Duration::from_secs(k)).into()).await;
+                let now = counts();
+                let second = (now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
+                kept.lock().unwrap_or_else(|e| e.into_inner()).push(second);
+                last = now;
+            }
+        });
+        Self { seconds, sampler }
+    }
+
+    /// Waits until `done` holds for the seconds counted so far, checking ten times a second;
+    /// false if the load ended first.
+    async fn until(
+        &self,
+        load: &tokio::task::JoinHandle<anyhow::Result<Report>>,
+        done: impl Fn(&[(u64, u64)]) -> bool,
+    ) -> bool {
+        loop {
+            if done(&self.seconds.lock().unwrap_or_else(|e| e.into_inner())) {
+                return true;
+            }
+            if load.is_finished() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The stage has answered: a success in a whole second after the first (the first may count
+    /// warm-up requests that completed late).
+    fn answered(seconds: &[(u64, u64)]) -> bool {
+        seconds.iter().skip(1).any(|&(ok, _)| ok > 0)
+    }
+
+    /// Recovered after a fault at `injected_at` restored at `restored_at` (seconds of the
+    /// measured time): the last [`RECOVERED_FOR`] whole seconds, all after the restore, had no
+    /// error, and one second since the restore reached [`THROUGHPUT_BACK`] of the successes per
+    /// second before the fault; what the report then finds as `recovered_at_s` and
+    /// `throughput_back_at_s`.
+    fn recovered(seconds: &[(u64, u64)], injected_at: f64, restored_at: f64) -> bool {
+        let before: Vec<u64> = seconds
+            .iter()
+            .take(injected_at.floor() as usize)
+            .map(|&(ok, _)| ok)
+            .collect();
+        let before = before.iter().sum::<u64>() as f64 / before.len().max(1) as f64;
+        let after = seconds
+            .get(restored_at.floor() as usize..)
+            .unwrap_or_default();
+        after.len() >= RECOVERED_FOR
+            && after[after.len() - RECOVERED_FOR..]
+                .iter()
+                .all(|&(_, errors)| errors == 0)
+            && after
+                .iter()
+                .any(|&(ok, _)| ok as f64 >= THROUGHPUT_BACK * before)
+    }
+}
+
+impl Drop for LiveSeconds {
+    fn drop(&mut self) {
+        self.sampler.abort();
+    }
 }
 
 fn signal_tree(root: i32, signal: Signal) {
@@ -340,11 +445,21 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let measure_start = Instant::now();
+    let seconds = LiveSeconds::start(live.clone(), measure_start);
     // Stage 8: the registers' history, recorded over the whole measured time.
     let recording = registers.map(|registers| {
-        let duration = options.duration;
-        tokio::spawn(async move { registers.record(duration).await })
+        let (duration, live) = (options.duration, live.clone());
+        tokio::spawn(async move { registers.record(duration, &live).await })
     });
+    // The fault comes `at` after the stage's first answer, so that there is a throughput before
+    // it to compare with, however slowly the machine lets a fresh stage start.
+    let answered =
+        tokio::time::timeout(ANSWER_WAIT, seconds.until(&load, LiveSeconds::answered)).await;
+    anyhow::ensure!(
+        matches!(answered, Ok(true)),
+        "stage {} answered no request within {ANSWER_WAIT:?} of load",
+        stage.number
+    );
     tokio::time::sleep(options.at).await;
     let pid = lab
         .service_pid(stage, host, options.service)
@@ -580,6 +695,20 @@ async fn run(
         Fault::Switchover => format!("{restored_at:.1} s: Patroni says the switchover is done"),
         _ => format!("{restored_at:.1} s: {} restored", options.service.as_str()),
     });
+    if options.ends_when_recovered {
+        let recovered = seconds
+            .until(&load, |s| {
+                LiveSeconds::recovered(s, injected_at, restored_at)
+            })
+            .await;
+        if recovered {
+            progress(&format!(
+                "{:.1} s: recovered ({RECOVERED_FOR} s without errors): ending the load",
+                measure_start.elapsed().as_secs_f64()
+            ));
+            live.stop.store(true, Ordering::Relaxed);
+        }
+    }
     let mut report = load.await.context("the load task")??;
     let mut failover = match watching {
         Some(watching) => {
@@ -1132,6 +1261,39 @@ mod tests {
         // Never back within the run; and no second before a fault in the first second.
         assert_eq!(throughput_back_at(&series[..9], 100.0, 7.2), None);
         assert_eq!(throughput_before(&series, 0.5), None);
+    }
+
+    #[test]
+    fn a_quick_drill_waits_for_an_answer_then_for_clean_seconds_at_the_old_throughput() {
+        // (successes, errors) per second: the first counts warm-up requests only.
+        assert!(!LiveSeconds::answered(&[(5, 0)]));
+        assert!(!LiveSeconds::answered(&[(5, 0), (0, 0)]));
+        assert!(LiveSeconds::answered(&[(5, 0), (0, 0), (1, 0)]));
+        // 100 a second before a fault at 3.5 s, restored at 6.2 s.
+        let mut s = vec![
+            (100, 0),
+            (100, 0),
+            (100, 0),
+            (50, 9),
+            (0, 30),
+            (0, 30),
+            (60, 4),
+        ];
+        let recovered = |s: &[(u64, u64)]| LiveSeconds::recovered(s, 3.5, 6.2);
+        s.extend([(100, 0); RECOVERED_FOR - 1]);
+        assert!(!recovered(&s), "the second of the restore had errors");
+        s.push((100, 0));
+        assert!(recovered(&s));
+        // Clean seconds alone are not enough: one must carry 99 % of the old throughput.
+        let slow: Vec<(u64, u64)> = s
+            .iter()
+            .enumerate()
+            .map(|(t, &(ok, e))| if t >= 6 { (ok.min(90), e) } else { (ok, e) })
+            .collect();
+        assert!(!recovered(&slow));
+        // An error in the last seconds starts the count again.
+        s.push((100, 1));
+        assert!(!recovered(&s));
     }
 
     #[test]

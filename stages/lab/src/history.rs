@@ -88,8 +88,13 @@ impl RegisterClients {
         })
     }
 
-    /// Runs the clients for `duration` and returns every operation they made.
-    pub async fn record(&self, duration: Duration) -> anyhow::Result<Vec<Recorded>> {
+    /// Runs the clients for `duration`, or until the drill's load is stopped early
+    /// ([`loadtest::run::Live::stop`]), and returns every operation they made.
+    pub async fn record(
+        &self,
+        duration: Duration,
+        load: &Arc<loadtest::run::Live>,
+    ) -> anyhow::Result<Vec<Recorded>> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(OP_TIMEOUT)
@@ -100,12 +105,13 @@ impl RegisterClients {
         for client in 0..KEYS * CLIENTS_PER_KEY {
             let key = client % KEYS;
             let (http, recorder, values) = (http.clone(), recorder.clone(), values.clone());
+            let load = load.clone();
             let url = format!("{}/api/user", self.endpoint);
             let token = format!("Token {}", self.tokens[key]);
             tasks.push(tokio::spawn(async move {
                 // Reads and writes in a fixed pseudo-random pattern (a xorshift per client).
                 let mut pattern = 0x9e37_79b9_u32 ^ (client as u32 + 1);
-                while recorder.elapsed() < duration {
+                while recorder.elapsed() < duration && !load.stop.load(Ordering::Relaxed) {
                     pattern ^= pattern << 13;
                     pattern ^= pattern >> 17;
                     pattern ^= pattern << 5;
