@@ -443,8 +443,19 @@ pub struct Failover {
     pub leader_after: Option<String>,
     /// First poll after the fault at which no host answered as the leader.
     pub leader_lost_at_s: Option<f64>,
-    /// First poll at which another host answered as the leader.
+    /// First poll at which another host answered as the leader (its Patroni's `GET /primary`
+    /// within the app's own bound): when the app can find it.
     pub new_leader_at_s: Option<f64>,
+    /// Over etcd: when Patroni's leader key in the store first named another host, the decision
+    /// itself; earlier than `new_leader_at_s` by however long the new leader's Patroni took to
+    /// answer (a starved one: never, within the watch). Absent over ZooKeeper and in results made
+    /// before 2026-12-06.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_key_at_s: Option<f64>,
+    /// The host the key named then, or, if it never named another, the last it named (absent:
+    /// the key was not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_key_holder: Option<String>,
     /// When the probe's first write was acknowledged once another host was seen leading.
     /// Results before 2026-12-05 23:45 take the first write *sent* after that (a write sent a
     /// moment before and answered by the new primary was left out: up to a second later).

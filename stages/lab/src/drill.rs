@@ -1080,12 +1080,17 @@ pub fn markdown(report: &Report) -> String {
 fn failover_markdown(f: &loadtest::report::Failover) -> String {
     let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t} s"));
     let mut s = format!(
-        "\nFailover over {}: {} led; leader lost at {}, new leader at {}, first acknowledged \
-         write at {} ({} without writes, {} probe writes refused); {} leads at the end; \
-         timeline {} -> {}; the store's leader {} -> {}.\n",
+        "\nFailover over {}: {} led; leader lost at {},{} new leader answering at {}, first \
+         acknowledged write at {} ({} without writes, {} probe writes refused); {} leads at the \
+         end; timeline {} -> {}; the store's leader {} -> {}.\n",
         f.store,
         f.leader_before,
         at(f.leader_lost_at_s),
+        match (&f.leader_key_holder, f.leader_key_at_s) {
+            (Some(holder), Some(t)) => format!(" leader key taken by {holder} at {t} s,"),
+            (Some(holder), None) => format!(" leader key kept by {holder},"),
+            _ => String::new(),
+        },
         at(f.new_leader_at_s),
         at(f.first_write_at_s),
         at(f.writes_unavailable_s),
@@ -1154,9 +1159,10 @@ pub fn trials_markdown(reports: &[Report]) -> String {
     let at = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t} s"));
     let mut s = String::from(
         "Times from the start of the measurement (the fault's time is in each file).\n\n\
-         | trial | new leader | first write | without writes | acknowledged writes | lost | \
-         registers linearizable / not / undecided | read-your-writes violations |\n\
-         |---:|---:|---:|---:|---:|---:|---|---:|\n",
+         | trial | leader key taken | new leader answering | first write | without writes | \
+         acknowledged writes | lost | registers linearizable / not / undecided | \
+         read-your-writes violations |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
     );
     let mut lost = 0;
     let mut acknowledged = 0;
@@ -1175,8 +1181,12 @@ pub fn trials_markdown(reports: &[Report]) -> String {
             },
         );
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             i + 1,
+            match failover {
+                Some(f) if f.leader_key_holder.is_some() => at(f.leader_key_at_s),
+                _ => "not read".to_owned(),
+            },
             at(failover.and_then(|f| f.new_leader_at_s)),
             at(failover.and_then(|f| f.first_write_at_s)),
             at(failover.and_then(|f| f.writes_unavailable_s)),

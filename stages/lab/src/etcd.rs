@@ -327,6 +327,44 @@ impl EtcdCluster {
         leader
     }
 
+    /// The value at `key`, read through the first member that answers (a linearizable read,
+    /// which that member checks with the leader): `Some(None)` if there is no such key, `None` if
+    /// no member answered with a quorum behind it.
+    pub async fn get(&self, key: &str) -> Option<Option<String>> {
+        use base64::{engine::general_purpose::STANDARD, Engine as _};
+        #[derive(Deserialize)]
+        struct Kv {
+            value: String,
+        }
+        #[derive(Deserialize)]
+        struct Range {
+            #[serde(default)]
+            kvs: Vec<Kv>,
+        }
+        let client = crate::lab::http_client().ok()?;
+        let body = serde_json::json!({ "key": STANDARD.encode(key) }).to_string();
+        for member in &self.members {
+            let Ok(response) = client
+                .post(format!("{}/v3/kv/range", member.client_url()))
+                .body(body.clone())
+                .timeout(ASK_TIMEOUT)
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let Ok(range) = response.error_for_status().map(|r| r.json::<Range>()) else {
+                continue;
+            };
+            let Ok(range) = range.await else { continue };
+            return Some(match range.kvs.first() {
+                Some(kv) => Some(String::from_utf8_lossy(&STANDARD.decode(&kv.value).ok()?).into()),
+                None => None,
+            });
+        }
+        None
+    }
+
     /// Waits until the members agree on a leader that `accept` takes (a new term after a drill,
     /// say); fails after `timeout` with every member's log tail.
     pub async fn wait_for_leader(

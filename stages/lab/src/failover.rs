@@ -9,7 +9,10 @@
 //! ```
 //!
 //! The leader is polled as the app polls it ([`ASK_WITHIN`], every [`POLL`]); the write is the
-//! drill's own probe, since the harness counts whole seconds only. Between the fault and the
+//! drill's own probe, since the harness counts whole seconds only. Over etcd the watch also reads
+//! Patroni's leader key in the store, the decision itself: a promoted host whose Patroni is too
+//! starved to answer in time has taken the key all the same, and the two instants together tell
+//! "no leader yet" from "a leader nobody hears". Between the fault and the
 //! first write the stage takes no writes: with a crash that is the leader key's TTL plus
 //! Patroni's loop and the app's next poll; the store's election is not on that path unless the
 //! store's own leader was the one lost.
@@ -60,6 +63,10 @@ pub struct FailoverWatch {
 pub struct Seen {
     lost: Option<Instant>,
     new_leader: Option<Instant>,
+    /// When the store's leader key first named another host (etcd only).
+    key_taken: Option<Instant>,
+    /// Whom the key named last time it was read: the new leader, or whoever kept it.
+    key_holder: Option<String>,
     first_write: Option<Instant>,
     /// The last write acknowledged before that one's stretch: one the old primary took (a
     /// planned switchover takes writes until it stops the old primary).
@@ -107,6 +114,35 @@ impl FailoverWatch {
         let new_leader_at = std::sync::Mutex::new(None::<Instant>);
         let leaders_done = std::sync::atomic::AtomicBool::new(false);
         let new_leader_now = || *new_leader_at.lock().unwrap_or_else(|e| e.into_inner());
+        // Either way another host is known to lead: its Patroni answered, or it took the key.
+        let other_leads = |at: Instant| {
+            let mut seen = new_leader_at.lock().unwrap_or_else(|e| e.into_inner());
+            *seen = Some(seen.map_or(at, |s: Instant| s.min(at)));
+        };
+        let key = async {
+            let ConsensusCluster::Etcd(etcd) = &self.consensus else {
+                return (None, None);
+            };
+            let before = self
+                .leader_before
+                .map(|i| self.cluster.nodes[i].name.clone());
+            let path = self.cluster.leader_key();
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut holder = None;
+            while fault.elapsed() < limit {
+                tick.tick().await;
+                if let Some(Some(named)) = etcd.get(&path).await {
+                    if before.as_ref() != Some(&named) {
+                        let now = Instant::now();
+                        other_leads(now);
+                        return (Some(now), Some(named));
+                    }
+                    holder = Some(named);
+                }
+            }
+            (None, holder)
+        };
         let leaders = async {
             let (mut lost, mut new_leader) = (None, None);
             let mut tick = tokio::time::interval(POLL);
@@ -121,7 +157,7 @@ impl FailoverWatch {
                 if leaders.iter().any(|&i| Some(i) != self.leader_before) {
                     new_leader = Some(now);
                     lost.get_or_insert(now);
-                    *new_leader_at.lock().unwrap_or_else(|e| e.into_inner()) = new_leader;
+                    other_leads(now);
                 }
             }
             leaders_done.store(true, std::sync::atomic::Ordering::Release);
@@ -163,14 +199,16 @@ impl FailoverWatch {
             }
             (acknowledged, refusals)
         };
-        let ((lost, new_leader), (acknowledged, refusals)) = tokio::join!(leaders, probe);
+        let ((lost, new_leader), (key_taken, key_holder), (acknowledged, refusals)) =
+            tokio::join!(leaders, key, probe);
         // Writes are told apart by when they were *acknowledged*: before another host was seen
         // leading, by the old primary (a planned switchover keeps taking writes on it for a
         // moment); from then on, by the new one, even one sent a moment earlier (after a crash
         // such a write can only have been answered by the new primary: counting it as the old
         // one's last write made a crash trial report 1.1 s without writes). Without a new
-        // leader, the leader's loss is the line; never lost, the first write is the first.
-        let since = new_leader.or(lost);
+        // leader, the leader's loss is the line; never lost, the first write is the first. The new
+        // leader is the first sign of one: its Patroni answering, or its name in the key.
+        let since = new_leader_now().or(lost);
         let first_write = acknowledged
             .iter()
             .map(|(_, acknowledged)| *acknowledged)
@@ -183,6 +221,8 @@ impl FailoverWatch {
         Seen {
             lost,
             new_leader,
+            key_taken,
+            key_holder,
             first_write,
             last_write_before,
             refusals,
@@ -232,6 +272,8 @@ impl FailoverWatch {
             leader_after: leader_after.map(name),
             leader_lost_at_s: at(seen.lost),
             new_leader_at_s: at(seen.new_leader),
+            leader_key_at_s: at(seen.key_taken),
+            leader_key_holder: seen.key_holder,
             first_write_at_s: at(seen.first_write),
             // From the last write the old primary acknowledged (the fault, after a crash) to the
             // first the new one did.

@@ -35,6 +35,10 @@ use crate::{
 
 /// Patroni's standard REST port, on every database host's own address.
 pub const REST_PORT: u16 = 8008;
+
+/// Where every Patroni cluster of the lab keeps its keys in the consensus store (`namespace`),
+/// each under its scope: `/archlab/<scope>/leader` names the leader.
+pub const NAMESPACE: &str = "/archlab/";
 /// How long the leader key lives unless its holder renews it: how long a dead primary keeps
 /// everyone else from taking over. Ten seconds is the issue's target and Patroni's own
 /// recommendation is 30; lower makes a busy primary that misses a renewal lose its leadership.
@@ -154,7 +158,7 @@ impl PatroniNode {
         Ok(format!(
             "# Written by archlab (stages/lab/src/patroni.rs); rewritten at every start.
 scope: {scope}
-namespace: /archlab/
+namespace: {NAMESPACE}
 name: {name}
 log:
   level: INFO
@@ -462,6 +466,12 @@ pub struct PatroniCluster {
 }
 
 impl PatroniCluster {
+    /// The key in the consensus store whose value names the leader: Patroni writes it with the
+    /// TTL, renews it every loop while it leads, and a replica takes it once it has expired.
+    pub fn leader_key(&self) -> String {
+        format!("{NAMESPACE}{}/leader", self.scope)
+    }
+
     /// Starts every node: the first one bootstraps a new cluster and becomes its primary, the
     /// others join as replicas by copying it (a cluster made before takes up where it was: each
     /// node rejoins in its old role). Returns once every node runs as the primary or a replica.

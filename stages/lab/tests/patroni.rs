@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use archlab::{
     consensus::{ConsensusStore, StoreKind},
-    etcd::TestEtcd,
+    etcd::{EtcdCluster, TestEtcd},
     partition::{Cut, CutHost, CutKind},
     patroni::{streams_to, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS},
     postgres::{free_port, host_user, PostgresServer},
@@ -101,7 +101,7 @@ async fn over_etcd_the_primary_moves_on_switchover_and_on_crash_and_the_old_one_
         kind: StoreKind::Etcd,
         endpoints: etcd.cluster.endpoints(),
     };
-    switchover_crash_and_rejoin(store).await;
+    switchover_crash_and_rejoin(store, Some(&etcd.cluster)).await;
 }
 
 #[tokio::test]
@@ -111,7 +111,7 @@ async fn over_zookeeper_the_primary_moves_on_switchover_and_on_crash_and_the_old
         kind: StoreKind::ZooKeeper,
         endpoints: zookeeper.ensemble.endpoints(),
     };
-    switchover_crash_and_rejoin(store).await;
+    switchover_crash_and_rejoin(store, None).await;
 }
 
 /// Two Patroni nodes, `<prefix>_1` and `<prefix>_2` (a node's name is also its OS user), in
@@ -143,7 +143,8 @@ fn two_node_cluster(
 }
 
 /// The same story over either store: Patroni's behaviour does not depend on which one decides.
-async fn switchover_crash_and_rejoin(store: ConsensusStore) {
+/// Over etcd, the leader key the drills watch is read too.
+async fn switchover_crash_and_rejoin(store: ConsensusStore, etcd: Option<&EtcdCluster>) {
     let dir = tempfile::Builder::new()
         .prefix("archlab-patroni-test")
         .tempdir()
@@ -158,6 +159,15 @@ async fn switchover_crash_and_rejoin(store: ConsensusStore) {
         "the first node bootstraps and leads"
     );
     assert!(b.is_replica().await);
+    let key_names = |name: &str| {
+        let (etcd, key, name) = (etcd, cluster.leader_key(), name.to_owned());
+        async move {
+            if let Some(etcd) = etcd {
+                assert_eq!(etcd.get(&key).await, Some(Some(name)), "{key}");
+            }
+        }
+    };
+    key_names(&a.name).await;
     let first_timeline = a.state().await.unwrap().timeline.unwrap();
 
     sqlx::raw_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
@@ -169,6 +179,7 @@ async fn switchover_crash_and_rejoin(store: ConsensusStore) {
     // Planned: the primary hands over; nothing committed is lost, and a writes on b.
     cluster.switchover(0, 1).await.unwrap();
     assert_eq!(cluster.wait_for_new_primary(0, PATIENCE).await.unwrap(), 1);
+    key_names(&b.name).await;
     write_when_promoted(b, "INSERT INTO t VALUES (2)").await;
     assert_eq!(rows(b).await, vec![1, 2]);
     wait_streaming(b, a).await;
