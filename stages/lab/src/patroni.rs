@@ -36,6 +36,17 @@ use crate::{
 /// Patroni's standard REST port, on every database host's own address.
 pub const REST_PORT: u16 = 8008;
 
+/// How much lower PostgreSQL's scheduling priority is than its Patroni's on a database host
+/// (`nice`): at 10, a runnable PostgreSQL process weighs 110 against Patroni's 1024 inside the
+/// host's one CPU budget, so Patroni runs first whenever it has work. Patroni is the host's
+/// fence: it renews the leader key, demotes a primary that lost it, and answers the app's
+/// `GET /primary`. Drills showed a promoted 0.2-core host whose PostgreSQL took the whole budget
+/// starve its Patroni for seconds (REST answers past the app's 1 s bound, "loop time exceeded"),
+/// and the app then refused writes to a healthy primary. Patroni uses little CPU, so PostgreSQL
+/// loses almost nothing by it; the same thing as giving `patroni.service` a higher CPU weight
+/// than `postgresql.service` on a real machine.
+pub const SERVER_NICENESS: u8 = 10;
+
 /// Where every Patroni cluster of the lab keeps its keys in the consensus store (`namespace`),
 /// each under its scope: `/archlab/<scope>/leader` names the leader.
 pub const NAMESPACE: &str = "/archlab/";
@@ -129,6 +140,43 @@ impl PatroniNode {
         self.server.dir.join("patroni.yml")
     }
 
+    /// The folder Patroni takes PostgreSQL's programs from (`bin_dir`), made by
+    /// [`PatroniNode::write_server_bin_dir`].
+    fn server_bin_dir(&self) -> PathBuf {
+        self.server.dir.join("bin")
+    }
+
+    /// Fills [`PatroniNode::server_bin_dir`]: a link to each installed PostgreSQL program, except
+    /// `postgres`, which is a two-line script starting the real one at [`SERVER_NICENESS`] (with
+    /// `exec`, so the server keeps the script's PID, as Patroni expects). Written at every start.
+    fn write_server_bin_dir(&self) -> anyhow::Result<()> {
+        let (installed, dir) = (bin_dir()?, self.server_bin_dir());
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for entry in fs::read_dir(&installed)? {
+            let program = entry?.path();
+            let Some(name) = program.file_name() else {
+                continue;
+            };
+            if name != "postgres" {
+                std::os::unix::fs::symlink(&program, dir.join(name))?;
+            }
+        }
+        let script = dir.join("postgres");
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n# Written by archlab (stages/lab/src/patroni.rs, SERVER_NICENESS).\n\
+                 exec /usr/bin/nice -n {SERVER_NICENESS} {} \"$@\"\n",
+                installed.join("postgres").display()
+            ),
+        )?;
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(())
+    }
+
     /// Patroni's REST API.
     pub fn rest_url(&self) -> String {
         format!("http://{}:{}", self.server.address, self.rest_port)
@@ -196,6 +244,7 @@ postgresql:
   listen: {address}:{port}
   connect_address: {address}:{port}
   data_dir: {data}
+  # PostgreSQL's own programs, but `postgres` started at a lower priority (SERVER_NICENESS).
   bin_dir: {bin}
   pgpass: {dir}/pgpass
   authentication:
@@ -212,7 +261,7 @@ postgresql:
             rest_port = self.rest_port,
             port = s.port,
             data = s.data_dir().display(),
-            bin = bin_dir()?.display(),
+            bin = self.server_bin_dir().display(),
         ))
     }
 
@@ -227,6 +276,7 @@ postgresql:
         let user = host_user(&self.name)?;
         self.server.prepare_dirs(user)?;
         hand_over(&self.server.dir, &self.server.data_dir(), user)?;
+        self.write_server_bin_dir()?;
         fs::write(self.config_path(), self.config(cluster)?)
             .with_context(|| format!("writing {}", self.config_path().display()))?;
         let patroni = PathBuf::from("/usr/bin/patroni");

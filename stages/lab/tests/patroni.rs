@@ -13,7 +13,9 @@ use archlab::{
     consensus::{ConsensusStore, StoreKind},
     etcd::{EtcdCluster, TestEtcd},
     partition::{Cut, CutHost, CutKind},
-    patroni::{streams_to, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS},
+    patroni::{
+        streams_to, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS, SERVER_NICENESS,
+    },
     postgres::{free_port, host_user, PostgresServer},
     zookeeper::TestZooKeeper,
 };
@@ -34,6 +36,13 @@ async fn rows(node: &PatroniNode) -> Vec<i32> {
         .fetch_all(&mut connect(node).await)
         .await
         .unwrap()
+}
+
+/// A process's nice value, from `/proc/<pid>/stat` (the 19th field, after the parenthesised name).
+fn niceness(pid: i32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(16).unwrap().parse().unwrap()
 }
 
 /// Waits until `node` (a replica) has replayed everything up to the primary's position now.
@@ -168,6 +177,11 @@ async fn switchover_crash_and_rejoin(store: ConsensusStore, etcd: Option<&EtcdCl
         }
     };
     key_names(&a.name).await;
+    // The server runs below its Patroni's priority, so that the fence never starves behind it.
+    let server = a.postmaster().unwrap().expect("a's server runs");
+    let patroni = a.running().unwrap().expect("a's Patroni runs");
+    assert_eq!(niceness(server.pid), i64::from(SERVER_NICENESS));
+    assert_eq!(niceness(patroni.pid), 0);
     let first_timeline = a.state().await.unwrap().timeline.unwrap();
 
     sqlx::raw_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
