@@ -148,7 +148,8 @@ pub struct DrillOptions {
     pub duration: Duration,
     /// Warm-up before measuring.
     pub warmup: Duration,
-    /// When the fault begins, from the start of measurement.
+    /// When the fault begins: this long after the stage first answered in the measured time (its
+    /// first whole second with a success, after the first: see `LiveSeconds::answered`).
     pub at: Duration,
     /// How long the service stays down or frozen.
     pub outage: Duration,

@@ -233,7 +233,8 @@ enum Command_ {
         /// Measured time.
         #[arg(long, default_value = "30s", value_parser = loadtest::parse_duration)]
         duration: std::time::Duration,
-        /// When the fault begins, from the start of measurement.
+        /// When the fault begins: this long after the stage first answered in the measured time
+        /// (its first whole second with a success, after the first; the report gives the moment).
         #[arg(long, default_value = "10s", value_parser = loadtest::parse_duration)]
         at: std::time::Duration,
         /// How long the service stays broken [default: 5s; 2s with --quick].
