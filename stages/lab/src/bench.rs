@@ -122,7 +122,7 @@ pub async fn bench(
             "stage {}: seeding {} users, {} articles, {} images",
             stage.number, options.data.users, options.data.articles, options.data.images
         ));
-        lab.seed(stage, &options.data)?;
+        lab.seed(stage, &options.data).await?;
         measure(lab, stage, options, progress).await
     }
     .await;

@@ -331,7 +331,7 @@ pub async fn drill(
                 .use_replication(replication)
                 .await?;
         }
-        lab.seed(stage, &options.data)?;
+        lab.seed(stage, &options.data).await?;
         let host = match options.host {
             Some(_) => host,
             None => leader_of(lab, stage, options.service)

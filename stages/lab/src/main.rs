@@ -431,17 +431,20 @@ async fn main() -> anyhow::Result<()> {
             articles,
             images,
             seed,
-        } => seed_stage(
-            &state,
-            net,
-            &stage,
-            SeedSpec {
-                users,
-                articles,
-                images,
-                seed,
-            },
-        ),
+        } => {
+            seed_stage(
+                &state,
+                net,
+                &stage,
+                SeedSpec {
+                    users,
+                    articles,
+                    images,
+                    seed,
+                },
+            )
+            .await
+        }
         Command_::Bench {
             stage,
             bench,
@@ -775,12 +778,12 @@ async fn status(state: &Path, net: u8, json: bool) -> anyhow::Result<()> {
 }
 
 /// `archlab seed`.
-fn seed_stage(state: &Path, net: u8, key: &str, spec: SeedSpec) -> anyhow::Result<()> {
+async fn seed_stage(state: &Path, net: u8, key: &str, spec: SeedSpec) -> anyhow::Result<()> {
     let lab = Lab::new(state, Lab::default_conduit_bin()?);
     let stage = lab.as_brought_up(Stage::find(key)?.on_network(net), net)?;
     println!("seeding stage {} ({})", stage.number, spec.describe());
     let started = std::time::Instant::now();
-    lab.seed(&stage, &spec)?;
+    lab.seed(&stage, &spec).await?;
     println!("seeded in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -164,6 +164,7 @@ async fn the_verify_phase_reports_a_write_deleted_behind_the_harness_by_id() {
             seed: 7,
         },
     )
+    .await
     .unwrap();
 
     let target = stage.endpoint();

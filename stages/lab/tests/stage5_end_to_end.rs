@@ -300,3 +300,48 @@ fn a_lagging_replica_breaks_no_session_guarantee() {
         report["counts"], report["operations"]
     );
 }
+
+/// Seeding ends with a checkpoint on the primary and a restartpoint on each replica
+/// (`Lab::checkpoint_after_seeding`): without it a replica keeps every page the data set changed
+/// dirty until the primary's next timed checkpoint, and a promotion or a measurement minutes
+/// later pays for writing them out.
+#[tokio::test(flavor = "multi_thread")]
+async fn seeding_ends_with_the_replica_checkpointed() {
+    let net = common::net(150, 10);
+    let lab = TestLab::new("archlab-stage5-seed", net.clone());
+    lab.up_with("5", &["--app-hosts", "1", "--replicas", "1"]);
+    let replica = format!("127.{net}.5.21");
+    let before = last_checkpoint(&replica).await;
+    let (ok, out) = lab.archlab(&[
+        "seed",
+        "5",
+        "--users",
+        "20",
+        "--articles",
+        "100",
+        "--images",
+        "10",
+    ]);
+    assert!(ok, "{out}");
+    let after = last_checkpoint(&replica).await;
+    assert!(
+        after > before,
+        "the replica made no restartpoint after seeding (WAL position {before} -> {after})"
+    );
+}
+
+/// Where the server at `address` made its last checkpoint (a replica: restartpoint).
+async fn last_checkpoint(address: &str) -> i64 {
+    use sqlx::{Connection, Row};
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host(address)
+        .port(5432)
+        .username("postgres")
+        .database("postgres");
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    sqlx::query("SELECT (checkpoint_lsn - '0/0'::pg_lsn)::int8 FROM pg_control_checkpoint()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0)
+}
