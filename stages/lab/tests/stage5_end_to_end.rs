@@ -332,13 +332,8 @@ async fn seeding_ends_with_the_replica_checkpointed() {
 
 /// Where the server at `address` made its last checkpoint (a replica: restartpoint).
 async fn last_checkpoint(address: &str) -> i64 {
-    use sqlx::{Connection, Row};
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host(address)
-        .port(5432)
-        .username("postgres")
-        .database("postgres");
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    use sqlx::Row;
+    let mut conn = common::superuser(address).await;
     sqlx::query("SELECT (checkpoint_lsn - '0/0'::pg_lsn)::int8 FROM pg_control_checkpoint()")
         .fetch_one(&mut conn)
         .await

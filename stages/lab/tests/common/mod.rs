@@ -233,14 +233,19 @@ where
 /// Runs `sql` as the superuser on the lab PostgreSQL server at `address` (a replica: pausing
 /// and resuming its replay).
 pub async fn as_superuser(address: &str, sql: &str) {
+    let mut conn = superuser(address).await;
+    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+}
+
+/// A connection as `postgres` to the lab's PostgreSQL server at `address` (port 5432).
+pub async fn superuser(address: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
     let options = sqlx::postgres::PgConnectOptions::new()
         .host(address)
         .port(5432)
         .username("postgres")
         .database("postgres");
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    sqlx::PgConnection::connect_with(&options).await.unwrap()
 }
 
 /// The sum of `db_reads_total` samples for `target` in an app host's metrics.
