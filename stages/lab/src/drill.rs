@@ -245,12 +245,11 @@ impl LiveSeconds {
     /// second before the fault; what the report then finds as `recovered_at_s` and
     /// `throughput_back_at_s`.
     fn recovered(seconds: &[(u64, u64)], injected_at: f64, restored_at: f64) -> bool {
-        let before: Vec<u64> = seconds
+        let oks = seconds
             .iter()
-            .take(injected_at.floor() as usize)
-            .map(|&(ok, _)| ok)
-            .collect();
-        let before = before.iter().sum::<u64>() as f64 / before.len().max(1) as f64;
+            .enumerate()
+            .map(|(t, &(ok, _))| (t as u64, ok));
+        let before = throughput_before(oks, injected_at).unwrap_or(0.0);
         let after = seconds
             .get(restored_at.floor() as usize..)
             .unwrap_or_default();
@@ -756,7 +755,7 @@ async fn run(
                 .filter(|q| q.t >= *t)
                 .all(|q| q.errors == 0)
         });
-    let before = throughput_before(&report.series, injected_at);
+    let before = throughput_before(report.series.iter().map(|p| (p.t, p.ok)), injected_at);
     report.stage = Some(stage.number);
     report.drill = Some(Drill {
         fault: match (options.fault, options.point) {
@@ -1132,13 +1131,16 @@ const CLEAN_STOP_WAIT: Duration = Duration::from_secs(60);
 /// rate when all is well, so 99 % allows a request's worth of noise, not a slower service).
 pub const THROUGHPUT_BACK: f64 = 0.99;
 
-/// Successes per second over the whole seconds before the fault at `injected_at` (None when the
-/// fault came in the first second).
-fn throughput_before(series: &[SeriesPoint], injected_at: f64) -> Option<f64> {
-    let before: Vec<u64> = series
-        .iter()
-        .filter(|p| ((p.t + 1) as f64) <= injected_at)
-        .map(|p| p.ok)
+/// Successes per second over the whole seconds before the fault at `injected_at`, from
+/// `(second, successes)` pairs (None when the fault came in the first second).
+fn throughput_before(
+    seconds: impl IntoIterator<Item = (u64, u64)>,
+    injected_at: f64,
+) -> Option<f64> {
+    let before: Vec<u64> = seconds
+        .into_iter()
+        .filter(|&(t, _)| ((t + 1) as f64) <= injected_at)
+        .map(|(_, ok)| ok)
         .collect();
     (!before.is_empty()).then(|| before.iter().sum::<u64>() as f64 / before.len() as f64)
 }
@@ -1267,11 +1269,17 @@ mod tests {
             .enumerate()
             .map(|(t, ok)| second(t as u64, *ok))
             .collect();
-        assert_eq!(throughput_before(&series, 3.5), Some(100.0));
+        assert_eq!(
+            throughput_before(series.iter().map(|p| (p.t, p.ok)), 3.5),
+            Some(100.0)
+        );
         assert_eq!(throughput_back_at(&series, 100.0, 7.2), Some(9));
         // Never back within the run; and no second before a fault in the first second.
         assert_eq!(throughput_back_at(&series[..9], 100.0, 7.2), None);
-        assert_eq!(throughput_before(&series, 0.5), None);
+        assert_eq!(
+            throughput_before(series.iter().map(|p| (p.t, p.ok)), 0.5),
+            None
+        );
     }
 
     #[test]
