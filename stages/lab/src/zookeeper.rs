@@ -52,7 +52,8 @@ const SYNC_LIMIT_TICKS: u32 = 5;
 /// JVM's default is a quarter of the machine's memory).
 const HEAP: &str = "-Xmx128m";
 /// How long a member may take to listen: the JVM starts within seconds on a quiet machine, but
-/// a consensus host's budget is 0.05 core, and on a slow hour (CI's run of 2026-12-06 06:45 UTC)
+/// a consensus host's budget is 0.05 core, and on a slow hour (a clean-clone run of .ci/run,
+/// 2026-12-06 06:45 UTC)
 /// the JVM's class loading and Jetty's start inside it took over 60 s, which this bound then
 /// called a failure. Three minutes only trip on a broken start.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
