@@ -98,6 +98,16 @@ impl ConsensusCluster {
         }
     }
 
+    /// The value stored at `key` (a key in etcd, a znode's path in ZooKeeper; Patroni spells them
+    /// alike), read so that a value the store has agreed on is seen: `Some(None)` if there is no
+    /// such key, `None` if no member answered.
+    pub async fn get(&self, key: &str) -> Option<Option<String>> {
+        match self {
+            ConsensusCluster::Etcd(c) => c.get(key).await,
+            ConsensusCluster::ZooKeeper(z) => z.get(key).await,
+        }
+    }
+
     /// Member `member`'s log and PID file.
     pub fn member_files(&self, member: usize) -> (PathBuf, PathBuf) {
         match self {

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! The leader is polled as the app polls it ([`ASK_WITHIN`], every [`POLL`]); the write is the
-//! drill's own probe, since the harness counts whole seconds only. Over etcd the watch also reads
-//! Patroni's leader key in the store, the decision itself: a promoted host whose Patroni is too
+//! drill's own probe, since the harness counts whole seconds only. The watch also reads Patroni's
+//! leader key in the store (etcd or ZooKeeper), the decision itself: a promoted host whose Patroni is too
 //! starved to answer in time has taken the key all the same, and the two instants together tell
 //! "no leader yet" from "a leader nobody hears". Between the fault and the
 //! first write the stage takes no writes: with a crash that is the leader key's TTL plus
@@ -63,7 +63,7 @@ pub struct FailoverWatch {
 pub struct Seen {
     lost: Option<Instant>,
     new_leader: Option<Instant>,
-    /// When the store's leader key first named another host (etcd only).
+    /// When the store's leader key first named another host.
     key_taken: Option<Instant>,
     /// Whom the key named last time it was read: the new leader, or whoever kept it.
     key_holder: Option<String>,
@@ -120,9 +120,6 @@ impl FailoverWatch {
             *seen = Some(seen.map_or(at, |s: Instant| s.min(at)));
         };
         let key = async {
-            let ConsensusCluster::Etcd(etcd) = &self.consensus else {
-                return (None, None);
-            };
             let before = self
                 .leader_before
                 .map(|i| self.cluster.nodes[i].name.clone());
@@ -132,7 +129,7 @@ impl FailoverWatch {
             let mut holder = None;
             while fault.elapsed() < limit {
                 tick.tick().await;
-                if let Some(Some(named)) = etcd.get(&path).await {
+                if let Some(Some(named)) = self.consensus.get(&path).await {
                     if before.as_ref() != Some(&named) {
                         let now = Instant::now();
                         other_leads(now);

@@ -387,12 +387,184 @@ impl ZooKeeperEnsemble {
         }
     }
 
+    /// The data of the znode at `path` as text, read through the first member that answers, after
+    /// a `sync` (a member answers reads from its own copy, which may trail the leader's; `sync`
+    /// makes it catch up first): `Some(None)` if there is no such znode, `None` if no member
+    /// answered within [`ASK_TIMEOUT`].
+    pub async fn get(&self, path: &str) -> Option<Option<String>> {
+        for member in &self.members {
+            let endpoint = member.client_endpoint();
+            let read = znode::read(&endpoint, path);
+            if let Ok(Ok(value)) = tokio::time::timeout(ASK_TIMEOUT, read).await {
+                return Some(value);
+            }
+        }
+        None
+    }
+
     /// Stops every member (SIGTERM).
     pub fn stop(&self) -> anyhow::Result<()> {
         for member in self.members.iter().rev() {
             member.stop()?;
         }
         Ok(())
+    }
+}
+
+/// Reading one znode over ZooKeeper's client protocol: the least of it, so that the drills can
+/// read Patroni's leader key over ZooKeeper as they do over etcd without a client library.
+///
+/// Every packet either way is a 4-byte big-endian length and then that many bytes of Jute
+/// (ZooKeeper's serialisation: big-endian integers, a string or a byte buffer as its 4-byte length
+/// and its bytes, a length of -1 for none). A read is one short session:
+///
+/// ```text
+/// client                                              member
+/// ConnectRequest (version 0, zxid 0, timeout, session 0, password) ─>
+///                                   <─ ConnectResponse (version, timeout, session id, password)
+/// sync    (xid 1, op 9, path)       ─>   the member catches up with the leader
+/// getData (xid 2, op 4, path, no watch) ─>
+///                                   <─ reply to 1: xid, zxid, err
+///                                   <─ reply to 2: xid, zxid, err (-101: no such znode), data, stat
+/// closeSession (xid 3, op -11)      ─>
+/// ```
+///
+/// A member answers one session's requests in the order sent, so the read comes after the sync.
+mod znode {
+    use anyhow::{bail, ensure, Context};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// The session asked for, in milliseconds. It lives for one read; the member clamps it to its
+    /// bounds (2 to 20 ticks: 2 to 20 s here), so the least it allows.
+    const SESSION_TIMEOUT_MS: i32 = 2_000;
+    /// Operation codes (ZooKeeper's `ZooDefs.OpCode`).
+    const OP_GET_DATA: i32 = 4;
+    const OP_SYNC: i32 = 9;
+    const OP_CLOSE_SESSION: i32 = -11;
+    /// The error a read of a missing znode gets (`KeeperException.Code.NONODE`).
+    const ERR_NO_NODE: i32 = -101;
+    /// The largest packet taken: a leader key holds a member's name; ZooKeeper's own bound on a
+    /// znode's data (`jute.maxbuffer`) is 1 MiB.
+    const MAX_PACKET: usize = 1 << 20;
+
+    /// The data of the znode at `path` on the member at `endpoint` (`address:port`).
+    pub(super) async fn read(endpoint: &str, path: &str) -> anyhow::Result<Option<String>> {
+        let mut stream = TcpStream::connect(endpoint).await?;
+        stream.set_nodelay(true)?;
+        let mut connect = Packet::default();
+        connect
+            .i32(0)
+            .i64(0)
+            .i32(SESSION_TIMEOUT_MS)
+            .i64(0)
+            .bytes(&[0; 16]);
+        connect.send(&mut stream).await?;
+        let answer = receive(&mut stream).await?;
+        let mut fields = Fields(&answer);
+        let (_version, timeout) = (fields.i32()?, fields.i32()?);
+        ensure!(
+            timeout > 0,
+            "{endpoint} refused the session (it is not serving)"
+        );
+
+        let mut sync = Packet::default();
+        sync.i32(1).i32(OP_SYNC).bytes(path.as_bytes());
+        sync.send(&mut stream).await?;
+        let mut get = Packet::default();
+        get.i32(2).i32(OP_GET_DATA).bytes(path.as_bytes()).u8(0);
+        get.send(&mut stream).await?;
+
+        let synced = receive(&mut stream).await?;
+        let mut fields = Fields(&synced);
+        let (xid, _zxid, err) = (fields.i32()?, fields.i64()?, fields.i32()?);
+        ensure!(xid == 1 && err == 0, "sync answered xid {xid}, error {err}");
+        let answer = receive(&mut stream).await?;
+        let mut fields = Fields(&answer);
+        let (xid, _zxid, err) = (fields.i32()?, fields.i64()?, fields.i32()?);
+        ensure!(xid == 2, "getData answered with xid {xid}");
+        let value = match err {
+            0 => Some(String::from_utf8_lossy(fields.bytes()?.unwrap_or_default()).into_owned()),
+            ERR_NO_NODE => None,
+            other => bail!("getData {path} failed with error {other}"),
+        };
+
+        let mut close = Packet::default();
+        close.i32(3).i32(OP_CLOSE_SESSION);
+        // The session ends with its timeout anyway, if the close is lost.
+        let _ = close.send(&mut stream).await;
+        Ok(value)
+    }
+
+    /// A packet being written.
+    #[derive(Default)]
+    struct Packet(Vec<u8>);
+
+    impl Packet {
+        fn u8(&mut self, v: u8) -> &mut Self {
+            self.0.push(v);
+            self
+        }
+        fn i32(&mut self, v: i32) -> &mut Self {
+            self.0.extend_from_slice(&v.to_be_bytes());
+            self
+        }
+        fn i64(&mut self, v: i64) -> &mut Self {
+            self.0.extend_from_slice(&v.to_be_bytes());
+            self
+        }
+        fn bytes(&mut self, v: &[u8]) -> &mut Self {
+            // A path or a password: far below i32::MAX.
+            self.i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+            self.0.extend_from_slice(v);
+            self
+        }
+        async fn send(&self, stream: &mut TcpStream) -> anyhow::Result<()> {
+            let mut framed = Packet::default();
+            framed.bytes(&self.0);
+            stream.write_all(&framed.0).await?;
+            Ok(())
+        }
+    }
+
+    /// The next packet's bytes.
+    async fn receive(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+        let length = stream.read_i32().await.context("the member closed")?;
+        let length = usize::try_from(length).context("a negative packet length")?;
+        ensure!(length <= MAX_PACKET, "a packet of {length} bytes");
+        let mut packet = vec![0; length];
+        stream.read_exact(&mut packet).await?;
+        Ok(packet)
+    }
+
+    /// A packet being read, field by field.
+    struct Fields<'a>(&'a [u8]);
+
+    impl<'a> Fields<'a> {
+        fn take<const N: usize>(&mut self) -> anyhow::Result<[u8; N]> {
+            let (head, rest) = self
+                .0
+                .split_first_chunk::<N>()
+                .context("a packet ended early")?;
+            self.0 = rest;
+            Ok(*head)
+        }
+        fn i32(&mut self) -> anyhow::Result<i32> {
+            Ok(i32::from_be_bytes(self.take()?))
+        }
+        fn i64(&mut self) -> anyhow::Result<i64> {
+            Ok(i64::from_be_bytes(self.take()?))
+        }
+        /// A buffer, `None` when its length is -1.
+        fn bytes(&mut self) -> anyhow::Result<Option<&'a [u8]>> {
+            let Ok(length) = usize::try_from(self.i32()?) else {
+                return Ok(None);
+            };
+            ensure!(length <= self.0.len(), "a buffer past the packet's end");
+            let (value, rest) = self.0.split_at(length);
+            self.0 = rest;
+            Ok(Some(value))
+        }
     }
 }
 

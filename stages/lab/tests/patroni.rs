@@ -1,5 +1,6 @@
 //! Stage 8's database hosts end to end: two real PostgreSQL servers run by Patroni over a real
-//! three-member etcd, and again over a real three-member ZooKeeper. The first becomes the primary and the second its replica; a planned
+//! three-member etcd, and again over a real three-member ZooKeeper. The first becomes the primary
+//! (its leader key in the store names it) and the second its replica; a planned
 //! switchover moves the primary with every commit kept; the primary host crashes and the replica
 //! takes over once the leader key expires, on a new timeline, taking writes; the crashed host comes
 //! back, rewinds to the new history and follows as a replica; synchronous replication switched on
@@ -10,8 +11,8 @@
 use std::time::Duration;
 
 use archlab::{
-    consensus::{ConsensusStore, StoreKind},
-    etcd::{EtcdCluster, TestEtcd},
+    consensus::{ConsensusCluster, ConsensusStore, StoreKind},
+    etcd::TestEtcd,
     partition::{Cut, CutHost, CutKind},
     patroni::{
         streams_to, PatroniCluster, PatroniNode, Replication, LEADER_TTL_SECS, SERVER_NICENESS,
@@ -110,7 +111,7 @@ async fn over_etcd_the_primary_moves_on_switchover_and_on_crash_and_the_old_one_
         kind: StoreKind::Etcd,
         endpoints: etcd.cluster.endpoints(),
     };
-    switchover_crash_and_rejoin(store, Some(&etcd.cluster)).await;
+    switchover_crash_and_rejoin(store, &ConsensusCluster::Etcd(etcd.cluster.clone())).await;
 }
 
 #[tokio::test]
@@ -120,7 +121,11 @@ async fn over_zookeeper_the_primary_moves_on_switchover_and_on_crash_and_the_old
         kind: StoreKind::ZooKeeper,
         endpoints: zookeeper.ensemble.endpoints(),
     };
-    switchover_crash_and_rejoin(store, None).await;
+    switchover_crash_and_rejoin(
+        store,
+        &ConsensusCluster::ZooKeeper(zookeeper.ensemble.clone()),
+    )
+    .await;
 }
 
 /// Two Patroni nodes, `<prefix>_1` and `<prefix>_2` (a node's name is also its OS user), in
@@ -152,8 +157,8 @@ fn two_node_cluster(
 }
 
 /// The same story over either store: Patroni's behaviour does not depend on which one decides.
-/// Over etcd, the leader key the drills watch is read too.
-async fn switchover_crash_and_rejoin(store: ConsensusStore, etcd: Option<&EtcdCluster>) {
+/// The leader key the drills watch is read in the store too.
+async fn switchover_crash_and_rejoin(store: ConsensusStore, consensus: &ConsensusCluster) {
     let dir = tempfile::Builder::new()
         .prefix("archlab-patroni-test")
         .tempdir()
@@ -169,12 +174,8 @@ async fn switchover_crash_and_rejoin(store: ConsensusStore, etcd: Option<&EtcdCl
     );
     assert!(b.is_replica().await);
     let key_names = |name: &str| {
-        let (etcd, key, name) = (etcd, cluster.leader_key(), name.to_owned());
-        async move {
-            if let Some(etcd) = etcd {
-                assert_eq!(etcd.get(&key).await, Some(Some(name)), "{key}");
-            }
-        }
+        let (key, name) = (cluster.leader_key(), name.to_owned());
+        async move { assert_eq!(consensus.get(&key).await, Some(Some(name)), "{key}") }
     };
     key_names(&a.name).await;
     // The server runs below its Patroni's priority, so that the fence never starves behind it.

@@ -1,7 +1,8 @@
 //! Stage 8's other consensus store end to end: three real ZooKeeper members elect a leader and
 //! reach ZAB's broadcast phase; the leader crashes (SIGKILL) and the two left elect another in a
 //! new epoch, whose zxids are numbered past everything the old one logged; the crashed member
-//! comes back as a follower.
+//! comes back as a follower. A znode is read through whichever member lives, as the drills read
+//! Patroni's leader key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -26,6 +27,10 @@ async fn a_crashed_leader_is_replaced_in_a_new_epoch() {
         "a zxid's high half is its epoch"
     );
 
+    // Reads: ZooKeeper's own znode (no data), and a path nobody made.
+    assert_eq!(ensemble.get("/zookeeper").await, Some(Some(String::new())));
+    assert_eq!(ensemble.get("/archlab-no-such-znode").await, Some(None));
+
     ensemble.members[first.member]
         .stop_with(Signal::SIGKILL)
         .unwrap();
@@ -40,6 +45,9 @@ async fn a_crashed_leader_is_replaced_in_a_new_epoch() {
         "the new leader numbers past the old one's history: {before:?} then {after:?}"
     );
     assert_eq!(after.last_zxid >> 32, after.epoch);
+
+    // With a member dead, a read goes through one that lives.
+    assert_eq!(ensemble.get("/archlab-no-such-znode").await, Some(None));
 
     ensemble.restart(first.member).await.unwrap();
     let back = ensemble.members[first.member].zab_state().await.unwrap();
