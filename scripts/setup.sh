@@ -33,12 +33,13 @@ declare -A WHY=(
   [patroni]="stage 8's failover manager: runs each PostgreSQL server and elects the primary through etcd or ZooKeeper"
   [zookeeper]="stage 8's other consensus store (ZAB), started as a plain JVM process"
   [python3-kazoo]="the ZooKeeper client Patroni uses with \`--dcs zookeeper\`"
+  [python3-etcd]="the etcd client Patroni uses (its default store); named here because Patroni's dependency is 'python3-etcd or python3-kazoo or ...', which apt settles with kazoo alone when both are asked for in one install"
   [iptables]="stage 8's isolate and partition drills cut one database host off the loopback network by its processes' owner"
   [python3-venv]="a private Python environment for schemathesis, the API fuzzer (scripts/schemathesis-stage.sh)"
 )
 PACKAGES=(postgresql redis-server cmake haproxy varnish nginx wrk strace docker-compose docker.io debootstrap
   prometheus prometheus-postgres-exporter prometheus-redis-exporter curl ca-certificates python3 python3-venv chromium
-  etcd-server etcd-client patroni zookeeper python3-kazoo iptables)
+  etcd-server etcd-client patroni zookeeper python3-kazoo python3-etcd iptables)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
