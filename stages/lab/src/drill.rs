@@ -1222,10 +1222,11 @@ pub fn trials_markdown(reports: &[Report]) -> String {
     let unverified: u64 = reports.iter().map(|r| r.checks.unverified_writes).sum();
     s.push_str(&format!(
         "\n{}: {lost} of {acknowledged} acknowledged writes lost, in {} ({unverified} of them \
-         could not be read back at the end: neither lost nor confirmed); {violating} registers \
+         could not be read back at the end: neither lost nor confirmed); {violating} {} \
          not linearizable{spread}{}.\n",
         trials(reports.len()),
         trials(trials_losing),
+        if violating == 1 { "register" } else { "registers" },
         if never > 0 {
             format!("; in {never} no write was acknowledged again before the run ended")
         } else {
