@@ -7,7 +7,10 @@
 
 use std::path::PathBuf;
 
-use crate::{etcd::EtcdCluster, zookeeper::ZooKeeperEnsemble};
+use crate::{
+    etcd::EtcdCluster,
+    zookeeper::{ZnodeReader, ZooKeeperEnsemble},
+};
 
 /// Which store Patroni coordinates through: `archlab up 8 --dcs etcd|zookeeper`. etcd by
 /// default: Patroni's most used store, and the lighter of the two on a 0.05-core host (one Go
@@ -102,9 +105,14 @@ impl ConsensusCluster {
     /// alike), read so that a value the store has agreed on is seen: `Some(None)` if there is no
     /// such key, `None` if no member answered.
     pub async fn get(&self, key: &str) -> Option<Option<String>> {
+        self.key_reader().get(key).await
+    }
+
+    /// A reader for repeated reads ([`KeyReader::get`]), as a watch makes them.
+    pub fn key_reader(&self) -> KeyReader<'_> {
         match self {
-            ConsensusCluster::Etcd(c) => c.get(key).await,
-            ConsensusCluster::ZooKeeper(z) => z.get(key).await,
+            ConsensusCluster::Etcd(c) => KeyReader::Etcd(c),
+            ConsensusCluster::ZooKeeper(z) => KeyReader::ZooKeeper(z.reader()),
         }
     }
 
@@ -127,6 +135,25 @@ impl ConsensusCluster {
         match self {
             ConsensusCluster::Etcd(c) => c.members[member].stop(),
             ConsensusCluster::ZooKeeper(z) => z.members[member].stop(),
+        }
+    }
+}
+
+/// Reads keys of either store again and again: over etcd each read is a request of its own; over
+/// ZooKeeper the reads share one session ([`ZnodeReader`]).
+pub enum KeyReader<'a> {
+    /// etcd's JSON gateway.
+    Etcd(&'a EtcdCluster),
+    /// A ZooKeeper session.
+    ZooKeeper(ZnodeReader),
+}
+
+impl KeyReader<'_> {
+    /// As [`ConsensusCluster::get`].
+    pub async fn get(&mut self, key: &str) -> Option<Option<String>> {
+        match self {
+            KeyReader::Etcd(c) => c.get(key).await,
+            KeyReader::ZooKeeper(z) => z.get(key).await,
         }
     }
 }

@@ -1226,7 +1226,11 @@ pub fn trials_markdown(reports: &[Report]) -> String {
          not linearizable{spread}{}.\n",
         trials(reports.len()),
         trials(trials_losing),
-        if violating == 1 { "register" } else { "registers" },
+        if violating == 1 {
+            "register"
+        } else {
+            "registers"
+        },
         if never > 0 {
             format!("; in {never} no write was acknowledged again before the run ended")
         } else {

@@ -127,9 +127,10 @@ impl FailoverWatch {
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut holder = None;
+            let mut reader = self.consensus.key_reader();
             while fault.elapsed() < limit {
                 tick.tick().await;
-                if let Some(Some(named)) = self.consensus.get(&path).await {
+                if let Some(Some(named)) = reader.get(&path).await {
                     if before.as_ref() != Some(&named) {
                         let now = Instant::now();
                         other_leads(now);

@@ -387,19 +387,22 @@ impl ZooKeeperEnsemble {
         }
     }
 
-    /// The data of the znode at `path` as text, read through the first member that answers, after
-    /// a `sync` (a member answers reads from its own copy, which may trail the leader's; `sync`
-    /// makes it catch up first): `Some(None)` if there is no such znode, `None` if no member
-    /// answered within [`ASK_TIMEOUT`].
+    /// The data of the znode at `path` as text, read once ([`ZnodeReader::get`] on a session
+    /// opened for it).
     pub async fn get(&self, path: &str) -> Option<Option<String>> {
-        for member in &self.members {
-            let endpoint = member.client_endpoint();
-            let read = znode::read(&endpoint, path);
-            if let Ok(Ok(value)) = tokio::time::timeout(ASK_TIMEOUT, read).await {
-                return Some(value);
-            }
+        self.reader().get(path).await
+    }
+
+    /// A reader of znodes that keeps its session between reads.
+    pub fn reader(&self) -> ZnodeReader {
+        ZnodeReader {
+            endpoints: self
+                .members
+                .iter()
+                .map(ZooKeeperMember::client_endpoint)
+                .collect(),
+            session: None,
         }
-        None
     }
 
     /// Stops every member (SIGTERM).
@@ -411,89 +414,141 @@ impl ZooKeeperEnsemble {
     }
 }
 
-/// Reading one znode over ZooKeeper's client protocol: the least of it, so that the drills can
+/// Reads znodes over one session, kept open between reads: opening a session (and closing or
+/// expiring it) is a transaction every member logs, and a watch that reads ten times a second must
+/// not add twenty a second to the ensemble it watches, whose members have 0.05 core each. A read
+/// that fails drops the session and tries each member in turn on a new one; a session left idle
+/// expires on its own (2 s, [`znode`]'s timeout).
+pub struct ZnodeReader {
+    endpoints: Vec<String>,
+    session: Option<znode::Session>,
+}
+
+impl ZnodeReader {
+    /// The data of the znode at `path` as text, read after a `sync` (a member answers reads from
+    /// its own copy, which may trail the leader's; `sync` makes it catch up first): `Some(None)`
+    /// if there is no such znode, `None` if no member answered within [`ASK_TIMEOUT`].
+    pub async fn get(&mut self, path: &str) -> Option<Option<String>> {
+        if let Some(session) = &mut self.session {
+            if let Ok(Ok(value)) = tokio::time::timeout(ASK_TIMEOUT, session.read(path)).await {
+                return Some(value);
+            }
+            self.session = None;
+        }
+        for endpoint in &self.endpoints {
+            let opened = async {
+                let mut session = znode::Session::open(endpoint).await?;
+                let value = session.read(path).await?;
+                anyhow::Ok((session, value))
+            };
+            if let Ok(Ok((session, value))) = tokio::time::timeout(ASK_TIMEOUT, opened).await {
+                self.session = Some(session);
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
+/// Reading znodes over ZooKeeper's client protocol: the least of it, so that the drills can
 /// read Patroni's leader key over ZooKeeper as they do over etcd without a client library.
 ///
 /// Every packet either way is a 4-byte big-endian length and then that many bytes of Jute
 /// (ZooKeeper's serialisation: big-endian integers, a string or a byte buffer as its 4-byte length
-/// and its bytes, a length of -1 for none). A read is one short session:
+/// and its bytes, a length of -1 for none). A session, then two requests per read:
 ///
 /// ```text
 /// client                                              member
 /// ConnectRequest (version 0, zxid 0, timeout, session 0, password) ─>
 ///                                   <─ ConnectResponse (version, timeout, session id, password)
-/// sync    (xid 1, op 9, path)       ─>   the member catches up with the leader
-/// getData (xid 2, op 4, path, no watch) ─>
-///                                   <─ reply to 1: xid, zxid, err
-///                                   <─ reply to 2: xid, zxid, err (-101: no such znode), data, stat
-/// closeSession (xid 3, op -11)      ─>
+/// sync    (xid n, op 9, path)       ─>   the member catches up with the leader
+/// getData (xid n+1, op 4, path, no watch) ─>
+///                                   <─ reply to n: xid, zxid, err
+///                                   <─ reply to n+1: xid, zxid, err (-101: no such znode), data, stat
 /// ```
 ///
 /// A member answers one session's requests in the order sent, so the read comes after the sync.
+/// Any request keeps the session alive; a reader that stops reading lets it expire.
 mod znode {
     use anyhow::{bail, ensure, Context};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    /// The session asked for, in milliseconds. It lives for one read; the member clamps it to its
-    /// bounds (2 to 20 ticks: 2 to 20 s here), so the least it allows.
+    /// The session asked for, in milliseconds: the member clamps it to its bounds (2 to 20 ticks:
+    /// 2 to 20 s here), so the least it allows; a reader's reads keep it alive.
     const SESSION_TIMEOUT_MS: i32 = 2_000;
     /// Operation codes (ZooKeeper's `ZooDefs.OpCode`).
     const OP_GET_DATA: i32 = 4;
     const OP_SYNC: i32 = 9;
-    const OP_CLOSE_SESSION: i32 = -11;
     /// The error a read of a missing znode gets (`KeeperException.Code.NONODE`).
     const ERR_NO_NODE: i32 = -101;
     /// The largest packet taken: a leader key holds a member's name; ZooKeeper's own bound on a
     /// znode's data (`jute.maxbuffer`) is 1 MiB.
     const MAX_PACKET: usize = 1 << 20;
 
-    /// The data of the znode at `path` on the member at `endpoint` (`address:port`).
-    pub(super) async fn read(endpoint: &str, path: &str) -> anyhow::Result<Option<String>> {
-        let mut stream = TcpStream::connect(endpoint).await?;
-        stream.set_nodelay(true)?;
-        let mut connect = Packet::default();
-        connect
-            .i32(0)
-            .i64(0)
-            .i32(SESSION_TIMEOUT_MS)
-            .i64(0)
-            .bytes(&[0; 16]);
-        connect.send(&mut stream).await?;
-        let answer = receive(&mut stream).await?;
-        let mut fields = Fields(&answer);
-        let (_version, timeout) = (fields.i32()?, fields.i32()?);
-        ensure!(
-            timeout > 0,
-            "{endpoint} refused the session (it is not serving)"
-        );
+    /// One session with one member.
+    pub(super) struct Session {
+        stream: TcpStream,
+        /// The last request's id: a session's requests are numbered, and each reply names one.
+        xid: i32,
+    }
 
-        let mut sync = Packet::default();
-        sync.i32(1).i32(OP_SYNC).bytes(path.as_bytes());
-        sync.send(&mut stream).await?;
-        let mut get = Packet::default();
-        get.i32(2).i32(OP_GET_DATA).bytes(path.as_bytes()).u8(0);
-        get.send(&mut stream).await?;
+    impl Session {
+        /// Connects to the member at `endpoint` (`address:port`) and opens a session.
+        pub(super) async fn open(endpoint: &str) -> anyhow::Result<Self> {
+            let mut stream = TcpStream::connect(endpoint).await?;
+            stream.set_nodelay(true)?;
+            let mut connect = Packet::default();
+            connect
+                .i32(0)
+                .i64(0)
+                .i32(SESSION_TIMEOUT_MS)
+                .i64(0)
+                .bytes(&[0; 16]);
+            connect.send(&mut stream).await?;
+            let answer = receive(&mut stream).await?;
+            let mut fields = Fields(&answer);
+            let (_version, timeout) = (fields.i32()?, fields.i32()?);
+            ensure!(
+                timeout > 0,
+                "{endpoint} refused the session (it is not serving)"
+            );
+            Ok(Session { stream, xid: 0 })
+        }
 
-        let synced = receive(&mut stream).await?;
-        let mut fields = Fields(&synced);
-        let (xid, _zxid, err) = (fields.i32()?, fields.i64()?, fields.i32()?);
-        ensure!(xid == 1 && err == 0, "sync answered xid {xid}, error {err}");
-        let answer = receive(&mut stream).await?;
-        let mut fields = Fields(&answer);
-        let (xid, _zxid, err) = (fields.i32()?, fields.i64()?, fields.i32()?);
-        ensure!(xid == 2, "getData answered with xid {xid}");
-        let value = match err {
-            0 => Some(String::from_utf8_lossy(fields.bytes()?.unwrap_or_default()).into_owned()),
-            ERR_NO_NODE => None,
-            other => bail!("getData {path} failed with error {other}"),
-        };
+        /// The data of the znode at `path`, after a `sync`.
+        pub(super) async fn read(&mut self, path: &str) -> anyhow::Result<Option<String>> {
+            let (sync_xid, get_xid) = (self.xid + 1, self.xid + 2);
+            self.xid = get_xid;
+            let mut sync = Packet::default();
+            sync.i32(sync_xid).i32(OP_SYNC).bytes(path.as_bytes());
+            sync.send(&mut self.stream).await?;
+            let mut get = Packet::default();
+            get.i32(get_xid)
+                .i32(OP_GET_DATA)
+                .bytes(path.as_bytes())
+                .u8(0);
+            get.send(&mut self.stream).await?;
 
-        let mut close = Packet::default();
-        close.i32(3).i32(OP_CLOSE_SESSION);
-        // The session ends with its timeout anyway, if the close is lost.
-        let _ = close.send(&mut stream).await;
-        Ok(value)
+            let synced = receive(&mut self.stream).await?;
+            let mut fields = Fields(&synced);
+            let (xid, _zxid, err) = (fields.i32()?, fields.i64()?, fields.i32()?);
+            ensure!(
+                xid == sync_xid && err == 0,
+                "sync answered xid {xid}, error {err}"
+            );
+            let answer = receive(&mut self.stream).await?;
+            let mut fields = Fields(&answer);
+            let (xid, _zxid, err) = (fields.i32()?, fields.i64()?, fields.i32()?);
+            ensure!(xid == get_xid, "getData answered with xid {xid}");
+            match err {
+                0 => Ok(Some(
+                    String::from_utf8_lossy(fields.bytes()?.unwrap_or_default()).into_owned(),
+                )),
+                ERR_NO_NODE => Ok(None),
+                other => bail!("getData {path} failed with error {other}"),
+            }
+        }
     }
 
     /// A packet being written.

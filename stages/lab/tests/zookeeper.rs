@@ -27,9 +27,13 @@ async fn a_crashed_leader_is_replaced_in_a_new_epoch() {
         "a zxid's high half is its epoch"
     );
 
-    // Reads: ZooKeeper's own znode (no data), and a path nobody made.
+    // Reads: ZooKeeper's own znode (no data), and a path nobody made; a reader keeps its session
+    // (on the first member) between reads.
     assert_eq!(ensemble.get("/zookeeper").await, Some(Some(String::new())));
-    assert_eq!(ensemble.get("/archlab-no-such-znode").await, Some(None));
+    let mut reader = ensemble.reader();
+    for _ in 0..3 {
+        assert_eq!(reader.get("/archlab-no-such-znode").await, Some(None));
+    }
 
     ensemble.members[first.member]
         .stop_with(Signal::SIGKILL)
@@ -57,4 +61,15 @@ async fn a_crashed_leader_is_replaced_in_a_new_epoch() {
         Some(second.member),
         "of the new leader"
     );
+
+    // A reader's session is with the first member that answers; that member killed, the next
+    // read opens a session with another.
+    let mut reader = ensemble.reader();
+    assert_eq!(reader.get("/zookeeper").await, Some(Some(String::new())));
+    ensemble.members[0].stop_with(Signal::SIGKILL).unwrap();
+    ensemble
+        .wait_for_leader(|l| l.member != 0, PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(reader.get("/zookeeper").await, Some(Some(String::new())));
 }
