@@ -10,10 +10,10 @@
 //!
 //! The leader is polled as the app polls it ([`ASK_WITHIN`], every [`POLL`]); the write is the
 //! drill's own probe, since the harness counts whole seconds only. The watch also reads Patroni's
-//! leader key in the store (etcd or ZooKeeper), the decision itself: a promoted host whose Patroni is too
-//! starved to answer in time has taken the key all the same, and the two instants together tell
-//! "no leader yet" from "a leader nobody hears". Between the fault and the
-//! first write the stage takes no writes: with a crash that is the leader key's TTL plus
+//! leader key in the store (etcd or ZooKeeper), the decision itself: a promoted host whose
+//! Patroni is too starved to answer in time has taken the key all the same, and the two instants
+//! together tell "no leader yet" from "a leader nobody hears". Between the fault and the first
+//! write the stage takes no writes: with a crash that is the leader key's TTL plus
 //! Patroni's loop and the app's next poll; the store's election is not on that path unless the
 //! store's own leader was the one lost.
 
