@@ -60,8 +60,8 @@ enum Command_ {
         /// stage file's number).
         #[arg(long)]
         app_hosts: Option<u8>,
-        /// Database replicas beside the primary, 0 to 4 (stages with replicas; default: the
-        /// stage file's number).
+        /// Database replicas beside the primary, 0 to 4 (stages with replicas; stage 8: 1 to 3
+        /// more Patroni hosts beside the first; default: the stage file's number).
         #[arg(long)]
         replicas: Option<u8>,
         /// Database shards, 1 to 4 (stage 7 on: the data split by author; default: the stage
@@ -145,7 +145,8 @@ enum Command_ {
         /// App hosts behind the gateway, 1 to 8 (stages with an app cluster).
         #[arg(long)]
         app_hosts: Option<u8>,
-        /// Database replicas, 0 to 4 (stages with replicas).
+        /// Database replicas, 0 to 4 (stages with replicas; stage 8: Patroni hosts beside the
+        /// first, 1 to 3).
         #[arg(long)]
         replicas: Option<u8>,
         /// Database shards, 1 to 4 (stage 7 on).
@@ -211,7 +212,8 @@ enum Command_ {
         #[arg(long, value_enum)]
         point: Option<archlab::drill::TwoPhasePoint>,
         /// Database replicas, 0 to 4 (stages with replicas; stage 7: dealt to the shards in
-        /// turn, so `--replicas 2` gives each of two shards one).
+        /// turn, so `--replicas 2` gives each of two shards one; stage 8: Patroni hosts beside
+        /// the first, 1 to 3).
         #[arg(long)]
         replicas: Option<u8>,
         /// Database shards, 1 to 4 (stage 7 on).

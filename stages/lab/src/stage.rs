@@ -221,6 +221,10 @@ impl Stage {
             (Role::Database, layout.shards, "--shards", Layout::SHARDS),
         ] {
             let Some(n) = wanted else { continue };
+            if role == Role::Replica && stage.sets_replicas_as_patroni_hosts() {
+                stage.set_patroni_replicas(n)?;
+                continue;
+            }
             let copied = stage
                 .hosts
                 .iter_mut()
@@ -261,6 +265,39 @@ impl Stage {
         Ok(stage)
     }
 
+    /// Whether `--replicas` counts Patroni hosts (stage 8): there no host is a replica by the
+    /// stage file; Patroni makes one of its hosts the primary and the others replicas, and which
+    /// is which changes with every failover. So `--replicas n` buys `n + 1` database hosts.
+    fn sets_replicas_as_patroni_hosts(&self) -> bool {
+        self.copied_roles.contains(&Role::Patroni) && !self.copied_roles.contains(&Role::Replica)
+    }
+
+    /// `--replicas n` on a stage whose database hosts Patroni runs: `n + 1` of them.
+    ///
+    /// At least one replica: a Patroni cluster of one host has nobody to fail over to. Each
+    /// replica is a whole database host, as large as the primary, since any of them may have to
+    /// carry every write; the stage file's two are the least that survive a loss, a third is
+    /// what "N+1" means for the database (the survivors of a loss still share the reads, and a
+    /// synchronous standby is there for the new primary at once: stage 8's README measures both).
+    fn set_patroni_replicas(&mut self, n: u8) -> anyhow::Result<()> {
+        let range = Layout::PATRONI_REPLICAS;
+        anyhow::ensure!(
+            range.contains(&n),
+            "--replicas must be between {} and {} on stage {} (Patroni needs a replica to fail \
+             over to)",
+            range.start(),
+            range.end(),
+            self.number
+        );
+        let host = self
+            .hosts
+            .iter_mut()
+            .find(|h| h.copies.is_some() && h.roles.contains(&Role::Patroni))
+            .context("no copied Patroni host")?;
+        host.copies = Some(n + 1);
+        Ok(())
+    }
+
     /// [`Stage::find`] with the copies `layout` asks for.
     pub fn find_with(key: &str, layout: Layout) -> anyhow::Result<Stage> {
         let found = Self::find(key)?;
@@ -288,9 +325,14 @@ impl Stage {
                 .then(|| u8::try_from(self.hosts_with(role).len()).ok())
                 .flatten()
         };
+        let replicas = if self.sets_replicas_as_patroni_hosts() {
+            count(Role::Patroni).map(|hosts| hosts.saturating_sub(1))
+        } else {
+            count(Role::Replica)
+        };
         Layout {
             app_hosts: count(Role::App),
-            replicas: count(Role::Replica),
+            replicas,
             shards: count(Role::Database),
             dcs: (!self.hosts_with(Role::Consensus).is_empty()).then_some(self.dcs),
         }
@@ -593,6 +635,10 @@ impl Layout {
     /// Replicas: none (the primary alone, to compare with) to four; four large replicas beside
     /// stage 5's other hosts and the harness use 1.95 of the machine's 2 cores.
     pub const REPLICAS: std::ops::RangeInclusive<u8> = 0..=4;
+    /// Replicas beside the primary where Patroni runs the database hosts (stage 8): one to
+    /// three. Four large database hosts (0.8 core) beside stage 8's other hosts already run
+    /// past the machine's 2 cores with the harness; more would measure the machine.
+    pub const PATRONI_REPLICAS: std::ops::RangeInclusive<u8> = 1..=3;
     /// Shards: one (to compare with, all data on one primary) to four; four large primaries
     /// beside stage 7's other hosts and the harness still fit the machine's 2 cores
     /// (`crate::size`).
@@ -672,6 +718,26 @@ mod tests {
         .unwrap();
         assert_eq!(seven.database_hosts().len(), 4);
         assert_eq!(seven.layout().shards, Some(4));
+        // Stage 8: `--replicas` counts the Patroni hosts beside the first.
+        let eight = Stage::find_with(
+            "8",
+            Layout {
+                replicas: Some(2),
+                ..Layout::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(eight.patroni_hosts().len(), 3);
+        assert_eq!(eight.layout().replicas, Some(2));
+        assert_eq!(Stage::find("8").unwrap().layout().replicas, Some(1));
+        assert!(Stage::find_with(
+            "8",
+            Layout {
+                replicas: Some(0),
+                ..Layout::default()
+            }
+        )
+        .is_err());
         assert!(Stage::find_with(
             "5",
             Layout {
