@@ -34,6 +34,10 @@
 //! runs past the machine with the harness (stage 7's stage file says why it is not the default).
 //! `--shards 4` (for the comparison of 1, 2 and 4 shards) runs past the machine unless the
 //! shards are given small budgets (`--budget db=0.05`), which is how that comparison is made.
+//! Stage 8 keeps stage 7's 0.4 core of databases as one primary and one replica under Patroni;
+//! `up 8 --replicas 2` buys a third large database host (N+1: the two left after a loss carry
+//! what two carried before it) and runs 0.2 core past the machine with the harness, which its
+//! crash drills accept: they measure how long writes stop, not a capacity.
 //!
 //! Stages 1 to 4 on this plan: the monolith is one large box (0.2); stage 2 keeps it as the app
 //! host and buys a large database host and a small file host (0.45); stage 3 buys a small cache
