@@ -4,12 +4,12 @@
 //!   fault ── leader lost ── new leader ── first acknowledged write
 //!     │          │               │                 │
 //!     │   no Patroni answers     another host      the drill's probe gets
-//!     │   GET /primary 200       answers 200       a 201 for an article it
-//!     │                                            sent once another host led
+//!     │   GET /primary 200       answers 200       a 200 for a write of its
+//!     │                                            own bio, once another host led
 //! ```
 //!
 //! The leader is polled as the app polls it ([`ASK_WITHIN`], every [`POLL`]); the write is the
-//! drill's own probe, an article posted every [`POLL`] without waiting for the one before
+//! drill's own probe, a write of its user's bio every [`POLL`] without waiting for the one before
 //! ([`PROBES_IN_FLIGHT`]), since the harness counts whole seconds only. The watch also reads Patroni's
 //! leader key in the store (etcd or ZooKeeper), the decision itself: a promoted host whose
 //! Patroni is too starved to answer in time has taken the key all the same, and the two instants
@@ -258,16 +258,18 @@ impl FailoverWatch {
         }
     }
 
-    /// Posts one article as the probe; `Err` names how it was refused (`503`, `timeout`).
+    /// Writes the probe user's own `bio` (`PUT /api/user`); `Err` names how it was refused
+    /// (`503`, `timeout`).
+    ///
+    /// A write of one row nobody else writes: the probe asks when the primary takes writes
+    /// again, not how long the stage's busiest rows take to drain. (It posted articles before;
+    /// every article also updates the one row that counts them all, as each of the harness's
+    /// article writes does, so the probe's writes waited in that row's queue with theirs.)
     async fn probe_write(&self, client: &reqwest::Client, n: u64) -> Result<(), String> {
         let sent = client
-            .post(format!("{}/api/articles", self.endpoint))
+            .put(format!("{}/api/user", self.endpoint))
             .header("authorization", format!("Token {}", self.token))
-            .json(&json!({"article": {
-                "title": format!("failover probe {n}"),
-                "description": "written by the drill while the primary fails over",
-                "body": "probe",
-            }}))
+            .json(&json!({"user": {"bio": format!("failover probe {n}")}}))
             .send()
             .await;
         match sent {
