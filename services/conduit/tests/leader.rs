@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::time::Duration;
 
 use archlab::{
@@ -238,5 +240,45 @@ impl Drop for CrashOnDrop<'_> {
         for node in &self.0.nodes {
             let _ = node.crash();
         }
+    }
+}
+
+/// Stage 8 polls every database host as a replica, the primary among them (which host is which
+/// changes with each failover). The primary answers a replica's poll with no row, and the
+/// poller must keep its connection all the same: until this was found it dropped it and opened
+/// a new one at every poll, a new server process every 50 ms from each app host, which stage
+/// 8's primary paid for in every write (stages/08-consensus/README.md, "A new server process
+/// every poll"). Seen from the server: one poller backend answering two polls.
+#[tokio::test]
+async fn the_replica_poller_keeps_its_connection_to_a_server_that_is_no_replica() {
+    use sqlx::{Connection, Row};
+    let app = common::TestApp::start_with(|s| {
+        s.database.replicas = vec![s.database.url.clone()];
+    })
+    .await;
+    let mut server = sqlx::PgConnection::connect(app.settings.database.url.expose())
+        .await
+        .unwrap();
+    // The query only a replica's poll sends (the primary's own poll asks another).
+    let polls = "SELECT pid, extract(epoch FROM query_start)::float8 AS at FROM pg_stat_activity \
+                 WHERE application_name = 'conduit-lag-poller' \
+                 AND query LIKE '%pg_last_wal_replay_lsn%' AND query_start IS NOT NULL";
+    let mut first_seen = std::collections::HashMap::<i32, f64>::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let rows = sqlx::query(polls).fetch_all(&mut server).await.unwrap();
+        let again = rows.iter().any(|row| {
+            let (pid, at): (i32, f64) = (row.get("pid"), row.get("at"));
+            *first_seen.entry(pid).or_insert(at) < at
+        });
+        if again {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no poller connection answered a second poll: {} connections seen, one poll each",
+            first_seen.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

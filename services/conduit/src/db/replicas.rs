@@ -459,7 +459,8 @@ impl ReplicaSet {
 }
 
 /// One position query on `connection`, reconnecting first if there is none, all within
-/// `timeout`; a failure drops the connection, so the next poll starts afresh. Shared by the
+/// `timeout`; a failed query or no answer drops the connection, so the next poll starts afresh
+/// (an answer without a row keeps it). Shared by the
 /// replicas' pollers and a shard's [`super::watch::PrimaryWatch`].
 pub(super) async fn poll_position(
     options: &PgConnectOptions,
@@ -481,12 +482,18 @@ pub(super) async fn poll_position(
             anyhow::bail!("no connection");
         };
         let offset: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
-        offset.map(Lsn::from_sql).ok_or_else(|| {
-            anyhow::anyhow!("not a streaming replica (not in recovery, or nothing received yet)")
-        })
+        Ok(offset)
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(lsn)) => Ok(lsn),
+        Ok(Ok(Some(offset))) => Ok(Lsn::from_sql(offset)),
+        // An answer, with no row: the server is up but no streaming replica (in stage 8 the
+        // primary itself, polled among the replicas since any host may be either). The
+        // connection is sound and kept: dropping it made every poll open a new one, and each
+        // a new server process: about 20 a second on stage 8's primary, whose writes took 100
+        // to 300 ms at 1 request a second until this was found (stages/08-consensus/README.md).
+        Ok(Ok(None)) => Err(anyhow::anyhow!(
+            "not a streaming replica (not in recovery, or nothing received yet)"
+        )),
         Ok(Err(e)) => {
             if let Some(conn) = connection.take() {
                 let _ = conn.close_hard().await;
