@@ -2,7 +2,8 @@
 //! real Patroni, PostgreSQL and etcd. The primary host crashes; while there is no leader, writes
 //! are refused with a 503 (never a 500, never a hang); once the replica is promoted, the same
 //! `Database`, with nothing restarted, writes there. A planned switchover back is followed too.
-//! And a primary whose Patroni alone is silent has its writes refused (a 503): the fence.
+//! And a primary whose Patroni alone is silent has its writes refused (a 503): the fence. And the
+//! replica poller, which stage 8 points at the primary too, keeps one connection to it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
