@@ -880,23 +880,21 @@ impl Lab {
 
     /// PIDs of the processes on `host` (for CPU sampling; their children are found from these).
     ///
-    /// A Patroni host has two: Patroni starts its PostgreSQL detached, so the server and its
-    /// backends are not in Patroni's tree and are found from the server's own PID. (Before this,
-    /// stage 8's database hosts were sampled as Patroni alone: 0.02 core at 200 req/s.)
+    /// A Patroni host's are Patroni's and its detached PostgreSQL's
+    /// ([`crate::patroni::PatroniNode::host_roots`]); sampling Patroni's tree alone read stage 8's
+    /// database hosts as 0.02 core at 200 req/s.
     pub fn host_pids(&self, stage: &Stage, host: &Host) -> Vec<i32> {
-        let mut pids: Vec<i32> = host
-            .roles
+        host.roles
             .iter()
-            .filter_map(|role| self.service_pid(stage, host, *role))
-            .collect();
-        if host.roles.contains(&Role::Patroni) {
-            let server = self
-                .patroni_member(stage, host)
-                .ok()
-                .and_then(|member| member.node().postmaster().ok().flatten());
-            pids.extend(server.map(|record| record.pid));
-        }
-        pids
+            .flat_map(|role| match role {
+                Role::Patroni => self
+                    .patroni_member(stage, host)
+                    .and_then(|member| member.node().host_roots())
+                    .map(|roots| roots.into_iter().map(|r| r.pid).collect::<Vec<i32>>())
+                    .unwrap_or_default(),
+                _ => self.service_pid(stage, host, *role).into_iter().collect(),
+            })
+            .collect()
     }
 
     /// Stops the stage's processes in the reverse of [`Role::START_ORDER`]: the gateway and the

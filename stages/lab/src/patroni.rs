@@ -416,20 +416,25 @@ postgresql:
     /// answering nothing: a primary cut off), SIGCONT thaws it. Returns Patroni's and the
     /// server's records.
     pub fn signal_host(&self, signal: Signal) -> anyhow::Result<Vec<PidRecord>> {
-        // Patroni starts PostgreSQL detached (the server is not its child), so the two are found
-        // apart: Patroni by its PID file, the server by its own `postmaster.pid`.
-        let mut roots = Vec::new();
-        if let Some(record) = self.running()? {
-            roots.push(record);
-        }
-        if let Some(record) = self.postmaster()? {
-            roots.push(record);
-        }
+        let roots = self.host_roots()?;
         let pids: Vec<i32> = roots.iter().map(|r| r.pid).collect();
         for pid in crate::budget::process_tree(&pids) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
         Ok(roots)
+    }
+
+    /// The roots of everything running on the host: Patroni and its PostgreSQL server, whichever
+    /// run. Patroni starts PostgreSQL detached (the server is not its child), so the two are
+    /// found apart: Patroni by its PID file, the server by its own `postmaster.pid`. What is on
+    /// the host is these two and their descendants (signalled by [`Self::signal_host`], sampled
+    /// for CPU by `Lab::host_pids`).
+    pub fn host_roots(&self) -> anyhow::Result<Vec<PidRecord>> {
+        Ok(self
+            .running()?
+            .into_iter()
+            .chain(self.postmaster()?)
+            .collect())
     }
 
     /// The PostgreSQL server Patroni started, if it runs: the PID in the first line of its
