@@ -49,8 +49,8 @@
 //! - [`commit`]: the atomic-commit vocabulary and properties, then one file per protocol.
 //! - [`multi_paxos`]: a replicated log behind read/write registers: one phase 1 per leadership,
 //!   a leader change at any moment, a crash and restart from the acceptor's saved log.
-//! - [`live`]: the same Multi-Paxos servers as processes over loopback UDP, killed, frozen and
-//!   partitioned, their clients' histories checked for linearizability.
+//! - [`live`]: the same Multi-Paxos and ZAB servers as processes over loopback UDP, killed,
+//!   frozen and partitioned, their clients' histories checked for linearizability.
 //!
 //! ## What a model is, and is not
 //!

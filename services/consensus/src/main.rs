@@ -40,9 +40,12 @@ enum Command {
         #[command(subcommand)]
         model: Model,
     },
-    /// Run Multi-Paxos as three server processes over loopback UDP with clients, kill, freeze
-    /// and partition the leader, and check the clients' history for linearizability.
+    /// Run Multi-Paxos (or ZAB) as three server processes over loopback UDP with clients, kill,
+    /// freeze and partition the leader, and check the clients' history for linearizability.
     Live {
+        /// The protocol the servers run.
+        #[arg(long, value_enum, default_value = "multi-paxos")]
+        protocol: consensus::live::Protocol,
         /// How long the clients run.
         #[arg(long, default_value = "24s", value_parser = loadtest::parse_duration)]
         duration: std::time::Duration,
@@ -61,36 +64,40 @@ enum Command {
         /// Only these faults (comma-separated); all three by default.
         #[arg(long, value_enum, value_delimiter = ',')]
         faults: Vec<consensus::live::FaultKind>,
-        /// Seed a mistake in every server.
-        #[arg(long, value_enum)]
-        bug: Option<multi_paxos::Bug>,
+        /// Seed a mistake in every server: one of the protocol's bugs (`check multi-paxos
+        /// --help`, `check zab --help` list them).
+        #[arg(long)]
+        bug: Option<String>,
         /// The servers' addresses: NET.1 to NET.3.
         #[arg(long, default_value = "127.0.77")]
         net: String,
         /// The servers' UDP port.
         #[arg(long, default_value_t = 7000)]
         port: u16,
-        /// Where the servers keep their logs and acceptor files.
+        /// Where the servers keep their logs and saved states.
         #[arg(long, default_value = "target/consensus-live")]
         dir: std::path::PathBuf,
         /// Write the result JSON here.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
-    /// One Multi-Paxos server over UDP (what `live` starts three of).
+    /// One server over UDP (what `live` starts three of).
     Serve {
+        /// The protocol it runs.
+        #[arg(long, value_enum, default_value = "multi-paxos")]
+        protocol: consensus::live::Protocol,
         /// Its address.
         #[arg(long)]
         me: std::net::SocketAddrV4,
         /// Every server's address, its own included, comma-separated.
         #[arg(long, value_delimiter = ',')]
         peers: Vec<std::net::SocketAddrV4>,
-        /// Where it keeps its acceptor log.
+        /// Where it keeps its durable state.
         #[arg(long)]
         dir: std::path::PathBuf,
-        /// Seed a mistake.
-        #[arg(long, value_enum)]
-        bug: Option<multi_paxos::Bug>,
+        /// Seed a mistake: one of the protocol's bugs.
+        #[arg(long)]
+        bug: Option<String>,
     },
 }
 
@@ -243,12 +250,14 @@ fn main() -> Result<()> {
     let model = match Cli::parse().command {
         Command::Check { model } => model,
         Command::Serve {
+            protocol,
             me,
             peers,
             dir,
             bug,
-        } => return consensus::live::serve(me, &peers, &dir, bug),
+        } => return consensus::live::serve(protocol, me, &peers, &dir, bug.as_deref()),
         Command::Live {
+            protocol,
             duration,
             kill_at,
             freeze_at,
@@ -293,7 +302,11 @@ fn main() -> Result<()> {
             {
                 bail!("the faults overlap each other or the end of the run: space them (--kill-at, --freeze-at, --partition-at, --outage, --duration)");
             }
+            if let Some(bug) = &bug {
+                protocol.check_bug(bug)?;
+            }
             let options = consensus::live::LiveOptions {
+                protocol,
                 program: std::env::current_exe()?,
                 net: [a, b, c],
                 port,

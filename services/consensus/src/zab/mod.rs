@@ -41,13 +41,31 @@
 //!   (last zxid, id), which keeps synchronisation short; ZAB's safety does not rest on it. Here a
 //!   LOOKING candidate simply stands, and a LOOKING server follows the first candidate it hears
 //!   from: every outcome an election could have, and more, is explored.
-//! - **Late joiners.** A leader works with the quorum that joined first; a server that joins later
-//!   waits (ZooKeeper synchronises it too).
 //! - **Restarts and disks.** A crashed server stays down, so its log does not matter; the epochs
-//!   and logs a real server keeps on disk are the first fields of [`ServerState`].
+//!   and logs a real server keeps on disk are the first fields of [`ServerState`] ([`Disk`]).
 //! - **Messages are FIFO per pair of servers** (ZooKeeper runs over TCP), never lost: a message
 //!   still in flight when its receiver gave up on the sender is ignored on arrival, which is what
 //!   a lost one would come to.
+//!
+//! Kept in: **late joiners.** A server whose FOLLOWERINFO reaches a leader after its epoch began
+//! is taken in (ZooKeeper synchronises it too): NEWLEADER with the committed history, UPTODATE,
+//! then the proposals not yet committed, in order. The joiner is sent no LEADERINFO and
+//! acknowledges no epoch, so it counts toward no candidate's quorum: taking it in cannot make a
+//! second leader of an epoch. It does raise its accepted epoch to the leader's, and so refuses
+//! older leaders from then on.
+//!
+//! ## Live
+//!
+//! The same [`Server`] runs as three processes over UDP ([`crate::live`], `consensus live
+//! --protocol zab`), with what a real run needs switched on by [`Server::timing`]: a leader's
+//! PING every tick, which keeps its followers from giving up and lets a LOOKING server (one that
+//! restarted, or gave up) find it and join; a leader that stops hearing from a quorum steps down;
+//! a follower takes only the next proposal of its epoch, and the leader resends the ones it missed
+//! (UDP loses datagrams); each server saves [`Disk`] before it acknowledges, and restarts from it.
+//! Clients' reads and writes are transactions: the leader proposes each, and answers when it
+//! commits. None of this runs in the model, except the rule for the next proposal, which there is
+//! always met; that a restart from disk is safe rests on the same argument as a follower giving up
+//! (it keeps its epochs and log, and loses only what it had delivered), not on a check.
 //!
 //! Properties:
 //!
@@ -75,7 +93,10 @@ pub use properties::{
     LATER_EPOCH_COMMITTED, ONE_LEADER_PER_EPOCH, TWO_LEADERS_ALIVE, TXN_COMMITTED, ZXIDS_INCREASE,
     ZXIDS_UNIQUE,
 };
-pub use server::{FollowerPhase, LeaderPhase, Mode, Msg, Server, ServerState, Timer, Txn, Zxid};
+pub use server::{
+    Disk, Epoch, FollowerPhase, LeaderPhase, Mode, Msg, Server, ServerState, Timer, Timing, Txn,
+    Zxid,
+};
 
 use properties::{
     commit_carried_over, committed_survive, delivered_in_one_order, later_epoch_committed,
@@ -166,9 +187,10 @@ impl Scenario for Zab {
             let server = Server {
                 peers: peers.clone(),
                 candidate: usize::from(*me) < self.candidates,
-                max_epoch: self.epochs,
-                writes: self.writes,
+                max_epoch: self.epochs.into(),
+                writes: self.writes.into(),
                 suspicious: self.suspicions,
+                timing: None,
                 bug: self.bug,
             };
             if self.crash && usize::from(*me) == CRASHABLE {
@@ -238,6 +260,13 @@ impl Scenario for Zab {
             Msg::Ack(zxid) => format!("ACK {}.{}", zxid.epoch, zxid.counter),
             Msg::Commit(txn) => format!("COMMIT {}", self.describe_txn(txn)),
             Msg::ServerDown => "\"S1 is down\" (failure detector)".to_owned(),
+            Msg::Ping { epoch, .. } => format!("PING, epoch {epoch}"),
+            Msg::Pong { .. } => "PING answered".to_owned(),
+            Msg::Put { key, value, .. } => format!("write {value} to register {key}"),
+            Msg::Get { key, .. } => format!("read register {key}"),
+            Msg::PutOk { .. } => "written".to_owned(),
+            Msg::GetOk { value, .. } => format!("read {value:?}"),
+            Msg::NotLeader { .. } => "not the leader".to_owned(),
         }
     }
 
@@ -246,6 +275,7 @@ impl Scenario for Zab {
             match timer {
                 Timer::Stand => "finds no leader and stands",
                 Timer::LeaderSilent => "gives up on its leader (silent too long) and looks",
+                Timer::Tick => "ticks (heartbeat)",
             }
             .to_owned()
         })

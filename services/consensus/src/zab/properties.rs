@@ -6,7 +6,7 @@
 //! history, not from the servers' states, because the server that delivered it may since have
 //! crashed or taken another history: a commit, once made, must survive both.
 
-use super::server::{LeaderPhase, Mode, Msg, ServerState, Txn};
+use super::server::{Epoch, LeaderPhase, Mode, Msg, ServerState, Txn};
 use super::Zab;
 use crate::fail_stop::role_state;
 use crate::scenario::{ModelOf, StateOf};
@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Clone, Debug, Default, Hash, PartialEq)]
 pub struct ZabHistory {
     /// Every (epoch, leader) that sent NEWLEADER: established its epoch's initial history.
-    pub leaders: BTreeSet<(u8, Id)>,
+    pub leaders: BTreeSet<(Epoch, Id)>,
     /// Every transaction proposed.
     pub proposed: BTreeSet<Txn>,
     /// Every transaction committed.
@@ -75,7 +75,7 @@ fn live_servers(state: &ZabState) -> impl Iterator<Item = (Id, &ServerState)> {
 /// The live leaders that have established an epoch: (id, epoch, phase, state).
 fn established_leaders(
     state: &ZabState,
-) -> impl Iterator<Item = (Id, u8, &LeaderPhase, &ServerState)> {
+) -> impl Iterator<Item = (Id, Epoch, &LeaderPhase, &ServerState)> {
     live_servers(state).filter_map(|(id, server)| match &server.mode {
         Mode::Leading(phase) => phase
             .established_epoch()
@@ -85,7 +85,7 @@ fn established_leaders(
 }
 
 pub(super) fn one_leader_per_epoch(_: &ModelOf<Zab>, state: &ZabState) -> bool {
-    let mut leader_of: BTreeMap<u8, Id> = BTreeMap::new();
+    let mut leader_of: BTreeMap<Epoch, Id> = BTreeMap::new();
     state
         .history
         .leaders
@@ -153,7 +153,7 @@ pub(super) fn commit_carried_over(_: &ModelOf<Zab>, state: &ZabState) -> bool {
 }
 
 pub(super) fn two_leaders_alive(_: &ModelOf<Zab>, state: &ZabState) -> bool {
-    let epochs: BTreeSet<u8> = established_leaders(state)
+    let epochs: BTreeSet<Epoch> = established_leaders(state)
         .map(|(_, epoch, _, _)| epoch)
         .collect();
     epochs.len() >= 2
