@@ -26,7 +26,10 @@
 //!   the log, which is the Multi-Paxos model's seeded bug `acceptor-forgets-on-restart`.) A
 //!   message too big for one datagram (ZAB sends whole histories when a leader changes) goes as
 //!   numbered fragments, reassembled on arrival; a fragment lost loses the message, which the
-//!   protocols survive like any lost message.
+//!   protocols survive like any lost message. That takes a receive buffer as big as a burst of
+//!   fragments: as root the servers get [`RECEIVE_BUFFER`]; otherwise Linux caps it at
+//!   `net.core.rmem_max` (about 208 KiB by default), and a history past that size loses its tail
+//!   every time, so no new leader can be established late in a long run.
 //! - **eight clients** in the driver process, two per register on four registers: one that only
 //!   reads and one that reads and writes unique values in a fixed pseudo-random pattern. A client
 //!   sends to the server it believes leads; `not leader` is a certain failure (the server did
@@ -415,7 +418,9 @@ fn serve_with<P: LiveProtocol>(
         dir,
         timers: HashMap::new(),
         random: seed(),
-        next_message: 0,
+        // Not 0: a server restarted after a kill must not reuse the numbers of its previous
+        // run, whose half-sent messages may still wait at the others for fragments.
+        next_message: seed() as u32,
         partitioned: &partitioned,
         is_peer: &is_peer,
     };

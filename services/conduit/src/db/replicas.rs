@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use rand::Rng;
 use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, PgConnection, PgPool};
 
@@ -338,7 +339,7 @@ impl ReplicaSet {
     }
 
     async fn poll_primary(self: Arc<Self>) {
-        let mut connection = None;
+        let mut link = Link::default();
         let mut polled_at: Option<(String, u16)> = None;
         let mut tick = tokio::time::interval(self.poll_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -353,12 +354,12 @@ impl ReplicaSet {
             if polled_at.as_ref().map(|(h, p)| (h.as_str(), *p)) != Some(target) {
                 if polled_at.is_some() {
                     *lock(&self.history) = PrimaryHistory::default();
-                    connection = None;
+                    link.close();
                 }
                 polled_at = Some((target.0.to_owned(), target.1));
             }
             let polled = self
-                .poll(&options, &mut connection, Lsn::PRIMARY_POSITION_SQL)
+                .poll(&options, &mut link, Lsn::PRIMARY_POSITION_SQL)
                 .await;
             match polled {
                 // Keep the last history when the primary is unreachable: replicas are then
@@ -397,7 +398,7 @@ impl ReplicaSet {
              THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END \
              - '0/0'::pg_lsn)::int8 \
              WHERE NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() IS NOT NULL";
-        let mut connection = None;
+        let mut link = Link::default();
         let mut tick = tokio::time::interval(self.poll_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -407,7 +408,7 @@ impl ReplicaSet {
             } else {
                 REPLAYED_OR_PROMOTED
             };
-            let polled = self.poll(&replica.options, &mut connection, sql).await;
+            let polled = self.poll(&replica.options, &mut link, sql).await;
             let was_in = replica.in_rotation();
             let now_in = match polled {
                 Ok(replayed) => {
@@ -451,34 +452,106 @@ impl ReplicaSet {
     async fn poll(
         &self,
         options: &PgConnectOptions,
-        connection: &mut Option<PgConnection>,
+        link: &mut Link,
         sql: &'static str,
     ) -> anyhow::Result<Lsn> {
-        poll_position(options, connection, sql, self.poll_timeout).await
+        poll_position(options, link, sql, self.poll_timeout).await
     }
 }
 
-/// One position query on `connection`, reconnecting first if there is none, all within
-/// `timeout`; a failed query or no answer drops the connection, so the next poll starts afresh
-/// (an answer without a row keeps it). Shared by the
-/// replicas' pollers and a shard's [`super::watch::PrimaryWatch`].
+/// How long a poller waits on one attempt to connect, across polls, before it gives the attempt
+/// up and begins another. Waiting is the point (see [`Link::Opening`]), but not for ever: an
+/// attempt whose first packet a cut network dropped is retried by the kernel only 1, 3, 7, 15 s
+/// after it began, so an attempt begun during a cut would outlast the cut by seconds (a drill's
+/// isolated replica would look down for about 11 s after it was back). One second bounds that
+/// delay, and one abandoned attempt a second per poller keeps a frozen server's queue short:
+/// about 20 over a 20 s freeze, where an attempt every poll left about 80.
+const CONNECT_ATTEMPT_BOUND: Duration = Duration::from_secs(1);
+
+/// A poller's connection to its server: none yet, one being opened, or one open.
+#[derive(Debug, Default)]
+pub(super) enum Link {
+    /// None: the next poll opens one.
+    #[default]
+    Closed,
+    /// A connection attempt that has not finished, kept from one poll to the next (up to
+    /// [`CONNECT_ATTEMPT_BOUND`]). A server that is frozen or starved of CPU still completes TCP
+    /// handshakes (its kernel does), so an attempt given up at every poll and begun again at the
+    /// next leaves one more connection waiting in its listen queue each time, and when the server
+    /// wakes it starts a backend for every one of them at once. After a 20 s freeze of stage 8's
+    /// primary, about 190 connections reached it in the 4 s after the thaw, 58 sessions of the
+    /// pollers and 53 of the app's pools in the 12 s after it, and PostgreSQL refused some:
+    /// "sorry, too many clients already" (stages/08-consensus/
+    /// README.md, "The second set again").
+    Opening {
+        /// When the attempt began.
+        began: Instant,
+        /// The attempt, run as a task of its own so that it outlives a poll's timeout.
+        task: tokio::task::JoinHandle<sqlx::Result<PgConnection>>,
+    },
+    /// Open.
+    Open(PgConnection),
+}
+
+impl Link {
+    /// Drops the connection, or gives up the attempt under way.
+    fn close(&mut self) {
+        if let Link::Opening { task, .. } = self {
+            task.abort();
+        }
+        *self = Link::Closed;
+    }
+
+    /// Begins an attempt to connect.
+    fn open(options: &PgConnectOptions) -> Self {
+        let options = options.clone().application_name("conduit-lag-poller");
+        Link::Opening {
+            began: Instant::now(),
+            task: tokio::spawn(async move { options.connect().await }),
+        }
+    }
+
+    /// Waits for the attempt under way, if any, to finish, and keeps its connection.
+    async fn finish_opening(&mut self) -> anyhow::Result<()> {
+        if let Link::Opening { task, .. } = self {
+            let opened = task.await;
+            // Finished, either way: a task's handle is not awaited twice.
+            *self = Link::Closed;
+            *self = Link::Open(opened.context("the connection attempt's task")??);
+        }
+        Ok(())
+    }
+}
+
+/// One position query over `link`, opening a connection first if there is none, all within
+/// `timeout`. A failed query, or an open connection that does not answer, drops the connection,
+/// so the next poll starts afresh; an attempt to open one that is still under way is kept for
+/// the next poll to wait on ([`Link::Opening`]); an answer without a row keeps the connection.
+/// Shared by the replicas' pollers and a shard's [`super::watch::PrimaryWatch`].
 pub(super) async fn poll_position(
     options: &PgConnectOptions,
-    connection: &mut Option<PgConnection>,
+    link: &mut Link,
     sql: &'static str,
     timeout: Duration,
 ) -> anyhow::Result<Lsn> {
     let attempt = async {
-        if connection.is_none() {
-            *connection = Some(
-                options
-                    .clone()
-                    .application_name("conduit-lag-poller")
-                    .connect()
-                    .await?,
-            );
+        if matches!(link, Link::Opening { began, .. } if began.elapsed() > CONNECT_ATTEMPT_BOUND) {
+            link.close();
         }
-        let Some(conn) = connection.as_mut() else {
+        let begun_by_an_earlier_poll = matches!(link, Link::Opening { .. });
+        if let Link::Closed = link {
+            *link = Link::open(options);
+        }
+        if let Err(e) = link.finish_opening().await {
+            // An attempt of an earlier poll that has failed since says little about the server
+            // now (it may be back): this poll tries again, once.
+            if !begun_by_an_earlier_poll {
+                return Err(e);
+            }
+            *link = Link::open(options);
+            link.finish_opening().await?;
+        }
+        let Link::Open(conn) = link else {
             anyhow::bail!("no connection");
         };
         let offset: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
@@ -495,13 +568,15 @@ pub(super) async fn poll_position(
             "not a streaming replica (not in recovery, or nothing received yet)"
         )),
         Ok(Err(e)) => {
-            if let Some(conn) = connection.take() {
+            if let Link::Open(conn) = std::mem::take(link) {
                 let _ = conn.close_hard().await;
             }
             Err(e)
         }
         Err(_) => {
-            connection.take();
+            if let Link::Open(_) = link {
+                *link = Link::Closed;
+            }
             Err(NoAnswer(timeout).into())
         }
     }
@@ -516,6 +591,49 @@ pub(super) struct NoAnswer(pub Duration);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that completes TCP handshakes and then says nothing, as a frozen PostgreSQL's
+    /// kernel does: ten polls of 50 ms wait on one connection attempt, not one each.
+    #[tokio::test]
+    async fn polls_of_a_silent_server_wait_on_one_connection_attempt() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("nobody");
+        let mut link = Link::default();
+        let started = Instant::now();
+        for _ in 0..10 {
+            let polled = poll_position(
+                &options,
+                &mut link,
+                "SELECT 1::int8",
+                Duration::from_millis(50),
+            )
+            .await;
+            assert!(polled.unwrap_err().is::<NoAnswer>());
+        }
+        // One attempt, and one more per CONNECT_ATTEMPT_BOUND that passed (on a slow machine
+        // the ten polls may take longer than it): never one a poll.
+        let allowed =
+            1 + (started.elapsed().as_secs_f64() / CONNECT_ATTEMPT_BOUND.as_secs_f64()) as u64;
+        let attempts = accepted.load(Ordering::SeqCst);
+        assert!(
+            (1..=allowed).contains(&attempts) && attempts < 10,
+            "{attempts} attempts"
+        );
+        server.abort();
+    }
 
     fn bounds() -> LagBounds {
         LagBounds {

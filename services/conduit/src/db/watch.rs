@@ -25,7 +25,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use super::{
     lsn::Lsn,
-    replicas::{poll_position, NoAnswer},
+    replicas::{poll_position, Link, NoAnswer},
 };
 
 /// Polls in a row that must get no answer in time before the watch calls the primary down: one
@@ -74,7 +74,7 @@ impl PrimaryWatch {
     }
 
     async fn poll(self: Arc<Self>) {
-        let mut connection = None;
+        let mut link = Link::default();
         let mut slow_in_a_row = 0;
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -82,7 +82,7 @@ impl PrimaryWatch {
             tick.tick().await;
             let polled = poll_position(
                 &self.primary,
-                &mut connection,
+                &mut link,
                 Lsn::PRIMARY_POSITION_SQL,
                 self.timeout,
             )

@@ -52,7 +52,9 @@
 //! then the proposals not yet committed, in order. The joiner is sent no LEADERINFO and
 //! acknowledges no epoch, so it counts toward no candidate's quorum: taking it in cannot make a
 //! second leader of an epoch. It does raise its accepted epoch to the leader's, and so refuses
-//! older leaders from then on.
+//! older leaders from then on. The model checks this path for first-time joiners only: a server
+//! of the model never rejoins a leader it has followed (it has no PING to find it by), which a
+//! live server does, and the one mistake found there so far was of that kind (see `take_in`).
 //!
 //! ## Live
 //!
@@ -63,9 +65,18 @@
 //! a follower takes only the next proposal of its epoch, and the leader resends the ones it missed
 //! (UDP loses datagrams); each server saves [`Disk`] before it acknowledges, and restarts from it.
 //! Clients' reads and writes are transactions: the leader proposes each, and answers when it
-//! commits. None of this runs in the model, except the rule for the next proposal, which there is
-//! always met; that a restart from disk is safe rests on the same argument as a follower giving up
-//! (it keeps its epochs and log, and loses only what it had delivered), not on a check.
+//! commits. None of this runs in the model, except three rules that there change nothing, since
+//! its messages arrive in order, once, and a leader has one proposal outstanding at a time: a
+//! follower takes only the next proposal, a COMMIT delivers everything up to its zxid, and a
+//! leader commits every proposal a quorum has logged, in order. That a restart from disk is safe
+//! rests on the same argument as a follower giving up (it keeps its epochs and log, and loses
+//! only what it had delivered), not on a check.
+//!
+//! What the live runs rely on and do not check: the leader's messages carry no join number, and
+//! ACKEPOCH and UPTODATE no epoch, so a copy delayed past a later one (or duplicated) could be
+//! taken for it: a follower could take an older NEWLEADER's shorter log, or count toward the
+//! wrong epoch. Loopback UDP delivers in order and never duplicates, and ZooKeeper runs over
+//! TCP; over a real network each would need the epoch (or a join number) echoed back.
 //!
 //! Properties:
 //!
@@ -410,6 +421,78 @@ mod tests {
         assert!(
             !trace.contains("crashes") && !trace.contains("gives up"),
             "{trace}"
+        );
+    }
+
+    /// Live only (a model server never rejoins a leader it followed): a follower that gives up
+    /// on its leader and rejoins it drops the proposals past the committed history, so the
+    /// acknowledgements it gave them before stop counting; it is sent them again.
+    #[test]
+    fn a_rejoining_followers_old_acknowledgements_stop_counting() {
+        use stateright::actor::{Actor, Command, Out};
+        use std::collections::{BTreeMap, BTreeSet};
+        let (leader, joiner, other) = (Id::from(0), Id::from(1), Id::from(2));
+        let server = Server {
+            peers: vec![joiner, other],
+            candidate: true,
+            max_epoch: 9,
+            writes: 0,
+            suspicious: true,
+            timing: None,
+            bug: None,
+        };
+        let pending = Txn {
+            zxid: Zxid {
+                epoch: 1,
+                counter: 1,
+            },
+            by: leader,
+            command: None,
+        };
+        let mut state = std::borrow::Cow::Owned(ServerState {
+            accepted_epoch: 1,
+            current_epoch: 1,
+            history: vec![pending],
+            delivered: 0,
+            mode: Mode::Leading(LeaderPhase::Broadcast {
+                epoch: 1,
+                followers: BTreeSet::from([joiner, other]),
+                proposed: 1,
+                acks: BTreeMap::from([(pending.zxid, BTreeSet::from([leader, joiner]))]),
+                adopted_from: leader,
+            }),
+            heard: BTreeSet::new(),
+            quiet_ticks: 0,
+        });
+        let mut out = Out::new();
+        server.on_msg(
+            leader,
+            &mut state,
+            joiner,
+            Msg::FollowerInfo { accepted: 1 },
+            &mut out,
+        );
+        let Mode::Leading(LeaderPhase::Broadcast { acks, .. }) = &state.mode else {
+            panic!("no longer leading: {:?}", state.mode);
+        };
+        assert_eq!(acks[&pending.zxid], BTreeSet::from([leader]));
+        let sent: Vec<Msg> = out
+            .into_iter()
+            .filter_map(|command| match command {
+                Command::Send(to, msg) if to == joiner => Some(msg),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                Msg::NewLeader {
+                    epoch: 1,
+                    history: vec![]
+                },
+                Msg::UpToDate,
+                Msg::Proposal(pending)
+            ]
         );
     }
 

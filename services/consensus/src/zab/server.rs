@@ -328,8 +328,9 @@ impl LeaderPhase {
     }
 }
 
-/// Proposals resent to a follower that missed some, at most, per PONG: about 120 bytes each as
-/// JSON, so one tick's resend stays within a few datagrams.
+/// Proposals resent to a follower that missed some, at most, per PONG: one datagram each (about
+/// 120 bytes as JSON), so a follower far behind catches up over several ticks rather than
+/// receive its whole gap in one burst, which a receive buffer may not hold.
 const RESEND_BATCH: usize = 200;
 
 impl ServerState {
@@ -618,18 +619,31 @@ impl Server {
     }
 
     /// An established leader takes in a server that asked to follow after its epoch began (it
-    /// restarted, or gave up on an earlier leader): the committed history as NEWLEADER, then
-    /// UPTODATE, then every proposal not yet committed, in order, so the joiner logs and
+    /// restarted, or gave up on this leader or another): the committed history as NEWLEADER,
+    /// then UPTODATE, then every proposal not yet committed, in order, so the joiner logs and
     /// acknowledges them as the others did. (ZooKeeper's leader likewise queues a learner's
     /// proposals behind its synchronisation.)
+    ///
+    /// A joiner that followed this leader before may have acknowledged some of those proposals
+    /// then; it drops them now, with the rest of its log past the committed history, so its old
+    /// acknowledgements no longer count: only the ones it sends again after logging them anew.
+    /// (Counting them, a five-server ensemble could commit a write on a quorum of which the
+    /// joiner no longer held it, and lose it to two crashes: found in review, live runs only,
+    /// since a server of the model never rejoins a leader it has followed.)
     fn take_in(&self, state: &mut ServerState, joiner: Id, o: &mut Out<Self>) {
         let Mode::Leading(LeaderPhase::Broadcast {
-            epoch, followers, ..
+            epoch,
+            followers,
+            acks,
+            ..
         }) = &mut state.mode
         else {
             return;
         };
         followers.insert(joiner);
+        for logged in acks.values_mut() {
+            logged.remove(&joiner);
+        }
         o.send(
             joiner,
             Msg::NewLeader {
@@ -694,6 +708,9 @@ impl Server {
                     };
                     state.delivered = state.history.len();
                     state.mode = Mode::Leading(next);
+                    // Live: the ticks spent establishing are not silence of its followers.
+                    state.quiet_ticks = 0;
+                    state.heard.clear();
                     self.propose_next(id, state, o);
                 }
             }
