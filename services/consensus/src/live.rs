@@ -505,6 +505,30 @@ fn enlarge_receive_buffer(socket: &UdpSocket) {
     }
 }
 
+/// `bytes` cut into datagrams of at most [`MAX_DATAGRAM`] bytes, each [`FRAGMENT`], the message's
+/// `number`, its index and the count, then its part; `None` past [`MAX_MESSAGE`].
+fn fragments(number: u32, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let chunk = MAX_DATAGRAM - FRAGMENT_HEADER;
+    let count = u16::try_from(bytes.len().div_ceil(chunk)).ok()?;
+    if bytes.len() > MAX_MESSAGE {
+        return None;
+    }
+    let datagrams = bytes
+        .chunks(chunk)
+        .zip(0..count)
+        .map(|(part, index)| {
+            let mut datagram = Vec::with_capacity(FRAGMENT_HEADER + part.len());
+            datagram.push(FRAGMENT);
+            datagram.extend_from_slice(&number.to_be_bytes());
+            datagram.extend_from_slice(&index.to_be_bytes());
+            datagram.extend_from_slice(&count.to_be_bytes());
+            datagram.extend_from_slice(part);
+            datagram
+        })
+        .collect();
+    Some(datagrams)
+}
+
 /// Fragments of messages too big for one datagram, put back together.
 #[derive(Default)]
 struct Reassembly {
@@ -619,24 +643,16 @@ where
             let _ = self.socket.send_to(bytes, to);
             return;
         }
-        let chunk = MAX_DATAGRAM - FRAGMENT_HEADER;
-        let count = bytes.len().div_ceil(chunk);
-        if bytes.len() > MAX_MESSAGE || count > usize::from(u16::MAX) {
+        self.next_message = self.next_message.wrapping_add(1);
+        let Some(datagrams) = fragments(self.next_message, bytes) else {
             eprintln!(
                 "{}: a message of {} bytes is over the {MAX_MESSAGE}-byte limit; not sent",
                 self.me,
                 bytes.len()
             );
             return;
-        }
-        self.next_message = self.next_message.wrapping_add(1);
-        for (index, part) in bytes.chunks(chunk).enumerate() {
-            let mut datagram = Vec::with_capacity(FRAGMENT_HEADER + part.len());
-            datagram.push(FRAGMENT);
-            datagram.extend_from_slice(&self.next_message.to_be_bytes());
-            datagram.extend_from_slice(&(index as u16).to_be_bytes());
-            datagram.extend_from_slice(&(count as u16).to_be_bytes());
-            datagram.extend_from_slice(part);
+        };
+        for datagram in datagrams {
             let _ = self.socket.send_to(&datagram, to);
         }
     }
@@ -1075,4 +1091,50 @@ pub fn markdown(report: &LiveReport) -> String {
         s.push_str(&format!("- {w}\n"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(127, 0, 77, 1), 7000)
+    }
+
+    /// A message of three datagrams, its fragments arriving in any order, comes out whole,
+    /// once; a message of one datagram passes as it is.
+    #[test]
+    fn fragments_in_any_order_make_the_message_again() {
+        let message: Vec<u8> = (0..150_000).map(|i| (i % 251) as u8).collect();
+        let mut parts = fragments(7, &message).unwrap();
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.len() <= MAX_DATAGRAM));
+        parts.swap(0, 2);
+        let mut reassembly = Reassembly::default();
+        assert_eq!(reassembly.take(sender(), &parts[0]), None);
+        assert_eq!(reassembly.take(sender(), &parts[1]), None);
+        assert_eq!(reassembly.take(sender(), &parts[2]), Some(message));
+        assert!(reassembly.parts.is_empty() && reassembly.order.is_empty());
+        assert_eq!(
+            reassembly.take(sender(), b"{\"Ack\":1}"),
+            Some(b"{\"Ack\":1}".to_vec())
+        );
+    }
+
+    /// Incomplete messages are kept up to [`REASSEMBLING`]; past that the oldest is given up,
+    /// and its late fragments alone do not make a message.
+    #[test]
+    fn the_oldest_incomplete_message_is_given_up() {
+        let message = vec![1; 100_000];
+        let mut reassembly = Reassembly::default();
+        let first = fragments(1, &message).unwrap();
+        assert_eq!(reassembly.take(sender(), &first[0]), None);
+        for number in 2..=REASSEMBLING as u32 + 1 {
+            let parts = fragments(number, &message).unwrap();
+            assert_eq!(reassembly.take(sender(), &parts[0]), None);
+        }
+        assert_eq!(reassembly.parts.len(), REASSEMBLING);
+        assert_eq!(reassembly.take(sender(), &first[1]), None);
+        assert!(fragments(1, &vec![0; MAX_MESSAGE + 1]).is_none());
+    }
 }
