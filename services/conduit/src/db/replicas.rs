@@ -461,11 +461,12 @@ impl ReplicaSet {
 
 /// How long a poller waits on one attempt to connect, across polls, before it gives the attempt
 /// up and begins another. Waiting is the point (see [`Link::Opening`]), but not for ever: an
-/// attempt whose first packet a cut network dropped is retried by the kernel only 1, 3, 7, 15 s
-/// after it began, so an attempt begun during a cut would outlast the cut by seconds (a drill's
-/// isolated replica would look down for about 11 s after it was back). One second bounds that
-/// delay, and one abandoned attempt a second per poller keeps a frozen server's queue short:
-/// about 20 over a 20 s freeze, where an attempt every poll left about 80.
+/// attempt whose first packet a cut network dropped is retried by the kernel only 1, 3, 7, 15,
+/// 31 s after it began, so an attempt begun during a cut would outlast the cut by seconds (begun
+/// at the start of a drill's 20 s isolation, its next try would come 11 s after the heal: by
+/// that arithmetic, not measured). One second bounds that delay, and one abandoned attempt a
+/// second per poller still keeps a frozen server's queue short: about 20 over a 20 s freeze,
+/// where an attempt every poll (each given up after its 250 ms timeout) left about 80.
 const CONNECT_ATTEMPT_BOUND: Duration = Duration::from_secs(1);
 
 /// A poller's connection to its server: none yet, one being opened, or one open.
