@@ -30,16 +30,13 @@ declare -A WHY=(
   [python3]="the benchmark scripts (scripts/bench/*.py) and the hostile-client runs"
   [etcd-server]="the consensus store of stage 8 (three members, Raft), which Patroni decides failover through"
   [etcd-client]="etcdctl: the stage 8 drills read the etcd leader and term with it; tests write keys with it"
-  [patroni]="stage 8's failover manager: runs each PostgreSQL server and elects the primary through etcd or ZooKeeper"
   [zookeeper]="stage 8's other consensus store (ZAB), started as a plain JVM process"
-  [python3-kazoo]="the ZooKeeper client Patroni uses with \`--dcs zookeeper\`"
-  [python3-etcd]="the etcd client Patroni uses (its default store); named here because Patroni's dependency is 'python3-etcd or python3-kazoo or ...', which apt settles with kazoo alone when both are asked for in one install"
   [iptables]="stage 8's isolate and partition drills cut one database host off the loopback network by its processes' owner"
-  [python3-venv]="a private Python environment for schemathesis, the API fuzzer (scripts/schemathesis-stage.sh)"
+  [python3-venv]="private Python environments: Patroni's (below) and schemathesis's, the API fuzzer (scripts/schemathesis-stage.sh)"
 )
 PACKAGES=(postgresql redis-server cmake haproxy varnish nginx wrk strace docker-compose docker.io debootstrap
   prometheus prometheus-postgres-exporter prometheus-redis-exporter curl ca-certificates python3 python3-venv chromium
-  etcd-server etcd-client patroni zookeeper python3-kazoo python3-etcd iptables)
+  etcd-server etcd-client zookeeper iptables)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -74,7 +71,7 @@ fi
 
 # Garage, the object store of stage 7: no Debian package, so built from its crate once and kept
 # (about 7 minutes on 2 cores). AGPL: archlab runs its binary and never links it. The lab looks
-# for it in the same place (stages/lab/src/objects.rs, `garage_bin`), or at $ARCHLAB_GARAGE_BIN.
+# for it in the same place (stages/lab/src/installed.rs, `GARAGE`), or at $ARCHLAB_GARAGE_BIN.
 GARAGE_VERSION=2.5.0
 if [ "$(id -u)" -eq 0 ]; then
   GARAGE_ROOT="/opt/archlab/garage-$GARAGE_VERSION"
@@ -92,5 +89,30 @@ else
   cargo install garage --locked --quiet --version "$GARAGE_VERSION" --root "$GARAGE_ROOT" \
     --target-dir "${TMPDIR:-/tmp}/archlab-garage-build"
   rm -rf "${TMPDIR:-/tmp}/archlab-garage-build"
+fi
+# Patroni, stage 8's failover manager: PyPI's release in a Python environment of its own, every
+# library pinned (scripts/patroni-requirements.txt), not Debian 12's 3.0.2, which can give a
+# primary frozen past its TTL the leader key back and so lose acknowledged writes
+# (stages/lab/src/installed.rs says more; the lab looks for it there, `PATRONI`). About 10 s.
+PATRONI_VERSION=4.1.4
+if [ "$(id -u)" -eq 0 ]; then
+  PATRONI_ROOT="/opt/archlab/patroni-$PATRONI_VERSION"
+else
+  PATRONI_ROOT="${XDG_DATA_HOME:-$HOME/.local/share}/archlab/patroni-$PATRONI_VERSION"
+fi
+REQUIREMENTS="$(dirname "$0")/patroni-requirements.txt"
+if [ -n "${ARCHLAB_PATRONI_BIN:-}" ] && [ -x "$ARCHLAB_PATRONI_BIN" ]; then
+  echo "setup: patroni is $ARCHLAB_PATRONI_BIN"
+elif [ -x "$PATRONI_ROOT/bin/patroni" ] && cmp -s "$REQUIREMENTS" "$PATRONI_ROOT/requirements.txt"; then
+  echo "setup: patroni $PATRONI_VERSION is installed ($PATRONI_ROOT/bin/patroni)"
+else
+  echo "setup: installing patroni $PATRONI_VERSION into $PATRONI_ROOT (stage 8's failover manager, from PyPI)"
+  # The copy of the requirements goes in last: without it (a failed install) the next run starts
+  # over. (A Python environment cannot be made elsewhere and moved: its programs name their
+  # folder.) Debian's Python, which the database hosts' users can run.
+  rm -rf "$PATRONI_ROOT"
+  /usr/bin/python3 -m venv "$PATRONI_ROOT"
+  "$PATRONI_ROOT/bin/pip" install --quiet --disable-pip-version-check --use-pep517 -r "$REQUIREMENTS"
+  cp "$REQUIREMENTS" "$PATRONI_ROOT/requirements.txt"
 fi
 echo "setup: done"

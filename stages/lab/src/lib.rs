@@ -37,6 +37,7 @@ pub mod failover;
 pub mod files;
 pub mod gateway;
 pub mod history;
+pub mod installed;
 pub mod lab;
 pub mod monitor;
 pub mod objects;

@@ -58,27 +58,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// idle machine (LAB-NOTES); 60 s leaves room for a busy one.
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The Garage binary: `$ARCHLAB_GARAGE_BIN`, or where `scripts/setup.sh` builds it.
-pub fn garage_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("ARCHLAB_GARAGE_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    // Keep in step with scripts/setup.sh (GARAGE_VERSION, GARAGE_ROOT).
-    let version = "2.5.0";
-    let mut candidates = vec![PathBuf::from(format!(
-        "/opt/archlab/garage-{version}/bin/garage"
-    ))];
-    let data_home = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
-    if let Some(data_home) = data_home {
-        candidates.push(data_home.join(format!("archlab/garage-{version}/bin/garage")));
-    }
-    candidates.into_iter().find(|c| c.exists()).context(
-        "garage not found: run scripts/setup.sh (it builds Garage once), or set ARCHLAB_GARAGE_BIN",
-    )
-}
-
 /// The secrets a cluster shares: made by the lab once per state folder.
 #[derive(Debug, Clone)]
 pub struct ObjectSecrets {
@@ -195,7 +174,7 @@ admin_token = "{admin_token}"
             "server".into(),
         ];
         let (program, args, user) =
-            crate::budget::wrap(self.cpu_group.as_deref(), None, &garage_bin()?, args);
+            crate::budget::wrap(self.cpu_group.as_deref(), None, &crate::installed::GARAGE.program()?, args);
         let service = Spawn {
             program: &program,
             args,
@@ -227,7 +206,7 @@ admin_token = "{admin_token}"
     /// Runs `garage <args>` against this node (the CLI reaches it over RPC, with the secret from
     /// its config file) and returns its standard output.
     fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new(garage_bin()?)
+        let output = Command::new(crate::installed::GARAGE.program()?)
             .arg("-c")
             .arg(self.config_path())
             .args(args)

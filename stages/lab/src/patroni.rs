@@ -128,7 +128,7 @@ pub struct PatroniNode {
 /// What a node's Patroni says of itself (`GET /patroni`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct NodeState {
-    /// `master` (Patroni 3.0's word for the primary), `replica`, or `uninitialized`.
+    /// `primary`, `replica`, `standby_leader` or `uninitialized`.
     pub role: String,
     /// `running`, `starting`, `stopped`, `crashed`, ...
     pub state: String,
@@ -295,12 +295,8 @@ postgresql:
         self.write_server_bin_dir()?;
         fs::write(self.config_path(), self.config(cluster)?)
             .with_context(|| format!("writing {}", self.config_path().display()))?;
-        let patroni = PathBuf::from("/usr/bin/patroni");
-        if !patroni.exists() {
-            anyhow::bail!(
-                "patroni not found: run scripts/setup.sh (Debian/Ubuntu: apt-get install patroni)"
-            );
-        }
+        // PyPI's release, not Debian's 3.0.2: `crate::installed` says why.
+        let patroni = crate::installed::PATRONI.program()?;
         let args = vec![self.config_path().display().to_string()];
         let (program, args, user) =
             crate::budget::wrap(self.server.cpu_group.as_deref(), user, &patroni, args);
