@@ -146,6 +146,18 @@ stage_garage() {
     fi
 }
 
+# The build machine's trust store into target/image-bin/ (replaced only when different): the
+# patroni image installs Patroni from PyPI over HTTPS, and where the machine reaches PyPI through
+# a TLS-inspecting proxy, only the machine's own store (which has the proxy's authority) makes
+# that work. It holds public certificates only; the image uses it for that one install.
+stage_trust_store() {
+    local store="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
+    [ -f "$store" ] || die "no trust store at $store (apt-get install -y ca-certificates)"
+    if ! cmp -s "$store" target/image-bin/build-ca-certificates.crt; then
+        cp "$store" target/image-bin/build-ca-certificates.crt
+    fi
+}
+
 # --- 3. the base image --------------------------------------------------------------------------
 base_image() {
     if docker image inspect "$BASE_REGISTRY" >/dev/null 2>&1; then echo "$BASE_REGISTRY"; return; fi
@@ -182,6 +194,7 @@ build_images() {
     [ -n "$IMAGES_BUILT" ] && return
     ensure_daemon
     stage_binaries
+    stage_trust_store
     mkdir -p "$STATE"
     local base; base="$(base_image)"
     local targets=("${TARGETS[@]}")

@@ -1,5 +1,5 @@
 #!/bin/sh
-# patroni-entrypoint: a stage 8 database host, Patroni running PostgreSQL (Debian's packages).
+# patroni-entrypoint: a stage 8 database host, Patroni (PyPI's) running PostgreSQL (Debian's).
 #
 # What: hands the data volume to the `postgres` user, fills in what only this host knows (the
 # addresses the others reach it at, from its name; the roles' passwords, from the secret), and
