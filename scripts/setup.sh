@@ -94,7 +94,7 @@ fi
 # library pinned (scripts/patroni-requirements.txt), not Debian 12's 3.0.2, which can give a
 # primary frozen past its TTL the leader key back and so lose acknowledged writes
 # (stages/lab/src/installed.rs says more; the lab looks for it there, `PATRONI`). About 10 s.
-PATRONI_VERSION=4.1.4
+PATRONI_VERSION=3.1.2
 if [ "$(id -u)" -eq 0 ]; then
   PATRONI_ROOT="/opt/archlab/patroni-$PATRONI_VERSION"
 else

@@ -229,7 +229,7 @@ async fn measure(
     p.stage = Some(stage.number);
     p.hosts = report.hosts.clone();
     p.machine_bound = Some(usage.machine_busy >= MACHINE_BOUND);
-    p.versions = versions(lab);
+    p.versions = versions(lab, stage.number);
     p.harness_cores = lab.budgets().enforces().then_some(HARNESS_CORES);
     p.data_set = Some(options.data.describe());
     Ok(report)
@@ -408,20 +408,59 @@ fn capacity(stage: &Stage, report: &Report) -> Option<Capacity> {
     })
 }
 
-/// Versions of the components a result depends on.
-fn versions(lab: &Lab) -> std::collections::BTreeMap<String, String> {
+/// Versions of the components a result of `stage` depends on: the database and the app in every
+/// stage, and the servers the stage adds (a result of stage 8 names the Patroni it ran).
+pub(crate) fn versions(lab: &Lab, stage: u8) -> std::collections::BTreeMap<String, String> {
     let mut v = std::collections::BTreeMap::new();
+    // The first line a program prints for `arg` (etcd prints its Git commit and Go version after).
     let run = |program: &Path, arg: &str| {
         std::process::Command::new(program)
             .arg(arg)
             .output()
             .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(|line| line.trim().to_owned())
+            })
             .filter(|s| !s.is_empty())
     };
     if let Ok(bin) = crate::postgres::bin_dir() {
         if let Some(s) = run(&bin.join("postgres"), "--version") {
             v.insert("postgres".into(), s);
+        }
+    }
+    if stage >= 3 {
+        if let Some(s) = run(Path::new("redis-server"), "--version") {
+            v.insert("redis".into(), s);
+        }
+    }
+    if stage >= 7 {
+        if let Some(s) = crate::installed::GARAGE
+            .program()
+            .ok()
+            .and_then(|garage| run(&garage, "--version"))
+        {
+            v.insert("garage".into(), s);
+        }
+    }
+    if stage >= 8 {
+        if let Some(s) = crate::installed::PATRONI
+            .program()
+            .ok()
+            .and_then(|patroni| run(&patroni, "--version"))
+        {
+            v.insert("patroni".into(), s);
+        }
+        if let Some(s) = crate::etcd::etcd_bin()
+            .ok()
+            .and_then(|etcd| run(&etcd, "--version"))
+        {
+            v.insert("etcd".into(), s);
+        }
+        if let Some(s) = crate::zookeeper::version() {
+            v.insert("zookeeper".into(), s);
         }
     }
     if let Some(s) = run(lab.conduit_bin(), "--version") {

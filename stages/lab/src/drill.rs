@@ -784,6 +784,7 @@ async fn run(
         failover,
     });
     report.provenance.stage = Some(stage.number);
+    report.provenance.versions = crate::bench::versions(lab, stage.number);
     Ok(report)
 }
 

@@ -47,7 +47,7 @@ pub(crate) const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The etcd binary (Debian's `etcd-server`).
-fn etcd_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn etcd_bin() -> anyhow::Result<PathBuf> {
     for candidate in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
         if std::path::Path::new(candidate).exists() {
             return Ok(PathBuf::from(candidate));

@@ -6,9 +6,16 @@
 //! - Garage (stage 7's object store) has no Debian package; the setup builds it from its crate.
 //! - Patroni (stage 8's failover manager) has one, but Debian 12's 3.0.2 can hand the leader key
 //!   back to a primary that was frozen past its time to live, and so lose acknowledged writes
-//!   (patroni/patroni#2689, fixed in 3.0.3; a stale primary winning the race was closed further
-//!   by #2787 in 3.1.0). The setup installs a release from PyPI into a Python environment of its
-//!   own, with every library pinned (`scripts/patroni-requirements.txt`).
+//!   (its `_update_leader` puts the key unconditionally: patroni/patroni#2689, fixed in 3.0.3;
+//!   a stale primary winning the race was closed further by #2787 in 3.1.0). The setup installs
+//!   3.1.2 from PyPI into a Python environment of its own, every library pinned
+//!   (`scripts/patroni-requirements.txt`). Not a newer one: from 3.2.0 on (#2869) Patroni raises
+//!   any `ttl` below 20 s to 20 s, and the lab's leader key lives 10 s
+//!   ([`crate::patroni::LEADER_TTL_SECS`], the target of a failover within 12 s). Tried
+//!   here with 4.1.4: "ttl=10 can't be smaller than 20, adjusting...", and a primary frozen for
+//!   20 s kept its key until it thawed (stages/08-consensus/results/trials/logs/
+//!   freeze-patroni-4.1.4-ttl-floor-excerpt.log). Upstream's floor is a safety margin for busy
+//!   machines; the lab keeps the shorter TTL and measures what it costs (the drills).
 //!
 //! Each goes under `/opt/archlab/<name>-<version>` when the setup runs as root, else under the
 //! user's data folder; an environment variable names another copy. The version is part of the
@@ -43,7 +50,7 @@ pub const GARAGE: Installed = Installed {
 /// Python environment: the program is the environment's entry point.
 pub const PATRONI: Installed = Installed {
     name: "patroni",
-    version: "4.1.4",
+    version: "3.1.2",
     program: "bin/patroni",
     override_var: "ARCHLAB_PATRONI_BIN",
 };

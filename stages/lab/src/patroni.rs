@@ -53,6 +53,8 @@ pub const NAMESPACE: &str = "/archlab/";
 /// How long the leader key lives unless its holder renews it: how long a dead primary keeps
 /// everyone else from taking over. Ten seconds is the target and Patroni's own
 /// recommendation is 30; lower makes a busy primary that misses a renewal lose its leadership.
+/// Patroni 3.2 and later raise any TTL below 20 s to 20 s, which is why the lab runs 3.1
+/// ([`crate::installed`]).
 pub const LEADER_TTL_SECS: u32 = 10;
 /// Seconds between two of Patroni's cycles (renew the key, check the server, follow the leader).
 /// Patroni requires `loop_wait + 2 * retry_timeout <= ttl`: 2 + 2 * 4 = 10.

@@ -70,6 +70,14 @@ const CLASSPATH: [&str; 3] = [
     "/usr/share/java/slf4j-simple.jar",
 ];
 
+/// ZooKeeper's version, for a result's provenance: Debian links `zookeeper.jar` to the versioned
+/// jar (`zookeeper-3.8.0.jar`), so the link's target names it.
+pub(crate) fn version() -> Option<String> {
+    let target = std::fs::canonicalize(CLASSPATH[0]).ok()?;
+    let name = target.file_stem()?.to_str()?;
+    name.strip_prefix("zookeeper-").map(|v| format!("ZooKeeper {v}"))
+}
+
 /// One member of the ensemble.
 #[derive(Debug, Clone)]
 pub struct ZooKeeperMember {
