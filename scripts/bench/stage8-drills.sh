@@ -16,8 +16,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 commit="$(git rev-parse --short HEAD)"
-git diff --quiet HEAD -- stages services loadtest Cargo.lock \
-    || { echo "stage8-drills: the tree has changes: commit first, so the files name what ran" >&2; exit 1; }
+git diff --quiet HEAD -- stages/lab services loadtest Cargo.toml Cargo.lock \
+    || { echo "stage8-drills: the code has changes: commit first, so the files name what ran" >&2; exit 1; }
 out="${1:-stages/08-consensus/results/set-$commit}"
 shift || true
 only=("$@")
