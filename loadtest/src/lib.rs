@@ -293,6 +293,7 @@ pub async fn execute(
                         passed,
                         repeat,
                         host_cores: Default::default(),
+                        host_peak_cores: Default::default(),
                     };
                     (report, passed, record)
                 }

@@ -149,6 +149,12 @@ pub struct SweepStep {
     /// Average cores each host used during this step, by host name (filled in by `archlab`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub host_cores: std::collections::BTreeMap<String, f64>,
+    /// The busiest measured second of this step, per host (filled in by `archlab`): a host held
+    /// at its budget for a few seconds (a stall) hides in the step's average. Stage 7's sweeps
+    /// failed steps with no host over 0.09 of its 0.1 core on average and one over 0.12 for a
+    /// second.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub host_peak_cores: std::collections::BTreeMap<String, f64>,
 }
 
 /// A sweep's outcome.

@@ -222,6 +222,15 @@ async fn measure(
                         .map(|c| (host.name.clone(), round2(c)))
                 })
                 .collect();
+            step.host_peak_cores = hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (host, _))| {
+                    usage
+                        .step_peak_cores(index, i)
+                        .map(|c| (host.name.clone(), c))
+                })
+                .collect();
         }
     }
     report.capacity = capacity(stage, &report);
@@ -272,6 +281,16 @@ impl CpuUsage {
             .map(|(_, c)| *c)
             .collect();
         (!seconds.is_empty()).then(|| seconds.iter().sum::<f64>() / seconds.len() as f64)
+    }
+
+    /// The most cores host `host` used in one second of sweep step `step`, if any was measured.
+    fn step_peak_cores(&self, step: usize, host: usize) -> Option<f64> {
+        self.steps
+            .iter()
+            .zip(&self.series[host])
+            .filter(|(s, _)| **s == step)
+            .map(|(_, c)| *c)
+            .reduce(f64::max)
     }
 }
 
@@ -665,6 +684,7 @@ mod tests {
             passed,
             repeat,
             host_cores: [("app".to_owned(), app), ("db".to_owned(), db)].into(),
+            host_peak_cores: Default::default(),
         }
     }
 

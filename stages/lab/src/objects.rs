@@ -173,8 +173,12 @@ admin_token = "{admin_token}"
             self.config_path().display().to_string(),
             "server".into(),
         ];
-        let (program, args, user) =
-            crate::budget::wrap(self.cpu_group.as_deref(), None, &crate::installed::GARAGE.program()?, args);
+        let (program, args, user) = crate::budget::wrap(
+            self.cpu_group.as_deref(),
+            None,
+            &crate::installed::GARAGE.program()?,
+            args,
+        );
         let service = Spawn {
             program: &program,
             args,

@@ -50,11 +50,18 @@ const STOP_PATIENCE: Duration = Duration::from_secs(30);
 /// clear error and its transaction is rolled back. Each slot costs some shared memory (it widens
 /// the lock table), which is why the default is 0. Every server gets it, because a replica must
 /// allow at least as many as its primary.
-pub(crate) const BASE_SETTINGS: [(&str, &str); 4] = [
+///
+/// `log_autovacuum_min_duration = 0` logs every pass of autovacuum (a vacuum or an analyze of a
+/// table) with its duration and CPU. They come unasked, once a minute per server at most, and on
+/// a 0.1-core host a pass takes the budget for a while: stage 7's write-heavy sweeps stalled in
+/// seconds that matched each shard's passes (stages/07-distributed/README.md, "What sets the
+/// knee"), and the log is how a stall is matched to one. A few lines a minute.
+pub(crate) const BASE_SETTINGS: [(&str, &str); 5] = [
     ("shared_preload_libraries", "pg_stat_statements"),
     ("pg_stat_statements.track", "top"),
     ("pg_stat_statements.track_utility", "off"),
     ("max_prepared_transactions", "64"),
+    ("log_autovacuum_min_duration", "0"),
 ];
 
 /// Where the PostgreSQL server binaries are.

@@ -70,12 +70,22 @@ const CLASSPATH: [&str; 3] = [
     "/usr/share/java/slf4j-simple.jar",
 ];
 
-/// ZooKeeper's version, for a result's provenance: Debian links `zookeeper.jar` to the versioned
-/// jar (`zookeeper-3.8.0.jar`), so the link's target names it.
+/// ZooKeeper's version, for a result's provenance: Debian ships `zookeeper.jar` with a versioned
+/// name beside it (`zookeeper-3.8.0.jar`, a link to it), so the versioned name that leads to the
+/// same file names it.
 pub(crate) fn version() -> Option<String> {
-    let target = std::fs::canonicalize(CLASSPATH[0]).ok()?;
-    let name = target.file_stem()?.to_str()?;
-    name.strip_prefix("zookeeper-").map(|v| format!("ZooKeeper {v}"))
+    let jar = std::path::Path::new(CLASSPATH[0]);
+    let target = std::fs::canonicalize(jar).ok()?;
+    std::fs::read_dir(jar.parent()?)
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let version = name.strip_prefix("zookeeper-")?.strip_suffix(".jar")?;
+            let same = std::fs::canonicalize(entry.path()).ok()? == target;
+            (same && version.starts_with(|c: char| c.is_ascii_digit()))
+                .then(|| format!("ZooKeeper {version}"))
+        })
 }
 
 /// One member of the ensemble.
@@ -683,5 +693,18 @@ impl Drop for TestZooKeeper {
         for member in &self.ensemble.members {
             let _ = member.stop_with(Signal::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The provenance names the installed ZooKeeper (scripts/setup.sh installs Debian's).
+    #[test]
+    fn the_installed_version_is_named() {
+        if !std::path::Path::new(super::CLASSPATH[0]).exists() {
+            return;
+        }
+        let version = super::version().unwrap_or_default();
+        assert!(version.starts_with("ZooKeeper 3."), "{version:?}");
     }
 }

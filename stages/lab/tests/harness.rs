@@ -121,6 +121,13 @@ fn a_quick_tour_writes_json_markdown_and_an_html_report_that_chromium_renders() 
         steps.iter().any(|s| s["host_cores"]["box"].is_number()),
         "every step records each host's CPU: {steps:?}"
     );
+    for step in steps.iter().filter(|s| s["host_cores"]["box"].is_number()) {
+        let (mean, peak) = (&step["host_cores"]["box"], &step["host_peak_cores"]["box"]);
+        assert!(
+            peak.as_f64().unwrap() + 0.005 >= mean.as_f64().unwrap(),
+            "a step's busiest second is at least its average (rounded): {step}"
+        );
+    }
     // The harness ran in its own budget wherever the hosts did.
     if host["enforced"] == true {
         assert_eq!(p["harness_cores"], archlab::size::HARNESS_CORES, "{p}");
