@@ -431,10 +431,11 @@ fn capacity(stage: &Stage, report: &Report) -> Option<Capacity> {
 /// stage, and the servers the stage adds (a result of stage 8 names the Patroni it ran).
 pub(crate) fn versions(lab: &Lab, stage: u8) -> std::collections::BTreeMap<String, String> {
     let mut v = std::collections::BTreeMap::new();
-    // The first line a program prints for `arg` (etcd prints its Git commit and Go version after).
-    let run = |program: &Path, arg: &str| {
+    // The first line a program prints for `--version` (etcd prints its Git commit and Go
+    // version after).
+    let run = |program: &Path| {
         std::process::Command::new(program)
-            .arg(arg)
+            .arg("--version")
             .output()
             .ok()
             .and_then(|o| {
@@ -445,44 +446,27 @@ pub(crate) fn versions(lab: &Lab, stage: u8) -> std::collections::BTreeMap<Strin
             })
             .filter(|s| !s.is_empty())
     };
-    if let Ok(bin) = crate::postgres::bin_dir() {
-        if let Some(s) = run(&bin.join("postgres"), "--version") {
-            v.insert("postgres".into(), s);
+    // Each server from the stage that adds it on, by where its program is.
+    let servers: [(u8, &str, anyhow::Result<std::path::PathBuf>); 5] = [
+        (
+            1,
+            "postgres",
+            crate::postgres::bin_dir().map(|b| b.join("postgres")),
+        ),
+        (3, "redis", Ok("redis-server".into())),
+        (7, "garage", crate::installed::GARAGE.program()),
+        (8, "patroni", crate::installed::PATRONI.program()),
+        (8, "etcd", crate::etcd::etcd_bin()),
+    ];
+    for (from, name, program) in servers {
+        if let Some(s) = program.ok().filter(|_| stage >= from).and_then(|p| run(&p)) {
+            v.insert(name.into(), s);
         }
     }
-    if stage >= 3 {
-        if let Some(s) = run(Path::new("redis-server"), "--version") {
-            v.insert("redis".into(), s);
-        }
+    if let Some(s) = (stage >= 8).then(crate::zookeeper::version).flatten() {
+        v.insert("zookeeper".into(), s);
     }
-    if stage >= 7 {
-        if let Some(s) = crate::installed::GARAGE
-            .program()
-            .ok()
-            .and_then(|garage| run(&garage, "--version"))
-        {
-            v.insert("garage".into(), s);
-        }
-    }
-    if stage >= 8 {
-        if let Some(s) = crate::installed::PATRONI
-            .program()
-            .ok()
-            .and_then(|patroni| run(&patroni, "--version"))
-        {
-            v.insert("patroni".into(), s);
-        }
-        if let Some(s) = crate::etcd::etcd_bin()
-            .ok()
-            .and_then(|etcd| run(&etcd, "--version"))
-        {
-            v.insert("etcd".into(), s);
-        }
-        if let Some(s) = crate::zookeeper::version() {
-            v.insert("zookeeper".into(), s);
-        }
-    }
-    if let Some(s) = run(lab.conduit_bin(), "--version") {
+    if let Some(s) = run(lab.conduit_bin()) {
         v.insert("conduit".into(), s);
     }
     v.insert("archlab".into(), env!("CARGO_PKG_VERSION").into());

@@ -589,9 +589,10 @@ pub(super) async fn poll_position(
 /// is then kept. The case that matters: in stage 8 the app moves its primary pool to a replica as
 /// soon as its Patroni holds the leader key, a second or two before its PostgreSQL has finished
 /// promoting, and until then the primary's position query fails ("recovery is in progress"). A
-/// crash drill's kept logs showed the pollers opening a connection every 0.1 s to the promoting
-/// server (15 in 1.4 s, a new server process each on its 0.2-core host) because every failure
-/// dropped the connection. Not kept: a connection the server ends (SQLSTATE class 57, operator
+/// crash drill's kept logs showed the pollers opening a new connection to the promoting server
+/// 17 times in the 2.0 s it took to promote, a server process each on its 0.2-core host
+/// (stages/08-consensus/results/trials/logs/crash-promotion-poller-reconnects-excerpt.log),
+/// because every failure dropped the connection. Not kept: a connection the server ends (SQLSTATE class 57, operator
 /// intervention, such as a shutdown) or calls broken (class 08).
 fn answered_with_an_error(e: &anyhow::Error) -> bool {
     let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() else {
