@@ -21,9 +21,9 @@
 //! Patroni runs as the `postgres` OS user (it starts PostgreSQL, which refuses root) and inside
 //! the host's CPU budget with its server.
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
@@ -47,6 +47,18 @@ pub const REST_PORT: u16 = 8008;
 /// than `postgresql.service` on a real machine.
 pub const SERVER_NICENESS: u8 = 10;
 
+/// The file in a node's PostgreSQL program folder that holds what `postgres --describe-config`
+/// prints (every setting the server knows), asked once when the folder is written. Patroni 3.1
+/// asks the server that question once for every parameter each time it rewrites
+/// `postgresql.conf` (`available_gucs` is not cached; patroni#2967 caches it from 3.3.0, which
+/// the lab cannot run: [`LEADER_TTL_SECS`]). It rewrites the file to change
+/// `synchronous_standby_names`, which a synchronous primary does just before it promotes and
+/// again when it names its synchronous replica: on a 0.2-core host busy with the app's failing
+/// writes, those twenty `postgres` starts (one per parameter the lab sets) took 12.8 s before a
+/// strict promotion, long enough for the new leader's key to expire, and 6.8 s after it
+/// (stages/08-consensus/README.md). A replica rewrites the file too when it follows a new
+/// primary. The same binary always gives the same answer, so the wrapper prints the saved one.
+pub const DESCRIBE_CONFIG_FILE: &str = "describe-config.txt";
 /// Where every Patroni cluster of the lab keeps its keys in the consensus store (`namespace`),
 /// each under its scope: `/archlab/<scope>/leader` names the leader.
 pub const NAMESPACE: &str = "/archlab/";
@@ -160,8 +172,10 @@ impl PatroniNode {
     }
 
     /// Fills [`PatroniNode::server_bin_dir`]: a link to each installed PostgreSQL program, except
-    /// `postgres`, which is a two-line script starting the real one at [`SERVER_NICENESS`] (with
-    /// `exec`, so the server keeps the script's PID, as Patroni expects). Written at every start.
+    /// `postgres`, which is a short script starting the real one at [`SERVER_NICENESS`] (with
+    /// `exec`, so the server keeps the script's PID, as Patroni expects) and answering
+    /// `postgres --describe-config` from [`DESCRIBE_CONFIG_FILE`], that question's answer saved
+    /// here once. Written at every start.
     fn write_server_bin_dir(&self) -> anyhow::Result<()> {
         let (installed, dir) = (bin_dir()?, self.server_bin_dir());
         if dir.exists() {
@@ -177,13 +191,31 @@ impl PatroniNode {
                 std::os::unix::fs::symlink(&program, dir.join(name))?;
             }
         }
+        let postgres = installed.join("postgres");
+        let described = Command::new(&postgres)
+            .arg("--describe-config")
+            .output()
+            .with_context(|| format!("running {} --describe-config", postgres.display()))?;
+        if !described.status.success() {
+            bail!(
+                "{} --describe-config failed: {}",
+                postgres.display(),
+                String::from_utf8_lossy(&described.stderr)
+            );
+        }
+        let answer = dir.join(DESCRIBE_CONFIG_FILE);
+        fs::write(&answer, &described.stdout)
+            .with_context(|| format!("writing {}", answer.display()))?;
         let script = dir.join("postgres");
         fs::write(
             &script,
             format!(
-                "#!/bin/sh\n# Written by archlab (stages/lab/src/patroni.rs, SERVER_NICENESS).\n\
-                 exec /usr/bin/nice -n {SERVER_NICENESS} {} \"$@\"\n",
-                installed.join("postgres").display()
+                "#!/bin/sh\n\
+                 # Written by archlab (stages/lab/src/patroni.rs: DESCRIBE_CONFIG_FILE, SERVER_NICENESS).\n\
+                 if [ \"$*\" = --describe-config ]; then exec cat '{answer}'; fi\n\
+                 exec /usr/bin/nice -n {SERVER_NICENESS} {postgres} \"$@\"\n",
+                answer = answer.display(),
+                postgres = postgres.display()
             ),
         )?;
         fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -777,5 +809,46 @@ impl PatroniCluster {
             self.nodes[i].stop()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(program: &std::path::Path, arg: &str) -> Vec<u8> {
+        let out = Command::new(program).arg(arg).output().unwrap();
+        assert!(out.status.success(), "{} {arg}", program.display());
+        out.stdout
+    }
+
+    /// The node's `postgres` answers `--describe-config` from the saved file (what Patroni 3.1
+    /// asks once per parameter), which holds the installed server's own answer, and hands
+    /// anything else to the installed server.
+    #[test]
+    fn the_server_wrapper_answers_describe_config_from_its_saved_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = PatroniNode {
+            name: "db-1".into(),
+            server: PostgresServer::new(dir.path().join("db-1"), "127.0.0.1", 5432),
+            rest_port: REST_PORT,
+        };
+        node.write_server_bin_dir().unwrap();
+        let (wrapper, saved) = (
+            node.server_bin_dir().join("postgres"),
+            node.server_bin_dir().join(DESCRIBE_CONFIG_FILE),
+        );
+        let installed = bin_dir().unwrap().join("postgres");
+        assert_eq!(
+            run(&wrapper, "--describe-config"),
+            run(&installed, "--describe-config")
+        );
+        // Answered from the file, not by starting the server program again.
+        fs::write(&saved, "only_in_the_saved_answer\tsetting\n").unwrap();
+        assert_eq!(
+            run(&wrapper, "--describe-config"),
+            b"only_in_the_saved_answer\tsetting\n"
+        );
+        assert_eq!(run(&wrapper, "--version"), run(&installed, "--version"));
     }
 }
