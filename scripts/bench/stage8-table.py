@@ -58,7 +58,7 @@ def row(folder, base, name, what, store, mode):
     )
     if not files:
         return None
-    keys, firsts, gaps, lost, acked, failed, unknown, sent = [], [], [], 0, 0, 0, 0, 0
+    keys, gaps, lost, acked, failed, unknown, sent = [], [], 0, 0, 0, 0, 0
     registers = [0, 0, 0]
     timelines = set()
     for path in files:
@@ -68,7 +68,6 @@ def row(folder, base, name, what, store, mode):
         failover = drill.get("failover") or {}
         fault = drill["injected_at_s"]
         keys.append(since_fault(failover.get("leader_key_at_s"), fault))
-        firsts.append(since_fault(failover.get("first_write_at_s"), fault))
         gaps.append(failover.get("writes_unavailable_s"))
         checks = report.get("checks") or {}
         lost += checks.get("lost_writes", 0)

@@ -51,13 +51,14 @@ pub const SERVER_NICENESS: u8 = 10;
 /// prints (every setting the server knows), asked once when the folder is written. Patroni 3.1
 /// asks the server that question once for every parameter each time it rewrites
 /// `postgresql.conf` (`available_gucs`, new in 3.1.0 with patroni#2671, is not cached;
-/// patroni#2967 caches it from 3.3.0, which the lab cannot run: [`LEADER_TTL_SECS`]). It rewrites the file to change
-/// `synchronous_standby_names`, which a synchronous primary does just before it promotes and
-/// again when it names its synchronous replica: on a 0.2-core host busy with the app's failing
-/// writes, those twenty `postgres` starts (one per parameter the lab sets) took 12.8 s before a
-/// strict promotion, long enough for the new leader's key to expire, and 6.8 s after it
-/// (stages/08-consensus/README.md, "Twenty `postgres` starts"). A replica rewrites the file too when it follows a new
-/// primary. The same binary always gives the same answer, so the wrapper prints the saved one.
+/// patroni#2967 caches it from 3.3.0, which the lab cannot run: [`LEADER_TTL_SECS`]). It
+/// rewrites the file to change `synchronous_standby_names`, which a synchronous primary does
+/// just before it promotes and again when it names its synchronous replica: on a 0.2-core host
+/// busy with the app's failing writes, those 21 `postgres` starts (one per parameter the lab
+/// sets) took 12.8 s before a strict promotion, long enough for the new leader's key to expire,
+/// and 6.8 s after it (stages/08-consensus/README.md, "21 `postgres` starts"). A replica
+/// rewrites the file too when it follows a new primary. The same binary always gives the same
+/// answer, so the wrapper prints the saved one.
 pub const DESCRIBE_CONFIG_FILE: &str = "describe-config.txt";
 /// Where every Patroni cluster of the lab keeps its keys in the consensus store (`namespace`),
 /// each under its scope: `/archlab/<scope>/leader` names the leader.

@@ -526,8 +526,9 @@ impl Link {
 
 /// One position query over `link`, opening a connection first if there is none, all within
 /// `timeout`. A broken connection, or an open one that does not answer, is dropped, so the next
-/// poll starts afresh (an error the server answers with keeps it: [`answered_with_an_error`]); an attempt to open one that is still under way is kept for
-/// the next poll to wait on ([`Link::Opening`]); an answer without a row keeps the connection.
+/// poll starts afresh (an error the server answers with keeps it: [`answered_with_an_error`]);
+/// an attempt to open one that is still under way is kept for the next poll to wait on
+/// ([`Link::Opening`]); an answer without a row keeps the connection.
 /// Shared by the replicas' pollers and a shard's [`super::watch::PrimaryWatch`].
 pub(super) async fn poll_position(
     options: &PgConnectOptions,
@@ -592,8 +593,8 @@ pub(super) async fn poll_position(
 /// crash drill's kept logs showed the pollers opening a new connection to the promoting server
 /// 17 times in the 2.0 s it took to promote, a server process each on its 0.2-core host
 /// (stages/08-consensus/results/trials/logs/crash-promotion-poller-reconnects-excerpt.log),
-/// because every failure dropped the connection. Not kept: a connection the server ends (SQLSTATE class 57, operator
-/// intervention, such as a shutdown) or calls broken (class 08).
+/// because every failure dropped the connection. Not kept: a connection the server ends
+/// (SQLSTATE class 57, operator intervention, such as a shutdown) or calls broken (class 08).
 fn answered_with_an_error(e: &anyhow::Error) -> bool {
     let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() else {
         return false;
