@@ -470,6 +470,13 @@ pub(crate) fn versions(lab: &Lab, stage: u8) -> std::collections::BTreeMap<Strin
         v.insert("conduit".into(), s);
     }
     v.insert("archlab".into(), env!("CARGO_PKG_VERSION").into());
+    // A run may swap a program for another build or a wrapper (an older app to compare with,
+    // a PostgreSQL started with an extra setting): the result says so, with the path it used.
+    for var in ["ARCHLAB_CONDUIT_BIN", "ARCHLAB_PG_BIN"] {
+        if let Ok(path) = std::env::var(var) {
+            v.insert(var.into(), path);
+        }
+    }
     v.insert(
         "cpu_budgets".into(),
         match lab.budgets() {
