@@ -21,10 +21,15 @@ def version(cmd):
 
 
 def git_state():
-    """The commit measured and whether tracked files differed from it (provenance of a result)."""
+    """The commit measured and whether tracked files that could change what was measured
+    differed from it (provenance of a result). Result files and prose are left out, as the
+    harness's own provenance does (`git_state` in loadtest/src/lib.rs): a walkthrough written
+    while a run goes on does not change what the run measured."""
+    status = ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", ".",
+              ":(exclude,glob)**/results/**", ":(exclude,glob)**/*.md", ":(exclude,glob)docs/**"]
     return {
         "git_commit": run(["git", "-C", ROOT, "rev-parse", "HEAD"]).strip(),
-        "git_dirty": bool(run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).strip()),
+        "git_dirty": bool(run(status).strip()),
     }
 
 
