@@ -49,7 +49,6 @@ def kind(title):
     rest = title[len("postgres:"):].strip()
     if any(rest.startswith(a) or (": " + a) in rest for a in AUXILIARY):
         return "other"
-    # The postmaster keeps its command line (`/usr/lib/postgresql/15/bin/postgres -D ...`).
     return "backend"
 
 
@@ -75,6 +74,7 @@ def sample(groups):
             if cmd is None or sched is None:
                 continue
             title = cmd.replace(b"\0", b" ").decode(errors="replace").strip()
+            # The postmaster keeps its command line (`/usr/lib/postgresql/15/bin/postgres -D ...`).
             if title.endswith("/postgres") or "/bin/postgres " in title:
                 k = "other"
             else:
