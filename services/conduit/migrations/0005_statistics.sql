@@ -5,12 +5,13 @@
 -- a favorite rewrites (`favorites_count`), that is about once a minute under the write-heavy mix.
 --
 -- No query filters, joins or sorts on the text an author wrote: titles, descriptions, bodies,
--- the tag copy (a tag's list reads `article_tags`) and comment bodies are only returned. Their
--- statistics were the dearest part of every pass (sorting long text by the locale's collation):
--- on stage 7's 0.1-core database hosts, 27 ms of CPU per analyze of `articles`, half of what
--- autovacuum spent in all, and a pass stalls the host's requests while it runs
--- (stages/07-distributed/README.md, "What sets the knee"). A statistics target of 0 leaves a
--- column out of ANALYZE; the planner then uses default estimates for it, which no query asks for.
+-- the tag copy (a tag's list reads `article_tags`) and comment bodies are only returned. Yet
+-- reading, sorting and measuring their long values made the analyze of `articles` the dearest
+-- step of every pass: on stage 7's 0.1-core database hosts, 35 ms of CPU of a pass's 51
+-- (the worker's start-up included), and a pass stalls the host's requests while it runs
+-- (stages/07-distributed/README.md, "What a pass costs"; with this file, 20 of 31). A
+-- statistics target of 0 leaves a column out of ANALYZE; the planner then uses default
+-- estimates for it, which no query asks for.
 ALTER TABLE articles
     ALTER COLUMN title SET STATISTICS 0,
     ALTER COLUMN description SET STATISTICS 0,
@@ -22,6 +23,6 @@ ALTER TABLE comments ALTER COLUMN body SET STATISTICS 0;
 -- statistics are left (the author, the creation time, the id and the slug) change only when an
 -- article is written, but every favorite rewrites its article's row and so counts as a change:
 -- under the write-heavy mix a tenth of a shard's articles "changed" every minute, which is what
--- made `articles` the one large table of every pass. Half: about every four to five minutes
--- there, while a new author's articles still reach the statistics within the hour.
+-- made `articles` the one large table of every pass. Half: on a shard of four (about 2,500
+-- articles) 1,300 changes instead of 300, so every few minutes rather than every minute.
 ALTER TABLE articles SET (autovacuum_analyze_scale_factor = 0.5);
