@@ -14,6 +14,8 @@ worker CPU per kind of table step, summed over the run, each step's share being 
 step before it in the same pass (so a pass's start-up is in its first step's share).
 
 `--from`/`--to` keep the passes of the measured part (the run's load, not the seeding).
+`--minutes` adds, per minute of the gateway's log, the count, p50 and p90 of each kind of
+request: whether a run slows as it goes, and which requests most.
 """
 
 import argparse
@@ -29,6 +31,36 @@ START_S = 1.5
 LOG_LINE = re.compile(r"\S+ (\d\d:\d\d:\d\d\.\d+) UTC \[(\d+)\] LOG:  automatic (?:aggressive )?"
                       r"(vacuum|analyze) of table \"\w+\.\w+\.(\w+)\"")
 ACCESS = re.compile(r"\S+T(\d\d:\d\d:\d\d\.\d+)Z .* ms=([0-9.]+)")
+REQUEST = re.compile(r'method=([A-Z]+) path="([^"]+)"')
+# Kinds of request for `--minutes`, by method and path (a slug or a username is any segment).
+KINDS = [("GET", r"/api/articles/[^/]+/comments", "comment list"),
+         ("GET", r"/api/articles", "article list"),
+         ("GET", r"/api/articles/[^/]+", "article"),
+         ("POST", r"/api/articles/[^/]+/comments", "comment"),
+         ("POST", r"/api/articles/[^/]+/favorite", "favorite")]
+
+
+def kind_of(method, path):
+    return next((k for m, pattern, k in KINDS if m == method and re.fullmatch(pattern, path)), None)
+
+
+def by_minute(paths):
+    """Per minute of the gateway's log: each kind's count, p50 and p90 in ms."""
+    times = collections.defaultdict(list)
+    for path in paths:
+        for line in open(path):
+            m, r = ACCESS.match(line), REQUEST.search(line)
+            kind = r and kind_of(r.group(1), r.group(2).split("?")[0])
+            if m and kind:
+                times[(m.group(1)[:5], kind)].append(float(m.group(2)))
+    print("# per minute of the gateway's log: kind of request, count, p50 and p90 (ms)")
+    for minute in sorted({t for t, _ in times}):
+        cells = []
+        for _, _, kind in KINDS:
+            v = sorted(times.get((minute, kind), []))
+            if v:
+                cells.append(f"{kind} {len(v)} {v[len(v) // 2]:.1f} {v[int(len(v) * 0.9)]:.1f}")
+        print(f"{minute}  " + "; ".join(cells))
 
 
 def clock(s):
@@ -42,6 +74,7 @@ def main():
     ap.add_argument("--result", required=True, help="the run's result file (host names)")
     ap.add_argument("--from", dest="start", default="00:00:00", help="first time kept (UTC, HH:MM:SS)")
     ap.add_argument("--to", dest="end", default="23:59:59", help="last time kept (UTC, HH:MM:SS)")
+    ap.add_argument("--minutes", action="store_true", help="also each minute's latency by kind")
     args = ap.parse_args()
     start, end = clock(args.start + ".0"), clock(args.end + ".0")
 
@@ -53,7 +86,8 @@ def main():
             t, group, av = line.split("\t")[:3]
             cpu[group].append((clock(t), float(av)))
     slow = []  # start times of the requests over SLOW_MS
-    for path in glob.glob(f"{args.state}/*/gateway/gateway/gateway.log"):
+    gateway_logs = glob.glob(f"{args.state}/*/gateway/gateway/gateway.log")
+    for path in gateway_logs:
         for line in open(path):
             m = ACCESS.match(line)
             if m and float(m.group(2)) > SLOW_MS:
@@ -99,6 +133,8 @@ def main():
     print("# worker CPU by step, over the run: step, times, ms in all, ms each")
     for step, (n, ms) in sorted(steps.items(), key=lambda x: -x[1][1])[:12]:
         print(f"{step:40s} {n:4d} {ms:8.1f} {ms / n:6.1f}")
+    if args.minutes:
+        by_minute(gateway_logs)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 """What a lab database host's processes do, tenth of a second by tenth of a second: CPU time of
 its autovacuum workers, of its client backends and of the rest, and how many backends wait on
 a lock. Read from outside the host (`/proc` and the host's CPU group), so the host's budget
-pays nothing; the machine pays about a tenth of a core (11.5 % of one, measured with `ps` on
-2026-12-07), so compare latencies only between runs that both had it running.
+pays nothing; the machine pays about a tenth of a core (11.5 % of one by `ps`, noted in
+stages/07-distributed/results/shards-4-write-heavy-200rps-passes-after.txt), so compare
+latencies only between runs that both had it running.
 
     scripts/bench/db_processes.py --seconds 300 --out /tmp/db-processes.tsv
 
