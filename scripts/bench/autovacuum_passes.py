@@ -79,6 +79,8 @@ def main():
     start, end = clock(args.start + ".0"), clock(args.end + ".0")
 
     hosts = json.load(open(args.result))["provenance"]["hosts"]
+    # A host's CPU group is named after its address, as the lab names it (`stages/lab/src/lab.rs`,
+    # `host-127-60-7-51`), which is how db_processes.py's lines say which host they are.
     group_of = {h["name"]: "host-" + h["address"].replace(".", "-") for h in hosts}
     cpu = collections.defaultdict(list)  # group -> [(time, autovacuum ms)]
     for line in open(args.samples) if args.samples else []:
