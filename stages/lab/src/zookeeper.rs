@@ -502,8 +502,9 @@ mod znode {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    /// The session asked for, in milliseconds: the member clamps it to its bounds (2 to 20 ticks:
-    /// 2 to 20 s here), so the least it allows; a reader's reads keep it alive.
+    /// The session asked for, in milliseconds: the member clamps it to its bounds (2 ticks to
+    /// `maxSessionTimeout`: 1 to 10 s here); a short one, so that a reader that stops reading
+    /// leaves nothing behind for long; its reads keep it alive.
     const SESSION_TIMEOUT_MS: i32 = 2_000;
     /// Operation codes (ZooKeeper's `ZooDefs.OpCode`).
     const OP_GET_DATA: i32 = 4;
