@@ -16,8 +16,11 @@ What it does, in order, on a fresh lab (own state folder, own loopback network):
      so the pool, prepared statements and PostgreSQL's buffers are warm;
   3. `pg_stat_statements_reset()` on every database host (a primary, or each shard's), then the
      measured run (open loop at a fixed rate, so the
-     "before" and "after" apps get the same requests; no warm-up and no read-back inside it, so
-     every statement counted was caused by a request counted);
+     "before" and "after" apps get the same requests; no warm-up and no read-back inside it).
+     The harness first reads the data set through the API and logs its users in, which is not
+     the load: the statements are counted from the moment it announces its open loop (a snapshot
+     of `pg_stat_statements` then, subtracted from the one at the end), so every statement
+     counted was caused by a request counted, or by the app's own timers (below);
   4. reads `pg_stat_statements` for the app's database and role on each database host, and
      writes a JSON result: database execution time per request served (in all, and per host),
      and the top statements with their host, calls per request, mean and total execution time,
@@ -26,10 +29,15 @@ What it does, in order, on a fresh lab (own state folder, own loopback network):
 `ARCHLAB_CONDUIT_BIN` picks the app binary (the lab's default: `target/release/conduit`), so a
 "before" run can measure an older build; `--app-commit` records which commit that build is.
 
-What is left out, and why it is small: the measured run's harness logs its users in at the start
-(a few indexed lookups each: small with the default 32 users, not with `--users 1000`, whose
-4,000 login statements are in the figures, so compare runs with the same `--users`), and `pg_stat_statements` counts execution time only (not planning,
-parsing or network time). Requests served counts every answered request, errors included; the
+What is left out, and why: the harness's start (reading the data set, 100 articles a page up to
+20,000, and logging its users in) is not counted; until 2026-12-07 it was, which put about 4,000
+login statements (`--users 1000`) and the data set's deep pages in the figures, the latter dearer
+on a sharded stage (each shard reads `offset + limit` keys). What is in, and is not a request's:
+the app's timers, whose statements count per second rather than per request (a shard's watch
+polls its primary's WAL position four times a second from each app host; the two-phase commit's
+recovery worker scans for prepared transactions): the result lists them with the rest, so read
+their calls per request at the run's rate only. `pg_stat_statements` counts execution time only
+(not planning, parsing or network time). Requests served counts every answered request, errors included; the
 result also records the failures, which should be none.
 """
 
@@ -59,7 +67,7 @@ def main():
     ap.add_argument("--workload", default="read-heavy", help="harness workload (default read-heavy)")
     ap.add_argument("--stage", default="2", help="stage to measure (default 2: no cache, every read reaches the database)")
     ap.add_argument("--up-arg", action="append", default=[],
-                    help="an option for `archlab up`, repeatable (`--up-arg=--shards=4`, `--up-arg=--budget=db=0.1`)")
+                    help="an option for `archlab up`, repeatable (`--up-arg=--shards=4`; `archlab up` takes no budgets: the stage runs at its stage file's sizes)")
     ap.add_argument("--app-commit", default=None,
                     help="commit the app binary was built from (default: this checkout's, when ARCHLAB_CONDUIT_BIN is unset)")
     ap.add_argument("--users", type=int, default=32,
@@ -92,12 +100,24 @@ def main():
     def archlab(*a):
         return run([archlab_bin, "--state-dir", state, "--net", args.net, *a])
 
-    def harness(endpoint, seconds, out, verify):
+    def harness(endpoint, seconds, out, verify, when_loading=None):
+        """Runs the harness; `when_loading` is called once its setup is done and its load begins
+        (it says so on stderr: "open loop: ...")."""
         cmd = [loadtest_bin, "--target", endpoint, "--workload", args.workload, "--rate", str(args.rate), "--users", str(args.users),
                "--duration", f"{seconds}s", "--warmup", "0s", "--out", out]
         if not verify:
             cmd.append("--no-verify")
-        run(cmd)
+        proc = subprocess.Popen(cmd, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        said = []
+        for line in proc.stderr:  # universal newlines: the live display's `\r` ends a line too
+            said.append(line)
+            if when_loading and line.startswith("open loop:"):
+                when_loading()
+                when_loading = None
+        if proc.wait() != 0:
+            sys.exit(f"the harness failed:\n{''.join(said[-20:])}")
+        if when_loading:
+            sys.exit("the harness never announced its open loop: nothing was measured")
         with open(out) as f:
             return json.load(f)
 
@@ -130,21 +150,36 @@ def main():
         if warm["checks"]["lost_writes"]:
             sys.exit(f"the warm-up lost writes: {warm['checks']}")
 
+        def counters():
+            """Every statement's counters on every database host, by (host, queryid)."""
+            found = {}
+            for db in databases:
+                rows = sql(db, """
+                    SELECT json_agg(s) FROM (
+                        SELECT queryid, regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, rows,
+                               total_exec_time, shared_blks_hit, shared_blks_read
+                        FROM pg_stat_statements
+                        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'conduit')
+                          AND userid = (SELECT oid FROM pg_roles WHERE rolname = 'conduit')
+                    ) s""")
+                for s in json.loads(rows) or []:
+                    found[(db["host"], s["queryid"])] = {**s, "host": db["host"]}
+            return found
+
         for db in databases:
             sql(db, "SELECT pg_stat_statements_reset()")
         print(f"measuring: {args.workload} at {args.rate:g}/s for {args.duration} s ...", flush=True)
-        measured = harness(endpoint, args.duration, os.path.join(state, "measured.json"), verify=False)
+        at_start = {}
+        measured = harness(endpoint, args.duration, os.path.join(state, "measured.json"), verify=False,
+                           when_loading=lambda: at_start.update(counters()))
         statements = []
-        for db in databases:
-            rows = sql(db, """
-                SELECT json_agg(s ORDER BY s.total_exec_time DESC) FROM (
-                    SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, rows,
-                           total_exec_time, mean_exec_time, shared_blks_hit, shared_blks_read
-                    FROM pg_stat_statements
-                    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'conduit')
-                      AND userid = (SELECT oid FROM pg_roles WHERE rolname = 'conduit')
-                ) s""")
-            statements += [{**s, "host": db["host"]} for s in json.loads(rows) or []]
+        for key, end in counters().items():
+            start = at_start.get(key, {})
+            s = {**end, **{k: end[k] - start.get(k, 0) for k in
+                           ("calls", "rows", "total_exec_time", "shared_blks_hit", "shared_blks_read")}}
+            if s["calls"] > 0:
+                s["mean_exec_time"] = s["total_exec_time"] / s["calls"]
+                statements.append(s)
         statements.sort(key=lambda s: s["total_exec_time"], reverse=True)
     finally:
         subprocess.run([archlab_bin, "--state-dir", state, "--net", args.net, "down"], capture_output=True)
@@ -196,7 +231,7 @@ def main():
             "load_generator": "loadtest (open loop, coordinated-omission corrected), 64 connections",
             "data_set": {"users": counts[0], "articles": counts[1], "seed": 42},
             "up_options": args.up_arg,
-            "pg_stat_statements": "track = top; reset after seeding and warm-up; execution time only (no planning)",
+            "pg_stat_statements": "track = top; reset after seeding and warm-up, counted from the harness's open loop to its end (its data set read and logins left out); execution time only (no planning)",
         },
         "results": {
             "requests_served": served,
