@@ -40,18 +40,13 @@ pub const ELECTION_PORT: u16 = 3888;
 /// The admin server (HTTP) on every member's own address.
 pub const ADMIN_PORT: u16 = 8080;
 /// ZooKeeper's unit of time in milliseconds. Sessions live between 2 and 20 ticks: Patroni asks
-/// for its leader TTL (10 s), which 500 ms ticks allow (1 to 10 s: the TTL is the longest session
-/// they allow, so `maxSessionTimeout` is written out too). Why not the default 2,000 or the
-/// 1,000 the lab had until 2026-12-07: ZooKeeper checks expiry once a tick and rounds a session's
-/// deadline up to the next one, so a dead Patroni's key (an ephemeral node of its session) went
-/// up to a tick after its 10 s, where etcd's lease goes on time; over ZooKeeper the key was taken
-/// 10.1 to 11.0 s after a crash, over etcd 8.8 to 10.3 s (stage 8's walkthrough, "21 `postgres`
-/// starts"). The two limits below are in ticks, so they are doubled with it: the same seconds.
-const TICK_MS: u32 = 500;
-/// The longest session a client may ask for, in milliseconds: Patroni's TTL
-/// ([`crate::patroni::LEADER_TTL_SECS`]). ZooKeeper's default is 20 ticks, the same 10 s: written
-/// out so that a change of tick cannot shorten Patroni's sessions without a word.
-const MAX_SESSION_TIMEOUT_MS: u32 = crate::patroni::LEADER_TTL_SECS * 1_000;
+/// for its leader TTL (10 s), which 1,000 ms ticks allow (2 to 20 s); the default 2,000 would too,
+/// but also double how long a follower waits before it gives up on a dead leader (`syncLimit`).
+/// A session expires at the first tick after its deadline, so a dead Patroni's key may outlive
+/// its 10 s by up to a tick. 500 ms ticks were tried on 2026-12-07 and showed no earlier key
+/// (stage 8's walkthrough, "Half-second ZooKeeper ticks"): not kept, so that every ZooKeeper
+/// figure of the walkthrough is of this setting.
+const TICK_MS: u32 = 1_000;
 /// Ticks a follower may take to connect to and sync with a new leader (10 s): a lab's data is tiny.
 const INIT_LIMIT_TICKS: u32 = 10_000 / TICK_MS;
 /// Ticks a follower may fall behind (or a leader go silent) before they part (5 s).
@@ -180,7 +175,6 @@ impl ZooKeeperMember {
         format!(
             "# Written by archlab (stages/lab/src/zookeeper.rs); rewritten at every start.
 tickTime={TICK_MS}
-maxSessionTimeout={MAX_SESSION_TIMEOUT_MS}
 initLimit={INIT_LIMIT_TICKS}
 syncLimit={SYNC_LIMIT_TICKS}
 dataDir={data}
@@ -502,9 +496,8 @@ mod znode {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    /// The session asked for, in milliseconds: the member clamps it to its bounds (2 ticks to
-    /// `maxSessionTimeout`: 1 to 10 s here); a short one, so that a reader that stops reading
-    /// leaves nothing behind for long; its reads keep it alive.
+    /// The session asked for, in milliseconds: the member clamps it to its bounds (2 to 20 ticks:
+    /// 2 to 20 s here), so the least it allows; a reader's reads keep it alive.
     const SESSION_TIMEOUT_MS: i32 = 2_000;
     /// Operation codes (ZooKeeper's `ZooDefs.OpCode`).
     const OP_GET_DATA: i32 = 4;
