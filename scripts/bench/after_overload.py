@@ -35,16 +35,15 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, git_state, pg_bin, run, version, write_result
+from common import LAB_CGROUP_ROOTS, ROOT, git_state, pg_bin, psql, run, run_harness, version, write_result
 
-CGROUP_ROOTS = ["/sys/fs/cgroup/cpu/archlab", "/sys/fs/cgroup/archlab"]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def host_group(address):
     """The CPU group of the lab host at `address` (named as stages/lab/src/lab.rs names it)."""
     name = "host-" + address.replace(".", "-")
-    for root in CGROUP_ROOTS:
+    for root in LAB_CGROUP_ROOTS:
         path = os.path.join(root, name)
         if os.path.isdir(path):
             return path
@@ -139,11 +138,6 @@ def main():
         databases = [s for s in services if s["role"] == "database"]
         apps = [s for s in services if s["role"] == "app"]
 
-        def sql(db, text):
-            psql = [pg_bin("psql"), "-h", db["address"], "-p", str(db["port"]), "-U", "postgres", "-d", "conduit",
-                    "-At", "-v", "ON_ERROR_STOP=1"]
-            return run(psql + ["-c", text])
-
         def counters():
             out = {}
             for s in databases + apps:
@@ -151,7 +145,7 @@ def main():
                 entry = {"cpu_s": group_cpu_seconds(group) if group else 0.0}
                 entry["periods"], entry["throttled"] = group_throttled(group) if group else (0, 0)
                 if s["role"] == "database":
-                    row = sql(s, "SELECT sessions, xact_commit, xact_rollback, sessions_abandoned "
+                    row = psql(s, "SELECT sessions, xact_commit, xact_rollback, sessions_abandoned "
                                  "FROM pg_stat_database WHERE datname = 'conduit'").split("|")
                     entry.update(zip(("sessions", "commits", "rollbacks", "abandoned"), map(int, row)))
                 out[s["host"]] = entry
@@ -163,16 +157,9 @@ def main():
                    "--users", str(args.users), "--duration", f"{seconds}s", "--warmup", "0s",
                    "--no-verify", "--out", out]
             print(f"phase {n}: {rate:g} req/s for {seconds} s ...", flush=True)
-            proc = subprocess.Popen(cmd, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    env={**os.environ, "RUST_BACKTRACE": "0"})  # its error, not a trace
-            start, said = None, []
-            for line in proc.stderr:  # universal newlines: the live display's `\r` ends a line too
-                said.append(line)
-                if start is None and line.startswith("open loop:"):
-                    start = counters()
+            start = {}
+            run_harness(cmd, when_loading=lambda: start.update(counters()))
             end = counters()
-            if proc.wait() != 0 or start is None:
-                sys.exit(f"phase {n}: the harness failed:\n{''.join(said[:12])}")
             report = json.load(open(out))
             ok = report["counts"]["ok"]
             delta = {h: {k: end[h][k] - start[h][k] for k in end[h]} for h in end}

@@ -80,3 +80,34 @@ def pg_bin(name):
         if os.path.exists(path):
             return path
     raise SystemExit(f"{name} not found; run scripts/setup.sh")
+
+
+# Where the lab puts its hosts' CPU groups (`host-<address with dashes>`): cgroup v1's cpu
+# hierarchy, or cgroup v2's unified one (stages/lab/src/budget.rs).
+LAB_CGROUP_ROOTS = ["/sys/fs/cgroup/cpu/archlab", "/sys/fs/cgroup/archlab"]
+
+
+def psql(db, text):
+    """`text` run as the superuser on the `conduit` database of `db` (a service of `archlab status
+    --json`: its address and port), unaligned and tuples only; raises if it fails."""
+    return run([pg_bin("psql"), "-h", db["address"], "-p", str(db["port"]), "-U", "postgres", "-d", "conduit",
+                "-At", "-v", "ON_ERROR_STOP=1", "-c", text])
+
+
+def run_harness(cmd, when_loading=None):
+    """Runs the harness (`loadtest ...`, its result written where `cmd` says) and calls
+    `when_loading` once its setup (reading the data set, logging its users in) is done and its load
+    begins, which it says on stderr ("open loop: ..."), so that a caller can count from there.
+    Exits with the harness's own first lines (its error, not a backtrace) if it fails."""
+    proc = subprocess.Popen(cmd, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "RUST_BACKTRACE": "0"})
+    said = []
+    for line in proc.stderr:  # universal newlines: the live display's `\r` ends a line too
+        said.append(line)
+        if when_loading and line.startswith("open loop:"):
+            when_loading()
+            when_loading = None
+    if proc.wait() != 0:
+        sys.exit(f"the harness failed:\n{''.join(said[:12])}")
+    if when_loading:
+        sys.exit("the harness never announced its open loop: nothing was measured")

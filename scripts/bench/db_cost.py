@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, git_state, run, version, write_result, pg_bin
+from common import ROOT, git_state, psql, run, run_harness, version, write_result, pg_bin
 
 
 
@@ -101,23 +101,12 @@ def main():
         return run([archlab_bin, "--state-dir", state, "--net", args.net, *a])
 
     def harness(endpoint, seconds, out, verify, when_loading=None):
-        """Runs the harness; `when_loading` is called once its setup is done and its load begins
-        (it says so on stderr: "open loop: ...")."""
+        """The harness at the run's rate (`common.run_harness`: `when_loading` at its open loop)."""
         cmd = [loadtest_bin, "--target", endpoint, "--workload", args.workload, "--rate", str(args.rate), "--users", str(args.users),
                "--duration", f"{seconds}s", "--warmup", "0s", "--out", out]
         if not verify:
             cmd.append("--no-verify")
-        proc = subprocess.Popen(cmd, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        said = []
-        for line in proc.stderr:  # universal newlines: the live display's `\r` ends a line too
-            said.append(line)
-            if when_loading and line.startswith("open loop:"):
-                when_loading()
-                when_loading = None
-        if proc.wait() != 0:
-            sys.exit(f"the harness failed:\n{''.join(said[-20:])}")
-        if when_loading:
-            sys.exit("the harness never announced its open loop: nothing was measured")
+        run_harness(cmd, when_loading)
         with open(out) as f:
             return json.load(f)
 
@@ -130,19 +119,15 @@ def main():
         status = json.loads(archlab("status", "--json"))
         databases = [s for s in status["services"] if s["role"] == "database"]
 
-        def sql(db, text):
-            psql = [pg_bin("psql"), "-h", db["address"], "-p", str(db["port"]), "-U", "postgres", "-d", "conduit",
-                    "-At", "-v", "ON_ERROR_STOP=1"]
-            return run(psql + ["-c", text])
 
         for db in databases:
             # The lab creates the extension with the database; this covers a lab from before that.
-            sql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            if "pg_stat_statements" not in sql(db, "SHOW shared_preload_libraries"):
+            psql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            if "pg_stat_statements" not in psql(db, "SHOW shared_preload_libraries"):
                 sys.exit("pg_stat_statements is not loaded: the lab's PostgreSQL must preload it")
         counts = [0, 0]
         for db in databases:
-            on_host = sql(db, "SELECT (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM articles)").split()
+            on_host = psql(db, "SELECT (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM articles)").split()
             counts = [c + int(n) for c, n in zip(counts, on_host)]
 
         print(f"warm-up: {args.workload} at {args.rate:g}/s for {args.warmup} s ...", flush=True)
@@ -154,7 +139,7 @@ def main():
             """Every statement's counters on every database host, by (host, queryid)."""
             found = {}
             for db in databases:
-                rows = sql(db, """
+                rows = psql(db, """
                     SELECT json_agg(s) FROM (
                         SELECT queryid, regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, rows,
                                total_exec_time, shared_blks_hit, shared_blks_read
@@ -167,7 +152,7 @@ def main():
             return found
 
         for db in databases:
-            sql(db, "SELECT pg_stat_statements_reset()")
+            psql(db, "SELECT pg_stat_statements_reset()")
         print(f"measuring: {args.workload} at {args.rate:g}/s for {args.duration} s ...", flush=True)
         at_start = {}
         measured = harness(endpoint, args.duration, os.path.join(state, "measured.json"), verify=False,

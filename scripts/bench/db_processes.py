@@ -29,7 +29,8 @@ import os
 import sys
 import time
 
-ROOTS = ["/sys/fs/cgroup/cpu/archlab", "/sys/fs/cgroup/archlab"]
+from common import LAB_CGROUP_ROOTS
+
 # A sample every 20 ms, summed into lines of 100 ms: a stall of a few hundred milliseconds spans
 # several lines, and 20 ms keeps a backend's short wait for a lock from falling between samples.
 TICK_S = 0.02
@@ -100,7 +101,7 @@ def main():
     with open(args.out, "w") as f:
         f.write("# time\thost group\tautovacuum ms\tbackends ms\tother ms\tbackends on CPU\twaiting\n")
         while time.monotonic() < deadline:
-            groups = [g for root in ROOTS for g in glob.glob(os.path.join(root, "host-*"))]
+            groups = [g for root in LAB_CGROUP_ROOTS for g in glob.glob(os.path.join(root, "host-*"))]
             for group, rows in sample(groups).items():
                 s = sums.setdefault(group, [0, 0, 0, set(), 0])
                 waiting = 0
