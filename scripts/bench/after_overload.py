@@ -5,12 +5,13 @@ database sessions opened.
 
 Why: stage 7's capacity sweeps failed late the rates they had passed early (four shards: 200
 req/s met at p99 70 ms first, missed at 152 and 292 ms after the overloaded steps;
-stages/07-distributed/README.md), while four minutes at a fixed 200 req/s did not slow down
-(database CPU per request flat, results/shards-4-write-heavy-200rps-passes-*.json). So the
-question is what the overloaded steps change that outlives them.
+stages/07-distributed/README.md). So the question is what the overloaded steps change that
+outlives them.
 
     scripts/bench/after_overload.py --stage 7 --shards 4 --budget db=0.1 --budget app=0.3 \\
         --without edge --phases 200:90,320:30,200:90,200:90 --out RESULT.json
+
+(on a machine 1.4 to 2 times slower, 2026-12-07: 100 and 190 or 300 req/s; stage 7's walkthrough)
 
 What it does, in order, with the release binaries, on its own state folder and network:
   1. `archlab bench STAGE ... --rate R1 --duration 10s --keep-up` (fresh, seeded, budgets applied:
