@@ -50,7 +50,7 @@ BASE_REGISTRY=debian:bookworm-slim
 # Every target of docker-compose/Dockerfile, each tagged archlab/<target>:local; `objects` (a
 # Garage node, stage 7) only where Garage's binary is found (see garage_binary).
 TARGETS=(database cache files monitor conduit consensus patroni)
-# Keep in step with scripts/setup.sh (GARAGE_VERSION, GARAGE_ROOT) and stages/lab/src/objects.rs.
+# Keep in step with scripts/install-garage.sh (GARAGE_VERSION, GARAGE_ROOT) and stages/lab/src/installed.rs.
 GARAGE_VERSION=2.5.0
 # Compose v1 (the Debian package, 1.29); the files also work with v2 (`docker compose`).
 COMPOSE=(docker-compose)

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what archlab's native lab, benchmarks and tests need, and nothing that is already there.
 #
-#   scripts/setup.sh            # as root, or as a user with sudo
+#   scripts/setup.sh                   # as root, or as a user with sudo
+#   scripts/setup.sh --without-garage  # all but Garage (scripts/install-garage.sh, ~7 min of build)
 #
 # Debian 12 / Ubuntu 22.04+: installs the OS packages below with apt-get (one `apt-get update`,
 # only when something is missing). Elsewhere it names what to install and stops.
 # The Rust toolchain itself is expected (https://rustup.rs); this script does not install it.
 set -euo pipefail
+without_garage=no
+case "${1:-}" in
+  --without-garage) without_garage=yes ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--without-garage]" >&2; exit 2 ;;
+esac
 
 # package -> why archlab needs it
 declare -A WHY=(
@@ -69,26 +76,10 @@ else
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Garage, the object store of stage 7: no Debian package, so built from its crate once and kept
-# (about 7 minutes on 2 cores). AGPL: archlab runs its binary and never links it. The lab looks
-# for it in the same place (stages/lab/src/installed.rs, `GARAGE`), or at $ARCHLAB_GARAGE_BIN.
-GARAGE_VERSION=2.5.0
-if [ "$(id -u)" -eq 0 ]; then
-  GARAGE_ROOT="/opt/archlab/garage-$GARAGE_VERSION"
-else
-  GARAGE_ROOT="${XDG_DATA_HOME:-$HOME/.local/share}/archlab/garage-$GARAGE_VERSION"
-fi
-if [ -n "${ARCHLAB_GARAGE_BIN:-}" ] && [ -x "$ARCHLAB_GARAGE_BIN" ]; then
-  echo "setup: garage is $ARCHLAB_GARAGE_BIN"
-elif [ -x "$GARAGE_ROOT/bin/garage" ]; then
-  echo "setup: garage $GARAGE_VERSION is installed ($GARAGE_ROOT/bin/garage)"
-else
-  command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is needed to build garage (https://rustup.rs)" >&2; exit 1; }
-  echo "setup: building garage $GARAGE_VERSION into $GARAGE_ROOT (the object store of stage 7; once, about 7 minutes)"
-  # Its own target folder, so a failed build leaves nothing half-installed in $GARAGE_ROOT.
-  cargo install garage --locked --quiet --version "$GARAGE_VERSION" --root "$GARAGE_ROOT" \
-    --target-dir "${TMPDIR:-/tmp}/archlab-garage-build"
-  rm -rf "${TMPDIR:-/tmp}/archlab-garage-build"
+# Garage, the object store of stages 7 and 8: built from its crate (scripts/install-garage.sh says
+# more), unless the caller builds it later itself (scripts/test does, beside its first tests).
+if [ "$without_garage" = no ]; then
+  bash "$(dirname "$0")/install-garage.sh"
 fi
 # Patroni, stage 8's failover manager: PyPI's release in a Python environment of its own, every
 # library pinned (scripts/patroni-requirements.txt), not Debian 12's 3.0.2, which can give a

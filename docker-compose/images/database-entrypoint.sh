@@ -82,4 +82,5 @@ exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDAT
     -c pg_stat_statements.track_utility=off \
     -c max_prepared_transactions=64 \
     -c log_autovacuum_min_duration=0 \
+    -c random_page_cost=1.1 \
     "$@"

@@ -30,7 +30,8 @@ use anyhow::Context;
 pub struct Installed {
     /// The folder's name before the version (`garage`, `patroni`).
     pub name: &'static str,
-    /// The pinned version: keep in step with `scripts/setup.sh`.
+    /// The pinned version: keep in step with the script that installs it
+    /// (`scripts/install-garage.sh`, `scripts/setup.sh`).
     pub version: &'static str,
     /// The program, relative to the install folder.
     pub program: &'static str,
@@ -38,7 +39,7 @@ pub struct Installed {
     pub override_var: &'static str,
 }
 
-/// Garage, the object store of stage 7 (`GARAGE_VERSION` in `scripts/setup.sh`).
+/// Garage, the object store of stage 7 (`GARAGE_VERSION` in `scripts/install-garage.sh`).
 pub const GARAGE: Installed = Installed {
     name: "garage",
     version: "2.5.0",
