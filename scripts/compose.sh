@@ -55,7 +55,9 @@ GARAGE_VERSION=2.5.0
 # Compose v1 (the Debian package, 1.29); the files also work with v2 (`docker compose`).
 COMPOSE=(docker-compose)
 
-log() { printf 'compose: %s\n' "$*" >&2; }
+# Each line with the seconds since the script started: a stage's test takes minutes, and which
+# part (start, seeding, the suite, monitoring) took them is read from here.
+log() { printf 'compose: [%d s] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf 'compose: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. the daemon ------------------------------------------------------------------------------
