@@ -11,11 +11,11 @@
 //! - every string the document allows is one the code's validation accepts (property test);
 //! - requests at the documented bounds succeed, end to end.
 //!
-//! Run: `cargo test -p conduit --test contract` (each app test starts its own PostgreSQL).
+//! Run: `cargo test -p conduit --test api -- contract::` (each app test starts its own PostgreSQL).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeSet, path::Path};
 
