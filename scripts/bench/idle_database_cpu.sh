@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 echo "# scripts/bench/idle_database_cpu.sh at $(git rev-parse --short HEAD), $(date -u +%FT%TZ), $(nproc) cores"
 for n in 4 1; do
   state="$(mktemp -d -t archlab-idle-XXXXXX)"
+  chmod 755 "$state"  # PostgreSQL runs as `postgres`, which must enter it
   echo "== shards $n: target/release/archlab --state-dir $state --net 61 up 7 --shards $n --fresh"
   target/release/archlab --state-dir "$state" --net 61 up 7 --shards "$n" --fresh >"$state.log" 2>&1 ||
     { tail "$state.log" >&2; exit 1; }
