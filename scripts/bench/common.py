@@ -86,6 +86,36 @@ def pg_bin(name):
 # hierarchy, or cgroup v2's unified one (stages/lab/src/budget.rs).
 LAB_CGROUP_ROOTS = ["/sys/fs/cgroup/cpu/archlab", "/sys/fs/cgroup/archlab"]
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def host_group(address):
+    """The CPU group of the lab host at `address` (named as stages/lab/src/lab.rs names it)."""
+    name = "host-" + address.replace(".", "-")
+    for root in LAB_CGROUP_ROOTS:
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def group_cpu_seconds(group):
+    """CPU seconds of every process in `group`, with the reaped children they waited for
+    (PostgreSQL's postmaster reaps its backends: their time would otherwise vanish)."""
+    total = 0
+    try:
+        pids = open(os.path.join(group, "cgroup.procs")).read().split()
+    except OSError:
+        return 0.0
+    for pid in pids:
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return total / TICKS
+
 
 def psql(db, text):
     """`text` run as the superuser on the `conduit` database of `db` (a service of `archlab status
