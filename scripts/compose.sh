@@ -349,12 +349,33 @@ PY
 
 # The stage under test, brought down by the EXIT trap if a step fails.
 CURRENT_STAGE=""
+# The stage's own output (its steps' lines and errors) is also kept in a file while it runs, so
+# that a failure ends with the failing step's message: CI keeps only the end of the output, and
+# the containers' logs printed on a failure are longer than that (on 2026-12-07 a stage 6 failure
+# showed only container logs, and not which step failed or why).
+STAGE_LOG=""
+TEE_PID=""
+keep_stage_output() {
+    STAGE_LOG="$1"
+    exec 3>&1 4>&2
+    exec > >(tee "$STAGE_LOG") 2>&1
+    TEE_PID=$!
+}
+end_stage_output() {
+    [ -n "$TEE_PID" ] || return 0
+    exec 1>&3 2>&4 3>&- 4>&-
+    wait "$TEE_PID" 2>/dev/null || true
+    TEE_PID=""
+}
 cleanup_test() {
+    end_stage_output
     if [ -n "$CURRENT_STAGE" ]; then
-        # A failed step: each container's last lines first (CI keeps only this output).
+        # A failed step: each container's last lines, then the stage's own last lines again.
         log "stage $CURRENT_STAGE failed: the last log lines of each container"
         dc "$CURRENT_STAGE" logs --no-color --tail 25 >&2 2>&1 || true
         COMPOSE_PROFILES=$ALL_PROFILES dc "$CURRENT_STAGE" down -v --remove-orphans >/dev/null 2>&1
+        log "stage $CURRENT_STAGE failed; the test's last lines ($STAGE_LOG):"
+        tail -n 25 "$STAGE_LOG" | sed 's/^/  | /' >&2
     fi
     [ -n "$STARTED_DAEMON" ] && stop_daemon
     return 0
@@ -367,6 +388,7 @@ test_stage() {
     ARCHLAB_HTTP_PORT="$(free_port)"; ARCHLAB_FILES_PORT="$(free_port)"; ARCHLAB_MONITOR_PORT="$(free_port)"
     ARCHLAB_FAR_PORT="$(free_port)"
     CURRENT_STAGE="$stage"
+    keep_stage_output "$STATE/test-stage-$stage.log"
     COMPOSE_PROFILES=$ALL_PROFILES dc "$stage" down -v --remove-orphans >/dev/null 2>&1 || true
     up "$stage" --monitor
     local endpoint="http://127.0.0.1:$ARCHLAB_HTTP_PORT"
@@ -387,6 +409,7 @@ test_stage() {
     log "stage $stage: monitoring (every target up, the app's request counter moving)"
     python3 scripts/monitor-check.py "http://127.0.0.1:$ARCHLAB_MONITOR_PORT" "$endpoint"
     COMPOSE_PROFILES=$ALL_PROFILES dc "$stage" down -v --remove-orphans >&2
+    end_stage_output
     CURRENT_STAGE=""
     log "stage $stage: passed in $((SECONDS - started)) s"
 }
