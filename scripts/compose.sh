@@ -262,10 +262,15 @@ dc() {
 ALL_PROFILES=monitor,dashboard
 
 # Waits until every container of the stage reports healthy (or has no health check and runs).
+# A container that stopped fails at once. One that Docker calls "unhealthy" is waited for like
+# one still starting: three missed probes in a row (2 s apart) can be a start on a busy machine,
+# where each probe is a process started under the container's CPU quota, and Docker calls it
+# healthy again at its next answer; a container that stays so fails at the deadline, with its
+# last probes' output.
 wait_healthy() {
     local stage="$1" deadline=$((SECONDS + ${COMPOSE_WAIT_SECS:-300}))
     while :; do
-        local ids pending=""
+        local ids pending="" unhealthy=""
         ids="$(COMPOSE_PROFILES=$ALL_PROFILES dc "$stage" ps -q)"
         [ -n "$ids" ] || die "stage $stage has no containers"
         for id in $ids; do
@@ -273,12 +278,21 @@ wait_healthy() {
             state="$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")"
             case "$state" in
                 *" running healthy" | *" running none") ;;
-                *" exited "* | *" dead "* | *unhealthy) dc "$stage" logs --tail 30 >&2; die "container not healthy: $state" ;;
+                *" exited "* | *" dead "*) dc "$stage" logs --tail 30 >&2; die "container stopped: $state" ;;
+                *" unhealthy") pending="$pending ${state%% *}(unhealthy)"; unhealthy="$unhealthy $id" ;;
                 *) pending="$pending ${state%% *}" ;;
             esac
         done
         [ -z "$pending" ] && return 0
-        [ $SECONDS -lt $deadline ] || { dc "$stage" logs --tail 30 >&2; die "still starting after ${COMPOSE_WAIT_SECS:-300} s:$pending"; }
+        if [ $SECONDS -ge $deadline ]; then
+            dc "$stage" logs --tail 30 >&2
+            for id in $unhealthy; do
+                # Docker keeps a container's last five probes.
+                docker inspect -f '{{.Name}}, its last probes:{{range .State.Health.Log}}
+  exit {{.ExitCode}}: {{.Output}}{{end}}' "$id" >&2 || true
+            done
+            die "still starting after ${COMPOSE_WAIT_SECS:-300} s:$pending"
+        fi
         sleep 1
     done
 }
