@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""shard_balance.py: how evenly the benchmark's data and the harness's picks fall on four shards.
+
+    python3 scripts/bench/shard_balance.py > stages/07-distributed/results/shard-balance.txt
+
+What: `archlab up 7 --shards 4 --fresh` with the release binaries (own state folder, network
+127.61.x.x), `archlab seed 7` (the sweeps' data set: 1,000 users, 10,000 articles, seed 42),
+then on each shard's primary: its users, articles, comments, favorites and follows; and the share
+of the harness's article picks it would get, under the write-heavy mix's Zipf law (exponent 1,
+rank 1 the newest article, as the harness reads the global list) and under a uniform one; then
+`archlab down`.
+Why: in the shard sweeps one database host (db-3) is the busiest with the Zipf mix and still
+with every article equally popular (`write-heavy-uniform.toml`). Sharding by author places
+whole authors, and the seed gives a few authors many articles (as sites have prolific writers):
+this counts whether the data, not only the reads, are uneven.
+"""
+import json, os, shutil, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, psql, run
+
+NET = "61"
+SHARDS = 4
+TABLES = ("users", "articles", "comments", "favorites", "follows")
+
+
+def main():
+    archlab = os.path.join(ROOT, "target/release/archlab")
+    commit = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).strip()
+    print(f"# scripts/bench/shard_balance.py at {commit}, "
+          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}", flush=True)
+    state = tempfile.mkdtemp(prefix="archlab-balance-")
+    os.chmod(state, 0o755)  # PostgreSQL runs as `postgres`, which must enter it
+    lab = [archlab, "--state-dir", state, "--net", NET]
+    print(f"# archlab --net {NET} up 7 --shards {SHARDS} --fresh; archlab seed 7", flush=True)
+    try:
+        run(lab + ["up", "7", "--shards", str(SHARDS), "--fresh"])
+        run(lab + ["seed", "7"])
+        databases = sorted((s for s in json.loads(run(lab + ["status", "--json"]))["services"]
+                            if s["role"] == "database"), key=lambda s: s["host"])
+        counts = {db["host"]: {t: int(psql(db, f"SELECT count(*) FROM {t}")) for t in TABLES}
+                  for db in databases}
+        # Every article with its shard, newest first (the harness's order: the global list's).
+        articles = []
+        for db in databases:
+            for line in psql(db, "SELECT (extract(epoch FROM created_at) * 1e6)::bigint, id "
+                                 "FROM articles").split():
+                at, article = line.split("|")
+                articles.append((int(at), int(article), db["host"]))
+        articles.sort(reverse=True)
+        zipf = {db["host"]: 0.0 for db in databases}
+        for rank, (_, _, host) in enumerate(articles, start=1):
+            zipf[host] += 1.0 / rank
+        total_zipf = sum(zipf.values())
+        top = [host for _, _, host in articles[:10]]
+    finally:
+        subprocess_quiet(lab + ["down", "7"])
+        shutil.rmtree(state, ignore_errors=True)
+
+    hosts = [db["host"] for db in databases]
+    print("\n| shard host | " + " | ".join(TABLES) + " | share of articles | Zipf picks | uniform picks |")
+    print("|---|" + "---:|" * (len(TABLES) + 3))
+    n_articles = sum(counts[h]["articles"] for h in hosts)
+    for h in hosts:
+        c = counts[h]
+        print(f"| {h} | " + " | ".join(str(c[t]) for t in TABLES)
+              + f" | {100 * c['articles'] / n_articles:.1f} % | {100 * zipf[h] / total_zipf:.1f} %"
+              f" | {100 * c['articles'] / n_articles:.1f} % |")
+    print(f"\nthe ten newest articles (the most picked under Zipf) are on: {', '.join(top)}")
+    busiest = max(hosts, key=lambda h: zipf[h])
+    print(f"busiest under Zipf: {busiest}, {SHARDS * zipf[busiest] / total_zipf:.2f} times the mean; "
+          f"by articles: {max(hosts, key=lambda h: counts[h]['articles'])}, "
+          f"{SHARDS * max(counts[h]['articles'] for h in hosts) / n_articles:.2f} times the mean")
+
+
+def subprocess_quiet(cmd):
+    try:
+        run(cmd)
+    except Exception as e:  # the stage may be down already; say so, do not hide the main error
+        print(f"# {' '.join(cmd[-2:])}: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
