@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""shard_balance.py: how evenly the benchmark's data and the harness's picks fall on four shards.
+"""shard_balance.py: how evenly the benchmark's data and the harness's picks fall on the shards.
 
     python3 scripts/bench/shard_balance.py > stages/07-distributed/results/shard-balance.txt
+    python3 scripts/bench/shard_balance.py 2 > stages/07-distributed/results/shard-balance-2-shards.txt
 
-What: `archlab up 7 --shards 4 --fresh` with the release binaries (own state folder, network
-127.61.x.x), `archlab seed 7` (the sweeps' data set: 1,000 users, 10,000 articles, seed 42),
+What: `archlab up 7 --shards N --fresh` (N the argument, 4 if none) with the release binaries
+(own state folder, network 127.61.x.x), `archlab seed 7` (the sweeps' data set: 1,000 users, 10,000 articles, seed 42),
 then on each shard's primary: its users, articles, comments, favorites and follows; and the share
 of the harness's article picks it would get, under the write-heavy mix's Zipf law (exponent 1,
 rank 1 the newest article, as the harness reads the global list) and under a uniform one; then
@@ -20,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, psql, run
 
 NET = "61"
-SHARDS = 4
+SHARDS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 TABLES = ("users", "articles", "comments", "favorites", "follows")
 
 
