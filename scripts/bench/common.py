@@ -1,7 +1,7 @@
 """What the benchmark scripts share: running a tool, naming its version, the git state a result
 was measured at, and writing the result file."""
 
-import json, os, subprocess, sys, time
+import contextlib, json, os, shutil, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -115,6 +115,25 @@ def group_cpu_seconds(group):
         fields = stat[stat.rfind(")") + 2:].split()
         total += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return total / TICKS
+
+
+@contextlib.contextmanager
+def own_stage(stage, up_args, net, prefix):
+    """A stage of its own for a measurement: `archlab up STAGE UP_ARGS --fresh` with the release
+    binaries, in a new state folder and on loopback network 127.NET.x.x (beside any other lab);
+    yields the `archlab` command to run more against it (`lab + ["seed", "7"]`) and its database
+    services (`archlab status --json`, by host name); `archlab down` and the folder removed after,
+    however the measurement ends."""
+    state = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(state, 0o755)  # PostgreSQL runs as `postgres`, which must enter it
+    lab = [os.path.join(ROOT, "target/release/archlab"), "--state-dir", state, "--net", net]
+    try:
+        run(lab + ["up", str(stage)] + list(up_args) + ["--fresh"])
+        services = json.loads(run(lab + ["status", "--json"]))["services"]
+        yield lab, sorted((s for s in services if s["role"] == "database"), key=lambda s: s["host"])
+    finally:
+        subprocess.run(lab + ["down"], capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def psql(db, text):

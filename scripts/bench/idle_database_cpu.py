@@ -12,10 +12,10 @@ Why: each app host asks each shard's primary its WAL position four times a secon
 (services/conduit/src/db/watch.rs) and the two-phase recovery worker scans each shard, a cost
 by the second rather than by the request; the shard sweeps' database CPU a request includes it.
 """
-import json, os, shutil, subprocess, sys, tempfile, time
+import os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, group_cpu_seconds, host_group, run
+from common import ROOT, group_cpu_seconds, host_group, own_stage, run
 
 NET = "61"
 SETTLE_S = 20
@@ -23,19 +23,12 @@ WINDOW_S = 60
 
 
 def main():
-    archlab = os.path.join(ROOT, "target/release/archlab")
     commit = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).strip()
     print(f"# scripts/bench/idle_database_cpu.py at {commit}, "
           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {os.cpu_count()} cores", flush=True)
     for shards in (4, 1):
-        state = tempfile.mkdtemp(prefix="archlab-idle-")
-        os.chmod(state, 0o755)  # PostgreSQL runs as `postgres`, which must enter it
-        lab = [archlab, "--state-dir", state, "--net", NET]
         print(f"== shards {shards}: archlab --net {NET} up 7 --shards {shards} --fresh", flush=True)
-        try:
-            run(lab + ["up", "7", "--shards", str(shards), "--fresh"])
-            databases = [s for s in json.loads(run(lab + ["status", "--json"]))["services"]
-                         if s["role"] == "database"]
+        with own_stage(7, ["--shards", str(shards)], NET, "archlab-idle-") as (_, databases):
             time.sleep(SETTLE_S)
             groups = {s["host"]: host_group(s["address"]) for s in databases}
             before = {h: group_cpu_seconds(g) for h, g in groups.items()}
@@ -45,9 +38,6 @@ def main():
             for host, group in groups.items():
                 used = group_cpu_seconds(group) - before[host]
                 print(f"  {host}: {used * 1000 / seconds:.1f} ms of CPU a second", flush=True)
-        finally:
-            subprocess.run(lab + ["down"], capture_output=True)
-            shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ with every article equally popular (`write-heavy-uniform.toml`). Sharding by aut
 whole authors, and the seed gives a few authors many articles (as sites have prolific writers):
 this counts whether the data, not only the reads, are uneven.
 """
-import json, os, shutil, sys, tempfile, time
+import os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, psql, run
+from common import ROOT, own_stage, psql, run
 
 NET = "61"
 SHARDS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
@@ -26,19 +26,12 @@ TABLES = ("users", "articles", "comments", "favorites", "follows")
 
 
 def main():
-    archlab = os.path.join(ROOT, "target/release/archlab")
     commit = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).strip()
     print(f"# scripts/bench/shard_balance.py at {commit}, "
           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}", flush=True)
-    state = tempfile.mkdtemp(prefix="archlab-balance-")
-    os.chmod(state, 0o755)  # PostgreSQL runs as `postgres`, which must enter it
-    lab = [archlab, "--state-dir", state, "--net", NET]
     print(f"# archlab --net {NET} up 7 --shards {SHARDS} --fresh; archlab seed 7", flush=True)
-    try:
-        run(lab + ["up", "7", "--shards", str(SHARDS), "--fresh"])
+    with own_stage(7, ["--shards", str(SHARDS)], NET, "archlab-balance-") as (lab, databases):
         run(lab + ["seed", "7"])
-        databases = sorted((s for s in json.loads(run(lab + ["status", "--json"]))["services"]
-                            if s["role"] == "database"), key=lambda s: s["host"])
         counts = {db["host"]: {t: int(psql(db, f"SELECT count(*) FROM {t}")) for t in TABLES}
                   for db in databases}
         # Every article with its shard, newest first (the harness's order: the global list's).
@@ -54,9 +47,6 @@ def main():
             zipf[host] += 1.0 / rank
         total_zipf = sum(zipf.values())
         top = [host for _, _, host in articles[:10]]
-    finally:
-        subprocess_quiet(lab + ["down", "7"])
-        shutil.rmtree(state, ignore_errors=True)
 
     hosts = [db["host"] for db in databases]
     print("\n| shard host | " + " | ".join(TABLES) + " | share of articles | Zipf picks | uniform picks |")
@@ -72,13 +62,6 @@ def main():
     print(f"busiest under Zipf: {busiest}, {SHARDS * zipf[busiest] / total_zipf:.2f} times the mean; "
           f"by articles: {max(hosts, key=lambda h: counts[h]['articles'])}, "
           f"{SHARDS * max(counts[h]['articles'] for h in hosts) / n_articles:.2f} times the mean")
-
-
-def subprocess_quiet(cmd):
-    try:
-        run(cmd)
-    except Exception as e:  # the stage may be down already; say so, do not hide the main error
-        print(f"# {' '.join(cmd[-2:])}: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":
