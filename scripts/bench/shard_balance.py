@@ -7,9 +7,9 @@
 What: `archlab up 7 --shards N --fresh` (N the argument, 4 if none) with the release binaries
 (own state folder, network 127.61.x.x), `archlab seed 7` (the sweeps' data set: 1,000 users, 10,000 articles, seed 42),
 then on each shard's primary: its users, articles, comments, favorites and follows; and the share
-of the harness's article picks it would get, under the write-heavy mix's Zipf law (exponent 1,
-rank 1 the newest article, as the harness reads the global list) and under a uniform one; then
-`archlab down`.
+of the harness's article picks it would get under the write-heavy mix's Zipf law (exponent 1,
+rank 1 the newest article, as the harness reads the global list; under a uniform law a shard's
+share of the picks is its share of the articles); then `archlab down`.
 Why: in the shard sweeps one database host (db-3) is the busiest with the Zipf mix and still
 with every article equally popular (`write-heavy-uniform.toml`). Sharding by author places
 whole authors, and the seed gives a few authors many articles (as sites have prolific writers):
@@ -49,14 +49,13 @@ def main():
         top = [host for _, _, host in articles[:10]]
 
     hosts = [db["host"] for db in databases]
-    print("\n| shard host | " + " | ".join(TABLES) + " | share of articles | Zipf picks | uniform picks |")
-    print("|---|" + "---:|" * (len(TABLES) + 3))
+    print("\n| shard host | " + " | ".join(TABLES) + " | share of articles (and of uniform picks) | Zipf picks |")
+    print("|---|" + "---:|" * (len(TABLES) + 2))
     n_articles = sum(counts[h]["articles"] for h in hosts)
     for h in hosts:
         c = counts[h]
         print(f"| {h} | " + " | ".join(str(c[t]) for t in TABLES)
-              + f" | {100 * c['articles'] / n_articles:.1f} % | {100 * zipf[h] / total_zipf:.1f} %"
-              f" | {100 * c['articles'] / n_articles:.1f} % |")
+              + f" | {100 * c['articles'] / n_articles:.1f} % | {100 * zipf[h] / total_zipf:.1f} % |")
     print(f"\nthe ten newest articles (the most picked under Zipf) are on: {', '.join(top)}")
     busiest = max(hosts, key=lambda h: zipf[h])
     print(f"busiest under Zipf: {busiest}, {SHARDS * zipf[busiest] / total_zipf:.2f} times the mean; "
