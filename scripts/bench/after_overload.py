@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import (LAB_CGROUP_ROOTS, ROOT, git_state, group_cpu_seconds, host_group, pg_bin, psql, run,
+from common import (ROOT, git_state, group_cpu_seconds, host_group, pg_bin, psql, run,
                     run_harness, version, write_result)
 
 
