@@ -19,7 +19,7 @@ title ends in ` waiting`, which PostgreSQL adds while a backend waits for a heav
 (`update_process_title`, on by default), such as the one `VACUUM` takes to truncate a table.
 
 Why: stage 7's shards stalled in the seconds of their autovacuum passes
-(stages/07-distributed/README.md, "What sets the knee"); this tells whether a stall is the pass
+(stages/07-distributed/MEASUREMENTS.md, "What sets the knee"); this tells whether a stall is the pass
 taking the host's CPU, the backends' own work growing after it, or backends waiting on a lock.
 """
 

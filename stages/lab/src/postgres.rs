@@ -64,7 +64,7 @@ const STOP_PATIENCE: Duration = Duration::from_secs(30);
 /// and hashing a whole small table to a few index probes: a stage 7 shard holds a quarter of the
 /// users (250 rows, 7 pages), and fetching one article with its author hashed all 250
 /// (19 buffers and 0.28 ms a call, against 6 buffers and 0.08 ms on the unsharded database;
-/// stages/07-distributed/README.md, "Small tables, other plans"). 1.1 is the usual setting for
+/// stages/07-distributed/MEASUREMENTS.md, "Small tables, other plans"). 1.1 is the usual setting for
 /// data held in RAM or on SSDs, and is true here for every stage, so every server gets it.
 pub(crate) const BASE_SETTINGS: [(&str, &str); 6] = [
     ("shared_preload_libraries", "pg_stat_statements"),
