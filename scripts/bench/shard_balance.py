@@ -6,7 +6,7 @@
 
 What: `archlab up 7 --shards N --fresh` (N the argument, 4 if none) with the release binaries
 (own state folder, network 127.61.x.x), `archlab seed 7` (the sweeps' data set: 1,000 users, 10,000 articles, seed 42),
-then on each shard's primary: its users, articles, comments, favorites and follows; and the share
+then on each shard's primary: the users whose home it is, its articles, comments, favorites and follows; and the share
 of the harness's article picks it would get under the write-heavy mix's Zipf law (exponent 1,
 rank 1 the newest article, as the harness reads the global list; under a uniform law a shard's
 share of the picks is its share of the articles); then `archlab down`.
@@ -32,7 +32,10 @@ def main():
     print(f"# archlab --net {NET} up 7 --shards {SHARDS} --fresh; archlab seed 7", flush=True)
     with own_stage(7, ["--shards", str(SHARDS)], NET, "archlab-balance-") as (lab, databases):
         run(lab + ["seed", "7"])
-        counts = {db["host"]: {t: int(psql(db, f"SELECT count(*) FROM {t}")) for t in TABLES}
+        # Users: those whose home is the shard (every shard holds every user's row; a user's
+        # home is their bucket's shard, `bucket mod shards`, which owns their other rows).
+        where = {"users": f"WHERE (id & 255) % {SHARDS} = (SELECT shard_id FROM shard_identity)"}
+        counts = {db["host"]: {t: int(psql(db, f"SELECT count(*) FROM {t} {where.get(t, '')}")) for t in TABLES}
                   for db in databases}
         # Every article with its shard, newest first (the harness's order: the global list's).
         articles = []

@@ -195,10 +195,9 @@ pub async fn seed(
     spec: SeedSpec,
 ) -> anyhow::Result<SeedReport> {
     let public_base_url = &media_settings.public_base_url;
-    let directory = shards.directory().primary();
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM user_directory WHERE username = 'user1')")
-            .fetch_one(directory)
+            .fetch_one(shards.shard(0).primary())
             .await
             .context("checking for an existing data set")?;
     if exists {
@@ -213,7 +212,8 @@ pub async fn seed(
     let mut report = SeedReport::default();
 
     // Users: real argon2 hashes, one per user, on every core; each in a bucket (at random when
-    // sharded, as registration does), written on the bucket's shard.
+    // sharded, as registration does), which names their home shard; every user's row is written
+    // on every shard (`users` is a reference table: see `db::shards`).
     let hashes = hash_many(spec.users).await?;
     let usernames: Vec<String> = (1..=spec.users).map(|i| format!("user{i}")).collect();
     let emails: Vec<String> = (1..=spec.users)
@@ -226,8 +226,9 @@ pub async fn seed(
         .map(|_| if shards.sharded() { placement.gen() } else { 0 })
         .collect();
     let ids = ids_in(shards, &buckets).await?;
-    for (shard, rows) in group(shards, &ids) {
-        for chunk in rows.chunks(CHUNK) {
+    let everyone: Vec<usize> = (0..ids.len()).collect();
+    for (_, db) in shards.all() {
+        for chunk in everyone.chunks(CHUNK) {
             let pick = |column: &[String]| -> Vec<String> {
                 chunk.iter().map(|&i| column[i].clone()).collect()
             };
@@ -240,24 +241,9 @@ pub async fn seed(
             .bind(pick(&emails))
             .bind(pick(&hashes))
             .bind(chunk.iter().map(|&i| bios[i].clone()).collect::<Vec<_>>())
-            .execute(shards.shard(shard).primary())
+            .execute(db.primary())
             .await
             .context("inserting users")?;
-        }
-    }
-    if shards.sharded() {
-        for start in (0..ids.len()).step_by(CHUNK) {
-            let end = (start + CHUNK).min(ids.len());
-            sqlx::query(
-                "INSERT INTO user_directory (user_id, username, email)
-                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])",
-            )
-            .bind(&ids[start..end])
-            .bind(&usernames[start..end])
-            .bind(&emails[start..end])
-            .execute(directory)
-            .await
-            .context("filling the user directory")?;
         }
     }
     let user_ids = ids;
@@ -505,25 +491,27 @@ pub async fn seed(
         .execute(pool)
         .await
         .context("inserting media rows")?;
-        // The first image of each user is their avatar; image `i` belongs to user `i mod users`,
-        // so images below the user count are the avatars.
-        let avatars: Vec<usize> = rows
-            .iter()
-            .copied()
-            .filter(|&i| i < user_ids.len())
-            .collect();
+    }
+    // The first image of each user is their avatar; image `i` belongs to user `i mod users`, so
+    // images below the user count are the avatars. Set in every shard's copy of `users`.
+    let avatars = 0..image_ids.len().min(user_ids.len());
+    let avatar_owners: Vec<i64> = avatars.clone().map(|i| owners[i]).collect();
+    let avatar_urls: Vec<String> = avatars
+        .map(|i| {
+            format!(
+                "{public_base_url}/media/{}",
+                file_name(image_ids[i], "image/png")
+            )
+        })
+        .collect();
+    for (_, db) in shards.all() {
         sqlx::query(
             "UPDATE users u SET image = t.image FROM UNNEST($1::bigint[], $2::text[]) AS t(id, image)
              WHERE u.id = t.id",
         )
-        .bind(avatars.iter().map(|&i| owners[i]).collect::<Vec<_>>())
-        .bind(
-            avatars
-                .iter()
-                .map(|&i| format!("{public_base_url}/media/{}", file_name(image_ids[i], "image/png")))
-                .collect::<Vec<_>>(),
-        )
-        .execute(pool)
+        .bind(&avatar_owners)
+        .bind(&avatar_urls)
+        .execute(db.primary())
         .await
         .context("setting profile images")?;
     }

@@ -141,8 +141,8 @@ pub struct DatabaseSettings {
     /// `postgres://` URLs of streaming replicas that take reads (stage 5 on). Empty: every read
     /// goes to the primary at `url`.
     pub replicas: Vec<Secret>,
-    /// Stage 7: `postgres://` URLs of the primaries of shards 1, 2, ...; `url` is shard 0, which
-    /// also holds the user directory. Empty: one database (see `db::shards`).
+    /// Stage 7: `postgres://` URLs of the primaries of shards 1, 2, ...; `url` is shard 0. Empty:
+    /// one database (see `db::shards`).
     pub shards: Vec<Secret>,
     /// Stage 7: the replicas of shards 1, 2, ...: `shard_replicas[n - 1]` are shard `n`'s, as
     /// `replicas` are shard 0's. A shard past the end of the list, or with an empty one, has

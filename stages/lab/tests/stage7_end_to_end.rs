@@ -141,14 +141,15 @@ async fn media_live_on_the_cluster_and_survive_one_lost_node_but_not_two() {
     }
 }
 
-/// Users on each of the stage's shards (`db-1`, `db-2`), counted on the servers themselves.
+/// Users whose home is each of the stage's shards (`db-1`, `db-2`), counted on the servers
+/// themselves.
 async fn users_per_shard(net: &str) -> Vec<i64> {
     let mut counts = Vec::new();
     for host in [51, 52] {
         let url = format!("postgres://conduit@127.{net}.7.{host}:5432/conduit");
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         counts.push(
-            sqlx::query_scalar("SELECT count(*) FROM users")
+            sqlx::query_scalar(&format!("SELECT count(*) FROM users {AT_HOME}"))
                 .fetch_one(&pool)
                 .await
                 .unwrap(),
@@ -156,6 +157,11 @@ async fn users_per_shard(net: &str) -> Vec<i64> {
     }
     counts
 }
+
+/// The users whose home is the shard asked, of two: every shard holds every user's row, and a
+/// user's home is their bucket's shard (the low byte of their id, mod 2), the one the shard's
+/// `shard_identity` names.
+const AT_HOME: &str = "WHERE (id & 255) % 2 = (SELECT shard_id FROM shard_identity)";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_database_is_split_by_author_and_favorites_across_shards_count_exactly() {
@@ -475,7 +481,7 @@ async fn each_shard_reads_from_its_own_replica_and_writers_still_see_their_write
 async fn usernames_on(net: &str, host: u8) -> Vec<String> {
     let url = format!("postgres://conduit@127.{net}.7.{host}:5432/conduit");
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query_scalar("SELECT username FROM users")
+    sqlx::query_scalar(&format!("SELECT username FROM users {AT_HOME}"))
         .fetch_all(&pool)
         .await
         .unwrap()

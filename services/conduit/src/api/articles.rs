@@ -435,8 +435,10 @@ async fn sharded_list_ids(
     let shards = reader.shards();
     let mut filter = filter;
     let mut targets: Vec<u8> = shards.all().map(|(n, _)| n).collect();
+    // Names are asked of the shard each hashes to: every shard holds every user.
     if let Some(author) = filter.author {
-        match shared::user_id_by_name(reader.on(0).pool().await?, author).await? {
+        let asked = reader.on(shards.shard_for_name(author));
+        match shared::user_id_by_name(asked.pool().await?, author).await? {
             // The filter's own subquery finds the author on their shard.
             Some(id) => targets = vec![shards.shard_of(id)],
             None => return Ok((Vec::new(), 0)),
@@ -444,7 +446,8 @@ async fn sharded_list_ids(
     }
     let favorites: Vec<i64>;
     if let Some(user) = filter.favorited_by {
-        let Some(id) = shared::user_id_by_name(reader.on(0).pool().await?, user).await? else {
+        let asked = reader.on(shards.shard_for_name(user));
+        let Some(id) = shared::user_id_by_name(asked.pool().await?, user).await? else {
             return Ok((Vec::new(), 0));
         };
         // Bounded by `MAX_FAVORITES_LISTED`: see there.

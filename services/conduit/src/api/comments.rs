@@ -11,10 +11,7 @@ use serde::Deserialize;
 use sqlx::{postgres::PgRow, Row};
 
 use crate::{
-    api::{
-        articles::{article_id, existing_article},
-        shared::by_shard,
-    },
+    api::articles::{article_id, existing_article},
     auth::{AuthUser, MaybeAuthUser},
     cache::keys::Key,
     db::Reader,
@@ -38,10 +35,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/articles/{slug}/comments/{id}", delete(delete_comment))
 }
 
-/// A comment with its author as viewer `$1` sees them. The author join crosses shards from
-/// stage 7 (commenters are not the article's author); there it becomes a second lookup.
+/// A comment with its author as viewer `$1` sees them. In stage 7 the comment's shard (its
+/// article's) holds its author too, as every shard holds every user; whom the viewer follows it
+/// knows only when it is the viewer's shard (see `list_comments`).
 const COMMENT_COLUMNS: &str = "
-    c.id, c.body, c.created_at, c.updated_at, u.username, u.bio, u.image,
+    c.id, c.author_id, c.body, c.created_at, c.updated_at, u.username, u.bio, u.image,
     EXISTS (SELECT 1 FROM follows fo WHERE fo.followee_id = c.author_id AND fo.follower_id = $1)
         AS following";
 
@@ -66,14 +64,15 @@ async fn list_comments(
     viewer: MaybeAuthUser,
     ApiPath(slug): ApiPath<String>,
 ) -> ApiResult<Json<CommentsBody>> {
-    // On the article's shard (stage 7), with the comments.
+    // On the article's shard (stage 7), with the comments and (as on every shard) their authors.
     let reader = reader.for_id(article_id(&slug)?);
     let pool = reader.pool().await?;
     let article = existing_article(pool, &slug).await?;
-    if reader.shards().sharded() {
-        let comments = sharded_comments(&reader, pool, article, viewer.viewer_id()).await?;
-        return Ok(Json(CommentsBody { comments }));
-    }
+    let viewer = viewer.viewer_id();
+    // Whom the viewer follows is on the viewer's shard: asked in the same statement when that is
+    // this one (always, on one database), else of the viewer's shard in a second.
+    let shards = reader.shards();
+    let follows_here = viewer == 0 || shards.shard_of(viewer) == shards.shard_of(article);
     // The newest MAX_COMMENTS, shown oldest first: a long thread drops its oldest comments from
     // the page, never the one just written.
     let rows = sqlx::query(&format!(
@@ -83,131 +82,35 @@ async fn list_comments(
             WHERE c.article_id = $2 ORDER BY c.created_at DESC, c.id DESC LIMIT $3
          ) newest ORDER BY sort_at, id"
     ))
-    .bind(viewer.viewer_id())
+    .bind(if follows_here { viewer } else { 0 })
     .bind(article)
     .bind(MAX_COMMENTS)
     .fetch_all(pool)
     .await?;
-    let comments = rows
+    let mut comments: Vec<Comment> = rows
         .iter()
         .map(comment_from_row)
         .collect::<Result<_, _>>()?;
-    Ok(Json(CommentsBody { comments }))
-}
-
-/// One comment as its article's shard holds it: the author's profile only if the author lives
-/// on that shard too (`username` is `None` otherwise), `following` only if the viewer does.
-#[derive(sqlx::FromRow)]
-struct ShardedCommentRow {
-    id: i64,
-    author_id: i64,
-    body: String,
-    created_at: time::OffsetDateTime,
-    updated_at: time::OffsetDateTime,
-    username: Option<String>,
-    bio: Option<String>,
-    image: Option<String>,
-    following: bool,
-}
-
-/// Stage 7: the newest [`MAX_COMMENTS`] of `article`'s comments (from `pool`, the article's
-/// shard) with the profiles of the authors who live on that shard too, joined as on one
-/// database; the other authors' profiles batched per shard, those queries at once; and whom of
-/// the authors the viewer follows, in the same statement when the viewer lives on the article's
-/// shard, else from the viewer's. So one statement when everyone involved shares a shard, and
-/// one more per other shard involved, never one per comment.
-async fn sharded_comments(
-    reader: &Reader,
-    pool: &sqlx::PgPool,
-    article: i64,
-    viewer: i64,
-) -> ApiResult<Vec<Comment>> {
-    let shards = reader.shards();
-    let here = shards.shard_of(article);
-    let viewer_here = viewer != 0 && shards.shard_of(viewer) == here;
-    let rows: Vec<ShardedCommentRow> = sqlx::query_as(
-        "SELECT * FROM (
-            SELECT c.id, c.author_id, c.body, c.created_at, c.updated_at,
-                   u.username, u.bio, u.image,
-                   $3 AND EXISTS (SELECT 1 FROM follows fo
-                                  WHERE fo.followee_id = c.author_id AND fo.follower_id = $4)
-                       AS following
-            FROM comments c LEFT JOIN users u ON u.id = c.author_id
-            WHERE c.article_id = $1 ORDER BY c.created_at DESC, c.id DESC LIMIT $2
-         ) newest ORDER BY created_at, id",
-    )
-    .bind(article)
-    .bind(MAX_COMMENTS)
-    .bind(viewer_here)
-    .bind(viewer)
-    .fetch_all(pool)
-    .await?;
-    let mut profiles = std::collections::HashMap::new();
-    let mut elsewhere: Vec<i64> = Vec::new();
-    for row in &rows {
-        match &row.username {
-            Some(name) => {
-                profiles.insert(
-                    row.author_id,
-                    (name.clone(), row.bio.clone(), row.image.clone()),
-                );
-            }
-            None => elsewhere.push(row.author_id),
-        }
-    }
-    elsewhere.sort_unstable();
-    elsewhere.dedup();
-    let found = futures::future::try_join_all(by_shard(shards, &elsewhere).into_iter().map(
-        |(shard, ids)| async move {
-            let found: Vec<(i64, String, Option<String>, Option<String>)> =
-                sqlx::query_as("SELECT id, username, bio, image FROM users WHERE id = ANY($1)")
-                    .bind(&ids)
-                    .fetch_all(reader.on(shard).pool().await?)
-                    .await?;
-            ApiResult::Ok(found)
-        },
-    ))
-    .await?;
-    profiles.extend(
-        found
-            .into_iter()
-            .flatten()
-            .map(|(id, name, bio, image)| (id, (name, bio, image))),
-    );
-    let followed: Vec<i64> = if viewer == 0 || viewer_here {
-        Vec::new()
-    } else {
-        let mut authors: Vec<i64> = rows.iter().map(|r| r.author_id).collect();
-        authors.sort_unstable();
-        authors.dedup();
-        sqlx::query_scalar(
+    if !follows_here {
+        let authors: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get("author_id"))
+            .collect::<Result<_, _>>()?;
+        let mut distinct = authors.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let followed: Vec<i64> = sqlx::query_scalar(
             "SELECT followee_id FROM follows WHERE follower_id = $1 AND followee_id = ANY($2)",
         )
         .bind(viewer)
-        .bind(&authors)
+        .bind(&distinct)
         .fetch_all(reader.for_id(viewer).pool().await?)
-        .await?
-    };
-    Ok(rows
-        .into_iter()
-        // A comment whose author is missing (a user deleted by an operator: no API deletes
-        // users) is left out.
-        .filter_map(|row| {
-            let (username, bio, image) = profiles.get(&row.author_id)?.clone();
-            Some(Comment {
-                id: row.id,
-                body: row.body,
-                created_at: Timestamp(row.created_at),
-                updated_at: Timestamp(row.updated_at),
-                author: Profile {
-                    username,
-                    bio,
-                    image,
-                    following: row.following || followed.contains(&row.author_id),
-                },
-            })
-        })
-        .collect())
+        .await?;
+        for (comment, author) in comments.iter_mut().zip(&authors) {
+            comment.author.following = followed.contains(author);
+        }
+    }
+    Ok(Json(CommentsBody { comments }))
 }
 
 #[derive(Deserialize)]
@@ -244,40 +147,10 @@ async fn add_comment(
         .checked()?;
 
     // On the primary of the article's shard: the write that follows must find the article as
-    // this check did. The comment lives with the article.
+    // this check did. The comment lives with the article, and its author (as every user, stage
+    // 7) on every shard.
     let db = state.shards.of(article_id(&slug)?);
     let article = existing_article(db.write()?, &slug).await?;
-    let shards = &state.shards;
-    if shards.shard_of(user.id) != shards.shard_of(article) {
-        // Its author's profile is on the author's shard (another than the article's): a second
-        // statement there. The author does not follow themselves.
-        let (id, created_at, updated_at): (i64, time::OffsetDateTime, time::OffsetDateTime) =
-            sqlx::query_as(
-                "INSERT INTO comments (article_id, author_id, body) VALUES ($1, $2, $3)
-                 RETURNING id, created_at, updated_at",
-            )
-            .bind(article)
-            .bind(user.id)
-            .bind(&body)
-            .fetch_one(db.write()?)
-            .await?;
-        let author =
-            crate::api::shared::load_profile_by_id(state.shards.of(user.id).write()?, user.id)
-                .await?
-                .ok_or(ApiError::Unauthorized {
-                    field: "token",
-                    message: "is invalid",
-                })?;
-        let comment = Comment {
-            id,
-            body,
-            created_at: Timestamp(created_at),
-            updated_at: Timestamp(updated_at),
-            author: author.view(false),
-        };
-        state.cache.invalidate(&[Key::comments(article)]).await;
-        return Ok((StatusCode::CREATED, Json(CommentBody { comment })));
-    }
     let row = sqlx::query(&format!(
         "WITH c AS (
             INSERT INTO comments (article_id, author_id, body) VALUES ($2, $1, $3)

@@ -32,8 +32,8 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// One query: the user and whether the viewer follows them. `follows` is keyed by followee, so
-/// this stays on the profile owner's shard.
+/// One query: the user and whether the viewer follows them. Stage 7: on the viewer's shard,
+/// which holds their follows and, as every shard, every user.
 async fn profile(pool: &PgPool, username: &str, viewer: i64) -> ApiResult<Profile> {
     sqlx::query_as(
         "SELECT u.username, u.bio, u.image,
@@ -48,31 +48,19 @@ async fn profile(pool: &PgPool, username: &str, viewer: i64) -> ApiResult<Profil
     .ok_or(ApiError::NotFound("profile"))
 }
 
-async fn user_id(state: &AppState, username: &str) -> ApiResult<i64> {
-    shared::user_id_by_name(state.shards.directory().write()?, username)
+/// The id of the user named `username`, asked of the follower's (`viewer`'s) shard, where the
+/// follow is written: every shard holds every user (stage 7), so a follow reads and writes one.
+async fn user_id(state: &AppState, username: &str, viewer: i64) -> ApiResult<i64> {
+    shared::user_id_by_name(state.shards.of(viewer).write()?, username)
         .await?
         .ok_or(ApiError::NotFound("profile"))
 }
 
-/// `username`'s profile as `viewer` sees it now, on the primaries: the answer to a follow or an
-/// unfollow, which must show it. One statement on one database. In stage 7 the user's row from
-/// their shard (`followee`, the id the write used) and the `following` flag as the viewer's write
-/// just left it, so the answer costs no more statements than on one database.
-async fn current_profile(
-    state: &AppState,
-    username: &str,
-    followee: i64,
-    viewer: i64,
-    following: bool,
-) -> ApiResult<Profile> {
-    let shards = &state.shards;
-    if !shards.sharded() {
-        return profile(state.db.write()?, username, viewer).await;
-    }
-    let shared = shared::load_profile_by_id(shards.of(followee).write()?, followee)
-        .await?
-        .ok_or(ApiError::NotFound("profile"))?;
-    Ok(shared.view(following))
+/// `username`'s profile as `viewer` sees it now, on the primary of the viewer's shard, where the
+/// follow or unfollow it answers was written (and which holds every user, stage 7): one
+/// statement on one database, in every stage.
+async fn current_profile(state: &AppState, username: &str, viewer: i64) -> ApiResult<Profile> {
+    profile(state.shards.of(viewer).write()?, username, viewer).await
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -110,7 +98,7 @@ async fn follow(
     user: AuthUser,
     ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Json<ProfileBody>> {
-    let followee = user_id(&state, &username).await?;
+    let followee = user_id(&state, &username, user.id).await?;
     if followee == user.id {
         return Err(ApiError::invalid("profile", "can't follow yourself"));
     }
@@ -124,7 +112,7 @@ async fn follow(
     .execute(state.shards.of(user.id).write()?)
     .await?;
     // The answer to a write shows that write: read where it was written.
-    let profile = current_profile(&state, &username, followee, user.id, true).await?;
+    let profile = current_profile(&state, &username, user.id).await?;
     Ok(Json(ProfileBody { profile }))
 }
 
@@ -136,13 +124,13 @@ async fn unfollow(
 ) -> ApiResult<Json<ProfileBody>> {
     // Deleting no row cannot break a foreign key: a deleted user's token is caught here.
     super::users::refuse_a_deleted_users_token(state.shards.of(user.id).write()?, user.id).await?;
-    let followee = user_id(&state, &username).await?;
+    let followee = user_id(&state, &username, user.id).await?;
     sqlx::query("DELETE FROM follows WHERE followee_id = $1 AND follower_id = $2")
         .bind(followee)
         .bind(user.id)
         .execute(state.shards.of(user.id).write()?)
         .await?;
     // The answer to a write shows that write: read where it was written.
-    let profile = current_profile(&state, &username, followee, user.id, false).await?;
+    let profile = current_profile(&state, &username, user.id).await?;
     Ok(Json(ProfileBody { profile }))
 }

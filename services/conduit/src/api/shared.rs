@@ -131,53 +131,21 @@ pub async fn load_articles(pool: &PgPool, ids: &[i64]) -> ApiResult<Vec<SharedAr
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Loads one profile's shared part by username, from `pool` (shard 0's, which holds the user
-/// directory in stage 7; there, the user's own row is read on their shard's primary).
+/// Loads one profile's shared part by username: from `pool` on one database; sharded (stage
+/// 7), from the primary of the shard the name hashes to, since every shard holds every user.
 pub async fn load_profile(
     pool: &PgPool,
     shards: &Shards,
     username: &str,
 ) -> ApiResult<Option<SharedProfile>> {
-    let row = if shards.sharded() {
-        let Some(id) = user_id_by_name(pool, username).await? else {
-            return Ok(None);
-        };
-        sqlx::query("SELECT id, username, bio, image FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(shards.of(id).write()?)
-            .await?
+    let pool = if shards.sharded() {
+        shards.for_name(username).write()?
     } else {
-        sqlx::query("SELECT id, username, bio, image FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(pool)
-            .await?
+        pool
     };
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(SharedProfile {
-        id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        bio: row.try_get("bio")?,
-        image: row.try_get("image")?,
-    }))
-}
-
-/// The id of the user named `username`, from the user directory on `pool` (shard 0's: a view
-/// over `users` on one database, a table of its own when sharded). The one place names are
-/// looked up.
-pub async fn user_id_by_name(pool: &PgPool, username: &str) -> ApiResult<Option<i64>> {
-    Ok(
-        sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
-            .bind(username)
-            .fetch_optional(pool)
-            .await?,
-    )
-}
-
-/// Loads one profile's shared part by user id (on the user's shard).
-pub async fn load_profile_by_id(pool: &PgPool, id: i64) -> ApiResult<Option<SharedProfile>> {
     let row: Option<(i64, String, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT id, username, bio, image FROM users WHERE id = $1")
-            .bind(id)
+        sqlx::query_as("SELECT id, username, bio, image FROM users WHERE username = $1")
+            .bind(username)
             .fetch_optional(pool)
             .await?;
     Ok(row.map(|(id, username, bio, image)| SharedProfile {
@@ -186,6 +154,17 @@ pub async fn load_profile_by_id(pool: &PgPool, id: i64) -> ApiResult<Option<Shar
         bio,
         image,
     }))
+}
+
+/// The id of the user named `username`, from the user directory on `pool`: a view over `users`,
+/// which every shard holds whole (stage 7).
+pub async fn user_id_by_name(pool: &PgPool, username: &str) -> ApiResult<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM user_directory WHERE username = $1")
+            .bind(username)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// The shared parts of `ids`, in order, from the cache where possible and from the database

@@ -182,8 +182,6 @@ impl UserRow {
 const UNIQUE_FIELDS: &[(&str, &str)] = &[
     ("users_username_key", "username"),
     ("users_email_key", "email"),
-    ("user_directory_username_key", "username"),
-    ("user_directory_email_key", "email"),
 ];
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -200,37 +198,38 @@ async fn register(
 
     state.throttles.attempt_from(client)?;
     let hash = state.auth.hash_password(password).await?;
-    // The user's row on their home shard (their bucket's), their name and email in the directory
-    // on shard 0: one global transaction, so a name is never taken without a user behind it.
+    // The user's row on every shard (stage 7: `users` is a reference table, `db::shards`), in one
+    // global transaction: each shard's unique indexes see the name and the e-mail, so they stay
+    // unique across shards, and no shard shows a user another lacks. Their bucket names their
+    // home shard, whose id sequence gives the id. One database: one local transaction.
     let shards = &state.shards;
     let bucket = shards.new_user_bucket();
     let home = shards.shard_of_bucket(bucket);
-    let mut tx = shards.begin(&[home, 0])?.await?;
+    let everywhere = shards.every_shard();
+    let mut tx = shards.begin(&everywhere)?.await?;
     let inserted = async {
-        let row: UserRow = sqlx::query_as(
-            "INSERT INTO users (id, username, email, password_hash)
-             VALUES (next_id_in($4), $1, $2, $3)
-             RETURNING id, username, email, bio, image",
-        )
-        .bind(&username)
-        .bind(&email)
-        .bind(&hash)
-        .bind(i32::from(bucket))
-        .fetch_one(tx.on(home)?)
-        .await
-        .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
-        if shards.sharded() {
-            sqlx::query(
-                "INSERT INTO user_directory (user_id, username, email) VALUES ($1, $2, $3)",
+        let id: i64 = sqlx::query_scalar("SELECT next_id_in($1)")
+            .bind(i32::from(bucket))
+            .fetch_one(tx.on(home)?)
+            .await?;
+        let mut inserted = None;
+        // In shard order: see `Shards::every_shard`.
+        for &shard in &everywhere {
+            let row: UserRow = sqlx::query_as(
+                "INSERT INTO users (id, username, email, password_hash) VALUES ($1, $2, $3, $4)
+                 RETURNING id, username, email, bio, image",
             )
-            .bind(row.id)
-            .bind(&row.username)
-            .bind(&row.email)
-            .execute(tx.on(0)?)
+            .bind(id)
+            .bind(&username)
+            .bind(&email)
+            .bind(&hash)
+            .fetch_one(tx.on(shard)?)
             .await
             .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
+            inserted = Some(row);
         }
-        ApiResult::Ok(row)
+        // Every shard answered the same row; there is at least shard 0.
+        inserted.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no shard to register on")))
     }
     .await;
     let row = tx.settle(inserted).await?;
@@ -256,17 +255,14 @@ async fn login(
     state.throttles.attempt_from(client)?;
     state.throttles.account_may_try(&email)?;
 
-    // On the primary: someone who has just registered (or changed their password) must be able
-    // to log in at once, and has no position yet to find a replica by.
-    let found = match user_by_email(&state, &email).await? {
-        Some(id) => {
-            sqlx::query_as::<_, (i64, String)>("SELECT id, password_hash FROM users WHERE id = $1")
-                .bind(id)
-                .fetch_optional(state.shards.of(id).write()?)
-                .await?
-        }
-        None => None,
-    };
+    // On a primary: someone who has just registered (or changed their password) must be able
+    // to log in at once, and has no position yet to find a replica by. Stage 7: every shard holds
+    // every user, so the shard the e-mail hashes to.
+    let found =
+        sqlx::query_as::<_, (i64, String)>("SELECT id, password_hash FROM users WHERE email = $1")
+            .bind(&email)
+            .fetch_optional(state.shards.for_name(&email).write()?)
+            .await?;
     let invalid = ApiError::Unauthorized {
         field: "credentials",
         message: "invalid",
@@ -286,16 +282,6 @@ async fn login(
         return Err(invalid);
     }
     Ok(axum::Json(load(&state, id).await?.into_body(&state)?))
-}
-
-/// The id of the user with `email`, from the directory (on the primary, as for `login`).
-async fn user_by_email(state: &AppState, email: &str) -> ApiResult<Option<i64>> {
-    Ok(
-        sqlx::query_scalar("SELECT user_id FROM user_directory WHERE email = $1")
-            .bind(email)
-            .fetch_optional(state.shards.directory().write()?)
-            .await?,
-    )
 }
 
 async fn load(state: &AppState, id: i64) -> ApiResult<UserRow> {
@@ -361,15 +347,19 @@ async fn update_user(
     };
     let bio_given = bio.is_some();
     let image_given = image.is_some();
-    // A new name or email changes the directory too (shard 0): one global transaction.
+    let (bio, image) = (empty_as_null(bio.flatten()), empty_as_null(image.flatten()));
+    // Every shard's copy of the user (stage 7: `users` is a reference table, `db::shards`), in
+    // one global transaction, in shard order (`Shards::every_shard`); the answer and the
+    // author's articles from their home shard. One database: one local transaction.
     let shards = &state.shards;
     let home = shards.shard_of(user.id);
-    let renamed = shards.sharded() && (username.is_some() || email.is_some());
-    let participants = if renamed { vec![home, 0] } else { vec![home] };
-    let mut tx = shards.begin(&participants)?.await?;
+    let everywhere = shards.every_shard();
+    let mut tx = shards.begin(&everywhere)?.await?;
     let updated = async {
-        let row = sqlx::query(
-            "WITH before AS (SELECT username FROM users WHERE id = $1)
+        let mut at_home = None;
+        for &shard in &everywhere {
+            let row = sqlx::query(
+                "WITH before AS (SELECT username FROM users WHERE id = $1)
              UPDATE users SET
                 username = COALESCE($2, username),
                 email = COALESCE($3, email),
@@ -380,35 +370,29 @@ async fn update_user(
              WHERE id = $1
              RETURNING id, username, email, bio, image,
                        (SELECT username FROM before) AS old_username",
-        )
-        .bind(user.id)
-        .bind(&username)
-        .bind(&email)
-        .bind(hash)
-        .bind(bio_given)
-        .bind(empty_as_null(bio.flatten()))
-        .bind(image_given)
-        .bind(empty_as_null(image.flatten()))
-        .fetch_optional(tx.on(home)?)
-        .await
-        .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?
-        .ok_or(ApiError::Unauthorized {
-            field: "token",
-            message: "is invalid",
-        })?;
-        if renamed {
-            sqlx::query(
-                "UPDATE user_directory SET username = COALESCE($2, username),
-                                           email = COALESCE($3, email)
-                 WHERE user_id = $1",
             )
             .bind(user.id)
             .bind(&username)
             .bind(&email)
-            .execute(tx.on(0)?)
+            .bind(&hash)
+            .bind(bio_given)
+            .bind(&bio)
+            .bind(image_given)
+            .bind(&image)
+            .fetch_optional(tx.on(shard)?)
             .await
-            .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
+            .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?
+            .ok_or(ApiError::Unauthorized {
+                field: "token",
+                message: "is invalid",
+            })?;
+            if shard == home {
+                at_home = Some(row);
+            }
         }
+        // The home shard is one of every shard.
+        let row = at_home
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the home shard was not written")))?;
         // Every article of the author (each cached one carries the author's name, bio and
         // image), read in the same transaction: after the commit nothing may fail the answer to
         // a write that stands (a drill caught one answered "writes refused").

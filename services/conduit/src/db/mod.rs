@@ -13,7 +13,7 @@
 //! - [`lsn`]: WAL positions, the clock replication runs on;
 //! - [`replicas`]: polling the replicas' lag, rotation, and choosing one;
 //! - [`reader`]: the `Reader` extractor handlers read through, one session per shard;
-//! - [`shards`]: ids to buckets to shards, the user directory, recovery (stage 7);
+//! - [`shards`]: ids to buckets to shards, users on every shard, recovery (stage 7);
 //! - [`session`]: read-your-writes and monotonic reads per user, across app hosts;
 //! - [`two_phase`]: one write across shards, committed on all or none (stage 7);
 //! - [`watch`]: whether a shard's primary answers, so its requests are refused at once when it

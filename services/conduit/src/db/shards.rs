@@ -20,8 +20,13 @@
 //! host, and move the new shard's id sequence past every id the old one made in that bucket.
 //!
 //! What does not belong to one author:
-//! - the *user directory* (username and email to user id), on shard 0, which keeps both unique
-//!   across shards; until stage 7 it is a view over `users` (migration 0004);
+//! - *users* themselves (name, e-mail, password hash, bio, image): a *reference table*, every
+//!   user's row on every shard, as Citus keeps its reference tables. Any shard can then show any
+//!   author beside the articles and comments it holds, in the same statement, and answer a
+//!   lookup by name or e-mail (the *user directory*, a view over `users`, migration 0004). The
+//!   price is on the rare writes: a registration or a profile change writes every shard, in one
+//!   global transaction, whose unique indexes keep names and e-mails unique across shards. A
+//!   user's bucket names their *home*, the shard that holds what they own;
 //! - a reader's favorites (`favorites`, on the reader's shard, so their `favorited` flags and the
 //!   `favorited=` list are one shard's question) while the count they change is on the article's
 //!   shard: a favorite across shards is a two-phase commit ([`super::two_phase`]);
@@ -96,7 +101,7 @@ pub const RECOVERY_EVERY: Duration = Duration::from_secs(2);
 
 /// The shards, the map from ids to them, and the coordinator of writes that span them.
 pub struct Shards {
-    /// Shard `n` is `dbs[n]`; shard 0 also holds the user directory.
+    /// Shard `n` is `dbs[n]`.
     dbs: Vec<Database>,
     buckets: BucketMap,
     coordinator: Arc<Coordinator>,
@@ -217,9 +222,33 @@ impl Shards {
         self.dbs.iter().enumerate().map(|(n, db)| (n as u8, db))
     }
 
-    /// Where the user directory is: shard 0.
-    pub fn directory(&self) -> &Database {
-        &self.dbs[0]
+    /// The shard to ask about a user by name or e-mail (`key`): every shard holds every user, so
+    /// any would do; the key's hash spreads the lookups over the shards, and a shard whose
+    /// primary is known to be down is passed over for the next, so lookups go on while one shard
+    /// is down. One database: shard 0.
+    pub fn shard_for_name(&self, key: &str) -> u8 {
+        let n = self.dbs.len();
+        let first = spread(key, n);
+        let up = (0..n)
+            .map(|step| (first + step) % n)
+            .find(|&shard| self.dbs[shard].primary_up())
+            .unwrap_or(first);
+        // At most 64 shards (`Shards::connect`).
+        up as u8
+    }
+
+    /// The database of [`Shards::shard_for_name`].
+    pub fn for_name(&self, key: &str) -> &Database {
+        self.shard(self.shard_for_name(key))
+    }
+
+    /// Every shard's number, in order: the participants of a write to `users`, which every shard
+    /// holds. In shard order because two such writes that collide on a unique name must meet on
+    /// the same shard first: each waits there for the other, and neither holds a row the other
+    /// needs elsewhere (in any other order, each could wait on a shard for a row the other holds,
+    /// where no server sees the whole cycle).
+    pub fn every_shard(&self) -> Vec<u8> {
+        self.all().map(|(n, _)| n).collect()
     }
 
     /// The coordinator for writes across shards.
@@ -260,9 +289,9 @@ impl Shards {
     }
 
     /// Prepares the shards for this layout, after their migrations: each shard's number in
-    /// `shard_identity`, and on shard 0 the user directory as a table of its own instead of the
-    /// view over `users` that serves a single database. Idempotent, and safe with several app
-    /// hosts starting at once (one transaction under an advisory lock).
+    /// `shard_identity`. Refuses a database made by an archlab whose shard 0 kept the user
+    /// directory as a table and each shard only its own users: on it, the other shards' users
+    /// would be missing. Idempotent, and safe with several app hosts starting at once.
     pub async fn prepare(&self) -> anyhow::Result<()> {
         if !self.sharded() {
             return Ok(());
@@ -274,27 +303,18 @@ impl Shards {
                 .await
                 .with_context(|| format!("setting shard {shard}'s number"))?;
         }
-        let mut tx = self.directory().primary().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(7007)")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::raw_sql(
-            "DO $$ BEGIN
-               IF EXISTS (SELECT 1 FROM pg_views WHERE viewname = 'user_directory') THEN
-                 DROP VIEW user_directory;
-                 CREATE TABLE user_directory (
-                   user_id  bigint PRIMARY KEY,
-                   username text NOT NULL CONSTRAINT user_directory_username_key UNIQUE,
-                   email    text NOT NULL CONSTRAINT user_directory_email_key UNIQUE
-                 );
-                 INSERT INTO user_directory SELECT id, username, email FROM users;
-               END IF;
-             END $$",
+        let old_layout: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'user_directory')",
         )
-        .execute(&mut *tx)
+        .fetch_one(self.shard(0).primary())
         .await
-        .context("creating the user directory on shard 0")?;
-        tx.commit().await?;
+        .context("looking for the user directory on shard 0")?;
+        anyhow::ensure!(
+            !old_layout,
+            "this stage's databases were made by an older archlab, which kept every user on their \
+             home shard only (and the user directory as a table on shard 0); users are on every \
+             shard now: start the stage again with `--fresh`"
+        );
         Ok(())
     }
 
@@ -328,6 +348,20 @@ impl Shards {
     }
 }
 
+/// Which of `n` shards (at least one) `key` hashes to.
+fn spread(key: &str, n: usize) -> usize {
+    // The remainder is below `n`, a usize.
+    (fnv1a(key.as_bytes()) % n.max(1) as u64) as usize
+}
+
+/// The 64-bit FNV-1a hash of `bytes`: stable across builds and hosts (unlike the standard
+/// library's hasher, which promises neither), so every app host asks the same shard about a name.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +372,28 @@ mod tests {
             assert_eq!(
                 bucket_of((sequence << BUCKET_BITS) | i64::from(bucket)),
                 bucket
+            );
+        }
+    }
+
+    #[test]
+    fn names_spread_over_the_shards_the_same_way_on_every_host() {
+        // The published FNV-1a test vectors: the hash is the standard one, not this build's.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        for shards in [1, 2, 4] {
+            let mut per_shard = vec![0; shards];
+            for i in 1..=1000 {
+                per_shard[spread(&format!("user{i}"), shards)] += 1;
+            }
+            // An even share is 1000 / shards; a fifth either way is far outside chance.
+            let even = 1000 / shards;
+            assert!(
+                per_shard
+                    .iter()
+                    .all(|&k| k * 5 >= even * 4 && k * 5 <= even * 6),
+                "{shards}: {per_shard:?}"
             );
         }
     }
