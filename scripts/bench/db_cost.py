@@ -23,8 +23,12 @@ What it does, in order, on a fresh lab (own state folder, own loopback network):
      counted was caused by a request counted, or by the app's own timers (below);
   4. reads `pg_stat_statements` for the app's database and role on each database host, and
      writes a JSON result: database execution time per request served (in all, and per host),
-     and the top statements with their host, calls per request, mean and total execution time,
-     and share of the total.
+     each database host's CPU per request over the same window (its CPU group's processes, the
+     backends the postmaster reaped included: `common.group_cpu_seconds`), and the top statements
+     with their host, calls per request, mean and total execution time, and share of the total.
+     Execution is what each statement costs inside PostgreSQL; the host's CPU is everything the
+     host spends (parsing, planning, the protocol, commits, its background processes), which is
+     what its budget limits.
 
 `ARCHLAB_CONDUIT_BIN` picks the app binary (the lab's default: `target/release/conduit`), so a
 "before" run can measure an older build; `--app-commit` records which commit that build is.
@@ -49,8 +53,10 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 
-from common import ROOT, git_state, psql, run, run_harness, version, write_result, pg_bin
+from common import (ROOT, git_state, group_cpu_seconds, host_group, psql, run, run_harness, version,
+                    write_result, pg_bin)
 
 
 
@@ -126,8 +132,11 @@ def main():
             if "pg_stat_statements" not in psql(db, "SHOW shared_preload_libraries"):
                 sys.exit("pg_stat_statements is not loaded: the lab's PostgreSQL must preload it")
         counts = [0, 0]
+        # Users counted at their home shard (their bucket's, `bucket mod shards`): a sharded stage
+        # keeps every user's row on every shard.
+        at_home = f"WHERE (id & 255) % {len(databases)} = (SELECT shard_id FROM shard_identity)"
         for db in databases:
-            on_host = psql(db, "SELECT (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM articles)").split()
+            on_host = psql(db, f"SELECT (SELECT count(*) FROM users {at_home}) || ' ' || (SELECT count(*) FROM articles)").split()
             counts = [c + int(n) for c, n in zip(counts, on_host)]
 
         print(f"warm-up: {args.workload} at {args.rate:g}/s for {args.warmup} s ...", flush=True)
@@ -154,9 +163,23 @@ def main():
         for db in databases:
             psql(db, "SELECT pg_stat_statements_reset()")
         print(f"measuring: {args.workload} at {args.rate:g}/s for {args.duration} s ...", flush=True)
-        at_start = {}
+        # Each database host's CPU over the same window, read from its CPU group: what the host
+        # spends in all (its backends' parsing, planning, execution and commits, and its own
+        # background processes), where `pg_stat_statements` sees execution only. Read after the
+        # statements at the start and before them at the end, so the reads' own psql sessions
+        # fall outside it.
+        groups = {db["host"]: host_group(db["address"]) for db in databases}
+        at_start, cpu_at_start = {}, {}
+
+        def at_open_loop():
+            at_start.update(counters())
+            cpu_at_start.update({h: group_cpu_seconds(g) for h, g in groups.items() if g})
+            cpu_at_start["at"] = time.monotonic()
+
         measured = harness(endpoint, args.duration, os.path.join(state, "measured.json"), verify=False,
-                           when_loading=lambda: at_start.update(counters()))
+                           when_loading=at_open_loop)
+        cpu_used = {h: group_cpu_seconds(g) - cpu_at_start[h] for h, g in groups.items() if g}
+        window_s = time.monotonic() - cpu_at_start["at"]
         statements = []
         for key, end in counters().items():
             start = at_start.get(key, {})
@@ -182,6 +205,8 @@ def main():
             "db_calls_per_request": round(sum(s["calls"] for s in statements if s["host"] == db["host"]) / served, 3),
             "db_exec_ms_per_request": round(
                 sum(s["total_exec_time"] for s in statements if s["host"] == db["host"]) / served, 4),
+            **({"host_cpu_ms_per_request": round(cpu_used[db["host"]] * 1000 / served, 3),
+                "host_cores": round(cpu_used[db["host"]] / window_s, 4)} if db["host"] in cpu_used else {}),
         }
         for db in databases
     }
@@ -231,6 +256,9 @@ def main():
             "db_calls_per_request": round(sum(s["calls"] for s in statements) / served, 3),
             "db_exec_ms_total": round(total_ms, 1),
             "db_exec_ms_per_request": round(total_ms / served, 4),
+            "db_host_cpu_ms_per_request": (round(sum(cpu_used.values()) * 1000 / served, 3)
+                                           if len(cpu_used) == len(databases) else None),
+            "cpu_window_s": round(window_s, 1),
             "per_database": per_database,
             "top_statements": top,
         },
@@ -253,8 +281,12 @@ def main():
     print()
     print(f"{r['requests_served']} requests served, {r['db_exec_ms_per_request']:.3f} ms of database execution per request, "
           f"{r['db_calls_per_request']:.2f} statements per request")
+    if r["db_host_cpu_ms_per_request"] is not None:
+        print(f"{r['db_host_cpu_ms_per_request']:.3f} ms of the database hosts' CPU per request, in all")
     for host, cost in per_database.items():
-        print(f"  {host}: {cost['db_exec_ms_per_request']:.3f} ms, {cost['db_calls_per_request']:.2f} statements per request")
+        print(f"  {host}: {cost['db_exec_ms_per_request']:.3f} ms, {cost['db_calls_per_request']:.2f} statements per request"
+              + (f", {cost['host_cpu_ms_per_request']:.3f} ms of host CPU ({cost['host_cores']:.3f} core)"
+                 if "host_cpu_ms_per_request" in cost else ""))
     print("| share | host | calls/req | mean ms | statement |")
     print("|---:|---|---:|---:|---|")
     for s in top[:8]:
