@@ -310,7 +310,7 @@ async fn scenario(mut pair: Pair) {
             );
         }
     }
-    // A rename (the directory and the user's row together), an article's tags changed, and an
+    // A rename (every shard's copy of the user together), an article's tags changed, and an
     // article with favorites from both shards deleted.
     pair.same(
         reqwest::Method::PUT,
