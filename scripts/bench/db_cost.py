@@ -31,7 +31,9 @@ What it does, in order, on a fresh lab (own state folder, own loopback network):
      what its budget limits.
 
 `ARCHLAB_CONDUIT_BIN` picks the app binary (the lab's default: `target/release/conduit`), so a
-"before" run can measure an older build; `--app-commit` records which commit that build is.
+"before" run can measure an older build; `--app-commit` records which commit that build is. The
+lab takes the gateway and the edge from the same folder, so copy this build's beside it
+(`cp target/release/{conduit,gateway,edge} /tmp/before/` before rebuilding).
 
 What is left out, and why: the harness's start (reading the data set, 100 articles a page up to
 20,000, and logging its users in) is not counted; until 2026-12-07 it was, which put about 4,000
