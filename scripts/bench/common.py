@@ -136,6 +136,14 @@ def own_stage(stage, up_args, net, prefix):
         shutil.rmtree(state, ignore_errors=True)
 
 
+def users_at_home(shards):
+    """A `WHERE` clause for `users` that keeps, on one of `shards` shards, the users whose home it
+    is: every shard holds every user's row (stage 7), and a user's home is their bucket's shard,
+    the low byte of their id `mod shards` (`BucketMap::even` in services/conduit/src/db/shards.rs),
+    the number the shard's `shard_identity` holds. On one database: every user."""
+    return f"WHERE (id & 255) % {shards} = (SELECT shard_id FROM shard_identity)"
+
+
 def psql(db, text):
     """`text` run as the superuser on the `conduit` database of `db` (a service of `archlab status
     --json`: its address and port), unaligned and tuples only; raises if it fails."""

@@ -57,8 +57,8 @@ import sys
 import tempfile
 import time
 
-from common import (ROOT, git_state, group_cpu_seconds, host_group, psql, run, run_harness, version,
-                    write_result, pg_bin)
+from common import (ROOT, git_state, group_cpu_seconds, host_group, psql, run, run_harness, users_at_home,
+                    version, write_result, pg_bin)
 
 
 
@@ -134,9 +134,7 @@ def main():
             if "pg_stat_statements" not in psql(db, "SHOW shared_preload_libraries"):
                 sys.exit("pg_stat_statements is not loaded: the lab's PostgreSQL must preload it")
         counts = [0, 0]
-        # Users counted at their home shard (their bucket's, `bucket mod shards`): a sharded stage
-        # keeps every user's row on every shard.
-        at_home = f"WHERE (id & 255) % {len(databases)} = (SELECT shard_id FROM shard_identity)"
+        at_home = users_at_home(len(databases))
         for db in databases:
             on_host = psql(db, f"SELECT (SELECT count(*) FROM users {at_home}) || ' ' || (SELECT count(*) FROM articles)").split()
             counts = [c + int(n) for c, n in zip(counts, on_host)]

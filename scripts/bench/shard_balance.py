@@ -18,7 +18,7 @@ this counts whether the data, not only the reads, are uneven.
 import os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, own_stage, psql, run
+from common import ROOT, own_stage, psql, run, users_at_home
 
 NET = "61"
 SHARDS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
@@ -32,9 +32,8 @@ def main():
     print(f"# archlab --net {NET} up 7 --shards {SHARDS} --fresh; archlab seed 7", flush=True)
     with own_stage(7, ["--shards", str(SHARDS)], NET, "archlab-balance-") as (lab, databases):
         run(lab + ["seed", "7"])
-        # Users: those whose home is the shard (every shard holds every user's row; a user's
-        # home is their bucket's shard, `bucket mod shards`, which owns their other rows).
-        where = {"users": f"WHERE (id & 255) % {SHARDS} = (SELECT shard_id FROM shard_identity)"}
+        # Users: those whose home is the shard (it owns their other rows).
+        where = {"users": users_at_home(SHARDS)}
         counts = {db["host"]: {t: int(psql(db, f"SELECT count(*) FROM {t} {where.get(t, '')}")) for t in TABLES}
                   for db in databases}
         # Every article with its shard, newest first (the harness's order: the global list's).

@@ -434,7 +434,7 @@ async fn sharded_list_ids(
 ) -> ApiResult<(Vec<i64>, i64)> {
     let shards = reader.shards();
     let mut filter = filter;
-    let mut targets: Vec<u8> = shards.all().map(|(n, _)| n).collect();
+    let mut targets = shards.every_shard();
     // Names are asked of the shard each hashes to: every shard holds every user.
     if let Some(author) = filter.author {
         let asked = reader.on(shards.shard_for_name(author));
@@ -1030,9 +1030,7 @@ async fn delete_article(
     // on every shard in stage 7, one global transaction (the article's shard decides).
     let shards = &state.shards;
     let home = shards.shard_of(article_id(&slug)?);
-    let participants: Vec<u8> = std::iter::once(home)
-        .chain(shards.all().map(|(n, _)| n))
-        .collect();
+    let participants: Vec<u8> = std::iter::once(home).chain(shards.every_shard()).collect();
     let mut tx = shards.begin(&participants)?.await?;
     let deleted = async {
         let owned = owned_article(tx.on(home)?, &slug, user).await?;

@@ -212,10 +212,10 @@ async fn register(
             .bind(i32::from(bucket))
             .fetch_one(tx.on(home)?)
             .await?;
-        let mut inserted = None;
-        // In shard order: see `Shards::every_shard`.
-        for &shard in &everywhere {
-            let row: UserRow = sqlx::query_as(
+        // Shard 0 first, then the others (shard order: see `Shards::every_shard`); every copy is
+        // the same row, so shard 0's answers for all.
+        let insert = || {
+            sqlx::query(
                 "INSERT INTO users (id, username, email, password_hash) VALUES ($1, $2, $3, $4)
                  RETURNING id, username, email, bio, image",
             )
@@ -223,13 +223,19 @@ async fn register(
             .bind(&username)
             .bind(&email)
             .bind(&hash)
-            .fetch_one(tx.on(shard)?)
+        };
+        let row = insert()
+            .fetch_one(tx.on(0)?)
             .await
             .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
-            inserted = Some(row);
+        let row = UserRow::from_row(&row)?;
+        for &shard in everywhere.iter().skip(1) {
+            insert()
+                .execute(tx.on(shard)?)
+                .await
+                .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
         }
-        // Every shard answered the same row; there is at least shard 0.
-        inserted.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no shard to register on")))
+        ApiResult::Ok(row)
     }
     .await;
     let row = tx.settle(inserted).await?;
@@ -349,27 +355,28 @@ async fn update_user(
     let image_given = image.is_some();
     let (bio, image) = (empty_as_null(bio.flatten()), empty_as_null(image.flatten()));
     // Every shard's copy of the user (stage 7: `users` is a reference table, `db::shards`), in
-    // one global transaction, in shard order (`Shards::every_shard`); the answer and the
-    // author's articles from their home shard. One database: one local transaction.
+    // one global transaction, in shard order (`Shards::every_shard`); the author's articles from
+    // their home shard. One database: one local transaction.
     let shards = &state.shards;
     let home = shards.shard_of(user.id);
     let everywhere = shards.every_shard();
     let mut tx = shards.begin(&everywhere)?.await?;
     let updated = async {
-        let mut at_home = None;
-        for &shard in &everywhere {
-            let row = sqlx::query(
+        // Shard 0 first, then the others (shard order: see `Shards::every_shard`); every copy is
+        // the same row, so shard 0's answers for all.
+        let update = || {
+            sqlx::query(
                 "WITH before AS (SELECT username FROM users WHERE id = $1)
-             UPDATE users SET
-                username = COALESCE($2, username),
-                email = COALESCE($3, email),
-                password_hash = COALESCE($4, password_hash),
-                bio = CASE WHEN $5 THEN $6 ELSE bio END,
-                image = CASE WHEN $7 THEN $8 ELSE image END,
-                updated_at = now()
-             WHERE id = $1
-             RETURNING id, username, email, bio, image,
-                       (SELECT username FROM before) AS old_username",
+                 UPDATE users SET
+                    username = COALESCE($2, username),
+                    email = COALESCE($3, email),
+                    password_hash = COALESCE($4, password_hash),
+                    bio = CASE WHEN $5 THEN $6 ELSE bio END,
+                    image = CASE WHEN $7 THEN $8 ELSE image END,
+                    updated_at = now()
+                 WHERE id = $1
+                 RETURNING id, username, email, bio, image,
+                           (SELECT username FROM before) AS old_username",
             )
             .bind(user.id)
             .bind(&username)
@@ -379,20 +386,21 @@ async fn update_user(
             .bind(&bio)
             .bind(image_given)
             .bind(&image)
-            .fetch_optional(tx.on(shard)?)
+        };
+        let row = update()
+            .fetch_optional(tx.on(0)?)
             .await
             .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?
             .ok_or(ApiError::Unauthorized {
                 field: "token",
                 message: "is invalid",
             })?;
-            if shard == home {
-                at_home = Some(row);
-            }
+        for &shard in everywhere.iter().skip(1) {
+            update()
+                .execute(tx.on(shard)?)
+                .await
+                .map_err(|e| conflict_on_unique(e, UNIQUE_FIELDS))?;
         }
-        // The home shard is one of every shard.
-        let row = at_home
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the home shard was not written")))?;
         // Every article of the author (each cached one carries the author's name, bio and
         // image), read in the same transaction: after the commit nothing may fail the answer to
         // a write that stands (a drill caught one answered "writes refused").

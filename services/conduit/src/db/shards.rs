@@ -242,9 +242,9 @@ impl Shards {
         self.shard(self.shard_for_name(key))
     }
 
-    /// Every shard's number, in order: the participants of a write to `users`, which every shard
-    /// holds. In shard order because two such writes that collide on a unique name must meet on
-    /// the same shard first: each waits there for the other, and neither holds a row the other
+    /// Every shard's number, in order. A write to `users`, which every shard holds, goes to them
+    /// in this order, because two such writes that collide on a unique name must meet on the
+    /// same shard first: each waits there for the other, and neither holds a row the other
     /// needs elsewhere (in any other order, each could wait on a shard for a row the other holds,
     /// where no server sees the whole cycle).
     pub fn every_shard(&self) -> Vec<u8> {
